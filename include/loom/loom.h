@@ -1,0 +1,16 @@
+// The whole public API of loom.
+#pragma once
+
+#include "loom/autograd.h"
+#include "loom/device.h"
+#include "loom/dtype.h"
+#include "loom/error.h"
+#include "loom/ops.h"
+#include "loom/tensor.h"
+#include "loom/threads.h"
+
+namespace loom {
+using indexing::Ellipsis;
+using indexing::None;
+using indexing::Slice;
+}  // namespace loom

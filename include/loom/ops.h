@@ -1,0 +1,192 @@
+// Free-function forms of every op, named as in libtorch (loom::matmul,
+// loom::softmax(x, dim), loom::cat({a, b}, 0)), and the factories.
+#pragma once
+
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "loom/tensor.h"
+
+namespace loom {
+
+// ---- factories ----
+Tensor empty(IntArrayRef sizes, const TensorOptions& o = {});
+Tensor zeros(IntArrayRef sizes, const TensorOptions& o = {});
+Tensor ones(IntArrayRef sizes, const TensorOptions& o = {});
+Tensor full(IntArrayRef sizes, Scalar value, const TensorOptions& o = {});
+Tensor scalar_tensor(Scalar value, const TensorOptions& o = {});
+// arange(end), arange(start, end, step): int64 when all bounds are integers,
+// otherwise the default float dtype, unless `o` names one.
+Tensor arange(Scalar end, const TensorOptions& o = {});
+Tensor arange(Scalar start, Scalar end, Scalar step = 1, const TensorOptions& o = {});
+Tensor linspace(double start, double end, int64_t steps, const TensorOptions& o = {});
+Tensor eye(int64_t n, std::optional<int64_t> m = std::nullopt, const TensorOptions& o = {});
+Tensor rand(IntArrayRef sizes, const TensorOptions& o = {});
+Tensor randn(IntArrayRef sizes, const TensorOptions& o = {});
+Tensor randint(int64_t low, int64_t high, IntArrayRef sizes, const TensorOptions& o = kInt64);
+Tensor randint(int64_t high, IntArrayRef sizes, const TensorOptions& o = kInt64);
+Tensor randperm(int64_t n, const TensorOptions& o = kInt64);
+Tensor bernoulli(const Tensor& p);
+Tensor bernoulli(const Tensor& like, double p);
+Tensor empty_like(const Tensor& t, std::optional<TensorOptions> o = std::nullopt);
+Tensor zeros_like(const Tensor& t, std::optional<TensorOptions> o = std::nullopt);
+Tensor ones_like(const Tensor& t, std::optional<TensorOptions> o = std::nullopt);
+Tensor full_like(const Tensor& t, Scalar v, std::optional<TensorOptions> o = std::nullopt);
+Tensor rand_like(const Tensor& t, std::optional<TensorOptions> o = std::nullopt);
+Tensor randn_like(const Tensor& t, std::optional<TensorOptions> o = std::nullopt);
+Tensor randint_like(const Tensor& t, int64_t low, int64_t high, std::optional<TensorOptions> o = std::nullopt);
+
+// A nested initializer list of numbers: loom::tensor({{1, 2}, {3, 4}}).
+class NestedList {
+ public:
+  NestedList(double v) : value_(v), is_float_(true) {}                   // NOLINT
+  NestedList(float v) : value_(v), is_float_(true) {}                    // NOLINT
+  NestedList(int v) : value_(v) {}                                        // NOLINT
+  NestedList(int64_t v) : value_(static_cast<double>(v)), ivalue_(v) {}  // NOLINT
+  NestedList(long long v) : NestedList(static_cast<int64_t>(v)) {}       // NOLINT
+  NestedList(bool v) : value_(v), is_bool_(true) {}                       // NOLINT
+  NestedList(std::initializer_list<NestedList> l) : children_(l), is_list_(true) {}  // NOLINT
+  // Fills sizes and flat values; throws on ragged lists.
+  void flatten(std::vector<int64_t>& sizes, std::vector<double>& values, std::vector<int64_t>& ivalues,
+               bool& any_float, bool& all_bool) const;
+
+ private:
+  void walk(size_t depth, std::vector<int64_t>& sizes, std::vector<double>& values,
+            std::vector<int64_t>& ivalues, bool& any_float, bool& all_bool) const;
+  double value_ = 0;
+  std::optional<int64_t> ivalue_;
+  bool is_float_ = false, is_bool_ = false;
+  std::vector<NestedList> children_;
+  bool is_list_ = false;
+};
+// Float literals give float32 (PyTorch's default), integers int64, bools bool.
+Tensor tensor(const NestedList& values, const TensorOptions& o = {});
+template <typename T>
+Tensor tensor(const std::vector<T>& values, const TensorOptions& o = {});
+// Wraps memory the caller owns, without copying. `deleter` (optional) runs
+// when the last tensor using it goes away.
+Tensor from_blob(void* data, IntArrayRef sizes, const TensorOptions& o = {},
+                 std::function<void(void*)> deleter = nullptr);
+Tensor from_blob(void* data, IntArrayRef sizes, IntArrayRef strides, const TensorOptions& o = {},
+                 std::function<void(void*)> deleter = nullptr);
+
+// ---- random state ----
+// Seeds the global Philox generator. Draws depend on (seed, draw counter)
+// alone, never on the thread count.
+void manual_seed(uint64_t seed);
+uint64_t initial_seed();
+
+// ---- elementwise ----
+Tensor add(const Tensor& a, const Tensor& b, Scalar alpha = 1);
+Tensor sub(const Tensor& a, const Tensor& b, Scalar alpha = 1);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor pow(const Tensor& a, const Tensor& b);
+Tensor pow(const Tensor& a, Scalar b);
+Tensor pow(Scalar a, const Tensor& b);
+Tensor maximum(const Tensor& a, const Tensor& b);
+Tensor minimum(const Tensor& a, const Tensor& b);
+Tensor neg(const Tensor& x);
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor log1p(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Tensor rsqrt(const Tensor& x);
+Tensor abs(const Tensor& x);
+Tensor sign(const Tensor& x);
+Tensor sin(const Tensor& x);
+Tensor cos(const Tensor& x);
+Tensor tanh(const Tensor& x);
+Tensor erf(const Tensor& x);
+Tensor sigmoid(const Tensor& x);
+Tensor relu(const Tensor& x);
+Tensor leaky_relu(const Tensor& x, double negative_slope = 0.01);
+Tensor elu(const Tensor& x, double alpha = 1.0);
+// approximate: "none" (erf) or "tanh".
+Tensor gelu(const Tensor& x, const std::string& approximate = "none");
+Tensor silu(const Tensor& x);
+Tensor softplus(const Tensor& x, double beta = 1.0, double threshold = 20.0);
+Tensor square(const Tensor& x);
+Tensor reciprocal(const Tensor& x);
+Tensor clamp(const Tensor& x, std::optional<Scalar> lo, std::optional<Scalar> hi);
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
+Tensor where(const Tensor& cond, const Tensor& a, Scalar b);
+Tensor where(const Tensor& cond, Scalar a, const Tensor& b);
+Tensor masked_fill(const Tensor& x, const Tensor& mask, Scalar v);
+Tensor eq(const Tensor& a, const Tensor& b);
+Tensor ne(const Tensor& a, const Tensor& b);
+Tensor lt(const Tensor& a, const Tensor& b);
+Tensor le(const Tensor& a, const Tensor& b);
+Tensor gt(const Tensor& a, const Tensor& b);
+Tensor ge(const Tensor& a, const Tensor& b);
+Tensor logical_not(const Tensor& x);
+Tensor logical_and(const Tensor& a, const Tensor& b);
+Tensor logical_or(const Tensor& a, const Tensor& b);
+Tensor isnan(const Tensor& x);
+
+// ---- reductions (dims empty = all dims) ----
+Tensor sum(const Tensor& x, IntArrayRef dims = {}, bool keepdim = false);
+Tensor sum(const Tensor& x, IntArrayRef dims, bool keepdim, DType dtype);
+Tensor mean(const Tensor& x, IntArrayRef dims = {}, bool keepdim = false);
+Tensor prod(const Tensor& x, IntArrayRef dims = {}, bool keepdim = false);
+Tensor amax(const Tensor& x, IntArrayRef dims = {}, bool keepdim = false);
+Tensor amin(const Tensor& x, IntArrayRef dims = {}, bool keepdim = false);
+Tensor max(const Tensor& x);
+Tensor min(const Tensor& x);
+std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim = false);
+std::pair<Tensor, Tensor> min(const Tensor& x, int64_t dim, bool keepdim = false);
+Tensor argmax(const Tensor& x, std::optional<int64_t> dim = std::nullopt, bool keepdim = false);
+Tensor argmin(const Tensor& x, std::optional<int64_t> dim = std::nullopt, bool keepdim = false);
+Tensor var(const Tensor& x, IntArrayRef dims = {}, int64_t correction = 1, bool keepdim = false);
+Tensor std(const Tensor& x, IntArrayRef dims = {}, int64_t correction = 1, bool keepdim = false);
+Tensor norm(const Tensor& x, double p = 2, IntArrayRef dims = {}, bool keepdim = false);
+Tensor logsumexp(const Tensor& x, IntArrayRef dims, bool keepdim = false);
+Tensor cumsum(const Tensor& x, int64_t dim);
+Tensor softmax(const Tensor& x, int64_t dim);
+Tensor log_softmax(const Tensor& x, int64_t dim);
+
+// ---- linear algebra ----
+Tensor matmul(const Tensor& a, const Tensor& b);
+Tensor mm(const Tensor& a, const Tensor& b);
+Tensor bmm(const Tensor& a, const Tensor& b);
+
+// ---- joining, splitting, indexing ----
+Tensor cat(const std::vector<Tensor>& ts, int64_t dim = 0);
+Tensor stack(const std::vector<Tensor>& ts, int64_t dim = 0);
+std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t dim = 0);
+std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim = 0);
+std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim = 0);
+Tensor gather(const Tensor& x, int64_t dim, const Tensor& index);
+Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src);
+Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);
+Tensor embedding(const Tensor& weight, const Tensor& indices);
+Tensor one_hot(const Tensor& indices, int64_t num_classes = -1);
+Tensor tril(const Tensor& x, int64_t diagonal = 0);
+Tensor triu(const Tensor& x, int64_t diagonal = 0);
+Tensor flip(const Tensor& x, IntArrayRef dims);
+// pad: pairs from the last dim backwards, as torch.nn.functional.pad:
+// {left, right} pads the last dim, {l, r, top, bottom} the last two.
+// Negative amounts crop.
+Tensor pad(const Tensor& x, IntArrayRef pad, Scalar value = 0);
+
+// ---- views as free functions ----
+Tensor reshape(const Tensor& x, IntArrayRef sizes);
+Tensor permute(const Tensor& x, IntArrayRef dims);
+Tensor transpose(const Tensor& x, int64_t d0, int64_t d1);
+Tensor unsqueeze(const Tensor& x, int64_t dim);
+Tensor squeeze(const Tensor& x, std::optional<int64_t> dim = std::nullopt);
+Tensor flatten(const Tensor& x, int64_t start_dim = 0, int64_t end_dim = -1);
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length);
+Tensor select(const Tensor& x, int64_t dim, int64_t index);
+Tensor broadcast_to(const Tensor& x, IntArrayRef sizes);
+std::vector<int64_t> broadcast_shapes(const std::vector<int64_t>& a, const std::vector<int64_t>& b);
+std::vector<Tensor> broadcast_tensors(const std::vector<Tensor>& ts);
+// The dtype PyTorch would give `a op b` (0-dim tensors and scalars count less).
+DType result_type(const Tensor& a, const Tensor& b);
+DType result_type(const Tensor& a, Scalar b);
+
+bool allclose(const Tensor& a, const Tensor& b, double rtol = 1e-5, double atol = 1e-8, bool equal_nan = false);
+bool equal(const Tensor& a, const Tensor& b);
+
+}  // namespace loom

@@ -1,0 +1,175 @@
+#include "autograd/node.h"
+
+#include <atomic>
+
+#include "loom/autograd.h"
+#include "loom/ops.h"
+
+namespace loom::autograd {
+
+namespace {
+std::atomic<uint64_t> g_next_sequence_nr{0};
+}
+
+Node::Node() : sequence_nr(g_next_sequence_nr.fetch_add(1, std::memory_order_relaxed)) {}
+
+// ---- saved tensors ----
+
+SavedTensor::SavedTensor(const Tensor& t, bool is_output) {
+  if (!t.defined()) return;
+  version_ = t._version();
+  is_output_ = is_output;
+  if (is_output) {
+    // Keep the data, drop the history (it is re-attached on unpack).
+    const TensorImpl* src = t.unsafe_impl();
+    data_ = make_alias(t, src->sizes, src->strides, src->offset);
+    const AutogradMeta* m = autograd_meta_if(t);
+    output_nr_ = m ? m->output_nr : 0;
+    requires_grad_ = t.requires_grad();
+  } else {
+    data_ = t;
+  }
+}
+
+Tensor SavedTensor::unpack(const std::shared_ptr<Node>& owner, const std::string& owner_name) const {
+  LOOM_CHECK(!released_, owner_name,
+             ": trying to backward through the graph a second time (or to use saved tensors after they "
+             "were freed). Saved tensors are freed after backward; pass retain_graph=true to the first "
+             "backward if you need to run it again.");
+  if (!data_.defined()) return Tensor();
+  LOOM_CHECK(data_._version() == version_,
+             "one of the tensors needed for gradient computation has been modified by an inplace "
+             "operation: a tensor of shape ", shape_str(data_.sizes()), " and dtype ",
+             dtype_name(data_.dtype()), " saved by ", owner_name, " is at version ", data_._version(),
+             "; expected version ", version_, " instead");
+  if (!is_output_) return data_;
+  const TensorImpl* src = data_.unsafe_impl();
+  Tensor t = make_alias(data_, src->sizes, src->strides, src->offset);
+  if (requires_grad_) {
+    auto& m = autograd_meta(t);
+    m.grad_fn = owner;
+    m.output_nr = output_nr_;
+  }
+  return t;
+}
+
+// ---- FunctionNode ----
+
+size_t FunctionNode::save(const Tensor& t) {
+  saved_.emplace_back(t, false);
+  return saved_.size() - 1;
+}
+
+size_t FunctionNode::save_output(const Tensor& t) {
+  saved_.emplace_back(t, true);
+  return saved_.size() - 1;
+}
+
+Tensor FunctionNode::saved(size_t i) {
+  LOOM_ASSERT(i < saved_.size(), name_, " has no saved tensor ", i);
+  return saved_[i].unpack(shared_from_this(), name_);
+}
+
+TensorList FunctionNode::apply(TensorList&& grads) { return fn_(*this, grads); }
+
+void FunctionNode::release_saved() {
+  for (auto& s : saved_) s.release();
+}
+
+// ---- AccumulateGrad ----
+
+AccumulateGrad::AccumulateGrad(std::shared_ptr<TensorImpl> l) : leaf(std::move(l)) {
+  outputs.push_back({leaf->sizes, leaf->dtype, leaf->device()});
+  pre_hooks.resize(1);
+}
+
+TensorList AccumulateGrad::apply(TensorList&& grads) {
+  Tensor g = grads[0];
+  Tensor self(leaf);
+  auto& m = autograd_meta(self);
+  if (is_grad_enabled()) {
+    // create_graph: keep the gradient differentiable.
+    m.grad = m.grad.defined() ? m.grad + g : g;
+  } else if (!m.grad.defined()) {
+    // Own the buffer: g may be shared with other gradients (add's backward
+    // hands the same tensor to both inputs).
+    m.grad = g.detach().clone();
+  } else if (m.grad.requires_grad()) {
+    m.grad = m.grad.detach() + g;
+  } else {
+    m.grad.add_(g);
+  }
+  return {};
+}
+
+// ---- meta helpers ----
+
+AutogradMeta& autograd_meta(const Tensor& t) {
+  LOOM_ASSERT(t.defined());
+  TensorImpl* impl = t.unsafe_impl();
+  if (!impl->autograd) impl->autograd = std::make_shared<AutogradMeta>();
+  return *impl->autograd;
+}
+
+const AutogradMeta* autograd_meta_if(const Tensor& t) {
+  return t.defined() ? t.unsafe_impl()->autograd.get() : nullptr;
+}
+
+Edge gradient_edge(const Tensor& t) {
+  AutogradMeta* m = t.defined() ? t.unsafe_impl()->autograd.get() : nullptr;
+  if (!m) return {};
+  if (m->grad_fn) return {m->grad_fn, m->output_nr};
+  if (!m->requires_grad) return {};
+  std::shared_ptr<Node> acc = m->grad_accumulator.lock();
+  if (!acc) {
+    acc = std::make_shared<AccumulateGrad>(t.impl_ptr());
+    m->grad_accumulator = acc;
+  }
+  return {acc, 0};
+}
+
+bool compute_requires_grad(std::initializer_list<const Tensor*> ts) {
+  if (!is_grad_enabled()) return false;
+  for (const Tensor* t : ts)
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+bool compute_requires_grad(const std::vector<Tensor>& ts) {
+  if (!is_grad_enabled()) return false;
+  for (const Tensor& t : ts)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+std::shared_ptr<FunctionNode> make_node(const char* name, const std::vector<Tensor>& inputs, BackwardFn fn) {
+  if (!compute_requires_grad(inputs)) return nullptr;
+  auto node = std::make_shared<FunctionNode>(name, std::move(fn));
+  node->next.reserve(inputs.size());
+  for (const Tensor& t : inputs) node->next.push_back(gradient_edge(t));
+  return node;
+}
+
+void set_history(const std::vector<Tensor*>& outputs, const std::shared_ptr<Node>& node) {
+  if (!node) return;
+  node->outputs.resize(outputs.size());
+  node->pre_hooks.resize(outputs.size());
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    Tensor* out = outputs[i];
+    if (!out || !out->defined()) continue;
+    node->outputs[i] = {out->sizes(), out->dtype(), out->device()};
+    if (!is_floating_point(out->dtype())) continue;
+    auto& m = autograd_meta(*out);
+    m.grad_fn = node;
+    m.output_nr = static_cast<uint32_t>(i);
+  }
+}
+
+void set_view_base(Tensor& view, const Tensor& base) {
+  if (!is_grad_enabled()) return;
+  const AutogradMeta* bm = autograd_meta_if(base);
+  std::shared_ptr<TensorImpl> root = (bm && bm->view_base) ? bm->view_base : base.impl_ptr();
+  autograd_meta(view).view_base = std::move(root);
+}
+
+}  // namespace loom::autograd

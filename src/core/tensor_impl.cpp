@@ -1,0 +1,86 @@
+#include "core/tensor_impl.h"
+
+#include <cstdlib>
+#include <limits>
+
+#include "backend/backend.h"
+
+namespace loom {
+
+std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device device) {
+  // Checking the backend first gives CUDA requests in a CPU-only build the
+  // clear "built without CUDA" error.
+  backend_for(device);
+  auto s = std::make_shared<Storage>();
+  s->device = device;
+  s->nbytes = nbytes;
+  if (device.is_cpu()) {
+    // aligned_alloc wants a multiple of the alignment; never ask for 0 bytes.
+    size_t rounded = ((nbytes + 63) / 64) * 64;
+    if (rounded == 0) rounded = 64;
+    void* p = std::aligned_alloc(64, rounded);
+    LOOM_CHECK(p != nullptr, "out of memory: failed to allocate ", nbytes, " bytes on cpu");
+    s->data = p;
+    s->deleter = [](void* q) { std::free(q); };
+  }
+  return s;
+}
+
+int64_t shape_numel(const Shape& sizes) {
+  int64_t n = 1;
+  for (int64_t s : sizes) n *= s;
+  return n;
+}
+
+int64_t TensorImpl::numel() const { return shape_numel(sizes); }
+
+bool TensorImpl::is_contiguous() const {
+  int64_t expected = 1;
+  for (int64_t d = dim() - 1; d >= 0; --d) {
+    if (sizes[d] == 1) continue;
+    if (strides[d] != expected) return false;
+    expected *= sizes[d];
+  }
+  return true;
+}
+
+Shape contiguous_strides(const Shape& sizes) {
+  Shape st(sizes.size());
+  int64_t acc = 1;
+  for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+    st[d] = acc;
+    acc *= std::max<int64_t>(sizes[d], 1);
+  }
+  return st;
+}
+
+int64_t wrap_dim(int64_t d, int64_t ndim, const char* op) {
+  int64_t n = std::max<int64_t>(ndim, 1);  // a 0-dim tensor accepts dim 0 and -1
+  LOOM_CHECK(d >= -n && d < n, op, ": dim ", d, " is out of range for a tensor with ", ndim,
+             " dims (expected in [", -n, ", ", n - 1, "])");
+  return d < 0 ? d + n : d;
+}
+
+Tensor make_tensor(const Shape& sizes, DType dtype, Device device) {
+  for (int64_t s : sizes) LOOM_CHECK(s >= 0, "negative dimension in shape ", shape_str(sizes));
+  auto impl = std::make_shared<TensorImpl>();
+  int64_t n = shape_numel(sizes);
+  LOOM_CHECK(n <= std::numeric_limits<int64_t>::max() / 16, "shape ", shape_str(sizes), " is too large");
+  impl->storage = allocate_storage(static_cast<size_t>(n) * element_size(dtype), device);
+  impl->sizes = sizes;
+  impl->strides = contiguous_strides(sizes);
+  impl->dtype = dtype;
+  return Tensor(std::move(impl));
+}
+
+Tensor make_alias(const Tensor& base, const Shape& sizes, const Shape& strides, int64_t offset) {
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = base.unsafe_impl()->storage;
+  impl->sizes = sizes;
+  impl->strides = strides;
+  impl->offset = offset;
+  impl->dtype = base.dtype();
+  return Tensor(std::move(impl));
+}
+
+}  // namespace loom

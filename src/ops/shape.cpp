@@ -1,0 +1,525 @@
+// View ops: new geometry over the same storage, plus their backward.
+//
+// Note [View backward through regions]
+// Views that pick a region of their input (narrow, select, slice, index,
+// as_strided) share one backward: the gradient is scattered into zeros of the
+// input's shape at the same region, computed on the *contiguous* layout of the
+// input's shape (region_scatter). Its own backward is a region view again, so
+// higher-order gradients work. Views that only rearrange (view, permute,
+// transpose, (un)squeeze, expand) invert themselves directly.
+#include <algorithm>
+#include <numeric>
+
+#include "ops/op_utils.h"
+
+namespace loom {
+
+using autograd::FunctionNode;
+using autograd::TensorList;
+
+namespace {
+
+using Geometry = ops::Region;
+
+Geometry geometry_of(const Tensor& t) {
+  const TensorImpl* i = t.unsafe_impl();
+  return {i->sizes, i->strides, i->offset};
+}
+Geometry contiguous_geometry(const Shape& sizes) { return {sizes, contiguous_strides(sizes), 0}; }
+
+// Makes `out` (an alias of x) a view of x for autograd, recording `fn`.
+Tensor finish_view(const Tensor& x, const Geometry& g, const char* name, autograd::BackwardFn fn) {
+  Tensor out = make_alias(x, g.sizes, g.strides, g.offset);
+  autograd::set_view_base(out, x);
+  if (auto node = autograd::make_node(name, {x}, std::move(fn))) autograd::set_history(out, node);
+  return out;
+}
+
+}  // namespace
+
+namespace ops {
+// base with the region `rel` (of base's contiguous layout) replaced by src.
+Tensor region_scatter(const Tensor& base, const Tensor& src, const Geometry& rel) {
+  Tensor out = make_tensor(base.sizes(), base.dtype(), base.device());
+  ops::launch(OpKind::Copy, {&base}, out);
+  Tensor region = make_alias(out, rel.sizes, rel.strides, rel.offset);
+  Tensor s = ops::expand_raw(ops::cast_raw(src, base.dtype()), rel.sizes);
+  ops::launch(OpKind::Copy, {&s}, region);
+  auto node = autograd::make_node("RegionScatterBackward", {base, src}, [rel](FunctionNode& ctx, const TensorList& g) {
+    TensorList r(2);
+    if (ctx.needs_input_grad(0)) r[0] = region_scatter(g[0], zeros(rel.sizes, g[0].options()), rel);
+    if (ctx.needs_input_grad(1)) r[1] = region_view(g[0].contiguous(), rel);
+    return r;
+  });
+  autograd::set_history(out, node);
+  return out;
+}
+
+Tensor region_view(const Tensor& x, const Geometry& rel) {
+  LOOM_ASSERT(x.is_contiguous());
+  Geometry g = rel;
+  g.offset += x.storage_offset();
+  Shape in_sizes = x.sizes();
+  return finish_view(x, g, "RegionViewBackward", [rel, in_sizes](FunctionNode&, const TensorList& gr) {
+    return TensorList{region_scatter(zeros(in_sizes, gr[0].options()), gr[0], rel)};
+  });
+}
+}  // namespace ops
+
+namespace {
+using ops::region_scatter;
+using ops::region_view;
+
+// A view op that selects a region: `pick` maps a geometry of x's shape to the
+// region's geometry; it is applied to x's real geometry for the forward and to
+// the contiguous one for the backward.
+template <typename Pick>
+Tensor region_op(const Tensor& x, const char* name, Pick pick) {
+  Geometry rel = pick(contiguous_geometry(x.sizes()));
+  Shape in_sizes = x.sizes();
+  return finish_view(x, pick(geometry_of(x)), name, [rel, in_sizes](FunctionNode&, const TensorList& g) {
+    return TensorList{region_scatter(zeros(in_sizes, g[0].options()), g[0], rel)};
+  });
+}
+
+// Strides for viewing (sizes, strides) as `shape` without a copy, or nothing
+// if impossible (PyTorch's computeStride).
+std::optional<Shape> view_strides(const Shape& sizes, const Shape& strides, const Shape& shape) {
+  Shape out(shape.size());
+  if (shape_numel(sizes) == 0) return contiguous_strides(shape);
+  int64_t view_d = static_cast<int64_t>(shape.size()) - 1;
+  int64_t chunk_base_stride = strides.empty() ? 1 : strides.back();
+  int64_t tensor_numel = 1, view_numel = 1;
+  for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+    tensor_numel *= sizes[d];
+    if (d == 0 || (sizes[d - 1] != 1 && strides[d - 1] != tensor_numel * chunk_base_stride)) {
+      while (view_d >= 0 && (view_numel < tensor_numel || shape[view_d] == 1)) {
+        out[view_d] = view_numel * chunk_base_stride;
+        view_numel *= shape[view_d];
+        --view_d;
+      }
+      if (view_numel != tensor_numel) return std::nullopt;
+      if (d > 0) {
+        chunk_base_stride = strides[d - 1];
+        tensor_numel = 1;
+        view_numel = 1;
+      }
+    }
+  }
+  if (view_d != -1) return std::nullopt;
+  return out;
+}
+
+Shape infer_size(IntArrayRef shape, int64_t numel, const char* op) {
+  Shape out = shape.vec();
+  int64_t known = 1, infer = -1;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (out[i] == -1) {
+      LOOM_CHECK(infer < 0, op, ": only one dimension can be inferred (-1) in shape ", shape_str(out));
+      infer = static_cast<int64_t>(i);
+    } else {
+      LOOM_CHECK(out[i] >= 0, op, ": invalid shape dimension ", out[i], " in ", shape_str(out));
+      known *= out[i];
+    }
+  }
+  if (infer >= 0) {
+    LOOM_CHECK(known != 0 && numel % known == 0, op, ": shape ", shape_str(out),
+               " is invalid for input of size ", numel);
+    out[infer] = numel / known;
+  }
+  LOOM_CHECK(shape_numel(out) == numel, op, ": shape ", shape_str(out), " is invalid for input of size ", numel);
+  return out;
+}
+
+}  // namespace
+
+// ---- rearranging views ----
+
+Tensor Tensor::view(IntArrayRef shape) const {
+  Shape sizes_out = infer_size(shape, numel(), "view");
+  auto st = view_strides(sizes(), strides(), sizes_out);
+  LOOM_CHECK(st.has_value(), "view: view size ", shape_str(sizes_out),
+             " is not compatible with input tensor's size ", shape_str(sizes()), " and stride ",
+             shape_str(strides()),
+             " (at least one dimension spans across two contiguous subspaces). Use .reshape(...) instead.");
+  Shape in_sizes = sizes();
+  return finish_view(*this, {sizes_out, *st, storage_offset()}, "ViewBackward",
+                     [in_sizes](FunctionNode&, const TensorList& g) { return TensorList{g[0].reshape(in_sizes)}; });
+}
+
+Tensor Tensor::reshape(IntArrayRef shape) const {
+  Shape sizes_out = infer_size(shape, numel(), "reshape");
+  if (view_strides(sizes(), strides(), sizes_out)) return view(sizes_out);
+  return contiguous().view(sizes_out);
+}
+
+Tensor Tensor::flatten(int64_t start_dim, int64_t end_dim) const {
+  if (dim() == 0) return reshape({1});
+  int64_t s = wrap_dim(start_dim, dim(), "flatten"), e = wrap_dim(end_dim, dim(), "flatten");
+  LOOM_CHECK(s <= e, "flatten: start_dim ", start_dim, " must not come after end_dim ", end_dim);
+  Shape out;
+  for (int64_t d = 0; d < s; ++d) out.push_back(size(d));
+  int64_t n = 1;
+  for (int64_t d = s; d <= e; ++d) n *= size(d);
+  out.push_back(n);
+  for (int64_t d = e + 1; d < dim(); ++d) out.push_back(size(d));
+  return reshape(out);
+}
+
+Tensor Tensor::unflatten(int64_t d, IntArrayRef shape) const {
+  d = wrap_dim(d, dim(), "unflatten");
+  Shape inner = infer_size(shape, size(d), "unflatten");
+  Shape out(sizes().begin(), sizes().begin() + d);
+  out.insert(out.end(), inner.begin(), inner.end());
+  out.insert(out.end(), sizes().begin() + d + 1, sizes().end());
+  return view(out);
+}
+
+Tensor Tensor::permute(IntArrayRef dims) const {
+  LOOM_CHECK(static_cast<int64_t>(dims.size()) == dim(), "permute: number of dims in ", shape_str(dims.vec()),
+             " does not match the tensor's ", dim(), " dims (shape ", shape_str(sizes()), ")");
+  Geometry g{Shape(dim()), Shape(dim()), storage_offset()};
+  std::vector<int64_t> inverse(dim(), -1);
+  for (int64_t i = 0; i < dim(); ++i) {
+    int64_t d = wrap_dim(dims[i], dim(), "permute");
+    LOOM_CHECK(inverse[d] < 0, "permute: dim ", d, " repeats in ", shape_str(dims.vec()));
+    inverse[d] = i;
+    g.sizes[i] = size(d);
+    g.strides[i] = stride(d);
+  }
+  return finish_view(*this, g, "PermuteBackward",
+                     [inverse](FunctionNode&, const TensorList& gr) { return TensorList{gr[0].permute(inverse)}; });
+}
+
+Tensor Tensor::transpose(int64_t d0, int64_t d1) const {
+  if (dim() == 0) return finish_view(*this, geometry_of(*this), "TransposeBackward",
+                                     [](FunctionNode&, const TensorList& g) { return TensorList{g[0]}; });
+  d0 = wrap_dim(d0, dim(), "transpose");
+  d1 = wrap_dim(d1, dim(), "transpose");
+  std::vector<int64_t> p(dim());
+  std::iota(p.begin(), p.end(), 0);
+  std::swap(p[d0], p[d1]);
+  return permute(p);
+}
+
+Tensor Tensor::t() const {
+  LOOM_CHECK(dim() <= 2, "t: expects a tensor with <= 2 dims, but got shape ", shape_str(sizes()),
+             " (use transpose or mT for batches)");
+  return dim() < 2 ? transpose(0, 0) : transpose(0, 1);
+}
+
+Tensor Tensor::unsqueeze(int64_t d) const {
+  d = wrap_dim(d, dim() + 1, "unsqueeze");
+  Geometry g = geometry_of(*this);
+  int64_t st = d < dim() ? size(d) * stride(d) : 1;
+  g.sizes.insert(g.sizes.begin() + d, 1);
+  g.strides.insert(g.strides.begin() + d, st);
+  return finish_view(*this, g, "UnsqueezeBackward",
+                     [d](FunctionNode&, const TensorList& gr) { return TensorList{gr[0].squeeze(d)}; });
+}
+
+Tensor Tensor::squeeze() const {
+  Geometry g{{}, {}, storage_offset()};
+  for (int64_t d = 0; d < dim(); ++d)
+    if (size(d) != 1) {
+      g.sizes.push_back(size(d));
+      g.strides.push_back(stride(d));
+    }
+  Shape in_sizes = sizes();
+  return finish_view(*this, g, "SqueezeBackward",
+                     [in_sizes](FunctionNode&, const TensorList& gr) { return TensorList{gr[0].reshape(in_sizes)}; });
+}
+
+Tensor Tensor::squeeze(int64_t d) const {
+  if (dim() == 0) return squeeze();
+  d = wrap_dim(d, dim(), "squeeze");
+  Geometry g = geometry_of(*this);
+  if (size(d) == 1) {
+    g.sizes.erase(g.sizes.begin() + d);
+    g.strides.erase(g.strides.begin() + d);
+  }
+  Shape in_sizes = sizes();
+  return finish_view(*this, g, "SqueezeBackward",
+                     [in_sizes](FunctionNode&, const TensorList& gr) { return TensorList{gr[0].reshape(in_sizes)}; });
+}
+
+Tensor Tensor::expand(IntArrayRef shape) const {
+  const int64_t n = static_cast<int64_t>(shape.size());
+  LOOM_CHECK(n >= dim(), "expand: the number of sizes provided (", n,
+             ") must be greater or equal to the number of dimensions in the tensor (", dim(), ")");
+  Geometry g{Shape(n), Shape(n, 0), storage_offset()};
+  for (int64_t i = n - 1; i >= 0; --i) {
+    int64_t src = i - (n - dim());
+    int64_t want = shape[i];
+    if (src < 0) {
+      LOOM_CHECK(want >= 0, "expand: the expanded size ", want, " is not allowed in a leading, non-existing dimension ", i);
+      g.sizes[i] = want;
+      continue;
+    }
+    int64_t have = size(src);
+    if (want == -1) want = have;
+    LOOM_CHECK(have == want || have == 1, "expand: the expanded size of the tensor (", want,
+               ") must match the existing size (", have, ") at non-singleton dimension ", i, ". Target sizes: ",
+               shape_str(shape.vec()), ". Tensor sizes: ", shape_str(sizes()));
+    g.sizes[i] = want;
+    g.strides[i] = have == want ? stride(src) : 0;
+  }
+  Shape in_sizes = sizes();
+  return finish_view(*this, g, "ExpandBackward",
+                     [in_sizes](FunctionNode&, const TensorList& gr) { return TensorList{ops::sum_to(gr[0], in_sizes)}; });
+}
+
+// ---- region views ----
+
+Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
+  LOOM_CHECK(dim() > 0, "narrow: cannot narrow a 0-dim tensor");
+  d = wrap_dim(d, dim(), "narrow");
+  const int64_t n = size(d);
+  if (start < 0) start += n;
+  LOOM_CHECK(start >= 0 && length >= 0 && start + length <= n, "narrow: start (", start, ") + length (", length,
+             ") exceeds dimension size (", n, ") of dim ", d, " in shape ", shape_str(sizes()));
+  return region_op(*this, "NarrowBackward", [=](Geometry g) {
+    g.offset += start * g.strides[d];
+    g.sizes[d] = length;
+    return g;
+  });
+}
+
+Tensor Tensor::select(int64_t d, int64_t index) const {
+  LOOM_CHECK(dim() > 0, "select: cannot select on a 0-dim tensor");
+  d = wrap_dim(d, dim(), "select");
+  const int64_t n = size(d);
+  LOOM_CHECK(index >= -n && index < n, "select: index ", index, " is out of range for dim ", d, " with size ", n,
+             " (shape ", shape_str(sizes()), ")");
+  if (index < 0) index += n;
+  return region_op(*this, "SelectBackward", [=](Geometry g) {
+    g.offset += index * g.strides[d];
+    g.sizes.erase(g.sizes.begin() + d);
+    g.strides.erase(g.strides.begin() + d);
+    return g;
+  });
+}
+
+Tensor Tensor::slice(int64_t d, std::optional<int64_t> start, std::optional<int64_t> stop, int64_t step) const {
+  LOOM_CHECK(dim() > 0, "slice: cannot slice a 0-dim tensor");
+  d = wrap_dim(d, dim(), "slice");
+  LOOM_CHECK(step > 0, "slice: step must be positive, got ", step);
+  const int64_t n = size(d);
+  auto clampi = [n](int64_t v) {
+    if (v < 0) v += n;
+    return std::clamp<int64_t>(v, 0, n);
+  };
+  int64_t s = start ? clampi(*start) : 0;
+  int64_t e = stop ? clampi(*stop) : n;
+  int64_t len = e > s ? (e - s + step - 1) / step : 0;
+  return region_op(*this, "SliceBackward", [=](Geometry g) {
+    g.offset += s * g.strides[d];
+    g.sizes[d] = len;
+    g.strides[d] *= step;
+    return g;
+  });
+}
+
+Tensor Tensor::as_strided(IntArrayRef sz, IntArrayRef st, std::optional<int64_t> offset) const {
+  LOOM_CHECK(sz.size() == st.size(), "as_strided: got ", sz.size(), " sizes but ", st.size(), " strides");
+  const int64_t off = offset.value_or(storage_offset());
+  int64_t hi = off;
+  for (size_t i = 0; i < sz.size(); ++i) {
+    LOOM_CHECK(sz[i] >= 0 && st[i] >= 0, "as_strided: negative size or stride in ", shape_str(sz.vec()), " / ",
+               shape_str(st.vec()));
+    if (sz[i] > 0) hi += (sz[i] - 1) * st[i];
+  }
+  const int64_t storage_elems = static_cast<int64_t>(unsafe_impl()->storage->nbytes / element_size());
+  LOOM_CHECK(off >= 0 && (shape_numel(sz.vec()) == 0 || hi < storage_elems), "as_strided: size ",
+             shape_str(sz.vec()), ", stride ", shape_str(st.vec()), " and offset ", off,
+             " reach outside the storage of ", storage_elems, " elements");
+  LOOM_CHECK(!requires_grad() || !is_grad_enabled() || is_contiguous(),
+             "as_strided: differentiating through as_strided needs a contiguous input (got strides ",
+             shape_str(strides()), "); call contiguous() first");
+  const int64_t base = storage_offset();
+  Shape sizes_v = sz.vec(), strides_v = st.vec();
+  return region_op(*this, "AsStridedBackward", [=](Geometry g) {
+    return Geometry{sizes_v, strides_v, g.offset + off - base};
+  });
+}
+
+// ---- copies that look like views ----
+
+Tensor Tensor::contiguous() const { return is_contiguous() ? *this : clone(); }
+
+Tensor Tensor::clone() const {
+  Tensor out = make_tensor(sizes(), dtype(), device());
+  ops::launch(OpKind::Copy, {this}, out);
+  auto node = autograd::make_node("CloneBackward", {*this},
+                                  [](FunctionNode&, const TensorList& g) { return TensorList{g[0]}; });
+  autograd::set_history(out, node);
+  return out;
+}
+
+Tensor Tensor::to(DType t, bool copy) const {
+  if (t == dtype() && !copy) return *this;
+  Tensor out = make_tensor(sizes(), t, device());
+  ops::launch(OpKind::Copy, {this}, out);
+  if (loom::is_floating_point(t)) {
+    DType in_dtype = dtype();
+    auto node = autograd::make_node("ToCopyBackward", {*this}, [in_dtype](FunctionNode&, const TensorList& g) {
+      return TensorList{g[0].to(in_dtype)};
+    });
+    autograd::set_history(out, node);
+  }
+  return out;
+}
+
+Tensor Tensor::to(Device d, bool copy) const {
+  if (d == device()) return copy ? clone() : *this;
+  backend_for(d);  // a CUDA request in a CPU-only build says so here
+  LOOM_ERROR("to: copying between ", device().str(), " and ", d.str(), " is not available in this build");
+}
+
+Tensor Tensor::to(const TensorOptions& o, bool copy) const {
+  Tensor r = to(o.device(), copy);
+  return o.has_dtype() ? r.to(o.dtype(), false) : r;
+}
+
+Tensor Tensor::detach() const {
+  const TensorImpl* i = unsafe_impl();
+  return make_alias(*this, i->sizes, i->strides, i->offset);
+}
+
+Tensor& Tensor::detach_() {
+  if (auto& m = impl_->autograd) {
+    m->grad_fn.reset();
+    m->requires_grad = false;
+    m->view_base.reset();
+  }
+  return *this;
+}
+
+std::vector<Tensor> Tensor::unbind(int64_t d) const {
+  d = wrap_dim(d, dim(), "unbind");
+  std::vector<Tensor> out;
+  for (int64_t i = 0; i < size(d); ++i) out.push_back(select(d, i));
+  return out;
+}
+
+// ---- indexing ----
+
+namespace indexing {
+TensorIndex::TensorIndex(const char* s) : v_(EllipsisType{}) {
+  LOOM_CHECK(std::string(s) == "...", "index: the only string index is \"...\", got \"", s, "\"");
+}
+TensorIndex::TensorIndex(const Tensor& t) : v_(std::make_shared<Tensor>(t)) {}
+TensorIndex::TensorIndex(const TensorIndex&) = default;
+TensorIndex& TensorIndex::operator=(const TensorIndex&) = default;
+TensorIndex::~TensorIndex() = default;
+const Tensor& TensorIndex::tensor() const { return *std::get<4>(v_); }
+}  // namespace indexing
+
+Tensor Tensor::index(std::initializer_list<indexing::TensorIndex> idx) const {
+  return index(std::vector<indexing::TensorIndex>(idx));
+}
+
+Tensor Tensor::index(const std::vector<indexing::TensorIndex>& idx) const {
+  int64_t consumed = 0, ellipses = 0;
+  for (const auto& i : idx) {
+    if (i.is_int() || i.is_slice()) ++consumed;
+    else if (i.is_tensor()) consumed += i.tensor().dtype() == kBool ? i.tensor().dim() : 1;
+    else if (i.is_ellipsis()) ++ellipses;
+  }
+  LOOM_CHECK(ellipses <= 1, "index: an index can only have a single ellipsis ('...')");
+  LOOM_CHECK(consumed <= dim(), "index: too many indices for a tensor of shape ", shape_str(sizes()), ": ",
+             consumed, " dims indexed but the tensor has ", dim());
+  Tensor r = *this;
+  int64_t d = 0;  // current dim of r
+  int tensor_indices = 0;
+  for (const auto& i : idx) {
+    if (i.is_none()) {
+      r = r.unsqueeze(d++);
+    } else if (i.is_ellipsis()) {
+      d += dim() - consumed;
+    } else if (i.is_int()) {
+      r = r.select(d, i.integer());
+    } else if (i.is_slice()) {
+      r = r.slice(d, i.slice().start, i.slice().stop, i.slice().step);
+      ++d;
+    } else {
+      LOOM_CHECK(++tensor_indices == 1, "index: only one tensor index per call is supported; index again for more");
+      const Tensor& t = i.tensor();
+      if (t.dtype() == kBool) {
+        // A mask over dims [d, d + mask.dim()): keep the selected positions.
+        for (int64_t k = 0; k < t.dim(); ++k)
+          LOOM_CHECK(t.size(k) == r.size(d + k), "index: the boolean mask of shape ", shape_str(t.sizes()),
+                     " does not match the indexed shape ", shape_str(r.sizes()), " at dim ", d + k);
+        std::vector<uint8_t> m = t.to(kUInt8).to_vector<uint8_t>();
+        std::vector<int64_t> picks;
+        for (size_t k = 0; k < m.size(); ++k)
+          if (m[k]) picks.push_back(static_cast<int64_t>(k));
+        Tensor flat = r.flatten(d, d + t.dim() - 1);
+        r = flat.index_select(d, loom::tensor(picks, kInt64));
+        ++d;
+      } else {
+        LOOM_CHECK(is_integral(t.dtype(), false), "index: tensors used as indices must be integer or bool, got ",
+                   dtype_name(t.dtype()));
+        Tensor flat_idx = t.reshape({-1}).to(kInt64);
+        std::vector<int64_t> ix = flat_idx.to_vector<int64_t>();
+        const int64_t n = r.size(d);
+        for (auto& v : ix) {
+          LOOM_CHECK(v >= -n && v < n, "index: index ", v, " is out of bounds for dim ", d, " with size ", n);
+          if (v < 0) v += n;
+        }
+        Tensor sel = r.index_select(d, loom::tensor(ix, kInt64));
+        Shape out(sel.sizes().begin(), sel.sizes().begin() + d);
+        out.insert(out.end(), t.sizes().begin(), t.sizes().end());
+        out.insert(out.end(), sel.sizes().begin() + d + 1, sel.sizes().end());
+        r = sel.reshape(out);
+        d += t.dim();
+      }
+    }
+  }
+  return r;
+}
+
+Tensor& Tensor::index_put_(const std::vector<indexing::TensorIndex>& idx, const Tensor& value) {
+  for (const auto& i : idx) {
+    if (i.is_tensor() && i.tensor().dtype() == kBool && idx.size() == 1 && i.tensor().sizes() == sizes()) {
+      LOOM_CHECK(value.numel() == 1, "index_put_: a boolean mask index takes a single value, got shape ",
+                 shape_str(value.sizes()));
+      Tensor v = value.reshape({});
+      return copy_(loom::where(i.tensor(), v, *this));
+    }
+    LOOM_CHECK(!i.is_tensor(), "index_put_: tensor indices are supported only as a full-shape boolean mask; "
+               "use integer and slice indices or index_select/scatter_add");
+  }
+  index(idx).copy_(value);
+  return *this;
+}
+
+Tensor& Tensor::index_put_(const std::vector<indexing::TensorIndex>& idx, Scalar value) {
+  return index_put_(idx, ops::wrap_scalar(value, device()));
+}
+
+// ---- free-function forms ----
+
+Tensor reshape(const Tensor& x, IntArrayRef s) { return x.reshape(s); }
+Tensor permute(const Tensor& x, IntArrayRef d) { return x.permute(d); }
+Tensor transpose(const Tensor& x, int64_t a, int64_t b) { return x.transpose(a, b); }
+Tensor unsqueeze(const Tensor& x, int64_t d) { return x.unsqueeze(d); }
+Tensor squeeze(const Tensor& x, std::optional<int64_t> d) { return d ? x.squeeze(*d) : x.squeeze(); }
+Tensor flatten(const Tensor& x, int64_t s, int64_t e) { return x.flatten(s, e); }
+Tensor narrow(const Tensor& x, int64_t d, int64_t s, int64_t l) { return x.narrow(d, s, l); }
+Tensor select(const Tensor& x, int64_t d, int64_t i) { return x.select(d, i); }
+Tensor broadcast_to(const Tensor& x, IntArrayRef s) { return x.expand(s); }
+
+std::vector<int64_t> broadcast_shapes(const std::vector<int64_t>& a, const std::vector<int64_t>& b) {
+  return ops::broadcast_shape(a, b, "broadcast_shapes");
+}
+
+std::vector<Tensor> broadcast_tensors(const std::vector<Tensor>& ts) {
+  Shape s;
+  for (const Tensor& t : ts) s = ops::broadcast_shape(s, t.sizes(), "broadcast_tensors");
+  std::vector<Tensor> out;
+  for (const Tensor& t : ts) out.push_back(t.expand(s));
+  return out;
+}
+
+}  // namespace loom
