@@ -53,7 +53,7 @@ class TensorOptions {
   TensorOptions(Device d) : device_(d) {}   // NOLINT
   TensorOptions dtype(DType d) const { auto o = *this; o.dtype_ = d; return o; }
   TensorOptions device(Device d) const { auto o = *this; o.device_ = d; return o; }
-  TensorOptions requires_grad(bool r = true) const { auto o = *this; o.requires_grad_ = r; return o; }
+  TensorOptions requires_grad(bool r) const { auto o = *this; o.requires_grad_ = r; return o; }
   DType dtype() const { return dtype_.value_or(kFloat32); }
   bool has_dtype() const { return dtype_.has_value(); }
   Device device() const { return device_; }

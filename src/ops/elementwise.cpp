@@ -21,7 +21,8 @@ namespace {
 
 struct PromotionState {
   std::optional<DType> dim, zero, wrapped;
-  void add(const Tensor& t) {
+  void add(const Tensor& t, const char* op) {
+    LOOM_CHECK(t.defined(), op, ": got an undefined tensor as an operand");
     const TensorImpl* i = t.unsafe_impl();
     std::optional<DType>* slot = i->wrapped_number ? &wrapped : t.dim() == 0 ? &zero : &dim;
     DType cur = t.dtype();
@@ -38,9 +39,9 @@ struct PromotionState {
   DType result() const { return *combine(dim, combine(zero, wrapped)); }
 };
 
-DType promote(std::initializer_list<const Tensor*> ts) {
+DType promote(std::initializer_list<const Tensor*> ts, const char* op) {
   PromotionState s;
-  for (const Tensor* t : ts) s.add(*t);
+  for (const Tensor* t : ts) s.add(*t, op);
   return s.result();
 }
 
@@ -49,6 +50,7 @@ DType float_dtype(DType t) { return is_floating_point(t) ? t : default_dtype(); 
 
 Tensor unary_kernel(OpKind op, const Tensor& x, DType out_dtype, std::initializer_list<double> f = {},
                     std::initializer_list<int64_t> i = {}) {
+  LOOM_CHECK(x.defined(), op_name(op), ": got an undefined tensor as an operand");
   Tensor in = ops::cast_raw(x, out_dtype == kBool ? x.dtype() : out_dtype);
   Tensor out = make_tensor(x.sizes(), out_dtype, x.device());
   ops::launch(op, {&in}, out, f, i);
@@ -86,17 +88,17 @@ Tensor as_mask(const Tensor& cond, DType dt) { return cond.to(dt); }
 
 }  // namespace
 
-DType result_type(const Tensor& a, const Tensor& b) { return promote({&a, &b}); }
+DType result_type(const Tensor& a, const Tensor& b) { return promote({&a, &b}, "result_type"); }
 DType result_type(const Tensor& a, Scalar b) {
   Tensor w = ops::wrap_scalar(b, a.device());
-  return promote({&a, &w});
+  return promote({&a, &w}, "result_type");
 }
 
 // ---- binary arithmetic ----
 
 Tensor add(const Tensor& a, const Tensor& b, Scalar alpha) {
   if (alpha.to_double() != 1.0) return add(a, mul(b, ops::wrap_scalar(alpha, b.device())));
-  DType t = promote({&a, &b});
+  DType t = promote({&a, &b}, "add");
   Tensor out = binary_kernel(OpKind::Add, "add", a, b, t, t);
   Shape sa = a.sizes(), sb = b.sizes();
   auto node = autograd::make_node("AddBackward", {a, b}, [sa, sb](FunctionNode& ctx, const TensorList& g) {
@@ -112,7 +114,7 @@ Tensor add(const Tensor& a, const Tensor& b, Scalar alpha) {
 Tensor sub(const Tensor& a, const Tensor& b, Scalar alpha) {
   LOOM_CHECK(a.dtype() != kBool || b.dtype() != kBool, "sub: subtracting two bool tensors is not supported; use logical_xor");
   if (alpha.to_double() != 1.0) return sub(a, mul(b, ops::wrap_scalar(alpha, b.device())));
-  DType t = promote({&a, &b});
+  DType t = promote({&a, &b}, "sub");
   Tensor out = binary_kernel(OpKind::Sub, "sub", a, b, t, t);
   Shape sa = a.sizes(), sb = b.sizes();
   auto node = autograd::make_node("SubBackward", {a, b}, [sa, sb](FunctionNode& ctx, const TensorList& g) {
@@ -126,7 +128,7 @@ Tensor sub(const Tensor& a, const Tensor& b, Scalar alpha) {
 }
 
 Tensor mul(const Tensor& a, const Tensor& b) {
-  DType t = promote({&a, &b});
+  DType t = promote({&a, &b}, "mul");
   Tensor out = binary_kernel(OpKind::Mul, "mul", a, b, t, t);
   Shape sa = a.sizes(), sb = b.sizes();
   auto node = autograd::make_node("MulBackward", {a, b}, [sa, sb](FunctionNode& ctx, const TensorList& g) {
@@ -144,7 +146,7 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 }
 
 Tensor div(const Tensor& a, const Tensor& b) {
-  DType t = float_dtype(promote({&a, &b}));
+  DType t = float_dtype(promote({&a, &b}, "div"));
   Tensor out = binary_kernel(OpKind::Div, "div", a, b, t, t);
   Shape sa = a.sizes(), sb = b.sizes();
   auto node = autograd::make_node("DivBackward", {a, b}, [sa, sb](FunctionNode& ctx, const TensorList& g) {
@@ -163,7 +165,7 @@ Tensor div(const Tensor& a, const Tensor& b) {
 }
 
 Tensor pow(const Tensor& a, const Tensor& b) {
-  DType t = promote({&a, &b});
+  DType t = promote({&a, &b}, "pow");
   Tensor out = binary_kernel(OpKind::Pow, "pow", a, b, t, t);
   Shape sa = a.sizes(), sb = b.sizes();
   auto node = autograd::make_node("PowBackward", {a, b}, [sa, sb](FunctionNode& ctx, const TensorList& g) {
@@ -198,7 +200,7 @@ Tensor pow(Scalar a, const Tensor& b) { return pow(ops::wrap_scalar(a, b.device(
 namespace {
 // maximum / minimum: the gradient goes to the chosen operand, split evenly on ties.
 Tensor extremum(OpKind op, const char* name, const char* node_name, const Tensor& a, const Tensor& b) {
-  DType t = promote({&a, &b});
+  DType t = promote({&a, &b}, name);
   Tensor out = binary_kernel(op, name, a, b, t, t);
   Shape sa = a.sizes(), sb = b.sizes();
   const bool is_max = op == OpKind::Maximum;
@@ -229,7 +231,7 @@ Tensor minimum(const Tensor& a, const Tensor& b) { return extremum(OpKind::Minim
 
 namespace {
 Tensor compare(OpKind op, const char* name, const Tensor& a, const Tensor& b) {
-  return binary_kernel(op, name, a, b, promote({&a, &b}), kBool);
+  return binary_kernel(op, name, a, b, promote({&a, &b}, name), kBool);
 }
 }  // namespace
 
@@ -422,7 +424,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   LOOM_CHECK(cond.dtype() == kBool, "where: expected a bool condition, got ", dtype_name(cond.dtype()));
   ops::check_same_device("where", {cond, a, b});
   Shape shape = ops::broadcast_shape(ops::broadcast_shape(cond.sizes(), a.sizes(), "where"), b.sizes(), "where");
-  DType t = promote({&a, &b});
+  DType t = promote({&a, &b}, "where");
   Tensor cc = ops::expand_raw(cond, shape);
   Tensor ca = ops::expand_raw(ops::cast_raw(a, t), shape);
   Tensor cb = ops::expand_raw(ops::cast_raw(b, t), shape);

@@ -86,7 +86,7 @@ Tensor region_op(const Tensor& x, const char* name, Pick pick) {
 // if impossible (PyTorch's computeStride).
 std::optional<Shape> view_strides(const Shape& sizes, const Shape& strides, const Shape& shape) {
   Shape out(shape.size());
-  if (shape_numel(sizes) == 0) return contiguous_strides(shape);
+  if (shape_numel(sizes) == 0 || sizes.empty()) return contiguous_strides(shape);
   int64_t view_d = static_cast<int64_t>(shape.size()) - 1;
   int64_t chunk_base_stride = strides.empty() ? 1 : strides.back();
   int64_t tensor_numel = 1, view_numel = 1;

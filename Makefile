@@ -1,0 +1,72 @@
+# loom: the two commands (README.md) plus build helpers.
+#
+#   make test    install missing OS packages (as root), configure, build, run ctest
+#   make demo    the end-to-end demo (arrives with the training-stack issue)
+#   make build   configure and build only
+#   make bench   micro-benchmarks side by side with PyTorch
+#   make clean   remove build directories
+
+BUILD_DIR  ?= build
+BENCH_DIR  ?= build-bench
+BUILD_TYPE ?= Release
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+CTEST_ARGS ?= --output-on-failure --no-tests=error -j$(JOBS)
+# The Debian python that sees python3-torch (a pyenv or venv python may not).
+PYTHON     ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
+
+DEPS       := build-essential cmake libgtest-dev libgmock-dev libbenchmark-dev libomp-dev zlib1g-dev
+BENCH_DEPS := python3 python3-torch libtorch-dev
+
+# $(call ensure_packages,pkgs): installs the Debian packages in `pkgs` that
+# are missing. `apt-get update` runs only when something is missing; without
+# root, the missing ones are listed and the build goes on.
+define ensure_packages
+	@if ! command -v dpkg >/dev/null 2>&1; then \
+	  echo "note: no dpkg here; not checking OS packages ($(strip $(1)))"; \
+	else \
+	  missing=""; \
+	  for p in $(1); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	  done; \
+	  if [ -z "$$missing" ]; then \
+	    true; \
+	  elif [ "$$(id -u)" = 0 ]; then \
+	    echo "installing missing packages:$$missing"; \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get -y install --no-install-recommends $$missing; \
+	  else \
+	    echo "warning: missing packages:$$missing (not root, so not installing them; the build may fail)"; \
+	  fi; \
+	fi
+endef
+
+.PHONY: all test build bench demo clean deps bench-deps configure
+
+all: build
+
+deps:
+	$(call ensure_packages,$(DEPS))
+
+bench-deps:
+	$(call ensure_packages,$(DEPS) $(BENCH_DEPS))
+
+configure: deps
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DLOOM_BUILD_TESTS=ON
+
+build: configure
+	cmake --build $(BUILD_DIR) -j$(JOBS)
+
+test: build
+	cd $(BUILD_DIR) && ctest $(CTEST_ARGS)
+
+bench: bench-deps
+	cmake -S . -B $(BENCH_DIR) -DCMAKE_BUILD_TYPE=Release -DLOOM_BUILD_BENCH=ON -DLOOM_BUILD_TESTS=OFF
+	cmake --build $(BENCH_DIR) -j$(JOBS) --target bench_ops
+	$(PYTHON) bench/run.py --bench-bin $(BENCH_DIR)/bench/bench_ops --python $(PYTHON)
+
+demo:
+	@echo "make demo: the Fashion-MNIST training demo arrives with the next issue (the training stack:"
+	@echo "nn modules, optimizers, data loading). Until then, see the example in README.md"
+	@echo "(built as $(BUILD_DIR)/readme_example by 'make build') and run 'make test'."
+
+clean:
+	rm -rf $(BUILD_DIR) $(BENCH_DIR)

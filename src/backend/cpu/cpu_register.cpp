@@ -1,0 +1,109 @@
+// The CPU backend's kernel table and its dtype coverage.
+#include <iterator>
+
+#include "backend/cpu/cpu_kernels.h"
+
+namespace loom {
+namespace {
+
+// Every op of ops.def, in order; a missing kernel is a link error.
+constexpr KernelFn kCpuKernels[] = {
+#define LOOM_OP(name) &cpu::kernel::name,
+#include "ops/ops.def"
+#undef LOOM_OP
+};
+static_assert(std::size(kCpuKernels) == kOpCount, "one CPU kernel per op in ops.def");
+
+enum class Coverage { All, Numeric, Float };
+
+// Which dtypes each kernel handles, keyed by the dtype run_kernel checks
+// (the data input's, or the output's when there is no input). No default
+// case: -Wswitch flags an op added to ops.def but not listed here.
+Coverage cpu_coverage(OpKind op) {
+  switch (op) {
+    case OpKind::Copy:
+    case OpKind::Fill:
+    case OpKind::Neg:
+    case OpKind::Abs:
+    case OpKind::Sign:
+    case OpKind::Relu:
+    case OpKind::Clamp:
+    case OpKind::LogicalNot:
+    case OpKind::IsNan:
+    case OpKind::Add:
+    case OpKind::Sub:
+    case OpKind::Mul:
+    case OpKind::Maximum:
+    case OpKind::Minimum:
+    case OpKind::Eq:
+    case OpKind::Ne:
+    case OpKind::Lt:
+    case OpKind::Le:
+    case OpKind::Gt:
+    case OpKind::Ge:
+    case OpKind::LogicalAnd:
+    case OpKind::LogicalOr:
+    case OpKind::Where:
+    case OpKind::Sum:
+    case OpKind::Prod:
+    case OpKind::Amax:
+    case OpKind::Amin:
+    case OpKind::ArgMax:
+    case OpKind::ArgMin:
+    case OpKind::Cumsum:
+    case OpKind::Gather:
+    case OpKind::ScatterAdd:
+    case OpKind::IndexSelect:
+    case OpKind::IndexAdd:
+    case OpKind::RandInt:
+      return Coverage::All;
+    // Integer powers by repeated squaring; bool has no power (PyTorch).
+    case OpKind::Pow:
+    case OpKind::Bmm:
+      return Coverage::Numeric;
+    // Float math; Div included: the ops layer promotes integers to float.
+    case OpKind::Exp:
+    case OpKind::Log:
+    case OpKind::Log1p:
+    case OpKind::Sqrt:
+    case OpKind::Rsqrt:
+    case OpKind::Sin:
+    case OpKind::Cos:
+    case OpKind::Tanh:
+    case OpKind::Erf:
+    case OpKind::Sigmoid:
+    case OpKind::LeakyRelu:
+    case OpKind::Elu:
+    case OpKind::Gelu:
+    case OpKind::GeluTanh:
+    case OpKind::Silu:
+    case OpKind::Softplus:
+    case OpKind::Div:
+    case OpKind::Softmax:
+    case OpKind::LogSoftmax:
+    case OpKind::Uniform:
+    case OpKind::Normal:
+    case OpKind::Bernoulli:  // keyed by p's dtype; the output may be any dtype
+      return Coverage::Float;
+  }
+  return Coverage::Float;
+}
+
+bool cpu_supports(OpKind op, DType dtype) {
+  switch (cpu_coverage(op)) {
+    case Coverage::All: return true;
+    case Coverage::Numeric: return dtype != kBool;
+    case Coverage::Float: return is_floating_point(dtype);
+  }
+  return false;
+}
+
+}  // namespace
+
+void cpu_register_kernels(Backend& b) {
+  b.name = "cpu";
+  for (int k = 0; k < kOpCount; ++k) b.kernels[k] = kCpuKernels[k];
+  b.supports = &cpu_supports;
+}
+
+}  // namespace loom
