@@ -14,7 +14,8 @@ CTEST_ARGS ?= --output-on-failure --no-tests=error -j$(JOBS)
 # The Debian python that sees python3-torch (a pyenv or venv python may not).
 PYTHON     ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 
-DEPS       := build-essential cmake libgtest-dev libgmock-dev libbenchmark-dev libomp-dev zlib1g-dev
+DEPS       := build-essential cmake libgtest-dev libgmock-dev libbenchmark-dev libomp-dev zlib1g-dev \
+              nlohmann-json3-dev libcli11-dev dataset-fashion-mnist
 BENCH_DEPS := python3 python3-torch libtorch-dev
 
 # $(call ensure_packages,pkgs): installs the Debian packages in `pkgs` that

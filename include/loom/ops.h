@@ -76,6 +76,13 @@ Tensor from_blob(void* data, IntArrayRef sizes, IntArrayRef strides, const Tenso
 // alone, never on the thread count.
 void manual_seed(uint64_t seed);
 uint64_t initial_seed();
+// The generator's whole state, so a checkpoint can resume the same stream.
+struct RngState {
+  uint64_t seed = 0;
+  uint64_t offset = 0;
+};
+RngState get_rng_state();
+void set_rng_state(const RngState& state);
 
 // ---- elementwise ----
 Tensor add(const Tensor& a, const Tensor& b, Scalar alpha = 1);

@@ -179,6 +179,11 @@ class Tensor {
                 bool create_graph = false) const;
   Tensor detach() const;
   Tensor& detach_();
+  // Points this tensor (and every handle to it) at `data`'s storage, shape and
+  // dtype, keeping its autograd identity (PyTorch's `p.data = ...`). Used by
+  // Module::to and optimizers; the gradient is dropped if the shape or dtype
+  // changes.
+  void set_data(const Tensor& data);
   // A hook runs on the gradient w.r.t. this tensor when it is computed; it may
   // return a replacement (defined) or nothing (undefined Tensor). Returns a
   // handle for remove_hook.

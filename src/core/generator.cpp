@@ -31,6 +31,19 @@ void generator_set_seed(uint64_t seed) {
   g.offset = 0;
 }
 
+std::pair<uint64_t, uint64_t> generator_state() {
+  GlobalGenerator& g = global_generator();
+  std::lock_guard<std::mutex> lock(g.mu);
+  return {g.seed, g.offset};
+}
+
+void generator_set_state(uint64_t seed, uint64_t offset) {
+  GlobalGenerator& g = global_generator();
+  std::lock_guard<std::mutex> lock(g.mu);
+  g.seed = seed;
+  g.offset = offset;
+}
+
 uint64_t generator_seed() {
   GlobalGenerator& g = global_generator();
   std::lock_guard<std::mutex> lock(g.mu);

@@ -24,5 +24,8 @@ std::pair<uint64_t, uint64_t> philox_reserve(uint64_t n);
 // Resets the stream: seed = `seed`, offset = 0 (loom::manual_seed).
 void generator_set_seed(uint64_t seed);
 uint64_t generator_seed();
+// The whole state (seed, offset), for checkpoints.
+std::pair<uint64_t, uint64_t> generator_state();
+void generator_set_state(uint64_t seed, uint64_t offset);
 
 }  // namespace loom

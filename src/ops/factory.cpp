@@ -389,5 +389,10 @@ Tensor from_blob(void* data, IntArrayRef sizes, const TensorOptions& o, std::fun
 
 void manual_seed(uint64_t seed) { generator_set_seed(seed); }
 uint64_t initial_seed() { return generator_seed(); }
+RngState get_rng_state() {
+  auto [seed, offset] = generator_state();
+  return {seed, offset};
+}
+void set_rng_state(const RngState& s) { generator_set_state(s.seed, s.offset); }
 
 }  // namespace loom

@@ -116,6 +116,22 @@ bool Tensor::retains_grad() const {
   return m && m->retains_grad;
 }
 
+void Tensor::set_data(const Tensor& data) {
+  check_defined(*this, "set_data");
+  LOOM_CHECK(data.defined(), "set_data: the new data is an undefined tensor");
+  const TensorImpl* src = data.unsafe_impl();
+  bool same_meta = src->sizes == impl_->sizes && src->dtype == impl_->dtype && src->device() == impl_->device();
+  impl_->storage = src->storage;
+  impl_->sizes = src->sizes;
+  impl_->strides = src->strides;
+  impl_->offset = src->offset;
+  impl_->dtype = src->dtype;
+  if (!same_meta && impl_->autograd) {
+    impl_->autograd->grad = Tensor();
+    impl_->autograd->grad_accumulator.reset();
+  }
+}
+
 void Tensor::backward(const Tensor& gradient, bool retain_graph, bool create_graph) const {
   check_defined(*this, "backward");
   autograd::run_backward({*this}, {gradient}, retain_graph || create_graph, create_graph, {}, false);

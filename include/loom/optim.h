@@ -1,0 +1,2 @@
+// Umbrella header: everything in loom::optim.
+#pragma once
