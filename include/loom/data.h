@@ -1,2 +1,9 @@
-// Umbrella header: everything in loom::data.
+// Umbrella header: everything in loom::data (datasets, the IDX reader,
+// MNIST / Fashion-MNIST, transforms, DataLoader).
 #pragma once
+#include "loom/data/dataloader.h"
+#include "loom/data/dataset.h"
+#include "loom/data/idx.h"
+#include "loom/data/mnist.h"
+#include "loom/data/sample_generator.h"
+#include "loom/data/transforms.h"

@@ -137,8 +137,12 @@ void Module::to(DType dtype) {
 }
 
 StateDict Module::state_dict() const {
-  StateDict out = named_parameters(true);
-  for (auto& b : named_buffers(true)) out.push_back(b);
+  // Module by module, as PyTorch: this module's parameters, then its buffers,
+  // then each child's entries under its prefix.
+  StateDict out = params_;
+  for (const auto& b : buffers_) out.push_back(b);
+  for (const auto& [cname, c] : children_)
+    for (auto& [n, t] : c->state_dict()) out.emplace_back(cname + "." + n, t);
   return out;
 }
 

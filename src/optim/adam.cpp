@@ -1,0 +1,129 @@
+// Adam and AdamW share one update (adam_update); AdamW decays the weights
+// before it instead of adding an L2 term to the gradient.
+#include "loom/optim/adam.h"
+
+#include <cmath>
+
+#include "loom/ops.h"
+#include "loom/optim/adamw.h"
+
+namespace loom::optim {
+
+namespace {
+
+void validate_adam(const char* name, double lr, double eps, const std::tuple<double, double>& betas,
+                   double weight_decay) {
+  const auto [b0, b1] = betas;
+  // Written as x >= 0 so that NaN is rejected too.
+  LOOM_CHECK(lr >= 0.0, name, ": Invalid learning rate: ", lr);
+  LOOM_CHECK(eps >= 0.0, name, ": Invalid epsilon value: ", eps);
+  LOOM_CHECK(b0 >= 0.0 && b0 < 1.0, name, ": Invalid beta parameter at index 0: ", b0);
+  LOOM_CHECK(b1 >= 0.0 && b1 < 1.0, name, ": Invalid beta parameter at index 1: ", b1);
+  LOOM_CHECK(weight_decay >= 0.0, name, ": Invalid weight_decay value: ", weight_decay);
+}
+
+std::vector<std::string> adam_state_names(bool amsgrad) {
+  if (amsgrad) return {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
+  return {"step", "exp_avg", "exp_avg_sq"};
+}
+
+// Creates the moments on a parameter's first step (the caller creates "step").
+void adam_init_state(const Tensor& param, bool amsgrad, ParamState& state) {
+  if (!state.contains("exp_avg")) state.set("exp_avg", zeros_like(param));
+  if (!state.contains("exp_avg_sq")) state.set("exp_avg_sq", zeros_like(param));
+  if (amsgrad && !state.contains("max_exp_avg_sq")) state.set("max_exp_avg_sq", zeros_like(param));
+}
+
+// PyTorch's _single_tensor_adam after its step count has reached `step`.
+// `grad` already carries maximize and the L2 term; `decay` is AdamW's
+// weight shrink factor (1 for Adam). The elementwise products are grouped as
+// PyTorch's addcmul / addcdiv kernels group them ((value * a) * b and
+// (value * a) / b). See Note [Optimizer updates] for why the moments are
+// rebuilt while the parameter is written in place.
+void adam_update(Tensor& param, const Tensor& grad, double step, double lr, double beta1, double beta2,
+                 double eps, bool amsgrad, double decay, ParamState& state) {
+  Tensor& exp_avg = state.at("exp_avg");
+  Tensor& exp_avg_sq = state.at("exp_avg_sq");
+  exp_avg = add(exp_avg * beta1, grad, 1.0 - beta1);
+  exp_avg_sq = exp_avg_sq * beta2 + grad * (1.0 - beta2) * grad;
+
+  const double bias_correction1 = 1.0 - std::pow(beta1, step);
+  const double bias_correction2 = 1.0 - std::pow(beta2, step);
+  const double step_size = lr / bias_correction1;
+  const double bias_correction2_sqrt = std::sqrt(bias_correction2);
+
+  Tensor* second_moment = &exp_avg_sq;
+  if (amsgrad) {
+    Tensor& max_sq = state.at("max_exp_avg_sq");
+    max_sq = maximum(max_sq, exp_avg_sq);
+    second_moment = &max_sq;
+  }
+  Tensor denom = second_moment->sqrt() / bias_correction2_sqrt + eps;
+  Tensor update = exp_avg * (-step_size) / denom;
+  if (decay != 1.0) param.copy_(param * decay + update);
+  else param.add_(update);
+}
+
+}  // namespace
+
+AdamOptions::AdamOptions(double lr) : lr_(lr) {}
+
+void AdamOptions::validate() const { validate_adam("Adam", lr_, eps_, betas_, weight_decay_); }
+
+std::vector<std::pair<const char*, OptimizerOptions::Field>> AdamOptions::fields() {
+  return {{"lr", &lr_},   {"betas0", &std::get<0>(betas_)},   {"betas1", &std::get<1>(betas_)},
+          {"eps", &eps_}, {"weight_decay", &weight_decay_}, {"amsgrad", &amsgrad_},
+          {"maximize", &maximize_}};
+}
+
+Adam::Adam(std::vector<Tensor> params, const AdamOptions& defaults)
+    : Adam(std::vector<ParamGroup>{ParamGroup(std::move(params))}, defaults) {}
+
+Adam::Adam(std::vector<ParamGroup> param_groups, const AdamOptions& defaults)
+    : Optimizer(std::move(param_groups), defaults.clone()) {}
+
+std::vector<std::string> Adam::state_names(const OptimizerOptions& options) const {
+  return adam_state_names(static_cast<const AdamOptions&>(options).amsgrad());
+}
+
+void Adam::update(Tensor& param, const Tensor& grad_in, const OptimizerOptions& options, ParamState& state) {
+  const auto& o = static_cast<const AdamOptions&>(options);
+  Tensor grad = o.maximize() ? -grad_in : grad_in;
+  if (o.weight_decay() != 0.0) grad = grad.add(param, o.weight_decay());
+  const double step = increment_step(state);
+  adam_init_state(param, o.amsgrad(), state);
+  adam_update(param, grad, step, o.lr(), std::get<0>(o.betas()), std::get<1>(o.betas()), o.eps(), o.amsgrad(),
+              1.0, state);
+}
+
+AdamWOptions::AdamWOptions(double lr) : lr_(lr) {}
+
+void AdamWOptions::validate() const { validate_adam("AdamW", lr_, eps_, betas_, weight_decay_); }
+
+std::vector<std::pair<const char*, OptimizerOptions::Field>> AdamWOptions::fields() {
+  return {{"lr", &lr_},   {"betas0", &std::get<0>(betas_)},   {"betas1", &std::get<1>(betas_)},
+          {"eps", &eps_}, {"weight_decay", &weight_decay_}, {"amsgrad", &amsgrad_},
+          {"maximize", &maximize_}};
+}
+
+AdamW::AdamW(std::vector<Tensor> params, const AdamWOptions& defaults)
+    : AdamW(std::vector<ParamGroup>{ParamGroup(std::move(params))}, defaults) {}
+
+AdamW::AdamW(std::vector<ParamGroup> param_groups, const AdamWOptions& defaults)
+    : Optimizer(std::move(param_groups), defaults.clone()) {}
+
+std::vector<std::string> AdamW::state_names(const OptimizerOptions& options) const {
+  return adam_state_names(static_cast<const AdamWOptions&>(options).amsgrad());
+}
+
+void AdamW::update(Tensor& param, const Tensor& grad_in, const OptimizerOptions& options, ParamState& state) {
+  const auto& o = static_cast<const AdamWOptions&>(options);
+  const Tensor grad = o.maximize() ? -grad_in : grad_in;
+  const double step = increment_step(state);
+  adam_init_state(param, o.amsgrad(), state);
+  // Decoupled weight decay: the weights shrink by 1 - lr * wd, then take Adam's step.
+  adam_update(param, grad, step, o.lr(), std::get<0>(o.betas()), std::get<1>(o.betas()), o.eps(), o.amsgrad(),
+              1.0 - o.lr() * o.weight_decay(), state);
+}
+
+}  // namespace loom::optim

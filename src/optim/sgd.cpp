@@ -1,0 +1,55 @@
+#include "loom/optim/sgd.h"
+
+#include "loom/ops.h"
+
+namespace loom::optim {
+
+SGDOptions::SGDOptions(double lr) : lr_(lr) {}
+
+void SGDOptions::validate() const {
+  // Written as !(x >= 0) so that NaN is rejected too.
+  LOOM_CHECK(lr_ >= 0.0, "SGD: Invalid learning rate: ", lr_);
+  LOOM_CHECK(momentum_ >= 0.0, "SGD: Invalid momentum value: ", momentum_);
+  LOOM_CHECK(weight_decay_ >= 0.0, "SGD: Invalid weight_decay value: ", weight_decay_);
+  LOOM_CHECK(!nesterov_ || (momentum_ > 0.0 && dampening_ == 0.0),
+             "SGD: Nesterov momentum requires a momentum and zero dampening (momentum=", momentum_,
+             ", dampening=", dampening_, ")");
+}
+
+std::vector<std::pair<const char*, OptimizerOptions::Field>> SGDOptions::fields() {
+  return {{"lr", &lr_},           {"momentum", &momentum_}, {"dampening", &dampening_},
+          {"weight_decay", &weight_decay_}, {"nesterov", &nesterov_}, {"maximize", &maximize_}};
+}
+
+SGD::SGD(std::vector<Tensor> params, const SGDOptions& defaults)
+    : SGD(std::vector<ParamGroup>{ParamGroup(std::move(params))}, defaults) {}
+
+SGD::SGD(std::vector<ParamGroup> param_groups, const SGDOptions& defaults)
+    : Optimizer(std::move(param_groups), defaults.clone()) {}
+
+std::vector<std::string> SGD::state_names(const OptimizerOptions& options) const {
+  const auto& o = static_cast<const SGDOptions&>(options);
+  if (o.momentum() != 0.0) return {"momentum_buffer"};
+  return {};
+}
+
+// See Note [Optimizer updates]: the buffer is rebuilt, the parameter written in place.
+void SGD::update(Tensor& param, const Tensor& grad, const OptimizerOptions& options, ParamState& state) {
+  const auto& o = static_cast<const SGDOptions&>(options);
+  Tensor d_p = o.maximize() ? -grad : grad;
+  if (o.weight_decay() != 0.0) d_p = d_p.add(param, o.weight_decay());
+  if (o.momentum() != 0.0) {
+    if (!state.contains("momentum_buffer")) {
+      // The first step takes the gradient as it is: no dampening.
+      state.set("momentum_buffer", d_p.clone());
+    } else {
+      Tensor& buf = state.at("momentum_buffer");
+      buf = add(buf * o.momentum(), d_p, 1.0 - o.dampening());
+    }
+    const Tensor& buf = state.at("momentum_buffer");
+    d_p = o.nesterov() ? d_p.add(buf, o.momentum()) : buf;
+  }
+  param.add_(d_p, -o.lr());
+}
+
+}  // namespace loom::optim
