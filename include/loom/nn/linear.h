@@ -1,0 +1,70 @@
+// Linear, Identity, Flatten and Unflatten.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "loom/nn/module.h"
+
+namespace loom::nn {
+
+// y = x W^T + b. x: (*, in_features) -> (*, out_features).
+class LinearImpl : public Module {
+ public:
+  LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
+  Tensor forward(const Tensor& input) override;
+  // PyTorch's default: weight ~ kaiming_uniform_(a = sqrt(5)), i.e.
+  // U(-1/sqrt(in_features), 1/sqrt(in_features)), and bias from the same range.
+  void reset_parameters();
+  std::string extra_repr() const override;
+
+  int64_t in_features;
+  int64_t out_features;
+  Tensor weight;  // (out_features, in_features)
+  Tensor bias;    // (out_features); undefined when built with bias = false
+};
+LOOM_MODULE(Linear);
+
+// Returns its input unchanged (a placeholder, e.g. for a removed head).
+class IdentityImpl : public Module {
+ public:
+  IdentityImpl() : Module("Identity") {}
+  Tensor forward(const Tensor& input) override { return input; }
+};
+LOOM_MODULE(Identity);
+
+// Flattens dims start_dim..end_dim into one: (N, 1, 28, 28) -> (N, 784).
+class FlattenImpl : public Module {
+ public:
+  explicit FlattenImpl(int64_t start_dim = 1, int64_t end_dim = -1);
+  Tensor forward(const Tensor& input) override;
+  std::string extra_repr() const override;
+
+  int64_t start_dim;
+  int64_t end_dim;
+};
+LOOM_MODULE(Flatten);
+
+// Splits dim `dim` into `sizes` (one of them may be -1): (N, 784) -> (N, 1, 28, 28).
+class UnflattenImpl : public Module {
+ public:
+  UnflattenImpl(int64_t dim, std::vector<int64_t> sizes);
+  Tensor forward(const Tensor& input) override;
+  std::string extra_repr() const override;
+
+  int64_t dim;
+  std::vector<int64_t> unflattened_size;
+};
+// The holder also takes a braced size list: nn::Unflatten(1, {1, 28, 28}).
+class Unflatten : public ModuleHolder<UnflattenImpl> {
+ public:
+  using ModuleHolder<UnflattenImpl>::ModuleHolder;
+  Unflatten() = default;
+  Unflatten(int64_t dim, std::initializer_list<int64_t> sizes)
+      : ModuleHolder(std::make_shared<UnflattenImpl>(dim, std::vector<int64_t>(sizes))) {}
+};
+
+}  // namespace loom::nn

@@ -1,0 +1,17 @@
+#include "loom/nn/dropout.h"
+
+#include "loom/nn/functional.h"
+#include "nn/repr.h"
+
+namespace loom::nn {
+
+DropoutImpl::DropoutImpl(double prob) : Module("Dropout"), p(prob) {
+  LOOM_CHECK(p >= 0 && p <= 1, "Dropout: probability has to be between 0 and 1, but got ", p);
+}
+
+Tensor DropoutImpl::forward(const Tensor& input) { return functional::dropout(input, p, is_training()); }
+
+// loom has no in-place dropout; PyTorch prints the flag, so it is spelled out.
+std::string DropoutImpl::extra_repr() const { return "p=" + detail::py_float(p) + ", inplace=False"; }
+
+}  // namespace loom::nn
