@@ -72,7 +72,8 @@ class Module : public std::enable_shared_from_this<Module> {
   void to(Device device);
   void to(DType dtype);
 
-  // Parameters then buffers, with dotted names, as PyTorch orders them.
+  // Module by module (own parameters, own buffers, then each child's under
+  // its prefix) with dotted names, as PyTorch orders them.
   StateDict state_dict() const;
   // Copies values in (no_grad). strict: the names must match exactly; in any
   // mode a shape mismatch is an error naming the key and both shapes.
@@ -123,6 +124,11 @@ class ModuleHolder {
   }
   const std::shared_ptr<Impl>& ptr() const { return impl_; }
   bool is_empty() const { return impl_ == nullptr; }
+  // Forwards indexing to containers (seq[0]).
+  template <typename Index>
+  decltype(auto) operator[](Index&& i) const {
+    return (*get())[std::forward<Index>(i)];
+  }
   template <typename... Args>
   decltype(auto) operator()(Args&&... args) const {
     return get()->forward(std::forward<Args>(args)...);

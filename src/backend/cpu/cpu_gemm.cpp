@@ -1,0 +1,326 @@
+// The float32 GEMM driver: ISA selection, packing, blocking and threads
+// (Note [GEMM design] in cpu_gemm.h), and the portable micro-kernel.
+#include "backend/cpu/cpu_gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "loom/error.h"
+#include "loom/threads.h"
+
+namespace loom::cpu {
+
+// ---------------------------------------------------------------- ISA choice
+
+const char* gemm_isa_name(GemmIsa isa) {
+  switch (isa) {
+    case GemmIsa::Portable: return "portable";
+    case GemmIsa::Avx2: return "avx2";
+    case GemmIsa::Avx512: return "avx512";
+  }
+  return "unknown";
+}
+
+GemmIsa gemm_best_isa() {
+#if defined(__x86_64__) || defined(__i386__)
+  // __builtin_cpu_supports also checks that the OS saves the wide registers
+  // (XGETBV), so a feature it reports is usable.
+  static const GemmIsa best = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return GemmIsa::Avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return GemmIsa::Avx2;
+    return GemmIsa::Portable;
+  }();
+  return best;
+#else
+  return GemmIsa::Portable;
+#endif
+}
+
+namespace {
+
+// -1: LOOM_CPU_ISA not read yet.
+std::atomic<int> g_isa{-1};
+
+GemmIsa isa_from_env() {
+  const GemmIsa best = gemm_best_isa();
+  const char* env = std::getenv("LOOM_CPU_ISA");
+  if (env == nullptr || *env == '\0') return best;
+  std::string want(env);
+  std::transform(want.begin(), want.end(), want.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  for (GemmIsa isa : {GemmIsa::Portable, GemmIsa::Avx2, GemmIsa::Avx512})
+    if (want == gemm_isa_name(isa)) return std::min(isa, best);  // never above what the CPU has
+  LOOM_ERROR("LOOM_CPU_ISA: unknown value '", env, "' (expected avx512, avx2 or portable)");
+}
+
+}  // namespace
+
+GemmIsa gemm_isa() {
+  int isa = g_isa.load(std::memory_order_relaxed);
+  if (isa < 0) {
+    isa = static_cast<int>(isa_from_env());
+    g_isa.store(isa, std::memory_order_relaxed);
+  }
+  return static_cast<GemmIsa>(isa);
+}
+
+void gemm_reload_isa() {
+  g_isa.store(-1, std::memory_order_relaxed);
+  gemm_isa();
+}
+
+// ---------------------------------------------------------------- portable micro-kernel
+
+namespace {
+
+constexpr int kPortableMr = 4;
+constexpr int kPortableNr = 8;
+
+// Plain loops over a (4, 8) tile held in a local array; the compiler keeps it
+// in SSE registers. All kPortableMr rows are computed (padded rows of the
+// packed A panel are zero) and only the real ones stored.
+void portable_tile(const GemmTile& t) {
+  float acc[kPortableMr][kPortableNr] = {};
+  if (t.accumulate) {
+    for (int r = 0; r < t.rows; ++r)
+      for (int j = 0; j < t.cols; ++j) acc[r][j] = t.c[r * t.rs + j * t.cs];
+  }
+  const float* a = t.a;
+  const float* b = t.b;
+  for (int64_t p = 0; p < t.kc; ++p) {
+    for (int r = 0; r < kPortableMr; ++r)
+      for (int j = 0; j < kPortableNr; ++j) acc[r][j] += a[r] * b[j];
+    a += kPortableMr;
+    b += kPortableNr;
+  }
+  for (int r = 0; r < t.rows; ++r)
+    for (int j = 0; j < t.cols; ++j) t.c[r * t.rs + j * t.cs] = acc[r][j];
+}
+
+// See GemmPackFn (cpu_gemm.h). The loop runs along whichever stride is
+// shorter, so both a transpose and a copy read memory in order.
+void portable_pack(const float* src, int64_t line_stride, int64_t step, int h, int64_t kc, int w, float* dst) {
+  if (h < w) std::memset(dst, 0, sizeof(float) * static_cast<size_t>(kc * w));
+  if (std::abs(step) <= std::abs(line_stride)) {
+    for (int r = 0; r < h; ++r) {
+      const float* line = src + r * line_stride;
+      for (int64_t p = 0; p < kc; ++p) dst[p * w + r] = line[p * step];
+    }
+  } else {
+    for (int64_t p = 0; p < kc; ++p) {
+      const float* depth = src + p * step;
+      for (int r = 0; r < h; ++r) dst[p * w + r] = depth[r * line_stride];
+    }
+  }
+}
+
+}  // namespace
+
+GemmKernel gemm_kernel_portable() {
+  // The blocks of the AVX2 kernel, scaled to this tile.
+  return GemmKernel{kPortableMr, kPortableNr, /*mc=*/kPortableMr * 48, /*kc=*/256, /*nc=*/kPortableNr * 32,
+                    &portable_tile, &portable_pack};
+}
+
+// ---------------------------------------------------------------- driver
+
+const GemmKernel& gemm_kernel(GemmIsa isa) {
+  // Each ISA's table is built only once that ISA is known to run here: the
+  // constructor functions themselves are compiled for their ISA.
+  switch (std::min(isa, gemm_best_isa())) {
+#if defined(__x86_64__) || defined(__i386__)
+    case GemmIsa::Avx512: {
+      static const GemmKernel avx512 = gemm_kernel_avx512();
+      return avx512;
+    }
+    case GemmIsa::Avx2: {
+      static const GemmKernel avx2 = gemm_kernel_avx2();
+      return avx2;
+    }
+#endif
+    default: break;
+  }
+  static const GemmKernel portable = gemm_kernel_portable();
+  return portable;
+}
+
+namespace {
+
+int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+int64_t ceil_div(int64_t x, int64_t d) { return (x + d - 1) / d; }
+
+// 64-byte aligned packing memory owned by the calling thread, kept between
+// calls so a training loop does not allocate per matmul. Bounded by the
+// block sizes (a few MiB), not by the problem.
+class PackBuffer {
+ public:
+  ~PackBuffer() { ::operator delete(data_, std::align_val_t{64}); }
+  float* get(size_t floats) {
+    if (floats > capacity_) {
+      ::operator delete(data_, std::align_val_t{64});
+      data_ = nullptr;
+      capacity_ = 0;
+      data_ = static_cast<float*>(::operator new(floats * sizeof(float), std::align_val_t{64}));
+      capacity_ = floats;
+    }
+    return data_;
+  }
+
+ private:
+  float* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+thread_local PackBuffer t_pack_buffer;
+
+// A strided float32 matrix (one batch item, or a rectangle of one).
+struct ConstView {
+  const float* data;
+  int64_t rs, cs;
+};
+struct View {
+  float* data;
+  int64_t rs, cs;
+};
+
+// c (m, n) = a (m, k) @ b (k, n), k > 0, on the calling thread alone, packing
+// into ap (round_up(min(mc, m), mr) * min(kc, k) floats) and bp
+// (min(kc, k) * round_up(min(nc, n), nr) floats).
+void gemm_serial(const GemmKernel& g, int64_t m, int64_t n, int64_t k, ConstView a, ConstView b, View c, float* ap,
+                 float* bp) {
+  const int mr = g.mr, nr = g.nr;
+  for (int64_t jc = 0; jc < n; jc += g.nc) {
+    const int64_t nc = std::min(g.nc, n - jc);
+    for (int64_t pc = 0; pc < k; pc += g.kc) {
+      const int64_t kc = std::min(g.kc, k - pc);
+      // B panel j: columns are its lines (line stride = B's column stride).
+      for (int64_t j = 0; j < nc; j += nr)
+        g.pack(b.data + pc * b.rs + (jc + j) * b.cs, b.cs, b.rs, static_cast<int>(std::min<int64_t>(nr, nc - j)), kc,
+               nr, bp + j * kc);
+      for (int64_t ic = 0; ic < m; ic += g.mc) {
+        const int64_t mc = std::min(g.mc, m - ic);
+        // A panel i: rows are its lines.
+        for (int64_t i = 0; i < mc; i += mr)
+          g.pack(a.data + (ic + i) * a.rs + pc * a.cs, a.rs, a.cs, static_cast<int>(std::min<int64_t>(mr, mc - i)), kc,
+                 mr, ap + i * kc);
+        // One A panel stays in L1 while the B panels of the block stream past it.
+        for (int64_t i = 0; i < mc; i += mr) {
+          for (int64_t j = 0; j < nc; j += nr) {
+            GemmTile t;
+            t.kc = kc;
+            t.a = ap + i * kc;
+            t.b = bp + j * kc;
+            t.c = c.data + (ic + i) * c.rs + (jc + j) * c.cs;
+            t.rs = c.rs;
+            t.cs = c.cs;
+            t.rows = static_cast<int>(std::min<int64_t>(mr, mc - i));
+            t.cols = static_cast<int>(std::min<int64_t>(nr, nc - j));
+            t.accumulate = pc > 0;
+            g.tile(t);
+          }
+        }
+      }
+    }
+  }
+}
+
+// How the threads share one product's output: a grid of tm x tn rectangles
+// of whole tiles, one per thread. A thread packs the rows of A and the
+// columns of B its rectangle needs by itself, so threads never wait for one
+// another; the price is that A is packed tn times and B tm times. The grid
+// uses as many threads as there are tiles to go round, and among those
+// shapes the one that packs least.
+struct Grid {
+  int tm, tn;
+};
+Grid choose_grid(int threads, int64_t m, int64_t n, int64_t k, const GemmKernel& g) {
+  const int64_t m_tiles = ceil_div(m, g.mr), n_tiles = ceil_div(n, g.nr);
+  Grid best{1, 1};
+  double best_cost = 0;
+  for (int tm = 1; tm <= threads && tm <= m_tiles; ++tm) {
+    const int tn = static_cast<int>(std::min<int64_t>(threads / tm, n_tiles));
+    const double cost = static_cast<double>(tn) * m * k + static_cast<double>(tm) * k * n;
+    if (tm * tn > best.tm * best.tn || (tm * tn == best.tm * best.tn && cost < best_cost)) {
+      best = {tm, tn};
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
+// Below this many multiply-adds (about 10 us on one AVX-512 core) a product
+// runs on the calling thread: waking a team costs a few microseconds.
+constexpr double kParallelMinWork = 1 << 20;
+
+}  // namespace
+
+void sgemm(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k, SgemmInput a, SgemmInput b, SgemmOutput c) {
+  if (batch <= 0 || m <= 0 || n <= 0) return;
+  if (k <= 0) {  // an empty sum is 0
+    for (int64_t bi = 0; bi < batch; ++bi)
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) c.data[bi * c.bs + i * c.rs + j * c.cs] = 0.0f;
+    return;
+  }
+  const GemmKernel& g = gemm_kernel(isa);
+
+  int threads = omp_in_parallel() ? 1 : get_num_threads();
+  if (static_cast<double>(m) * n * k * batch < kParallelMinWork) threads = 1;
+  // Whole batch items per thread when they divide evenly or are many;
+  // otherwise every thread takes its rectangle of each item.
+  const bool by_item = threads > 1 && batch >= threads && (batch % threads == 0 || batch >= 4 * threads);
+  Grid grid{1, 1};
+  if (threads > 1 && !by_item) {
+    grid = choose_grid(threads, m, n, k, g);
+    threads = grid.tm * grid.tn;
+  }
+
+  // Packing space per thread: one block of A and one of B, each starting on
+  // a 64-byte line (the micro-kernels load B panels with aligned loads).
+  const int64_t kc = std::min(g.kc, k);
+  const size_t ap_floats = static_cast<size_t>(round_up(round_up(std::min(g.mc, m), g.mr) * kc, 16));
+  const size_t bp_floats = static_cast<size_t>(round_up(round_up(std::min(g.nc, n), g.nr) * kc, 16));
+  const size_t per_thread = ap_floats + bp_floats;
+  float* const pack = t_pack_buffer.get(per_thread * static_cast<size_t>(threads));
+
+  // Rows [i0, i1) x columns [j0, j1) of batch item bi, with the packing
+  // space of thread `slot`.
+  auto run = [&](int64_t bi, int64_t i0, int64_t i1, int64_t j0, int64_t j1, int slot) {
+    float* ap = pack + per_thread * static_cast<size_t>(slot);
+    gemm_serial(g, i1 - i0, j1 - j0, k, ConstView{a.data + bi * a.bs + i0 * a.rs, a.rs, a.cs},
+                ConstView{b.data + bi * b.bs + j0 * b.cs, b.rs, b.cs},
+                View{c.data + bi * c.bs + i0 * c.rs + j0 * c.cs, c.rs, c.cs}, ap, ap + ap_floats);
+  };
+  if (threads <= 1) {
+    for (int64_t bi = 0; bi < batch; ++bi) run(bi, 0, m, 0, n, 0);
+    return;
+  }
+  const int64_t m_tiles = ceil_div(m, g.mr), n_tiles = ceil_div(n, g.nr);
+  // No exception can leave the region: the memory is allocated above and
+  // nothing below throws.
+#pragma omp parallel num_threads(threads)
+  {
+    // OpenMP may grant fewer threads than asked (thread limits): the work
+    // is dealt out by the team size it gave.
+    const int id = omp_get_thread_num(), team = omp_get_num_threads();
+    if (by_item) {
+      for (int64_t bi = id; bi < batch; bi += team) run(bi, 0, m, 0, n, id);
+    } else {
+      for (int rect = id; rect < threads; rect += team) {
+        // Rectangle (ti, tj): tile rows [m_tiles ti / tm, m_tiles (ti + 1) / tm), likewise for columns.
+        const int ti = rect / grid.tn, tj = rect % grid.tn;
+        const int64_t i0 = m_tiles * ti / grid.tm * g.mr, i1 = std::min(m, m_tiles * (ti + 1) / grid.tm * g.mr);
+        const int64_t j0 = n_tiles * tj / grid.tn * g.nr, j1 = std::min(n, n_tiles * (tj + 1) / grid.tn * g.nr);
+        for (int64_t bi = 0; bi < batch; ++bi) run(bi, i0, i1, j0, j1, id);
+      }
+    }
+  }
+}
+
+}  // namespace loom::cpu

@@ -1,0 +1,136 @@
+// loom's float32 GEMM: the fast path of the Bmm kernel for float32.
+//
+// Note [GEMM design]
+// C (B, M, N) = A (B, M, K) @ B (B, K, N), every operand with arbitrary
+// strides (batch, row, column; 0 for broadcast dims; transposed views).
+// The driver (cpu_gemm.cpp) walks blocks of C the way BLIS does:
+//
+//   for jc in N step nc:          B block (kc, nc) packed into NR-wide panels (L2)
+//     for pc in K step kc:
+//       for ic in M step mc:      A block (mc, kc) packed into MR-high panels
+//         for each A panel:       (MR, kc), stays in L1
+//           for each B panel:     the ISA's micro-kernel: an (MR, NR) tile of C in registers
+//
+// Packing reads the operands through their strides, so a transposed or
+// broadcast operand costs the same as a contiguous one. A packed A panel holds
+// a[k * MR + r] (row r of the panel at depth k), a packed B panel b[k * NR + j];
+// rows and columns past the edge of the matrix are zero.
+//
+// Threads split C into rectangles of whole tiles (or a batch into whole
+// items), and each thread packs what its rectangle needs into its own
+// buffers, so no thread waits for another inside a product.
+//
+// Micro-kernels exist for AVX-512 (cpu_gemm_avx512.cpp), AVX2 + FMA
+// (cpu_gemm_avx2.cpp) and portable C++ (cpu_gemm.cpp), chosen at run time from
+// CPUID; LOOM_CPU_ISA=avx512|avx2|portable lowers the choice (a request above
+// what the CPU has falls back to the best it has). The ISA files are compiled
+// with their own -m flags and must hold no inline or template entity with
+// external linkage (an out-of-line copy could be picked by the linker for
+// other files and fault on an older CPU): this header declares only plain
+// structs and functions for that reason.
+//
+// Note [GEMM summation order]
+// Every element of C is one float32 chain over k in increasing order: the
+// first depth block starts from 0, and each later block reloads the partial
+// sum from C and carries on. With FMA (the AVX paths) the element is exactly
+//   acc = 0; for k in 0..K-1: acc = fma(a[i][k], b[k][j], acc)
+// whatever the block sizes, the tile an element falls in, the thread that
+// computes it or the number of threads; the AVX-512 and AVX2 paths therefore
+// give identical bits. The portable path is plain C++, acc = acc + a * b in
+// the same order; with the default flags (no FMA contraction) it rounds the
+// product and the sum separately.
+#pragma once
+
+#include <cstdint>
+
+namespace loom {
+struct KernelCall;
+}
+
+namespace loom::cpu {
+
+// ---- ISA selection ----
+
+// Ordered: a higher value needs a superset of the CPU features of a lower one.
+enum class GemmIsa : int { Portable = 0, Avx2 = 1, Avx512 = 2 };
+
+// "portable", "avx2", "avx512" (the spellings LOOM_CPU_ISA accepts).
+const char* gemm_isa_name(GemmIsa isa);
+// The best micro-kernel this CPU (and OS) can run, from CPUID.
+GemmIsa gemm_best_isa();
+// The ISA float32 Bmm uses: gemm_best_isa(), lowered by LOOM_CPU_ISA when set.
+// The variable is read once and cached; gemm_reload_isa() reads it again
+// (tests set it with setenv). An unknown value throws loom::Error.
+GemmIsa gemm_isa();
+void gemm_reload_isa();
+
+// ---- the product ----
+
+// A batch of float32 matrices: element (b, i, j) at data[b * bs + i * rs + j * cs].
+struct SgemmInput {
+  const float* data;
+  int64_t bs, rs, cs;
+};
+struct SgemmOutput {
+  float* data;
+  int64_t bs, rs, cs;
+};
+
+// c (batch, m, n) = a (batch, m, k) @ b (batch, k, n) with the micro-kernel of
+// `isa` (capped at gemm_best_isa()). k == 0 writes zeros. c must not overlap
+// a or b; c's strides must address each element once.
+void sgemm(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k, SgemmInput a, SgemmInput b, SgemmOutput c);
+
+// The reference kernel's float32 case (the oracle, cpu_linalg.cpp): each
+// element summed over k in order in double, rounded once to float32.
+void sgemm_reference(int64_t batch, int64_t m, int64_t n, int64_t k, SgemmInput a, SgemmInput b, SgemmOutput c);
+
+// The reference Bmm kernel for every numeric dtype (cpu_linalg.cpp). The Bmm
+// entry of the kernel table sends float32 to sgemm(gemm_isa(), ...) and
+// everything else here.
+void bmm_reference(const KernelCall& c);
+
+// ---- micro-kernel interface (one per ISA) ----
+
+// One tile of C: c[r * rs + j * cs] for r < rows <= mr, j < cols <= nr, from a
+// packed A panel `a` (a[p * mr + r]) and a packed B panel `b` (b[p * nr + j]),
+// p < kc. accumulate: add to the values in c (the chain of Note [GEMM
+// summation order] goes on); otherwise c is overwritten.
+struct GemmTile {
+  int64_t kc;
+  const float* a;
+  const float* b;
+  float* c;
+  int64_t rs, cs;
+  int rows, cols;
+  bool accumulate;
+};
+
+// Packs one panel of `w` lines (rows of A, or columns of B) by `kc` depths:
+//   dst[p * w + r] = src[r * line_stride + p * step]   for r < h <= w, p < kc
+// and 0 for h <= r < w. An A panel is (line_stride, step) = (A's row stride,
+// A's column stride); a B panel is (B's column stride, B's row stride).
+// step == 1 (a row-major A, a transposed B) is a transpose; line_stride == 1
+// (a transposed A, a row-major B) is a copy; other strides go element by element.
+using GemmPackFn = void (*)(const float* src, int64_t line_stride, int64_t step, int h, int64_t kc, int w,
+                            float* dst);
+
+// An ISA's micro-kernel, its packing, and the block sizes the driver uses.
+struct GemmKernel {
+  int mr, nr;           // register tile (rows of A, columns of B)
+  int64_t mc, kc, nc;   // cache blocks: mc a multiple of mr, nc of nr
+  void (*tile)(const GemmTile& t);
+  GemmPackFn pack;
+};
+
+// The kernel sgemm uses for `isa` (capped at gemm_best_isa()).
+const GemmKernel& gemm_kernel(GemmIsa isa);
+
+// Each ISA's kernel; call one only when gemm_best_isa() is at least its ISA.
+GemmKernel gemm_kernel_portable();
+#if defined(__x86_64__) || defined(__i386__)
+GemmKernel gemm_kernel_avx2();    // cpu_gemm_avx2.cpp, built with -mavx2 -mfma
+GemmKernel gemm_kernel_avx512();  // cpu_gemm_avx512.cpp, built with -mavx512f -mfma
+#endif
+
+}  // namespace loom::cpu

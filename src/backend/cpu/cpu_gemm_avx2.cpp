@@ -1,0 +1,174 @@
+// The AVX2 + FMA float32 GEMM micro-kernel (Note [GEMM design] in
+// cpu_gemm.h). Built with -mavx2 -mfma (CMakeLists.txt); only called after
+// CPUID says the CPU has both. Everything here has internal linkage but the
+// one entry point, so no AVX2 code can leak into another file's symbols.
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+
+#include "backend/cpu/cpu_gemm.h"
+
+namespace loom::cpu {
+namespace {
+
+// The register tile: kMr rows of C by kNv vectors of 8 floats. The
+// accumulators take kMr * kNv = 12 of the 16 ymm registers; the B row (2)
+// and the broadcast A value (1) take 3 more.
+constexpr int kMr = 6;
+constexpr int kNv = 2;
+constexpr int kNr = 8 * kNv;
+
+// Lane masks for maskload/maskstore: the 8 ints from &kLaneMask[8 - n] turn
+// on the first n lanes.
+alignas(64) constexpr int kLaneMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+// C tile (R rows, V vectors; the last vector masked to its real lanes) of a
+// tile whose columns are contiguous (cs == 1).
+template <int R, int V>
+void tile_kernel(const GemmTile& t) {
+  const int tail = t.cols - 8 * (V - 1);  // 1..8 lanes in the last vector
+  const __m256i last = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask + 8 - tail));
+  float* c = t.c;
+  const int64_t rs = t.rs;
+
+  __m256 acc[R][V];
+  if (t.accumulate) {
+    for (int r = 0; r < R; ++r) {
+      for (int v = 0; v < V - 1; ++v) acc[r][v] = _mm256_loadu_ps(c + r * rs + 8 * v);
+      acc[r][V - 1] = _mm256_maskload_ps(c + r * rs + 8 * (V - 1), last);
+    }
+  } else {
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm256_setzero_ps();
+  }
+
+  const float* a = t.a;
+  const float* b = t.b;
+  for (int64_t p = 0; p < t.kc; ++p) {
+    __m256 bv[V];
+    for (int v = 0; v < V; ++v) bv[v] = _mm256_load_ps(b + 8 * v);  // packed panels are 64-byte aligned
+    for (int r = 0; r < R; ++r) {
+      const __m256 ar = _mm256_broadcast_ss(a + r);
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm256_fmadd_ps(ar, bv[v], acc[r][v]);
+    }
+    a += kMr;
+    b += kNr;
+  }
+
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < V - 1; ++v) _mm256_storeu_ps(c + r * rs + 8 * v, acc[r][v]);
+    _mm256_maskstore_ps(c + r * rs + 8 * (V - 1), last, acc[r][V - 1]);
+  }
+}
+
+using TileFn = void (*)(const GemmTile&);
+
+// tile_kernel<R, V> for every R in 1..kMr and V in 1..kNv, so an edge tile
+// does only the work of its real rows and vectors.
+struct TileTable {
+  TileFn fn[kMr][kNv];
+};
+template <int R, int V>
+constexpr void fill_table(TileTable& table) {
+  table.fn[R - 1][V - 1] = &tile_kernel<R, V>;
+  if constexpr (V < kNv) fill_table<R, V + 1>(table);
+  else if constexpr (R < kMr) fill_table<R + 1, 1>(table);
+}
+constexpr TileTable make_table() {
+  TileTable table{};
+  fill_table<1, 1>(table);
+  return table;
+}
+constexpr TileTable kTiles = make_table();
+
+void tile(const GemmTile& t) {
+  if (t.cs == 1) {
+    kTiles.fn[t.rows - 1][(t.cols + 7) / 8 - 1](t);
+    return;
+  }
+  // Strided columns: run the tile on a contiguous copy of C.
+  alignas(32) float buf[kMr * kNr];
+  if (t.accumulate) {
+    for (int r = 0; r < t.rows; ++r)
+      for (int j = 0; j < t.cols; ++j) buf[r * kNr + j] = t.c[r * t.rs + j * t.cs];
+  }
+  GemmTile local = t;
+  local.c = buf;
+  local.rs = kNr;
+  local.cs = 1;
+  kTiles.fn[t.rows - 1][(t.cols + 7) / 8 - 1](local);
+  for (int r = 0; r < t.rows; ++r)
+    for (int j = 0; j < t.cols; ++j) t.c[r * t.rs + j * t.cs] = buf[r * kNr + j];
+}
+
+// ---- packing ----
+
+// Transposes the 8 x 8 block r[0..7] (r[i] is row i) in registers: pairs of
+// rows interleave, then pairs of pairs, then 128-bit halves.
+inline void transpose8(__m256 r[8]) {
+  __m256 t[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);      // per 128-bit half: a0 b0 a1 b1
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);  //                   a2 b2 a3 b3
+  }
+  for (int i = 0; i < 8; i += 4) {
+    // Per half H, r[i + c] = rows i..i+3 at column c + 4 H.
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+  }
+  for (int c = 0; c < 4; ++c) {
+    t[c] = _mm256_permute2f128_ps(r[c], r[4 + c], 0x20);      // low halves: column c
+    t[c + 4] = _mm256_permute2f128_ps(r[c], r[4 + c], 0x31);  // high halves: column c + 4
+  }
+  for (int i = 0; i < 8; ++i) r[i] = t[i];
+}
+
+inline __m256i lanes_mask(int64_t n) {
+  const int64_t on = n < 0 ? 0 : (n > 8 ? 8 : n);
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask + 8 - on));
+}
+
+// See GemmPackFn (cpu_gemm.h). Lines go 8 at a time (one vector of dst).
+void pack(const float* src, int64_t line_stride, int64_t step, int h, int64_t kc, int w, float* dst) {
+  for (int g = 0; g < w; g += 8) {
+    const int lines = h - g < 0 ? 0 : (h - g > 8 ? 8 : h - g);  // real lines in this group
+    const __m256i store = lanes_mask(w - g);
+    if (step == 1) {
+      // Transpose: each line is contiguous along the depth.
+      for (int64_t p0 = 0; p0 < kc; p0 += 8) {
+        const int64_t depth = kc - p0 < 8 ? kc - p0 : 8;
+        const __m256i load = lanes_mask(depth);
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i)
+          r[i] = i < lines ? _mm256_maskload_ps(src + (g + i) * line_stride + p0, load) : _mm256_setzero_ps();
+        transpose8(r);
+        for (int64_t c = 0; c < depth; ++c) _mm256_maskstore_ps(dst + (p0 + c) * w + g, store, r[c]);
+      }
+    } else if (line_stride == 1) {
+      // Copy: the lines of one depth are contiguous.
+      const __m256i load = lanes_mask(lines);
+      for (int64_t p = 0; p < kc; ++p)
+        _mm256_maskstore_ps(dst + p * w + g, store, _mm256_maskload_ps(src + p * step + g, load));
+    } else {
+      const int end = g + 8 < w ? g + 8 : w;
+      for (int64_t p = 0; p < kc; ++p)
+        for (int r = g; r < end; ++r) dst[p * w + r] = r < h ? src[r * line_stride + p * step] : 0.0f;
+    }
+  }
+}
+
+}  // namespace
+
+GemmKernel gemm_kernel_avx2() {
+  // kc: an A panel (6 x 256 floats, 6 KiB) stays in L1 (32 KiB) while the B
+  // panels (256 x 16, 16 KiB each) stream past it. nc: the B block (256 x 256,
+  // 256 KiB) stays in L2 while every A panel of the block passes over it (L2
+  // is 256 KiB to 1 MiB on AVX2 machines).
+  return GemmKernel{kMr, kNr, /*mc=*/kMr * 32, /*kc=*/256, /*nc=*/kNr * 16, &tile, &pack};
+}
+
+}  // namespace loom::cpu
+
+#endif
