@@ -1,2 +1,4 @@
-// Umbrella header: everything in loom::io.
+// Umbrella header: everything in loom::io (safetensors checkpoints).
 #pragma once
+#include "loom/io/checkpoint.h"
+#include "loom/io/safetensors.h"

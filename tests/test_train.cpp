@@ -1,0 +1,471 @@
+// End to end: `loom train`'s training loop on Fashion-MNIST, exact resume
+// from a checkpoint, the metrics file, and the `loom` binary's command line.
+//
+// The training loop lives in tools/loom (train.cpp and its helpers), which is
+// a program, not part of the library; this file compiles those sources in
+// so the test drives the very function the CLI runs. Tests that need the
+// dataset skip when the OS package dataset-fashion-mnist is not installed.
+#include <gtest/gtest.h>
+#include <loom/loom.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <sys/wait.h>
+
+#include "../tools/loom/checkpoint.cpp"
+#include "../tools/loom/metrics.cpp"
+#include "../tools/loom/models.cpp"
+#include "../tools/loom/progress.cpp"
+#include "../tools/loom/train.cpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace loom;
+using cli::TrainOptions;
+
+bool have_dataset() {
+  return fs::exists(fs::path(cli::kFashionMnistDir) / "train-images-idx3-ubyte.gz") &&
+         fs::exists(fs::path(cli::kFashionMnistDir) / "t10k-labels-idx1-ubyte.gz");
+}
+
+#define SKIP_WITHOUT_DATASET()                                                                                 \
+  do {                                                                                                         \
+    if (!have_dataset())                                                                                       \
+      GTEST_SKIP() << "Fashion-MNIST is not in " << cli::kFashionMnistDir                                      \
+                   << " (install the OS package dataset-fashion-mnist: `make deps` as root)";                  \
+  } while (0)
+
+// A fresh folder per test (ctest runs tests in parallel), removed afterwards.
+class TempDir {
+ public:
+  TempDir() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = fs::temp_directory_path() /
+            ("loom_test_train_" + std::to_string(::getpid()) + "_" + info->test_suite_name() + "_" + info->name());
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A small, fast configuration: 784-32-10 on 1,000 images.
+TrainOptions tiny_options(const TempDir& dir) {
+  TrainOptions o;
+  o.model.hidden = {32};
+  o.epochs = 2;
+  o.batch_size = 50;
+  o.train_limit = 1000;
+  o.test_limit = 200;
+  o.out = dir.file("model.safetensors");
+  return o;
+}
+
+void expect_same_state(const nn::StateDict& a, const nn::StateDict& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].first, b[i].first);
+    EXPECT_TRUE(a[i].second.equal(b[i].second)) << a[i].first << " differs bitwise";
+  }
+}
+
+// ---- the main job in small: a 5,000-image subset reaches 80% ----
+
+TEST(TrainEndToEnd, SmallMlpReaches80PercentOnA5000ImageSubset) {
+  SKIP_WITHOUT_DATASET();
+  TempDir dir;
+  TrainOptions o;
+  o.model.hidden = {128};
+  o.epochs = 3;
+  o.batch_size = 64;
+  o.lr = 3e-3;
+  o.train_limit = 5000;
+  o.test_limit = 1000;
+  o.out = dir.file("mlp.safetensors");
+  o.metrics = dir.file("metrics.csv");
+  std::ostringstream log;
+  cli::TrainResult r = cli::train(o, log, /*interactive=*/false);
+
+  ASSERT_EQ(r.history.size(), 3u);
+  EXPECT_EQ(r.last_epoch, 3);
+  const cli::EpochMetrics& last = r.history.back();
+  EXPECT_GE(last.test_acc, 0.80) << log.str();
+  EXPECT_LT(last.train_loss, r.history.front().train_loss);
+  // Plain log lines (not a redrawn bar), and the summary of each epoch.
+  EXPECT_EQ(log.str().find('\r'), std::string::npos);
+  EXPECT_NE(log.str().find("epoch 3/3: train loss"), std::string::npos) << log.str();
+
+  // The checkpoint rebuilds the model by itself and evaluates to the same numbers.
+  cli::LoadedModel loaded = cli::load_model(o.out);
+  EXPECT_EQ(loaded.config, o.model);
+  cli::EvalResult again = cli::evaluate_checkpoint(o.out, cli::kFashionMnistDir, 1000, log);
+  EXPECT_EQ(again.count, 10000);
+  EXPECT_GE(again.accuracy, 0.78);  // the whole test set, not only the first 1,000
+  expect_same_state(loaded.model->state_dict(), r.model->state_dict());
+
+  // One CSV row per epoch under the header.
+  std::string csv = read_file(o.metrics);
+  EXPECT_EQ(csv.rfind(std::string(cli::MetricsWriter::csv_header()) + "\n1,", 0), 0u) << csv;
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 4);
+}
+
+// ---- Note [Exact resume] ----
+
+void expect_resume_is_exact(TrainOptions o, const TempDir& dir) {
+  std::ostringstream log;
+  o.out = dir.file("uninterrupted.safetensors");
+  cli::TrainResult full = cli::train(o, log, false);
+
+  TrainOptions first = o;
+  first.stop_after = 1;  // "interrupted" after epoch 1
+  first.out = dir.file("epoch1.safetensors");
+  cli::train(first, log, false);
+  cli::TrainCheckpoint ckpt = cli::load_checkpoint(first.out);
+  EXPECT_EQ(ckpt.epoch, 1);
+  EXPECT_EQ(ckpt.settings, cli::settings_of(o));
+  EXPECT_FALSE(ckpt.optimizer_state.empty());
+
+  // Resume in a process whose global generator has moved on, with data
+  // workers this time: neither may change the result.
+  manual_seed(12345);
+  randn({100});
+  TrainOptions second = o;
+  second.resume = first.out;
+  second.out = dir.file("resumed.safetensors");
+  second.workers = 2;
+  cli::TrainResult resumed = cli::train(second, log, false);
+  ASSERT_EQ(resumed.history.size(), 1u);
+  EXPECT_EQ(resumed.history[0].epoch, 2);
+  EXPECT_EQ(resumed.last_epoch, 2);
+
+  expect_same_state(resumed.model->state_dict(), full.model->state_dict());
+  EXPECT_EQ(resumed.history[0].test_loss, full.history[1].test_loss);
+  // The optimizer state written at the end matches too (step counts,
+  // moments), compared by name: a loaded optimizer may list a parameter's
+  // entries in another order.
+  auto by_name = [](nn::StateDict sd) {
+    std::sort(sd.begin(), sd.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+    return sd;
+  };
+  cli::TrainCheckpoint end_resumed = cli::load_checkpoint(second.out), end_full = cli::load_checkpoint(o.out);
+  expect_same_state(by_name(end_resumed.optimizer_state), by_name(end_full.optimizer_state));
+  expect_same_state(end_resumed.scheduler_state, end_full.scheduler_state);
+  EXPECT_EQ(end_resumed.rng.offset, end_full.rng.offset);
+}
+
+TEST(TrainResume, AdamWWithCosineScheduleResumeGivesBitwiseTheSameWeights) {
+  SKIP_WITHOUT_DATASET();
+  TempDir dir;
+  TrainOptions o = tiny_options(dir);
+  ASSERT_EQ(o.optimizer, "adamw");
+  ASSERT_EQ(o.schedule, "cosine");
+  expect_resume_is_exact(o, dir);
+}
+
+TEST(TrainResume, SgdWithMomentumResumeGivesBitwiseTheSameWeights) {
+  SKIP_WITHOUT_DATASET();
+  TempDir dir;
+  TrainOptions o = tiny_options(dir);
+  o.optimizer = "sgd";
+  o.lr = 0.05;
+  o.momentum = 0.9;
+  o.weight_decay = 0;
+  o.schedule = "constant";
+  expect_resume_is_exact(o, dir);
+}
+
+TEST(TrainResume, OtherSettingsAreRefusedByName) {
+  SKIP_WITHOUT_DATASET();
+  TempDir dir;
+  TrainOptions o = tiny_options(dir);
+  o.epochs = 1;
+  o.train_limit = 200;
+  std::ostringstream log;
+  cli::train(o, log, false);
+
+  TrainOptions other = o;
+  other.resume = o.out;
+  other.out = dir.file("other.safetensors");
+  other.epochs = 2;
+  other.batch_size = 64;
+  other.lr = 0.01;
+  try {
+    cli::train(other, log, false);
+    FAIL() << "resuming with another batch size and lr should fail";
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("--batch-size 50 (asked: 64)"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("--lr"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("--epochs"), std::string::npos) << msg;  // the cosine schedule spans them
+    EXPECT_EQ(msg.find("--seed"), std::string::npos) << msg;
+  }
+  // A checkpoint already at --epochs trains nothing.
+  TrainOptions done = o;
+  done.resume = o.out;
+  done.out = "";
+  cli::TrainResult r = cli::train(done, log, false);
+  EXPECT_TRUE(r.history.empty());
+  EXPECT_EQ(r.last_epoch, 1);
+}
+
+// ---- pieces without the dataset ----
+
+TEST(TrainModels, MlpMatchesPyTorchLayout) {
+  manual_seed(0);
+  auto model = cli::make_model({});
+  nn::StateDict sd = model->state_dict();
+  // nn.Sequential(Flatten, Linear, ReLU, Linear, ReLU, Linear) names.
+  std::vector<std::pair<std::string, std::vector<int64_t>>> expected = {
+      {"1.weight", {512, 784}}, {"1.bias", {512}}, {"3.weight", {256, 512}},
+      {"3.bias", {256}},        {"5.weight", {10, 256}}, {"5.bias", {10}}};
+  ASSERT_EQ(sd.size(), expected.size());
+  for (size_t i = 0; i < sd.size(); ++i) {
+    EXPECT_EQ(sd[i].first, expected[i].first);
+    EXPECT_EQ(sd[i].second.sizes(), expected[i].second);
+  }
+  EXPECT_EQ(model->num_parameters(), 784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10);
+  // PyTorch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+  EXPECT_LE(sd[0].second.abs().max().item<double>(), 1 / std::sqrt(784.0));
+  EXPECT_GT(sd[0].second.abs().max().item<double>(), 0.9 / std::sqrt(784.0));
+  Tensor logits = model->forward(zeros({3, 1, 28, 28}));
+  EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{3, 10}));
+
+  cli::ModelConfig unknown;
+  unknown.name = "resnet";
+  EXPECT_THROW(cli::make_model(unknown), Error);
+  cli::ModelConfig empty_layer;
+  empty_layer.hidden = {64, 0};
+  EXPECT_THROW(cli::make_model(empty_layer), Error);
+}
+
+TEST(TrainModels, ConfigRoundTripsThroughMetadata) {
+  cli::ModelConfig c{.name = "mlp", .hidden = {64, 32, 16}, .in_features = 784, .num_classes = 10};
+  std::map<std::string, std::string> meta;
+  cli::write_model_config(c, meta);
+  EXPECT_EQ(meta["loom.model.hidden"], "64,32,16");
+  EXPECT_EQ(cli::read_model_config(meta, "f"), c);
+  meta["loom.model.hidden"] = "64,x";
+  EXPECT_THROW(cli::read_model_config(meta, "f"), Error);
+  meta.erase("loom.model.hidden");
+  try {
+    cli::read_model_config(meta, "ckpt.safetensors");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'loom.model.hidden' is missing"), std::string::npos) << e.what();
+  }
+}
+
+TEST(TrainCheckpoint, RoundTripsSettingsRngAndState) {
+  TempDir dir;
+  cli::TrainCheckpoint c;
+  c.settings.model.hidden = {7};
+  c.settings.lr = 0.1 + 0.2;  // not exactly representable in few digits
+  c.settings.seed = 18446744073709551615ull;
+  c.epoch = 4;
+  c.rng = {123, 456};
+  c.model_state = {{"1.weight", arange(6, kFloat32).reshape({2, 3})}};
+  c.optimizer_state = {{"state.0.step", scalar_tensor(3.0, kFloat64)}};
+  c.scheduler_state = {{"last_epoch", scalar_tensor(int64_t{7}, kInt64)}};
+  c.normalization = {{0.1, 0.2}, {0.3, 0.4}};
+  cli::save_checkpoint(dir.file("c.safetensors"), c);
+  cli::TrainCheckpoint back = cli::load_checkpoint(dir.file("c.safetensors"));
+  EXPECT_EQ(back.settings, c.settings);
+  EXPECT_EQ(back.epoch, 4);
+  EXPECT_EQ(back.rng.seed, 123u);
+  EXPECT_EQ(back.rng.offset, 456u);
+  expect_same_state(back.model_state, c.model_state);
+  expect_same_state(back.optimizer_state, c.optimizer_state);
+  expect_same_state(back.scheduler_state, c.scheduler_state);
+  EXPECT_EQ(back.normalization, c.normalization);
+
+  // A safetensors file without loom's metadata is refused by name.
+  io::save_safetensors(dir.file("plain.safetensors"), c.model_state);
+  try {
+    cli::load_model(dir.file("plain.safetensors"));
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'loom.model' is missing"), std::string::npos) << e.what();
+  }
+}
+
+TEST(TrainMetrics, CsvAndJsonLines) {
+  TempDir dir;
+  cli::EpochMetrics m{1, 0.5, 0.25, 0.875, 2.5, 24000};
+  {
+    cli::MetricsWriter w(dir.file("m.csv"));
+    w.append(m);
+  }
+  {
+    cli::MetricsWriter w(dir.file("m.csv"));  // appends, no second header
+    m.epoch = 2;
+    w.append(m);
+  }
+  EXPECT_EQ(read_file(dir.file("m.csv")),
+            "epoch,train_loss,test_loss,test_acc,seconds,samples_per_s\n"
+            "1,0.5,0.25,0.875,2.5,24000\n2,0.5,0.25,0.875,2.5,24000\n");
+  {
+    cli::MetricsWriter w(dir.file("m.jsonl"));
+    m.test_loss = std::nan("");
+    w.append(m);
+  }
+  EXPECT_EQ(read_file(dir.file("m.jsonl")),
+            "{\"epoch\": 2, \"train_loss\": 0.5, \"test_loss\": null, \"test_acc\": 0.875, \"seconds\": 2.5, "
+            "\"samples_per_s\": 24000}\n");
+  EXPECT_THROW(cli::MetricsWriter(dir.file("m.txt")), Error);
+  std::ofstream(dir.file("other.csv")) << "a,b\n1,2\n";
+  EXPECT_THROW(cli::MetricsWriter(dir.file("other.csv")), Error);
+}
+
+TEST(TrainProgress, LogLinesEveryTenthOfAnEpoch) {
+  EXPECT_EQ(cli::format_duration(0), "0:00");
+  EXPECT_EQ(cli::format_duration(75.4), "1:15");
+  EXPECT_EQ(cli::format_duration(3723), "1:02:03");
+  EXPECT_EQ(cli::format_duration(-1), "?");
+
+  std::ostringstream out;
+  cli::EpochProgress p(out, /*interactive=*/false, 2, 5, 100);
+  for (int64_t b = 1; b <= 100; ++b) p.update(b, 0.5, b * 10);
+  p.finish();
+  std::string s = out.str();
+  EXPECT_EQ(std::count(s.begin(), s.end(), '\n'), 10) << s;
+  EXPECT_NE(s.find("epoch 2/5 batch 10/100  loss 0.5000"), std::string::npos) << s;
+  EXPECT_NE(s.find("batch 100/100"), std::string::npos) << s;
+
+  std::ostringstream tty;
+  cli::EpochProgress bar(tty, /*interactive=*/true, 1, 1, 3, /*width=*/120);
+  bar.update(1, 1.0, 8);
+  bar.update(3, 1.0, 24);  // the last batch is always drawn
+  bar.finish();
+  EXPECT_EQ(tty.str().rfind("\r\033[K"), tty.str().size() - 4);
+  EXPECT_NE(tty.str().find("[========================================] 3/3"), std::string::npos) << tty.str();
+}
+
+// ---- the `loom` binary ----
+
+// build/tests/test_train -> build/loom, unless CMake passes LOOM_CLI_PATH.
+std::string loom_binary() {
+#ifdef LOOM_CLI_PATH
+  return LOOM_CLI_PATH;
+#else
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) return "";
+  return (self.parent_path().parent_path() / "loom").string();
+#endif
+}
+
+struct RunResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+RunResult run_loom(const std::string& args) {
+  RunResult r;
+  std::string cmd = "'" + loom_binary() + "' " + args + " 2>&1";
+  FILE* pipe = ::popen(cmd.c_str(), "r");
+  if (!pipe) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  int status = ::pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+#define SKIP_WITHOUT_BINARY()                                                                       \
+  do {                                                                                              \
+    if (!fs::exists(loom_binary()))                                                                 \
+      GTEST_SKIP() << "the loom binary was not found at '" << loom_binary() << "' (build `loom`)"; \
+  } while (0)
+
+TEST(LoomCli, HelpForEveryCommand) {
+  SKIP_WITHOUT_BINARY();
+  RunResult top = run_loom("--help");
+  EXPECT_EQ(top.exit_code, 0) << top.output;
+  for (const char* cmd : {"train", "eval", "predict"}) EXPECT_NE(top.output.find(cmd), std::string::npos);
+
+  RunResult train = run_loom("train --help");
+  EXPECT_EQ(train.exit_code, 0) << train.output;
+  for (const char* flag : {"--model", "--dataset", "--data-dir", "--epochs", "--batch-size", "--lr", "--optimizer",
+                           "--seed", "--threads", "--out", "--resume", "--metrics", "--workers"})
+    EXPECT_NE(train.output.find(flag), std::string::npos) << flag;
+  EXPECT_NE(run_loom("eval --help").output.find("--model-file"), std::string::npos);
+  EXPECT_NE(run_loom("predict --help").output.find("--index"), std::string::npos);
+
+  RunResult none = run_loom("");
+  EXPECT_NE(none.exit_code, 0);
+  RunResult bad = run_loom("train --optimizer adam");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("--optimizer"), std::string::npos) << bad.output;
+}
+
+TEST(LoomCli, MissingDatasetIsACleanError) {
+  SKIP_WITHOUT_BINARY();
+  TempDir dir;
+  RunResult r = run_loom("train --epochs 1 --data-dir '" + dir.file("nowhere") + "' --out ''");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("loom: error: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(dir.file("nowhere")), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("dataset-fashion-mnist"), std::string::npos) << r.output;
+}
+
+TEST(LoomCli, CorruptCheckpointIsACleanError) {
+  SKIP_WITHOUT_BINARY();
+  TempDir dir;
+  std::ofstream(dir.file("bad.safetensors")) << "not a checkpoint";
+  for (const std::string& args : {"eval --model-file '" + dir.file("bad.safetensors") + "'",
+                                  "predict --index 0 --model-file '" + dir.file("bad.safetensors") + "'"}) {
+    RunResult r = run_loom(args);
+    EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find("loom: error: "), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("bad.safetensors"), std::string::npos) << r.output;
+  }
+}
+
+TEST(LoomCli, TrainEvalPredictOnASubset) {
+  SKIP_WITHOUT_BINARY();
+  SKIP_WITHOUT_DATASET();
+  TempDir dir;
+  std::string ckpt = dir.file("m.safetensors");
+  RunResult t = run_loom("train --hidden 32 --epochs 1 --train-limit 500 --test-limit 100 --out '" + ckpt +
+                         "' --metrics '" + dir.file("m.jsonl") + "'");
+  ASSERT_EQ(t.exit_code, 0) << t.output;
+  EXPECT_NE(t.output.find("epoch 1/1: train loss"), std::string::npos) << t.output;
+  EXPECT_EQ(t.output.find('\r'), std::string::npos) << "a pipe gets log lines, not a redrawn bar";
+  EXPECT_EQ(read_file(dir.file("m.jsonl")).rfind("{\"epoch\": 1, \"train_loss\": ", 0), 0u);
+
+  RunResult e = run_loom("eval --model-file '" + ckpt + "'");
+  EXPECT_EQ(e.exit_code, 0) << e.output;
+  EXPECT_NE(e.output.find("test accuracy"), std::string::npos) << e.output;
+
+  RunResult p = run_loom("predict --index 0 --model-file '" + ckpt + "'");
+  EXPECT_EQ(p.exit_code, 0) << p.output;
+  EXPECT_NE(p.output.find("true Ankle boot"), std::string::npos) << p.output;  // test image 0 is an ankle boot
+
+  RunResult out_of_range = run_loom("predict --index 10000 --model-file '" + ckpt + "'");
+  EXPECT_EQ(out_of_range.exit_code, 1) << out_of_range.output;
+  EXPECT_NE(out_of_range.output.find("out of range"), std::string::npos) << out_of_range.output;
+}
+
+}  // namespace

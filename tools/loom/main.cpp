@@ -1,0 +1,174 @@
+// The `loom` command: train, eval and predict (see `loom --help`).
+//
+// Flags are parsed here with CLI11; the work lives in train.cpp so tests call
+// the same code. Every loom::Error (bad flag values, missing dataset, corrupt
+// checkpoint) ends the program with "loom: error: ..." and exit code 1.
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "progress.h"
+#include "train.h"
+
+namespace {
+
+using loom::cli::TrainOptions;
+
+void add_data_dir(CLI::App& cmd, std::string& dir) {
+  cmd.add_option("--data-dir", dir,
+                 "Folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz (OS package: dataset-fashion-mnist)")
+      ->capture_default_str();
+}
+
+void add_threads(CLI::App& cmd, int& threads) {
+  cmd.add_option("--threads", threads, "Threads for loom's kernels (0: one per core)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+}
+
+void set_threads(int threads) {
+  if (threads > 0) loom::set_num_threads(threads);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"loom: train and run models with the loom deep-learning framework"};
+  app.require_subcommand(1);
+  app.footer("Run `loom <command> --help` for the flags of each command.");
+
+  // ---- loom train ----
+  TrainOptions topts;
+  CLI::App* train = app.add_subcommand("train", "Train a model and write a checkpoint after every epoch");
+  CLI::Option* o_model = train->add_option("--model", topts.model.name, "Model to train")
+      ->check(CLI::IsMember(loom::cli::model_names()))
+      ->capture_default_str();
+  CLI::Option* o_hidden = train->add_option("--hidden", topts.model.hidden, "Hidden layer widths of the MLP, e.g. --hidden 512,256")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber)
+      ->default_str("512,256");
+  CLI::Option* o_dataset = train->add_option("--dataset", topts.dataset, "Dataset to train on")
+      ->check(CLI::IsMember({"fashion-mnist"}))
+      ->capture_default_str();
+  add_data_dir(*train, topts.data_dir);
+  CLI::Option* o_epochs = train->add_option("--epochs", topts.epochs, "Epochs to train (in total, counting resumed ones)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  CLI::Option* o_batch = train->add_option("--batch-size", topts.batch_size, "Examples per batch")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  CLI::Option* o_optimizer = train->add_option("--optimizer", topts.optimizer, "adamw or sgd")
+      ->check(CLI::IsMember({"adamw", "sgd"}))
+      ->capture_default_str();
+  CLI::Option* o_lr =
+      train->add_option("--lr", topts.lr, "Learning rate")->check(CLI::PositiveNumber)->capture_default_str();
+  CLI::Option* o_schedule =
+      train->add_option("--schedule", topts.schedule, "lr schedule: cosine (decay to 0 over all epochs) or constant")
+          ->check(CLI::IsMember({"cosine", "constant"}))
+          ->capture_default_str();
+  CLI::Option* o_wd = train->add_option("--weight-decay", topts.weight_decay,
+                                      "Weight decay (default: 0.01 for adamw, 0 for sgd, as PyTorch)")
+                        ->check(CLI::NonNegativeNumber);
+  CLI::Option* o_momentum = train->add_option("--momentum", topts.momentum, "SGD momentum")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  CLI::Option* o_seed =
+      train->add_option("--seed", topts.seed, "Seed for initialization and data order")->capture_default_str();
+  add_threads(*train, topts.threads);
+  train->add_option("--workers", topts.workers, "Data-loading worker threads (0: load on the training thread)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  train->add_option("--stop-after", topts.stop_after,
+                    "Stop after this epoch, as if interrupted (the schedule still spans --epochs); "
+                    "continue later with --resume")
+      ->check(CLI::NonNegativeNumber);
+  train->add_option("--out", topts.out, "Checkpoint written (atomically) after every epoch")
+      ->capture_default_str();
+  train->add_option("--resume", topts.resume,
+                    "Continue from this checkpoint (training settings not given here are taken from it)")
+      ->check(CLI::ExistingFile);
+  train->add_option("--metrics", topts.metrics, "Append per-epoch metrics to this .csv or .jsonl file");
+  CLI::Option* o_limit = train->add_option("--train-limit", topts.train_limit, "Train on the first N images only (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  train->add_option("--test-limit", topts.test_limit, "Evaluate on the first N test images only (0: all)")
+      ->check(CLI::NonNegativeNumber);
+
+  // ---- loom eval ----
+  std::string eval_file, eval_dir = loom::cli::kFashionMnistDir;
+  int64_t eval_batch = 1000;
+  int eval_threads = 0;
+  CLI::App* eval = app.add_subcommand("eval", "Test accuracy and loss of a checkpoint");
+  eval->add_option("--model-file", eval_file, "Checkpoint written by `loom train`")
+      ->required()
+      ->check(CLI::ExistingFile);
+  add_data_dir(*eval, eval_dir);
+  eval->add_option("--batch-size", eval_batch, "Examples per batch")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  add_threads(*eval, eval_threads);
+
+  // ---- loom predict ----
+  std::string pred_file, pred_dir = loom::cli::kFashionMnistDir;
+  int64_t pred_index = 0;
+  CLI::App* predict = app.add_subcommand("predict", "Classify one test image with a checkpoint");
+  predict->add_option("--model-file", pred_file, "Checkpoint written by `loom train`")
+      ->required()
+      ->check(CLI::ExistingFile);
+  predict->add_option("--index", pred_index, "Index of the test image (0-based)")
+      ->required()
+      ->check(CLI::NonNegativeNumber);
+  add_data_dir(*predict, pred_dir);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  try {
+    if (train->parsed()) {
+      if (topts.optimizer == "sgd" && o_wd->count() == 0) topts.weight_decay = 0;
+      if (!topts.resume.empty()) {
+        // Settings not given on the command line come from the checkpoint;
+        // given ones must agree with it (train() checks).
+        TrainOptions given = topts;
+        loom::cli::apply_settings(loom::cli::load_checkpoint(topts.resume).settings, topts);
+        if (o_model->count()) topts.model.name = given.model.name;
+        if (o_hidden->count()) topts.model.hidden = given.model.hidden;
+        if (o_dataset->count()) topts.dataset = given.dataset;
+        if (o_batch->count()) topts.batch_size = given.batch_size;
+        if (o_optimizer->count()) topts.optimizer = given.optimizer;
+        if (o_lr->count()) topts.lr = given.lr;
+        if (o_schedule->count()) topts.schedule = given.schedule;
+        if (o_epochs->count()) topts.epochs = given.epochs;
+        if (o_wd->count()) topts.weight_decay = given.weight_decay;
+        if (o_momentum->count()) topts.momentum = given.momentum;
+        if (o_seed->count()) topts.seed = given.seed;
+        if (o_limit->count()) topts.train_limit = given.train_limit;
+      }
+      loom::cli::train(topts, std::cout, loom::cli::is_terminal(STDOUT_FILENO));
+    } else if (eval->parsed()) {
+      set_threads(eval_threads);
+      auto r = loom::cli::evaluate_checkpoint(eval_file, eval_dir, eval_batch, std::cout);
+      std::printf("test accuracy %.2f%% (%lld images), test loss %.4f\n", 100 * r.accuracy,
+                  static_cast<long long>(r.count), r.loss);
+    } else if (predict->parsed()) {
+      auto p = loom::cli::predict_checkpoint(pred_file, pred_dir, pred_index);
+      std::printf("test image %lld: predicted %s (class %lld, p=%.3f), true %s (class %lld)%s\n",
+                  static_cast<long long>(p.index), p.predicted_name.c_str(), static_cast<long long>(p.predicted),
+                  p.probability, p.label_name.c_str(), static_cast<long long>(p.label),
+                  p.predicted == p.label ? "" : "  [wrong]");
+    }
+  } catch (const std::exception& e) {
+    // loom::Error for user mistakes; anything else (std::bad_alloc, a
+    // filesystem error) is reported the same way rather than aborting.
+    std::cout.flush();
+    std::cerr << "loom: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

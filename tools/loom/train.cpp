@@ -1,0 +1,317 @@
+#include "train.h"
+
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <algorithm>
+#include <numeric>
+#include <sstream>
+
+#include "progress.h"
+
+namespace loom::cli {
+namespace F = nn::functional;
+
+namespace {
+
+// The dataset split by name. Only Fashion-MNIST so far; its loader's errors
+// name the folder, the file and the package that provides it.
+std::shared_ptr<data::Dataset> load_split(const std::string& dataset, const std::string& dir, bool train,
+                                          int64_t limit) {
+  LOOM_CHECK(dataset == "fashion-mnist", "dataset: unknown dataset '", dataset, "' (known: fashion-mnist)");
+  std::shared_ptr<data::Dataset> ds = data::fashion_mnist(dir, train);
+  LOOM_CHECK(limit >= 0, "train: a dataset limit must be >= 0, got ", limit);
+  if (limit > 0 && limit < ds->size()) {
+    std::vector<int64_t> first(static_cast<size_t>(limit));
+    std::iota(first.begin(), first.end(), int64_t{0});
+    ds = std::make_shared<data::Subset>(ds, std::move(first));
+  }
+  return ds;
+}
+
+data::DataLoaderOptions loader_options(int64_t batch_size, const Normalization& n) {
+  data::DataLoaderOptions o;
+  o.batch_size = batch_size;
+  if (!n.mean.empty()) o.transform = data::Normalize(n.mean, n.std);
+  return o;
+}
+
+std::unique_ptr<optim::Optimizer> make_optimizer(const TrainSettings& s, const std::vector<Tensor>& params) {
+  if (s.optimizer == "adamw")
+    return std::make_unique<optim::AdamW>(params, optim::AdamWOptions(s.lr).weight_decay(s.weight_decay));
+  if (s.optimizer == "sgd")
+    return std::make_unique<optim::SGD>(params,
+                                        optim::SGDOptions(s.lr).momentum(s.momentum).weight_decay(s.weight_decay));
+  LOOM_ERROR("train: unknown optimizer '", s.optimizer, "' (known: adamw, sgd)");
+}
+
+// The differences between what a checkpoint was trained with and what this
+// run asks for, as "--batch-size 64 (asked: 128)", for the resume error.
+std::string settings_diff(const TrainSettings& ckpt, const TrainSettings& asked) {
+  std::ostringstream d;
+  auto item = [&](bool differs, const char* flag, const auto& theirs, const auto& ours) {
+    if (differs) d << "\n  " << flag << " " << theirs << " (asked: " << ours << ")";
+  };
+  item(ckpt.model.name != asked.model.name, "--model", ckpt.model.name, asked.model.name);
+  item(ckpt.model.hidden != asked.model.hidden, "--hidden", join_ints(ckpt.model.hidden),
+       join_ints(asked.model.hidden));
+  item(ckpt.model.in_features != asked.model.in_features || ckpt.model.num_classes != asked.model.num_classes,
+       "model sizes", std::to_string(ckpt.model.in_features) + "->" + std::to_string(ckpt.model.num_classes),
+       std::to_string(asked.model.in_features) + "->" + std::to_string(asked.model.num_classes));
+  item(ckpt.dataset != asked.dataset, "--dataset", ckpt.dataset, asked.dataset);
+  item(ckpt.batch_size != asked.batch_size, "--batch-size", ckpt.batch_size, asked.batch_size);
+  item(ckpt.optimizer != asked.optimizer, "--optimizer", ckpt.optimizer, asked.optimizer);
+  item(ckpt.lr != asked.lr, "--lr", exact_double(ckpt.lr), exact_double(asked.lr));
+  item(ckpt.schedule != asked.schedule, "--schedule", ckpt.schedule, asked.schedule);
+  // A constant lr may train on for more epochs; a cosine one spans --epochs.
+  item(ckpt.epochs != asked.epochs && (ckpt.schedule != "constant" || asked.schedule != "constant"),
+       "--epochs (the cosine schedule spans them)", ckpt.epochs, asked.epochs);
+  item(ckpt.weight_decay != asked.weight_decay, "--weight-decay", exact_double(ckpt.weight_decay),
+       exact_double(asked.weight_decay));
+  item(ckpt.momentum != asked.momentum, "--momentum", exact_double(ckpt.momentum), exact_double(asked.momentum));
+  item(ckpt.seed != asked.seed, "--seed", ckpt.seed, asked.seed);
+  item(ckpt.train_limit != asked.train_limit, "--train-limit", ckpt.train_limit, asked.train_limit);
+  return d.str();
+}
+
+int terminal_width() {
+  winsize ws{};
+  if (::ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
+  return 80;
+}
+
+std::string percent(double fraction) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f%%", 100 * fraction);
+  return buf;
+}
+
+std::string fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+}  // namespace
+
+TrainSettings settings_of(const TrainOptions& o) {
+  TrainSettings s;
+  s.model = o.model;
+  s.dataset = o.dataset;
+  s.batch_size = o.batch_size;
+  s.optimizer = o.optimizer;
+  s.lr = o.lr;
+  s.schedule = o.schedule;
+  s.epochs = o.epochs;
+  s.weight_decay = o.weight_decay;
+  s.momentum = o.momentum;
+  s.seed = o.seed;
+  s.train_limit = o.train_limit;
+  return s;
+}
+
+void apply_settings(const TrainSettings& s, TrainOptions& o) {
+  o.model = s.model;
+  o.dataset = s.dataset;
+  o.batch_size = s.batch_size;
+  o.optimizer = s.optimizer;
+  o.lr = s.lr;
+  o.schedule = s.schedule;
+  o.epochs = s.epochs;
+  o.weight_decay = s.weight_decay;
+  o.momentum = s.momentum;
+  o.seed = s.seed;
+  o.train_limit = s.train_limit;
+}
+
+Normalization dataset_normalization(const std::string& dataset) {
+  LOOM_CHECK(dataset == "fashion-mnist", "dataset: unknown dataset '", dataset, "' (known: fashion-mnist)");
+  return {{0.2860}, {0.3530}};
+}
+
+EvalResult evaluate(nn::Module& model, std::shared_ptr<data::Dataset> test, const Normalization& normalization,
+                    int64_t batch_size) {
+  LOOM_CHECK(batch_size > 0, "evaluate: batch_size must be positive, got ", batch_size);
+  const bool was_training = model.is_training();
+  model.eval();
+  NoGradGuard no_grad;
+  double loss_sum = 0;
+  int64_t correct = 0, count = 0;
+  F::CrossEntropyOptions sum_reduction;
+  sum_reduction.reduction = "sum";
+  data::DataLoader loader(test, loader_options(batch_size, normalization));
+  for (data::Batch& b : loader) {
+    Tensor logits = model.forward(b.data);  // (B, classes)
+    loss_sum += F::cross_entropy(logits, b.target, sum_reduction).item<double>();
+    correct += logits.argmax(1).eq(b.target).sum().item<int64_t>();
+    count += b.target.size(0);
+  }
+  model.train(was_training);
+  LOOM_CHECK(count > 0, "evaluate: the test set '", test->name(), "' is empty");
+  return {loss_sum / static_cast<double>(count), static_cast<double>(correct) / static_cast<double>(count), count};
+}
+
+TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive) {
+  LOOM_CHECK(opts.epochs > 0, "train: --epochs must be positive, got ", opts.epochs);
+  LOOM_CHECK(opts.batch_size > 0, "train: --batch-size must be positive, got ", opts.batch_size);
+  LOOM_CHECK(opts.workers >= 0, "train: --workers must be >= 0, got ", opts.workers);
+  LOOM_CHECK(opts.stop_after >= 0, "train: --stop-after must be >= 0, got ", opts.stop_after);
+  LOOM_CHECK(opts.schedule == "cosine" || opts.schedule == "constant", "train: unknown --schedule '",
+             opts.schedule, "' (known: cosine, constant)");
+  if (opts.threads > 0) set_num_threads(opts.threads);
+  const TrainSettings settings = settings_of(opts);
+
+  // A resume is checked before anything expensive happens.
+  TrainCheckpoint resumed;
+  if (!opts.resume.empty()) {
+    resumed = load_checkpoint(opts.resume);
+    std::string diff = settings_diff(resumed.settings, settings);
+    LOOM_CHECK(diff.empty(), "train: cannot resume from '", opts.resume,
+               "': it was trained with other settings, and resuming must reproduce that run exactly:", diff);
+  }
+  // Open the metrics file now, so a bad path fails before the first epoch.
+  std::unique_ptr<MetricsWriter> metrics;
+  if (!opts.metrics.empty()) metrics = std::make_unique<MetricsWriter>(opts.metrics);
+
+  auto train_set = load_split(opts.dataset, opts.data_dir, /*train=*/true, opts.train_limit);
+  auto test_set = load_split(opts.dataset, opts.data_dir, /*train=*/false, opts.test_limit);
+  const Normalization normalization = dataset_normalization(opts.dataset);
+  data::DataLoaderOptions loader_opts = loader_options(opts.batch_size, normalization);
+  loader_opts.shuffle = true;
+  loader_opts.num_workers = opts.workers;
+  loader_opts.seed = opts.seed;
+  data::DataLoader loader(train_set, loader_opts);
+
+  manual_seed(opts.seed);
+  TrainResult result;
+  result.model = make_model(opts.model);
+  nn::Module& model = *result.model;
+  auto optimizer = make_optimizer(settings, model.parameters());
+  // Cosine decay from lr to 0, stepped after every batch (PyTorch's
+  // CosineAnnealingLR with T_max = all the run's batches).
+  std::unique_ptr<optim::LRScheduler> scheduler;
+  if (opts.schedule == "cosine")
+    scheduler = std::make_unique<optim::CosineAnnealingLR>(*optimizer, opts.epochs * loader.size());
+
+  int64_t first_epoch = 1;
+  if (!opts.resume.empty()) {
+    LOOM_CHECK(resumed.normalization == normalization, "train: cannot resume from '", opts.resume,
+               "': its inputs were normalized otherwise");
+    try {
+      model.load_state_dict(resumed.model_state, /*strict=*/true);
+      optimizer->load_state_dict(resumed.optimizer_state);
+      if (scheduler) scheduler->load_state_dict(resumed.scheduler_state);
+    } catch (const Error& e) {
+      LOOM_ERROR("train: cannot resume from '", opts.resume, "': ", e.what());
+    }
+    set_rng_state(resumed.rng);
+    first_epoch = resumed.epoch + 1;
+    result.last_epoch = resumed.epoch;
+  }
+
+  const int64_t n_train = train_set->size();
+  log << "loom train: " << opts.model.name << " " << opts.model.in_features << "-"
+      << (opts.model.hidden.empty() ? "" : join_ints(opts.model.hidden, '-') + "-") << opts.model.num_classes << " ("
+      << model.num_parameters() << " parameters) on " << opts.dataset << ": " << n_train << " train / "
+      << test_set->size() << " test images, batch " << opts.batch_size << ", " << opts.optimizer << " lr "
+      << opts.lr << (scheduler ? " (cosine decay)" : "") << ", " << get_num_threads() << " threads\n";
+  if (!opts.resume.empty())
+    log << "resuming from '" << opts.resume << "' after epoch " << resumed.epoch << "\n";
+  const int64_t last_epoch = opts.stop_after > 0 ? std::min(opts.stop_after, opts.epochs) : opts.epochs;
+  if (first_epoch > last_epoch) {
+    log << "nothing to train: the checkpoint has finished epoch " << resumed.epoch << " and this run stops after "
+        << last_epoch << "\n";
+    return result;
+  }
+  log << std::flush;
+
+  const int width = interactive ? terminal_width() : 80;
+  double train_seconds = 0;
+  for (int64_t epoch = first_epoch; epoch <= last_epoch; ++epoch) {
+    loader.set_epoch(epoch - 1);  // epoch e's order is a function of (seed, e): Note [Exact resume]
+    model.train();
+    EpochProgress progress(log, interactive, epoch, opts.epochs, loader.size(), width);
+    double loss_sum = 0;
+    int64_t batches = 0, samples = 0;
+    for (data::Batch& b : loader) {
+      Tensor logits = model.forward(b.data);  // (B, 10)
+      Tensor loss = F::cross_entropy(logits, b.target);
+      optimizer->zero_grad();
+      loss.backward();
+      optimizer->step();
+      if (scheduler) scheduler->step();
+      loss_sum += loss.item<double>();
+      samples += b.target.size(0);
+      ++batches;
+      progress.update(batches, loss_sum / static_cast<double>(batches), samples);
+    }
+    const double seconds = progress.elapsed_seconds();
+    progress.finish();
+    train_seconds += seconds;
+
+    EvalResult test = evaluate(model, test_set, normalization);
+    EpochMetrics m{epoch, loss_sum / static_cast<double>(batches), test.loss, test.accuracy, seconds,
+                   static_cast<double>(samples) / seconds};
+    result.history.push_back(m);
+    result.last_epoch = epoch;
+    if (metrics) metrics->append(m);
+    if (!opts.out.empty())
+      save_checkpoint(opts.out, {settings, epoch, get_rng_state(), model.state_dict(), optimizer->state_dict(),
+                                 scheduler ? scheduler->state_dict() : nn::StateDict{}, normalization});
+
+    log << "epoch " << epoch << "/" << opts.epochs << ": train loss " << fixed(m.train_loss, 4) << ", test loss "
+        << fixed(m.test_loss, 4) << ", test accuracy " << percent(m.test_acc) << "  (" << fixed(seconds, 1)
+        << " s, " << fixed(m.samples_per_s, 0) << " samples/s)"
+        << (opts.out.empty() ? "" : ", saved " + opts.out) << "\n"
+        << std::flush;
+  }
+  const auto& last = result.history.back();
+  log << "test accuracy " << percent(last.test_acc) << " after " << result.last_epoch
+      << (result.last_epoch == 1 ? " epoch (" : " epochs (")
+      << fixed(train_seconds / static_cast<double>(result.history.size()), 1) << " s per epoch)\n"
+      << std::flush;
+  return result;
+}
+
+EvalResult evaluate_checkpoint(const std::string& model_file, const std::string& data_dir, int64_t batch_size,
+                               std::ostream& log) {
+  LoadedModel loaded = load_model(model_file);
+  auto test_set = load_split(loaded.dataset, data_dir, /*train=*/false, 0);
+  log << "evaluating '" << model_file << "' (" << loaded.config.name << ", " << loaded.model->num_parameters()
+      << " parameters) on " << test_set->size() << " " << loaded.dataset << " test images\n"
+      << std::flush;
+  return evaluate(*loaded.model, test_set, loaded.normalization, batch_size);
+}
+
+Prediction predict_checkpoint(const std::string& model_file, const std::string& data_dir, int64_t index) {
+  LoadedModel loaded = load_model(model_file);
+  nn::Module& model = *loaded.model;
+  auto test_set = load_split(loaded.dataset, data_dir, /*train=*/false, 0);
+  LOOM_CHECK(index >= 0 && index < test_set->size(), "predict: --index ", index,
+             " is out of range: the test set has ", test_set->size(), " images (0..", test_set->size() - 1, ")");
+  data::Example ex = test_set->get(index);
+  if (!loaded.normalization.mean.empty()) {
+    data::SampleGenerator unused(0);  // Normalize draws nothing
+    ex = data::Normalize(loaded.normalization.mean, loaded.normalization.std)(ex, unused);
+  }
+  model.eval();
+  NoGradGuard no_grad;
+  Tensor probs = softmax(model.forward(ex.data.unsqueeze(0)), 1).squeeze(0);  // (classes)
+  Prediction p;
+  p.index = index;
+  p.predicted = probs.argmax().item<int64_t>();
+  p.probability = probs[p.predicted].item<double>();
+  p.label = ex.target.item<int64_t>();
+  const auto& names = data::fashion_mnist_classes();
+  auto name_of = [&](int64_t c) {
+    return c >= 0 && c < static_cast<int64_t>(names.size()) ? names[static_cast<size_t>(c)] : std::to_string(c);
+  };
+  p.predicted_name = name_of(p.predicted);
+  p.label_name = name_of(p.label);
+  return p;
+}
+
+}  // namespace loom::cli
