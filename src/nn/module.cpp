@@ -149,8 +149,10 @@ StateDict Module::state_dict() const {
 void Module::load_state_dict(const StateDict& sd, bool strict) {
   StateDict own = state_dict();
   std::vector<std::string> missing, unexpected;
+  // Lambdas capture `key`, not the structured binding (clang 14 rejects that).
   for (const auto& [name, t] : own) {
-    auto it = std::find_if(sd.begin(), sd.end(), [&](const auto& p) { return p.first == name; });
+    const std::string& key = name;
+    auto it = std::find_if(sd.begin(), sd.end(), [&](const auto& p) { return p.first == key; });
     if (it == sd.end()) {
       missing.push_back(name);
       continue;
@@ -160,7 +162,8 @@ void Module::load_state_dict(const StateDict& sd, bool strict) {
                shape_str(t.sizes()));
   }
   for (const auto& [name, t] : sd) {
-    bool known = std::any_of(own.begin(), own.end(), [&](const auto& p) { return p.first == name; });
+    const std::string& key = name;
+    bool known = std::any_of(own.begin(), own.end(), [&](const auto& p) { return p.first == key; });
     if (!known) unexpected.push_back(name);
   }
   if (strict && (!missing.empty() || !unexpected.empty())) {
@@ -176,7 +179,8 @@ void Module::load_state_dict(const StateDict& sd, bool strict) {
   }
   NoGradGuard ng;
   for (auto& [name, t] : own) {
-    auto it = std::find_if(sd.begin(), sd.end(), [&](const auto& p) { return p.first == name; });
+    const std::string& key = name;
+    auto it = std::find_if(sd.begin(), sd.end(), [&](const auto& p) { return p.first == key; });
     if (it != sd.end()) t.copy_(it->second);
   }
 }
