@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <memory>
@@ -1201,6 +1202,257 @@ TEST(ClipGrad, WorksOnAModelsParameters) {
   optim::SGD opt({w}, 0.5);
   opt.step();
   EXPECT_NEAR(w.sum().item<double>(), -0.5 * 2.0, 1e-5);  // each of 4 entries moves by 0.5 * 0.5
+}
+
+
+// ---- fused multi-tensor steps (Note [Fused optimizer steps]) ----
+//
+// The fused kernels must give bitwise the per-tensor path's numbers. Each
+// case runs the same float32 problem through an optimizer forced onto the
+// per-tensor path (fused(false)) and one forced onto the fused path
+// (fused(true), which throws rather than fall back), and compares every
+// parameter and state tensor bit for bit after every step. Parameters have
+// odd sizes (1 .. 1000) and one gets NaN, inf and -0 gradients.
+namespace fused {
+
+const std::vector<std::vector<int64_t>> kShapes = {{1}, {3}, {7}, {17}, {33}, {257}, {1000}, {17, 33}};
+
+std::vector<Tensor> make_params() {
+  manual_seed(7);
+  std::vector<Tensor> ps;
+  for (const auto& s : kShapes) ps.push_back(randn(s).requires_grad_(true));
+  return ps;
+}
+
+std::vector<Tensor> clone_params(const std::vector<Tensor>& ps) {
+  std::vector<Tensor> out;
+  for (const Tensor& p : ps) out.push_back(p.detach().clone().requires_grad_(true));
+  return out;
+}
+
+// Step k's gradient of parameter j (identical for both runs).
+Tensor grad_for(size_t j, int k, const std::vector<int64_t>& shape) {
+  manual_seed(1000 + 31 * static_cast<uint64_t>(k) + j);
+  Tensor g = randn(shape) * (1.0 + 0.5 * std::cos(0.9 * k));
+  if (j == 1) {
+    float* d = g.data_ptr<float>();
+    d[0] = std::nanf("");
+    d[1] = k % 2 ? INFINITY : -INFINITY;
+    d[2] = -0.0f;
+  }
+  return g;
+}
+
+// Bit for bit, except that any NaN equals any NaN: IEEE 754 leaves the sign
+// and payload of a NaN result unspecified, and the compiler may rewrite
+// -g + x as x - g (exact for every number, but it keeps g's NaN sign).
+bool same_bits(const Tensor& a, const Tensor& b) {
+  if (a.sizes() != b.sizes() || a.dtype() != b.dtype()) return false;
+  Tensor x = a.detach().contiguous(), y = b.detach().contiguous();
+  if (a.dtype() != kFloat32) return std::memcmp(x.raw_data_ptr(), y.raw_data_ptr(), x.nbytes()) == 0;
+  const float *px = x.data_ptr<float>(), *py = y.data_ptr<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    if (std::isnan(px[i]) && std::isnan(py[i])) continue;
+    if (std::memcmp(px + i, py + i, sizeof(float)) != 0) return false;
+  }
+  return true;
+}
+
+using MakeOpt = std::function<std::unique_ptr<optim::Optimizer>(std::vector<Tensor>, bool fused)>;
+
+struct RunOptions {
+  int steps = 5;
+  bool scheduler = false;   // StepLR(step_size 2, gamma 0.5) on both
+  bool skip_grads = false;  // parameter 3 has no gradient on steps 0 and 2
+};
+
+void expect_fused_matches(const MakeOpt& make, RunOptions r = {}) {
+  std::vector<Tensor> pa = make_params(), pb = clone_params(pa);
+  auto oa = make(pa, false), ob = make(pb, true);
+  std::unique_ptr<optim::StepLR> sa, sb;
+  if (r.scheduler) {
+    sa = std::make_unique<optim::StepLR>(*oa, 2, 0.5);
+    sb = std::make_unique<optim::StepLR>(*ob, 2, 0.5);
+  }
+  for (int k = 0; k < r.steps; ++k) {
+    for (size_t j = 0; j < pa.size(); ++j) {
+      const bool skip = r.skip_grads && j == 3 && (k == 0 || k == 2);
+      Tensor g = skip ? Tensor() : grad_for(j, k, kShapes[j]);
+      pa[j].set_grad(g.defined() ? g.clone() : Tensor());
+      pb[j].set_grad(g);
+    }
+    oa->step();
+    ob->step();
+    if (sa) {
+      sa->step();
+      sb->step();
+    }
+    for (size_t j = 0; j < pa.size(); ++j) {
+      EXPECT_TRUE(same_bits(pa[j], pb[j])) << "parameter " << j << " after step " << k;
+      const optim::ParamState* s0 = oa->state_of(pa[j]);
+      const optim::ParamState* s1 = ob->state_of(pb[j]);
+      ASSERT_EQ(s0 == nullptr, s1 == nullptr) << "parameter " << j;
+      if (!s0) continue;
+      ASSERT_EQ(s0->entries().size(), s1->entries().size());
+      for (const auto& [name, t] : s0->entries())
+        EXPECT_TRUE(same_bits(t, s1->at(name))) << name << " of parameter " << j << " after step " << k;
+    }
+  }
+}
+
+}  // namespace fused
+
+TEST(FusedOptim, AdamMatchesThePerTensorPath) {
+  fused::expect_fused_matches([](std::vector<Tensor> ps, bool f) {
+    return std::make_unique<optim::Adam>(ps, optim::AdamOptions(0.01).fused(f));
+  });
+}
+
+TEST(FusedOptim, AdamAmsgradWeightDecayMaximizeAndScheduler) {
+  fused::expect_fused_matches(
+      [](std::vector<Tensor> ps, bool f) {
+        return std::make_unique<optim::Adam>(
+            ps, optim::AdamOptions(0.02).betas({0.8, 0.95}).eps(1e-6).weight_decay(0.1).amsgrad(true).maximize(true).fused(f));
+      },
+      {.steps = 6, .scheduler = true, .skip_grads = true});
+}
+
+TEST(FusedOptim, AdamWMatchesThePerTensorPath) {
+  fused::expect_fused_matches(
+      [](std::vector<Tensor> ps, bool f) {
+        return std::make_unique<optim::AdamW>(ps, optim::AdamWOptions(0.01).weight_decay(0.05).fused(f));
+      },
+      {.steps = 6, .scheduler = true});
+}
+
+TEST(FusedOptim, AdamWAmsgradZeroBeta1) {
+  fused::expect_fused_matches(
+      [](std::vector<Tensor> ps, bool f) {
+        return std::make_unique<optim::AdamW>(
+            ps, optim::AdamWOptions(0.03).betas({0.0, 0.99}).weight_decay(0.5).amsgrad(true).fused(f));
+      },
+      {.steps = 5, .skip_grads = true});
+}
+
+TEST(FusedOptim, SgdPlainAndWithMomentum) {
+  fused::expect_fused_matches([](std::vector<Tensor> ps, bool f) {
+    return std::make_unique<optim::SGD>(ps, optim::SGDOptions(0.1).fused(f));
+  });
+  fused::expect_fused_matches(
+      [](std::vector<Tensor> ps, bool f) {
+        return std::make_unique<optim::SGD>(
+            ps, optim::SGDOptions(0.05).momentum(0.9).dampening(0.1).weight_decay(0.01).fused(f));
+      },
+      {.steps = 6, .scheduler = true, .skip_grads = true});
+}
+
+TEST(FusedOptim, SgdNesterovMaximize) {
+  fused::expect_fused_matches(
+      [](std::vector<Tensor> ps, bool f) {
+        return std::make_unique<optim::SGD>(
+            ps, optim::SGDOptions(0.05).momentum(0.8).nesterov(true).weight_decay(0.1).maximize(true).fused(f));
+      },
+      {.steps = 5, .skip_grads = true});
+}
+
+TEST(FusedOptim, ParamGroupsWithTheirOwnOptions) {
+  fused::expect_fused_matches([](std::vector<Tensor> ps, bool f) {
+    std::vector<optim::ParamGroup> groups;
+    groups.emplace_back(std::vector<Tensor>(ps.begin(), ps.begin() + 4));
+    groups.emplace_back(std::vector<Tensor>(ps.begin() + 4, ps.end()),
+                        optim::AdamWOptions(0.1).weight_decay(0.2).amsgrad(true).fused(f));
+    return std::make_unique<optim::AdamW>(std::move(groups), optim::AdamWOptions(0.01).fused(f));
+  });
+}
+
+TEST(FusedOptim, ResultsDoNotDependOnTheThreadCount) {
+  // 3 * 40000 elements: several chunks, split over threads.
+  auto run = [](int threads) {
+    set_num_threads(threads);
+    manual_seed(3);
+    std::vector<Tensor> ps = {randn({40000}).requires_grad_(true), randn({200, 200}).requires_grad_(true),
+                              randn({40000}).requires_grad_(true)};
+    optim::Adam opt(ps, optim::AdamOptions(0.01).amsgrad(true).weight_decay(0.01).fused(true));
+    for (int k = 0; k < 3; ++k) {
+      for (Tensor& p : ps) p.set_grad(randn(p.sizes()));
+      opt.step();
+    }
+    return ps;
+  };
+  const int saved = get_num_threads();
+  std::vector<Tensor> one = run(1), many = run(std::max(2, saved));
+  set_num_threads(saved);
+  for (size_t j = 0; j < one.size(); ++j) EXPECT_TRUE(fused::same_bits(one[j], many[j])) << j;
+}
+
+TEST(FusedOptim, ResumeFromStateDictIsBitwise) {
+  auto make = [](std::vector<Tensor> ps) {
+    return std::make_unique<optim::Adam>(ps, optim::AdamOptions(0.01).amsgrad(true));
+  };
+  std::vector<Tensor> pa = fused::make_params();
+  std::vector<Tensor> pb = fused::clone_params(pa);
+  auto oa = make(pa);
+  auto ob = make(pb);
+  auto step = [](optim::Optimizer& o, std::vector<Tensor>& ps, int k) {
+    for (size_t j = 0; j < ps.size(); ++j) ps[j].set_grad(fused::grad_for(j, k, fused::kShapes[j]));
+    o.step();
+  };
+  for (int k = 0; k < 3; ++k) {
+    step(*oa, pa, k);
+    step(*ob, pb, k);
+  }
+  // b resumes into a fresh optimizer over copies of its parameters.
+  std::vector<Tensor> pc = fused::clone_params(pb);
+  auto oc = make(pc);
+  oc->load_state_dict(ob->state_dict());
+  for (int k = 3; k < 6; ++k) {
+    step(*oa, pa, k);
+    step(*oc, pc, k);
+  }
+  for (size_t j = 0; j < pa.size(); ++j) EXPECT_TRUE(fused::same_bits(pa[j], pc[j])) << j;
+}
+
+TEST(FusedOptim, FallsBackOrExplainsWhenATensorDoesNotQualify) {
+  // A transposed (non-contiguous) parameter: the default quietly takes the
+  // per-tensor path, fused(true) says why it cannot.
+  Tensor base = randn({3, 5});
+  Tensor p = base.t().detach().requires_grad_(true);
+  Tensor q = p.detach().clone().requires_grad_(true);
+  p.set_grad(ones({5, 3}));
+  q.set_grad(ones({5, 3}));
+  optim::Adam by_default({p}, optim::AdamOptions(0.1));
+  by_default.step();
+  optim::Adam per_tensor({q}, optim::AdamOptions(0.1).fused(false));
+  per_tensor.step();
+  EXPECT_TRUE(fused::same_bits(p, q));
+  Tensor d = randn({4}, kFloat64).requires_grad_(true);
+  d.set_grad(ones({4}, kFloat64));
+  optim::SGD forced({d}, optim::SGDOptions(0.1).fused(true));
+  EXPECT_ERROR_HAS(forced.step(), "SGD: fused=true needs contiguous float32 cpu");
+}
+
+TEST(FusedOptim, OpChecksItsInputsAndBumpsVersions) {
+  NoGradGuard no_grad;
+  Tensor p = zeros({4}), g = ones({4}), m = zeros({4}), v = zeros({4});
+  Tensor step = scalar_tensor(1.0, kFloat64);
+  EXPECT_ERROR_HAS(_fused_adam_({p}, {g, g}, {m}, {v}, {}, {step}, 0.1, 0.9, 0.999, 0, 1e-8, false, false),
+                   "_fused_adam_: expected 1 tensors in grads");
+  EXPECT_ERROR_HAS(_fused_adam_({p}, {ones({5})}, {m}, {v}, {}, {step}, 0.1, 0.9, 0.999, 0, 1e-8, false, false),
+                   "grads[0] has shape [5] but params[0] has shape [4]");
+  EXPECT_ERROR_HAS(_fused_sgd_({p.to(kFloat64)}, {g}, {}, 0, 0, 0.1, 0, false, false, false),
+                   "params[0] has dtype float64");
+  EXPECT_ERROR_HAS(_fused_adam_({p}, {g}, {p}, {v}, {}, {step}, 0.1, 0.9, 0.999, 0, 1e-8, false, false),
+                   "must not share memory");
+  const uint64_t before = p._version();
+  _fused_adam_({p}, {g}, {m}, {v}, {}, {step}, 0.1, 0.9, 0.999, 0, 1e-8, false, false);
+  EXPECT_GT(p._version(), before);
+  // First Adam step with g = 1: each weight moves by lr.
+  for (float x : p.to_vector<float>()) EXPECT_NEAR(x, -0.1f, 1e-6f);
+  {
+    AutoGradMode on(true);
+    Tensor leaf = zeros({4}).requires_grad_(true);
+    EXPECT_ERROR_HAS(_fused_sgd_({leaf}, {g}, {}, 0, 0, 0.1, 0, false, false, false), "call it under NoGradGuard");
+  }
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // The whole public API of loom.
 #pragma once
 
+#include "loom/allocator.h"
 #include "loom/autograd.h"
 #include "loom/device.h"
 #include "loom/dtype.h"

@@ -196,4 +196,26 @@ DType result_type(const Tensor& a, Scalar b);
 bool allclose(const Tensor& a, const Tensor& b, double rtol = 1e-5, double atol = 1e-8, bool equal_nan = false);
 bool equal(const Tensor& a, const Tensor& b);
 
+// ---- fused optimizer steps ----
+// One kernel launch updates a whole list of parameters in place, as
+// PyTorch's torch._fused_adam_ / _fused_adamw_ / _fused_sgd_. Every tensor
+// is float32 and contiguous on one device (steps: 0-dim float64 on the CPU,
+// already incremented by the caller, one per parameter); list entry j has
+// params[j]'s shape. The math is the per-tensor optimizer's (see adam.h,
+// adamw.h, sgd.h) with the same roundings. Not differentiable: call under
+// NoGradGuard (optim::Adam / AdamW / SGD do). max_exp_avg_sqs is read only
+// with amsgrad (pass {} otherwise); momentum_buffers only with momentum != 0,
+// and with is_first_step they are written (buf = d_p) rather than read.
+void _fused_adam_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                  const std::vector<Tensor>& exp_avgs, const std::vector<Tensor>& exp_avg_sqs,
+                  const std::vector<Tensor>& max_exp_avg_sqs, const std::vector<Tensor>& state_steps, double lr,
+                  double beta1, double beta2, double weight_decay, double eps, bool amsgrad, bool maximize);
+void _fused_adamw_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                   const std::vector<Tensor>& exp_avgs, const std::vector<Tensor>& exp_avg_sqs,
+                   const std::vector<Tensor>& max_exp_avg_sqs, const std::vector<Tensor>& state_steps, double lr,
+                   double beta1, double beta2, double weight_decay, double eps, bool amsgrad, bool maximize);
+void _fused_sgd_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                 const std::vector<Tensor>& momentum_buffers, double weight_decay, double momentum, double lr,
+                 double dampening, bool nesterov, bool maximize, bool is_first_step);
+
 }  // namespace loom

@@ -150,19 +150,37 @@ std::shared_ptr<FunctionNode> make_node(const char* name, const std::vector<Tens
   return node;
 }
 
+std::shared_ptr<FunctionNode> make_node_from(const char* name, const Tensor* const* inputs, size_t n, BackwardFn fn) {
+  auto node = std::make_shared<FunctionNode>(name, std::move(fn));
+  node->next.reserve(n);
+  for (size_t k = 0; k < n; ++k) node->next.push_back(gradient_edge(*inputs[k]));
+  return node;
+}
+
+namespace {
+// pre_hooks stays empty until register_hook sizes it: the engine reads it
+// only where it is long enough.
+void record_output(Tensor* out, size_t i, Node& node, const std::shared_ptr<Node>& owner) {
+  if (!out || !out->defined()) return;
+  const TensorImpl* impl = out->unsafe_impl();
+  node.outputs[i] = {impl->sizes, impl->dtype, impl->device()};
+  if (!is_floating_point(impl->dtype)) return;
+  auto& m = autograd_meta(*out);
+  m.grad_fn = owner;
+  m.output_nr = static_cast<uint32_t>(i);
+}
+}  // namespace
+
 void set_history(const std::vector<Tensor*>& outputs, const std::shared_ptr<Node>& node) {
   if (!node) return;
   node->outputs.resize(outputs.size());
-  node->pre_hooks.resize(outputs.size());
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    Tensor* out = outputs[i];
-    if (!out || !out->defined()) continue;
-    node->outputs[i] = {out->sizes(), out->dtype(), out->device()};
-    if (!is_floating_point(out->dtype())) continue;
-    auto& m = autograd_meta(*out);
-    m.grad_fn = node;
-    m.output_nr = static_cast<uint32_t>(i);
-  }
+  for (size_t i = 0; i < outputs.size(); ++i) record_output(outputs[i], i, *node, node);
+}
+
+void set_history(Tensor& out, const std::shared_ptr<Node>& node) {
+  if (!node) return;
+  node->outputs.resize(1);
+  record_output(&out, 0, *node, node);
 }
 
 void set_view_base(Tensor& view, const Tensor& base) {

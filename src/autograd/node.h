@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/tensor_impl.h"
+#include "loom/autograd.h"
 
 namespace loom::autograd {
 
@@ -142,10 +143,28 @@ bool compute_requires_grad(const std::vector<Tensor>& ts);
 // grad). Returns null when nothing needs recording; callers then skip it.
 std::shared_ptr<FunctionNode> make_node(const char* name, const std::vector<Tensor>& inputs,
                                         BackwardFn fn);
+// The same for a braced list of inputs (make_node("ExpBackward", {x}, ...)):
+// when nothing needs recording it returns before building the BackwardFn or
+// copying the inputs, so the no-grad path of an op pays only the check.
+std::shared_ptr<FunctionNode> make_node_from(const char* name, const Tensor* const* inputs, size_t n, BackwardFn fn);
+template <typename Fn>
+std::shared_ptr<FunctionNode> make_node(const char* name, std::initializer_list<Tensor> inputs, Fn&& fn) {
+  if (!is_grad_enabled()) return nullptr;
+  const Tensor* ptrs[8];
+  size_t n = 0;
+  bool any = false;
+  for (const Tensor& t : inputs) {
+    if (n == 8) return make_node(name, std::vector<Tensor>(inputs), BackwardFn(std::forward<Fn>(fn)));
+    ptrs[n++] = &t;
+    any = any || (t.defined() && t.requires_grad());
+  }
+  if (!any) return nullptr;
+  return make_node_from(name, ptrs, n, BackwardFn(std::forward<Fn>(fn)));
+}
 // Marks `outputs` as produced by `node` (output_nr = position) and records
 // their metadata. Integer / bool outputs never require grad and are skipped.
 void set_history(const std::vector<Tensor*>& outputs, const std::shared_ptr<Node>& node);
-inline void set_history(Tensor& out, const std::shared_ptr<Node>& node) { set_history(std::vector<Tensor*>{&out}, node); }
+void set_history(Tensor& out, const std::shared_ptr<Node>& node);
 
 // For view ops: marks `view` as a view of `base` (for in-place rebasing).
 void set_view_base(Tensor& view, const Tensor& base);

@@ -1,9 +1,9 @@
 #include "core/tensor_impl.h"
 
-#include <cstdlib>
 #include <limits>
 
 #include "backend/backend.h"
+#include "core/allocator.h"
 
 namespace loom {
 
@@ -15,13 +15,11 @@ std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device device) {
   s->device = device;
   s->nbytes = nbytes;
   if (device.is_cpu()) {
-    // aligned_alloc wants a multiple of the alignment; never ask for 0 bytes.
-    size_t rounded = ((nbytes + 63) / 64) * 64;
-    if (rounded == 0) rounded = 64;
-    void* p = std::aligned_alloc(64, rounded);
-    LOOM_CHECK(p != nullptr, "out of memory: failed to allocate ", nbytes, " bytes on cpu");
-    s->data = p;
-    s->deleter = [](void* q) { std::free(q); };
+    // The caching allocator (Note [CPU caching allocator]): 64-byte aligned,
+    // and the block goes back to its cache when the last view dies.
+    CpuBlock b = cpu_allocate(nbytes);
+    s->data = b.ptr;
+    s->deleter = [size = b.size](void* q) { cpu_free(q, size); };
   }
   return s;
 }

@@ -58,7 +58,15 @@ Tensor unary_kernel(OpKind op, const Tensor& x, DType out_dtype, std::initialize
 }
 
 Tensor binary_kernel(OpKind op, const char* name, const Tensor& a, const Tensor& b, DType compute, DType out_dtype) {
-  ops::check_same_device(name, {a, b});
+  const TensorImpl *ia = a.unsafe_impl(), *ib = b.unsafe_impl();
+  LOOM_CHECK(ia->device() == ib->device(), name, ": expected all tensors on the same device, got ",
+             ia->device().str(), " and ", ib->device().str());
+  if (ia->sizes == ib->sizes && ia->dtype == compute && ib->dtype == compute) {
+    // Same shapes and dtypes (most calls): nothing to broadcast or cast.
+    Tensor out = make_tensor(ia->sizes, out_dtype, ia->device());
+    ops::launch(op, {&a, &b}, out);
+    return out;
+  }
   Shape shape = ops::broadcast_shape(a.sizes(), b.sizes(), name);
   Tensor ca = ops::expand_raw(ops::cast_raw(a, compute), shape);
   Tensor cb = ops::expand_raw(ops::cast_raw(b, compute), shape);
@@ -100,13 +108,25 @@ Tensor add(const Tensor& a, const Tensor& b, Scalar alpha) {
   if (alpha.to_double() != 1.0) return add(a, mul(b, ops::wrap_scalar(alpha, b.device())));
   DType t = promote({&a, &b}, "add");
   Tensor out = binary_kernel(OpKind::Add, "add", a, b, t, t);
-  Shape sa = a.sizes(), sb = b.sizes();
-  auto node = autograd::make_node("AddBackward", {a, b}, [sa, sb](FunctionNode& ctx, const TensorList& g) {
-    TensorList r(2);
-    if (ctx.needs_input_grad(0)) r[0] = sum_to(g[0], sa);
-    if (ctx.needs_input_grad(1)) r[1] = sum_to(g[0], sb);
-    return r;
-  });
+  if (!autograd::compute_requires_grad({&a, &b})) return out;
+  std::shared_ptr<FunctionNode> node;
+  if (a.sizes() == b.sizes()) {
+    // No broadcasting: the gradient passes through (and the formula
+    // captures nothing, so recording allocates no closure).
+    node = autograd::make_node("AddBackward", {a, b}, [](FunctionNode& ctx, const TensorList& g) {
+      TensorList r(2);
+      if (ctx.needs_input_grad(0)) r[0] = g[0];
+      if (ctx.needs_input_grad(1)) r[1] = g[0];
+      return r;
+    });
+  } else {
+    node = autograd::make_node("AddBackward", {a, b}, [sa = a.sizes(), sb = b.sizes()](FunctionNode& ctx, const TensorList& g) {
+      TensorList r(2);
+      if (ctx.needs_input_grad(0)) r[0] = sum_to(g[0], sa);
+      if (ctx.needs_input_grad(1)) r[1] = sum_to(g[0], sb);
+      return r;
+    });
+  }
   autograd::set_history(out, node);
   return out;
 }
@@ -116,6 +136,7 @@ Tensor sub(const Tensor& a, const Tensor& b, Scalar alpha) {
   if (alpha.to_double() != 1.0) return sub(a, mul(b, ops::wrap_scalar(alpha, b.device())));
   DType t = promote({&a, &b}, "sub");
   Tensor out = binary_kernel(OpKind::Sub, "sub", a, b, t, t);
+  if (!autograd::compute_requires_grad({&a, &b})) return out;
   Shape sa = a.sizes(), sb = b.sizes();
   auto node = autograd::make_node("SubBackward", {a, b}, [sa, sb](FunctionNode& ctx, const TensorList& g) {
     TensorList r(2);
@@ -130,6 +151,7 @@ Tensor sub(const Tensor& a, const Tensor& b, Scalar alpha) {
 Tensor mul(const Tensor& a, const Tensor& b) {
   DType t = promote({&a, &b}, "mul");
   Tensor out = binary_kernel(OpKind::Mul, "mul", a, b, t, t);
+  if (!autograd::compute_requires_grad({&a, &b})) return out;
   Shape sa = a.sizes(), sb = b.sizes();
   auto node = autograd::make_node("MulBackward", {a, b}, [sa, sb](FunctionNode& ctx, const TensorList& g) {
     TensorList r(2);
@@ -148,6 +170,7 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 Tensor div(const Tensor& a, const Tensor& b) {
   DType t = float_dtype(promote({&a, &b}, "div"));
   Tensor out = binary_kernel(OpKind::Div, "div", a, b, t, t);
+  if (!autograd::compute_requires_grad({&a, &b})) return out;
   Shape sa = a.sizes(), sb = b.sizes();
   auto node = autograd::make_node("DivBackward", {a, b}, [sa, sb](FunctionNode& ctx, const TensorList& g) {
     TensorList r(2);

@@ -6,6 +6,7 @@
 
 #include "loom/ops.h"
 #include "loom/optim/adamw.h"
+#include "optim/fused.h"
 
 namespace loom::optim {
 
@@ -64,6 +65,40 @@ void adam_update(Tensor& param, const Tensor& grad, double step, double lr, doub
   else param.add_(update);
 }
 
+bool state_fusable(const ParamState& state) {
+  for (const auto& [n, t] : state.entries())
+    if (n != "step" && !fusable(t)) return false;
+  return true;
+}
+
+// The fused path of Adam and AdamW (Note [Fused optimizer steps]): the state
+// is created and counted as update() does it, then one kernel launch runs
+// the group. `state_for` and `increment_step` are the optimizer's.
+template <typename Options, typename StateFor, typename Increment>
+bool adam_group_step(const char* name, ParamGroup& group, const Options& o, bool decoupled, StateFor state_for,
+                     Increment increment_step) {
+  if (o.fused() == false) return false;
+  std::vector<Tensor> params, grads;
+  if (!collect_fusable(name, o.fused(), group, params, grads,
+                       [&](const Tensor& p) { return state_fusable(state_for(p)); }))
+    return false;
+  if (params.empty()) return true;
+  std::vector<Tensor> exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps;
+  for (const Tensor& p : params) {
+    ParamState& state = state_for(p);
+    increment_step(state);
+    adam_init_state(p, o.amsgrad(), state);
+    exp_avgs.push_back(state.at("exp_avg"));
+    exp_avg_sqs.push_back(state.at("exp_avg_sq"));
+    if (o.amsgrad()) max_exp_avg_sqs.push_back(state.at("max_exp_avg_sq"));
+    steps.push_back(state.at("step"));
+  }
+  auto fn = decoupled ? &_fused_adamw_ : &_fused_adam_;
+  fn(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, o.lr(), std::get<0>(o.betas()),
+     std::get<1>(o.betas()), o.weight_decay(), o.eps(), o.amsgrad(), o.maximize());
+  return true;
+}
+
 }  // namespace
 
 AdamOptions::AdamOptions(double lr) : lr_(lr) {}
@@ -96,6 +131,12 @@ void Adam::update(Tensor& param, const Tensor& grad_in, const OptimizerOptions& 
               1.0, state);
 }
 
+bool Adam::update_group(ParamGroup& group) {
+  return adam_group_step(
+      "Adam", group, static_cast<const AdamOptions&>(group.options()), false,
+      [this](const Tensor& p) -> ParamState& { return state_for(p); }, &Adam::increment_step);
+}
+
 AdamWOptions::AdamWOptions(double lr) : lr_(lr) {}
 
 void AdamWOptions::validate() const { validate_adam("AdamW", lr_, eps_, betas_, weight_decay_); }
@@ -124,6 +165,12 @@ void AdamW::update(Tensor& param, const Tensor& grad_in, const OptimizerOptions&
   // Decoupled weight decay: the weights shrink by 1 - lr * wd, then take Adam's step.
   adam_update(param, grad, step, o.lr(), std::get<0>(o.betas()), std::get<1>(o.betas()), o.eps(), o.amsgrad(),
               1.0 - o.lr() * o.weight_decay(), state);
+}
+
+bool AdamW::update_group(ParamGroup& group) {
+  return adam_group_step(
+      "AdamW", group, static_cast<const AdamWOptions&>(group.options()), true,
+      [this](const Tensor& p) -> ParamState& { return state_for(p); }, &AdamW::increment_step);
 }
 
 }  // namespace loom::optim

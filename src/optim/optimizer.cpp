@@ -191,11 +191,17 @@ Tensor Optimizer::step(const LossClosure& closure) {
       if (!grad.defined()) continue;
       LOOM_CHECK(grad.sizes() == p.sizes(), name(), ": a parameter of shape ", shape_str(p.sizes()),
                  " has a gradient of shape ", shape_str(grad.sizes()));
-      update(p, grad, options, state_[p.unsafe_impl()]);
+    }
+    if (update_group(group)) continue;
+    for (Tensor& p : group.params()) {
+      const Tensor& grad = p.grad();
+      if (grad.defined()) update(p, grad, options, state_[p.unsafe_impl()]);
     }
   }
   return loss;
 }
+
+bool Optimizer::update_group(ParamGroup&) { return false; }
 
 void Optimizer::zero_grad(bool set_to_none) {
   for (ParamGroup& group : param_groups_)

@@ -1,6 +1,7 @@
 #include "loom/optim/sgd.h"
 
 #include "loom/ops.h"
+#include "optim/fused.h"
 
 namespace loom::optim {
 
@@ -50,6 +51,40 @@ void SGD::update(Tensor& param, const Tensor& grad, const OptimizerOptions& opti
     d_p = o.nesterov() ? d_p.add(buf, o.momentum()) : buf;
   }
   param.add_(d_p, -o.lr());
+}
+
+// The fused path (Note [Fused optimizer steps]). Parameters whose momentum
+// buffer does not exist yet take their first step in a second launch, which
+// writes buf = d_p; in a steady loop every parameter is in the first one.
+bool SGD::update_group(ParamGroup& group) {
+  const auto& o = static_cast<const SGDOptions&>(group.options());
+  if (o.fused() == false) return false;
+  const bool momentum = o.momentum() != 0.0;
+  std::vector<Tensor> params, grads;
+  auto state_ok = [&](const Tensor& p) {
+    const ParamState& st = state_for(p);
+    return !momentum || !st.contains("momentum_buffer") || fusable(st.at("momentum_buffer"));
+  };
+  if (!collect_fusable("SGD", o.fused(), group, params, grads, state_ok)) return false;
+  if (params.empty()) return true;
+  if (!momentum) {
+    _fused_sgd_(params, grads, {}, o.weight_decay(), 0.0, o.lr(), o.dampening(), o.nesterov(), o.maximize(), false);
+    return true;
+  }
+  std::vector<Tensor> ps[2], gs[2], bufs[2];  // [0]: buffer exists, [1]: first step
+  for (size_t j = 0; j < params.size(); ++j) {
+    ParamState& st = state_for(params[j]);
+    const int first = st.contains("momentum_buffer") ? 0 : 1;
+    if (first) st.set("momentum_buffer", empty_like(params[j]));
+    ps[first].push_back(params[j]);
+    gs[first].push_back(grads[j]);
+    bufs[first].push_back(st.at("momentum_buffer"));
+  }
+  for (int first = 0; first < 2; ++first)
+    if (!ps[first].empty())
+      _fused_sgd_(ps[first], gs[first], bufs[first], o.weight_decay(), o.momentum(), o.lr(), o.dampening(),
+                  o.nesterov(), o.maximize(), first == 1);
+  return true;
 }
 
 }  // namespace loom::optim

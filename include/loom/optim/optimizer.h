@@ -85,7 +85,10 @@ class OptimizerOptions {
 // way; an in-place op costs an extra pass (loom computes the result, then
 // copies it in), and the state is most of an update's work. So a state entry
 // is a new tensor after every step: read it through the optimizer
-// (state_of, state_dict) rather than keeping a handle across steps.
+// (state_of, state_dict) rather than keeping a handle across steps. The
+// fused multi-tensor steps of Adam, AdamW and SGD (their `fused` option)
+// instead update the state in place in the same single pass that writes the
+// parameters; the numbers are the same.
 class ParamState {
  public:
   bool empty() const { return entries_.empty(); }
@@ -200,6 +203,13 @@ class Optimizer {
   // `state` its state (empty before its first step). Runs under NoGradGuard.
   virtual void update(Tensor& param, const Tensor& grad, const OptimizerOptions& options,
                       ParamState& state) = 0;
+  // The whole group's update at once (the fused multi-tensor steps). Returns
+  // false to let step() call update() per parameter instead. Every gradient
+  // in the group has been checked against its parameter's shape. Runs under
+  // NoGradGuard.
+  virtual bool update_group(ParamGroup& group);
+  // The state of `param` (created empty on first use).
+  ParamState& state_for(const Tensor& param) { return state_[param.unsafe_impl()]; }
   // The state entries a stepped parameter holds under `options`
   // (load_state_dict checks a loaded parameter's state against them).
   virtual std::vector<std::string> state_names(const OptimizerOptions& options) const = 0;

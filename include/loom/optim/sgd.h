@@ -27,6 +27,13 @@ struct SGDOptions : OptimizerOptions {
   LOOM_OPTIM_ARG(double, weight_decay, 0.0);
   LOOM_OPTIM_ARG(bool, nesterov, false);
   LOOM_OPTIM_ARG(bool, maximize, false);
+  // The multi-tensor step (Note [Fused optimizer steps]): one kernel launch
+  // per group, same results. Unset (the default): used when every parameter
+  // with a gradient, its gradient and its state are contiguous float32 cpu
+  // tensors, else the per-tensor path runs. true: required (an Error says
+  // which tensor does not qualify). false: never. Not a hyperparameter: the
+  // state dict does not hold it.
+  LOOM_OPTIM_ARG(std::optional<bool>, fused, std::nullopt);
 
  protected:
   std::vector<std::pair<const char*, Field>> fields() override;
@@ -45,6 +52,7 @@ class SGD : public Optimizer {
 
  protected:
   void update(Tensor& param, const Tensor& grad, const OptimizerOptions& options, ParamState& state) override;
+  bool update_group(ParamGroup& group) override;
   std::vector<std::string> state_names(const OptimizerOptions& options) const override;
 };
 

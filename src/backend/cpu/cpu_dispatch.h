@@ -272,6 +272,30 @@ void for_each_offset(const LoopShape<N>& l, int64_t begin, int64_t end, F&& f) {
 // across threads in chunks of at least kGrain elements.
 template <int N, typename F>
 void parallel_elementwise(const Shape& sizes, const std::array<const Shape*, N>& strides, F&& f) {
+  // Small tensors whose operands are all laid out row-major (the common
+  // case) take one flat run on the calling thread: no loop shape to build,
+  // no parallel_for, so a 10-element op costs little more than its math.
+  int64_t numel = 1;
+  for (int64_t s : sizes) numel *= s;
+  if (numel <= kGrain) {
+    bool flat = true;
+    for (int k = 0; k < N && flat; ++k) {
+      int64_t expected = 1;
+      for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0 && flat; --d) {
+        if (sizes[d] == 1) continue;
+        flat = (*strides[k])[d] == expected;
+        expected *= sizes[d];
+      }
+    }
+    if (flat) {
+      std::array<int64_t, N> o{};
+      for (int64_t i = 0; i < numel; ++i) {
+        f(o);
+        for (int k = 0; k < N; ++k) ++o[k];
+      }
+      return;
+    }
+  }
   const LoopShape<N> l = make_loop<N>(sizes, strides);
   if (l.numel == 0) return;
   parallel_for(0, l.numel, kGrain, [&](int64_t b, int64_t e) { for_each_offset<N>(l, b, e, f); });

@@ -14,7 +14,7 @@ constexpr KernelFn kCpuKernels[] = {
 };
 static_assert(std::size(kCpuKernels) == kOpCount, "one CPU kernel per op in ops.def");
 
-enum class Coverage { All, Numeric, Float };
+enum class Coverage { All, Numeric, Float, Float32 };
 
 // Which dtypes each kernel handles, keyed by the dtype run_kernel checks
 // (the data input's, or the output's when there is no input). No default
@@ -85,6 +85,10 @@ Coverage cpu_coverage(OpKind op) {
     case OpKind::Normal:
     case OpKind::Bernoulli:  // keyed by p's dtype; the output may be any dtype
       return Coverage::Float;
+    // The fused optimizer steps (cpu_optim.cpp) update float32 parameters.
+    case OpKind::FusedAdam:
+    case OpKind::FusedSgd:
+      return Coverage::Float32;
   }
   return Coverage::Float;
 }
@@ -94,6 +98,7 @@ bool cpu_supports(OpKind op, DType dtype) {
     case Coverage::All: return true;
     case Coverage::Numeric: return dtype != kBool;
     case Coverage::Float: return is_floating_point(dtype);
+    case Coverage::Float32: return dtype == kFloat32;
   }
   return false;
 }
