@@ -20,6 +20,8 @@
 #include <cmath>
 #include <cstdint>
 #include <array>
+#include <atomic>
+#include <thread>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -682,6 +684,37 @@ TEST(Gemm, MatmulWithPartlyBroadcastBatches) {
   const loom::Tensor s = loom::randn({1, 1, 13, 6});
   const loom::Tensor d = loom::matmul(loom::randn({2, 3, 9, 13}), s);
   ASSERT_EQ(d.sizes(), (std::vector<int64_t>{2, 3, 9, 6}));
+}
+
+// The pool (Note [Thread pool]) under the GEMM: products started from
+// several user threads at once (one gets the pool, the others run inline)
+// and after the team shrank below the number of workers all give the bits
+// of a one-thread run.
+TEST(Gemm, ConcurrentProductsAndChangingTeamsGiveTheSameBits) {
+  ThreadCountGuard guard;
+  loom::manual_seed(23);
+  const loom::Tensor a = loom::randn({301, 257}), b = loom::randn({257, 199});
+  loom::set_num_threads(1);
+  const loom::Tensor want = loom::mm(a, b);
+  for (int threads : {4, 2, 3, 2}) {
+    loom::set_num_threads(threads);
+    expect_same_tensor(loom::mm(a, b), want, "threads " + std::to_string(threads));
+    std::vector<loom::Tensor> got(4);
+    std::vector<std::thread> users;
+    for (size_t u = 0; u < got.size(); ++u)
+      users.emplace_back([&, u] {
+        for (int rep = 0; rep < 3; ++rep) got[u] = loom::mm(a, b);
+      });
+    for (std::thread& t : users) t.join();
+    for (size_t u = 0; u < got.size(); ++u) expect_same_tensor(got[u], want, "user thread " + std::to_string(u));
+  }
+  // parallel_team hands out every id exactly once, whoever runs them.
+  std::vector<std::atomic<int>> seen(5);
+  loom::parallel_team(5, [&](int id, int team) {
+    EXPECT_EQ(team, 5);
+    seen[static_cast<size_t>(id)]++;
+  });
+  for (auto& v : seen) EXPECT_EQ(v.load(), 1);
 }
 
 }  // namespace

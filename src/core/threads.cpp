@@ -78,20 +78,21 @@ T wait_for_change(const std::atomic<T>& value, T old) {
 class ThreadPool {
  public:
   // Runs fn(id, team) for id in [0, team), id 0 on the calling thread.
-  // Returns false (running nothing) when the pool is busy.
+  // Returns false (running nothing) when the pool is busy or the team too large.
   bool run(int team, const std::function<void(int, int)>& fn) {
+    if (team > kMaxTeam) return false;  // the team size must fit its field of state_
     std::unique_lock<std::mutex> lock(call_mutex_, std::try_to_lock);
     if (!lock.owns_lock()) return false;
     grow(team - 1);
     job_ = &fn;
-    team_ = team;
     first_error_ = nullptr;
-    // Every helper checks in, needed or not, so none can still be reading
-    // this job when the next one is written.
-    pending_.store(static_cast<int>(workers_), std::memory_order_relaxed);
-    // Publish the job: release orders the writes above before it.
-    generation_.fetch_add(1, std::memory_order_release);
-    generation_.notify_all();
+    pending_.store(team - 1, std::memory_order_relaxed);
+    // Publish the job with its team size in one word, so a helper that is
+    // not needed never reads anything the next job overwrites; release
+    // orders the writes above before it.
+    const uint64_t generation = (state_.load(std::memory_order_relaxed) >> 16) + 1;
+    state_.store(generation << 16 | static_cast<uint64_t>(team), std::memory_order_release);
+    state_.notify_all();
 
     t_in_parallel = true;
     try {
@@ -114,16 +115,16 @@ class ThreadPool {
   void grow(int helpers) {
     while (static_cast<int>(workers_) < helpers) {
       const int id = static_cast<int>(++workers_);
-      std::thread([this, id, seen = generation_.load(std::memory_order_acquire)]() mutable {
+      std::thread([this, id, seen = state_.load(std::memory_order_acquire)]() mutable {
         t_in_parallel = true;
         for (;;) {
-          seen = wait_for_change(generation_, seen);
-          if (id < team_) {  // else not needed this time
-            try {
-              (*job_)(id, team_);
-            } catch (...) {
-              record_error();
-            }
+          seen = wait_for_change(state_, seen);
+          const int team = static_cast<int>(seen & 0xffff);
+          if (id >= team) continue;  // not needed this time
+          try {
+            (*job_)(id, team);
+          } catch (...) {
+            record_error();
           }
           if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
         }
@@ -138,11 +139,12 @@ class ThreadPool {
 
   std::mutex call_mutex_;  // one parallel call at a time
   size_t workers_ = 0;     // guarded by call_mutex_
-  // The current job, written by the caller before generation_ moves.
+  static constexpr int kMaxTeam = 0xffff;
+  // The current job, written by the caller before state_ moves; read only
+  // by the helpers it needs, which the caller waits for.
   const std::function<void(int, int)>* job_ = nullptr;
-  int team_ = 1;
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};  // helpers that have not checked in for the current job
+  std::atomic<uint64_t> state_{0};  // generation << 16 | team size
+  std::atomic<int> pending_{0};     // needed helpers still running the current job
   std::mutex error_mutex_;
   std::exception_ptr first_error_;
 };
