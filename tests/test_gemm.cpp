@@ -19,6 +19,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <array>
+#include <atomic>
+#include <thread>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -491,6 +494,227 @@ TEST(Gemm, BmmWithBroadcastOperand) {
   // Each batch item equals the product with the shared matrix.
   for (int64_t i = 0; i < 4; ++i)
     expect_bits(loom::mm(a[i], b[0]), std::vector<float>(want.begin() + i * 54, want.begin() + (i + 1) * 54));
+}
+
+// ---- the fused Linear op (Note [GEMM epilogue]) ----
+
+// Bit for bit equality of two tensors (NaN matches NaN; -0 differs from +0).
+void expect_same_tensor(const loom::Tensor& got, const loom::Tensor& want, const std::string& what) {
+  ASSERT_EQ(got.sizes(), want.sizes()) << what;
+  ASSERT_EQ(got.dtype(), want.dtype()) << what;
+  const loom::Tensor g = got.to(loom::kFloat64).contiguous(), w = want.to(loom::kFloat64).contiguous();
+  const double* gp = g.data_ptr<double>();
+  const double* wp = w.data_ptr<double>();
+  int64_t bad = 0;
+  for (int64_t i = 0; i < g.numel(); ++i) {
+    const bool same = (std::isnan(gp[i]) && std::isnan(wp[i])) ||
+                      (gp[i] == wp[i] && std::signbit(gp[i]) == std::signbit(wp[i]));
+    if (!same && bad++ < 5) ADD_FAILURE() << what << ": element " << i << " got " << gp[i] << ", want " << wp[i];
+  }
+  EXPECT_EQ(bad, 0) << what;
+}
+
+loom::Tensor unfused_linear(const loom::Tensor& x, const loom::Tensor& w, const loom::Tensor& b,
+                            loom::LinearActivation act) {
+  loom::Tensor y = loom::matmul(x, w.t());
+  if (b.defined()) y = y + b;
+  switch (act) {
+    case loom::LinearActivation::None: return y;
+    case loom::LinearActivation::Relu: return loom::relu(y);
+    case loom::LinearActivation::Gelu: return loom::gelu(y);
+    case loom::LinearActivation::GeluTanh: return loom::gelu(y, "tanh");
+  }
+  return y;
+}
+
+constexpr loom::LinearActivation kActivations[] = {loom::LinearActivation::None, loom::LinearActivation::Relu,
+                                                  loom::LinearActivation::Gelu, loom::LinearActivation::GeluTanh};
+const char* act_name(loom::LinearActivation a) {
+  switch (a) {
+    case loom::LinearActivation::None: return "none";
+    case loom::LinearActivation::Relu: return "relu";
+    case loom::LinearActivation::Gelu: return "gelu";
+    case loom::LinearActivation::GeluTanh: return "gelu_tanh";
+  }
+  return "?";
+}
+
+// loom::linear gives the bits of matmul, add and the activation op, on every
+// ISA, odd sizes across the block edges, transposed and strided operands,
+// with and without a (strided) bias, and with NaN, inf and -0 in the data.
+TEST(Gemm, FusedLinearMatchesTheUnfusedOpsBitForBit) {
+  IsaEnvGuard isa_guard;
+  ThreadCountGuard thread_guard;
+  loom::manual_seed(5);
+  const std::vector<std::array<int64_t, 3>> sizes = {{1, 1, 1},   {3, 7, 17},  {17, 33, 3},   {33, 257, 7},
+                                                     {7, 1, 33},  {257, 17, 65}, {129, 300, 40}, {15, 0, 9}};
+  for (GemmIsa isa : runnable_isas()) {
+    setenv("LOOM_CPU_ISA", loom::cpu::gemm_isa_name(isa), 1);
+    loom::cpu::gemm_reload_isa();
+    for (int threads : {1, 2}) {
+      loom::set_num_threads(threads);
+      for (const auto& [m, k, n] : sizes) {
+        // x: contiguous, or a transposed view; w: (n, k) contiguous, or the transpose of a (k, n) matrix.
+        const loom::Tensor xs[] = {loom::randn({m, k}), loom::randn({k, m}).t()};
+        const loom::Tensor ws[] = {loom::randn({n, k}), loom::randn({k, n}).t()};
+        const loom::Tensor bs[] = {loom::Tensor(), loom::randn({n}), loom::randn({n, 2}).select(1, 1)};
+        for (int v = 0; v < 2; ++v) {
+          loom::Tensor x = xs[v].clone();
+          if (m >= 3 && k >= 1) {  // a NaN row, an inf row (inf - inf gives NaN too) and a -0 row
+            x.index({0, 0}).fill_(kNaN);
+            x.index({1, 0}).fill_(kInf);
+            x.index({2}).fill_(-0.0f);
+          }
+          for (const loom::Tensor& b : bs) {
+            for (loom::LinearActivation act : kActivations) {
+              const std::string what = std::string(loom::cpu::gemm_isa_name(isa)) + " threads " +
+                                       std::to_string(threads) + " " + std::to_string(m) + "x" + std::to_string(k) +
+                                       "x" + std::to_string(n) + " layout " + std::to_string(v) + " " + act_name(act) +
+                                       (b.defined() ? " bias" : "");
+              expect_same_tensor(loom::linear(x, ws[v], b, act), unfused_linear(x, ws[v], b, act), what);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// NaN and inf through bias and ReLU in the register epilogue: relu(NaN) is
+// NaN, as the Relu kernel. (The product never gives -0: each chain starts
+// from +0, and -0 + +0 is +0.)
+TEST(Gemm, FusedReluKeepsNaN) {
+  IsaEnvGuard guard;
+  const loom::Tensor x = loom::tensor({{1.0f}, {1.0f}, {1.0f}, {1.0f}});  // (4, 1)
+  const loom::Tensor w = loom::tensor({{-0.0f}, {kNaN}, {-kInf}, {2.0f}});  // (4, 1): out (4, 4)
+  const loom::Tensor b = loom::tensor({0.0f, 1.0f, 1.0f, -5.0f});
+  for (GemmIsa isa : runnable_isas()) {
+    setenv("LOOM_CPU_ISA", loom::cpu::gemm_isa_name(isa), 1);
+    loom::cpu::gemm_reload_isa();
+    for (loom::LinearActivation act : kActivations) {
+      expect_same_tensor(loom::linear(x, w, {}, act), unfused_linear(x, w, {}, act), act_name(act));
+      expect_same_tensor(loom::linear(x, w, b, act), unfused_linear(x, w, b, act), act_name(act));
+    }
+    const loom::Tensor y = loom::linear(x, w, {}, loom::LinearActivation::Relu);
+    EXPECT_TRUE(std::isnan(y.index({0, 1}).item<float>()));
+    EXPECT_EQ(y.index({0, 2}).item<float>(), 0.0f);  // relu(-inf)
+  }
+}
+
+// Other floating dtypes take the reference path: still the unfused bits.
+TEST(Gemm, FusedLinearReferencePathMatchesTheUnfusedOps) {
+  loom::manual_seed(9);
+  for (loom::DType dt : {loom::kFloat64, loom::kFloat16, loom::kBFloat16}) {
+    const loom::Tensor x = loom::randn({7, 13}).to(dt), w = loom::randn({5, 13}).to(dt), b = loom::randn({5}).to(dt);
+    for (loom::LinearActivation act : kActivations)
+      expect_same_tensor(loom::linear(x, w, b, act), unfused_linear(x, w, b, act),
+                         std::string(loom::dtype_name(dt)) + " " + act_name(act));
+  }
+}
+
+// Gradients through the fused op equal those through the unfused ops.
+TEST(Gemm, FusedLinearBackwardMatchesTheUnfusedOps) {
+  loom::manual_seed(13);
+  for (loom::LinearActivation act : kActivations) {
+    const loom::Tensor x0 = loom::randn({37, 29}), w0 = loom::randn({19, 29}), b0 = loom::randn({19});
+    const loom::Tensor g = loom::randn({37, 19});
+    std::vector<loom::Tensor> grads[2];
+    for (int fused = 0; fused < 2; ++fused) {
+      loom::Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
+      loom::Tensor y = fused ? loom::linear(x, w, b, act) : unfused_linear(x, w, b, act);
+      grads[fused] = loom::autograd::grad({y}, {x, w, b}, {g});
+    }
+    for (size_t i = 0; i < 3; ++i)
+      expect_same_tensor(grads[1][i], grads[0][i], std::string(act_name(act)) + " grad " + std::to_string(i));
+  }
+}
+
+TEST(Gemm, FusedLinearErrorsNameTheOpAndShapes) {
+  const loom::Tensor x = loom::randn({2, 4}), w = loom::randn({3, 4});
+  auto message = [](auto&& f) {
+    try {
+      f();
+    } catch (const loom::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message([&] { loom::linear(x, loom::randn({3, 5})); }).find("linear: input of shape [2, 4] does not match weight of shape [3, 5]"), std::string::npos);
+  EXPECT_NE(message([&] { loom::linear(x, w, loom::randn({4})); }).find("linear: expected bias of shape [3], got [4]"), std::string::npos);
+  EXPECT_NE(message([&] { loom::linear(x, w.to(loom::kFloat64)); }).find("linear: expected input, weight and bias of one dtype"), std::string::npos);
+  EXPECT_NE(message([&] { loom::linear(x.to(loom::kInt64), w.to(loom::kInt64), {}, loom::LinearActivation::Gelu); }).find("linear: GELU needs a floating-point dtype"), std::string::npos);
+}
+
+// nn::Sequential runs Linear + ReLU / GELU children as one fused op (Note
+// [Sequential fuses Linear + activation]): the output and every parameter's
+// gradient equal the children run one by one, bit for bit.
+TEST(Gemm, SequentialFusesLinearAndActivationBitForBit) {
+  namespace nn = loom::nn;
+  loom::manual_seed(21);
+  nn::Sequential model(nn::Linear(29, 40), nn::ReLU(), nn::Linear(40, 33), nn::GELU("tanh"), nn::Linear(33, 17),
+                       nn::GELU(), nn::Linear(17, 5), nn::ReLU());
+  const loom::Tensor x = loom::randn({21, 29});
+  const loom::Tensor g = loom::randn({21, 5});
+  std::vector<loom::Tensor> params = model->parameters();
+
+  const loom::Tensor fused = model(x);
+  const std::vector<loom::Tensor> fused_grads = loom::autograd::grad({fused}, params, {g});
+
+  loom::Tensor y = x;
+  for (size_t i = 0; i < model->size(); ++i) y = model->at(static_cast<int64_t>(i))->forward(y);
+  const std::vector<loom::Tensor> grads = loom::autograd::grad({y}, params, {g});
+
+  expect_same_tensor(fused, y, "output");
+  ASSERT_EQ(fused_grads.size(), grads.size());
+  for (size_t i = 0; i < grads.size(); ++i) expect_same_tensor(fused_grads[i], grads[i], "grad " + std::to_string(i));
+}
+
+// matmul with batch dims broadcast in some dims but not others (which cannot
+// merge into one bmm batch without copying): each item is the plain product.
+TEST(Gemm, MatmulWithPartlyBroadcastBatches) {
+  loom::manual_seed(17);
+  const loom::Tensor a = loom::randn({2, 1, 9, 13});
+  const loom::Tensor b = loom::randn({3, 13, 6});
+  const loom::Tensor c = loom::matmul(a, b);  // (2, 3, 9, 6)
+  ASSERT_EQ(c.sizes(), (std::vector<int64_t>{2, 3, 9, 6}));
+  for (int64_t i = 0; i < 2; ++i)
+    for (int64_t j = 0; j < 3; ++j)
+      expect_same_tensor(c[i][j], loom::mm(a[i][0], b[j]), "item " + std::to_string(i) + ", " + std::to_string(j));
+  // Fully broadcast batches merge: (2, 3) items against one shared matrix.
+  const loom::Tensor s = loom::randn({1, 1, 13, 6});
+  const loom::Tensor d = loom::matmul(loom::randn({2, 3, 9, 13}), s);
+  ASSERT_EQ(d.sizes(), (std::vector<int64_t>{2, 3, 9, 6}));
+}
+
+// The pool (Note [Thread pool]) under the GEMM: products started from
+// several user threads at once (one gets the pool, the others run inline)
+// and after the team shrank below the number of workers all give the bits
+// of a one-thread run.
+TEST(Gemm, ConcurrentProductsAndChangingTeamsGiveTheSameBits) {
+  ThreadCountGuard guard;
+  loom::manual_seed(23);
+  const loom::Tensor a = loom::randn({301, 257}), b = loom::randn({257, 199});
+  loom::set_num_threads(1);
+  const loom::Tensor want = loom::mm(a, b);
+  for (int threads : {4, 2, 3, 2}) {
+    loom::set_num_threads(threads);
+    expect_same_tensor(loom::mm(a, b), want, "threads " + std::to_string(threads));
+    std::vector<loom::Tensor> got(4);
+    std::vector<std::thread> users;
+    for (size_t u = 0; u < got.size(); ++u)
+      users.emplace_back([&, u] {
+        for (int rep = 0; rep < 3; ++rep) got[u] = loom::mm(a, b);
+      });
+    for (std::thread& t : users) t.join();
+    for (size_t u = 0; u < got.size(); ++u) expect_same_tensor(got[u], want, "user thread " + std::to_string(u));
+  }
+  // parallel_team hands out every id exactly once, whoever runs them.
+  std::vector<std::atomic<int>> seen(5);
+  loom::parallel_team(5, [&](int id, int team) {
+    EXPECT_EQ(team, 5);
+    seen[static_cast<size_t>(id)]++;
+  });
+  for (auto& v : seen) EXPECT_EQ(v.load(), 1);
 }
 
 }  // namespace

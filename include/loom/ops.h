@@ -158,6 +158,16 @@ Tensor matmul(const Tensor& a, const Tensor& b);
 Tensor mm(const Tensor& a, const Tensor& b);
 Tensor bmm(const Tensor& a, const Tensor& b);
 
+// ---- fused linear ----
+// act(input @ weight^T + bias) in one primitive: input (*, in_features),
+// weight (out_features, in_features), bias (out_features) or undefined. The
+// bias and activation run on each block of the product while it is still in
+// cache; the result is bit for bit matmul, add and the activation's op.
+// GELU forms need a floating-point dtype.
+enum class LinearActivation { None, Relu, Gelu, GeluTanh };
+Tensor linear(const Tensor& input, const Tensor& weight, const Tensor& bias = {},
+              LinearActivation activation = LinearActivation::None);
+
 // ---- joining, splitting, indexing ----
 Tensor cat(const std::vector<Tensor>& ts, int64_t dim = 0);
 Tensor stack(const std::vector<Tensor>& ts, int64_t dim = 0);

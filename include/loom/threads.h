@@ -6,9 +6,23 @@
 
 namespace loom {
 
-// Threads used by loom's kernels (OpenMP). Defaults to the hardware count.
+// Threads used by loom's kernels: a persistent pool of get_num_threads() - 1
+// workers plus the calling thread (Note [Thread pool] in src/core/threads.cpp).
+// Defaults to OpenMP's count: the hardware count, or OMP_NUM_THREADS.
 void set_num_threads(int n);
 int get_num_threads();
+
+// Runs fn(id, team) once for each id in [0, team), id 0 on the calling thread,
+// and returns when all have finished: for kernels that deal out work by id
+// themselves (the GEMM). Inside another parallel call, or while the pool is
+// busy with another thread's call, the ids run one after the other on the
+// calling thread, so results must depend only on `team`. fn may throw: the
+// first exception is rethrown on the calling thread.
+void parallel_team(int team, const std::function<void(int id, int team)>& fn);
+
+// Is the calling thread inside a parallel call (a pool worker, or a caller
+// running its own share)? Kernels then stay on one thread.
+bool in_parallel_region();
 
 // Calls fn(begin, end) over chunks of [begin, end) on the thread pool. Ranges
 // shorter than `grain_size` run on the calling thread, so tiny tensors never

@@ -1,6 +1,12 @@
 #include "loom/nn/container.h"
 
 #include <algorithm>
+#include <optional>
+#include <typeinfo>
+
+#include "loom/nn/activation.h"
+#include "loom/nn/linear.h"
+#include "loom/ops.h"
 
 namespace loom::nn {
 
@@ -35,11 +41,36 @@ std::shared_ptr<Module> SequentialImpl::at(int64_t index) const {
   return modules_[checked_index("Sequential", index, modules_.size())];
 }
 
+namespace {
+// Note [Sequential fuses Linear + activation]
+// A Linear child directly followed by a ReLU or GELU child runs as one fused
+// op (loom::linear with the activation): the bias and activation are applied
+// to each block of the product while it is in cache instead of in two more
+// passes over the output. The fused op gives the bits of the two modules run
+// one after the other, and its backward the same gradients. Only the exact
+// classes fuse (typeid, not dynamic_cast): a subclass may override forward.
+std::optional<LinearActivation> fused_activation(const Module& first, const Module& second) {
+  if (typeid(first) != typeid(LinearImpl)) return std::nullopt;
+  if (typeid(second) == typeid(ReLUImpl)) return LinearActivation::Relu;
+  if (typeid(second) == typeid(GELUImpl))
+    return static_cast<const GELUImpl&>(second).approximate == "tanh" ? LinearActivation::GeluTanh
+                                                                       : LinearActivation::Gelu;
+  return std::nullopt;
+}
+}  // namespace
+
 Tensor SequentialImpl::forward(const Tensor& input) {
   Tensor x = input;
   for (size_t i = 0; i < modules_.size(); ++i) {
     try {
-      x = modules_[i]->forward(x);
+      const std::optional<LinearActivation> act =
+          i + 1 < modules_.size() ? fused_activation(*modules_[i], *modules_[i + 1]) : std::nullopt;
+      if (act) {
+        x = static_cast<LinearImpl&>(*modules_[i]).forward_fused(x, *act);
+        ++i;  // the activation child ran inside the fused op
+      } else {
+        x = modules_[i]->forward(x);
+      }
     } catch (const Error& e) {
       // Say which child failed: "Sequential: child (2): Linear: expected input ...".
       LOOM_ERROR("Sequential: child (", named_children()[i].first, "): ", e.what());

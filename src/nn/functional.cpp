@@ -56,20 +56,9 @@ double dtype_eps(DType t) {
 
 }  // namespace
 
+// One fused Linear op (loom::linear, src/ops/linalg.cpp): (*, in) @ (in, out)^T + bias.
 Tensor linear(const Tensor& input, const Tensor& weight, const Tensor& bias) {
-  check_defined("linear", "input", input);
-  check_defined("linear", "weight", weight);
-  LOOM_CHECK(weight.dim() == 2, "linear: expected a 2-D weight (out_features, in_features), got shape ",
-             shape_str(weight.sizes()));
-  LOOM_CHECK(input.dim() >= 1 && input.sizes().back() == weight.sizes()[1], "linear: input of shape ",
-             shape_str(input.sizes()), " does not match weight of shape ", shape_str(weight.sizes()),
-             " (expected the last input dim to be in_features = ", weight.sizes()[1], ")");
-  if (bias.defined())
-    LOOM_CHECK(bias.dim() == 1 && bias.sizes()[0] == weight.sizes()[0], "linear: expected bias of shape [",
-               weight.sizes()[0], "], got ", shape_str(bias.sizes()));
-  // (*, in) @ (in, out) -> (*, out)
-  Tensor y = matmul(input, weight.t());
-  return bias.defined() ? y + bias : y;
+  return loom::linear(input, weight, bias);
 }
 
 Tensor dropout(const Tensor& input, double p, bool training) {

@@ -28,11 +28,13 @@ void LinearImpl::reset_parameters() {
   }
 }
 
-Tensor LinearImpl::forward(const Tensor& input) {
+Tensor LinearImpl::forward(const Tensor& input) { return forward_fused(input, LinearActivation::None); }
+
+Tensor LinearImpl::forward_fused(const Tensor& input, LinearActivation activation) {
   LOOM_CHECK(input.defined() && input.dim() >= 1 && input.sizes().back() == in_features,
              "Linear: expected input of shape (*, ", in_features, ") (in_features=", in_features, "), got ",
              input.defined() ? shape_str(input.sizes()) : std::string("an undefined tensor"));
-  return functional::linear(input, weight, bias);
+  return loom::linear(input, weight, bias, activation);
 }
 
 std::string LinearImpl::extra_repr() const {

@@ -1,6 +1,7 @@
 // Matrix products: bmm is the primitive; mm and matmul are written with it
 // and with views, so they differentiate through bmm's backward.
 #include <algorithm>
+#include <cmath>
 
 #include "ops/op_utils.h"
 
@@ -19,6 +20,43 @@ void check_same_dtype(const char* op, const Tensor& a, const Tensor& b) {
 void check_inner(const char* op, const Tensor& a, const Tensor& b, int64_t ka, int64_t kb) {
   LOOM_CHECK(ka == kb, op, ": shapes ", shape_str(a.sizes()), " and ", shape_str(b.sizes()), " cannot be multiplied (",
              ka, " != ", kb, ")");
+}
+
+// Can the leading (batch) dims of t, all but the last two, be viewed as one
+// dim? Each batch dim's stride must be the next one's stride times its size
+// (size-1 dims fit anywhere), which holds for contiguous and fully
+// broadcast (stride 0) batches alike.
+bool batch_dims_merge(const Tensor& t) {
+  const Shape& sizes = t.sizes();
+  const Shape& strides = t.strides();
+  if (t.numel() == 0) return true;  // nothing to read: any view will do
+  int64_t prev = -1;  // the last batch dim of size > 1 seen, from the right
+  for (int64_t d = t.dim() - 3; d >= 0; --d) {
+    if (sizes[d] == 1) continue;
+    if (prev >= 0 && strides[d] != strides[prev] * sizes[prev]) return false;
+    prev = d;
+  }
+  return true;
+}
+
+// a (batch..., M, K) @ b (batch..., K, N), same batch dims (expanded views).
+// One bmm over the merged batch when both operands allow it as a view, so a
+// broadcast operand is read through its stride-0 batch and never copied.
+// Otherwise (a batch broadcast in some dims but not in others) the first
+// batch dim is taken one index at a time and the products stacked: that
+// copies outputs, not the broadcast inputs.
+Tensor batched_product(const Tensor& a, const Tensor& b) {
+  const int64_t nd = a.dim();
+  const int64_t m = a.sizes()[nd - 2], k = a.sizes()[nd - 1], n = b.sizes()[nd - 1];
+  if (batch_dims_merge(a) && batch_dims_merge(b)) {
+    Shape out(a.sizes().begin(), a.sizes().end() - 2);
+    const int64_t nbatch = shape_numel(out);
+    out.insert(out.end(), {m, n});
+    return bmm(a.reshape({nbatch, m, k}), b.reshape({nbatch, k, n})).reshape(out);
+  }
+  std::vector<Tensor> items;
+  for (int64_t i = 0; i < a.sizes()[0]; ++i) items.push_back(batched_product(a.select(0, i), b.select(0, i)));
+  return stack(items, 0);
 }
 
 }  // namespace
@@ -117,12 +155,131 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   Shape ea = batch, eb = batch;
   ea.insert(ea.end(), {m, k});
   eb.insert(eb.end(), {k, n});
-  const int64_t nbatch = shape_numel(batch);
-  Tensor r = bmm(a3.expand(ea).reshape({nbatch, m, k}), b3.expand(eb).reshape({nbatch, k, n}));  // (B, M, N)
+  Tensor r = batched_product(a3.expand(ea), b3.expand(eb));  // (batch..., M, N)
   Shape out = batch;
   if (na > 1) out.push_back(m);
   if (nb > 1) out.push_back(n);
   return r.reshape(out);
+}
+
+}  // namespace loom
+
+namespace loom {
+
+// ---- fused linear ----
+
+namespace {
+
+// d/dz of gelu(z) times g, written with loom ops (so it differentiates again):
+// Phi(z) + z phi(z) for the erf form, and the derivative of
+// 0.5 z (1 + tanh(u)), u = sqrt(2/pi) (z + 0.044715 z^3), for the tanh form.
+// The same formulas as gelu's own backward (src/ops/elementwise.cpp).
+Tensor gelu_backward(const Tensor& g, const Tensor& z, bool tanh_form) {
+  const Device d = z.device();
+  if (!tanh_form) {
+    Tensor cdf = mul(add(erf(mul(z, ops::wrap_scalar(M_SQRT1_2, d))), ops::wrap_scalar(1, d)), ops::wrap_scalar(0.5, d));
+    Tensor pdf = mul(exp(mul(mul(z, z), ops::wrap_scalar(-0.5, d))), ops::wrap_scalar(0.5 * M_2_SQRTPI * M_SQRT1_2, d));
+    return mul(g, add(cdf, mul(z, pdf)));
+  }
+  const double k = std::sqrt(2.0 / M_PI), c = 0.044715;
+  Tensor z2 = mul(z, z);
+  Tensor u = mul(mul(z, add(mul(z2, ops::wrap_scalar(c, d)), ops::wrap_scalar(1, d))), ops::wrap_scalar(k, d));
+  Tensor t = tanh(u);
+  Tensor du = mul(add(mul(z2, ops::wrap_scalar(3 * c, d)), ops::wrap_scalar(1, d)), ops::wrap_scalar(k, d));
+  Tensor left = mul(add(t, ops::wrap_scalar(1, d)), ops::wrap_scalar(0.5, d));
+  Tensor right = mul(mul(mul(z, ops::wrap_scalar(0.5, d)), sub(ops::wrap_scalar(1, d), mul(t, t))), du);
+  return mul(g, add(left, right));
+}
+
+}  // namespace
+
+// input (*, K), weight (N, K), bias (N) -> act(input @ weight^T + bias): (*, N).
+// One Linear kernel (ops.def) over input viewed as (M, K). Backward, with
+// z the pre-activation and gz = g * act'(z):
+//   grad_input = gz @ weight, grad_weight = gz^T @ input, grad_bias = gz.sum(0).
+// ReLU's act' comes from the saved output (y > 0). GELU's needs z: the kernel
+// writes it beside the output when a gradient will be wanted; a backward
+// that is itself recorded (create_graph) recomputes z with loom ops instead,
+// so the second derivative flows through z into input, weight and bias.
+Tensor linear(const Tensor& input, const Tensor& weight, const Tensor& bias, LinearActivation activation) {
+  LOOM_CHECK(input.defined(), "linear: input is an undefined tensor");
+  LOOM_CHECK(weight.defined(), "linear: weight is an undefined tensor");
+  LOOM_CHECK(weight.dim() == 2, "linear: expected a 2-D weight (out_features, in_features), got shape ",
+             shape_str(weight.sizes()));
+  LOOM_CHECK(input.dim() >= 1 && input.sizes().back() == weight.sizes()[1], "linear: input of shape ",
+             shape_str(input.sizes()), " does not match weight of shape ", shape_str(weight.sizes()),
+             " (expected the last input dim to be in_features = ", weight.sizes()[1], ")");
+  const int64_t n = weight.sizes()[0], k = weight.sizes()[1];
+  std::vector<Tensor> operands{input, weight};
+  if (bias.defined()) {
+    LOOM_CHECK(bias.dim() == 1 && bias.sizes()[0] == n, "linear: expected bias of shape [", n, "], got ",
+               shape_str(bias.sizes()));
+    operands.push_back(bias);
+  }
+  ops::check_same_device("linear", operands);
+  for (const Tensor& t : operands)
+    LOOM_CHECK(t.dtype() == input.dtype(), "linear: expected input, weight and bias of one dtype, got input ",
+               dtype_name(input.dtype()), ", weight ", dtype_name(weight.dtype()),
+               bias.defined() ? std::string(", bias ") + dtype_name(bias.dtype()) : std::string());
+  LOOM_CHECK(input.dtype() != kBool, "linear: not defined for bool tensors");
+  const bool gelu = activation == LinearActivation::Gelu || activation == LinearActivation::GeluTanh;
+  LOOM_CHECK(!gelu || is_floating_point(input.dtype()), "linear: GELU needs a floating-point dtype, got ",
+             dtype_name(input.dtype()));
+
+  // (*, K) -> (M, K); a view whenever the layout allows.
+  Shape out_shape(input.sizes().begin(), input.sizes().end() - 1);
+  const int64_t m = shape_numel(out_shape);  // explicit: K may be 0
+  out_shape.push_back(n);
+  const Tensor x = input.reshape({m, k});
+
+  const bool record = autograd::compute_requires_grad(operands);
+  Tensor out = make_tensor({m, n}, input.dtype(), input.device());
+  Tensor pre = record && gelu ? make_tensor({m, n}, input.dtype(), input.device()) : Tensor();
+  if (out.numel() > 0) {
+    KernelCall c;
+    c.op = OpKind::Linear;
+    c.in[c.n_in++] = x.unsafe_impl();
+    c.in[c.n_in++] = weight.unsafe_impl();
+    if (bias.defined()) c.in[c.n_in++] = bias.unsafe_impl();
+    c.out[c.n_out++] = out.unsafe_impl();
+    if (pre.defined()) c.out[c.n_out++] = pre.unsafe_impl();
+    c.i[0] = static_cast<int64_t>(activation);
+    run_kernel(c);
+  }
+
+  auto node = autograd::make_node(
+      "LinearBackward", {x, weight, bias}, [activation](FunctionNode& ctx, const TensorList& g) {
+        const Tensor xs = ctx.saved(0), ws = ctx.saved(1), bs = ctx.saved(2);
+        Tensor gz = g[0];  // (M, N)
+        switch (activation) {
+          case LinearActivation::None: break;
+          case LinearActivation::Relu: {
+            const Tensor y = ctx.saved(3);
+            gz = mul(gz, gt(y, ops::wrap_scalar(0, y.device())).to(gz.dtype()));
+            break;
+          }
+          case LinearActivation::Gelu:
+          case LinearActivation::GeluTanh: {
+            const Tensor z = is_grad_enabled() ? linear(xs, ws, bs) : ctx.saved(3);
+            gz = gelu_backward(gz, z, activation == LinearActivation::GeluTanh);
+            break;
+          }
+        }
+        TensorList r(3);
+        if (ctx.needs_input_grad(0)) r[0] = mm(gz, ws);        // (M, N) @ (N, K)
+        if (ctx.needs_input_grad(1)) r[1] = mm(gz.t(), xs);    // (N, M) @ (M, K)
+        if (ctx.needs_input_grad(2)) r[2] = sum(gz, {0});      // (N)
+        return r;
+      });
+  if (node) {
+    autograd::set_history(out, node);
+    node->save(x);
+    node->save(weight);
+    node->save(bias);
+    if (activation == LinearActivation::Relu) node->save_output(out);
+    if (gelu) node->save(pre);
+  }
+  return out.reshape(out_shape);
 }
 
 }  // namespace loom

@@ -658,6 +658,30 @@ void add_linalg_rows(std::vector<Row>& rows) {
                             {{{3, 4}, {4, 5}}, {{1, 2}, {2, 3}}}));
   rows.push_back(matmul_row("matmul_bmm", [](const Tensor& a, const Tensor& b) { return loom::bmm(a, b); },
                             {{{2, 3, 4}, {2, 4, 5}}, {{1, 3, 2}, {1, 2, 2}}}));
+
+  // The fused Linear primitive: act(x @ w^T + b), x (*, K), w (N, K), b (N).
+  using Act = loom::LinearActivation;
+  auto linear_row = [](const std::string& name, Act act, std::function<double(double)> f, bool with_bias) {
+    Row r(name);
+    r.in(U(-1, 1)).in(U(-1, 1));
+    if (with_bias) r.in(U(-1, 1));
+    Cases cases = with_bias ? Cases{{{3, 4}, {5, 4}, {5}}, {{2, 3, 4}, {5, 4}, {5}}, {{4}, {1, 4}, {1}}, {{1, 1}, {1, 1}, {1}}}
+                            : Cases{{{3, 4}, {5, 4}}, {{2, 3, 4}, {5, 4}}, {{4}, {1, 4}}};
+    return r.shapes(std::move(cases))
+        .f([act, with_bias](const TL& x) { return loom::linear(x[0], x[1], with_bias ? x[2] : Tensor(), act); })
+        .r([f, with_bias](const AL& a) {
+          Array y = ref_matmul(a[0], ref_permute(a[1], {1, 0}));
+          if (with_bias) y = zip(y, a[2], [](double u, double v) { return u + v; });
+          return f ? map(y, f) : y;
+        });
+  };
+  auto relu_ref = [](double v) { return v < 0 ? 0.0 : v; };
+  rows.push_back(linear_row("linear", Act::None, nullptr, true).gradgrad_check());
+  rows.push_back(linear_row("linear_no_bias", Act::None, nullptr, false));
+  rows.push_back(linear_row("linear_relu", Act::Relu, relu_ref, true));
+  rows.push_back(linear_row("linear_relu_no_bias", Act::Relu, relu_ref, false));
+  rows.push_back(linear_row("linear_gelu", Act::Gelu, gelu_ref, true).gradgrad_check());
+  rows.push_back(linear_row("linear_gelu_tanh", Act::GeluTanh, gelu_tanh_ref, true).gradgrad_check());
 }
 
 void add_join_index_rows(std::vector<Row>& rows) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "loom/nn/module.h"
+#include "loom/ops.h"
 
 namespace loom::nn {
 
@@ -16,6 +17,10 @@ class LinearImpl : public Module {
  public:
   LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
   Tensor forward(const Tensor& input) override;
+  // activation(forward(input)) as one fused op (loom::linear): what
+  // nn::Sequential runs for a Linear child followed by a ReLU or GELU child.
+  // Bit for bit the two modules one after the other.
+  Tensor forward_fused(const Tensor& input, LinearActivation activation);
   // PyTorch's default: weight ~ kaiming_uniform_(a = sqrt(5)), i.e.
   // U(-1/sqrt(in_features), 1/sqrt(in_features)), and bias from the same range.
   void reset_parameters();

@@ -76,10 +76,30 @@ struct SgemmOutput {
   int64_t bs, rs, cs;
 };
 
+// Note [GEMM epilogue]
+// What sgemm does to each element of C once its last depth block is summed,
+// while the tile is still in registers and its block in cache:
+//   c = c + bias[j * bias_stride]   (when bias; one float32 add, as the Add kernel)
+//   c = c < 0 ? 0 : c               (when relu; NaN and -0 pass, as the Relu kernel)
+// then post(post_ctx, block) on each finished block of C (rows x cols at
+// c, row stride rs, column stride cs), on the thread that computed it. The
+// fused Linear kernel runs the GELU kernels through `post`, so a fused GELU
+// gives the bits of the GELU op whatever that kernel's vector code is.
+// Plain aggregate (no member initializers): see Note [GEMM design] on the ISA files.
+struct SgemmEpilogue {
+  const float* bias;  // null: no bias
+  int64_t bias_stride;
+  bool relu;
+  void (*post)(void* ctx, float* c, int64_t rs, int64_t cs, int64_t rows, int64_t cols);  // null: none
+  void* post_ctx;
+};
+
 // c (batch, m, n) = a (batch, m, k) @ b (batch, k, n) with the micro-kernel of
-// `isa` (capped at gemm_best_isa()). k == 0 writes zeros. c must not overlap
-// a or b; c's strides must address each element once.
-void sgemm(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k, SgemmInput a, SgemmInput b, SgemmOutput c);
+// `isa` (capped at gemm_best_isa()), then `epilogue` when given. k == 0
+// writes zeros (and applies the epilogue to them). c must not overlap a or b;
+// c's strides must address each element once.
+void sgemm(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k, SgemmInput a, SgemmInput b, SgemmOutput c,
+           const SgemmEpilogue* epilogue = nullptr);
 
 // The reference kernel's float32 case (the oracle, cpu_linalg.cpp): each
 // element summed over k in order in double, rounded once to float32.
@@ -95,7 +115,9 @@ void bmm_reference(const KernelCall& c);
 // One tile of C: c[r * rs + j * cs] for r < rows <= mr, j < cols <= nr, from a
 // packed A panel `a` (a[p * mr + r]) and a packed B panel `b` (b[p * nr + j]),
 // p < kc. accumulate: add to the values in c (the chain of Note [GEMM
-// summation order] goes on); otherwise c is overwritten.
+// summation order] goes on); otherwise c is overwritten. bias (null: none;
+// bias[j] for column j of the tile, contiguous) and relu are the register part
+// of Note [GEMM epilogue], set only on a tile's last depth block.
 struct GemmTile {
   int64_t kc;
   const float* a;
@@ -104,6 +126,8 @@ struct GemmTile {
   int64_t rs, cs;
   int rows, cols;
   bool accumulate;
+  const float* bias;
+  bool relu;
 };
 
 // Packs one panel of `w` lines (rows of A, or columns of B) by `kc` depths:

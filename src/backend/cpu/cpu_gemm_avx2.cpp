@@ -55,6 +55,21 @@ void tile_kernel(const GemmTile& t) {
     b += kNr;
   }
 
+  // Note [GEMM epilogue]: bias, then relu (x < 0 ? 0 : x keeps NaN and -0).
+  if (t.bias != nullptr) {
+    __m256 bias[V];
+    for (int v = 0; v < V - 1; ++v) bias[v] = _mm256_loadu_ps(t.bias + 8 * v);
+    bias[V - 1] = _mm256_maskload_ps(t.bias + 8 * (V - 1), last);
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm256_add_ps(acc[r][v], bias[v]);
+  }
+  if (t.relu) {
+    const __m256 zero = _mm256_setzero_ps();
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v)
+        acc[r][v] = _mm256_blendv_ps(acc[r][v], zero, _mm256_cmp_ps(acc[r][v], zero, _CMP_LT_OQ));
+  }
+
   for (int r = 0; r < R; ++r) {
     for (int v = 0; v < V - 1; ++v) _mm256_storeu_ps(c + r * rs + 8 * v, acc[r][v]);
     _mm256_maskstore_ps(c + r * rs + 8 * (V - 1), last, acc[r][V - 1]);
@@ -166,6 +181,8 @@ GemmKernel gemm_kernel_avx2() {
   // panels (256 x 16, 16 KiB each) stream past it. nc: the B block (256 x 256,
   // 256 KiB) stays in L2 while every A panel of the block passes over it (L2
   // is 256 KiB to 1 MiB on AVX2 machines).
+  // These are defaults: gemm_kernel() replaces kc and nc from the caches of
+  // the CPU it runs on (Note [GEMM block sizes] in cpu_gemm.cpp).
   return GemmKernel{kMr, kNr, /*mc=*/kMr * 32, /*kc=*/256, /*nc=*/kNr * 16, &tile, &pack};
 }
 

@@ -58,6 +58,21 @@ void tile_kernel(const GemmTile& t) {
     b += kNr;
   }
 
+  // Note [GEMM epilogue]: bias, then relu (x < 0 ? 0 : x keeps NaN and -0).
+  if (t.bias != nullptr) {
+    __m512 bias[V];
+    for (int v = 0; v < V - 1; ++v) bias[v] = _mm512_loadu_ps(t.bias + 16 * v);
+    bias[V - 1] = _mm512_maskz_loadu_ps(last, t.bias + 16 * (V - 1));
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_add_ps(acc[r][v], bias[v]);
+  }
+  if (t.relu) {
+    const __m512 zero = _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v)
+        acc[r][v] = _mm512_mask_mov_ps(acc[r][v], _mm512_cmp_ps_mask(acc[r][v], zero, _CMP_LT_OQ), zero);
+  }
+
   for (int r = 0; r < R; ++r) {
     for (int v = 0; v < V - 1; ++v) _mm512_storeu_ps(c + r * rs + 16 * v, acc[r][v]);
     _mm512_mask_storeu_ps(c + r * rs + 16 * (V - 1), last, acc[r][V - 1]);
@@ -176,6 +191,8 @@ GemmKernel gemm_kernel_avx512() {
   // while the B panels (256 x 32, 32 KiB each) stream past it. nc: the B
   // block (256 x 512, 512 KiB) stays in L2 while every A panel of the block
   // passes over it (L2 is 1 to 2 MiB on AVX-512 machines).
+  // These are defaults: gemm_kernel() replaces kc and nc from the caches of
+  // the CPU it runs on (Note [GEMM block sizes] in cpu_gemm.cpp).
   return GemmKernel{kMr, kNr, /*mc=*/kMr * 16, /*kc=*/256, /*nc=*/kNr * 16, &tile, &pack};
 }
 

@@ -73,7 +73,136 @@ void sgemm_reference(int64_t batch, int64_t m, int64_t n, int64_t k, SgemmInput 
                              {c.bs, c.rs, c.cs});
 }
 
+namespace {
+
+// ---- the fused Linear kernel's helpers ----
+
+// A TensorImpl over part of `base`'s storage (no autograd), to hand a view of
+// an operand to another kernel.
+TensorImpl alias_impl(const TensorImpl* base, Shape sizes, Shape strides, int64_t offset) {
+  TensorImpl t;
+  t.storage = base->storage;
+  t.sizes = std::move(sizes);
+  t.strides = std::move(strides);
+  t.offset = offset;
+  t.dtype = base->dtype;
+  return t;
+}
+
+// Runs the CPU kernel of elementwise `op` from `src` into `dst` (which may be src).
+void run_elementwise(OpKind op, void (*kernel)(const KernelCall&), const TensorImpl& src, TensorImpl& dst) {
+  KernelCall call;
+  call.op = op;
+  call.in[0] = &src;
+  call.n_in = 1;
+  call.out[0] = &dst;
+  call.n_out = 1;
+  kernel(call);
+}
+
+// The activation of Linear's i[0] as its own op and kernel (null for none).
+struct Activation {
+  OpKind op;
+  void (*kernel)(const KernelCall&);
+};
+Activation linear_activation(int64_t code) {
+  switch (code) {
+    case 1: return {OpKind::Relu, &kernel::Relu};
+    case 2: return {OpKind::Gelu, &kernel::Gelu};
+    case 3: return {OpKind::GeluTanh, &kernel::GeluTanh};
+    default: return {OpKind::Copy, nullptr};
+  }
+}
+
+// Note [GEMM epilogue]'s `post` for float32 Linear: on one finished block of
+// the output, save the pre-activation (when asked) and run the activation's
+// own kernel on the block in place, so the bits are those of the unfused op.
+struct LinearPost {
+  const TensorImpl* out;
+  TensorImpl* pre;  // null: not saved
+  Activation act;
+};
+void linear_post(void* ctx, float* c, int64_t rs, int64_t cs, int64_t rows, int64_t cols) {
+  const LinearPost& p = *static_cast<const LinearPost*>(ctx);
+  const int64_t offset = c - static_cast<float*>(p.out->storage->data);
+  TensorImpl block = alias_impl(p.out, {rows, cols}, {rs, cs}, offset);
+  if (p.pre != nullptr) {
+    // pre has out's (contiguous) layout: the same position in its own storage.
+    TensorImpl pre_block = alias_impl(p.pre, {rows, cols}, {rs, cs}, p.pre->offset + (offset - p.out->offset));
+    run_elementwise(OpKind::Copy, &kernel::Copy, block, pre_block);
+  }
+  if (p.act.kernel != nullptr) run_elementwise(p.act.op, p.act.kernel, block, block);
+}
+
+}  // namespace
+
 namespace kernel {
+
+// Linear: out[0] (M, N) = act(in[0] (M, K) @ in[1]^T + in[2]) (ops.def);
+// out[1], when given, gets the pre-activation. float32 runs the GEMM with the
+// bias (and ReLU) in its register epilogue and GELU on each block in cache;
+// other dtypes run the reference Bmm, then the Add and activation kernels.
+void Linear(const KernelCall& c) {
+  const TensorImpl *x = c.in[0], *w = c.in[1], *bias = c.n_in > 2 ? c.in[2] : nullptr;
+  TensorImpl* out = c.out[0];
+  TensorImpl* pre = c.n_out > 1 ? c.out[1] : nullptr;
+  LOOM_ASSERT(x->dim() == 2 && w->dim() == 2 && out->dim() == 2 && x->sizes[1] == w->sizes[1] &&
+                  out->sizes == Shape({x->sizes[0], w->sizes[0]}) && out->is_contiguous(),
+              "Linear: shapes ", shape_str(x->sizes), ", weight ", shape_str(w->sizes), " -> ", shape_str(out->sizes));
+  LOOM_ASSERT(bias == nullptr || (bias->dim() == 1 && bias->sizes[0] == w->sizes[0]), "Linear: bias ",
+              shape_str(bias->sizes));
+  LOOM_ASSERT(pre == nullptr || (pre->sizes == out->sizes && pre->is_contiguous()), "Linear: pre-activation output");
+  LOOM_ASSERT(x->dtype == w->dtype && x->dtype == out->dtype && (bias == nullptr || bias->dtype == x->dtype),
+              "Linear: mixed dtypes");
+  const int64_t m = x->sizes[0], k = x->sizes[1], n = w->sizes[0];
+  const Activation act = linear_activation(c.i[0]);
+  if (x->dtype == kFloat32) {
+    LinearPost post{out, pre, act};
+    const bool gelu = act.kernel != nullptr && act.op != OpKind::Relu;
+    SgemmEpilogue ep{bias != nullptr ? data_ptr<float>(bias) : nullptr, bias != nullptr ? bias->strides[0] : 0,
+                     act.op == OpKind::Relu, gelu || pre != nullptr ? &linear_post : nullptr, &post};
+    if (!gelu) post.act = Activation{OpKind::Copy, nullptr};  // relu ran in registers
+    // B (K, N) is the weight transposed: element (p, j) at w[j, p].
+    sgemm(gemm_isa(), 1, m, n, k, {data_ptr<float>(x), 0, x->strides[0], x->strides[1]},
+          {data_ptr<float>(w), 0, w->strides[1], w->strides[0]},
+          {data_ptr<float>(out), 0, out->strides[0], out->strides[1]}, &ep);
+    return;
+  }
+  // The reference path: the unfused kernels, one after another, on views.
+  TensorImpl x3 = alias_impl(x, {1, m, k}, {0, x->strides[0], x->strides[1]}, x->offset);
+  TensorImpl wt3 = alias_impl(w, {1, k, n}, {0, w->strides[1], w->strides[0]}, w->offset);
+  TensorImpl out3 = alias_impl(out, {1, m, n}, {0, out->strides[0], out->strides[1]}, out->offset);
+  KernelCall mm;
+  mm.op = OpKind::Bmm;
+  mm.in[0] = &x3;
+  mm.in[1] = &wt3;
+  mm.n_in = 2;
+  mm.out[0] = &out3;
+  mm.n_out = 1;
+  if (k > 0) {
+    bmm_reference(mm);
+  } else {
+    KernelCall fill;
+    fill.op = OpKind::Fill;
+    fill.out[0] = out;
+    fill.n_out = 1;
+    fill.i[1] = 1;  // 0 as an integral value: exact for every dtype
+    kernel::Fill(fill);
+  }
+  if (bias != nullptr) {
+    TensorImpl bias2 = alias_impl(bias, {m, n}, {0, bias->strides[0]}, bias->offset);
+    KernelCall add;
+    add.op = OpKind::Add;
+    add.in[0] = out;
+    add.in[1] = &bias2;
+    add.n_in = 2;
+    add.out[0] = out;
+    add.n_out = 1;
+    kernel::Add(add);
+  }
+  if (pre != nullptr) run_elementwise(OpKind::Copy, &kernel::Copy, *out, *pre);
+  if (act.kernel != nullptr) run_elementwise(act.op, act.kernel, *out, *out);
+}
 
 void Bmm(const KernelCall& c) {
   const TensorImpl *a = c.in[0], *b = c.in[1];

@@ -60,6 +60,7 @@ Coverage cpu_coverage(OpKind op) {
     // Integer powers by repeated squaring; bool has no power (PyTorch).
     case OpKind::Pow:
     case OpKind::Bmm:
+    case OpKind::Linear:  // GELU forms: the ops layer allows floating dtypes only
       return Coverage::Numeric;
     // Float math; Div included: the ops layer promotes integers to float.
     case OpKind::Exp:
