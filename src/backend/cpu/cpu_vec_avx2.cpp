@@ -4,6 +4,8 @@
 // entry point.
 #if defined(__x86_64__) || defined(__i386__)
 
+#include <immintrin.h>  // gnu_inline intrinsics: never emitted out of line
+
 #include <cstdint>
 
 #include "backend/cpu/cpu_vec.h"
@@ -11,6 +13,7 @@
 namespace loom::cpu {
 namespace {
 #define LOOM_VEC_BYTES 32
+#define LOOM_VEC_LOAD_DOUBLE(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
 #include "backend/cpu/cpu_vec_body.h"
 }  // namespace
 

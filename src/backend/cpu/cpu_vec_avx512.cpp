@@ -4,6 +4,13 @@
 // entry point.
 #if defined(__x86_64__) || defined(__i386__)
 
+// GCC 12's AVX-512 intrinsics trip -Wmaybe-uninitialized once inlined (see
+// cpu_gemm_avx512.cpp); they are gnu_inline, never emitted out of line.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
 #include <cstdint>
 
 #include "backend/cpu/cpu_vec.h"
@@ -11,6 +18,7 @@
 namespace loom::cpu {
 namespace {
 #define LOOM_VEC_BYTES 64
+#define LOOM_VEC_LOAD_DOUBLE(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
 #include "backend/cpu/cpu_vec_body.h"
 }  // namespace
 

@@ -51,8 +51,14 @@ inline void store_partial(T* p, V v, int64_t n) {
   for (int64_t k = 0; k < n; ++k) p[k] = v[k];
 }
 
-// kD floats at p widened to double.
+// kD floats at p widened to double. An ISA file may define
+// LOOM_VEC_LOAD_DOUBLE(p) where GCC's generic lowering of the conversion is
+// poor (AVX-512: two halves and an insert instead of one vcvtps2pd).
+#ifdef LOOM_VEC_LOAD_DOUBLE
+inline vd load_double(const float* p) { return LOOM_VEC_LOAD_DOUBLE(p); }
+#else
 inline vd load_double(const float* p) { return __builtin_convertvector(load<vfh>(p), vd); }
+#endif
 
 inline double hsum(vd v) {
   double s = 0;
