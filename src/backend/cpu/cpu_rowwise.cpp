@@ -38,8 +38,8 @@ RowOffsets row_offsets(const TensorImpl* t, int64_t n_trailing) {
   return r;
 }
 
-// Is every row of `t` (its last n_trailing dims) one contiguous run, with rows
-// packed one after another? (a contiguous tensor)
+// Are the rows of `t` packed one after another in one contiguous run? (The
+// fast paths index row r at r * row_length.)
 bool contiguous_rows(const TensorImpl* t) { return t->is_contiguous(); }
 
 // ---- softmax / log_softmax backward ----
