@@ -347,14 +347,19 @@ inline double sum_f32(const float* x, int64_t n) {
 
 // sum over i of f(a[i], b[i]) in float registers, combined in double at the
 // end: the row-wise ops' inner sums, as accurate as PyTorch's float ones.
+// Four accumulators hide the add latency (rows are short and in L1).
 template <typename F>
 inline double sum_zip_f32(const float* a, const float* b, int64_t n, F f) {
-  vf s0 = {}, s1 = {};
+  vf s0 = {}, s1 = {}, s2 = {}, s3 = {};
   int64_t i = 0;
-  for (; i + 2 * kF <= n; i += 2 * kF) {
+  for (; i + 4 * kF <= n; i += 4 * kF) {
     s0 += f(load<vf>(a + i), load<vf>(b + i));
     s1 += f(load<vf>(a + i + kF), load<vf>(b + i + kF));
+    s2 += f(load<vf>(a + i + 2 * kF), load<vf>(b + i + 2 * kF));
+    s3 += f(load<vf>(a + i + 3 * kF), load<vf>(b + i + 3 * kF));
   }
+  s0 += s2;
+  s1 += s3;
   for (; i + kF <= n; i += kF) s0 += f(load<vf>(a + i), load<vf>(b + i));
   if (i < n) {
     vf v = f(load_partial<vf>(a + i, n - i, 0.0f), load_partial<vf>(b + i, n - i, 0.0f));
@@ -368,12 +373,16 @@ template <bool Max>
 inline float extreme_f32(const float* x, int64_t n) {
   const float init = Max ? -__builtin_inff() : __builtin_inff();
   auto step = [](vf acc, vf v) { return Max ? vmax(acc, v) : vmin(acc, v); };
-  vf a0 = splat<vf>(init), a1 = a0;
+  vf a0 = splat<vf>(init), a1 = a0, a2 = a0, a3 = a0;
   int64_t i = 0;
-  for (; i + 2 * kF <= n; i += 2 * kF) {
+  for (; i + 4 * kF <= n; i += 4 * kF) {
     a0 = step(a0, load<vf>(x + i));
     a1 = step(a1, load<vf>(x + i + kF));
+    a2 = step(a2, load<vf>(x + i + 2 * kF));
+    a3 = step(a3, load<vf>(x + i + 3 * kF));
   }
+  a0 = step(a0, a2);
+  a1 = step(a1, a3);
   for (; i + kF <= n; i += kF) a0 = step(a0, load<vf>(x + i));
   if (i < n) a1 = step(a1, load_partial<vf>(x + i, n - i, init));
   a0 = step(a0, a1);
