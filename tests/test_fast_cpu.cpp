@@ -245,6 +245,8 @@ TEST(FastUnary, MatchesReference) {
       // The reference's 0.5 x (1 + tanh(u)) cancels for negative x (absolute
       // error up to ~|x| 2^-24); the fast path computes x sigmoid(2u).
       {"gelu_tanh", [](const Tensor& x) { return loom::gelu(x, "tanh"); }, 1e-5, 1e-6},
+      // Same cancellation in the reference's 0.5 x (1 + erf(x / sqrt 2)).
+      {"gelu", [](const Tensor& x) { return loom::gelu(x); }, 1e-5, 1e-6},
   };
   uint32_t seed = 100;
   for (const Named& op : ops) {
@@ -342,6 +344,30 @@ TEST(FastUnary, TanhWithinThreeUlp) {
 }
 TEST(FastUnary, SigmoidWithinThreeUlp) {
   check_ulp(loom::cpu::VecUnary::Sigmoid, [](double v) { return 1.0 / (1.0 + std::exp(-v)); }, 3, "sigmoid");
+}
+
+// gelu against x Phi(x) computed in double with std::erfc (no cancellation).
+TEST(FastUnary, GeluCloseToExact) {
+  const std::vector<float> x = ulp_inputs();
+  std::vector<float> y(x.size());
+  for (GemmIsa isa : runnable_isas()) {
+    const loom::cpu::VecKernels& k = loom::cpu::vec_kernels(isa);
+    k.unary_f32(loom::cpu::VecUnary::Gelu, x.data(), y.data(), static_cast<int64_t>(x.size()));
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double v = x[i], want = v * 0.5 * std::erfc(-v / std::sqrt(2.0));
+      if (std::isnan(want)) {
+        ASSERT_TRUE(std::isnan(y[i])) << "gelu(" << x[i] << ") [" << k.isa << "]";
+        continue;
+      }
+      if (std::isinf(want)) {
+        ASSERT_EQ(y[i], want) << "gelu(" << x[i] << ") [" << k.isa << "]";
+        continue;
+      }
+      // |x| / sqrt 2 squared inside exp costs up to |x|^2 / 2 ulps of relative error in the tail.
+      ASSERT_LE(std::abs(y[i] - want), 1e-6 * std::abs(want) * std::max(1.0, v * v / 2) + 1e-37)
+          << "gelu(" << x[i] << ") [" << k.isa << "]: got " << y[i] << ", want " << want;
+    }
+  }
 }
 
 // ---- copy, conversion, fill ----

@@ -217,6 +217,7 @@ void Elu(const KernelCall& c) {
 
 // 0.5 x (1 + erf(x / sqrt 2))
 void Gelu(const KernelCall& c) {
+  if (vec_unary(c, VecUnary::Gelu)) return;
   float_unary(c, [](auto x) {
     using C = decltype(x);
     return C(0.5) * x * (C(1) + std::erf(x * static_cast<C>(M_SQRT1_2)));
