@@ -153,6 +153,21 @@ Tensor cumsum(const Tensor& x, int64_t dim);
 Tensor softmax(const Tensor& x, int64_t dim);
 Tensor log_softmax(const Tensor& x, int64_t dim);
 
+// ---- fused row ops ----
+// The gradient of softmax / log_softmax along `dim` from the op's output:
+// y * (grad - sum(grad * y)) and grad - exp(y) * sum(grad). Differentiable.
+Tensor softmax_backward(const Tensor& grad, const Tensor& output, int64_t dim);
+Tensor log_softmax_backward(const Tensor& grad, const Tensor& output, int64_t dim);
+// Layer normalization over the trailing `normalized_shape` dims, with an
+// optional elementwise weight and bias of that shape (torch.layer_norm).
+Tensor layer_norm(const Tensor& x, IntArrayRef normalized_shape, const Tensor& weight = {}, const Tensor& bias = {},
+                  double eps = 1e-5);
+// Cross entropy of each row of (N, C) logits with int64 class targets (N):
+// lse - (1 - s) x[t] - (s / C) sum(x) for label smoothing s, 0 where the
+// target is ignore_index. nn::functional::cross_entropy reduces it.
+Tensor cross_entropy_per_row(const Tensor& logits, const Tensor& target, double label_smoothing = 0.0,
+                             int64_t ignore_index = -100);
+
 // ---- linear algebra ----
 Tensor matmul(const Tensor& a, const Tensor& b);
 Tensor mm(const Tensor& a, const Tensor& b);

@@ -76,17 +76,11 @@ Tensor layer_norm(const Tensor& input, IntArrayRef normalized_shape, const Tenso
                   double eps) {
   check_floating("layer_norm", "input", input);
   const std::vector<int64_t>& shape = normalized_shape.vec();
-  std::vector<int64_t> dims = normalized_dims("layer_norm", input, shape);
+  normalized_dims("layer_norm", input, shape);  // checks the shapes
   check_affine("layer_norm", "weight", weight, shape);
   check_affine("layer_norm", "bias", bias, shape);
-  Tensor x = input.to(compute_dtype(input.dtype()));
-  // x: (*, normalized_shape); statistics keep the reduced dims for broadcasting.
-  Tensor centered = x - x.mean(dims, true);
-  Tensor var = (centered * centered).mean(dims, true);
-  Tensor y = centered * (var + eps).rsqrt();
-  if (weight.defined()) y = y * weight;
-  if (bias.defined()) y = y + bias;
-  return y.to(input.dtype());
+  // The fused LayerNorm primitive (src/ops/fused.cpp).
+  return loom::layer_norm(input, shape, weight, bias, eps);
 }
 
 Tensor rms_norm(const Tensor& input, IntArrayRef normalized_shape, const Tensor& weight, std::optional<double> eps) {

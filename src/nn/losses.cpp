@@ -89,20 +89,26 @@ struct Nll {
   Tensor total_weight; // 0-dim: sum of w[t] over valid positions
 };
 
+// Every target that is not ignore_index names a class of `input` (`safe`:
+// the targets with ignored ones replaced by 0).
+void check_target_classes(const char* op, const Tensor& input, const Tensor& target, const Tensor& safe,
+                          int64_t ignore_index) {
+  const int64_t classes = input.sizes()[static_cast<size_t>(class_dim_of(input))];
+  if (safe.numel() == 0) return;
+  NoGradGuard ng;
+  const int64_t lo = amin(safe).item<int64_t>(), hi = amax(safe).item<int64_t>();
+  LOOM_CHECK(lo >= 0 && hi < classes, op, ": target class ", lo < 0 ? lo : hi, " is out of range [0, ", classes,
+             ") for input of shape ", shape_str(input.sizes()), " (target shape ", shape_str(target.sizes()),
+             ", ignore_index=", ignore_index, ")");
+}
+
 Nll nll_terms(const char* op, const Tensor& logp, const Tensor& target, const Tensor& weight, int64_t ignore_index) {
   const int64_t cdim = class_dim_of(logp);
-  const int64_t classes = logp.sizes()[static_cast<size_t>(cdim)];
   Nll r;
   r.valid = target != Scalar(ignore_index);
   // Ignored positions read class 0 (always a valid index) and are masked after.
   Tensor safe = where(r.valid, target, Scalar(int64_t{0}));
-  if (safe.numel() > 0) {
-    NoGradGuard ng;
-    const int64_t lo = amin(safe).item<int64_t>(), hi = amax(safe).item<int64_t>();
-    LOOM_CHECK(lo >= 0 && hi < classes, op, ": target class ", lo < 0 ? lo : hi, " is out of range [0, ", classes,
-               ") for input of shape ", shape_str(logp.sizes()), " (target shape ", shape_str(target.sizes()),
-               ", ignore_index=", ignore_index, ")");
-  }
+  check_target_classes(op, logp, target, safe, ignore_index);
   // (N, 1, d...) picks one log-probability per position -> (N, d...).
   Tensor picked = logp.gather(cdim, safe.unsqueeze(cdim)).squeeze(cdim);
   Tensor w = weight.defined() ? weight.index_select(0, safe.reshape({-1})).reshape(target.sizes())
@@ -187,6 +193,21 @@ Tensor cross_entropy(const Tensor& input, const Tensor& target, const CrossEntro
   }
 
   check_index_target(op, input, target, true);
+  if (!o.weight.defined() && input.dim() <= 2) {
+    // (C) or (N, C) without class weights: one fused kernel per row forward
+    // and backward (loom::cross_entropy_per_row); the rest below composes ops.
+    check_target_classes(op, input, target, where(target != Scalar(o.ignore_index), target, Scalar(int64_t{0})),
+                         o.ignore_index);
+    const Tensor rows = input.dim() == 1 ? input.unsqueeze(0) : input;
+    const Tensor t = target.reshape({-1});
+    const Tensor per_row = loom::cross_entropy_per_row(rows, t, s, o.ignore_index);
+    switch (red) {
+      case Reduction::None: return per_row.reshape(target.sizes());
+      case Reduction::Sum: return per_row.sum();
+      // Divided by the number of targets that count; all ignored is 0/0 = nan, as PyTorch.
+      default: return per_row.sum() / (t != Scalar(o.ignore_index)).sum().to(per_row.dtype());
+    }
+  }
   Tensor logp = loom::log_softmax(input, cdim);
   Nll n = nll_terms(op, logp, target, o.weight, o.ignore_index);
   Tensor loss = reduce_nll(n, red);

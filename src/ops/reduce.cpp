@@ -401,8 +401,8 @@ Tensor softmax(const Tensor& x, int64_t dim) {
   int64_t d = wrap_dim(dim, x.dim(), "softmax");
   Tensor out = rowwise_kernel(OpKind::Softmax, x, d);
   auto node = autograd::make_node("SoftmaxBackward", {x}, [d](FunctionNode& ctx, const TensorList& g) {
-    Tensor y = ctx.saved(0);
-    return TensorList{mul(y, sub(g[0], sum(mul(g[0], y), {d}, true)))};
+    // One fused kernel, itself differentiable (src/ops/fused.cpp).
+    return TensorList{softmax_backward(g[0], ctx.saved(0), d)};
   });
   if (node) {
     autograd::set_history(out, node);
@@ -416,8 +416,7 @@ Tensor log_softmax(const Tensor& x, int64_t dim) {
   int64_t d = wrap_dim(dim, x.dim(), "log_softmax");
   Tensor out = rowwise_kernel(OpKind::LogSoftmax, x, d);
   auto node = autograd::make_node("LogSoftmaxBackward", {x}, [d](FunctionNode& ctx, const TensorList& g) {
-    Tensor y = ctx.saved(0);
-    return TensorList{sub(g[0], mul(exp(y), sum(g[0], {d}, true)))};
+    return TensorList{log_softmax_backward(g[0], ctx.saved(0), d)};
   });
   if (node) {
     autograd::set_history(out, node);

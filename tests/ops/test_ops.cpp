@@ -641,6 +641,189 @@ void add_reduction_rows(std::vector<Row>& rows) {
   rows.push_back(rowwise("cumsum_dim1", [](const Tensor& x) { return loom::cumsum(x, 1); }, vcumsum, 1, any, rw));
 }
 
+// ---- fused row ops (src/ops/fused.cpp) ----
+
+// Applies f(row values) -> row values to every run of the trailing `n`
+// elements of a row-major array (the fused ops' rows).
+Array per_row(const std::vector<const Array*>& ins, int64_t n,
+              const std::function<std::vector<double>(const std::vector<std::vector<double>>&)>& f) {
+  Array out(ins[0]->shape);
+  const int64_t rows = n == 0 ? 0 : ins[0]->numel() / n;
+  for (int64_t r = 0; r < rows; ++r) {
+    std::vector<std::vector<double>> vs;
+    for (const Array* a : ins) vs.emplace_back(a->v.begin() + r * n, a->v.begin() + (r + 1) * n);
+    const std::vector<double> y = f(vs);
+    std::copy(y.begin(), y.end(), out.v.begin() + r * n);
+  }
+  return out;
+}
+
+std::vector<double> vsoftmax_backward(const std::vector<std::vector<double>>& v) {
+  const std::vector<double>&g = v[0], &y = v[1];
+  double s = 0;
+  for (size_t i = 0; i < g.size(); ++i) s += g[i] * y[i];
+  std::vector<double> r(g.size());
+  for (size_t i = 0; i < g.size(); ++i) r[i] = y[i] * (g[i] - s);
+  return r;
+}
+std::vector<double> vlog_softmax_backward(const std::vector<std::vector<double>>& v) {
+  const std::vector<double>&g = v[0], &y = v[1];
+  double s = 0;
+  for (double x : g) s += x;
+  std::vector<double> r(g.size());
+  for (size_t i = 0; i < g.size(); ++i) r[i] = g[i] - std::exp(y[i]) * s;
+  return r;
+}
+
+// (x - mean) / sqrt(var + eps) * w + b over each row of n = numel(w).
+Array layer_norm_ref(const Array& x, int64_t n, const Array* w, const Array* b, double eps) {
+  return per_row({&x}, n, [&](const std::vector<std::vector<double>>& v) {
+    const std::vector<double>& r = v[0];
+    double mean = 0, var = 0;
+    for (double a : r) mean += a;
+    mean /= static_cast<double>(n);
+    for (double a : r) var += (a - mean) * (a - mean);
+    var /= static_cast<double>(n);
+    std::vector<double> y(r.size());
+    for (size_t j = 0; j < r.size(); ++j) {
+      y[j] = (r[j] - mean) / std::sqrt(var + eps);
+      if (w) y[j] *= w->v[j];
+      if (b) y[j] += b->v[j];
+    }
+    return y;
+  });
+}
+
+// PyTorch's cross_entropy with class-index targets: per position
+// w[t] ((1 - s) (lse - x[t])) + (s / C) sum_c w[c] (lse - x[c]), 0 where
+// ignored; "mean" divides by the sum of w[t] over the positions that count.
+Array cross_entropy_ref(const Array& x, const Array& t, const std::string& reduction, double s, int64_t ignore,
+                        const Array* w) {
+  const int64_t classes = x.shape.back(), rows = x.numel() / classes;
+  std::vector<double> loss(static_cast<size_t>(rows));
+  double total = 0, weight_sum = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t tr = static_cast<int64_t>(t.v[r]);
+    if (tr == ignore) continue;
+    double m = -INFINITY, e = 0;
+    for (int64_t c = 0; c < classes; ++c) m = std::max(m, x.v[r * classes + c]);
+    for (int64_t c = 0; c < classes; ++c) e += std::exp(x.v[r * classes + c] - m);
+    const double lse = m + std::log(e);
+    auto wc = [&](int64_t c) { return w ? w->v[c] : 1.0; };
+    double smooth = 0;
+    for (int64_t c = 0; c < classes; ++c) smooth += wc(c) * (lse - x.v[r * classes + c]);
+    loss[r] = (1 - s) * wc(tr) * (lse - x.v[r * classes + tr]) + s / static_cast<double>(classes) * smooth;
+    total += loss[r];
+    weight_sum += wc(tr);
+  }
+  if (reduction == "none") return Array(t.shape, loss);
+  if (reduction == "sum") return Array({}, {total});
+  return Array({}, {total / weight_sum});
+}
+
+void add_fused_rows(std::vector<Row>& rows) {
+  const Cases pair = {{{3, 4}, {3, 4}}, {{2, 3, 5}, {2, 3, 5}}, {{1, 1}, {1, 1}}, {{4}, {4}}};
+  rows.push_back(Row("softmax_backward_last")
+                     .in(U(-2, 2))
+                     .in(U(0.05, 1))
+                     .shapes(pair)
+                     .f([](const TL& x) { return loom::softmax_backward(x[0], x[1], -1); })
+                     .r([](const AL& a) { return per_row({&a[0], &a[1]}, a[0].shape.back(), vsoftmax_backward); })
+                     .gradgrad_check());
+  rows.push_back(Row("softmax_backward_dim0")
+                     .in(U(-2, 2))
+                     .in(U(0.05, 1))
+                     .shapes({{{3, 4}, {3, 4}}})
+                     .f([](const TL& x) { return loom::softmax_backward(x[0], x[1], 0); })
+                     .r([](const AL& a) {
+                       Array g = ref_permute(a[0], {1, 0}), y = ref_permute(a[1], {1, 0});
+                       return ref_permute(per_row({&g, &y}, 3, vsoftmax_backward), {1, 0});
+                     }));
+  rows.push_back(Row("log_softmax_backward_last")
+                     .in(U(-2, 2))
+                     .in(U(-3, -0.1))
+                     .shapes(pair)
+                     .f([](const TL& x) { return loom::log_softmax_backward(x[0], x[1], -1); })
+                     .r([](const AL& a) { return per_row({&a[0], &a[1]}, a[0].shape.back(), vlog_softmax_backward); })
+                     .gradgrad_check());
+
+  // layer_norm: the normalized shape is the weight's.
+  rows.push_back(Row("layer_norm_affine")
+                     .in(U(-2, 2))
+                     .in(U(-2, 2))
+                     .in(U(-2, 2))
+                     .shapes({{{3, 5}, {5}, {5}}, {{2, 3, 4}, {3, 4}, {3, 4}}, {{1, 3}, {3}, {3}}, {{6}, {6}, {6}}})
+                     .f([](const TL& x) { return loom::layer_norm(x[0], x[1].sizes(), x[1], x[2], 1e-5); })
+                     .r([](const AL& a) { return layer_norm_ref(a[0], a[1].numel(), &a[1], &a[2], 1e-5); })
+                     .gradgrad_check());
+  rows.push_back(Row("layer_norm_plain")
+                     .in(U(-2, 2))
+                     .shapes({{{4, 6}}, {{2, 3, 7}}})
+                     .f([](const TL& x) { return loom::layer_norm(x[0], {x[0].sizes().back()}, {}, {}, 1e-3); })
+                     .r([](const AL& a) { return layer_norm_ref(a[0], a[0].shape.back(), nullptr, nullptr, 1e-3); })
+                     .gradgrad_check());
+  rows.push_back(Row("layer_norm_bias_only")
+                     .in(U(-2, 2))
+                     .in(U(-2, 2))
+                     .shapes({{{3, 5}, {5}}})
+                     .f([](const TL& x) { return loom::layer_norm(x[0], {5}, {}, x[1], 1e-5); })
+                     .r([](const AL& a) { return layer_norm_ref(a[0], 5, nullptr, &a[1], 1e-5); }));
+  rows.push_back(Row("layer_norm_nn_module_functional")
+                     .in(U(-2, 2))
+                     .in(U(-2, 2))
+                     .in(U(-2, 2))
+                     .shapes({{{2, 4, 5}, {5}, {5}}})
+                     .f([](const TL& x) { return loom::nn::functional::layer_norm(x[0], {5}, x[1], x[2], 1e-5); })
+                     .r([](const AL& a) { return layer_norm_ref(a[0], 5, &a[1], &a[2], 1e-5); }));
+
+  // cross_entropy with class-index targets: fused for (N, C) and (C) inputs
+  // without class weights; the weighted row goes through the composite.
+  namespace F = loom::nn::functional;
+  const Cases ce = {{{4, 5}, {4}}, {{1, 3}, {1}}, {{5}, {}}};
+  struct CeCase {
+    const char* name;
+    std::string reduction;
+    double s;
+    int64_t ignore;
+    bool gradgrad;
+  };
+  for (const CeCase& k : {CeCase{"cross_entropy_mean", "mean", 0.0, -100, true},
+                          CeCase{"cross_entropy_sum", "sum", 0.0, -100, false},
+                          CeCase{"cross_entropy_none", "none", 0.0, -100, false},
+                          CeCase{"cross_entropy_smoothing", "mean", 0.2, -100, true},
+                          CeCase{"cross_entropy_ignore_index", "mean", 0.1, 0, false},
+                          CeCase{"cross_entropy_ignore_none", "none", 0.3, 2, false}}) {
+    const std::string red = k.reduction;
+    const double s = k.s;
+    const int64_t ignore = k.ignore;
+    Row row = Row(k.name)
+                  .in(U(-3, 3))
+                  .in(Index(3))  // below the smallest class count of the cases
+                  // With an ignore_index, single-target cases could ignore every target: a 0/0 loss.
+                  .shapes(k.ignore >= 0 ? Cases{{{6, 5}, {6}}, {{8, 3}, {8}}} : ce)
+                  .f([=](const TL& x) {
+                    return F::cross_entropy(x[0], x[1], {.ignore_index = ignore, .reduction = red, .label_smoothing = s});
+                  })
+                  .r([=](const AL& a) { return cross_entropy_ref(a[0], a[1], red, s, ignore, nullptr); });
+    if (k.gradgrad) row.gradgrad_check();
+    rows.push_back(row);
+  }
+  rows.push_back(Row("cross_entropy_targets_spread")
+                     .in(U(-3, 3))
+                     .in(Index(5))
+                     .shapes({{{6, 5}, {6}}, {{9, 5}, {9}}})
+                     .f([](const TL& x) { return F::cross_entropy(x[0], x[1], {.ignore_index = 3, .label_smoothing = 0.1}); })
+                     .r([](const AL& a) { return cross_entropy_ref(a[0], a[1], "mean", 0.1, 3, nullptr); })
+                     .gradgrad_check());
+  rows.push_back(Row("cross_entropy_weighted_composite")
+                     .in(U(-3, 3))
+                     .in(Index(5))
+                     .in(U(0.5, 2))
+                     .shapes({{{6, 5}, {6}, {5}}})
+                     .f([](const TL& x) { return F::cross_entropy(x[0], x[1], {.weight = x[2], .label_smoothing = 0.1}); })
+                     .r([](const AL& a) { return cross_entropy_ref(a[0], a[1], "mean", 0.1, -100, &a[2]); }));
+}
+
 void add_linalg_rows(std::vector<Row>& rows) {
   auto mm = [](const Tensor& a, const Tensor& b) { return loom::matmul(a, b); };
   rows.push_back(matmul_row("matmul_1d_1d", mm, {{{4}, {4}}, {{1}, {1}}}).gradgrad_check());
@@ -1121,6 +1304,7 @@ std::vector<Row> all_rows() {
   add_join_index_rows(rows);
   add_view_rows(rows);
   add_inplace_rows(rows);
+  add_fused_rows(rows);
   for (Row& r : rows) {
     if (kIntegerRows.count(r.name)) r.ints = true;
     // sum, prod and cumsum accumulate integers in int64.

@@ -6,6 +6,7 @@
 
 #include "backend/cpu/cpu_dispatch.h"
 #include "backend/cpu/cpu_kernels.h"
+#include "backend/cpu/cpu_vec.h"
 
 namespace loom::cpu {
 namespace {
@@ -65,12 +66,70 @@ T int_pow(T base, T exp) {
   return result;
 }
 
+// The vectorized path of an arithmetic op on float32 / float64 (Note
+// [Vectorized CPU kernels]): taken when every innermost run of the merged
+// loop writes contiguous output and reads each operand either contiguously
+// or as one broadcast value. That covers same-shape contiguous operands (one
+// run), a scalar operand (stride 0 everywhere), a row broadcast like a bias
+// (N) and a column broadcast (M, 1) over a contiguous (M, N) output. Short
+// runs stay on the reference loop, where a call per run would cost more
+// than it saves. Returns false when the layout does not fit.
+constexpr int64_t kMinVecRun = 16;
+
+bool vec_binary(const KernelCall& c, VecBinary op) {
+  const TensorImpl *a = c.in[0], *b = c.in[1];
+  TensorImpl* out = c.out[0];
+  const DType dt = out->dtype;
+  if (!vec_enabled()) return false;
+  if ((dt != kFloat32 && dt != kFloat64) || a->dtype != dt || b->dtype != dt) return false;
+  if (a->sizes != out->sizes || b->sizes != out->sizes) return false;
+  const LoopShape<3> l = make_loop<3>(out->sizes, {&out->strides, &a->strides, &b->strides});
+  if (l.numel == 0) return true;
+  int64_t sa = 0, sb = 0;
+  if (!l.sizes.empty()) {
+    if (l.strides[0].back() != 1) return false;
+    sa = l.strides[1].back();
+    sb = l.strides[2].back();
+    if ((sa != 0 && sa != 1) || (sb != 0 && sb != 1) || (sa == 0 && sb == 0)) return false;
+    if (l.sizes.size() > 1 && l.sizes.back() < kMinVecRun) return false;
+  }
+  const VecOperands mode = sa == 0 ? VecOperands::ScalarA : sb == 0 ? VecOperands::ScalarB : VecOperands::Both;
+  const VecKernels& k = vec();
+  const bool f32 = dt == kFloat32;
+  char *pa = a->data(), *pb = b->data(), *py = out->data();
+  const int64_t size = static_cast<int64_t>(element_size(dt));
+  struct Ctx {
+    const VecKernels* k;
+    VecBinary op;
+    VecOperands mode;
+    bool f32;
+    char *pa, *pb, *py;
+    int64_t size;
+  } ctx{&k, op, mode, f32, pa, pb, py, size};
+  auto run = [](void* p, const int64_t* o, int64_t len) {
+    const Ctx& x = *static_cast<const Ctx*>(p);
+    if (x.f32)
+      x.k->binary_f32(x.op, x.mode, reinterpret_cast<const float*>(x.pa + o[1] * x.size),
+                      reinterpret_cast<const float*>(x.pb + o[2] * x.size), reinterpret_cast<float*>(x.py + o[0] * x.size),
+                      len);
+    else
+      x.k->binary_f64(x.op, x.mode, reinterpret_cast<const double*>(x.pa + o[1] * x.size),
+                      reinterpret_cast<const double*>(x.pb + o[2] * x.size),
+                      reinterpret_cast<double*>(x.py + o[0] * x.size), len);
+  };
+  parallel_for(0, l.numel, kGrain, [&](int64_t lo, int64_t hi) {
+    for_each_run(l.sizes, l.strides.data(), 3, lo, hi, {&ctx, run});
+  });
+  return true;
+}
+
 }  // namespace
 
 namespace kernel {
 
 // bool + bool is logical or (PyTorch).
 void Add(const KernelCall& c) {
+  if (vec_binary(c, VecBinary::Add)) return;
   same_type_binary(c, kAll, [](auto a, auto b) {
     using C = decltype(a);
     if constexpr (std::is_same_v<C, bool>) return a || b;
@@ -81,6 +140,7 @@ void Add(const KernelCall& c) {
 
 // bool - bool (which the ops layer refuses) would be exclusive or.
 void Sub(const KernelCall& c) {
+  if (vec_binary(c, VecBinary::Sub)) return;
   same_type_binary(c, kAll, [](auto a, auto b) {
     using C = decltype(a);
     if constexpr (std::is_same_v<C, bool>) return a != b;
@@ -91,6 +151,7 @@ void Sub(const KernelCall& c) {
 
 // bool * bool is logical and (PyTorch).
 void Mul(const KernelCall& c) {
+  if (vec_binary(c, VecBinary::Mul)) return;
   same_type_binary(c, kAll, [](auto a, auto b) {
     using C = decltype(a);
     if constexpr (std::is_same_v<C, bool>) return a && b;
@@ -101,6 +162,7 @@ void Mul(const KernelCall& c) {
 
 // True division; the ops layer promotes integer operands to float first.
 void Div(const KernelCall& c) {
+  if (vec_binary(c, VecBinary::Div)) return;
   same_type_binary(c, kFloat, [](auto a, auto b) { return a / b; });
 }
 
@@ -114,6 +176,7 @@ void Pow(const KernelCall& c) {
 
 // NaN in either operand gives NaN (PyTorch's maximum/minimum).
 void Maximum(const KernelCall& c) {
+  if (vec_binary(c, VecBinary::Max)) return;
   same_type_binary(c, kAll, [](auto a, auto b) {
     if (is_nan(a)) return a;
     if (is_nan(b)) return b;
@@ -121,6 +184,7 @@ void Maximum(const KernelCall& c) {
   });
 }
 void Minimum(const KernelCall& c) {
+  if (vec_binary(c, VecBinary::Min)) return;
   same_type_binary(c, kAll, [](auto a, auto b) {
     if (is_nan(a)) return a;
     if (is_nan(b)) return b;

@@ -1,14 +1,65 @@
 // Copy (with dtype conversion), Fill and Where: the data-movement kernels.
+#include <cstring>
+
 #include "backend/cpu/cpu_dispatch.h"
 #include "backend/cpu/cpu_kernels.h"
+#include "backend/cpu/cpu_vec.h"
 
-namespace loom::cpu::kernel {
+namespace loom::cpu {
+namespace {
+
+// Fast paths of Copy (Note [Vectorized CPU kernels]): runs that are
+// contiguous on both sides, as memcpy for one dtype and vectorized for
+// float32 <-> float64 and float32 <-> bfloat16. Returns false when the layout
+// or dtypes do not fit.
+bool vec_copy(const TensorImpl* in, TensorImpl* out) {
+  if (!vec_enabled() || in->sizes != out->sizes) return false;
+  const bool same = in->dtype == out->dtype;
+  const bool widen = in->dtype == kFloat32 && out->dtype == kFloat64;
+  const bool narrow = in->dtype == kFloat64 && out->dtype == kFloat32;
+  const bool to_bf16 = in->dtype == kFloat32 && out->dtype == kBFloat16;
+  const bool from_bf16 = in->dtype == kBFloat16 && out->dtype == kFloat32;
+  if (!same && !widen && !narrow && !to_bf16 && !from_bf16) return false;
+  const LoopShape<2> l = make_loop<2>(out->sizes, {&out->strides, &in->strides});
+  if (l.numel == 0) return true;
+  if (!l.sizes.empty()) {
+    if (l.strides[0].back() != 1 || l.strides[1].back() != 1) return false;
+    if (l.sizes.size() > 1 && l.sizes.back() < 16) return false;
+  }
+  struct Ctx {
+    const VecKernels* k;
+    const char* x;
+    char* y;
+    int64_t in_size, out_size;
+    bool same, widen, to_bf16, from_bf16;
+  } ctx{&vec(), in->data(), out->data(), static_cast<int64_t>(element_size(in->dtype)),
+        static_cast<int64_t>(element_size(out->dtype)), same, widen, to_bf16, from_bf16};
+  auto run = [](void* p, const int64_t* o, int64_t len) {
+    const Ctx& t = *static_cast<const Ctx*>(p);
+    const char* src = t.x + o[1] * t.in_size;
+    char* dst = t.y + o[0] * t.out_size;
+    if (t.same) std::memmove(dst, src, static_cast<size_t>(len * t.in_size));
+    else if (t.widen) t.k->f32_to_f64(reinterpret_cast<const float*>(src), reinterpret_cast<double*>(dst), len);
+    else if (t.to_bf16) t.k->f32_to_bf16(reinterpret_cast<const float*>(src), reinterpret_cast<uint16_t*>(dst), len);
+    else if (t.from_bf16) t.k->bf16_to_f32(reinterpret_cast<const uint16_t*>(src), reinterpret_cast<float*>(dst), len);
+    else t.k->f64_to_f32(reinterpret_cast<const double*>(src), reinterpret_cast<float*>(dst), len);
+  };
+  parallel_for(0, l.numel, kGrain, [&](int64_t lo, int64_t hi) {
+    for_each_run(l.sizes, l.strides.data(), 2, lo, hi, {&ctx, run});
+  });
+  return true;
+}
+
+}  // namespace
+
+namespace kernel {
 
 // out[0] <- in[0] converted to out's dtype; in[0] already has out's shape.
 void Copy(const KernelCall& c) {
   const TensorImpl* in = c.in[0];
   TensorImpl* out = c.out[0];
   LOOM_ASSERT(in->sizes == out->sizes, "Copy: input ", shape_str(in->sizes), " vs output ", shape_str(out->sizes));
+  if (vec_copy(in, out)) return;
   dispatch_all(in->dtype, [&](auto in_tag) {
     using I = typename decltype(in_tag)::type;
     dispatch_all(out->dtype, [&](auto out_tag) {
@@ -30,6 +81,10 @@ void Fill(const KernelCall& c) {
     using T = typename decltype(tag)::type;
     const T value = integral ? convert<T>(c.i[0]) : convert<T>(c.f[0]);
     T* y = data_ptr<T>(out);
+    if (vec_enabled() && out->is_contiguous()) {  // a plain loop the compiler vectorizes
+      parallel_for(0, out->numel(), kGrain, [&](int64_t lo, int64_t hi) { std::fill(y + lo, y + hi, value); });
+      return;
+    }
     parallel_elementwise<1>(out->sizes, {&out->strides}, [&](const Offsets1& o) { y[o[0]] = value; });
   });
 }
@@ -50,4 +105,5 @@ void Where(const KernelCall& c) {
   });
 }
 
-}  // namespace loom::cpu::kernel
+}  // namespace kernel
+}  // namespace loom::cpu

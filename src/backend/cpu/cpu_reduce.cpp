@@ -6,11 +6,14 @@
 // trailing dim. Row-wise ops work along the last dim; a 0-dim tensor is one
 // row of length 1. Threads split the outer elements (rows), never a single
 // sum, so results do not depend on the thread count.
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "backend/cpu/cpu_dispatch.h"
 #include "backend/cpu/cpu_kernels.h"
+#include "backend/cpu/cpu_vec.h"
 
 namespace loom::cpu {
 namespace {
@@ -39,6 +42,82 @@ void reduce_trailing(const KernelCall& c, int64_t n_reduced, Acc init, Step step
       store(o[0], acc);
     });
   });
+}
+
+// ---- float32 fast paths (Note [Vectorized CPU kernels]) ----
+
+// Rows longer than this are summed in blocks of this many elements, the
+// blocks in parallel and their partial sums added in order: the split
+// depends only on the row length, never on the thread count.
+constexpr int64_t kReduceBlock = int64_t{1} << 16;
+
+// Sum / Amax / Amin of float32 when the reduced dims merge into one
+// contiguous run per output element (rows), or into one strided dim while
+// the kept dims' innermost run is contiguous in input and output (columns:
+// a sum over dim 0 of a contiguous (M, N), vectorized across N). Returns
+// false when the layout or dtypes do not fit.
+bool vec_reduce(const KernelCall& c, VecReduce op) {
+  const TensorImpl* in = c.in[0];
+  TensorImpl* out = c.out[0];
+  if (!vec_enabled() || in->dtype != kFloat32) return false;
+  if (op != VecReduce::Sum && out->dtype != kFloat32) return false;
+  const OuterInner s = split_trailing(in, c.i[0]);
+  if (out->sizes != s.outer_sizes) return false;
+  const LoopShape<2> outer = make_loop<2>(s.outer_sizes, {&out->strides, &s.outer_strides});
+  const LoopShape<1> inner = make_loop<1>(s.inner_sizes, {&s.inner_strides});
+  if (outer.numel == 0 || inner.numel == 0 || inner.sizes.size() > 1) return false;
+  const int64_t n = inner.numel;
+  const float* x = data_ptr<float>(in);
+  const VecKernels& k = vec();
+
+  if (n == 1 || inner.strides[0][0] == 1) {  // rows
+    std::vector<Offsets2> rows;
+    rows.reserve(static_cast<size_t>(outer.numel));
+    for_each_offset<2>(outer, 0, outer.numel, [&](const Offsets2& o) { rows.push_back(o); });
+    const int64_t blocks = (n + kReduceBlock - 1) / kReduceBlock;
+    std::vector<double> partial(static_cast<size_t>(outer.numel * blocks));
+    parallel_for(0, outer.numel * blocks, std::max<int64_t>(1, kGrain / std::min(n, kReduceBlock)),
+                 [&](int64_t lo, int64_t hi) {
+                   for (int64_t t = lo; t < hi; ++t) {
+                     const int64_t r = t / blocks, b = t % blocks;
+                     const int64_t begin = b * kReduceBlock, len = std::min(kReduceBlock, n - begin);
+                     partial[static_cast<size_t>(t)] = k.reduce_f32(op, x + rows[static_cast<size_t>(r)][1] + begin, len);
+                   }
+                 });
+    const StoreFn<double> write = store_fn<double>(out->dtype);
+    void* y = out->data();
+    for (int64_t r = 0; r < outer.numel; ++r) {
+      const double* p = partial.data() + r * blocks;
+      double acc = p[0];
+      for (int64_t b = 1; b < blocks; ++b) {
+        if (op == VecReduce::Sum) acc += p[b];
+        else if (std::isnan(acc)) break;
+        else if (std::isnan(p[b]) || (op == VecReduce::Max ? p[b] > acc : p[b] < acc)) acc = p[b];
+      }
+      write(y, rows[static_cast<size_t>(r)][0], acc);
+    }
+    return true;
+  }
+
+  // columns: the innermost kept dim is contiguous in input and output
+  if (out->dtype != kFloat32 || outer.sizes.empty() || outer.strides[0].back() != 1 ||
+      outer.strides[1].back() != 1 || outer.sizes.back() < 16)
+    return false;
+  struct Ctx {
+    const VecKernels* k;
+    VecReduce op;
+    const float* x;
+    float* y;
+    int64_t m, ld;
+  } ctx{&k, op, x, data_ptr<float>(out), n, inner.strides[0][0]};
+  auto run = [](void* p, const int64_t* o, int64_t len) {
+    const Ctx& t = *static_cast<const Ctx*>(p);
+    t.k->reduce_cols_f32(t.op, t.x + o[1], t.m, len, t.ld, t.y + o[0]);
+  };
+  parallel_for(0, outer.numel, std::max<int64_t>(16, kGrain / n), [&](int64_t lo, int64_t hi) {
+    for_each_run(outer.sizes, outer.strides.data(), 2, lo, hi, {&ctx, run});
+  });
+  return true;
 }
 
 // Sum or Prod: accumulate in double (floats) or int64 (integers, bool), then
@@ -116,6 +195,16 @@ void for_each_row(const KernelCall& c, F f) {
 // row max is subtracted first so exp never overflows. A row of all -inf
 // gives NaN (-inf - -inf), as PyTorch.
 void softmax_like(const KernelCall& c, bool log) {
+  if (vec_enabled() && c.in[0]->dtype == kFloat32 && c.out[0]->dtype == kFloat32) {
+    const Rows r = make_rows(c.in[0], c.out[0], op_name(c.op));
+    if (r.length == 1 || (r.in_stride == 1 && r.out_stride == 1)) {  // contiguous rows: vectorized
+      const VecKernels& k = vec();
+      for_each_row<float>(c, [&k, log](const float* x, void* y, int64_t y_offset, const Rows& rows) {
+        k.softmax_row_f32(x, static_cast<float*>(y) + y_offset, rows.length, log);
+      });
+      return;
+    }
+  }
   dispatch_float(c.in[0]->dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     LOOM_ASSERT(c.out[0]->dtype == c.in[0]->dtype, op_name(c.op), ": output dtype ", dtype_name(c.out[0]->dtype));
@@ -174,6 +263,7 @@ void arg_extremum(const KernelCall& c, bool want_max) {
 namespace kernel {
 
 void Sum(const KernelCall& c) {
+  if (vec_reduce(c, VecReduce::Sum)) return;
   sum_like(c, 0.0, 0, [](auto acc, auto x) {
     if constexpr (std::is_integral_v<decltype(acc)>) return wrap_add(acc, x);
     else return acc + x;
@@ -187,8 +277,14 @@ void Prod(const KernelCall& c) {
   });
 }
 
-void Amax(const KernelCall& c) { extremum(c, true); }
-void Amin(const KernelCall& c) { extremum(c, false); }
+void Amax(const KernelCall& c) {
+  if (vec_reduce(c, VecReduce::Max)) return;
+  extremum(c, true);
+}
+void Amin(const KernelCall& c) {
+  if (vec_reduce(c, VecReduce::Min)) return;
+  extremum(c, false);
+}
 void ArgMax(const KernelCall& c) { arg_extremum(c, true); }
 void ArgMin(const KernelCall& c) { arg_extremum(c, false); }
 void Softmax(const KernelCall& c) { softmax_like(c, false); }

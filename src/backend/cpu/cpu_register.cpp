@@ -82,6 +82,12 @@ Coverage cpu_coverage(OpKind op) {
     case OpKind::Div:
     case OpKind::Softmax:
     case OpKind::LogSoftmax:
+    case OpKind::SoftmaxBackward:
+    case OpKind::LogSoftmaxBackward:
+    case OpKind::LayerNorm:
+    case OpKind::LayerNormBackward:
+    case OpKind::CrossEntropy:
+    case OpKind::CrossEntropyBackward:
     case OpKind::Uniform:
     case OpKind::Normal:
     case OpKind::Bernoulli:  // keyed by p's dtype; the output may be any dtype

@@ -3,6 +3,7 @@
 
 #include "backend/cpu/cpu_dispatch.h"
 #include "backend/cpu/cpu_kernels.h"
+#include "backend/cpu/cpu_vec.h"
 
 namespace loom::cpu {
 namespace {
@@ -50,11 +51,42 @@ C sigmoid_stable(C x) {
   return e / (C(1) + e);
 }
 
+// The vectorized path of a float32 op (Note [Vectorized CPU kernels]): taken
+// when the merged loop's innermost runs are contiguous in input and output
+// (a contiguous tensor is one run) and not too short to be worth a call.
+// Returns false when the layout does not fit.
+bool vec_unary(const KernelCall& c, VecUnary op) {
+  const TensorImpl* in = c.in[0];
+  TensorImpl* out = c.out[0];
+  if (!vec_enabled() || in->dtype != kFloat32 || out->dtype != kFloat32 || in->sizes != out->sizes) return false;
+  const LoopShape<2> l = make_loop<2>(out->sizes, {&out->strides, &in->strides});
+  if (l.numel == 0) return true;
+  if (!l.sizes.empty()) {
+    if (l.strides[0].back() != 1 || l.strides[1].back() != 1) return false;
+    if (l.sizes.size() > 1 && l.sizes.back() < 16) return false;
+  }
+  struct Ctx {
+    const VecKernels* k;
+    VecUnary op;
+    const float* x;
+    float* y;
+  } ctx{&vec(), op, data_ptr<float>(in), data_ptr<float>(out)};
+  auto run = [](void* p, const int64_t* o, int64_t len) {
+    const Ctx& t = *static_cast<const Ctx*>(p);
+    t.k->unary_f32(t.op, t.x + o[1], t.y + o[0], len);
+  };
+  parallel_for(0, l.numel, kGrain, [&](int64_t lo, int64_t hi) {
+    for_each_run(l.sizes, l.strides.data(), 2, lo, hi, {&ctx, run});
+  });
+  return true;
+}
+
 }  // namespace
 
 namespace kernel {
 
 void Neg(const KernelCall& c) {
+  if (vec_unary(c, VecUnary::Neg)) return;
   any_unary(c, [](auto x) {
     using C = decltype(x);
     if constexpr (std::is_same_v<C, bool>) return x;  // -true is nonzero: still true
@@ -64,6 +96,7 @@ void Neg(const KernelCall& c) {
 }
 
 void Abs(const KernelCall& c) {
+  if (vec_unary(c, VecUnary::Abs)) return;
   any_unary(c, [](auto x) {
     using C = decltype(x);
     if constexpr (std::is_same_v<C, bool> || std::is_unsigned_v<C>) return x;
@@ -86,6 +119,7 @@ void Sign(const KernelCall& c) {
 
 // max(x, 0) with NaN propagated (x < 0 is false for NaN).
 void Relu(const KernelCall& c) {
+  if (vec_unary(c, VecUnary::Relu)) return;
   any_unary(c, [](auto x) {
     using C = decltype(x);
     return x < C(0) ? C(0) : x;
@@ -127,18 +161,22 @@ void IsNan(const KernelCall& c) {
 // ---- float math ----
 
 void Exp(const KernelCall& c) {
+  if (vec_unary(c, VecUnary::Exp)) return;
   float_unary(c, [](auto x) { return std::exp(x); });
 }
 void Log(const KernelCall& c) {
+  if (vec_unary(c, VecUnary::Log)) return;
   float_unary(c, [](auto x) { return std::log(x); });
 }
 void Log1p(const KernelCall& c) {
   float_unary(c, [](auto x) { return std::log1p(x); });
 }
 void Sqrt(const KernelCall& c) {
+  if (vec_unary(c, VecUnary::Sqrt)) return;
   float_unary(c, [](auto x) { return std::sqrt(x); });
 }
 void Rsqrt(const KernelCall& c) {
+  if (vec_unary(c, VecUnary::Rsqrt)) return;
   float_unary(c, [](auto x) { return decltype(x)(1) / std::sqrt(x); });
 }
 void Sin(const KernelCall& c) {
@@ -148,12 +186,14 @@ void Cos(const KernelCall& c) {
   float_unary(c, [](auto x) { return std::cos(x); });
 }
 void Tanh(const KernelCall& c) {
+  if (vec_unary(c, VecUnary::Tanh)) return;
   float_unary(c, [](auto x) { return std::tanh(x); });
 }
 void Erf(const KernelCall& c) {
   float_unary(c, [](auto x) { return std::erf(x); });
 }
 void Sigmoid(const KernelCall& c) {
+  if (vec_unary(c, VecUnary::Sigmoid)) return;
   float_unary(c, [](auto x) { return sigmoid_stable(x); });
 }
 
@@ -177,6 +217,7 @@ void Elu(const KernelCall& c) {
 
 // 0.5 x (1 + erf(x / sqrt 2))
 void Gelu(const KernelCall& c) {
+  if (vec_unary(c, VecUnary::Gelu)) return;
   float_unary(c, [](auto x) {
     using C = decltype(x);
     return C(0.5) * x * (C(1) + std::erf(x * static_cast<C>(M_SQRT1_2)));
@@ -185,6 +226,7 @@ void Gelu(const KernelCall& c) {
 
 // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 void GeluTanh(const KernelCall& c) {
+  if (vec_unary(c, VecUnary::GeluTanh)) return;
   float_unary(c, [](auto x) {
     using C = decltype(x);
     const C k = static_cast<C>(0.7978845608028654);  // sqrt(2 / pi)
@@ -193,6 +235,7 @@ void GeluTanh(const KernelCall& c) {
 }
 
 void Silu(const KernelCall& c) {
+  if (vec_unary(c, VecUnary::Silu)) return;
   float_unary(c, [](auto x) { return x * sigmoid_stable(x); });
 }
 

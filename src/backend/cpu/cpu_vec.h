@@ -1,0 +1,115 @@
+// Vectorized float kernels on contiguous runs: the fast paths of the
+// elementwise, reduction and row-wise CPU kernels.
+//
+// Note [Vectorized CPU kernels]
+// The reference kernels (Note [CPU reference kernels]) stay the oracle. When
+// the layout allows (contiguous runs, a scalar operand, a broadcast row or
+// column) the kernel entry points in cpu_binary.cpp, cpu_unary.cpp,
+// cpu_reduce.cpp, cpu_copy.cpp and cpu_rowwise.cpp hand contiguous pieces to
+// one of the VecKernels tables below; any other layout takes the reference
+// strided loop.
+//
+// One body (cpu_vec_body.h) is compiled three times: for AVX-512
+// (cpu_vec_avx512.cpp, -mavx512f -mfma), for AVX2 + FMA (cpu_vec_avx2.cpp)
+// and for the baseline ISA (cpu_vec_portable.cpp), each with GCC vector
+// types as wide as its registers. The table is chosen at run time with the
+// GEMM's selection (gemm_isa(): CPUID, lowered by LOOM_CPU_ISA). As with the
+// GEMM micro-kernels, the ISA files hold no inline or template entity with
+// external linkage: the body is included inside an anonymous namespace and
+// only the vec_kernels_<isa>() factory is exported.
+//
+// exp, log, expm1 (and tanh, sigmoid, silu, gelu_tanh built on them) are
+// polynomial approximations accurate to a few ULP over the whole float range,
+// with IEEE special values (NaN, +-inf, -0, denormals) handled as std:: does;
+// tests/test_fast_cpu.cpp bounds their error against std:: in ULP. gelu
+// (erf) uses a series and a fitted tail (cpu_vec_body.h), within ~1e-6
+// relative of the exact value.
+//
+// Every output element is computed by one thread in a fixed order that does
+// not depend on the thread count. Sums of float32 accumulate in double lanes
+// (like the reference, which sums in double), so they differ from the
+// reference only in the order of the double additions; column reductions
+// (over leading dims) add in the reference's order and match it exactly.
+// The sign of a zero max/min and the payload of a NaN result may differ from
+// the reference's (values compare equal).
+#pragma once
+
+#include <cstdint>
+
+namespace loom::cpu {
+
+enum class GemmIsa : int;
+
+enum class VecBinary : int { Add, Sub, Mul, Div, Max, Min };
+enum class VecUnary : int { Neg, Abs, Exp, Log, Sqrt, Rsqrt, Tanh, Sigmoid, Relu, Gelu, GeluTanh, Silu };
+enum class VecReduce : int { Sum, Max, Min };
+
+// How a binary op's operands are laid out over a run of n outputs.
+enum class VecOperands : int {
+  Both,     // a[i], b[i]
+  ScalarA,  // a[0], b[i]
+  ScalarB,  // a[i], b[0]
+};
+
+struct VecKernels {
+  const char* isa;
+  // y[i] = a op b over n elements (see VecOperands). y may alias a or b.
+  void (*binary_f32)(VecBinary op, VecOperands mode, const float* a, const float* b, float* y, int64_t n);
+  void (*binary_f64)(VecBinary op, VecOperands mode, const double* a, const double* b, double* y, int64_t n);
+  // y[i] = f(x[i]); y may alias x.
+  void (*unary_f32)(VecUnary op, const float* x, float* y, int64_t n);
+  // y[i] = (double)x[i] and back (round to nearest).
+  void (*f32_to_f64)(const float* x, double* y, int64_t n);
+  void (*f64_to_f32)(const double* x, float* y, int64_t n);
+  // bfloat16 (as its bits) <-> float32, rounding as loom's BFloat16 type does.
+  void (*f32_to_bf16)(const float* x, uint16_t* y, int64_t n);
+  void (*bf16_to_f32)(const uint16_t* x, float* y, int64_t n);
+  // Folds x[0..n) (n >= 1): Sum in double lanes; Max/Min with NaN winning.
+  double (*reduce_f32)(VecReduce op, const float* x, int64_t n);
+  // y[j] = fold over i < m of x[i * ld + j], for j < n, each in order of i
+  // (Sum accumulates in double and rounds once).
+  void (*reduce_cols_f32)(VecReduce op, const float* x, int64_t m, int64_t n, int64_t ld, float* y);
+  // One row of n >= 1: softmax (log = false) or log_softmax; y may alias x.
+  void (*softmax_row_f32)(const float* x, float* y, int64_t n, bool log);
+  // One row: dx = y * (g - sum(g * y)) (softmax) or g - exp(y) * sum(g)
+  // (log_softmax, y its output); dx may alias g.
+  void (*softmax_backward_row_f32)(const float* g, const float* y, float* dx, int64_t n, bool log);
+  // One row: y = (x - mean) * rstd * w + b (w, b may be null), mean and rstd
+  // written to *mean, *rstd (two passes: mean, then mean squared deviation;
+  // rstd = 1/sqrt(var + eps)).
+  void (*layer_norm_row_f32)(const float* x, const float* w, const float* b, float* y, int64_t n, double eps,
+                             float* mean, float* rstd);
+  // One row: dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat)), gw = g * w
+  // (w may be null), xhat = (x - mean) * rstd.
+  void (*layer_norm_backward_row_f32)(const float* g, const float* x, const float* w, float mean, float rstd,
+                                      float* dx, int64_t n);
+  // Over m rows (row stride ld) of n columns: acc_w[j] += g[i,j] * (x[i,j] - mean_i) * rstd_i and
+  // acc_b[j] += g[i,j], each column in order of i, with (mean_i, rstd_i) = (stats[2i], stats[2i+1]);
+  // acc_w or acc_b may be null.
+  void (*layer_norm_backward_cols_f32)(const float* g, const float* x, int64_t ld, const float* stats, int64_t m,
+                                       int64_t n, double* acc_w, double* acc_b);
+  // One row of logits: returns logsumexp(x[0..n)) (in double).
+  double (*logsumexp_row_f32)(const float* x, int64_t n);
+  // One row: dx[j] = scale * (exp(x[j] - lse) - s / n) - (j == t ? scale * (1 - s) : 0).
+  void (*cross_entropy_backward_row_f32)(const float* x, float lse, int64_t t, double scale, double s, float* dx,
+                                         int64_t n);
+};
+
+// The table for `isa` (capped at gemm_best_isa()).
+const VecKernels& vec_kernels(GemmIsa isa);
+// The table the kernels use now: vec_kernels(gemm_isa()).
+const VecKernels& vec();
+
+// Whether the kernels take their fast paths at all (default true). Tests turn
+// them off to run the reference kernels through the same entry points and
+// compare; nothing else should.
+bool vec_enabled();
+void set_vec_enabled(bool on);
+
+VecKernels vec_kernels_portable();
+#if defined(__x86_64__) || defined(__i386__)
+VecKernels vec_kernels_avx2();    // cpu_vec_avx2.cpp, built with -mavx2 -mfma
+VecKernels vec_kernels_avx512();  // cpu_vec_avx512.cpp, built with -mavx512f -mfma
+#endif
+
+}  // namespace loom::cpu
