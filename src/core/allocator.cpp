@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include "loom/allocator.h"
 #include "loom/error.h"
 
@@ -43,6 +45,26 @@ SizeClass size_class(size_t n) {
   const size_t r = (n + step - 1) & ~(step - 1);
   const int m = static_cast<int>(r >> (k - 3));  // 9..16
   return {r, kSmallClasses + (k - 10) * kStepsPerDoubling + (m - 9)};
+}
+
+// Note [Huge pages for large blocks]
+// A GEMM walks the rows of C and A with a stride of kilobytes, and a large
+// elementwise op streams megabytes: with 4 KiB pages both spend much of
+// their time on TLB misses. Blocks of kHugeMin bytes and more start on a
+// 2 MiB boundary and ask the kernel for transparent huge pages
+// (madvise(MADV_HUGEPAGE); Linux's default THP mode, "madvise", honours only
+// such requests). Smaller blocks would waste too much of a huge page.
+constexpr size_t kHugePage = size_t{2} << 20;
+constexpr size_t kHugeMin = size_t{4} << 20;
+
+void* system_allocate(size_t rounded) {
+  if (rounded < kHugeMin) return std::aligned_alloc(kAlignment, rounded);
+  const size_t bytes = (rounded + kHugePage - 1) & ~(kHugePage - 1);
+  void* p = std::aligned_alloc(kHugePage, bytes);
+#ifdef MADV_HUGEPAGE
+  if (p != nullptr) madvise(p, bytes, MADV_HUGEPAGE);  // a hint: failure is harmless
+#endif
+  return p;
 }
 
 size_t limit_from_env() {
@@ -82,11 +104,11 @@ class CachingAllocator {
         }
       }
     }
-    void* p = std::aligned_alloc(kAlignment, c.rounded);
+    void* p = system_allocate(c.rounded);
     if (!p) {
       // The cache may hold what the system lacks: give it back and retry.
       empty_cache();
-      p = std::aligned_alloc(kAlignment, c.rounded);
+      p = system_allocate(c.rounded);
     }
     LOOM_CHECK(p != nullptr, "out of memory: failed to allocate ", nbytes, " bytes on cpu");
     std::lock_guard<std::mutex> lock(mu_);

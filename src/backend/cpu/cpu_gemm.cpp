@@ -164,35 +164,37 @@ int64_t sysfs_cache_size(int level, bool data) {
 }
 
 // Note [GEMM block sizes]
-// The block sizes follow this CPU's caches, read at run time (L1d and L2
-// per core, from sysfs, falling back to sysconf, then to 32 KiB / 1 MiB):
-//  - kc: one packed A panel (mr x kc), reused by every tile of a row, and
-//    the B panel (kc x nr) a tile streams through fit in L1 together:
-//    (mr + nr) * kc floats in L1, a multiple of 16, at most 512.
-//  - nc: the packed B block (kc x nc) stays in L2 while every A panel of a
-//    row block passes over it: kc * nc floats in a quarter of L2 (the rest
-//    holds C's rows and the A block being packed; a larger B block measured
-//    no faster).
-// On this project's machine (48 KiB L1d, 2 MiB L2) that is kc 256, nc 512
-// for AVX-512 (14 x 32 tiles).
-//  - mc: the A block (mc x kc) is packed once per B block and read panel by
-//    panel, so it only bounds the packing buffer; the ISA's value stays.
-// A product's depth is then cut into equal blocks of at most kc (see
-// gemm_serial), so no block is a short remainder.
+// gemm_serial runs BLIS's loops: for each depth block, a B block (kc x nc)
+// is packed once; for each row block an A block (mc x kc) is packed into L2;
+// then each B micro-panel (kc x nr) is held in L1 while every A micro-panel
+// of the block (mr x kc, read from L2) passes over it. The sizes follow this
+// CPU's caches, read at run time (L2 per core, from sysfs, falling back to
+// sysconf, then to 1 MiB):
+//  - kc: deep, so a tile's C is loaded and stored (and its next tile
+//    prefetched) once per many multiply-adds: 512 when L2 holds 512 KiB,
+//    else 256. The B micro-panel then fills L1 or spills to L2; the kernel
+//    measured at 95% of the FMA peak either way, since L2 feeds the few
+//    bytes a step needs (2 vectors of B and 14 floats of A per 28 FMAs).
+//    Each tile's C load/store and pointer setup cost about as much as 20
+//    depth steps: on this project's machine (AMD EPYC, 48 KiB L1d, 1 MiB
+//    L2) kc 512 ran 2048^3 at 86-90% of peak per core, kc 256 at 80-83%.
+//  - mc: the A block fills half of L2 (the rest passes B panels and C):
+//    252 rows for AVX-512 there.
+//  - nc: 2048 columns, so A is packed once per 2048 columns of C; the B
+//    block lives in L3 and each micro-panel is read from it once per row
+//    block.
+// A product's depth and rows are then cut into equal blocks of at most kc
+// and mc (depth_block, row_block), so no block is a short remainder.
 GemmKernel fit_to_caches(GemmKernel g) {
-  static const int64_t l1 = [] {
-    int64_t v = sysfs_cache_size(1, true);
-    if (v <= 0) v = sysconf(_SC_LEVEL1_DCACHE_SIZE);
-    return v > 0 ? v : int64_t{32} << 10;
-  }();
   static const int64_t l2 = [] {
     int64_t v = sysfs_cache_size(2, false);
     if (v <= 0) v = sysconf(_SC_LEVEL2_CACHE_SIZE);
     return v > 0 ? v : int64_t{1} << 20;
   }();
   const int64_t floats = static_cast<int64_t>(sizeof(float));
-  g.kc = std::clamp<int64_t>(l1 / ((g.mr + g.nr) * floats) / 16 * 16, 64, 512);
-  g.nc = std::clamp<int64_t>(l2 / 4 / (g.kc * floats) / g.nr * g.nr, 4 * g.nr, 4096);
+  g.kc = l2 >= (int64_t{512} << 10) ? 512 : 256;
+  g.mc = std::clamp<int64_t>(l2 / 2 / (g.kc * floats) / g.mr * g.mr, 4 * g.mr, 4096);
+  g.nc = 2048 / g.nr * g.nr;
   return g;
 }
 
@@ -263,6 +265,19 @@ int64_t depth_block(const GemmKernel& g, int64_t k) {
   return ceil_div(k, blocks);
 }
 
+// Width of the column strips of C that gemm_serial finishes before it runs
+// the epilogue's `post` on them.
+constexpr int64_t kPostCols = 256;
+
+// The row block for a product of m rows: m cut into equal blocks of at most
+// g.mc, rounded up to whole tiles (2048 rows with mc 504 gives blocks of 420
+// and a last one of 368, not four of 504 and one of 32, whose few A panels
+// would each reload the B panels from far away).
+int64_t row_block(const GemmKernel& g, int64_t m) {
+  const int64_t blocks = ceil_div(m, g.mc);
+  return std::min(g.mc, round_up(ceil_div(m, blocks), g.mr));
+}
+
 // The epilogue of one call to gemm_serial: `bias` is contiguous and starts at
 // column 0 of that call's c.
 struct Epilogue {
@@ -275,46 +290,56 @@ struct Epilogue {
 // c (m, n) = a (m, k) @ b (k, n), k > 0, on the calling thread alone, packing
 // into ap (round_up(min(mc, m), mr) * min(kc, k) floats) and bp
 // (min(kc, k) * round_up(min(nc, n), nr) floats); then the epilogue.
+// The loops are BLIS's (Note [GEMM block sizes]): a B micro-panel stays in
+// L1 while the A panels of the block in L2 stream past it.
 void gemm_serial(const GemmKernel& g, int64_t m, int64_t n, int64_t k, ConstView a, ConstView b, View c, float* ap,
                  float* bp, const Epilogue& ep) {
   const int mr = g.mr, nr = g.nr;
   const int64_t kc_max = depth_block(g, k);
+  const int64_t mc_max = row_block(g, m);
   for (int64_t jc = 0; jc < n; jc += g.nc) {
     const int64_t nc = std::min(g.nc, n - jc);
     for (int64_t pc = 0; pc < k; pc += kc_max) {
       const int64_t kc = std::min(kc_max, k - pc);
+      const bool last = pc + kc == k;
       // B panel j: columns are its lines (line stride = B's column stride).
       for (int64_t j = 0; j < nc; j += nr)
         g.pack(b.data + pc * b.rs + (jc + j) * b.cs, b.cs, b.rs, static_cast<int>(std::min<int64_t>(nr, nc - j)), kc,
                nr, bp + j * kc);
-      for (int64_t ic = 0; ic < m; ic += g.mc) {
-        const int64_t mc = std::min(g.mc, m - ic);
+      for (int64_t ic = 0; ic < m; ic += mc_max) {
+        const int64_t mc = std::min(mc_max, m - ic);
         // A panel i: rows are its lines.
         for (int64_t i = 0; i < mc; i += mr)
           g.pack(a.data + (ic + i) * a.rs + pc * a.cs, a.rs, a.cs, static_cast<int>(std::min<int64_t>(mr, mc - i)), kc,
                  mr, ap + i * kc);
-        // One A panel stays in L1 while the B panels of the block stream past it.
-        for (int64_t i = 0; i < mc; i += mr) {
-          for (int64_t j = 0; j < nc; j += nr) {
-            GemmTile t;
-            t.kc = kc;
-            t.a = ap + i * kc;
-            t.b = bp + j * kc;
-            t.c = c.data + (ic + i) * c.rs + (jc + j) * c.cs;
-            t.rs = c.rs;
-            t.cs = c.cs;
-            t.rows = static_cast<int>(std::min<int64_t>(mr, mc - i));
-            t.cols = static_cast<int>(std::min<int64_t>(nr, nc - j));
-            t.accumulate = pc > 0;
-            const bool last = pc + kc == k;
-            t.bias = last && ep.bias != nullptr ? ep.bias + jc + j : nullptr;
-            t.relu = last && ep.relu;
-            g.tile(t);
+        // Columns go in strips of kPostCols so the `post` part of the
+        // epilogue finds each finished strip of C still in cache.
+        for (int64_t js = 0; js < nc; js += kPostCols) {
+          const int64_t je = std::min(nc, js + kPostCols);
+          for (int64_t j = js; j < je; j += nr) {
+            for (int64_t i = 0; i < mc; i += mr) {
+              GemmTile t;
+              t.kc = kc;
+              t.a = ap + i * kc;
+              t.b = bp + j * kc;
+              t.c = c.data + (ic + i) * c.rs + (jc + j) * c.cs;
+              t.rs = c.rs;
+              t.cs = c.cs;
+              t.rows = static_cast<int>(std::min<int64_t>(mr, mc - i));
+              t.cols = static_cast<int>(std::min<int64_t>(nr, nc - j));
+              t.accumulate = pc > 0;
+              t.bias = last && ep.bias != nullptr ? ep.bias + jc + j : nullptr;
+              t.relu = last && ep.relu;
+              // Next: the tile below, or the top of the next column of tiles.
+              t.c_next = i + mr < mc   ? t.c + mr * c.rs
+                         : j + nr < je ? c.data + ic * c.rs + (jc + j + nr) * c.cs
+                                       : nullptr;
+              g.tile(t);
+            }
           }
+          if (last && ep.post != nullptr)
+            ep.post(ep.post_ctx, c.data + ic * c.rs + (jc + js) * c.cs, c.rs, c.cs, mc, je - js);
         }
-        // The block is finished and still in cache: the rest of the epilogue.
-        if (pc + kc == k && ep.post != nullptr)
-          ep.post(ep.post_ctx, c.data + ic * c.rs + jc * c.cs, c.rs, c.cs, mc, nc);
       }
     }
   }

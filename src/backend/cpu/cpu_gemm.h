@@ -5,11 +5,12 @@
 // strides (batch, row, column; 0 for broadcast dims; transposed views).
 // The driver (cpu_gemm.cpp) walks blocks of C the way BLIS does:
 //
-//   for jc in N step nc:          B block (kc, nc) packed into NR-wide panels (L2)
-//     for pc in K step kc:
-//       for ic in M step mc:      A block (mc, kc) packed into MR-high panels
-//         for each A panel:       (MR, kc), stays in L1
-//           for each B panel:     the ISA's micro-kernel: an (MR, NR) tile of C in registers
+//   for jc in N step nc:
+//     for pc in K step kc:        B block (kc, nc) packed into NR-wide panels (L3)
+//       for ic in M step mc:      A block (mc, kc) packed into MR-high panels (L2)
+//         for each B panel:       (kc, NR), held in L1
+//           for each A panel:     the ISA's micro-kernel: an (MR, NR) tile of C in
+//                                 registers; the next tile's C is prefetched
 //
 // Packing reads the operands through their strides, so a transposed or
 // broadcast operand costs the same as a contiguous one. A packed A panel holds
@@ -128,6 +129,10 @@ struct GemmTile {
   bool accumulate;
   const float* bias;
   bool relu;
+  // The C tile the driver runs next (its rows at the same rs), or null: the
+  // kernel prefetches it while it computes, so the next tile's load of C
+  // does not wait on memory.
+  const float* c_next;
 };
 
 // Packs one panel of `w` lines (rows of A, or columns of B) by `kc` depths:

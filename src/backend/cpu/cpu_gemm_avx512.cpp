@@ -45,6 +45,15 @@ void tile_kernel(const GemmTile& t) {
       for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
   }
 
+  if (t.c_next != nullptr) {
+    // Each row of the next tile spans at most kNr floats: up to three lines.
+    for (int r = 0; r < kMr; ++r) {
+      const char* row = reinterpret_cast<const char*>(t.c_next + r * rs);
+      for (int line = 0; line < static_cast<int>(kNr * sizeof(float)) + 64; line += 64)
+        _mm_prefetch(row + line, _MM_HINT_T0);
+    }
+  }
+
   const float* a = t.a;
   const float* b = t.b;
   for (int64_t p = 0; p < t.kc; ++p) {
@@ -111,6 +120,7 @@ void tile(const GemmTile& t) {
       for (int j = 0; j < t.cols; ++j) buf[r * kNr + j] = t.c[r * t.rs + j * t.cs];
   }
   GemmTile local = t;
+  local.c_next = nullptr;
   local.c = buf;
   local.rs = kNr;
   local.cs = 1;
@@ -187,12 +197,8 @@ void pack(const float* src, int64_t line_stride, int64_t step, int h, int64_t kc
 }  // namespace
 
 GemmKernel gemm_kernel_avx512() {
-  // kc: an A panel (14 x 256 floats, 14 KiB) stays in L1 (32 to 48 KiB)
-  // while the B panels (256 x 32, 32 KiB each) stream past it. nc: the B
-  // block (256 x 512, 512 KiB) stays in L2 while every A panel of the block
-  // passes over it (L2 is 1 to 2 MiB on AVX-512 machines).
-  // These are defaults: gemm_kernel() replaces kc and nc from the caches of
-  // the CPU it runs on (Note [GEMM block sizes] in cpu_gemm.cpp).
+  // Defaults only: gemm_kernel() sets kc, mc and nc from the caches of the
+  // CPU it runs on (Note [GEMM block sizes] in cpu_gemm.cpp).
   return GemmKernel{kMr, kNr, /*mc=*/kMr * 16, /*kc=*/256, /*nc=*/kNr * 16, &tile, &pack};
 }
 
