@@ -547,7 +547,10 @@ TEST(Gemm, FusedLinearMatchesTheUnfusedOpsBitForBit) {
   ThreadCountGuard thread_guard;
   loom::manual_seed(5);
   const std::vector<std::array<int64_t, 3>> sizes = {{1, 1, 1},   {3, 7, 17},  {17, 33, 3},   {33, 257, 7},
-                                                     {7, 1, 33},  {257, 17, 65}, {129, 300, 40}, {15, 0, 9}};
+                                                     {7, 1, 33},  {257, 17, 65}, {129, 300, 40}, {15, 0, 9},
+                                                     // past a row block (mc), two depth blocks, and past the
+                                                     // 256-column strips the GELU epilogue runs on
+                                                     {300, 600, 530}};
   for (GemmIsa isa : runnable_isas()) {
     setenv("LOOM_CPU_ISA", loom::cpu::gemm_isa_name(isa), 1);
     loom::cpu::gemm_reload_isa();

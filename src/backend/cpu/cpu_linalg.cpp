@@ -8,6 +8,7 @@
 #include "backend/cpu/cpu_dispatch.h"
 #include "backend/cpu/cpu_gemm.h"
 #include "backend/cpu/cpu_kernels.h"
+#include "backend/cpu/cpu_vec.h"
 
 namespace loom::cpu {
 
@@ -104,13 +105,14 @@ void run_elementwise(OpKind op, void (*kernel)(const KernelCall&), const TensorI
 struct Activation {
   OpKind op;
   void (*kernel)(const KernelCall&);
+  VecUnary vec_op;  // its vectorized float32 function
 };
 Activation linear_activation(int64_t code) {
   switch (code) {
-    case 1: return {OpKind::Relu, &kernel::Relu};
-    case 2: return {OpKind::Gelu, &kernel::Gelu};
-    case 3: return {OpKind::GeluTanh, &kernel::GeluTanh};
-    default: return {OpKind::Copy, nullptr};
+    case 1: return {OpKind::Relu, &kernel::Relu, VecUnary::Relu};
+    case 2: return {OpKind::Gelu, &kernel::Gelu, VecUnary::Gelu};
+    case 3: return {OpKind::GeluTanh, &kernel::GeluTanh, VecUnary::GeluTanh};
+    default: return {OpKind::Copy, nullptr, VecUnary::Relu};
   }
 }
 
@@ -131,7 +133,18 @@ void linear_post(void* ctx, float* c, int64_t rs, int64_t cs, int64_t rows, int6
     TensorImpl pre_block = alias_impl(p.pre, {rows, cols}, {rs, cs}, p.pre->offset + (offset - p.out->offset));
     run_elementwise(OpKind::Copy, &kernel::Copy, block, pre_block);
   }
-  if (p.act.kernel != nullptr) run_elementwise(p.act.op, p.act.kernel, block, block);
+  if (p.act.kernel == nullptr) return;
+  // The unfused op runs on the whole contiguous output, which its kernel
+  // takes as one vectorized run when vectorized kernels are on. A block's
+  // rows may be too short for the kernel to pick that path itself (a
+  // thread's share of the columns can end a few columns past a strip), so
+  // the rows go to the same vector function directly: the bits do not
+  // depend on where the blocks fall.
+  if (vec_enabled() && cs == 1) {
+    for (int64_t r = 0; r < rows; ++r) vec().unary_f32(p.act.vec_op, c + r * rs, c + r * rs, cols);
+    return;
+  }
+  run_elementwise(p.act.op, p.act.kernel, block, block);
 }
 
 }  // namespace
@@ -161,7 +174,7 @@ void Linear(const KernelCall& c) {
     const bool gelu = act.kernel != nullptr && act.op != OpKind::Relu;
     SgemmEpilogue ep{bias != nullptr ? data_ptr<float>(bias) : nullptr, bias != nullptr ? bias->strides[0] : 0,
                      act.op == OpKind::Relu, gelu || pre != nullptr ? &linear_post : nullptr, &post};
-    if (!gelu) post.act = Activation{OpKind::Copy, nullptr};  // relu ran in registers
+    if (!gelu) post.act = Activation{OpKind::Copy, nullptr, VecUnary::Relu};  // relu ran in registers
     // B (K, N) is the weight transposed: element (p, j) at w[j, p].
     sgemm(gemm_isa(), 1, m, n, k, {data_ptr<float>(x), 0, x->strides[0], x->strides[1]},
           {data_ptr<float>(w), 0, w->strides[1], w->strides[0]},
