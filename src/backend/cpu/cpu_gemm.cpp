@@ -100,7 +100,7 @@ void portable_tile(const GemmTile& t) {
     for (int r = 0; r < kPortableMr; ++r)
       for (int j = 0; j < kPortableNr; ++j) acc[r][j] += a[r] * b[j];
     a += kPortableMr;
-    b += kPortableNr;
+    b += t.b_step;
   }
   // Note [GEMM epilogue]: bias, then relu (x < 0 ? 0 : x keeps NaN and -0).
   if (t.bias != nullptr)
@@ -297,15 +297,24 @@ void gemm_serial(const GemmKernel& g, int64_t m, int64_t n, int64_t k, ConstView
   const int mr = g.mr, nr = g.nr;
   const int64_t kc_max = depth_block(g, k);
   const int64_t mc_max = row_block(g, m);
+  // Note [B in place]: with one row block, each B panel serves only m / mr
+  // tiles, and packing it costs as much as a good share of them (for the MLP
+  // shape 128x512x784, B's packing was 9% of the product). When B's rows are
+  // contiguous the tiles can read them where they are: each depth of a panel
+  // is nr contiguous floats, b.rs apart. A row stride that is a multiple of
+  // 1 KiB would put a panel's depths in a few cache sets, so those pack.
+  const bool b_in_place = b.cs == 1 && m <= mc_max && (b.rs * 4) % 1024 != 0;
   for (int64_t jc = 0; jc < n; jc += g.nc) {
     const int64_t nc = std::min(g.nc, n - jc);
     for (int64_t pc = 0; pc < k; pc += kc_max) {
       const int64_t kc = std::min(kc_max, k - pc);
       const bool last = pc + kc == k;
       // B panel j: columns are its lines (line stride = B's column stride).
+      // In place, only full panels are read; an edge panel is packed.
       for (int64_t j = 0; j < nc; j += nr)
-        g.pack(b.data + pc * b.rs + (jc + j) * b.cs, b.cs, b.rs, static_cast<int>(std::min<int64_t>(nr, nc - j)), kc,
-               nr, bp + j * kc);
+        if (!b_in_place || nc - j < nr)
+          g.pack(b.data + pc * b.rs + (jc + j) * b.cs, b.cs, b.rs, static_cast<int>(std::min<int64_t>(nr, nc - j)),
+                 kc, nr, bp + j * kc);
       for (int64_t ic = 0; ic < m; ic += mc_max) {
         const int64_t mc = std::min(mc_max, m - ic);
         // A panel i: rows are its lines.
@@ -321,7 +330,13 @@ void gemm_serial(const GemmKernel& g, int64_t m, int64_t n, int64_t k, ConstView
               GemmTile t;
               t.kc = kc;
               t.a = ap + i * kc;
-              t.b = bp + j * kc;
+              if (b_in_place && nc - j >= nr) {
+                t.b = b.data + pc * b.rs + jc + j;
+                t.b_step = b.rs;
+              } else {
+                t.b = bp + j * kc;
+                t.b_step = nr;
+              }
               t.c = c.data + (ic + i) * c.rs + (jc + j) * c.cs;
               t.rs = c.rs;
               t.cs = c.cs;

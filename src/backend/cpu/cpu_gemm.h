@@ -114,8 +114,9 @@ void bmm_reference(const KernelCall& c);
 // ---- micro-kernel interface (one per ISA) ----
 
 // One tile of C: c[r * rs + j * cs] for r < rows <= mr, j < cols <= nr, from a
-// packed A panel `a` (a[p * mr + r]) and a packed B panel `b` (b[p * nr + j]),
-// p < kc. accumulate: add to the values in c (the chain of Note [GEMM
+// packed A panel `a` (a[p * mr + r]) and a B panel `b` (b[p * b_step + j]),
+// p < kc: packed (b_step = nr), or B itself when its rows are contiguous
+// (then cols == nr: no lane past the panel is read). accumulate: add to the values in c (the chain of Note [GEMM
 // summation order] goes on); otherwise c is overwritten. bias (null: none;
 // bias[j] for column j of the tile, contiguous) and relu are the register part
 // of Note [GEMM epilogue], set only on a tile's last depth block.
@@ -123,6 +124,7 @@ struct GemmTile {
   int64_t kc;
   const float* a;
   const float* b;
+  int64_t b_step;  // floats from one depth of the B panel to the next: nr when packed
   float* c;
   int64_t rs, cs;
   int rows, cols;

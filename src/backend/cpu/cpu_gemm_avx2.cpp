@@ -55,13 +55,13 @@ void tile_kernel(const GemmTile& t) {
   const float* b = t.b;
   for (int64_t p = 0; p < t.kc; ++p) {
     __m256 bv[V];
-    for (int v = 0; v < V; ++v) bv[v] = _mm256_load_ps(b + 8 * v);  // packed panels are 64-byte aligned
+    for (int v = 0; v < V; ++v) bv[v] = _mm256_loadu_ps(b + 8 * v);  // a packed panel, or B in place
     for (int r = 0; r < R; ++r) {
       const __m256 ar = _mm256_broadcast_ss(a + r);
       for (int v = 0; v < V; ++v) acc[r][v] = _mm256_fmadd_ps(ar, bv[v], acc[r][v]);
     }
     a += kMr;
-    b += kNr;
+    b += t.b_step;
   }
 
   // Note [GEMM epilogue]: bias, then relu (x < 0 ? 0 : x keeps NaN and -0).

@@ -58,13 +58,13 @@ void tile_kernel(const GemmTile& t) {
   const float* b = t.b;
   for (int64_t p = 0; p < t.kc; ++p) {
     __m512 bv[V];
-    for (int v = 0; v < V; ++v) bv[v] = _mm512_load_ps(b + 16 * v);  // packed panels are 64-byte aligned
+    for (int v = 0; v < V; ++v) bv[v] = _mm512_loadu_ps(b + 16 * v);  // a packed panel, or B in place
     for (int r = 0; r < R; ++r) {
       const __m512 ar = _mm512_set1_ps(a[r]);
       for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
     }
     a += kMr;
-    b += kNr;
+    b += t.b_step;
   }
 
   // Note [GEMM epilogue]: bias, then relu (x < 0 ? 0 : x keeps NaN and -0).
