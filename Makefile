@@ -3,7 +3,7 @@
 #   make test    install missing OS packages (as root), configure, build, run ctest
 #   make demo    train an MLP on Fashion-MNIST with `loom train` (the main job)
 #   make build   configure and build only
-#   make bench   micro-benchmarks side by side with PyTorch
+#   make bench   benchmarks side by side with PyTorch (bench/run.py)
 #   make clean   remove build directories
 
 BUILD_DIR  ?= build
@@ -59,10 +59,18 @@ build: configure
 test: build
 	cd $(BUILD_DIR) && ctest $(CTEST_ARGS)
 
+# Builds loom's benchmarks, the libtorch dispatch reference and the `loom`
+# command (for the MLP epoch), then bench/run.py runs them against PyTorch on
+# BENCH_THREADS threads and prints the table; raw numbers go to
+# $(BENCH_DIR)/bench_results.json. BENCH_ARGS passes more flags to run.py,
+# e.g. make bench BENCH_ARGS="--only sgemm,dispatch".
+BENCH_THREADS ?= $(JOBS)
+BENCH_ARGS    ?=
+
 bench: bench-deps
 	cmake -S . -B $(BENCH_DIR) -DCMAKE_BUILD_TYPE=Release -DLOOM_BUILD_BENCH=ON -DLOOM_BUILD_TESTS=OFF
-	cmake --build $(BENCH_DIR) -j$(JOBS) --target bench_ops
-	$(PYTHON) bench/run.py --bench-bin $(BENCH_DIR)/bench/bench_ops --python $(PYTHON)
+	cmake --build $(BENCH_DIR) -j$(JOBS) --target loom_bench
+	$(PYTHON) bench/run.py --build-dir $(BENCH_DIR) --python $(PYTHON) --threads $(BENCH_THREADS) $(BENCH_ARGS)
 
 # The main job: train the Fashion-MNIST MLP (784-512-256-10, AdamW lr 1e-3,
 # batch 128, 5 epochs) with the `loom` command, then classify one test image

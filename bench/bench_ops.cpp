@@ -1,63 +1,305 @@
-// Kernel micro-benchmarks: add and sum over 2^22 float32 values, and a
-// 512x512x512 float32 matmul. bench/torch_ops.py times the same workloads in
-// PyTorch; bench/run.py runs both and prints them side by side.
+// loom's side of the benchmark table (bench/run.py): every workload of
+// bench/torch_ops.py under the same name, plus the machine references that
+// have no PyTorch counterpart (FMA peak, a STREAM-style add loop) and the
+// dispatch-overhead cases whose reference is bench/torch_dispatch.cpp.
+// Each benchmark calls its op once before timing, so first-call costs (page
+// faults on fresh memory, the allocator's first fill) stay out of the table.
 //
 // Extra flag (before Google Benchmark's own): --loom_threads=N sets
-// loom::set_num_threads(N), so both sides can use the same thread count.
+// loom::set_num_threads(N); the reference loops here use the same N.
 #include <benchmark/benchmark.h>
 #include <loom/loom.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define BENCH_X86 1
+#endif
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace {
 
-constexpr int64_t kElementwiseN = int64_t{1} << 22;
-constexpr int64_t kMatmulN = 512;
+namespace F = loom::nn::functional;
 
-// c = a + b, a, b, c: (2^22,). Bytes: two reads and one write per element.
-void BM_add_f32(benchmark::State& state) {
-  const int64_t n = state.range(0);
+int g_threads = 1;  // --loom_threads, also the team size of the reference loops
+
+// Runs fn(id) for each id in [0, n) on n threads at once and waits for all:
+// the reference loops' team. It is loom's own pool (parallel_team), so a
+// reference runs on the very threads loom's ops use and differs from the op
+// only in its loop. The alternatives, tried on a shared 2-core machine,
+// skewed the bar: with OpenMP the STREAM loop ran up to 5x slower than
+// loom's add while another process was busy (libgomp's waiting threads
+// spin: Note [Thread pool] in src/core/threads.cpp), and with fresh
+// std::threads each call ~30% slower even when idle.
+template <class Fn>
+void run_on_threads(int n, const Fn& fn) {
+  loom::parallel_team(n, [&](int id, int) { fn(id); });
+}
+
+// ---- FMA peak ----
+// Each thread runs kFmaChains independent multiply-add chains on full-width
+// vectors. Twelve chains cover FMA latency x issue width on current cores
+// (4 cycles x 2 pipes = 8 in flight), so the loop is bound by FMA
+// throughput alone: the machine's float32 peak that GEMM is measured against.
+// The chains converge to 1 (acc * 0.999 + 0.001), so nothing overflows or
+// goes subnormal. The ISA is picked from CPUID at run time, as loom does.
+constexpr int kFmaChains = 12;
+constexpr int64_t kFmaSteps = int64_t{1} << 21;  // per thread per iteration: ~4 ms
+
+#ifdef BENCH_X86
+__attribute__((target("avx512f,fma"))) float fma_chains_avx512(int64_t steps) {
+  const __m512 mul = _mm512_set1_ps(0.999f), add = _mm512_set1_ps(0.001f);
+  __m512 acc[kFmaChains];
+  for (int j = 0; j < kFmaChains; ++j) acc[j] = _mm512_set1_ps(static_cast<float>(j));
+  for (int64_t s = 0; s < steps; ++s)
+    for (int j = 0; j < kFmaChains; ++j) acc[j] = _mm512_fmadd_ps(acc[j], mul, add);
+  for (int j = 1; j < kFmaChains; ++j) acc[0] = _mm512_add_ps(acc[0], acc[j]);
+  // Lane sum by hand: GCC 12's _mm512_reduce_add_ps trips -Wuninitialized.
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, acc[0]);
+  float sum = 0;
+  for (float v : lanes) sum += v;
+  return sum;
+}
+
+__attribute__((target("avx2,fma"))) float fma_chains_avx2(int64_t steps) {
+  const __m256 mul = _mm256_set1_ps(0.999f), add = _mm256_set1_ps(0.001f);
+  __m256 acc[kFmaChains];
+  for (int j = 0; j < kFmaChains; ++j) acc[j] = _mm256_set1_ps(static_cast<float>(j));
+  for (int64_t s = 0; s < steps; ++s)
+    for (int j = 0; j < kFmaChains; ++j) acc[j] = _mm256_fmadd_ps(acc[j], mul, add);
+  for (int j = 1; j < kFmaChains; ++j) acc[0] = _mm256_add_ps(acc[0], acc[j]);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, acc[0]);
+  float sum = 0;
+  for (float v : lanes) sum += v;
+  return sum;
+}
+#endif
+
+// Counted as one lane: the flop count stays right if the compiler vectorizes it.
+
+float fma_chains_scalar(int64_t steps) {
+  float acc[kFmaChains];
+  for (int j = 0; j < kFmaChains; ++j) acc[j] = static_cast<float>(j);
+  for (int64_t s = 0; s < steps; ++s)
+    for (int j = 0; j < kFmaChains; ++j) acc[j] = acc[j] * 0.999f + 0.001f;
+  float sum = 0;
+  for (float v : acc) sum += v;
+  return sum;
+}
+
+struct FmaProbe {
+  const char* isa;
+  int lanes;
+  float (*run)(int64_t steps);
+};
+
+FmaProbe fma_probe() {
+#ifdef BENCH_X86
+  if (__builtin_cpu_supports("avx512f")) return {"avx512", 16, fma_chains_avx512};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {"avx2", 8, fma_chains_avx2};
+#endif
+  return {"portable", 1, fma_chains_scalar};
+}
+
+// All g_threads threads run the chains at once; reports their total flop/s.
+void BM_peak_fma(benchmark::State& state) {
+  const FmaProbe probe = fma_probe();
+  std::vector<float> sink(g_threads);
+  for (auto _ : state) {
+    run_on_threads(g_threads, [&](int id) { sink[id] = probe.run(kFmaSteps); });
+    benchmark::DoNotOptimize(sink.data());
+  }
+  const double flops_per_iter = 2.0 * kFmaChains * probe.lanes * static_cast<double>(kFmaSteps) * g_threads;
+  state.counters["flops"] =
+      benchmark::Counter(flops_per_iter * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+  state.SetLabel(probe.isa);
+}
+
+// ---- GEMM ----
+// c = a @ b with a: (M, K), b: (K, N). A transposed operand is stored as its
+// transpose and passed as a .t() view, as nn::Linear's forward (x @ W^T) and
+// weight gradient (gy^T @ x) do; matmul sees the strides, nothing is copied.
+void BM_gemm(benchmark::State& state, int64_t m, int64_t k, int64_t n, bool trans_a, bool trans_b) {
+  loom::Tensor a = trans_a ? loom::rand({k, m}).t() : loom::rand({m, k});
+  loom::Tensor b = trans_b ? loom::rand({n, k}).t() : loom::rand({k, n});
+  benchmark::DoNotOptimize(loom::matmul(a, b).raw_data_ptr());  // warm-up
+  for (auto _ : state) {
+    loom::Tensor c = loom::matmul(a, b);
+    benchmark::DoNotOptimize(c.raw_data_ptr());
+  }
+  state.counters["flops"] = benchmark::Counter(2.0 * m * n * k * static_cast<double>(state.iterations()),
+                                               benchmark::Counter::kIsRate);
+}
+
+// ---- memory-bound elementwise ----
+constexpr int64_t kStreamN = int64_t{1} << 24;  // 64 MiB per array: far past the caches
+
+void set_stream_bytes(benchmark::State& state, int64_t n, int arrays) {
+  state.SetBytesProcessed(state.iterations() * n * arrays * static_cast<int64_t>(sizeof(float)));
+}
+
+// c = a + b through loom's op: a, b: (n,), c made (from the allocator's
+// cache) on every call.
+void BM_add_f32(benchmark::State& state, int64_t n) {
   loom::Tensor a = loom::rand({n}), b = loom::rand({n});
+  benchmark::DoNotOptimize((a + b).raw_data_ptr());  // warm-up
   for (auto _ : state) {
     loom::Tensor c = a + b;
     benchmark::DoNotOptimize(c.raw_data_ptr());
   }
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * 3 * static_cast<int64_t>(sizeof(float)));
+  set_stream_bytes(state, n, 3);
 }
 
-// s = a.sum(), a: (2^22,). Bytes: one read per element.
-void BM_sum_f32(benchmark::State& state) {
-  const int64_t n = state.range(0);
+// The same add as a bare loop over preallocated arrays, split over the same
+// threads: what the memory system allows, the bar for BM_add_f32.
+void BM_stream_add(benchmark::State& state, int64_t n) {
+  std::unique_ptr<float[]> a(new float[n]), b(new float[n]), c(new float[n]);
+  // Thread `id` owns [lo(id), hi(id)): one contiguous slice each, as loom splits.
+  const int64_t chunk = (n + g_threads - 1) / g_threads;
+  auto lo = [&](int id) { return std::min(n, id * chunk); };
+  auto hi = [&](int id) { return std::min(n, (id + 1) * chunk); };
+  // First touch on the threads that use the pages, as in STREAM.
+  run_on_threads(g_threads, [&](int id) {
+    for (int64_t i = lo(id); i < hi(id); ++i) {
+      a[i] = 1.0f;
+      b[i] = 2.0f;
+      c[i] = 0.0f;
+    }
+  });
+  for (auto _ : state) {
+    run_on_threads(g_threads, [&](int id) {
+      float* __restrict pc = c.get();
+      const float* __restrict pa = a.get();
+      const float* __restrict pb = b.get();
+      for (int64_t i = lo(id), end = hi(id); i < end; ++i) pc[i] = pa[i] + pb[i];
+    });
+    benchmark::DoNotOptimize(c.get());
+    benchmark::ClobberMemory();
+  }
+  set_stream_bytes(state, n, 3);
+}
+
+// s = a.sum(), a: (n,): one read per element.
+void BM_sum_f32(benchmark::State& state, int64_t n) {
   loom::Tensor a = loom::rand({n});
+  benchmark::DoNotOptimize(a.sum().raw_data_ptr());  // warm-up
   for (auto _ : state) {
     loom::Tensor s = a.sum();
     benchmark::DoNotOptimize(s.raw_data_ptr());
   }
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetBytesProcessed(state.iterations() * n * static_cast<int64_t>(sizeof(float)));
+  set_stream_bytes(state, n, 1);
 }
 
-// c = a @ b, a, b, c: (512, 512). Items are flops (2 * M * N * K); bytes are
-// the three matrices once.
-void BM_matmul_f32(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  loom::Tensor a = loom::rand({n, n}), b = loom::rand({n, n});
+// ---- row-wise ops over the last dim ----
+constexpr int64_t kRows = 4096, kCols = 1024;
+
+// y = softmax(x, -1), x: (4096, 1024).
+void BM_softmax(benchmark::State& state) {
+  loom::Tensor x = loom::randn({kRows, kCols});
+  benchmark::DoNotOptimize(loom::softmax(x, -1).raw_data_ptr());  // warm-up
   for (auto _ : state) {
-    loom::Tensor c = a.matmul(b);
+    loom::Tensor y = loom::softmax(x, -1);
+    benchmark::DoNotOptimize(y.raw_data_ptr());
+  }
+}
+
+// y = layer_norm(x, (1024,), w, b), x: (4096, 1024), w, b: (1024,).
+void BM_layer_norm(benchmark::State& state) {
+  loom::Tensor x = loom::randn({kRows, kCols}), w = loom::randn({kCols}), b = loom::randn({kCols});
+  benchmark::DoNotOptimize(F::layer_norm(x, {kCols}, w, b).raw_data_ptr());  // warm-up
+  for (auto _ : state) {
+    loom::Tensor y = F::layer_norm(x, {kCols}, w, b);
+    benchmark::DoNotOptimize(y.raw_data_ptr());
+  }
+}
+
+// Forward, then the gradient w.r.t. x from a fixed upstream gradient
+// (autograd::grad, so nothing accumulates into .grad across calls).
+void BM_softmax_fwd_bwd(benchmark::State& state) {
+  loom::Tensor x = loom::randn({kRows, kCols}).requires_grad_(), gy = loom::randn({kRows, kCols});
+  auto step = [&] { return loom::autograd::grad({loom::softmax(x, -1)}, {x}, {gy}); };
+  step();  // warm-up
+  for (auto _ : state) {
+    std::vector<loom::Tensor> g = step();
+    benchmark::DoNotOptimize(g[0].raw_data_ptr());
+  }
+}
+
+// Forward, then the gradients w.r.t. x, w and b.
+void BM_layer_norm_fwd_bwd(benchmark::State& state) {
+  loom::Tensor x = loom::randn({kRows, kCols}).requires_grad_(), gy = loom::randn({kRows, kCols});
+  loom::Tensor w = loom::randn({kCols}).requires_grad_(), b = loom::randn({kCols}).requires_grad_();
+  auto step = [&] { return loom::autograd::grad({F::layer_norm(x, {kCols}, w, b)}, {x, w, b}, {gy}); };
+  step();  // warm-up
+  for (auto _ : state) {
+    std::vector<loom::Tensor> g = step();
+    benchmark::DoNotOptimize(g[0].raw_data_ptr());
+  }
+}
+
+// ---- dispatch overhead ----
+// c = a + b on 10 floats: the time is the op's fixed cost (checks, dtype and
+// broadcast rules, allocation, kernel call), the arithmetic is nothing.
+// With `autograd`, both inputs require grad, so every call also records (and
+// frees with c) a graph node. bench/torch_dispatch.cpp times the same in libtorch.
+void BM_dispatch_add(benchmark::State& state, bool autograd) {
+  loom::Tensor a = loom::rand({10}), b = loom::rand({10});
+  if (autograd) {
+    a.requires_grad_();
+    b.requires_grad_();
+  }
+  loom::AutoGradMode grad_mode(true);  // on in both cases, as libtorch's default
+  benchmark::DoNotOptimize((a + b).raw_data_ptr());  // warm-up
+  for (auto _ : state) {
+    loom::Tensor c = a + b;
     benchmark::DoNotOptimize(c.raw_data_ptr());
   }
-  state.SetItemsProcessed(state.iterations() * 2 * n * n * n);
-  state.SetBytesProcessed(state.iterations() * 3 * n * n * static_cast<int64_t>(sizeof(float)));
 }
 
-// Wall-clock time: the kernels run on several threads.
-BENCHMARK(BM_add_f32)->Arg(kElementwiseN)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_sum_f32)->Arg(kElementwiseN)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_matmul_f32)->Arg(kMatmulN)->Unit(benchmark::kMillisecond)->UseRealTime();
+// Registered in table order. Names are the workload keys shared with
+// torch_ops.py and run.py.
+void register_benchmarks() {
+  // Wall-clock time for all: the work runs on several threads.
+  auto reg = [](const std::string& name, auto&& fn, auto... args) {
+    return benchmark::RegisterBenchmark(name.c_str(), fn, args...)->UseRealTime();
+  };
+  using benchmark::kMicrosecond;
+  using benchmark::kMillisecond;
+  using benchmark::kNanosecond;
+  reg("peak_fma", BM_peak_fma)->Unit(kMillisecond);
+  for (int64_t n : {256, 512, 1024, 2048})
+    reg("sgemm_" + std::to_string(n), BM_gemm, n, n, n, false, false)->Unit(kMillisecond);
+  // nn::Linear(784, 512) and (512, 256) at batch 128: forward x @ W^T,
+  // grad_x = gy @ W, grad_W = gy^T @ x (M x K x N below).
+  struct GemmShape {
+    const char* name;
+    int64_t m, k, n;
+    bool trans_a, trans_b;
+  };
+  for (const GemmShape& s : {GemmShape{"mlp_fc1_fwd", 128, 784, 512, false, true},
+                             GemmShape{"mlp_fc1_grad_x", 128, 512, 784, false, false},
+                             GemmShape{"mlp_fc1_grad_w", 512, 128, 784, true, false},
+                             GemmShape{"mlp_fc2_fwd", 128, 512, 256, false, true},
+                             GemmShape{"mlp_fc2_grad_x", 128, 256, 512, false, false},
+                             GemmShape{"mlp_fc2_grad_w", 256, 128, 512, true, false}})
+    reg(s.name, BM_gemm, s.m, s.k, s.n, s.trans_a, s.trans_b)->Unit(kMicrosecond);
+  reg("add_f32", BM_add_f32, kStreamN)->Unit(kMillisecond);
+  reg("stream_add", BM_stream_add, kStreamN)->Unit(kMillisecond);
+  reg("sum_f32", BM_sum_f32, kStreamN)->Unit(kMillisecond);
+  reg("softmax", BM_softmax)->Unit(kMillisecond);
+  reg("layer_norm", BM_layer_norm)->Unit(kMillisecond);
+  reg("softmax_fwd_bwd", BM_softmax_fwd_bwd)->Unit(kMillisecond);
+  reg("layer_norm_fwd_bwd", BM_layer_norm_fwd_bwd)->Unit(kMillisecond);
+  reg("dispatch_add", BM_dispatch_add, false)->Unit(kNanosecond);
+  reg("dispatch_add_autograd", BM_dispatch_add, true)->Unit(kNanosecond);
+}
 
 }  // namespace
 
@@ -71,10 +313,12 @@ int main(int argc, char** argv) {
     else
       args.push_back(argv[k]);
   }
+  g_threads = loom::get_num_threads();
   int n = static_cast<int>(args.size());
   benchmark::Initialize(&n, args.data());
   if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;
-  benchmark::AddCustomContext("loom_threads", std::to_string(loom::get_num_threads()));
+  register_benchmarks();
+  benchmark::AddCustomContext("loom_threads", std::to_string(g_threads));
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -1,93 +1,597 @@
 #!/usr/bin/env python3
-"""Runs loom's micro-benchmarks (bench_ops) and the same workloads in PyTorch
-(torch_ops.py) with the same thread count, and prints their median times
-side by side. ratio = loom time / torch time (below 1: loom is faster).
+"""loom against PyTorch, side by side, on the same thread count: the table
+`make bench` prints.
 
-    python3 bench/run.py --bench-bin build-bench/bench/bench_ops
+Runs loom's benchmarks (bench_ops, Google Benchmark), the same workloads in
+PyTorch (torch_ops.py), libtorch's C++ dispatch cost (torch_dispatch) and
+epochs of training the Fashion-MNIST MLP (`loom train` against
+torch_mlp.py), then prints medians, rates and speedups, and writes the raw
+numbers as JSON.
+
+PyTorch runs twice (Note [PyTorch as installed and tuned]): "installed" with
+OPENBLAS_CORETYPE taken out of the environment, so OpenBLAS picks its kernels
+from CPUID as on a fresh machine; "tuned" with the OPENBLAS_CORETYPE that
+gave the fastest torch sgemm 1024 in a probe at the start. Speedups and
+targets are against the faster of the two for each workload.
+
+speedup = torch time / loom time: above 1, loom is faster.
+
+    python3 bench/run.py                        # everything (as `make bench`)
+    python3 bench/run.py --only sgemm,dispatch  # groups or workload names
 """
 import argparse
+import csv
 import json
+import math
 import os
+import shutil
+import statistics
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
-WORKLOADS = [  # (key, description)
-    ("add_f32", "add  float32 [2^22]"),
-    ("sum_f32", "sum  float32 [2^22]"),
-    ("matmul_f32", "matmul float32 512x512x512"),
+CORETYPES = ["SkylakeX", "Cooperlake", "Haswell", "Zen"]
+PROBE_WORKLOAD = "sgemm_1024"
+
+
+class Workload:
+    """One row. `source` says who times it: "ops" (bench_ops against
+    torch_ops.py), "ref" (bench_ops only: a machine reference), "dispatch"
+    (bench_ops against torch_dispatch), "epoch" (loom train against
+    torch_mlp.py). `flops` / `bytes` per call give the rate columns.
+    `ref` names the machine reference the row is measured against (the FMA
+    peak, the STREAM loop): it runs in the same bench_ops process, next to
+    the row, every round (Note [References under load]). `min_speedup` is
+    the target on torch time / loom time."""
+
+    def __init__(self, key, desc, group, source="ops", flops=None, bytes=None, ref=None, min_speedup=None):
+        self.key, self.desc, self.group, self.source = key, desc, group, source
+        self.flops, self.bytes, self.ref, self.min_speedup = flops, bytes, ref, min_speedup
+
+
+STREAM_N = 1 << 24
+
+
+def gemm_flops(m, k, n):
+    return 2.0 * m * k * n
+
+
+WORKLOADS = [
+    Workload("peak_fma", "FMA peak (probe)", "sgemm", source="ref"),
+    *[Workload(f"sgemm_{n}", f"sgemm {n}^3", "sgemm", flops=gemm_flops(n, n, n), ref="peak_fma",
+               min_speedup=1.1 if n >= 1024 else None) for n in (256, 512, 1024, 2048)],
+    # The MLP's training GEMMs as M x K x N; ^T marks an operand used through .t().
+    Workload("mlp_fc1_fwd", "fc1 fwd 128x784x512 B^T", "mlp_gemm", flops=gemm_flops(128, 784, 512),
+             ref="peak_fma", min_speedup=1.3),
+    Workload("mlp_fc1_grad_x", "fc1 dx 128x512x784", "mlp_gemm", flops=gemm_flops(128, 512, 784),
+             ref="peak_fma", min_speedup=1.3),
+    Workload("mlp_fc1_grad_w", "fc1 dW 512x128x784 A^T", "mlp_gemm", flops=gemm_flops(512, 128, 784),
+             ref="peak_fma", min_speedup=1.3),
+    Workload("mlp_fc2_fwd", "fc2 fwd 128x512x256 B^T", "mlp_gemm", flops=gemm_flops(128, 512, 256),
+             ref="peak_fma", min_speedup=1.3),
+    Workload("mlp_fc2_grad_x", "fc2 dx 128x256x512", "mlp_gemm", flops=gemm_flops(128, 256, 512),
+             ref="peak_fma", min_speedup=1.3),
+    Workload("mlp_fc2_grad_w", "fc2 dW 256x128x512 A^T", "mlp_gemm", flops=gemm_flops(256, 128, 512),
+             ref="peak_fma", min_speedup=1.3),
+    Workload("add_f32", "add 2^24", "memory", bytes=3 * 4 * STREAM_N, ref="stream_add"),
+    Workload("stream_add", "STREAM add loop 2^24", "memory", source="ref", bytes=3 * 4 * STREAM_N),
+    Workload("sum_f32", "sum 2^24", "memory", bytes=4 * STREAM_N),
+    # Rates count one read of x and one write of y.
+    Workload("softmax", "softmax 4096x1024", "rowwise", bytes=2 * 4 * 4096 * 1024, min_speedup=1.5),
+    Workload("layer_norm", "layer_norm 4096x1024", "rowwise", bytes=2 * 4 * 4096 * 1024, min_speedup=1.5),
+    Workload("softmax_fwd_bwd", "softmax fwd+bwd", "rowwise"),
+    Workload("layer_norm_fwd_bwd", "layer_norm fwd+bwd", "rowwise"),
+    # loom time <= 0.4 x torch time, i.e. speedup >= 2.5.
+    Workload("mlp_epoch", "MLP epoch (Fashion-MNIST)", "epoch", source="epoch", min_speedup=2.5),
+    # loom time <= 0.5 x libtorch C++ time, i.e. speedup >= 2.
+    Workload("dispatch_add", "dispatch add[10]", "dispatch", source="dispatch", min_speedup=2.0),
+    Workload("dispatch_add_autograd", "dispatch add[10] autograd", "dispatch", source="dispatch", min_speedup=2.0),
 ]
+BY_KEY = {w.key: w for w in WORKLOADS}
+GROUPS = list(dict.fromkeys(w.group for w in WORKLOADS))
+PEAK_FRACTION_TARGET = ("sgemm_2048", 0.60)  # loom at >= 60% of the measured FMA peak
+STREAM_FRACTION_TARGET = ("add_f32", 0.90)  # loom's add at >= 90% of the STREAM loop's GB/s
+
+# Note [References under load]
+# Another process can take a core for seconds at a time, so a reference
+# measured once, far from the row it judges, can land in a different load
+# than the row did. So each reference runs next to every row that uses it.
+# The STREAM loop does the same work as loom's add, so the add's share of
+# it is median over median, both taken under the same load. The FMA peak is
+# a ceiling of the hardware: load can only lower a measurement of it, so
+# GEMM rows use the best repetition of the probe over the whole run (which
+# the adjacent runs spread out), and % of peak never flatters a busy row.
 
 
-def run_loom(args):
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def select(only):
+    """Workloads named by --only (groups or keys), in table order, with the
+    references they are measured against."""
+    if not only:
+        return list(WORKLOADS)
+    keys = set()
+    for item in only.split(","):
+        item = item.strip()
+        if item in GROUPS:
+            keys |= {w.key for w in WORKLOADS if w.group == item}
+        elif item in BY_KEY:
+            keys.add(item)
+        elif item:
+            sys.exit(f"run.py: unknown workload or group '{item}'; groups: {', '.join(GROUPS)}; "
+                     f"workloads: {', '.join(BY_KEY)}")
+    keys |= {BY_KEY[k].ref for k in keys if BY_KEY[k].ref}
+    return [w for w in WORKLOADS if w.key in keys]
+
+
+def run_json(cmd, env=None, what=""):
+    """stdout of `cmd` as JSON, or None (with the reason logged) when it fails."""
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    except OSError as e:
+        log(f"  {what}: cannot run {cmd[0]}: {e}")
+        return None
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-3:] or ["no output"]
+        log(f"  {what} failed (exit {proc.returncode}): " + " | ".join(tail))
+        return None
+    return json.loads(proc.stdout)
+
+
+# ---- loom ----
+
+def run_loom_ops(args, keys):
+    """{key: {"times_s": [...], "flops_per_s": [...]?, "label"?}} from
+    bench_ops: one time (mean seconds per call) per repetition."""
     cmd = [
         args.bench_bin,
         f"--loom_threads={args.threads}",
         "--benchmark_format=json",
+        f"--benchmark_filter=^({'|'.join(keys)})(/|$)",
         f"--benchmark_repetitions={args.repetitions}",
         f"--benchmark_min_time={args.min_time}",
-        "--benchmark_report_aggregates_only=true",
     ]
-    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-    medians = {}
-    for b in json.loads(out)["benchmarks"]:
-        if b.get("aggregate_name") != "median":
-            continue
-        # run_name looks like "BM_add_f32/4194304/real_time".
-        key = b["run_name"].split("/")[0].removeprefix("BM_")
-        medians[key] = b["real_time"] * UNIT_SECONDS[b["time_unit"]]
-    return medians
+    data = run_json(cmd, what="bench_ops")
+    out = {}
+    for b in (data or {}).get("benchmarks", []):
+        if b["run_type"] != "iteration":
+            continue  # aggregates: run.py takes its own medians over all rounds
+        key = b["run_name"].split("/")[0]  # "sgemm_256/real_time"
+        entry = out.setdefault(key, {"times_s": []})
+        entry["times_s"].append(b["real_time"] * UNIT_SECONDS[b["time_unit"]])
+        if "flops" in b:  # a rate counter (peak_fma's flop/s, which depends on the ISA)
+            entry.setdefault("flops_per_s", []).append(b["flops"])
+        if b.get("label"):
+            entry["label"] = b["label"]
+    return out
 
 
-def run_torch(args):
-    """Medians from torch_ops.py, or (None, reason) when PyTorch is unavailable."""
-    cmd = [
-        args.python,
-        os.path.join(HERE, "torch_ops.py"),
-        f"--threads={args.threads}",
-        f"--repetitions={args.repetitions}",
-        f"--min-time={args.min_time}",
-    ]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def run_loom_epoch(args):
+    """Per-epoch training seconds of `loom train` from its metrics CSV (the
+    "seconds" column times the training loop only, not the test pass)."""
+    work = os.path.join(args.work_dir, "mlp_epoch")
+    os.makedirs(work, exist_ok=True)
+    metrics = os.path.join(work, "loom_metrics.csv")
+    if os.path.exists(metrics):
+        os.remove(metrics)  # loom appends to an existing file
+    cmd = [args.loom_bin, "train", "--model", "mlp", "--dataset", "fashion-mnist", "--epochs", str(args.epochs),
+           "--batch-size", "128", "--optimizer", "adamw", "--lr", "0.001", "--threads", str(args.threads),
+           "--metrics", metrics, "--out", os.path.join(work, "loom_mlp.safetensors")]
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    except OSError as e:
+        log(f"  cannot run {args.loom_bin}: {e}")
+        return None
     if proc.returncode != 0:
-        last = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-        return None, f"torch_ops.py failed with {args.python}: {last[0]}"
-    data = json.loads(proc.stdout)
-    return {k: v["median_s"] for k, v in data["results"].items()}, f"torch {data['torch']}"
+        log(f"  loom train failed (exit {proc.returncode}): " + " | ".join(proc.stdout.strip().splitlines()[-3:]))
+        return None
+    with open(metrics, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {"times_s": [float(r["seconds"]) for r in rows], "test_acc": float(rows[-1]["test_acc"])}
 
+
+# ---- PyTorch ----
+# Note [PyTorch as installed and tuned]
+# Debian's PyTorch calls OpenBLAS (through libblas.so.3) for GEMM, and
+# OpenBLAS picks its kernels from CPUID unless OPENBLAS_CORETYPE says
+# otherwise. On a CPU newer than the OpenBLAS release it may guess badly, and
+# a host may set OPENBLAS_CORETYPE to something slow. So torch runs "as
+# installed" (variable removed: OpenBLAS's own choice) and "tuned" (the
+# fastest of CORETYPES on sgemm 1024, probed first), and loom is held against
+# the better of the two. OPENBLAS_NUM_THREADS pins OpenBLAS's own thread pool
+# to the same count as torch's intra-op threads and loom's.
+
+def torch_env(args, coretype):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads))
+    env.pop("OPENBLAS_CORETYPE", None)
+    if coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
+    return env
+
+
+class TorchWorker:
+    """A torch_ops.py --serve process with one OpenBLAS setting: times one
+    workload per call, so torch turns come between loom's without paying
+    for PyTorch's import each time."""
+
+    def __init__(self, args, coretype):
+        self.label = f"torch ({coretype or 'installed'})"
+        cmd = [args.python, os.path.join(HERE, "torch_ops.py"), "--serve", f"--threads={args.threads}",
+               f"--repetitions={args.repetitions}", f"--min-time={args.min_time}"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=torch_env(args, coretype))
+        self.header = self._reply()
+
+    def _reply(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            log(f"  {self.label}: torch_ops.py exited (exit {self.proc.wait()})")
+            return None
+        return json.loads(line)
+
+    def run(self, key):
+        if self.proc.poll() is not None:
+            return None
+        self.proc.stdin.write(key + "\n")
+        self.proc.stdin.flush()
+        reply = self._reply()
+        if reply and "error" in reply:
+            log(f"  {self.label} {key}: {reply['error']}")
+            return None
+        return reply
+
+    def close(self):
+        if not self.proc.stdin.closed:
+            self.proc.stdin.close()
+            self.proc.wait()
+
+
+def probe_coretype(args):
+    """Times torch sgemm 1024 under each of --coretypes, taking turns for
+    --rounds rounds. Returns {coretype: median seconds}, the fastest
+    coretype and its worker (kept for the tuned runs; the others close)."""
+    workers = {core: TorchWorker(args, core) for core in args.coretypes}
+    samples = {core: [] for core in args.coretypes}
+    for core, worker in workers.items():
+        ran = (worker.header or {}).get("openblas_core")
+        if ran and ran != core:
+            log(f"  OPENBLAS_CORETYPE={core}: OpenBLAS runs {ran} instead")
+    for _ in range(args.rounds):
+        for core, worker in workers.items():
+            reply = worker.run(PROBE_WORKLOAD)
+            if reply:
+                samples[core] += reply["times_s"]
+    probe = {core: statistics.median(times) for core, times in samples.items() if times}
+    best = min(probe, key=probe.get) if probe else None
+    for core, worker in workers.items():
+        if core != best:
+            worker.close()
+    return probe, best, workers.get(best)
+
+
+def run_torch_epoch(args, coretype):
+    """torch_mlp.py's JSON: per-epoch training seconds as "times_s"."""
+    cmd = [args.python, os.path.join(HERE, "torch_mlp.py"), "--threads", str(args.threads),
+           "--epochs", str(args.epochs), "--batch-size", "128", "--lr", "0.001", "--json"]
+    data = run_json(cmd, env=torch_env(args, coretype), what=f"torch_mlp.py ({coretype or 'installed'})")
+    if data:
+        data["times_s"] = data.pop("epoch_seconds")
+    return data
+
+
+def run_torch_dispatch(args):
+    if not os.path.exists(args.dispatch_bin):
+        log(f"  {args.dispatch_bin} not built (libtorch-dev missing?): no libtorch dispatch reference")
+        return {}
+    cmd = [args.dispatch_bin, "--threads", str(args.threads), "--repetitions", str(args.repetitions),
+           "--min-time", str(args.min_time)]
+    return run_json(cmd, what="torch_dispatch") or {}
+
+
+# ---- the runs ----
+
+def merge(res, key, side, entry):
+    """Pools one round's repetitions into res[key][side]."""
+    if key not in res or not entry:
+        return
+    pooled = res[key].setdefault(side, {})
+    for field, value in entry.items():
+        if isinstance(value, list):
+            pooled.setdefault(field, []).extend(value)
+        elif field not in ("median_s", "name"):
+            pooled[field] = value
+
+
+def finish(entry):
+    """Medians over the pooled repetitions of every round."""
+    if entry and entry.get("times_s"):
+        entry["median_s"] = statistics.median(entry["times_s"])
+        if entry.get("flops_per_s"):
+            entry["best_flops_per_s"] = max(entry["flops_per_s"])
+
+
+def collect(args, selected):
+    """Runs every selected workload on each side. Micro-benchmarks go
+    workload by workload: loom, torch as installed and torch tuned take
+    turns, --rounds times (in reverse order every other round), and each
+    side's median pools its repetitions of all rounds. So a burst of load
+    from another process lands on both sides of a row alike, not on one."""
+    res = {w.key: {} for w in selected}
+    meta = {"torch": None, "openblas_installed": None, "loadavg": os.getloadavg()}
+    needs_torch = any(w.source in ("ops", "epoch") for w in selected)
+    tuned, tuned_worker = None, None
+    if needs_torch and args.coretypes:
+        log(f"probing OPENBLAS_CORETYPE on torch {PROBE_WORKLOAD}: {', '.join(args.coretypes)}")
+        probe, tuned, tuned_worker = probe_coretype(args)
+        meta["coretype_probe_s"] = probe
+        meta["coretype_tuned"] = tuned
+    torch_sides = [("torch_installed", None)] + ([("torch_tuned", tuned)] if tuned else [])
+
+    def note_torch(data, side):
+        meta["torch"] = data.get("torch") or meta["torch"]
+        if side == "torch_installed" and data.get("openblas_core"):
+            meta["openblas_installed"] = data["openblas_core"]
+
+    # A reference that some row runs next to itself needs no turns of its own.
+    adjacent = {w.ref for w in selected if w.ref}
+    ops = [w for w in selected if w.source == "ops" or (w.source == "ref" and w.key not in adjacent)]
+    if ops:
+        workers = {}
+        if any(w.source == "ops" for w in ops):
+            for side, core in torch_sides:
+                workers[side] = tuned_worker if side == "torch_tuned" else TorchWorker(args, core)
+                if workers[side].header:
+                    note_torch(workers[side].header, side)
+        for w in ops:
+            turns = [("loom", None)] + ([(side, workers[side]) for side, _ in torch_sides] if w.source == "ops" else [])
+            for rnd in range(args.rounds):
+                for side, worker in turns if rnd % 2 == 0 else reversed(turns):
+                    log(f"[{w.key} {rnd + 1}/{args.rounds}] {worker.label if worker else 'loom'}")
+                    if worker:
+                        merge(res, w.key, side, worker.run(w.key))
+                        continue
+                    out = run_loom_ops(args, [w.ref, w.key] if w.ref else [w.key])
+                    merge(res, w.key, "loom", out.get(w.key))
+                    if w.ref:  # under the row's own key for its ratio, and pooled into the reference's row
+                        merge(res, w.key, "ref", out.get(w.ref))
+                        merge(res, w.ref, "loom", out.get(w.ref))
+        for worker in workers.values():
+            worker.close()
+    if tuned_worker:
+        tuned_worker.close()  # when no micro-benchmark used it
+
+    if any(w.source == "dispatch" for w in selected):
+        keys = [w.key for w in selected if w.source == "dispatch"]
+        for rnd in range(args.rounds):
+            log(f"[dispatch {rnd + 1}/{args.rounds}] loom, then libtorch C++ (torch_dispatch)")
+            for key, entry in run_loom_ops(args, keys).items():
+                merge(res, key, "loom", entry)
+            # BLAS plays no part in a 10-float add: one run stands for both torch columns.
+            data = run_torch_dispatch(args)
+            meta["torch"] = meta["torch"] or data.get("torch")
+            for key, entry in data.get("results", {}).items():
+                merge(res, key, "torch_installed", entry)
+
+    # An epoch is long enough to average out short bursts: one run of
+    # --epochs epochs on each side.
+    if any(w.source == "epoch" for w in selected):
+        log(f"[mlp_epoch] loom train, {args.epochs} epochs")
+        merge(res, "mlp_epoch", "loom", run_loom_epoch(args))
+        for side, core in torch_sides:
+            log(f"[mlp_epoch] torch ({core or 'installed'}): torch_mlp.py, {args.epochs} epochs")
+            data = run_torch_epoch(args, core)
+            if data:
+                note_torch(data, side)
+                merge(res, "mlp_epoch", side, data)
+
+    for sides in res.values():
+        for entry in sides.values():
+            finish(entry)
+    return res, meta
+
+
+# ---- the table ----
 
 def fmt_time(seconds):
     if seconds is None:
         return "n/a"
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
         if seconds >= scale:
-            return f"{seconds / scale:.3f} {unit}"
-    return f"{seconds / 1e-9:.1f} ns"
+            return f"{seconds / scale:.3g} {unit}" if seconds / scale < 100 else f"{seconds / scale:.0f} {unit}"
+    return f"{seconds / 1e-9:.0f} ns"
+
+
+def median_of(entry):
+    return entry.get("median_s") if entry else None
+
+
+NOISY_SPREAD = 0.10  # interquartile range / median of a row's repetitions
+BUSY_LOAD = 0.5  # 1-minute load average from other processes that earns a warning
+
+
+def time_text(entry, source_has_it=True):
+    """A median, starred when its repetitions spread widely (a busy machine).
+    The interquartile range, unlike max - min, shrugs off one outlier."""
+    if not source_has_it:
+        return "-"
+    t = median_of(entry)
+    times = (entry or {}).get("times_s") or []
+    noisy = False
+    if t and len(times) > 1:
+        q1, _, q3 = statistics.quantiles(times, n=4)
+        noisy = (q3 - q1) / t > NOISY_SPREAD
+    return fmt_time(t) + ("*" if noisy else "")
+
+
+def evaluate(selected, res):
+    """Fills each row's derived numbers: best torch time, speedup, rates and
+    whether its target is met. Returns the rows as dicts (the JSON)."""
+    rows = {}
+    for w in selected:
+        r = res[w.key]
+        lt = median_of(r.get("loom"))
+        # Note [References under load]
+        peak = (res.get("peak_fma", {}).get("loom") or {}).get("best_flops_per_s") if w.ref == "peak_fma" else None
+        stream = median_of(r.get("ref")) if w.ref == "stream_add" else None
+        torch_times = [t for t in (median_of(r.get("torch_installed")), median_of(r.get("torch_tuned"))) if t]
+        best = min(torch_times) if torch_times else None
+        row = dict(r, loom_s=lt, torch_best_s=best,
+                   speedup=best / lt if best and lt else None)
+        if w.key == "peak_fma":
+            flops = (r.get("loom") or {}).get("best_flops_per_s")
+            row["loom_gflops"] = flops / 1e9 if flops else None
+        if w.flops and lt:
+            row["loom_gflops"] = w.flops / lt / 1e9
+            row["torch_gflops"] = w.flops / best / 1e9 if best else None
+            if peak:
+                row["loom_peak_frac"] = w.flops / lt / peak
+                row["torch_peak_frac"] = w.flops / best / peak if best else None
+        if w.bytes and lt:
+            row["loom_gbs"] = w.bytes / lt / 1e9
+            row["torch_gbs"] = w.bytes / best / 1e9 if best else None
+        def at_least(value, bar):  # None when it cannot be told
+            return None if value is None else value >= bar
+
+        checks = []  # (text, met)
+        if w.min_speedup:
+            checks.append((f">={w.min_speedup:g}x", at_least(row["speedup"], w.min_speedup)))
+        if w.key == PEAK_FRACTION_TARGET[0]:
+            bar = PEAK_FRACTION_TARGET[1]
+            checks.append((f">={bar:.0%} peak", at_least(row.get("loom_peak_frac"), bar)))
+        if w.key == STREAM_FRACTION_TARGET[0]:
+            bar = STREAM_FRACTION_TARGET[1]
+            row["stream_frac"] = stream / lt if stream and lt else None
+            checks.append((f">={bar:.0%} STREAM", at_least(row["stream_frac"], bar)))
+        if checks:
+            row["target"] = ", ".join(t for t, _ in checks)
+            row["met"] = None if any(m is None for _, m in checks) else all(m for _, m in checks)
+        rows[w.key] = row
+    return rows
+
+
+def rate_text(w, row):
+    """Throughput of loom and of the faster torch, with % of FMA peak for GEMMs."""
+    def gflops(g, frac):
+        return "" if g is None else f"{g:.0f}" + (f" ({frac:.0%})" if frac is not None else "")
+    if w.key == "peak_fma":
+        loom = row.get("loom") or {}
+        if not loom.get("flops_per_s"):
+            return ""
+        median = statistics.median(loom["flops_per_s"]) / 1e9
+        return f"best {row['loom_gflops']:.0f}, median {median:.0f} GFLOP/s {loom.get('label', '')}"
+    if w.flops and row.get("loom_gflops"):
+        return f"{gflops(row['loom_gflops'], row.get('loom_peak_frac'))} | " \
+               f"{gflops(row.get('torch_gflops'), row.get('torch_peak_frac')) or '-'} GFLOP/s"
+    if w.bytes and row.get("loom_gbs"):
+        torch_gbs = f"{row['torch_gbs']:.1f}" if row.get("torch_gbs") else "-"
+        extra = f"  ({row['stream_frac']:.0%} of STREAM)" if row.get("stream_frac") else ""
+        return f"{row['loom_gbs']:.1f} | {torch_gbs} GB/s{extra}"
+    return ""
+
+
+def print_table(args, selected, rows, meta):
+    installed = meta.get("openblas_installed") or "?"
+    tuned = meta.get("coretype_tuned")
+    print(f"threads: {args.threads}   medians of {args.rounds} rounds x {args.repetitions} repetitions "
+          f"(>= {args.min_time} s each), MLP: {args.epochs} epochs   torch {meta.get('torch') or 'n/a'}")
+    load = os.getloadavg()[0]
+    if meta["loadavg"][0] > BUSY_LOAD or load > args.threads + BUSY_LOAD:
+        print(f"warning: the machine was busy (load average {meta['loadavg'][0]:.2f} before the run, {load:.2f} "
+              f"after it, with {args.threads} threads of ours): other processes share these cores, so the "
+              f"numbers swing; rerun when it is idle")
+    if meta.get("coretype_probe_s"):
+        probe = ", ".join(f"{k} {fmt_time(v)}" for k, v in meta["coretype_probe_s"].items())
+        print(f"OpenBLAS: as installed it runs {installed} kernels; tuned: OPENBLAS_CORETYPE={tuned} "
+              f"(torch {PROBE_WORKLOAD}: {probe})")
+    header = (f"{'workload':<27}{'loom':>10}{'torch':>10}{'tuned':>10}{'speedup':>9}  "
+              f"{'rate: loom | best torch':<36}{'target':<22}{'':<6}")
+    print(header)
+    print("-" * len(header.rstrip()))
+    group = None
+    for w in selected:
+        if group is not None and w.group != group:
+            print()
+        group = w.group
+        row = rows[w.key]
+        if w.source == "dispatch" and row.get("torch_installed"):
+            tt_text = "(same)"  # one libtorch C++ run: BLAS plays no part
+        else:
+            tt_text = time_text(row.get("torch_tuned"), w.source in ("ops", "epoch"))
+        ti_text = time_text(row.get("torch_installed"), w.source != "ref")
+        # Truncated, not rounded, so a shown 1.10x never sits next to a missed 1.1x target.
+        speed = f"{math.floor(row['speedup'] * 100) / 100:.2f}x" if row.get("speedup") else "-"
+        met = "" if "met" not in row else {True: "met", False: "MISSED", None: "?"}[row["met"]]
+        print(f"{w.desc:<27}{time_text(row.get('loom')):>10}{ti_text:>10}{tt_text:>10}{speed:>9}  "
+              f"{rate_text(w, row):<36}{row.get('target', ''):<22}{met}")
+    print()
+    print("speedup = faster torch / loom (above 1: loom is faster). torch: as installed (OPENBLAS_CORETYPE unset);\n"
+          "tuned: with the probed OPENBLAS_CORETYPE. Dispatch rows: libtorch C++. GEMM rates: GFLOP/s (% of the FMA\n"
+          "probe's best repetition); the add's share of STREAM is against the loop run next to it.\n"
+          "Targets on time: MLP epoch >=2.5x is loom <= 0.4x torch; dispatch >=2x is loom <= 0.5x libtorch.\n"
+          f"* the middle half of the repetitions spans more than {NOISY_SPREAD:.0%} of the median (a busy machine).")
+    if rows.get("add_f32", {}).get("torch_best_s"):
+        print("add 2^24: each torch a + b allocates 64 MiB, which glibc maps fresh and the kernel faults in on every\n"
+              "call (blocks above 32 MiB skip malloc's reuse); loom's caching allocator reuses its block.")
+    if "mlp_epoch" in rows:
+        r = rows["mlp_epoch"]
+        accs = [f"{side} {r[side]['test_acc']:.2%}" for side in ("loom", "torch_installed", "torch_tuned")
+                if r.get(side) and "test_acc" in r[side]]
+        if accs:
+            print(f"MLP test accuracy after {args.epochs} epochs: " + ", ".join(accs))
+    targets = [w.key for w in selected if "met" in rows[w.key]]
+    missed = [k for k in targets if rows[k]["met"] is not True]
+    print(f"targets: {len(targets) - len(missed)}/{len(targets)} met" +
+          (f"; missed or unknown: {', '.join(missed)}" if missed else ""))
 
 
 def main():
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bench-bin", default=os.path.join("build-bench", "bench", "bench_ops"))
+    p.add_argument("--build-dir", default=os.path.join(ROOT, "build-bench"),
+                   help="where bench/bench_ops, bench/torch_dispatch and loom were built")
+    p.add_argument("--bench-bin", help="default: BUILD_DIR/bench/bench_ops")
+    p.add_argument("--dispatch-bin", help="default: BUILD_DIR/bench/torch_dispatch")
+    p.add_argument("--loom-bin", help="default: BUILD_DIR/loom")
     p.add_argument("--python", default="/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable,
                    help="a Python that can import torch")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--threads", type=int, default=nproc)
     p.add_argument("--repetitions", type=int, default=5)
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per repetition (at least)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="turns loom and torch take on each micro-benchmark (repetitions pooled)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of the MLP run on each side (median reported)")
+    p.add_argument("--only", default="", help=f"comma-separated groups ({', '.join(GROUPS)}) or workload names")
+    p.add_argument("--coretypes", default=",".join(CORETYPES),
+                   help="OPENBLAS_CORETYPE values to probe for the tuned torch run ('' for none)")
+    p.add_argument("--json", help="write the raw results here (default: BUILD_DIR/bench_results.json)")
     args = p.parse_args()
+    args.bench_bin = args.bench_bin or os.path.join(args.build_dir, "bench", "bench_ops")
+    args.dispatch_bin = args.dispatch_bin or os.path.join(args.build_dir, "bench", "torch_dispatch")
+    args.loom_bin = args.loom_bin or os.path.join(args.build_dir, "loom")
+    args.json = args.json or os.path.join(args.build_dir, "bench_results.json")
+    args.work_dir = args.build_dir
+    args.coretypes = [c for c in args.coretypes.split(",") if c]
+    if not shutil.which(args.bench_bin):
+        sys.exit(f"run.py: {args.bench_bin} not found; build it with `make bench`")
 
-    loom = run_loom(args)
-    torch, torch_note = run_torch(args)
-    torch = torch or {}
-
-    print(f"threads: {args.threads}   repetitions: {args.repetitions}   {torch_note}")
-    header = f"{'workload':<30}{'loom median':>14}{'torch median':>14}{'loom/torch':>12}"
-    print(header)
-    print("-" * len(header))
-    for key, desc in WORKLOADS:
-        lt, tt = loom.get(key), torch.get(key)
-        ratio = f"{lt / tt:.2f}" if lt is not None and tt else "n/a"
-        print(f"{desc:<30}{fmt_time(lt):>14}{fmt_time(tt):>14}{ratio:>12}")
+    start = time.monotonic()
+    selected = select(args.only)
+    res, meta = collect(args, selected)
+    rows = evaluate(selected, res)
+    wall = time.monotonic() - start
+    print_table(args, selected, rows, meta)
+    print(f"wall time of the runs: {wall:.0f} s")
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"threads": args.threads, "rounds": args.rounds, "repetitions": args.repetitions,
+                   "min_time_s": args.min_time,
+                   "epochs": args.epochs, "meta": meta, "wall_s": wall, "workloads": rows}, f, indent=1)
+    print(f"raw results: {args.json}")
 
 
 if __name__ == "__main__":

@@ -8,20 +8,28 @@ optimizer (AdamW lr 1e-3, weight_decay 0.01) and schedule (cosine decay to 0,
 stepped every batch; --schedule constant turns it off), same epochs and thread
 count as `loom train --model mlp --dataset fashion-mnist`.
 Prints one line per epoch (train loss, test loss and accuracy, seconds,
-samples/s) and a summary line.
+samples/s) and a summary line. With --json those go to stderr, and stdout
+gets one JSON object for bench/run.py: {"torch": version, "threads": n,
+"openblas_core": name or null, "epoch_seconds": [...], "test_acc": last
+accuracy}. Epoch seconds count the training loop only, not the test pass,
+as `loom train` does. OpenBLAS runs on --threads threads too.
 
     /usr/bin/python3 bench/torch_mlp.py --threads 2 --epochs 5
 """
 import argparse
 import gzip
+import json
 import os
 import struct
+import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from torch_ops import openblas  # bench/ is on sys.path when run as a script
 
 
 def read_idx(path):
@@ -68,9 +76,12 @@ def main():
     p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="log to stderr, print a JSON summary on stdout")
     args = p.parse_args()
+    log = sys.stderr if args.json else sys.stdout
 
     torch.set_num_threads(args.threads)
+    core = openblas(args.threads)
     torch.manual_seed(args.seed)
     x_train, y_train = load(args.data_dir, "train")
     x_test, y_test = load(args.data_dir, "t10k")
@@ -84,8 +95,8 @@ def main():
     sched = None
     if args.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs * batches_per_epoch)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {n} train images")
-    total = 0.0
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {n} train images", file=log)
+    epoch_seconds = []
     for epoch in range(1, args.epochs + 1):
         g = torch.Generator().manual_seed(args.seed * 1000003 + epoch)
         perm = torch.randperm(n, generator=g)
@@ -102,14 +113,18 @@ def main():
             loss_sum += loss.item()
             batches += 1
         seconds = time.perf_counter() - start
-        total += seconds
+        epoch_seconds.append(seconds)
         test_loss, test_acc = evaluate(model, x_test, y_test)
         print(
             f"epoch {epoch}: train_loss {loss_sum / batches:.4f}  test_loss {test_loss:.4f}  "
-            f"test_acc {100 * test_acc:.2f}%  {seconds:.2f} s  {n / seconds:.0f} samples/s"
+            f"test_acc {100 * test_acc:.2f}%  {seconds:.2f} s  {n / seconds:.0f} samples/s",
+            file=log, flush=True,
         )
-    print(f"torch: test accuracy {100 * test_acc:.2f}%, {total / args.epochs:.2f} s/epoch "
-          f"({args.threads} threads, batch {args.batch_size})")
+    print(f"torch: test accuracy {100 * test_acc:.2f}%, {sum(epoch_seconds) / args.epochs:.2f} s/epoch "
+          f"({args.threads} threads, batch {args.batch_size})", file=log)
+    if args.json:
+        print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "openblas_core": core, "epoch_seconds": epoch_seconds, "test_acc": test_acc}))
 
 
 if __name__ == "__main__":

@@ -1,32 +1,96 @@
 #!/usr/bin/env python3
-"""The workloads of bench_ops.cpp in PyTorch, for bench/run.py.
+"""The workloads of bench_ops.cpp in PyTorch, under the same names, for
+bench/run.py.
 
-Prints one JSON object: {"torch": version, "threads": n, "results":
-{workload: {"median_s": t, "times_s": [...]}}}, where each time is the mean
-seconds per iteration of one repetition, as Google Benchmark reports them.
+Prints one JSON object: {"torch": version, "threads": n, "openblas_core":
+name or null, "results": {workload: {"median_s": t, "times_s": [...]}}},
+where each time is the mean seconds per call of one repetition, as Google
+Benchmark reports them. With --serve it times workloads named on stdin
+instead, one JSON line each (see serve()).
+
+    /usr/bin/python3 bench/torch_ops.py --threads 2 --only sgemm_1024,softmax
 """
 import argparse
+import ctypes
 import json
 import statistics
+import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
-ELEMENTWISE_N = 1 << 22
-MATMUL_N = 512
+STREAM_N = 1 << 24
+ROWS, COLS = 4096, 1024
+# nn.Linear(784, 512) and (512, 256) at batch 128, as M, K, N, A stored
+# transposed, B stored transposed (see bench_ops.cpp).
+MLP_GEMMS = {
+    "mlp_fc1_fwd": (128, 784, 512, False, True),
+    "mlp_fc1_grad_x": (128, 512, 784, False, False),
+    "mlp_fc1_grad_w": (512, 128, 784, True, False),
+    "mlp_fc2_fwd": (128, 512, 256, False, True),
+    "mlp_fc2_grad_x": (128, 256, 512, False, False),
+    "mlp_fc2_grad_w": (256, 128, 512, True, False),
+}
 
 
-def workloads():
-    # Same shapes and dtypes as bench_ops.cpp; inputs made once, outside timing.
-    a = torch.rand(ELEMENTWISE_N)
-    b = torch.rand(ELEMENTWISE_N)
-    ma = torch.rand(MATMUL_N, MATMUL_N)
-    mb = torch.rand(MATMUL_N, MATMUL_N)
-    return {
-        "add_f32": lambda: a + b,
-        "sum_f32": lambda: a.sum(),
-        "matmul_f32": lambda: ma @ mb,
-    }
+def gemm(m, k, n, trans_a=False, trans_b=False):
+    # A transposed operand is stored transposed and used through .t(), as in
+    # nn.Linear: a strided view, no copy.
+    a = torch.rand(k, m).t() if trans_a else torch.rand(m, k)
+    b = torch.rand(n, k).t() if trans_b else torch.rand(k, n)
+    return lambda: a @ b
+
+
+def softmax_fwd_bwd():
+    x = torch.randn(ROWS, COLS, requires_grad=True)
+    gy = torch.randn(ROWS, COLS)
+    return lambda: torch.autograd.grad(torch.softmax(x, -1), x, gy)
+
+
+def layer_norm_fwd_bwd():
+    x = torch.randn(ROWS, COLS, requires_grad=True)
+    w = torch.randn(COLS, requires_grad=True)
+    b = torch.randn(COLS, requires_grad=True)
+    gy = torch.randn(ROWS, COLS)
+    return lambda: torch.autograd.grad(F.layer_norm(x, (COLS,), w, b), (x, w, b), gy)
+
+
+def make_workloads():
+    """name -> factory returning the timed callable; the factory makes the
+    inputs, once, outside timing. Only the selected ones are built."""
+    w = {f"sgemm_{n}": (lambda n=n: gemm(n, n, n)) for n in (256, 512, 1024, 2048)}
+    for name, shape in MLP_GEMMS.items():
+        w[name] = lambda shape=shape: gemm(*shape)
+
+    def add():
+        # Each call's 64 MiB result is above glibc's largest mmap threshold
+        # (32 MiB), so it is mapped and faulted in anew: that is part of what
+        # `a + b` costs in PyTorch at this size, and is timed.
+        a, b = torch.rand(STREAM_N), torch.rand(STREAM_N)
+        return lambda: a + b
+
+    def total():
+        a = torch.rand(STREAM_N)
+        return lambda: a.sum()
+
+    def softmax():
+        x = torch.randn(ROWS, COLS)
+        return lambda: torch.softmax(x, -1)
+
+    def layer_norm():
+        x, w_, b_ = torch.randn(ROWS, COLS), torch.randn(COLS), torch.randn(COLS)
+        return lambda: F.layer_norm(x, (COLS,), w_, b_)
+
+    w.update({
+        "add_f32": add,
+        "sum_f32": total,
+        "softmax": softmax,
+        "layer_norm": layer_norm,
+        "softmax_fwd_bwd": softmax_fwd_bwd,
+        "layer_norm_fwd_bwd": layer_norm_fwd_bwd,
+    })
+    return w
 
 
 def time_repetition(fn, min_time):
@@ -43,21 +107,65 @@ def time_repetition(fn, min_time):
         iters = max(iters + 1, min(iters * 10, int(iters * 1.4 * min_time / max(elapsed, 1e-9))))
 
 
+def openblas(threads):
+    """Pins OpenBLAS (PyTorch's BLAS here, through libblas.so.3) to `threads`
+    threads, which torch.set_num_threads does not do for a generic BLAS, and
+    returns the kernel set it runs (OPENBLAS_CORETYPE or its CPU detection);
+    None when the BLAS is not OpenBLAS."""
+    try:
+        lib = ctypes.CDLL("libblas.so.3")
+        lib.openblas_set_num_threads(threads)
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        return lib.openblas_get_corename().decode()
+    except (OSError, AttributeError):
+        return None
+
+
+def time_workload(factory, args):
+    fn = factory()  # inputs made here, freed when fn goes
+    fn()  # warm-up: first-call allocations and thread start-up
+    times = [time_repetition(fn, args.min_time) for _ in range(args.repetitions)]
+    return {"median_s": statistics.median(times), "times_s": times}
+
+
+def serve(args, factories, header):
+    """--serve: prints `header` as a JSON line, then for each workload name
+    read from stdin one JSON line {"name": n, "median_s": t, "times_s": [...]}
+    (or {"name": n, "error": why}). run.py keeps one such process per
+    OpenBLAS setting, so it can alternate loom and torch workload by workload
+    without paying for PyTorch's import each time."""
+    print(json.dumps(header), flush=True)
+    for line in sys.stdin:
+        name = line.strip()
+        if not name:
+            continue
+        if name in factories:
+            reply = dict(name=name, **time_workload(factories[name], args))
+        else:
+            reply = {"name": name, "error": f"unknown workload; known: {', '.join(factories)}"}
+        print(json.dumps(reply), flush=True)
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--repetitions", type=int, default=5)
     p.add_argument("--min-time", type=float, default=0.2)
+    p.add_argument("--only", default="", help="comma-separated workload names (default: all)")
+    p.add_argument("--serve", action="store_true", help="time the workloads named on stdin, one per line")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
-    results = {}
-    with torch.no_grad():
-        for name, fn in workloads().items():
-            fn()  # warm-up: first-call allocations and thread start-up
-            times = [time_repetition(fn, args.min_time) for _ in range(args.repetitions)]
-            results[name] = {"median_s": statistics.median(times), "times_s": times}
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}))
+    header = {"torch": torch.__version__, "threads": torch.get_num_threads(), "openblas_core": openblas(args.threads)}
+    factories = make_workloads()
+    if args.serve:
+        serve(args, factories, header)
+        return
+    names = [n for n in args.only.split(",") if n] or list(factories)
+    unknown = [n for n in names if n not in factories]
+    if unknown:
+        p.error(f"unknown workloads {unknown}; known: {', '.join(factories)}")
+    print(json.dumps(dict(header, results={name: time_workload(factories[name], args) for name in names})))
 
 
 if __name__ == "__main__":
