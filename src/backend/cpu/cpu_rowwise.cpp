@@ -338,26 +338,36 @@ void LayerNormBackward(const KernelCall& c) {
     const float *pg = data_ptr<float>(g), *px = data_ptr<float>(x), *ps = data_ptr<float>(stats);
     const float* pw = w ? data_ptr<float>(w) : nullptr;
     float* pd = data_ptr<float>(dx);
-    parallel_for(0, m, rows_grain(n), [&](int64_t lo, int64_t hi) {
-      for (int64_t r = lo; r < hi; ++r)
-        k.layer_norm_backward_row_f32(pg + r * n, px + r * n, pw, ps[2 * r], ps[2 * r + 1], pd + r * n, n);
+    // Note [LayerNorm weight gradient in row chunks]
+    // Rows go in fixed chunks, sized so a chunk's g and x (2 * chunk * n
+    // floats) stay in a 1 MiB L2 between the dx pass and the weight/bias
+    // pass over the same rows: memory is read once. Each chunk sums its rows
+    // for every column in order, in double, from zero; the chunk sums are
+    // then added in chunk order. The chunks depend on m and n only, so the
+    // result does not depend on the thread count. (Summing each column over
+    // all rows in one strided pass read g and x from memory a second time,
+    // and took twice as long as the dx pass.)
+    const int64_t chunk = std::max<int64_t>({1, (int64_t{1} << 16) / n, (m + 255) / 256});
+    const int64_t chunks = (m + chunk - 1) / chunk;
+    std::vector<double> partial(dwb ? static_cast<size_t>(chunks * 2 * n) : 0, 0.0);
+    parallel_for(0, chunks, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t ci = lo; ci < hi; ++ci) {
+        const int64_t r0 = ci * chunk, r1 = std::min(m, r0 + chunk);
+        for (int64_t r = r0; r < r1; ++r)
+          k.layer_norm_backward_row_f32(pg + r * n, px + r * n, pw, ps[2 * r], ps[2 * r + 1], pd + r * n, n);
+        if (dwb) {
+          double* acc = partial.data() + ci * 2 * n;
+          k.layer_norm_backward_cols_f32(pg + r0 * n, px + r0 * n, n, ps + 2 * r0, r1 - r0, n, acc, acc + n);
+        }
+      }
     });
     if (dwb) {
-      // Columns split across threads in blocks of 64; each column sums its rows in order.
-      std::vector<double> acc(static_cast<size_t>(2 * n), 0.0);
       float* pwb = data_ptr<float>(dwb);
-      constexpr int64_t kCols = 64;
-      const int64_t blocks = (n + kCols - 1) / kCols;
-      parallel_for(0, blocks, std::max<int64_t>(1, kGrain / (m * kCols)), [&](int64_t lo, int64_t hi) {
-        for (int64_t bi = lo; bi < hi; ++bi) {
-          const int64_t j0 = bi * kCols, w_ = std::min(kCols, n - j0);
-          k.layer_norm_backward_cols_f32(pg + j0, px + j0, n, ps, m, w_, acc.data() + j0, acc.data() + n + j0);
-          for (int64_t j = j0; j < j0 + w_; ++j) {
-            pwb[j] = static_cast<float>(acc[static_cast<size_t>(j)]);
-            pwb[n + j] = static_cast<float>(acc[static_cast<size_t>(n + j)]);
-          }
-        }
-      });
+      for (int64_t j = 0; j < 2 * n; ++j) {
+        double total = 0.0;
+        for (int64_t ci = 0; ci < chunks; ++ci) total += partial[static_cast<size_t>(ci * 2 * n + j)];
+        pwb[j] = static_cast<float>(total);
+      }
     }
     return;
   }
