@@ -352,6 +352,7 @@ def collect(args, selected):
             for rnd in range(args.rounds):
                 for side, worker in turns if rnd % 2 == 0 else reversed(turns):
                     log(f"[{w.key} {rnd + 1}/{args.rounds}] {worker.label if worker else 'loom'}")
+                    time.sleep(args.settle)
                     if worker:
                         merge(res, w.key, side, worker.run(w.key))
                         continue
@@ -564,6 +565,9 @@ def main():
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per repetition (at least)")
     p.add_argument("--rounds", type=int, default=2,
                    help="turns loom and torch take on each micro-benchmark (repetitions pooled)")
+    p.add_argument("--settle", type=float, default=0.3,
+                   help="seconds to wait before each turn, so the threads of the side that ran last (OpenBLAS "
+                        "and OpenMP spin a while after a call) are idle when the next side starts timing")
     p.add_argument("--epochs", type=int, default=3, help="epochs of the MLP run on each side (median reported)")
     p.add_argument("--only", default="", help=f"comma-separated groups ({', '.join(GROUPS)}) or workload names")
     p.add_argument("--coretypes", default=",".join(CORETYPES),
