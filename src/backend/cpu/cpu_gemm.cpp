@@ -458,11 +458,14 @@ void sgemm(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k, SgemmInp
     threads = grid.tm * grid.tn;
   }
 
-  // Packing space per thread: one block of A and one of B, each starting on
-  // a 64-byte line (the micro-kernels load B panels with aligned loads).
+  // Packing space per thread: one block of A and one of B for the largest
+  // rectangle a thread computes, each starting on a 64-byte line.
+  const int64_t m_tiles = ceil_div(m, g.mr), n_tiles = ceil_div(n, g.nr);
+  const int64_t rect_m = by_item ? m : std::min(m, ceil_div(m_tiles, grid.tm) * g.mr);
+  const int64_t rect_n = by_item ? n : std::min(n, ceil_div(n_tiles, grid.tn) * g.nr);
   const int64_t kc = depth_block(g, k);
-  const size_t ap_floats = static_cast<size_t>(round_up(round_up(std::min(g.mc, m), g.mr) * kc, 16));
-  const size_t bp_floats = static_cast<size_t>(round_up(round_up(std::min(g.nc, n), g.nr) * kc, 16));
+  const size_t ap_floats = static_cast<size_t>(round_up(round_up(std::min(g.mc, rect_m), g.mr) * kc, 16));
+  const size_t bp_floats = static_cast<size_t>(round_up(round_up(std::min(g.nc, rect_n), g.nr) * kc, 16));
   const size_t per_thread = ap_floats + bp_floats;
   float* const pack = t_pack_buffer.get(per_thread * static_cast<size_t>(threads));
 
@@ -479,7 +482,6 @@ void sgemm(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k, SgemmInp
     for (int64_t bi = 0; bi < batch; ++bi) run(bi, 0, m, 0, n, 0);
     return;
   }
-  const int64_t m_tiles = ceil_div(m, g.mr), n_tiles = ceil_div(n, g.nr);
   // The work is dealt out by id over the team size asked for, whichever
   // threads end up running it (parallel_team may run the ids inline).
   parallel_team(threads, [&](int id, int team) {
