@@ -15,7 +15,7 @@ CTEST_ARGS ?= --output-on-failure --no-tests=error -j$(JOBS)
 PYTHON     ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 
 DEPS       := build-essential cmake libgtest-dev libgmock-dev libbenchmark-dev libomp-dev zlib1g-dev \
-              nlohmann-json3-dev libcli11-dev dataset-fashion-mnist
+              nlohmann-json3-dev libcli11-dev libpng-dev dataset-fashion-mnist
 BENCH_DEPS := python3 python3-torch libtorch-dev libopenblas0-pthread
 
 # $(call ensure_packages,pkgs): installs the Debian packages in `pkgs` that
@@ -60,7 +60,7 @@ test: build
 	cd $(BUILD_DIR) && ctest $(CTEST_ARGS)
 
 # Builds loom's benchmarks, the libtorch dispatch reference and the `loom`
-# command (for the MLP epoch), then bench/run.py runs them against PyTorch on
+# command (for the MLP and CNN epochs), then bench/run.py runs them against PyTorch on
 # BENCH_THREADS threads and prints the table; raw numbers go to
 # $(BENCH_DIR)/bench_results.json. BENCH_ARGS passes more flags to run.py,
 # e.g. make bench BENCH_ARGS="--only sgemm,dispatch".

@@ -244,6 +244,42 @@ void BM_layer_norm_fwd_bwd(benchmark::State& state) {
   }
 }
 
+// ---- convolution ----
+// conv2d at stride 1 with bias: x (N, C, H, W), w (O, C, K, K), b (O).
+// With `backward`, forward and then the gradients w.r.t. x, w and b from a
+// fixed upstream gradient gy (N, O, OH, OW): the backward of sum(y * gy).
+struct ConvShape {
+  const char* name;
+  int64_t n, c, h, w, o, k, padding;
+};
+
+void BM_conv2d(benchmark::State& state, ConvShape s, bool backward) {
+  loom::Tensor x = loom::randn({s.n, s.c, s.h, s.w}), w = loom::randn({s.o, s.c, s.k, s.k});
+  loom::Tensor b = loom::randn({s.o});
+  const int64_t oh = s.h + 2 * s.padding - s.k + 1, ow = s.w + 2 * s.padding - s.k + 1;
+  loom::Tensor gy = loom::randn({s.n, s.o, oh, ow});
+  if (backward) {
+    x.requires_grad_();
+    w.requires_grad_();
+    b.requires_grad_();
+  }
+  auto forward = [&] { return loom::conv2d(x, w, b, {1}, {s.padding}); };
+  auto step = [&] { return loom::autograd::grad({forward()}, {x, w, b}, {gy}); };
+  if (backward) {
+    step();  // warm-up
+    for (auto _ : state) {
+      std::vector<loom::Tensor> g = step();
+      benchmark::DoNotOptimize(g[0].raw_data_ptr());
+    }
+  } else {
+    benchmark::DoNotOptimize(forward().raw_data_ptr());  // warm-up
+    for (auto _ : state) {
+      loom::Tensor y = forward();
+      benchmark::DoNotOptimize(y.raw_data_ptr());
+    }
+  }
+}
+
 // ---- dispatch overhead ----
 // c = a + b on 10 floats: the time is the op's fixed cost (checks, dtype and
 // broadcast rules, allocation, kernel call), the arithmetic is nothing.
@@ -297,6 +333,17 @@ void register_benchmarks() {
   reg("layer_norm", BM_layer_norm)->Unit(kMillisecond);
   reg("softmax_fwd_bwd", BM_softmax_fwd_bwd)->Unit(kMillisecond);
   reg("layer_norm_fwd_bwd", BM_layer_norm_fwd_bwd)->Unit(kMillisecond);
+  // The CNN's two layers and a ResNet9 128-channel 3x3 layer at batch 128,
+  // that layer also on the 1x1 maps it sees in needle's ResNet9 on 32x32
+  // input; "_fwd" rows time the forward alone.
+  const ConvShape cnn_conv1{"cnn_conv1", 128, 1, 28, 28, 32, 3, 1};
+  const ConvShape cnn_conv2{"cnn_conv2", 128, 32, 14, 14, 64, 3, 1};
+  const ConvShape resnet9_conv128{"resnet9_conv128", 128, 128, 16, 16, 128, 3, 1};
+  const ConvShape resnet9_conv128_1x1map{"resnet9_conv128_1x1map", 128, 128, 1, 1, 128, 3, 1};
+  for (const ConvShape& s : {cnn_conv1, cnn_conv2, resnet9_conv128, resnet9_conv128_1x1map})
+    reg(s.name, BM_conv2d, s, true)->Unit(kMillisecond);
+  for (const ConvShape& s : {cnn_conv2, resnet9_conv128})
+    reg(std::string(s.name) + "_fwd", BM_conv2d, s, false)->Unit(kMillisecond);
   reg("dispatch_add", BM_dispatch_add, false)->Unit(kNanosecond);
   reg("dispatch_add_autograd", BM_dispatch_add, true)->Unit(kNanosecond);
 }

@@ -4,8 +4,8 @@
 
 Runs loom's benchmarks (bench_ops, Google Benchmark), the same workloads in
 PyTorch (torch_ops.py), libtorch's C++ dispatch cost (torch_dispatch) and
-epochs of training the Fashion-MNIST MLP (`loom train` against
-torch_mlp.py), then prints medians, rates and speedups, and writes the raw
+epochs of training the Fashion-MNIST MLP and CNN (`loom train` against
+torch_train.py), then prints medians, rates and speedups, and writes the raw
 numbers as JSON.
 
 PyTorch runs twice (Note [PyTorch as installed and tuned]): "installed" with
@@ -18,6 +18,7 @@ speedup = torch time / loom time: above 1, loom is faster.
 
     python3 bench/run.py                        # everything (as `make bench`)
     python3 bench/run.py --only sgemm,dispatch  # groups or workload names
+    python3 bench/run.py --only conv,cnn_epoch
 """
 import argparse
 import csv
@@ -41,15 +42,18 @@ class Workload:
     """One row. `source` says who times it: "ops" (bench_ops against
     torch_ops.py), "ref" (bench_ops only: a machine reference), "dispatch"
     (bench_ops against torch_dispatch), "epoch" (loom train against
-    torch_mlp.py). `flops` / `bytes` per call give the rate columns.
+    torch_train.py, the model named by `model`). `flops` / `bytes` per call
+    give the rate columns.
     `ref` names the machine reference the row is measured against (the FMA
     peak, the STREAM loop): it runs in the same bench_ops process, next to
     the row, every round (Note [References under load]). `min_speedup` is
     the target on torch time / loom time."""
 
-    def __init__(self, key, desc, group, source="ops", flops=None, bytes=None, ref=None, min_speedup=None):
+    def __init__(self, key, desc, group, source="ops", flops=None, bytes=None, ref=None, min_speedup=None,
+                 model=None):
         self.key, self.desc, self.group, self.source = key, desc, group, source
         self.flops, self.bytes, self.ref, self.min_speedup = flops, bytes, ref, min_speedup
+        self.model = model
 
 
 STREAM_N = 1 << 24
@@ -57,6 +61,26 @@ STREAM_N = 1 << 24
 
 def gemm_flops(m, k, n):
     return 2.0 * m * k * n
+
+
+def conv_flops(n, c, h, w, o, k, padding):
+    """One conv2d (stride 1) as the GEMM it amounts to: 2 N O OH OW C K K.
+    Its input and weight gradients are one such GEMM each. Taps that land
+    on padding count too, so a 3x3 kernel on a 1x1 map is credited 9x the
+    arithmetic that matters."""
+    oh, ow = h + 2 * padding - k + 1, w + 2 * padding - k + 1
+    return 2.0 * n * o * oh * ow * c * k * k
+
+
+# conv2d at batch 128, stride 1, with bias, as (N, C, H, W, O, K, padding);
+# the same table is in torch_ops.py and bench_ops.cpp.
+CONVS = {
+    "cnn_conv1": ("cnn conv1 1->32 28x28", (128, 1, 28, 28, 32, 3, 1)),
+    "cnn_conv2": ("cnn conv2 32->64 14x14", (128, 32, 14, 14, 64, 3, 1)),
+    "resnet9_conv128": ("resnet9 128->128 16x16", (128, 128, 16, 16, 128, 3, 1)),
+    "resnet9_conv128_1x1map": ("resnet9 128->128 1x1", (128, 128, 1, 1, 128, 3, 1)),
+}
+CONV_TARGET = 1 / 0.7  # loom's conv2d forward + backward at most 0.7x torch's time
 
 
 WORKLOADS = [
@@ -80,8 +104,17 @@ WORKLOADS = [
     Workload("layer_norm", "layer_norm 4096x1024", "rowwise", bytes=2 * 4 * 4096 * 1024, min_speedup=1.5),
     Workload("softmax_fwd_bwd", "softmax fwd+bwd", "rowwise"),
     Workload("layer_norm_fwd_bwd", "layer_norm fwd+bwd", "rowwise"),
+    # Forward and the backward w.r.t. input, weight and bias (three GEMMs'
+    # worth); "fwd" rows time the forward alone, to show where time goes.
+    *[Workload(key, f"{desc} f+b", "conv", flops=3 * conv_flops(*shape),
+               min_speedup=CONV_TARGET if key != "resnet9_conv128_1x1map" else None)
+      for key, (desc, shape) in CONVS.items()],
+    *[Workload(f"{key}_fwd", f"{CONVS[key][0]} fwd", "conv", flops=conv_flops(*CONVS[key][1]))
+      for key in ("cnn_conv2", "resnet9_conv128")],
     # loom time <= 0.4 x torch time, i.e. speedup >= 2.5.
-    Workload("mlp_epoch", "MLP epoch (Fashion-MNIST)", "epoch", source="epoch", min_speedup=2.5),
+    Workload("mlp_epoch", "MLP epoch (Fashion-MNIST)", "epoch", source="epoch", min_speedup=2.5, model="mlp"),
+    # loom time <= 0.5 x torch time.
+    Workload("cnn_epoch", "CNN epoch (Fashion-MNIST)", "epoch", source="epoch", min_speedup=2.0, model="cnn"),
     # loom time <= 0.5 x libtorch C++ time, i.e. speedup >= 2.
     Workload("dispatch_add", "dispatch add[10]", "dispatch", source="dispatch", min_speedup=2.0),
     Workload("dispatch_add_autograd", "dispatch add[10] autograd", "dispatch", source="dispatch", min_speedup=2.0),
@@ -167,17 +200,18 @@ def run_loom_ops(args, keys):
     return out
 
 
-def run_loom_epoch(args):
-    """Per-epoch training seconds of `loom train` from its metrics CSV (the
-    "seconds" column times the training loop only, not the test pass)."""
-    work = os.path.join(args.work_dir, "mlp_epoch")
+def run_loom_epoch(args, model):
+    """Per-epoch training seconds of `loom train --model <model>` from its
+    metrics CSV (the "seconds" column times the training loop only, not the
+    test pass)."""
+    work = os.path.join(args.work_dir, f"{model}_epoch")
     os.makedirs(work, exist_ok=True)
     metrics = os.path.join(work, "loom_metrics.csv")
     if os.path.exists(metrics):
         os.remove(metrics)  # loom appends to an existing file
-    cmd = [args.loom_bin, "train", "--model", "mlp", "--dataset", "fashion-mnist", "--epochs", str(args.epochs),
+    cmd = [args.loom_bin, "train", "--model", model, "--dataset", "fashion-mnist", "--epochs", str(args.epochs),
            "--batch-size", "128", "--optimizer", "adamw", "--lr", "0.001", "--threads", str(args.threads),
-           "--metrics", metrics, "--out", os.path.join(work, "loom_mlp.safetensors")]
+           "--metrics", metrics, "--out", os.path.join(work, f"loom_{model}.safetensors")]
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     except OSError as e:
@@ -270,11 +304,12 @@ def probe_coretype(args):
     return probe, best, workers.get(best)
 
 
-def run_torch_epoch(args, coretype):
-    """torch_mlp.py's JSON: per-epoch training seconds as "times_s"."""
-    cmd = [args.python, os.path.join(HERE, "torch_mlp.py"), "--threads", str(args.threads),
+def run_torch_epoch(args, model, coretype):
+    """torch_train.py's JSON: per-epoch training seconds as "times_s"."""
+    cmd = [args.python, os.path.join(HERE, "torch_train.py"), "--model", model, "--threads", str(args.threads),
            "--epochs", str(args.epochs), "--batch-size", "128", "--lr", "0.001", "--json"]
-    data = run_json(cmd, env=torch_env(args, coretype), what=f"torch_mlp.py ({coretype or 'installed'})")
+    data = run_json(cmd, env=torch_env(args, coretype),
+                    what=f"torch_train.py --model {model} ({coretype or 'installed'})")
     if data:
         data["times_s"] = data.pop("epoch_seconds")
     return data
@@ -376,15 +411,15 @@ def collect(args, selected):
 
     # An epoch is long enough to average out short bursts: one run of
     # --epochs epochs on each side.
-    if any(w.source == "epoch" for w in selected):
-        log(f"[mlp_epoch] loom train, {args.epochs} epochs")
-        merge(res, "mlp_epoch", "loom", run_loom_epoch(args))
+    for w in (w for w in selected if w.source == "epoch"):
+        log(f"[{w.key}] loom train --model {w.model}, {args.epochs} epochs")
+        merge(res, w.key, "loom", run_loom_epoch(args, w.model))
         for side, core in torch_sides:
-            log(f"[mlp_epoch] torch ({core or 'installed'}): torch_mlp.py, {args.epochs} epochs")
-            data = run_torch_epoch(args, core)
+            log(f"[{w.key}] torch ({core or 'installed'}): torch_train.py --model {w.model}, {args.epochs} epochs")
+            data = run_torch_epoch(args, w.model, core)
             if data:
                 note_torch(data, side)
-                merge(res, "mlp_epoch", side, data)
+                merge(res, w.key, side, data)
 
     for sides in res.values():
         for entry in sides.values():
@@ -456,7 +491,7 @@ def evaluate(selected, res):
 
         checks = []  # (text, met)
         if w.min_speedup:
-            checks.append((f">={w.min_speedup:g}x", at_least(row["speedup"], w.min_speedup)))
+            checks.append((speedup_target_text(w.min_speedup), at_least(row["speedup"], w.min_speedup)))
         if w.key == PEAK_FRACTION_TARGET[0]:
             bar = PEAK_FRACTION_TARGET[1]
             checks.append((f">={bar:.0%} peak", at_least(row.get("loom_peak_frac"), bar)))
@@ -469,6 +504,12 @@ def evaluate(selected, res):
             row["met"] = None if any(m is None for _, m in checks) else all(m for _, m in checks)
         rows[w.key] = row
     return rows
+
+
+def speedup_target_text(min_speedup):
+    """">=2.5x"; a bar set as a time ratio (1 / 0.7) reads as one: "time<=0.7x"."""
+    text = f"{min_speedup:g}"
+    return f">={text}x" if len(text) <= 4 else f"time<={1 / min_speedup:.3g}x"
 
 
 def rate_text(w, row):
@@ -495,7 +536,7 @@ def print_table(args, selected, rows, meta):
     installed = meta.get("openblas_installed") or "?"
     tuned = meta.get("coretype_tuned")
     print(f"threads: {args.threads}   medians of {args.rounds} rounds x {args.repetitions} repetitions "
-          f"(>= {args.min_time} s each), MLP: {args.epochs} epochs   torch {meta.get('torch') or 'n/a'}")
+          f"(>= {args.min_time} s each), epochs: {args.epochs} per run   torch {meta.get('torch') or 'n/a'}")
     load = os.getloadavg()[0]
     if meta["loadavg"][0] > BUSY_LOAD or load > args.threads + BUSY_LOAD:
         print(f"warning: the machine was busy (load average {meta['loadavg'][0]:.2f} before the run, {load:.2f} "
@@ -528,18 +569,21 @@ def print_table(args, selected, rows, meta):
     print()
     print("speedup = faster torch / loom (above 1: loom is faster). torch: as installed (OPENBLAS_CORETYPE unset);\n"
           "tuned: with the probed OPENBLAS_CORETYPE. Dispatch rows: libtorch C++. GEMM rates: GFLOP/s (% of the FMA\n"
-          "probe's best repetition); the add's share of STREAM is against the loop run next to it.\n"
-          "Targets on time: MLP epoch >=2.5x is loom <= 0.4x torch; dispatch >=2x is loom <= 0.5x libtorch.\n"
+          "probe's best repetition); the add's share of STREAM is against the loop run next to it. conv rows: batch\n"
+          "128, 3x3, padding 1; f+b is forward and the input, weight and bias gradients, rated as 3 GEMMs (torch's\n"
+          "conv2d runs oneDNN). time<=0.7x: loom's time at most 0.7x the faster torch's (speedup >= 1/0.7).\n"
+          "Targets on time: MLP epoch >=2.5x is loom <= 0.4x torch, CNN epoch >=2x is loom <= 0.5x;\n"
+          "dispatch >=2x is loom <= 0.5x libtorch.\n"
           f"* the middle half of the repetitions spans more than {NOISY_SPREAD:.0%} of the median (a busy machine).")
     if rows.get("add_f32", {}).get("torch_best_s"):
         print("add 2^24: each torch a + b allocates 64 MiB, which glibc maps fresh and the kernel faults in on every\n"
               "call (blocks above 32 MiB skip malloc's reuse); loom's caching allocator reuses its block.")
-    if "mlp_epoch" in rows:
-        r = rows["mlp_epoch"]
+    for w in (w for w in selected if w.source == "epoch"):
+        r = rows[w.key]
         accs = [f"{side} {r[side]['test_acc']:.2%}" for side in ("loom", "torch_installed", "torch_tuned")
                 if r.get(side) and "test_acc" in r[side]]
         if accs:
-            print(f"MLP test accuracy after {args.epochs} epochs: " + ", ".join(accs))
+            print(f"{w.model.upper()} test accuracy after {args.epochs} epochs: " + ", ".join(accs))
     targets = [w.key for w in selected if "met" in rows[w.key]]
     missed = [k for k in targets if rows[k]["met"] is not True]
     print(f"targets: {len(targets) - len(missed)}/{len(targets)} met" +
@@ -564,7 +608,8 @@ def main():
     p.add_argument("--settle", type=float, default=0.3,
                    help="seconds to wait before each turn, so the threads of the side that ran last (OpenBLAS "
                         "and OpenMP spin a while after a call) are idle when the next side starts timing")
-    p.add_argument("--epochs", type=int, default=3, help="epochs of the MLP run on each side (median reported)")
+    p.add_argument("--epochs", type=int, default=3,
+                   help="epochs of each training run (MLP, CNN) on each side (median reported)")
     p.add_argument("--only", default="", help=f"comma-separated groups ({', '.join(GROUPS)}) or workload names")
     p.add_argument("--coretypes", default=",".join(CORETYPES),
                    help="OPENBLAS_CORETYPE values to probe for the tuned torch run ('' for none)")

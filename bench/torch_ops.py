@@ -32,6 +32,16 @@ MLP_GEMMS = {
     "mlp_fc2_grad_x": (128, 256, 512, False, False),
     "mlp_fc2_grad_w": (256, 128, 512, True, False),
 }
+# conv2d at batch 128, stride 1, with bias: x (N, C, H, W), w (O, C, K, K),
+# padding. The rows time forward and the backward of sum(y * g) w.r.t. x, w
+# and b; a "_fwd" row times the forward alone (see bench_ops.cpp).
+CONVS = {
+    "cnn_conv1": (128, 1, 28, 28, 32, 3, 1),  # the CNN's first layer
+    "cnn_conv2": (128, 32, 14, 14, 64, 3, 1),  # its second, after a 2x2 max pool
+    "resnet9_conv128": (128, 128, 16, 16, 128, 3, 1),  # a ResNet9 128-channel 3x3 layer
+    "resnet9_conv128_1x1map": (128, 128, 1, 1, 128, 3, 1),  # the same layer on the 1x1 maps of needle's ResNet9
+}
+CONV_FWD = ("cnn_conv2", "resnet9_conv128")
 
 
 def gemm(m, k, n, trans_a=False, trans_b=False):
@@ -56,12 +66,27 @@ def layer_norm_fwd_bwd():
     return lambda: torch.autograd.grad(F.layer_norm(x, (COLS,), w, b), (x, w, b), gy)
 
 
+def conv(n, c, h, w, o, k, padding, backward=True):
+    x = torch.randn(n, c, h, w, requires_grad=backward)
+    weight = torch.randn(o, c, k, k, requires_grad=backward)
+    bias = torch.randn(o, requires_grad=backward)
+    if not backward:
+        return lambda: F.conv2d(x, weight, bias, padding=padding)
+    oh, ow = h + 2 * padding - k + 1, w + 2 * padding - k + 1
+    gy = torch.randn(n, o, oh, ow)
+    return lambda: torch.autograd.grad(F.conv2d(x, weight, bias, padding=padding), (x, weight, bias), gy)
+
+
 def make_workloads():
     """name -> factory returning the timed callable; the factory makes the
     inputs, once, outside timing. Only the selected ones are built."""
     w = {f"sgemm_{n}": (lambda n=n: gemm(n, n, n)) for n in (256, 512, 1024, 2048)}
     for name, shape in MLP_GEMMS.items():
         w[name] = lambda shape=shape: gemm(*shape)
+    for name, shape in CONVS.items():
+        w[name] = lambda shape=shape: conv(*shape)
+    for name in CONV_FWD:
+        w[name + "_fwd"] = lambda shape=CONVS[name]: conv(*shape, backward=False)
 
     def add():
         # Each call's 64 MiB result is above glibc's largest mmap threshold

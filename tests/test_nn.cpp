@@ -1228,4 +1228,205 @@ TEST(Init, ModuleDefaults) {
   EXPECT_EQ(degenerate(empty({2, 0})).sizes(), (std::vector<int64_t>{2, 3}));
 }
 
+// ---------------------------------------------------------------- CNN modules
+// Pooling, BatchNorm2d, Dropout2d and Upsample (the ops themselves pass
+// through tests/ops/test_ops_pool.cpp).
+
+TEST(CnnModules, MaxPool2dForwardIndicesAndPrinting) {
+  Tensor x = f64({1, 5, 2, 0, 3, 4, 8, 1, 9, 0, 2, 7, 6, 3, 1, 5}, {1, 1, 4, 4});
+  nn::MaxPool2d pool(2);
+  expect_near(vals(pool(x)), {5, 8, 9, 7});
+  auto [y, ind] = pool->forward_with_indices(x);
+  expect_near(vals(y), {5, 8, 9, 7});
+  EXPECT_EQ(ind.to_vector<int64_t>(), (std::vector<int64_t>{1, 6, 8, 11}));
+  EXPECT_TRUE(pool->parameters().empty());
+  // Unbatched (C, H, W) input and PyTorch's defaults: stride = kernel_size.
+  EXPECT_EQ(pool(randn({3, 7, 6})).sizes(), (std::vector<int64_t>{3, 3, 3}));
+  EXPECT_EQ(str(*pool), "MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)");
+  nn::MaxPool2d overlap({3, 2}, {.stride = {2, 1}, .padding = {1}, .ceil_mode = true});
+  EXPECT_EQ(str(*overlap), "MaxPool2d(kernel_size=(3, 2), stride=(2, 1), padding=1, dilation=1, ceil_mode=True)");
+  EXPECT_TRUE(overlap(x).equal(max_pool2d(x, {3, 2}, {2, 1}, {1}, {1}, true)));
+  nn::MaxPool2d three(3, {.stride = {2}});
+  EXPECT_EQ(three(randn({2, 3, 9, 9})).sizes(), (std::vector<int64_t>{2, 3, 4, 4}));
+  EXPECT_ERROR_HAS(nn::MaxPool2d(std::vector<int64_t>{2, 2, 2}), "MaxPool2d: kernel_size must be one int or two ints");
+  // The gradient goes to each window's maximum.
+  Tensor leaf = x.detach().requires_grad_(true);
+  pool(leaf).sum().backward();
+  V want(16, 0.0);
+  for (int64_t i : {1, 6, 8, 11}) want[static_cast<size_t>(i)] = 1;
+  expect_near(vals(leaf.grad()), want);
+}
+
+TEST(CnnModules, AvgPoolAndAdaptiveAvgPool) {
+  Tensor x = f64({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, {1, 1, 3, 4});
+  nn::AvgPool2d avg(2);
+  expect_near(vals(avg(x)), {(1 + 2 + 5 + 6) / 4.0, (3 + 4 + 7 + 8) / 4.0});
+  EXPECT_EQ(str(*avg), "AvgPool2d(kernel_size=2, stride=2, padding=0)");
+  // Ceil mode keeps the half window; count_include_pad=false divides by what it holds.
+  nn::AvgPool2d ceil(2, {.ceil_mode = true, .count_include_pad = false});
+  expect_near(vals(ceil(x)), {3.5, 5.5, 9.5, 11.5});
+  nn::AvgPool2d padded({3}, {.stride = {1}, .padding = {1}, .divisor_override = 9});
+  EXPECT_EQ(str(*padded), "AvgPool2d(kernel_size=3, stride=1, padding=1)");
+  EXPECT_NEAR(vals(padded(x))[0], (1 + 2 + 5 + 6) / 9.0, 1e-15);
+
+  nn::AdaptiveAvgPool2d gap(1);
+  EXPECT_EQ(str(*gap), "AdaptiveAvgPool2d(output_size=1)");
+  expect_near(vals(gap(x)), {6.5});
+  nn::AdaptiveAvgPool2d two({2, 3});
+  EXPECT_EQ(str(*two), "AdaptiveAvgPool2d(output_size=(2, 3))");
+  // Rows [0, 2) and [1, 3); columns [0, 2), [1, 3), [2, 4).
+  expect_near(vals(two(x)), {3.5, 4.5, 5.5, 7.5, 8.5, 9.5});
+  EXPECT_EQ(two(randn({4, 5, 6})).sizes(), (std::vector<int64_t>{4, 2, 3}));
+}
+
+TEST(CnnModules, BatchNorm2dTrainEvalAndState) {
+  nn::BatchNorm2d bn(2, 1e-5, 0.5);
+  bn->to(kFloat64);
+  {
+    NoGradGuard ng;
+    bn->weight.copy_(f64({2.0, 0.5}, {2}));
+    bn->bias.copy_(f64({1.0, -1.0}, {2}));
+  }
+  manual_seed(4);
+  Tensor x = randn({3, 2, 4, 5}, kFloat64) * 2 + 1;
+  Tensor y = bn(x);
+  const V xv = vals(x), yv = vals(y);
+  for (int64_t c = 0; c < 2; ++c) {
+    double mean = 0, var = 0;
+    for (int64_t n = 0; n < 3; ++n)
+      for (int64_t k = 0; k < 20; ++k) mean += xv[static_cast<size_t>((n * 2 + c) * 20 + k)] / 60;
+    for (int64_t n = 0; n < 3; ++n)
+      for (int64_t k = 0; k < 20; ++k) var += std::pow(xv[static_cast<size_t>((n * 2 + c) * 20 + k)] - mean, 2) / 60;
+    const double w = c == 0 ? 2.0 : 0.5, b = c == 0 ? 1.0 : -1.0;
+    for (int64_t n = 0; n < 3; ++n)
+      for (int64_t k = 0; k < 20; ++k) {
+        const size_t i = static_cast<size_t>((n * 2 + c) * 20 + k);
+        EXPECT_NEAR(yv[i], (xv[i] - mean) / std::sqrt(var + 1e-5) * w + b, 1e-12);
+      }
+    EXPECT_NEAR(vals(bn->running_mean)[static_cast<size_t>(c)], 0.5 * mean, 1e-12);
+    EXPECT_NEAR(vals(bn->running_var)[static_cast<size_t>(c)], 0.5 + 0.5 * var * 60 / 59, 1e-12);
+  }
+  EXPECT_EQ(bn->num_batches_tracked.item<int64_t>(), 1);
+  bn->eval();
+  const V rm = vals(bn->running_mean), rv = vals(bn->running_var);
+  const V ye = vals(bn(x));
+  EXPECT_NEAR(ye[0], (xv[0] - rm[0]) / std::sqrt(rv[0] + 1e-5) * 2 + 1, 1e-12);
+  EXPECT_EQ(bn->num_batches_tracked.item<int64_t>(), 1);
+
+  EXPECT_EQ(names(bn->state_dict()),
+            (std::vector<std::string>{"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}));
+  EXPECT_EQ(str(*nn::BatchNorm2d(32)), "BatchNorm2d(32, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)");
+  EXPECT_ERROR_HAS(bn(randn({2, 2, 3})), "BatchNorm2d: expected 4D (N, C, H, W) input, got 3D input of shape [2, 2, 3]");
+  EXPECT_ERROR_HAS(bn(randn({2, 3, 4, 4}, kFloat64)),
+                   "BatchNorm2d: expected input with 2 channels at dim 1 (num_features), got shape [2, 3, 4, 4]");
+  // float32 training matches the float64 result.
+  nn::BatchNorm2d bn32(2);
+  Tensor y32 = bn32(x.to(kFloat32));
+  nn::BatchNorm2d ref(2);
+  ref->to(kFloat64);
+  expect_near(vals(y32), vals(ref(x)), 1e-5);
+}
+
+TEST(CnnModules, BatchNorm2dGradcheckAndSecondOrder) {
+  manual_seed(22);
+  nn::BatchNorm2d bn(3);
+  bn->to(kFloat64);
+  {
+    NoGradGuard ng;
+    bn->weight.normal_();
+    bn->bias.normal_();
+  }
+  Tensor x = leaf64({2, 3, 2, 3}, -2, 2);
+  gradcheck([&] { return bn(x); }, {x, bn->weight, bn->bias});
+  // A gradient penalty: the first gradient recorded (create_graph), then differentiated.
+  gradcheck(
+      [&] {
+        Tensor g = autograd::grad({(bn(x) * bn(x)).sum()}, {x}, {}, std::nullopt, true)[0];
+        return g;
+      },
+      {x, bn->weight});
+  bn->eval();
+  gradcheck([&] { return bn(x); }, {x, bn->weight, bn->bias});
+}
+
+TEST(CnnModules, Dropout2dZeroesWholeChannels) {
+  manual_seed(5);
+  nn::Dropout2d drop(0.3);
+  EXPECT_EQ(str(*drop), "Dropout2d(p=0.3, inplace=False)");
+  Tensor x = ones({40, 50, 3, 4}, kFloat64);
+  Tensor y = drop(x);
+  const V v = vals(y);
+  int64_t dropped = 0;
+  for (int64_t plane = 0; plane < 2000; ++plane) {
+    const double first = v[static_cast<size_t>(plane * 12)];
+    EXPECT_TRUE(first == 0 || std::abs(first - 1 / 0.7) < 1e-15) << first;
+    for (int64_t k = 1; k < 12; ++k) ASSERT_EQ(v[static_cast<size_t>(plane * 12 + k)], first) << "plane " << plane;
+    if (first == 0) ++dropped;
+  }
+  // Binomial(2000, 0.3): standard deviation ~0.01 of the fraction.
+  EXPECT_NEAR(static_cast<double>(dropped) / 2000, 0.3, 0.045);
+  manual_seed(5);
+  EXPECT_TRUE(drop(x).equal(y));
+  // Unbatched (C, H, W): one draw per channel.
+  Tensor u = drop(ones({30, 2, 2}, kFloat64));
+  for (int64_t c = 0; c < 30; ++c) EXPECT_EQ(u[c].min().item<double>(), u[c].max().item<double>());
+  // The gradient is the scaled mask.
+  Tensor leaf = ones({4, 6, 2, 2}, kFloat64).requires_grad_(true);
+  Tensor out = drop(leaf);
+  out.sum().backward();
+  EXPECT_TRUE(leaf.grad().equal(out.detach()));
+  drop->eval();
+  Tensor z = randn({2, 3, 4, 4});
+  EXPECT_TRUE(drop(z).equal(z));
+  EXPECT_TRUE(F::dropout2d(z, 0.0, true).equal(z));
+  EXPECT_EQ(F::dropout2d(z, 1.0, true).abs().sum().item<double>(), 0.0);
+  EXPECT_ERROR_HAS(nn::Dropout2d(-0.5), "Dropout2d: probability has to be between 0 and 1, but got -0.5");
+}
+
+TEST(CnnModules, UpsampleNearestAndBilinear) {
+  Tensor x = f64({1, 2, 3, 4}, {1, 1, 2, 2});
+  nn::Upsample up({.scale_factor = {2}});
+  EXPECT_EQ(str(*up), "Upsample(scale_factor=2.0, mode='nearest')");
+  expect_near(vals(up(x)), {1, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4});
+  // align_corners maps the corner pixels onto each other; otherwise pixel centres.
+  Tensor row = f64({0, 1}, {1, 1, 1, 2});
+  nn::Upsample corners({.size = {1, 3}, .mode = "bilinear", .align_corners = true});
+  expect_near(vals(corners(row)), {0, 0.5, 1});
+  nn::Upsample centres({.size = {1, 4}, .mode = "bilinear"});
+  EXPECT_EQ(str(*centres), "Upsample(size=(1, 4), mode='bilinear')");
+  expect_near(vals(centres(row)), {0, 0.25, 0.75, 1});
+  EXPECT_EQ(str(*nn::Upsample({.scale_factor = {2, 1.5}})), "Upsample(scale_factor=(2.0, 1.5), mode='nearest')");
+  EXPECT_EQ(str(*nn::Upsample({.size = {7}})), "Upsample(size=7, mode='nearest')");
+  EXPECT_ERROR_HAS(nn::Upsample(nn::UpsampleOptions{}), "Upsample: exactly one of size or scale_factor");
+  EXPECT_ERROR_HAS(nn::Upsample({.size = {2}, .mode = "nearest", .align_corners = true}), "align_corners");
+  // Bilinear upsampling differentiates (gradcheck through index_select).
+  manual_seed(6);
+  Tensor leaf = leaf64({1, 2, 3, 3});
+  nn::Upsample smooth({.scale_factor = {1.5}, .mode = "bilinear"});
+  gradcheck([&] { return smooth(leaf); }, {leaf});
+}
+
+TEST(CnnModules, SmallCnnTrainsAndPrints) {
+  manual_seed(8);
+  nn::Sequential net(nn::BatchNorm2d(3), nn::ReLU(), nn::MaxPool2d(2), nn::Dropout2d(0.1), nn::Upsample({.scale_factor = {2}}),
+                     nn::AvgPool2d(2), nn::AdaptiveAvgPool2d(1), nn::Flatten(), nn::Linear(3, 2));
+  EXPECT_EQ(str(*net),
+            "Sequential(\n"
+            "  (0): BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)\n"
+            "  (1): ReLU()\n"
+            "  (2): MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)\n"
+            "  (3): Dropout2d(p=0.1, inplace=False)\n"
+            "  (4): Upsample(scale_factor=2.0, mode='nearest')\n"
+            "  (5): AvgPool2d(kernel_size=2, stride=2, padding=0)\n"
+            "  (6): AdaptiveAvgPool2d(output_size=1)\n"
+            "  (7): Flatten(start_dim=1, end_dim=-1)\n"
+            "  (8): Linear(in_features=3, out_features=2, bias=True)\n"
+            ")");
+  Tensor x = randn({4, 3, 8, 8});
+  Tensor loss = F::cross_entropy(net(x), i64({0, 1, 1, 0}, {4}));
+  loss.backward();
+  for (const auto& [name, p] : net->named_parameters()) EXPECT_TRUE(p.grad().defined()) << name;
+  EXPECT_EQ(names(net->state_dict())[2], "0.running_mean");
+}
+
 }  // namespace

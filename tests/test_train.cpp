@@ -174,6 +174,47 @@ void expect_resume_is_exact(TrainOptions o, const TempDir& dir) {
   EXPECT_EQ(end_resumed.rng.offset, end_full.rng.offset);
 }
 
+// The small CNN through `loom train`, with both augmentations on: it learns
+// on a subset, and the checkpoint records the augmentation settings (a
+// resume with other ones is refused).
+TEST(TrainEndToEnd, SmallCnnWithAugmentationLearnsOnASubset) {
+  SKIP_WITHOUT_DATASET();
+  TempDir dir;
+  TrainOptions o;
+  o.model.name = "cnn";
+  o.epochs = 2;
+  o.lr = 2e-3;
+  o.train_limit = 3000;
+  o.test_limit = 1000;
+  o.random_crop = 2;
+  o.hflip = true;
+  o.out = dir.file("cnn.safetensors");
+  std::ostringstream log;
+  cli::TrainResult r = cli::train(o, log, /*interactive=*/false);
+  ASSERT_EQ(r.history.size(), 2u);
+  EXPECT_GE(r.history.back().test_acc, 0.72) << log.str();
+  EXPECT_NE(log.str().find("loom train: cnn ("), std::string::npos) << log.str();
+
+  cli::TrainCheckpoint ckpt = cli::load_checkpoint(o.out);
+  EXPECT_EQ(ckpt.settings.random_crop, 2);
+  EXPECT_TRUE(ckpt.settings.hflip);
+  EXPECT_EQ(ckpt.settings.model.name, "cnn");
+  cli::LoadedModel loaded = cli::load_model(o.out);
+  EXPECT_EQ(loaded.model->num_parameters(), r.model->num_parameters());
+
+  TrainOptions again = o;
+  again.epochs = 3;
+  again.resume = o.out;
+  again.hflip = false;
+  std::ostringstream log2;
+  try {
+    cli::train(again, log2, false);
+    ADD_FAILURE() << "resume with other augmentation settings was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--hflip"), std::string::npos) << e.what();
+  }
+}
+
 TEST(TrainResume, AdamWWithCosineScheduleResumeGivesBitwiseTheSameWeights) {
   SKIP_WITHOUT_DATASET();
   TempDir dir;

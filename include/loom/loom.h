@@ -7,6 +7,7 @@
 #include "loom/dtype.h"
 #include "loom/error.h"
 #include "loom/io.h"
+#include "loom/models.h"
 #include "loom/data.h"
 #include "loom/nn.h"
 #include "loom/optim.h"

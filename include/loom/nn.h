@@ -3,6 +3,7 @@
 #include "loom/nn/module.h"
 #include "loom/nn/activation.h"
 #include "loom/nn/container.h"
+#include "loom/nn/conv.h"
 #include "loom/nn/dropout.h"
 #include "loom/nn/embedding.h"
 #include "loom/nn/functional.h"
@@ -10,3 +11,5 @@
 #include "loom/nn/linear.h"
 #include "loom/nn/loss.h"
 #include "loom/nn/normalization.h"
+#include "loom/nn/pooling.h"
+#include "loom/nn/upsampling.h"

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <optional>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -182,6 +183,59 @@ Tensor bmm(const Tensor& a, const Tensor& b);
 enum class LinearActivation { None, Relu, Gelu, GeluTanh };
 Tensor linear(const Tensor& input, const Tensor& weight, const Tensor& bias = {},
               LinearActivation activation = LinearActivation::None);
+
+// ---- convolution (NCHW; torch.nn.functional's argument order) ----
+// A one-element stride / padding / dilation list applies to every spatial dim.
+// input (N, C, H, W) or unbatched (C, H, W); weight (O, C / groups, KH, KW);
+// bias (O) or undefined. Output (N, O, OH, OW) with
+// OH = (H + 2 padding - dilation (KH - 1) - 1) / stride + 1.
+Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias = {}, IntArrayRef stride = {1},
+              IntArrayRef padding = {0}, IntArrayRef dilation = {1}, int64_t groups = 1);
+// PyTorch's string padding: Valid (none) or Same (output size = input size;
+// stride 1 only; an odd total goes one more to the right / bottom, as PyTorch).
+enum class ConvPadding { Valid, Same };
+Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias, IntArrayRef stride, ConvPadding padding,
+              IntArrayRef dilation = {1}, int64_t groups = 1);
+// input (N, C, L) or (C, L); weight (O, C / groups, K).
+Tensor conv1d(const Tensor& input, const Tensor& weight, const Tensor& bias = {}, IntArrayRef stride = {1},
+              IntArrayRef padding = {0}, IntArrayRef dilation = {1}, int64_t groups = 1);
+Tensor conv1d(const Tensor& input, const Tensor& weight, const Tensor& bias, IntArrayRef stride, ConvPadding padding,
+              IntArrayRef dilation = {1}, int64_t groups = 1);
+// The gradient of conv2d with respect to its input, as a layer: input
+// (N, C_in, H, W), weight (C_in, C_out / groups, KH, KW) (PyTorch's layout),
+// output (N, C_out, (H - 1) stride - 2 padding + dilation (KH - 1) + output_padding + 1, ...).
+Tensor conv_transpose2d(const Tensor& input, const Tensor& weight, const Tensor& bias = {}, IntArrayRef stride = {1},
+                        IntArrayRef padding = {0}, IntArrayRef output_padding = {0}, int64_t groups = 1,
+                        IntArrayRef dilation = {1});
+// The gradient of conv2d with respect to its weight (torch.nn.grad.conv2d_weight):
+// input (N, C, H, W), grad_output (N, O, OH, OW) -> (O, C / groups, KH, KW).
+Tensor conv2d_weight(const Tensor& input, IntArrayRef weight_size, const Tensor& grad_output, IntArrayRef stride = {1},
+                     IntArrayRef padding = {0}, IntArrayRef dilation = {1}, int64_t groups = 1);
+
+// ---- pooling (NCHW or unbatched CHW; stride defaults to kernel_size) ----
+Tensor max_pool2d(const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride = {}, IntArrayRef padding = {0},
+                  IntArrayRef dilation = {1}, bool ceil_mode = false);
+// Also the argmax of each window as a flat index into its (H, W) plane (int64).
+std::pair<Tensor, Tensor> max_pool2d_with_indices(const Tensor& input, IntArrayRef kernel_size,
+                                                  IntArrayRef stride = {}, IntArrayRef padding = {0},
+                                                  IntArrayRef dilation = {1}, bool ceil_mode = false);
+Tensor avg_pool2d(const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride = {}, IntArrayRef padding = {0},
+                  bool ceil_mode = false, bool count_include_pad = true,
+                  std::optional<int64_t> divisor_override = std::nullopt);
+// Window i of a dim of size H spans [floor(i H / out), ceil((i + 1) H / out)).
+Tensor adaptive_avg_pool2d(const Tensor& input, IntArrayRef output_size);
+
+// ---- batch normalization (one fused primitive) ----
+// Training-mode batch normalization: input (N, C, *) is normalized per
+// channel with the batch's mean and biased variance over every dim but 1
+// (eps added to the variance), then scaled by weight (C) and shifted by bias
+// (C), either of which may be undefined. nn::functional::batch_norm adds the
+// running statistics and the eval mode.
+Tensor batch_norm(const Tensor& input, const Tensor& weight = {}, const Tensor& bias = {}, double eps = 1e-5);
+// The same, also returning the batch's per-channel mean and biased variance
+// ((C) each, without gradient): (output, mean, var).
+std::tuple<Tensor, Tensor, Tensor> batch_norm_with_stats(const Tensor& input, const Tensor& weight = {},
+                                                         const Tensor& bias = {}, double eps = 1e-5);
 
 // ---- joining, splitting, indexing ----
 Tensor cat(const std::vector<Tensor>& ts, int64_t dim = 0);

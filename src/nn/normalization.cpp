@@ -71,17 +71,17 @@ std::string RMSNormImpl::extra_repr() const {
          ", elementwise_affine=" + detail::py_bool(elementwise_affine);
 }
 
-// ---- BatchNorm1d ----
+// ---- BatchNorm1d, BatchNorm2d ----
 
-BatchNorm1dImpl::BatchNorm1dImpl(int64_t features, double epsilon, std::optional<double> momentum_factor,
-                                 bool with_affine, bool track)
-    : Module("BatchNorm1d"),
+BatchNormImplBase::BatchNormImplBase(const char* name, int64_t features, double epsilon,
+                                     std::optional<double> momentum_factor, bool with_affine, bool track)
+    : Module(name),
       num_features(features),
       eps(epsilon),
       momentum(momentum_factor),
       affine(with_affine),
       track_running_stats(track) {
-  LOOM_CHECK(features >= 0, "BatchNorm1d: num_features must be non-negative, got ", features);
+  LOOM_CHECK(features >= 0, name, ": num_features must be non-negative, got ", features);
   if (affine) {
     weight = register_parameter("weight", loom::empty({features}));
     bias = register_parameter("bias", loom::empty({features}));
@@ -94,14 +94,14 @@ BatchNorm1dImpl::BatchNorm1dImpl(int64_t features, double epsilon, std::optional
   reset_parameters();
 }
 
-void BatchNorm1dImpl::reset_running_stats() {
+void BatchNormImplBase::reset_running_stats() {
   if (!track_running_stats) return;
   init::zeros_(running_mean);
   init::ones_(running_var);
   init::zeros_(num_batches_tracked);
 }
 
-void BatchNorm1dImpl::reset_parameters() {
+void BatchNormImplBase::reset_parameters() {
   reset_running_stats();
   if (affine) {
     init::ones_(weight);
@@ -109,11 +109,10 @@ void BatchNorm1dImpl::reset_parameters() {
   }
 }
 
-Tensor BatchNorm1dImpl::forward(const Tensor& input) {
-  LOOM_CHECK(input.defined(), "BatchNorm1d: input is an undefined tensor");
-  LOOM_CHECK(input.dim() == 2 || input.dim() == 3, "BatchNorm1d: expected 2D (N, C) or 3D (N, C, L) input, got ",
-             input.dim(), "D input of shape ", shape_str(input.sizes()));
-  LOOM_CHECK(input.sizes()[1] == num_features, "BatchNorm1d: expected input with ", num_features,
+Tensor BatchNormImplBase::forward(const Tensor& input) {
+  LOOM_CHECK(input.defined(), type_name(), ": input is an undefined tensor");
+  check_input_dim(input);
+  LOOM_CHECK(input.sizes()[1] == num_features, type_name(), ": expected input with ", num_features,
              " channels at dim 1 (num_features), got shape ", shape_str(input.sizes()));
   // The update factor: momentum, or 1/k on the k-th batch for a cumulative average.
   double factor = 0.0;
@@ -129,10 +128,20 @@ Tensor BatchNorm1dImpl::forward(const Tensor& input) {
                                 is_training() || !track_running_stats, factor, eps);
 }
 
-std::string BatchNorm1dImpl::extra_repr() const {
+std::string BatchNormImplBase::extra_repr() const {
   return std::to_string(num_features) + ", eps=" + detail::py_float(eps) +
          ", momentum=" + detail::py_optional_float(momentum) + ", affine=" + detail::py_bool(affine) +
          ", track_running_stats=" + detail::py_bool(track_running_stats);
+}
+
+void BatchNorm1dImpl::check_input_dim(const Tensor& input) const {
+  LOOM_CHECK(input.dim() == 2 || input.dim() == 3, "BatchNorm1d: expected 2D (N, C) or 3D (N, C, L) input, got ",
+             input.dim(), "D input of shape ", shape_str(input.sizes()));
+}
+
+void BatchNorm2dImpl::check_input_dim(const Tensor& input) const {
+  LOOM_CHECK(input.dim() == 4, "BatchNorm2d: expected 4D (N, C, H, W) input, got ", input.dim(), "D input of shape ",
+             shape_str(input.sizes()));
 }
 
 }  // namespace loom::nn

@@ -133,6 +133,8 @@ void save_checkpoint(const std::string& path, const TrainCheckpoint& ckpt) {
   meta["loom.momentum"] = exact_double(s.momentum);
   meta["loom.seed"] = std::to_string(s.seed);
   meta["loom.train_limit"] = std::to_string(s.train_limit);
+  meta["loom.augment.random_crop"] = std::to_string(s.random_crop);
+  meta["loom.augment.hflip"] = s.hflip ? "1" : "0";
   meta["loom.epoch"] = std::to_string(ckpt.epoch);
   meta["loom.rng.seed"] = std::to_string(ckpt.rng.seed);
   meta["loom.rng.offset"] = std::to_string(ckpt.rng.offset);
@@ -163,6 +165,8 @@ TrainCheckpoint load_checkpoint(const std::string& path) {
   s.momentum = meta_double(m, "loom.momentum", path);
   s.seed = meta_int<uint64_t>(m, "loom.seed", path);
   s.train_limit = meta_int<int64_t>(m, "loom.train_limit", path);
+  s.random_crop = meta_int<int64_t>(m, "loom.augment.random_crop", path);
+  s.hflip = meta_int<int64_t>(m, "loom.augment.hflip", path) != 0;
   c.epoch = meta_int<int64_t>(m, "loom.epoch", path);
   c.rng.seed = meta_int<uint64_t>(m, "loom.rng.seed", path);
   c.rng.offset = meta_int<uint64_t>(m, "loom.rng.offset", path);

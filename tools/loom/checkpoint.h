@@ -43,6 +43,8 @@ struct TrainSettings {
   double momentum = 0;
   uint64_t seed = 0;
   int64_t train_limit = 0;
+  int64_t random_crop = 0;  // augmentation: pad by this many pixels, then a random 28x28 crop (0: off)
+  bool hflip = false;       // augmentation: mirror each training image with probability 1/2
 
   bool operator==(const TrainSettings&) const = default;
 };

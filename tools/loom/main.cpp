@@ -94,6 +94,11 @@ int main(int argc, char** argv) {
   train->add_option("--metrics", topts.metrics, "Append per-epoch metrics to this .csv or .jsonl file");
   CLI::Option* o_limit = train->add_option("--train-limit", topts.train_limit, "Train on the first N images only (0: all)")
       ->check(CLI::NonNegativeNumber);
+  CLI::Option* o_crop = train->add_option("--random-crop", topts.random_crop,
+                                          "Augment: pad each training image by P pixels, then crop a random 28x28 window (0: off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  CLI::Option* o_hflip = train->add_flag("--hflip", topts.hflip, "Augment: mirror each training image with probability 1/2");
   train->add_option("--test-limit", topts.test_limit, "Evaluate on the first N test images only (0: all)")
       ->check(CLI::NonNegativeNumber);
 
@@ -149,6 +154,8 @@ int main(int argc, char** argv) {
         if (o_momentum->count()) topts.momentum = given.momentum;
         if (o_seed->count()) topts.seed = given.seed;
         if (o_limit->count()) topts.train_limit = given.train_limit;
+        if (o_crop->count()) topts.random_crop = given.random_crop;
+        if (o_hflip->count()) topts.hflip = given.hflip;
       }
       loom::cli::train(topts, std::cout, loom::cli::is_terminal(STDOUT_FILENO));
     } else if (eval->parsed()) {

@@ -74,6 +74,8 @@ std::string settings_diff(const TrainSettings& ckpt, const TrainSettings& asked)
   item(ckpt.momentum != asked.momentum, "--momentum", exact_double(ckpt.momentum), exact_double(asked.momentum));
   item(ckpt.seed != asked.seed, "--seed", ckpt.seed, asked.seed);
   item(ckpt.train_limit != asked.train_limit, "--train-limit", ckpt.train_limit, asked.train_limit);
+  item(ckpt.random_crop != asked.random_crop, "--random-crop", ckpt.random_crop, asked.random_crop);
+  item(ckpt.hflip != asked.hflip, "--hflip", ckpt.hflip, asked.hflip);
   return d.str();
 }
 
@@ -110,6 +112,8 @@ TrainSettings settings_of(const TrainOptions& o) {
   s.momentum = o.momentum;
   s.seed = o.seed;
   s.train_limit = o.train_limit;
+  s.random_crop = o.random_crop;
+  s.hflip = o.hflip;
   return s;
 }
 
@@ -125,6 +129,8 @@ void apply_settings(const TrainSettings& s, TrainOptions& o) {
   o.momentum = s.momentum;
   o.seed = s.seed;
   o.train_limit = s.train_limit;
+  o.random_crop = s.random_crop;
+  o.hflip = s.hflip;
 }
 
 Normalization dataset_normalization(const std::string& dataset) {
@@ -180,6 +186,19 @@ TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive)
   auto test_set = load_split(opts.dataset, opts.data_dir, /*train=*/false, opts.test_limit);
   const Normalization normalization = dataset_normalization(opts.dataset);
   data::DataLoaderOptions loader_opts = loader_options(opts.batch_size, normalization);
+  LOOM_CHECK(opts.random_crop >= 0, "train: --random-crop must be >= 0, got ", opts.random_crop);
+  if (opts.random_crop > 0 || opts.hflip) {
+    // Augmentations on the raw image, then the normalization.
+    std::vector<data::Transform> steps;
+    if (opts.random_crop > 0) {
+      LOOM_CHECK(train_set->size() > 0, "train: --random-crop needs a non-empty training set");
+      const Tensor image = train_set->get(0).data;  // (..., H, W): crop back to the image's own size
+      steps.push_back(data::RandomCrop({image.size(-2), image.size(-1)}, opts.random_crop));
+    }
+    if (opts.hflip) steps.push_back(data::RandomHorizontalFlip());
+    steps.push_back(loader_opts.transform);
+    loader_opts.transform = data::Compose(std::move(steps));
+  }
   loader_opts.shuffle = true;
   loader_opts.num_workers = opts.workers;
   loader_opts.seed = opts.seed;
@@ -213,8 +232,11 @@ TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive)
   }
 
   const int64_t n_train = train_set->size();
-  log << "loom train: " << opts.model.name << " " << opts.model.in_features << "-"
-      << (opts.model.hidden.empty() ? "" : join_ints(opts.model.hidden, '-') + "-") << opts.model.num_classes << " ("
+  log << "loom train: " << opts.model.name;
+  if (opts.model.name == "mlp")
+    log << " " << opts.model.in_features << "-"
+        << (opts.model.hidden.empty() ? "" : join_ints(opts.model.hidden, '-') + "-") << opts.model.num_classes;
+  log << " ("
       << model.num_parameters() << " parameters) on " << opts.dataset << ": " << n_train << " train / "
       << test_set->size() << " test images, batch " << opts.batch_size << ", " << opts.optimizer << " lr "
       << opts.lr << (scheduler ? " (cosine decay)" : "") << ", " << get_num_threads() << " threads\n";

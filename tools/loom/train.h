@@ -39,6 +39,8 @@ struct TrainOptions {
   std::string metrics;                    // .csv or .jsonl file; "" for none
   int64_t train_limit = 0;  // use only the first N training images (0: all)
   int64_t test_limit = 0;   // evaluate on the first N test images (0: all)
+  int64_t random_crop = 0;  // --random-crop P: pad by P, then a random crop of the image size (0: off)
+  bool hflip = false;       // --hflip: random horizontal flips
 };
 
 // The options that must agree with a checkpoint to resume from it, and back.

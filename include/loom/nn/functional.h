@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "loom/ops.h"
 #include "loom/tensor.h"
@@ -29,6 +30,26 @@ Tensor linear(const Tensor& input, const Tensor& weight, const Tensor& bias = {}
 // generator, so manual_seed fixes the mask) and scales the rest by 1/(1-p);
 // the identity otherwise.
 Tensor dropout(const Tensor& input, double p = 0.5, bool training = true);
+// Channel dropout: in training, zeroes whole channels of an (N, C, H, W) or
+// unbatched (C, H, W) input with probability p (one draw per (n, c) from the
+// global generator) and scales the rest by 1/(1-p); the identity otherwise.
+Tensor dropout2d(const Tensor& input, double p = 0.5, bool training = true);
+// Resizes the spatial dims of (N, C, *) input (torch.nn.functional.interpolate).
+// Give either `size` or `scale_factor` (one value for every spatial dim, or
+// one per dim); without `size` the output size is floor(in * scale_factor).
+// Modes: "nearest" (input (N, C, L), (N, C, H, W) or (N, C, D, H, W); source
+// index floor(dst * scale), scale = 1 / scale_factor when given, else
+// in / out, as PyTorch) and "bilinear" (input (N, C, H, W); align_corners
+// false (the default) maps pixel centres, true maps the corner pixels onto
+// each other). Written with index_select and elementwise ops, so it
+// differentiates through autograd.
+struct InterpolateOptions {
+  std::vector<int64_t> size = {};          // output spatial size, or empty
+  std::vector<double> scale_factor = {};   // or the scale of each spatial dim
+  std::string mode = "nearest";            // "nearest" or "bilinear"
+  std::optional<bool> align_corners = {};  // bilinear only (false when unset)
+};
+Tensor interpolate(const Tensor& input, const InterpolateOptions& options);
 // Normalizes over the trailing dims `normalized_shape` (mean and biased
 // variance), then applies weight and bias (each of shape normalized_shape, or
 // undefined).

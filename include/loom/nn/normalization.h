@@ -1,4 +1,4 @@
-// LayerNorm, RMSNorm and BatchNorm1d.
+// LayerNorm, RMSNorm, BatchNorm1d and BatchNorm2d.
 #pragma once
 
 #include <cstdint>
@@ -66,17 +66,17 @@ class RMSNorm : public ModuleHolder<RMSNormImpl> {
       : ModuleHolder(std::make_shared<RMSNormImpl>(std::vector<int64_t>(normalized_shape), eps, elementwise_affine)) {}
 };
 
-// Batch normalization over (N, C) or (N, C, L) input, per channel C.
-// Training: normalizes with the batch's mean and biased variance, and (with
-// track_running_stats) updates running_mean / running_var with
+// Batch normalization per channel C (dim 1), the state and rules that
+// BatchNorm1d and BatchNorm2d share (PyTorch's _BatchNorm). Training:
+// normalizes with the batch's mean and biased variance (one fused op,
+// loom::batch_norm_with_stats), and (with track_running_stats) updates
+// running_mean / running_var with
 // running = (1 - momentum) * running + momentum * batch, using the unbiased
 // variance; momentum = nullopt gives the cumulative average over all batches
 // seen (factor 1 / num_batches_tracked). Eval: normalizes with the running
 // statistics.
-class BatchNorm1dImpl : public Module {
+class BatchNormImplBase : public Module {
  public:
-  BatchNorm1dImpl(int64_t num_features, double eps = 1e-5, std::optional<double> momentum = 0.1, bool affine = true,
-                  bool track_running_stats = true);
   Tensor forward(const Tensor& input) override;
   void reset_running_stats();
   void reset_parameters();  // also resets the running statistics
@@ -92,7 +92,36 @@ class BatchNorm1dImpl : public Module {
   Tensor running_mean;         // (C) buffer, zeros; undefined without track_running_stats
   Tensor running_var;          // (C) buffer, ones
   Tensor num_batches_tracked;  // int64 0-dim buffer
+
+ protected:
+  BatchNormImplBase(const char* name, int64_t num_features, double eps, std::optional<double> momentum, bool affine,
+                    bool track_running_stats);
+  // Throws unless input has the ranks this module takes.
+  virtual void check_input_dim(const Tensor& input) const = 0;
+};
+
+// Batch normalization over (N, C) or (N, C, L) input.
+class BatchNorm1dImpl : public BatchNormImplBase {
+ public:
+  BatchNorm1dImpl(int64_t num_features, double eps = 1e-5, std::optional<double> momentum = 0.1, bool affine = true,
+                  bool track_running_stats = true)
+      : BatchNormImplBase("BatchNorm1d", num_features, eps, momentum, affine, track_running_stats) {}
+
+ protected:
+  void check_input_dim(const Tensor& input) const override;
 };
 LOOM_MODULE(BatchNorm1d);
+
+// Batch normalization over (N, C, H, W) input: statistics per channel over N, H and W.
+class BatchNorm2dImpl : public BatchNormImplBase {
+ public:
+  BatchNorm2dImpl(int64_t num_features, double eps = 1e-5, std::optional<double> momentum = 0.1, bool affine = true,
+                  bool track_running_stats = true)
+      : BatchNormImplBase("BatchNorm2d", num_features, eps, momentum, affine, track_running_stats) {}
+
+ protected:
+  void check_input_dim(const Tensor& input) const override;
+};
+LOOM_MODULE(BatchNorm2d);
 
 }  // namespace loom::nn

@@ -88,9 +88,18 @@ Coverage cpu_coverage(OpKind op) {
     case OpKind::LayerNormBackward:
     case OpKind::CrossEntropy:
     case OpKind::CrossEntropyBackward:
+    case OpKind::MaxPool2d:
+    case OpKind::MaxPool2dBackward:
+    case OpKind::AvgPool2d:
+    case OpKind::AvgPool2dBackward:
+    case OpKind::BatchNorm:
+    case OpKind::BatchNormBackward:
     case OpKind::Uniform:
     case OpKind::Normal:
     case OpKind::Bernoulli:  // keyed by p's dtype; the output may be any dtype
+    case OpKind::Conv2d:
+    case OpKind::ConvTranspose2d:
+    case OpKind::Conv2dWeight:
       return Coverage::Float;
     // The fused optimizer steps (cpu_optim.cpp) update float32 parameters.
     case OpKind::FusedAdam:

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
-"""The `make demo` workload in PyTorch, for the side-by-side number in the notes.
+"""`loom train --model mlp|cnn --dataset fashion-mnist` in PyTorch, for the
+epoch rows of bench/run.py and the side-by-side numbers in the notes.
 
-Same model (Flatten, 784-512-256-10 with ReLU, PyTorch default init), same
-data (Fashion-MNIST pixels / 255, normalized with mean 0.2860 and std 0.3530),
-same batch (128, reshuffled each epoch, last partial batch kept), same
-optimizer (AdamW lr 1e-3, weight_decay 0.01) and schedule (cosine decay to 0,
-stepped every batch; --schedule constant turns it off), same epochs and thread
-count as `loom train --model mlp --dataset fashion-mnist`.
+Same model as loom's (PyTorch default init):
+  mlp: Flatten, 784-512-256-10 with ReLU (the `make demo` workload)
+  cnn: Conv2d(1, 32, 3, padding 1), BatchNorm2d, ReLU, MaxPool2d(2),
+       Conv2d(32, 64, 3, padding 1), BatchNorm2d, ReLU, MaxPool2d(2),
+       Flatten, Linear(3136, 128), ReLU, Linear(128, 10)
+same data (Fashion-MNIST pixels / 255, normalized with mean 0.2860 and std
+0.3530), same batch (128, reshuffled each epoch, last partial batch kept),
+same optimizer (AdamW lr 1e-3, weight_decay 0.01) and schedule (cosine decay
+to 0, stepped every batch; --schedule constant turns it off), same epochs
+and thread count as `loom train`.
 Prints one line per epoch (train loss, test loss and accuracy, seconds,
 samples/s) and a summary line. With --json those go to stderr, and stdout
 gets one JSON object for bench/run.py: {"torch": version, "threads": n,
@@ -14,7 +19,7 @@ gets one JSON object for bench/run.py: {"torch": version, "threads": n,
 accuracy}. Epoch seconds count the training loop only, not the test pass,
 as `loom train` does. OpenBLAS runs on --threads threads too.
 
-    /usr/bin/python3 bench/torch_mlp.py --threads 2 --epochs 5
+    /usr/bin/python3 bench/torch_train.py --model cnn --threads 2 --epochs 5
 """
 import argparse
 import gzip
@@ -55,6 +60,19 @@ def load(root, split):
     return x, y
 
 
+def make_model(name):
+    """(N, 1, 28, 28) -> (N, 10) logits."""
+    if name == "mlp":
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10)
+        )
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),  # (N, 32, 14, 14)
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),  # (N, 64, 7, 7)
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10),
+    )
+
+
 def evaluate(model, x, y, batch_size=1000):
     model.eval()
     loss_sum, correct = 0.0, 0
@@ -69,6 +87,7 @@ def evaluate(model, x, y, batch_size=1000):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
@@ -76,6 +95,7 @@ def main():
     p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-limit", type=int, default=0, help="train on the first N images only (0: all)")
     p.add_argument("--json", action="store_true", help="log to stderr, print a JSON summary on stdout")
     args = p.parse_args()
     log = sys.stderr if args.json else sys.stdout
@@ -85,17 +105,19 @@ def main():
     torch.manual_seed(args.seed)
     x_train, y_train = load(args.data_dir, "train")
     x_test, y_test = load(args.data_dir, "t10k")
+    if args.train_limit > 0:
+        x_train, y_train = x_train[: args.train_limit], y_train[: args.train_limit]
 
-    model = nn.Sequential(
-        nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10)
-    )
+    model = make_model(args.model)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)  # weight_decay 0.01 by default
     n = len(x_train)
     batches_per_epoch = (n + args.batch_size - 1) // args.batch_size
     sched = None
     if args.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs * batches_per_epoch)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {n} train images", file=log)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"torch {torch.__version__}, {args.model} ({n_params} parameters), {torch.get_num_threads()} threads, "
+          f"{n} train images", file=log)
     epoch_seconds = []
     for epoch in range(1, args.epochs + 1):
         g = torch.Generator().manual_seed(args.seed * 1000003 + epoch)
@@ -120,7 +142,7 @@ def main():
             f"test_acc {100 * test_acc:.2f}%  {seconds:.2f} s  {n / seconds:.0f} samples/s",
             file=log, flush=True,
         )
-    print(f"torch: test accuracy {100 * test_acc:.2f}%, {sum(epoch_seconds) / args.epochs:.2f} s/epoch "
+    print(f"torch: {args.model} test accuracy {100 * test_acc:.2f}%, {sum(epoch_seconds) / args.epochs:.2f} s/epoch "
           f"({args.threads} threads, batch {args.batch_size})", file=log)
     if args.json:
         print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -1,0 +1,430 @@
+// Convolution kernels: Conv2d, ConvTranspose2d (the input gradient) and
+// Conv2dWeight (the weight gradient), NCHW, calling conventions in ops.def.
+//
+// Two paths per kernel:
+//  - the reference: direct loops over every output element, summing in
+//    double in a fixed order, any dtype of the float family and any strides.
+//    It runs for every dtype but float32 and is the oracle the fast path is
+//    tested against (float64 through the op harness);
+//  - float32 on loom's GEMM (Note [Convolution as GEMM]).
+//
+// Note [Convolution as GEMM]
+// For one sample n and one group, with L = OH * OW output positions and
+// Q = C/groups * KH * KW taps, im2col lays the input patches out as a
+// column matrix col (Q, L): col[(c, kh, kw), (oh, ow)] = x[n, c, oh*sh - ph +
+// kh*dh, ow*sw - pw + kw*dw] (0 in the padding). Then
+//   forward          y[n] (O, L)  = w (O, Q) @ col (Q, L)           (+ bias per row)
+//   input gradient   col (Q, L)   = w^T (Q, O) @ g[n] (O, L), then col2im adds
+//                                   each column entry back into its input pixel
+//   weight gradient  dw (O, Q)    = sum over n of g[n] (O, L) @ col^T (L, Q)
+// A 1x1 kernel with stride 1 and no padding needs no col: x[n] viewed as
+// (C, H*W) is col already.
+// The forward and input gradient split samples over threads, each with a
+// col buffer of its own (it stays in cache between im2col and the GEMM); a
+// batch smaller than the team runs one sample at a time on the GEMM's own
+// threads. The weight gradient cuts the batch into chunks of a size fixed
+// by L alone (about kWeightDepth positions), multiplies each chunk as one
+// GEMM of depth chunk * L into a partial sum, and adds the partials in chunk
+// order. Every element is thus computed in one order that depends on the
+// shapes only, never on the thread count.
+#include <algorithm>
+#include <cstring>
+#include <memory>
+
+#include "backend/cpu/cpu_dispatch.h"
+#include "backend/cpu/cpu_gemm.h"
+#include "backend/cpu/cpu_kernels.h"
+#include "backend/window2d.h"
+
+namespace loom::cpu {
+
+namespace {
+
+// Depth (samples x positions) of one weight-gradient chunk.
+constexpr int64_t kWeightDepth = 1024;
+
+const Window2d& window_of(const KernelCall& c) { return *reinterpret_cast<const Window2d*>(c.i[0]); }
+
+// The shapes of one convolution, in the forward direction: x (N, C, H, W),
+// w (O, C/G, KH, KW), y (N, O, OH, OW).
+struct ConvShape {
+  int64_t n, c, h, w, o, oh, ow, groups;
+  int64_t cg() const { return c / groups; }
+  int64_t og() const { return o / groups; }
+};
+
+ConvShape conv_shape(const TensorImpl* x, const TensorImpl* w, const TensorImpl* y, int64_t groups) {
+  return {x->sizes[0], x->sizes[1], x->sizes[2], x->sizes[3], w->sizes[0], y->sizes[2], y->sizes[3], groups};
+}
+
+void check_conv(const char* op, const ConvShape& s, const TensorImpl* x, const TensorImpl* w, const TensorImpl* y,
+                const Window2d& win) {
+  LOOM_ASSERT(x->dim() == 4 && w->dim() == 4 && y->dim() == 4 && s.groups > 0 && s.c % s.groups == 0 &&
+                  s.o % s.groups == 0 && w->sizes[1] == s.cg() && w->sizes[2] == win.kh && w->sizes[3] == win.kw &&
+                  y->sizes[0] == s.n && y->sizes[1] == s.o,
+              op, ": shapes x ", shape_str(x->sizes), ", w ", shape_str(w->sizes), ", y ", shape_str(y->sizes));
+  LOOM_ASSERT(x->dtype == w->dtype && x->dtype == y->dtype, op, ": mixed dtypes");
+}
+
+// ---- reference ----
+
+// 4-d strided element access.
+struct At4 {
+  int64_t s0, s1, s2, s3;
+  explicit At4(const TensorImpl* t) : s0(t->strides[0]), s1(t->strides[1]), s2(t->strides[2]), s3(t->strides[3]) {}
+  int64_t operator()(int64_t a, int64_t b, int64_t c, int64_t d) const { return a * s0 + b * s1 + c * s2 + d * s3; }
+};
+
+// y[n, o, oh, ow] = bias[o] + sum over (c, kh, kw) of x * w.
+template <typename T>
+void conv_forward_reference(const ConvShape& s, const Window2d& win, const TensorImpl* xt, const TensorImpl* wt,
+                            const TensorImpl* bt, TensorImpl* yt) {
+  const T* x = data_ptr<T>(xt);
+  const T* w = data_ptr<T>(wt);
+  const T* b = bt != nullptr ? data_ptr<T>(bt) : nullptr;
+  T* y = data_ptr<T>(yt);
+  const At4 ax(xt), aw(wt), ay(yt);
+  const int64_t bs = bt != nullptr ? bt->strides[0] : 0;
+  parallel_for(0, s.n * s.o, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t no = begin; no < end; ++no) {
+      const int64_t n = no / s.o, o = no % s.o, g = o / s.og();
+      for (int64_t oh = 0; oh < s.oh; ++oh)
+        for (int64_t ow = 0; ow < s.ow; ++ow) {
+          double acc = 0;
+          for (int64_t ci = 0; ci < s.cg(); ++ci)
+            for (int64_t kh = 0; kh < win.kh; ++kh) {
+              const int64_t ih = oh * win.sh - win.ph + kh * win.dh;
+              if (ih < 0 || ih >= s.h) continue;
+              for (int64_t kw = 0; kw < win.kw; ++kw) {
+                const int64_t iw = ow * win.sw - win.pw + kw * win.dw;
+                if (iw < 0 || iw >= s.w) continue;
+                acc += convert<double>(x[ax(n, g * s.cg() + ci, ih, iw)]) * convert<double>(w[aw(o, ci, kh, kw)]);
+              }
+            }
+          if (b != nullptr) acc += convert<double>(b[o * bs]);
+          y[ay(n, o, oh, ow)] = convert<T>(acc);
+        }
+    }
+  });
+}
+
+// dx[n, c, ih, iw] = sum over the (o, oh, ow, kh, kw) whose window reads (ih, iw) of g * w.
+template <typename T>
+void conv_input_grad_reference(const ConvShape& s, const Window2d& win, const TensorImpl* gt, const TensorImpl* wt,
+                               TensorImpl* dxt) {
+  const T* g = data_ptr<T>(gt);
+  const T* w = data_ptr<T>(wt);
+  T* dx = data_ptr<T>(dxt);
+  const At4 ag(gt), aw(wt), adx(dxt);
+  parallel_for(0, s.n * s.c, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / s.c, c = nc % s.c, grp = c / s.cg(), ci = c % s.cg();
+      for (int64_t ih = 0; ih < s.h; ++ih)
+        for (int64_t iw = 0; iw < s.w; ++iw) {
+          double acc = 0;
+          for (int64_t kh = 0; kh < win.kh; ++kh) {
+            const int64_t th = ih + win.ph - kh * win.dh;
+            if (th < 0 || th % win.sh != 0 || th / win.sh >= s.oh) continue;
+            for (int64_t kw = 0; kw < win.kw; ++kw) {
+              const int64_t tw = iw + win.pw - kw * win.dw;
+              if (tw < 0 || tw % win.sw != 0 || tw / win.sw >= s.ow) continue;
+              for (int64_t oi = 0; oi < s.og(); ++oi) {
+                const int64_t o = grp * s.og() + oi;
+                acc += convert<double>(g[ag(n, o, th / win.sh, tw / win.sw)]) * convert<double>(w[aw(o, ci, kh, kw)]);
+              }
+            }
+          }
+          dx[adx(n, c, ih, iw)] = convert<T>(acc);
+        }
+    }
+  });
+}
+
+// dw[o, ci, kh, kw] = sum over (n, oh, ow) of x * g.
+template <typename T>
+void conv_weight_grad_reference(const ConvShape& s, const Window2d& win, const TensorImpl* xt, const TensorImpl* gt,
+                                TensorImpl* dwt) {
+  const T* x = data_ptr<T>(xt);
+  const T* g = data_ptr<T>(gt);
+  T* dw = data_ptr<T>(dwt);
+  const At4 ax(xt), ag(gt), adw(dwt);
+  parallel_for(0, s.o * s.cg(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t oc = begin; oc < end; ++oc) {
+      const int64_t o = oc / s.cg(), ci = oc % s.cg(), c = (o / s.og()) * s.cg() + ci;
+      for (int64_t kh = 0; kh < win.kh; ++kh)
+        for (int64_t kw = 0; kw < win.kw; ++kw) {
+          double acc = 0;
+          for (int64_t n = 0; n < s.n; ++n)
+            for (int64_t oh = 0; oh < s.oh; ++oh) {
+              const int64_t ih = oh * win.sh - win.ph + kh * win.dh;
+              if (ih < 0 || ih >= s.h) continue;
+              for (int64_t ow = 0; ow < s.ow; ++ow) {
+                const int64_t iw = ow * win.sw - win.pw + kw * win.dw;
+                if (iw < 0 || iw >= s.w) continue;
+                acc += convert<double>(x[ax(n, c, ih, iw)]) * convert<double>(g[ag(n, o, oh, ow)]);
+              }
+            }
+          dw[adw(o, ci, kh, kw)] = convert<T>(acc);
+        }
+    }
+  });
+}
+
+// ---- float32 on the GEMM ----
+
+bool is_pointwise(const Window2d& win) {
+  return win.kh == 1 && win.kw == 1 && win.sh == 1 && win.sw == 1 && win.ph == 0 && win.pw == 0;
+}
+
+// The valid output range [lo, hi) along one dim for tap offset `off`
+// (input index = o * stride + off): the o with 0 <= o * stride + off < size.
+void valid_range(int64_t off, int64_t stride, int64_t size, int64_t out, int64_t& lo, int64_t& hi) {
+  lo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  hi = off >= size ? 0 : (size - off + stride - 1) / stride;
+  lo = std::min(lo, out);
+  hi = std::clamp(hi, lo, out);
+}
+
+// col (cg * KH * KW, OH * OW), row-major with row stride ld, from one sample's
+// channels x (cg, H, W) contiguous.
+void im2col(const float* x, const ConvShape& s, const Window2d& win, int64_t cg, float* col, int64_t ld) {
+  const int64_t hw = s.h * s.w;
+  for (int64_t c = 0; c < cg; ++c)
+    for (int64_t kh = 0; kh < win.kh; ++kh)
+      for (int64_t kw = 0; kw < win.kw; ++kw) {
+        float* row = col + ((c * win.kh + kh) * win.kw + kw) * ld;
+        const float* plane = x + c * hw;
+        const int64_t offh = kh * win.dh - win.ph, offw = kw * win.dw - win.pw;
+        int64_t oh0, oh1, ow0, ow1;
+        valid_range(offh, win.sh, s.h, s.oh, oh0, oh1);
+        valid_range(offw, win.sw, s.w, s.ow, ow0, ow1);
+        std::fill(row, row + oh0 * s.ow, 0.0f);
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          float* dst = row + oh * s.ow;
+          const float* src = plane + (oh * win.sh + offh) * s.w + offw;
+          std::fill(dst, dst + ow0, 0.0f);
+          if (win.sw == 1) {
+            std::memcpy(dst + ow0, src + ow0, static_cast<size_t>(ow1 - ow0) * sizeof(float));
+          } else {
+            for (int64_t ow = ow0; ow < ow1; ++ow) dst[ow] = src[ow * win.sw];
+          }
+          std::fill(dst + ow1, dst + s.ow, 0.0f);
+        }
+        std::fill(row + oh1 * s.ow, row + s.oh * s.ow, 0.0f);
+      }
+}
+
+// The inverse scatter: x (cg, H, W) += each col entry at its input pixel
+// (padding entries dropped), rows in order.
+void col2im_add(const float* col, int64_t ld, const ConvShape& s, const Window2d& win, int64_t cg, float* x) {
+  const int64_t hw = s.h * s.w;
+  for (int64_t c = 0; c < cg; ++c)
+    for (int64_t kh = 0; kh < win.kh; ++kh)
+      for (int64_t kw = 0; kw < win.kw; ++kw) {
+        const float* row = col + ((c * win.kh + kh) * win.kw + kw) * ld;
+        float* plane = x + c * hw;
+        const int64_t offh = kh * win.dh - win.ph, offw = kw * win.dw - win.pw;
+        int64_t oh0, oh1, ow0, ow1;
+        valid_range(offh, win.sh, s.h, s.oh, oh0, oh1);
+        valid_range(offw, win.sw, s.w, s.ow, ow0, ow1);
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          const float* src = row + oh * s.ow;
+          float* dst = plane + (oh * win.sh + offh) * s.w + offw;
+          if (win.sw == 1) {
+            for (int64_t ow = ow0; ow < ow1; ++ow) dst[ow] += src[ow];
+          } else {
+            for (int64_t ow = ow0; ow < ow1; ++ow) dst[ow * win.sw] += src[ow];
+          }
+        }
+      }
+}
+
+// A scratch buffer of n floats, left uninitialized (every user writes
+// before it reads; std::vector would zero it on every call).
+std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<float[]>(new float[static_cast<size_t>(n)]); }
+
+// Runs fn(n, col_buffer) for every sample: samples split over threads, each
+// thread with its own buffer of `col_floats`; a batch smaller than the team
+// runs in order on this thread, leaving the team to the GEMM.
+template <class Fn>
+void for_each_sample(int64_t n, int64_t col_floats, const Fn& fn) {
+  const bool split = n >= get_num_threads() && get_num_threads() > 1 && !in_parallel_region();
+  if (!split) {
+    auto col = scratch(col_floats);
+    for (int64_t i = 0; i < n; ++i) fn(i, col.get());
+    return;
+  }
+  parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    auto col = scratch(col_floats);
+    for (int64_t i = begin; i < end; ++i) fn(i, col.get());
+  });
+}
+
+// x, w, y contiguous (the ops layer's promise for float32).
+void conv_forward_f32(const ConvShape& s, const Window2d& win, const TensorImpl* xt, const TensorImpl* wt,
+                      const TensorImpl* bt, TensorImpl* yt) {
+  const float* x = data_ptr<float>(xt);
+  const float* w = data_ptr<float>(wt);
+  const float* b = bt != nullptr ? data_ptr<float>(bt) : nullptr;
+  const int64_t bs = bt != nullptr ? bt->strides[0] : 0;
+  float* y = data_ptr<float>(yt);
+  const int64_t cg = s.cg(), og = s.og(), l = s.oh * s.ow, q = cg * win.kh * win.kw;
+  const bool pointwise = is_pointwise(win);
+  const GemmIsa isa = gemm_isa();
+  for_each_sample(s.n, pointwise ? 0 : q * l, [&](int64_t n, float* col) {
+    for (int64_t g = 0; g < s.groups; ++g) {
+      const float* xs = x + (n * s.c + g * cg) * s.h * s.w;
+      float* ys = y + (n * s.o + g * og) * l;
+      if (!pointwise) im2col(xs, s, win, cg, col, l);
+      const float* bmat = pointwise ? xs : col;
+      sgemm(isa, 1, og, l, q, {w + g * og * q, 0, q, 1}, {bmat, 0, l, 1}, {ys, 0, l, 1});
+      if (b != nullptr)
+        for (int64_t o = 0; o < og; ++o) {
+          const float bo = b[(g * og + o) * bs];
+          float* row = ys + o * l;
+          for (int64_t j = 0; j < l; ++j) row[j] += bo;
+        }
+    }
+  });
+}
+
+void conv_input_grad_f32(const ConvShape& s, const Window2d& win, const TensorImpl* gt, const TensorImpl* wt,
+                         TensorImpl* dxt) {
+  const float* g = data_ptr<float>(gt);
+  const float* w = data_ptr<float>(wt);
+  float* dx = data_ptr<float>(dxt);
+  const int64_t cg = s.cg(), og = s.og(), l = s.oh * s.ow, q = cg * win.kh * win.kw;
+  const bool pointwise = is_pointwise(win);
+  const GemmIsa isa = gemm_isa();
+  for_each_sample(s.n, pointwise ? 0 : q * l, [&](int64_t n, float* col) {
+    for (int64_t grp = 0; grp < s.groups; ++grp) {
+      const float* gs = g + (n * s.o + grp * og) * l;
+      float* dxs = dx + (n * s.c + grp * cg) * s.h * s.w;
+      // w^T (q, og): element (r, o) at w[o * q + r].
+      const SgemmInput wt_in{w + grp * og * q, 0, 1, q};
+      if (pointwise) {
+        sgemm(isa, 1, q, l, og, wt_in, {gs, 0, l, 1}, {dxs, 0, l, 1});
+        continue;
+      }
+      sgemm(isa, 1, q, l, og, wt_in, {gs, 0, l, 1}, {col, 0, l, 1});
+      std::fill(dxs, dxs + cg * s.h * s.w, 0.0f);
+      col2im_add(col, l, s, win, cg, dxs);
+    }
+  });
+}
+
+void conv_weight_grad_f32(const ConvShape& s, const Window2d& win, const TensorImpl* xt, const TensorImpl* gt,
+                          TensorImpl* dwt) {
+  const float* x = data_ptr<float>(xt);
+  const float* g = data_ptr<float>(gt);
+  float* dw = data_ptr<float>(dwt);
+  const int64_t cg = s.cg(), og = s.og(), l = s.oh * s.ow, q = cg * win.kh * win.kw;
+  const int64_t wsize = s.o * q;  // dw's elements (o, q), contiguous
+  if (s.n == 0 || l == 0) {
+    std::fill(dw, dw + wsize, 0.0f);
+    return;
+  }
+  const int64_t per_chunk = std::clamp<int64_t>(kWeightDepth / std::max<int64_t>(l, 1), 1, s.n);
+  const int64_t chunks = (s.n + per_chunk - 1) / per_chunk;
+  const int64_t depth = per_chunk * l;
+  // Partial sums, one (o, q) block per chunk after the first (which goes to dw).
+  auto partial = scratch((chunks - 1) * wsize);
+  const GemmIsa isa = gemm_isa();
+  auto run_chunk = [&](int64_t ch, float* col, float* gbuf) {
+    const int64_t n0 = ch * per_chunk, nb = std::min(per_chunk, s.n - n0), kdepth = nb * l;
+    float* out = ch == 0 ? dw : partial.get() + (ch - 1) * wsize;
+    for (int64_t grp = 0; grp < s.groups; ++grp) {
+      // col (q, nb * l): sample i's columns at [i * l, (i + 1) * l); gbuf (og, nb * l) likewise.
+      for (int64_t i = 0; i < nb; ++i) {
+        const float* xs = x + ((n0 + i) * s.c + grp * cg) * s.h * s.w;
+        im2col(xs, s, win, cg, col + i * l, depth);
+        for (int64_t o = 0; o < og; ++o)
+          std::memcpy(gbuf + o * depth + i * l, g + ((n0 + i) * s.o + grp * og + o) * l,
+                      static_cast<size_t>(l) * sizeof(float));
+      }
+      // dw_g (og, q) = gbuf (og, kdepth) @ col^T (kdepth, q).
+      sgemm(isa, 1, og, q, kdepth, {gbuf, 0, depth, 1}, {col, 0, 1, depth}, {out + grp * og * q, 0, q, 1});
+    }
+  };
+  const int64_t col_floats = q * depth, g_floats = og * depth;
+  const bool split = chunks > 1 && get_num_threads() > 1 && !in_parallel_region();
+  if (split) {
+    parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      auto col = scratch(col_floats), gbuf = scratch(g_floats);
+      for (int64_t ch = begin; ch < end; ++ch) run_chunk(ch, col.get(), gbuf.get());
+    });
+  } else {
+    auto col = scratch(col_floats), gbuf = scratch(g_floats);
+    for (int64_t ch = 0; ch < chunks; ++ch) run_chunk(ch, col.get(), gbuf.get());
+  }
+  for (int64_t ch = 1; ch < chunks; ++ch) {
+    const float* p = partial.get() + (ch - 1) * wsize;
+    for (int64_t k = 0; k < wsize; ++k) dw[k] += p[k];
+  }
+}
+
+bool fast_path(const KernelCall& c) {
+  if (c.in[0]->dtype != kFloat32) return false;
+  for (int k = 0; k < c.n_in; ++k)
+    if (!c.in[k]->is_contiguous() && !(k == 2 && c.in[k]->dim() == 1)) return false;
+  return c.out[0]->is_contiguous();
+}
+
+}  // namespace
+
+namespace kernel {
+
+void Conv2d(const KernelCall& c) {
+  const TensorImpl *x = c.in[0], *w = c.in[1], *b = c.n_in > 2 ? c.in[2] : nullptr;
+  TensorImpl* y = c.out[0];
+  const Window2d& win = window_of(c);
+  const ConvShape s = conv_shape(x, w, y, c.i[1]);
+  check_conv("Conv2d", s, x, w, y, win);
+  if (y->numel() == 0) return;
+  if (fast_path(c)) {
+    conv_forward_f32(s, win, x, w, b, y);
+    return;
+  }
+  dispatch_float(x->dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    conv_forward_reference<T>(s, win, x, w, b, y);
+  });
+}
+
+void ConvTranspose2d(const KernelCall& c) {
+  const TensorImpl *g = c.in[0], *w = c.in[1];
+  TensorImpl* dx = c.out[0];
+  const Window2d& win = window_of(c);
+  const ConvShape s = conv_shape(dx, w, g, c.i[1]);
+  check_conv("ConvTranspose2d", s, dx, w, g, win);
+  if (dx->numel() == 0) return;
+  if (fast_path(c)) {
+    conv_input_grad_f32(s, win, g, w, dx);
+    return;
+  }
+  dispatch_float(g->dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    conv_input_grad_reference<T>(s, win, g, w, dx);
+  });
+}
+
+void Conv2dWeight(const KernelCall& c) {
+  const TensorImpl *x = c.in[0], *g = c.in[1];
+  TensorImpl* dw = c.out[0];
+  const Window2d& win = window_of(c);
+  const ConvShape s = conv_shape(x, dw, g, c.i[1]);
+  check_conv("Conv2dWeight", s, x, dw, g, win);
+  if (dw->numel() == 0) return;
+  if (fast_path(c)) {
+    conv_weight_grad_f32(s, win, x, g, dw);
+    return;
+  }
+  dispatch_float(x->dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    conv_weight_grad_reference<T>(s, win, x, g, dw);
+  });
+}
+
+}  // namespace kernel
+
+}  // namespace loom::cpu
