@@ -245,6 +245,10 @@ const std::vector<FastCase> kFastCases = {
     {{3, 7, 6, 5}, {9, 7, 1, 1}, {}},
     {{2, 3, 41, 43}, {5, 3, 5, 5}, {.ph = 2, .pw = 2}},
     {{9, 2, 3, 3}, {3, 2, 3, 3}, {.ph = 1, .pw = 1}},
+    // Dead taps (only the centre one reads the 1x1 map; four reach the 2x2 one) and many samples per GEMM.
+    {{37, 6, 1, 1}, {4, 6, 3, 3}, {.ph = 1, .pw = 1}},
+    {{7, 4, 2, 2}, {5, 4, 3, 3}, {.sh = 2, .sw = 2, .ph = 1, .pw = 1}},
+    {{6, 4, 1, 3}, {6, 2, 3, 3}, {.ph = 2, .pw = 1, .dh = 2, .dw = 1, .groups = 2}},
 };
 
 TEST(ConvFastPath, MatchesReferenceKernel) {

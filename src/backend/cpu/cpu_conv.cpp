@@ -19,17 +19,21 @@
 //   weight gradient  dw (O, Q)    = sum over n of g[n] (O, L) @ col^T (L, Q)
 // A 1x1 kernel with stride 1 and no padding needs no col: x[n] viewed as
 // (C, H*W) is col already.
-// The forward and input gradient split samples over threads, each with a
-// col buffer of its own (it stays in cache between im2col and the GEMM); a
-// batch smaller than the team runs one sample at a time on the GEMM's own
-// threads. The weight gradient cuts the batch into chunks of a size fixed
-// by L alone (about kWeightDepth positions), multiplies each chunk as one
-// GEMM of depth chunk * L into a partial sum, and adds the partials in chunk
-// order. Every element is thus computed in one order that depends on the
-// shapes only, never on the thread count.
+// All three work on chunks of samples side by side (columns [i L, (i + 1) L)
+// of a chunk's col belong to its sample i), so a GEMM has a few hundred
+// columns even when L is small (a 1x1 map would otherwise be a
+// matrix-vector product per sample). The chunk size depends on L alone
+// (kChunkColumns, kWeightDepth). Chunks split over threads, each with its own
+// buffers (col stays in cache between im2col and the GEMM); fewer chunks
+// than threads run one after another on the GEMM's own threads. The weight
+// gradient multiplies each chunk as one GEMM of depth nb * L into a partial
+// sum and adds the partials in chunk order. Every element is thus computed
+// in one order that depends on the shapes only, never on the thread count.
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "backend/cpu/cpu_dispatch.h"
 #include "backend/cpu/cpu_gemm.h"
@@ -185,82 +189,135 @@ void valid_range(int64_t off, int64_t stride, int64_t size, int64_t out, int64_t
   hi = std::clamp(hi, lo, out);
 }
 
-// col (cg * KH * KW, OH * OW), row-major with row stride ld, from one sample's
-// channels x (cg, H, W) contiguous.
-void im2col(const float* x, const ConvShape& s, const Window2d& win, int64_t cg, float* col, int64_t ld) {
+// Note [Dead taps]
+// A tap (kh, kw) whose every read falls in the padding (a 3x3 kernel with
+// padding 1 on a 1x1 map has 8 such taps) contributes only zeros. The GEMM
+// path leaves those taps out of col and of the weight matrix, so its depth
+// is C/G * (live taps): 9x less work on the 1x1 maps deep in a ResNet.
+struct Taps {
+  std::vector<std::array<int64_t, 2>> live;  // (kh, kw) in row-major order
+  bool all = true;                           // every tap is live
+  int64_t size() const { return static_cast<int64_t>(live.size()); }
+};
+
+Taps live_taps(const ConvShape& s, const Window2d& win) {
+  Taps t;
+  for (int64_t kh = 0; kh < win.kh; ++kh)
+    for (int64_t kw = 0; kw < win.kw; ++kw) {
+      int64_t oh0, oh1, ow0, ow1;
+      valid_range(kh * win.dh - win.ph, win.sh, s.h, s.oh, oh0, oh1);
+      valid_range(kw * win.dw - win.pw, win.sw, s.w, s.ow, ow0, ow1);
+      if (oh1 > oh0 && ow1 > ow0) t.live.push_back({kh, kw});
+    }
+  t.all = t.size() == win.kh * win.kw;
+  return t;
+}
+
+// The weight (O, C/G, KH, KW) as the GEMM's (O, C/G * live taps) matrix:
+// w itself when every tap is live, else the live columns copied to `buf`.
+const float* weight_matrix(const float* w, const ConvShape& s, const Window2d& win, const Taps& taps,
+                           std::unique_ptr<float[]>& buf) {
+  if (taps.all) return w;
+  const int64_t t = taps.size(), cg = s.cg();
+  buf.reset(new float[static_cast<size_t>(s.o * cg * t)]);
+  for (int64_t o = 0; o < s.o; ++o)
+    for (int64_t c = 0; c < cg; ++c)
+      for (int64_t k = 0; k < t; ++k)
+        buf[static_cast<size_t>((o * cg + c) * t + k)] = w[((o * cg + c) * win.kh + taps.live[k][0]) * win.kw + taps.live[k][1]];
+  return buf.get();
+}
+
+// col (cg * live taps, OH * OW), row-major with row stride ld, from one
+// sample's channels x (cg, H, W) contiguous.
+void im2col(const float* x, const ConvShape& s, const Window2d& win, const Taps& taps, int64_t cg, float* col,
+            int64_t ld) {
   const int64_t hw = s.h * s.w;
   for (int64_t c = 0; c < cg; ++c)
-    for (int64_t kh = 0; kh < win.kh; ++kh)
-      for (int64_t kw = 0; kw < win.kw; ++kw) {
-        float* row = col + ((c * win.kh + kh) * win.kw + kw) * ld;
-        const float* plane = x + c * hw;
-        const int64_t offh = kh * win.dh - win.ph, offw = kw * win.dw - win.pw;
-        int64_t oh0, oh1, ow0, ow1;
-        valid_range(offh, win.sh, s.h, s.oh, oh0, oh1);
-        valid_range(offw, win.sw, s.w, s.ow, ow0, ow1);
-        std::fill(row, row + oh0 * s.ow, 0.0f);
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
-          float* dst = row + oh * s.ow;
-          const float* src = plane + (oh * win.sh + offh) * s.w + offw;
-          std::fill(dst, dst + ow0, 0.0f);
-          if (win.sw == 1) {
-            std::memcpy(dst + ow0, src + ow0, static_cast<size_t>(ow1 - ow0) * sizeof(float));
-          } else {
-            for (int64_t ow = ow0; ow < ow1; ++ow) dst[ow] = src[ow * win.sw];
-          }
-          std::fill(dst + ow1, dst + s.ow, 0.0f);
+    for (int64_t k = 0; k < taps.size(); ++k) {
+      const int64_t kh = taps.live[k][0], kw = taps.live[k][1];
+      float* row = col + (c * taps.size() + k) * ld;
+      const float* plane = x + c * hw;
+      const int64_t offh = kh * win.dh - win.ph, offw = kw * win.dw - win.pw;
+      int64_t oh0, oh1, ow0, ow1;
+      valid_range(offh, win.sh, s.h, s.oh, oh0, oh1);
+      valid_range(offw, win.sw, s.w, s.ow, ow0, ow1);
+      std::fill(row, row + oh0 * s.ow, 0.0f);
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        float* dst = row + oh * s.ow;
+        const float* src = plane + (oh * win.sh + offh) * s.w + offw;
+        std::fill(dst, dst + ow0, 0.0f);
+        if (win.sw == 1) {
+          std::memcpy(dst + ow0, src + ow0, static_cast<size_t>(ow1 - ow0) * sizeof(float));
+        } else {
+          for (int64_t ow = ow0; ow < ow1; ++ow) dst[ow] = src[ow * win.sw];
         }
-        std::fill(row + oh1 * s.ow, row + s.oh * s.ow, 0.0f);
+        std::fill(dst + ow1, dst + s.ow, 0.0f);
       }
+      std::fill(row + oh1 * s.ow, row + s.oh * s.ow, 0.0f);
+    }
 }
 
 // The inverse scatter: x (cg, H, W) += each col entry at its input pixel
 // (padding entries dropped), rows in order.
-void col2im_add(const float* col, int64_t ld, const ConvShape& s, const Window2d& win, int64_t cg, float* x) {
+void col2im_add(const float* col, int64_t ld, const ConvShape& s, const Window2d& win, const Taps& taps, int64_t cg,
+                float* x) {
   const int64_t hw = s.h * s.w;
   for (int64_t c = 0; c < cg; ++c)
-    for (int64_t kh = 0; kh < win.kh; ++kh)
-      for (int64_t kw = 0; kw < win.kw; ++kw) {
-        const float* row = col + ((c * win.kh + kh) * win.kw + kw) * ld;
-        float* plane = x + c * hw;
-        const int64_t offh = kh * win.dh - win.ph, offw = kw * win.dw - win.pw;
-        int64_t oh0, oh1, ow0, ow1;
-        valid_range(offh, win.sh, s.h, s.oh, oh0, oh1);
-        valid_range(offw, win.sw, s.w, s.ow, ow0, ow1);
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
-          const float* src = row + oh * s.ow;
-          float* dst = plane + (oh * win.sh + offh) * s.w + offw;
-          if (win.sw == 1) {
-            for (int64_t ow = ow0; ow < ow1; ++ow) dst[ow] += src[ow];
-          } else {
-            for (int64_t ow = ow0; ow < ow1; ++ow) dst[ow * win.sw] += src[ow];
-          }
+    for (int64_t k = 0; k < taps.size(); ++k) {
+      const int64_t kh = taps.live[k][0], kw = taps.live[k][1];
+      const float* row = col + (c * taps.size() + k) * ld;
+      float* plane = x + c * hw;
+      const int64_t offh = kh * win.dh - win.ph, offw = kw * win.dw - win.pw;
+      int64_t oh0, oh1, ow0, ow1;
+      valid_range(offh, win.sh, s.h, s.oh, oh0, oh1);
+      valid_range(offw, win.sw, s.w, s.ow, ow0, ow1);
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        const float* src = row + oh * s.ow;
+        float* dst = plane + (oh * win.sh + offh) * s.w + offw;
+        if (win.sw == 1) {
+          for (int64_t ow = ow0; ow < ow1; ++ow) dst[ow] += src[ow];
+        } else {
+          for (int64_t ow = ow0; ow < ow1; ++ow) dst[ow * win.sw] += src[ow];
         }
       }
+    }
 }
 
 // A scratch buffer of n floats, left uninitialized (every user writes
 // before it reads; std::vector would zero it on every call).
 std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<float[]>(new float[static_cast<size_t>(n)]); }
 
-// Runs fn(n, col_buffer) for every sample: samples split over threads, each
-// thread with its own buffer of `col_floats`; a batch smaller than the team
-// runs in order on this thread, leaving the team to the GEMM.
+// Samples per GEMM: enough that a chunk has about kChunkColumns output
+// positions (a product of L = 196 columns wastes an eighth of its last
+// 32-wide panel; one of L = 1 is a matrix-vector product), fixed by L alone.
+constexpr int64_t kChunkColumns = 512;
+
+int64_t samples_per_chunk(int64_t n, int64_t l) {
+  return std::clamp<int64_t>(kChunkColumns / std::max<int64_t>(l, 1), 1, std::max<int64_t>(n, 1));
+}
+
+// Runs fn(chunk, buffers...) for chunks [0, chunks): split over threads, each
+// thread with scratch buffers of its own (sizes in floats), when there are
+// enough chunks; otherwise in order on this thread, leaving the team to the
+// GEMM. Either way each chunk's arithmetic is the same.
 template <class Fn>
-void for_each_sample(int64_t n, int64_t col_floats, const Fn& fn) {
-  const bool split = n >= get_num_threads() && get_num_threads() > 1 && !in_parallel_region();
+void for_each_chunk(int64_t chunks, int64_t floats_a, int64_t floats_b, const Fn& fn) {
+  const bool split = chunks >= get_num_threads() && get_num_threads() > 1 && !in_parallel_region();
   if (!split) {
-    auto col = scratch(col_floats);
-    for (int64_t i = 0; i < n; ++i) fn(i, col.get());
+    auto a = scratch(floats_a), b = scratch(floats_b);
+    for (int64_t ch = 0; ch < chunks; ++ch) fn(ch, a.get(), b.get());
     return;
   }
-  parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-    auto col = scratch(col_floats);
-    for (int64_t i = begin; i < end; ++i) fn(i, col.get());
+  parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    auto a = scratch(floats_a), b = scratch(floats_b);
+    for (int64_t ch = begin; ch < end; ++ch) fn(ch, a.get(), b.get());
   });
 }
 
-// x, w, y contiguous (the ops layer's promise for float32).
+// x, w, y contiguous (the ops layer's promise for float32). Per chunk of nb
+// samples and per group: col (q, nb * L) from im2col, then
+// y (og, nb * L) = w (og, q) @ col, written straight into y when nb == 1 and
+// through a buffer (then copied out per sample) otherwise.
 void conv_forward_f32(const ConvShape& s, const Window2d& win, const TensorImpl* xt, const TensorImpl* wt,
                       const TensorImpl* bt, TensorImpl* yt) {
   const float* x = data_ptr<float>(xt);
@@ -268,47 +325,91 @@ void conv_forward_f32(const ConvShape& s, const Window2d& win, const TensorImpl*
   const float* b = bt != nullptr ? data_ptr<float>(bt) : nullptr;
   const int64_t bs = bt != nullptr ? bt->strides[0] : 0;
   float* y = data_ptr<float>(yt);
-  const int64_t cg = s.cg(), og = s.og(), l = s.oh * s.ow, q = cg * win.kh * win.kw;
+  const Taps taps = live_taps(s, win);
+  std::unique_ptr<float[]> wbuf;
+  w = weight_matrix(w, s, win, taps, wbuf);
+  const int64_t cg = s.cg(), og = s.og(), l = s.oh * s.ow, q = cg * taps.size();
+  const int64_t per = samples_per_chunk(s.n, l), chunks = (s.n + per - 1) / per, cols = per * l;
   const bool pointwise = is_pointwise(win);
   const GemmIsa isa = gemm_isa();
-  for_each_sample(s.n, pointwise ? 0 : q * l, [&](int64_t n, float* col) {
+  for_each_chunk(chunks, pointwise && per == 1 ? 0 : q * cols, per == 1 ? 0 : og * cols,
+                 [&](int64_t ch, float* col, float* out) {
+    const int64_t n0 = ch * per, nb = std::min(per, s.n - n0), width = nb * l;
     for (int64_t g = 0; g < s.groups; ++g) {
-      const float* xs = x + (n * s.c + g * cg) * s.h * s.w;
-      float* ys = y + (n * s.o + g * og) * l;
-      if (!pointwise) im2col(xs, s, win, cg, col, l);
-      const float* bmat = pointwise ? xs : col;
-      sgemm(isa, 1, og, l, q, {w + g * og * q, 0, q, 1}, {bmat, 0, l, 1}, {ys, 0, l, 1});
-      if (b != nullptr)
+      const float* bmat = col;
+      if (pointwise && nb == 1) {
+        bmat = x + (n0 * s.c + g * cg) * s.h * s.w;
+      } else {
+        for (int64_t i = 0; i < nb; ++i)
+          im2col(x + ((n0 + i) * s.c + g * cg) * s.h * s.w, s, win, taps, cg, col + i * l, cols);
+      }
+      const SgemmInput bin{bmat, 0, nb == 1 && pointwise ? l : cols, 1};
+      if (nb == 1) {
+        float* ys = y + (n0 * s.o + g * og) * l;
+        sgemm(isa, 1, og, l, q, {w + g * og * q, 0, q, 1}, bin, {ys, 0, l, 1});
+        if (b != nullptr)
+          for (int64_t o = 0; o < og; ++o) {
+            const float bo = b[(g * og + o) * bs];
+            float* row = ys + o * l;
+            for (int64_t j = 0; j < l; ++j) row[j] += bo;
+          }
+        continue;
+      }
+      sgemm(isa, 1, og, width, q, {w + g * og * q, 0, q, 1}, bin, {out, 0, cols, 1});
+      for (int64_t i = 0; i < nb; ++i)
         for (int64_t o = 0; o < og; ++o) {
-          const float bo = b[(g * og + o) * bs];
-          float* row = ys + o * l;
-          for (int64_t j = 0; j < l; ++j) row[j] += bo;
+          const float* src = out + o * cols + i * l;
+          float* dst = y + ((n0 + i) * s.o + g * og + o) * l;
+          const float bo = b != nullptr ? b[(g * og + o) * bs] : 0.0f;
+          if (b != nullptr) {
+            for (int64_t j = 0; j < l; ++j) dst[j] = src[j] + bo;
+          } else {
+            std::memcpy(dst, src, static_cast<size_t>(l) * sizeof(float));
+          }
         }
     }
   });
 }
 
+// Per chunk and group: gbuf (og, nb * L) gathered from g (g itself when
+// nb == 1), col (q, nb * L) = w^T (q, og) @ gbuf, then col2im per sample (a
+// pointwise kernel with nb == 1 writes dx directly).
 void conv_input_grad_f32(const ConvShape& s, const Window2d& win, const TensorImpl* gt, const TensorImpl* wt,
                          TensorImpl* dxt) {
   const float* g = data_ptr<float>(gt);
   const float* w = data_ptr<float>(wt);
   float* dx = data_ptr<float>(dxt);
-  const int64_t cg = s.cg(), og = s.og(), l = s.oh * s.ow, q = cg * win.kh * win.kw;
+  const Taps taps = live_taps(s, win);
+  std::unique_ptr<float[]> wbuf;
+  w = weight_matrix(w, s, win, taps, wbuf);
+  const int64_t cg = s.cg(), og = s.og(), l = s.oh * s.ow, q = cg * taps.size();
+  const int64_t per = samples_per_chunk(s.n, l), chunks = (s.n + per - 1) / per, cols = per * l;
   const bool pointwise = is_pointwise(win);
   const GemmIsa isa = gemm_isa();
-  for_each_sample(s.n, pointwise ? 0 : q * l, [&](int64_t n, float* col) {
+  for_each_chunk(chunks, pointwise && per == 1 ? 0 : q * cols, per == 1 ? 0 : og * cols,
+                 [&](int64_t ch, float* col, float* gbuf) {
+    const int64_t n0 = ch * per, nb = std::min(per, s.n - n0), width = nb * l;
     for (int64_t grp = 0; grp < s.groups; ++grp) {
-      const float* gs = g + (n * s.o + grp * og) * l;
-      float* dxs = dx + (n * s.c + grp * cg) * s.h * s.w;
       // w^T (q, og): element (r, o) at w[o * q + r].
       const SgemmInput wt_in{w + grp * og * q, 0, 1, q};
-      if (pointwise) {
-        sgemm(isa, 1, q, l, og, wt_in, {gs, 0, l, 1}, {dxs, 0, l, 1});
+      SgemmInput gin{g + (n0 * s.o + grp * og) * l, 0, l, 1};
+      if (nb > 1) {
+        for (int64_t i = 0; i < nb; ++i)
+          for (int64_t o = 0; o < og; ++o)
+            std::memcpy(gbuf + o * cols + i * l, g + ((n0 + i) * s.o + grp * og + o) * l,
+                        static_cast<size_t>(l) * sizeof(float));
+        gin = {gbuf, 0, cols, 1};
+      }
+      if (pointwise && nb == 1) {
+        sgemm(isa, 1, q, l, og, wt_in, gin, {dx + (n0 * s.c + grp * cg) * s.h * s.w, 0, l, 1});
         continue;
       }
-      sgemm(isa, 1, q, l, og, wt_in, {gs, 0, l, 1}, {col, 0, l, 1});
-      std::fill(dxs, dxs + cg * s.h * s.w, 0.0f);
-      col2im_add(col, l, s, win, cg, dxs);
+      sgemm(isa, 1, q, width, og, wt_in, gin, {col, 0, cols, 1});
+      for (int64_t i = 0; i < nb; ++i) {
+        float* dxs = dx + ((n0 + i) * s.c + grp * cg) * s.h * s.w;
+        std::fill(dxs, dxs + cg * s.h * s.w, 0.0f);
+        col2im_add(col + i * l, cols, s, win, taps, cg, dxs);
+      }
     }
   });
 }
@@ -318,48 +419,51 @@ void conv_weight_grad_f32(const ConvShape& s, const Window2d& win, const TensorI
   const float* x = data_ptr<float>(xt);
   const float* g = data_ptr<float>(gt);
   float* dw = data_ptr<float>(dwt);
-  const int64_t cg = s.cg(), og = s.og(), l = s.oh * s.ow, q = cg * win.kh * win.kw;
-  const int64_t wsize = s.o * q;  // dw's elements (o, q), contiguous
-  if (s.n == 0 || l == 0) {
-    std::fill(dw, dw + wsize, 0.0f);
-    return;
+  const Taps taps = live_taps(s, win);
+  const int64_t cg = s.cg(), og = s.og(), l = s.oh * s.ow, q = cg * taps.size();
+  const int64_t wsize = s.o * q;  // the (o, q) matrix of live taps, contiguous
+  // Dead taps (Note [Dead taps]) get exact zeros; the live ones go through
+  // `dwc` when some taps are dead.
+  std::unique_ptr<float[]> compact;
+  float* dwc = dw;
+  if (!taps.all) {
+    std::fill(dw, dw + s.o * cg * win.kh * win.kw, 0.0f);
+    compact = scratch(wsize);
+    dwc = compact.get();
   }
-  const int64_t per_chunk = std::clamp<int64_t>(kWeightDepth / std::max<int64_t>(l, 1), 1, s.n);
-  const int64_t chunks = (s.n + per_chunk - 1) / per_chunk;
-  const int64_t depth = per_chunk * l;
-  // Partial sums, one (o, q) block per chunk after the first (which goes to dw).
-  auto partial = scratch((chunks - 1) * wsize);
-  const GemmIsa isa = gemm_isa();
-  auto run_chunk = [&](int64_t ch, float* col, float* gbuf) {
-    const int64_t n0 = ch * per_chunk, nb = std::min(per_chunk, s.n - n0), kdepth = nb * l;
-    float* out = ch == 0 ? dw : partial.get() + (ch - 1) * wsize;
-    for (int64_t grp = 0; grp < s.groups; ++grp) {
-      // col (q, nb * l): sample i's columns at [i * l, (i + 1) * l); gbuf (og, nb * l) likewise.
-      for (int64_t i = 0; i < nb; ++i) {
-        const float* xs = x + ((n0 + i) * s.c + grp * cg) * s.h * s.w;
-        im2col(xs, s, win, cg, col + i * l, depth);
-        for (int64_t o = 0; o < og; ++o)
-          std::memcpy(gbuf + o * depth + i * l, g + ((n0 + i) * s.o + grp * og + o) * l,
-                      static_cast<size_t>(l) * sizeof(float));
-      }
-      // dw_g (og, q) = gbuf (og, kdepth) @ col^T (kdepth, q).
-      sgemm(isa, 1, og, q, kdepth, {gbuf, 0, depth, 1}, {col, 0, 1, depth}, {out + grp * og * q, 0, q, 1});
-    }
-  };
-  const int64_t col_floats = q * depth, g_floats = og * depth;
-  const bool split = chunks > 1 && get_num_threads() > 1 && !in_parallel_region();
-  if (split) {
-    parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      auto col = scratch(col_floats), gbuf = scratch(g_floats);
-      for (int64_t ch = begin; ch < end; ++ch) run_chunk(ch, col.get(), gbuf.get());
-    });
+  if (s.n == 0 || l == 0 || q == 0) {
+    std::fill(dwc, dwc + wsize, 0.0f);
   } else {
-    auto col = scratch(col_floats), gbuf = scratch(g_floats);
-    for (int64_t ch = 0; ch < chunks; ++ch) run_chunk(ch, col.get(), gbuf.get());
+    const int64_t per = std::clamp<int64_t>(kWeightDepth / std::max<int64_t>(l, 1), 1, s.n);
+    const int64_t chunks = (s.n + per - 1) / per, depth = per * l;
+    // Partial sums, one (o, q) block per chunk after the first (which goes to dwc).
+    auto partial = scratch((chunks - 1) * wsize);
+    const GemmIsa isa = gemm_isa();
+    for_each_chunk(chunks, q * depth, og * depth, [&](int64_t ch, float* col, float* gbuf) {
+      const int64_t n0 = ch * per, nb = std::min(per, s.n - n0), kdepth = nb * l;
+      float* out = ch == 0 ? dwc : partial.get() + (ch - 1) * wsize;
+      for (int64_t grp = 0; grp < s.groups; ++grp) {
+        // col (q, nb * l): sample i's columns at [i * l, (i + 1) * l); gbuf (og, nb * l) likewise.
+        for (int64_t i = 0; i < nb; ++i) {
+          im2col(x + ((n0 + i) * s.c + grp * cg) * s.h * s.w, s, win, taps, cg, col + i * l, depth);
+          for (int64_t o = 0; o < og; ++o)
+            std::memcpy(gbuf + o * depth + i * l, g + ((n0 + i) * s.o + grp * og + o) * l,
+                        static_cast<size_t>(l) * sizeof(float));
+        }
+        // dw_g (og, q) = gbuf (og, kdepth) @ col^T (kdepth, q).
+        sgemm(isa, 1, og, q, kdepth, {gbuf, 0, depth, 1}, {col, 0, 1, depth}, {out + grp * og * q, 0, q, 1});
+      }
+    });
+    for (int64_t ch = 1; ch < chunks; ++ch) {
+      const float* p = partial.get() + (ch - 1) * wsize;
+      for (int64_t k = 0; k < wsize; ++k) dwc[k] += p[k];
+    }
   }
-  for (int64_t ch = 1; ch < chunks; ++ch) {
-    const float* p = partial.get() + (ch - 1) * wsize;
-    for (int64_t k = 0; k < wsize; ++k) dw[k] += p[k];
+  if (!taps.all) {
+    const int64_t t = taps.size();
+    for (int64_t oc = 0; oc < s.o * cg; ++oc)
+      for (int64_t k = 0; k < t; ++k)
+        dw[(oc * win.kh + taps.live[k][0]) * win.kw + taps.live[k][1]] = dwc[oc * t + k];
   }
 }
 
