@@ -1,7 +1,7 @@
 # loom: the two commands (README.md) plus build helpers.
 #
 #   make test    install missing OS packages (as root), configure, build, run ctest
-#   make demo    train an MLP on Fashion-MNIST with `loom train` (the main job)
+#   make demo    train an MLP, then the small CNN, on Fashion-MNIST with `loom train` (the main job)
 #   make build   configure and build only
 #   make bench   benchmarks side by side with PyTorch (bench/run.py)
 #   make clean   remove build directories
@@ -78,11 +78,16 @@ bench: bench-deps
 # (DEPS includes dataset-fashion-mnist).
 DEMO_CKPT  ?= $(BUILD_DIR)/fashion_mnist_mlp.safetensors
 DEMO_TRAIN ?= --model mlp --dataset fashion-mnist --epochs 5 --batch-size 128 --optimizer adamw --lr 0.001
+# The second model: the small CNN (two conv-BN-ReLU-pool stages), ~92% after 5 epochs.
+DEMO_CNN_CKPT  ?= $(BUILD_DIR)/fashion_mnist_cnn.safetensors
+DEMO_CNN_TRAIN ?= --model cnn --dataset fashion-mnist --epochs 5 --batch-size 128 --optimizer adamw --lr 0.001
 
 demo: configure
 	cmake --build $(BUILD_DIR) -j$(JOBS) --target loom_cli
 	$(BUILD_DIR)/loom train $(DEMO_TRAIN) --out $(DEMO_CKPT) --metrics $(BUILD_DIR)/fashion_mnist_mlp.csv
 	$(BUILD_DIR)/loom predict --model-file $(DEMO_CKPT) --index 0
+	$(BUILD_DIR)/loom train $(DEMO_CNN_TRAIN) --out $(DEMO_CNN_CKPT) --metrics $(BUILD_DIR)/fashion_mnist_cnn.csv
+	$(BUILD_DIR)/loom predict --model-file $(DEMO_CNN_CKPT) --index 0
 
 clean:
 	rm -rf $(BUILD_DIR) $(BENCH_DIR)
