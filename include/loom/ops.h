@@ -154,6 +154,11 @@ Tensor cumsum(const Tensor& x, int64_t dim);
 Tensor softmax(const Tensor& x, int64_t dim);
 Tensor log_softmax(const Tensor& x, int64_t dim);
 
+// grad where x > threshold, 0 elsewhere (NaN in x counts as not greater):
+// relu's gradient from its input or output in one pass (PyTorch's
+// threshold_backward). grad and x broadcast; floating dtypes.
+Tensor threshold_backward(const Tensor& grad, const Tensor& x, double threshold);
+
 // ---- fused row ops ----
 // The gradient of softmax / log_softmax along `dim` from the op's output:
 // y * (grad - sum(grad * y)) and grad - exp(y) * sum(grad). Differentiable.

@@ -344,14 +344,37 @@ Tensor relu(const Tensor& x) {
   LOOM_CHECK(x.dtype() != kBool, "relu: not defined for bool tensors");
   Tensor y = unary_kernel(OpKind::Relu, x, x.dtype());
   auto node = autograd::make_node("ReluBackward", {x}, [](FunctionNode& ctx, const TensorList& g) {
-    Tensor ys = ctx.saved(0);
-    return TensorList{mul(g[0], as_mask(gt(ys, ops::wrap_scalar(0, ys.device())), g[0].dtype()))};
+    return TensorList{threshold_backward(g[0], ctx.saved(0), 0.0)};
   });
   if (node) {
     autograd::set_history(y, node);
     node->save_output(y);
   }
   return y;
+}
+
+Tensor threshold_backward(const Tensor& grad, const Tensor& x, double threshold) {
+  LOOM_CHECK(grad.defined() && x.defined(), "threshold_backward: undefined tensor");
+  LOOM_CHECK(is_floating_point(grad.dtype()) && is_floating_point(x.dtype()),
+             "threshold_backward: expected floating point tensors, got grad ", dtype_name(grad.dtype()), " and x ",
+             dtype_name(x.dtype()));
+  ops::check_same_device("threshold_backward", {grad, x});
+  const Shape shape = ops::broadcast_shape(grad.sizes(), x.sizes(), "threshold_backward");
+  const DType t = promote({&grad, &x}, "threshold_backward");
+  Tensor cg = ops::expand_raw(ops::cast_raw(grad, t), shape), cx = ops::expand_raw(ops::cast_raw(x, t), shape);
+  Tensor out = make_tensor(shape, t, grad.device());
+  ops::launch(OpKind::ThresholdBackward, {&cg, &cx}, out, {threshold});
+  // Linear in grad; piecewise constant in x (no gradient flows to x).
+  const Shape sg = grad.sizes();
+  auto node = autograd::make_node("ThresholdBackwardBackward", {grad}, [threshold, sg](FunctionNode& ctx,
+                                                                                       const TensorList& h) {
+    return TensorList{sum_to(threshold_backward(h[0], ctx.saved(0), threshold), sg)};
+  });
+  if (node) {
+    autograd::set_history(out, node);
+    node->save(x);
+  }
+  return out;
 }
 
 Tensor leaky_relu(const Tensor& x, double slope) {

@@ -254,8 +254,7 @@ Tensor linear(const Tensor& input, const Tensor& weight, const Tensor& bias, Lin
         switch (activation) {
           case LinearActivation::None: break;
           case LinearActivation::Relu: {
-            const Tensor y = ctx.saved(3);
-            gz = mul(gz, gt(y, ops::wrap_scalar(0, y.device())).to(gz.dtype()));
+            gz = threshold_backward(gz, ctx.saved(3), 0.0);
             break;
           }
           case LinearActivation::Gelu:

@@ -722,6 +722,16 @@ Array cross_entropy_ref(const Array& x, const Array& t, const std::string& reduc
 }
 
 void add_fused_rows(std::vector<Row>& rows) {
+  // relu's gradient in one kernel; no gradient flows to x (Const).
+  rows.push_back(Row("threshold_backward")
+                     .in(U(-1, 1))
+                     .in(Const(Away(-1, 1, {0.25}, 0.05)))
+                     .shapes({{{3, 4}, {3, 4}}, {{2, 1, 3}, {2, 4, 3}}, {{3, 4}, {}}})
+                     .f([](const TL& t) { return loom::threshold_backward(t[0], t[1], 0.25); })
+                     .r([](const AL& a) { return zip(a[0], a[1], [](double g, double x) { return x > 0.25 ? g : 0.0; }); })
+                     .broadcasting()
+                     .low_precision()
+                     .gradgrad_check());
   const Cases pair = {{{3, 4}, {3, 4}}, {{2, 3, 5}, {2, 3, 5}}, {{1, 1}, {1, 1}}, {{4}, {4}}};
   rows.push_back(Row("softmax_backward_last")
                      .in(U(-2, 2))

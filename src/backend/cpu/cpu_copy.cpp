@@ -1,4 +1,4 @@
-// Copy (with dtype conversion), Fill and Where: the data-movement kernels.
+// Copy (with dtype conversion), Fill, Where and ThresholdBackward: the data-movement kernels.
 #include <cstring>
 
 #include "backend/cpu/cpu_dispatch.h"
@@ -102,6 +102,33 @@ void Where(const KernelCall& c) {
     T* y = data_ptr<T>(out);
     parallel_elementwise<4>(out->sizes, {&out->strides, &cond->strides, &a->strides, &b->strides},
                             [&](const Offsets4& o) { y[o[0]] = pc[o[1]] ? pa[o[2]] : pb[o[3]]; });
+  });
+}
+
+// out[0] = in[1] > f[0] ? in[0] : 0. One pass (relu's gradient was a
+// comparison, a bool-to-float copy and a multiply); contiguous operands run
+// as flat chunks the compiler vectorizes.
+void ThresholdBackward(const KernelCall& c) {
+  const TensorImpl *g = c.in[0], *x = c.in[1];
+  TensorImpl* out = c.out[0];
+  LOOM_ASSERT(g->dtype == out->dtype && x->dtype == out->dtype, "ThresholdBackward: mixed dtypes");
+  dispatch_float(out->dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using C = compute_t<T>;
+    const T *pg = data_ptr<T>(g), *px = data_ptr<T>(x);
+    T* y = data_ptr<T>(out);
+    const C t = static_cast<C>(c.f[0]);
+    if constexpr (std::is_floating_point_v<T>) {
+      if (g->is_contiguous() && x->is_contiguous() && out->is_contiguous()) {
+        parallel_for(0, out->numel(), kGrain, [&](int64_t lo, int64_t hi) {
+          for (int64_t i = lo; i < hi; ++i) y[i] = px[i] > t ? pg[i] : T(0);
+        });
+        return;
+      }
+    }
+    parallel_elementwise<3>(out->sizes, {&out->strides, &g->strides, &x->strides}, [&](const Offsets3& o) {
+      y[o[0]] = to_compute(px[o[2]]) > t ? pg[o[1]] : convert<T>(0.0);
+    });
   });
 }
 
