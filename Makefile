@@ -74,7 +74,7 @@ bench: bench-deps
 
 # The main job: train the Fashion-MNIST MLP (784-512-256-10, AdamW lr 1e-3,
 # batch 128, 5 epochs) with the `loom` command, then classify one test image
-# with the checkpoint it wrote. `configure` installs what is missing first
+# with the checkpoint it wrote; then the same for the small CNN. `configure` installs what is missing first
 # (DEPS includes dataset-fashion-mnist).
 DEMO_CKPT  ?= $(BUILD_DIR)/fashion_mnist_mlp.safetensors
 DEMO_TRAIN ?= --model mlp --dataset fashion-mnist --epochs 5 --batch-size 128 --optimizer adamw --lr 0.001
