@@ -39,6 +39,7 @@
 #include "backend/cpu/cpu_gemm.h"
 #include "backend/cpu/cpu_kernels.h"
 #include "backend/window2d.h"
+#include "core/allocator.h"
 
 namespace loom::cpu {
 
@@ -189,6 +190,20 @@ void valid_range(int64_t off, int64_t stride, int64_t size, int64_t out, int64_t
   hi = std::clamp(hi, lo, out);
 }
 
+// A scratch buffer of n floats from loom's caching allocator, left
+// uninitialized (every user writes before it reads). The cache hands the
+// same blocks back call after call; malloc would give a pool thread's
+// freed megabytes back to the kernel and fault them in, zeroed, next call.
+struct ScratchFree {
+  size_t size;
+  void operator()(float* p) const { cpu_free(p, size); }
+};
+using Scratch = std::unique_ptr<float[], ScratchFree>;
+Scratch scratch(int64_t n) {
+  const CpuBlock b = cpu_allocate(static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float));
+  return Scratch(static_cast<float*>(b.ptr), ScratchFree{b.size});
+}
+
 // Note [Dead taps]
 // A tap (kh, kw) whose every read falls in the padding (a 3x3 kernel with
 // padding 1 on a 1x1 map has 8 such taps) contributes only zeros. The GEMM
@@ -216,10 +231,10 @@ Taps live_taps(const ConvShape& s, const Window2d& win) {
 // The weight (O, C/G, KH, KW) as the GEMM's (O, C/G * live taps) matrix:
 // w itself when every tap is live, else the live columns copied to `buf`.
 const float* weight_matrix(const float* w, const ConvShape& s, const Window2d& win, const Taps& taps,
-                           std::unique_ptr<float[]>& buf) {
+                           Scratch& buf) {
   if (taps.all) return w;
   const int64_t t = taps.size(), cg = s.cg();
-  buf.reset(new float[static_cast<size_t>(s.o * cg * t)]);
+  buf = scratch(s.o * cg * t);
   for (int64_t o = 0; o < s.o; ++o)
     for (int64_t c = 0; c < cg; ++c)
       for (int64_t k = 0; k < t; ++k)
@@ -283,16 +298,17 @@ void col2im_add(const float* col, int64_t ld, const ConvShape& s, const Window2d
     }
 }
 
-// A scratch buffer of n floats, left uninitialized (every user writes
-// before it reads; std::vector would zero it on every call).
-std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<float[]>(new float[static_cast<size_t>(n)]); }
 
-// Samples per GEMM: enough that a chunk has about kChunkColumns output
-// positions (a product of L = 196 columns wastes an eighth of its last
-// 32-wide panel; one of L = 1 is a matrix-vector product), fixed by L alone.
+// Samples per GEMM of the forward and input gradient: one when a sample
+// has at least kChunkMinColumns output positions (the GEMM then reads and
+// writes the tensors in place), else enough for about kChunkColumns (a
+// product of L = 1 column would be a matrix-vector product; chunks cost a
+// copy of the output or the gradient into the chunk's layout). Fixed by L alone.
 constexpr int64_t kChunkColumns = 512;
+constexpr int64_t kChunkMinColumns = 128;
 
 int64_t samples_per_chunk(int64_t n, int64_t l) {
+  if (l >= kChunkMinColumns) return 1;
   return std::clamp<int64_t>(kChunkColumns / std::max<int64_t>(l, 1), 1, std::max<int64_t>(n, 1));
 }
 
@@ -326,7 +342,7 @@ void conv_forward_f32(const ConvShape& s, const Window2d& win, const TensorImpl*
   const int64_t bs = bt != nullptr ? bt->strides[0] : 0;
   float* y = data_ptr<float>(yt);
   const Taps taps = live_taps(s, win);
-  std::unique_ptr<float[]> wbuf;
+  Scratch wbuf;
   w = weight_matrix(w, s, win, taps, wbuf);
   const int64_t cg = s.cg(), og = s.og(), l = s.oh * s.ow, q = cg * taps.size();
   const int64_t per = samples_per_chunk(s.n, l), chunks = (s.n + per - 1) / per, cols = per * l;
@@ -380,7 +396,7 @@ void conv_input_grad_f32(const ConvShape& s, const Window2d& win, const TensorIm
   const float* w = data_ptr<float>(wt);
   float* dx = data_ptr<float>(dxt);
   const Taps taps = live_taps(s, win);
-  std::unique_ptr<float[]> wbuf;
+  Scratch wbuf;
   w = weight_matrix(w, s, win, taps, wbuf);
   const int64_t cg = s.cg(), og = s.og(), l = s.oh * s.ow, q = cg * taps.size();
   const int64_t per = samples_per_chunk(s.n, l), chunks = (s.n + per - 1) / per, cols = per * l;
@@ -424,7 +440,7 @@ void conv_weight_grad_f32(const ConvShape& s, const Window2d& win, const TensorI
   const int64_t wsize = s.o * q;  // the (o, q) matrix of live taps, contiguous
   // Dead taps (Note [Dead taps]) get exact zeros; the live ones go through
   // `dwc` when some taps are dead.
-  std::unique_ptr<float[]> compact;
+  Scratch compact;
   float* dwc = dw;
   if (!taps.all) {
     std::fill(dw, dw + s.o * cg * win.kh * win.kw, 0.0f);
@@ -439,19 +455,23 @@ void conv_weight_grad_f32(const ConvShape& s, const Window2d& win, const TensorI
     // Partial sums, one (o, q) block per chunk after the first (which goes to dwc).
     auto partial = scratch((chunks - 1) * wsize);
     const GemmIsa isa = gemm_isa();
-    for_each_chunk(chunks, q * depth, og * depth, [&](int64_t ch, float* col, float* gbuf) {
+    for_each_chunk(chunks, q * depth, per > 1 ? og * depth : 0, [&](int64_t ch, float* col, float* gbuf) {
       const int64_t n0 = ch * per, nb = std::min(per, s.n - n0), kdepth = nb * l;
       float* out = ch == 0 ? dwc : partial.get() + (ch - 1) * wsize;
       for (int64_t grp = 0; grp < s.groups; ++grp) {
-        // col (q, nb * l): sample i's columns at [i * l, (i + 1) * l); gbuf (og, nb * l) likewise.
+        // col (q, nb * l): sample i's columns at [i * l, (i + 1) * l); gbuf (og, nb * l) likewise,
+        // or g itself for a chunk of one sample.
+        SgemmInput gin{g + (n0 * s.o + grp * og) * l, 0, l, 1};
         for (int64_t i = 0; i < nb; ++i) {
           im2col(x + ((n0 + i) * s.c + grp * cg) * s.h * s.w, s, win, taps, cg, col + i * l, depth);
-          for (int64_t o = 0; o < og; ++o)
-            std::memcpy(gbuf + o * depth + i * l, g + ((n0 + i) * s.o + grp * og + o) * l,
-                        static_cast<size_t>(l) * sizeof(float));
+          if (per > 1)
+            for (int64_t o = 0; o < og; ++o)
+              std::memcpy(gbuf + o * depth + i * l, g + ((n0 + i) * s.o + grp * og + o) * l,
+                          static_cast<size_t>(l) * sizeof(float));
         }
-        // dw_g (og, q) = gbuf (og, kdepth) @ col^T (kdepth, q).
-        sgemm(isa, 1, og, q, kdepth, {gbuf, 0, depth, 1}, {col, 0, 1, depth}, {out + grp * og * q, 0, q, 1});
+        if (per > 1) gin = {gbuf, 0, depth, 1};
+        // dw_g (og, q) = g chunk (og, kdepth) @ col^T (kdepth, q).
+        sgemm(isa, 1, og, q, kdepth, gin, {col, 0, 1, depth}, {out + grp * og * q, 0, q, 1});
       }
     });
     for (int64_t ch = 1; ch < chunks; ++ch) {

@@ -121,7 +121,15 @@ void ThresholdBackward(const KernelCall& c) {
     if constexpr (std::is_floating_point_v<T>) {
       if (g->is_contiguous() && x->is_contiguous() && out->is_contiguous()) {
         parallel_for(0, out->numel(), kGrain, [&](int64_t lo, int64_t hi) {
-          for (int64_t i = lo; i < hi; ++i) y[i] = px[i] > t ? pg[i] : T(0);
+          const T* __restrict gs = pg + lo;
+          const T* __restrict xs = px + lo;
+          T* __restrict ys = y + lo;
+          // Both loads unconditional, so the select compiles to a vector
+          // compare and blend; a branch on the (random) sign mispredicts.
+          for (int64_t i = 0; i < hi - lo; ++i) {
+            const T gv = gs[i];
+            ys[i] = xs[i] > t ? gv : T(0);
+          }
         });
         return;
       }
