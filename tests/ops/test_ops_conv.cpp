@@ -293,10 +293,122 @@ TEST(ConvFastPath, MatchesReferenceKernel) {
   }
 }
 
+// Note [Winograd convolution] (src/backend/cpu/cpu_winograd.h): 3x3 stride-1
+// ungrouped float32 convolutions with 16+ channels each way and 4+ outputs
+// per side run F(2x2, 3x3). Its rounding is not bounded term by term like a
+// direct sum: a tile's output mixes its whole 4x4 input patch d and 3x3
+// filter g through the transforms. First-order error analysis (additions
+// in the transforms round, products by 1 and 0.5 are exact):
+//   forward   |err| <= (C + 12) u (9 sum_c |g_oc|_1 |d_c|_1 + |bias|)
+//   dW        |err| <= (T + chunks + ranges + 9) u 4 sum_tiles |e_o|_1 |d_c|_1
+// with |.|_1 the sum of magnitudes over the filter, the tile's 4x4 input
+// patch and its 2x2 output-gradient block, C the input channels and T the
+// tiles of all samples (chunks, ranges <= T). The input gradient is the
+// forward correlation of the output gradient with the flipped filter,
+// padded by 2 - p.
+
+// sum |x[n, c, 2i - ph + a, 2j - pw + b]| over a, b < k (zeros outside), as
+// (n, c, th, tw) doubles.
+std::vector<double> patch_sums(const Tensor& x, int64_t ph, int64_t pw, int64_t th, int64_t tw, int64_t k) {
+  Tensor a = x.to(loom::kFloat64).contiguous();
+  const double* p = a.data_ptr<double>();
+  const int64_t n = x.sizes()[0], c = x.sizes()[1], h = x.sizes()[2], w = x.sizes()[3];
+  std::vector<double> out(static_cast<size_t>(n * c * th * tw), 0.0);
+  for (int64_t pl = 0; pl < n * c; ++pl)
+    for (int64_t i = 0; i < th; ++i)
+      for (int64_t j = 0; j < tw; ++j) {
+        double s = 0;
+        for (int64_t r = 2 * i - ph; r < 2 * i - ph + k; ++r)
+          for (int64_t q = 2 * j - pw; q < 2 * j - pw + k; ++q)
+            if (r >= 0 && r < h && q >= 0 && q < w) s += std::abs(p[(pl * h + r) * w + q]);
+        out[static_cast<size_t>((pl * th + i) * tw + j)] = s;
+      }
+  return out;
+}
+
+// The forward bound's magnitudes 9 sum_c |g_oc|_1 |d_c|_1 + |bias| for y (n, o, oh, ow)
+// of the correlation of x with filters w (o, c, 3, 3) padded by (ph, pw).
+Tensor winograd_forward_magnitude(const Tensor& x, const Tensor& w, const Tensor* bias, int64_t ph, int64_t pw,
+                                  int64_t oh, int64_t ow) {
+  const int64_t n = x.sizes()[0], c = x.sizes()[1], o = w.sizes()[0], th = (oh + 1) / 2, tw = (ow + 1) / 2;
+  const std::vector<double> pd = patch_sums(x, ph, pw, th, tw, 4);
+  Tensor wa = w.to(loom::kFloat64).abs().sum({2, 3}).contiguous();  // (o, c)
+  const double* sg = wa.data_ptr<double>();
+  Tensor ba = bias != nullptr ? bias->to(loom::kFloat64).abs().contiguous() : loom::zeros({o}, loom::kFloat64);
+  const double* sb = ba.data_ptr<double>();
+  Tensor out = loom::zeros({n, o, oh, ow}, loom::kFloat64);
+  double* po = out.data_ptr<double>();
+  for (int64_t ni = 0; ni < n; ++ni)
+    for (int64_t oi = 0; oi < o; ++oi)
+      for (int64_t i = 0; i < oh; ++i)
+        for (int64_t j = 0; j < ow; ++j) {
+          double s = 0;
+          for (int64_t ci = 0; ci < c; ++ci)
+            s += sg[oi * c + ci] * pd[static_cast<size_t>(((ni * c + ci) * th + i / 2) * tw + j / 2)];
+          po[((ni * o + oi) * oh + i) * ow + j] = 9 * s + sb[oi];
+        }
+  return out;
+}
+
+struct WinogradCase {
+  Shape x;
+  int64_t o, ph, pw;
+};
+
+TEST(ConvWinograd, MatchesReferenceKernelWithinItsBound) {
+  loom::manual_seed(11);
+  const std::vector<WinogradCase> cases = {
+      {{3, 16, 9, 11}, 17, 1, 1},   // odd sizes, "same" padding
+      {{2, 17, 8, 7}, 16, 0, 0},    // no padding: the input gradient pads by 2
+      {{2, 16, 7, 6}, 16, 2, 1},    // padding 2: the input gradient pads by 0
+      {{16, 64, 34, 33}, 64, 1, 1},  // ~20 chunks: more than the weight gradient's 16 ranges
+  };
+  for (const WinogradCase& wc : cases) {
+    const int64_t n = wc.x[0], c = wc.x[1];
+    Tensor x = loom::randn({wc.x[0], wc.x[1], wc.x[3], wc.x[2]}).transpose(2, 3);
+    Tensor w = loom::randn({wc.o, c, 3, 3}), b = loom::randn({wc.o});
+    Tensor x64 = x.to(loom::kFloat64), w64 = w.to(loom::kFloat64), b64 = b.to(loom::kFloat64);
+    const std::string name = "x " + loom::shape_str(wc.x) + " o " + std::to_string(wc.o);
+    Tensor y = loom::conv2d(x, w, b, {1}, {wc.ph, wc.pw});
+    const int64_t oh = y.sizes()[2], ow = y.sizes()[3];
+    expect_within_rounding(y, loom::conv2d(x64, w64, b64, {1}, {wc.ph, wc.pw}),
+                           winograd_forward_magnitude(x, w, &b, wc.ph, wc.pw, oh, ow), c + 10, name + " forward");
+
+    Tensor gy = loom::randn(y.sizes());
+    Tensor gy64 = gy.to(loom::kFloat64);
+    Tensor dx = loom::conv_transpose2d(gy, w, {}, {1}, {wc.ph, wc.pw});
+    ASSERT_EQ(dx.sizes(), x.sizes()) << name;
+    // The input gradient's filters: w^T (c, o, 3, 3) flipped.
+    Tensor wflip = w.transpose(0, 1).flip({2, 3});
+    expect_within_rounding(dx, loom::conv_transpose2d(gy64, w64, {}, {1}, {wc.ph, wc.pw}),
+                           winograd_forward_magnitude(gy, wflip, nullptr, 2 - wc.ph, 2 - wc.pw, wc.x[2], wc.x[3]),
+                           wc.o + 10, name + " input gradient");
+
+    Tensor dw = loom::conv2d_weight(x, {wc.o, c, 3, 3}, gy, {1}, {wc.ph, wc.pw});
+    const int64_t th = (oh + 1) / 2, tw = (ow + 1) / 2, tiles = n * th * tw;
+    const std::vector<double> pd = patch_sums(x, wc.ph, wc.pw, th, tw, 4);
+    const std::vector<double> pe = patch_sums(gy, 0, 0, th, tw, 2);
+    Tensor mag = loom::zeros({wc.o, c, 3, 3}, loom::kFloat64);
+    double* pm = mag.data_ptr<double>();
+    for (int64_t oi = 0; oi < wc.o; ++oi)
+      for (int64_t ci = 0; ci < c; ++ci) {
+        double s = 0;
+        for (int64_t ni = 0; ni < n; ++ni)
+          for (int64_t t = 0; t < th * tw; ++t)
+            s += pe[static_cast<size_t>((ni * wc.o + oi) * th * tw + t)] * pd[static_cast<size_t>((ni * c + ci) * th * tw + t)];
+        for (int k = 0; k < 9; ++k) pm[(oi * c + ci) * 9 + k] = 4 * s;
+      }
+    expect_within_rounding(dw, loom::conv2d_weight(x64, {wc.o, c, 3, 3}, gy64, {1}, {wc.ph, wc.pw}), mag,
+                           3 * tiles + 7, name + " weight gradient");
+  }
+}
+
 // The float32 path's bits do not depend on the thread count.
 TEST(ConvFastPath, SameBitsOnOneAndTwoThreads) {
   loom::manual_seed(3);
-  Tensor x = loom::randn({6, 4, 23, 21}), w = loom::randn({5, 4, 3, 3}), b = loom::randn({5});
+  for (const auto& [xs, ws] : std::vector<std::pair<Shape, Shape>>{{{6, 4, 23, 21}, {5, 4, 3, 3}},
+                                                                  {{5, 24, 30, 29}, {32, 24, 3, 3}}}) {
+  Tensor x = loom::randn(xs), w = loom::randn(ws), b = loom::randn({ws[0]});
   auto run = [&]() {
     Tensor xx = x.detach().requires_grad_(true), ww = w.detach().requires_grad_(true);
     Tensor y = loom::conv2d(xx, ww, b, {1}, {1});
@@ -310,6 +422,7 @@ TEST(ConvFastPath, SameBitsOnOneAndTwoThreads) {
   auto two = run();
   loom::set_num_threads(saved);
   for (size_t k = 0; k < one.size(); ++k) EXPECT_TRUE(loom::equal(one[k], two[k])) << "output " << k;
+  }
 }
 
 TEST(ConvErrors, NameTheOpAndShapes) {

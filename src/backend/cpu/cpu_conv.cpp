@@ -38,6 +38,8 @@
 #include "backend/cpu/cpu_dispatch.h"
 #include "backend/cpu/cpu_gemm.h"
 #include "backend/cpu/cpu_kernels.h"
+#include "backend/cpu/cpu_scratch.h"
+#include "backend/cpu/cpu_winograd.h"
 #include "backend/window2d.h"
 #include "core/allocator.h"
 
@@ -190,20 +192,6 @@ void valid_range(int64_t off, int64_t stride, int64_t size, int64_t out, int64_t
   hi = std::clamp(hi, lo, out);
 }
 
-// A scratch buffer of n floats from loom's caching allocator, left
-// uninitialized (every user writes before it reads). The cache hands the
-// same blocks back call after call; malloc would give a pool thread's
-// freed megabytes back to the kernel and fault them in, zeroed, next call.
-struct ScratchFree {
-  size_t size;
-  void operator()(float* p) const { cpu_free(p, size); }
-};
-using Scratch = std::unique_ptr<float[], ScratchFree>;
-Scratch scratch(int64_t n) {
-  const CpuBlock b = cpu_allocate(static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float));
-  return Scratch(static_cast<float*>(b.ptr), ScratchFree{b.size});
-}
-
 // Note [Dead taps]
 // A tap (kh, kw) whose every read falls in the padding (a 3x3 kernel with
 // padding 1 on a 1x1 map has 8 such taps) contributes only zeros. The GEMM
@@ -312,22 +300,9 @@ int64_t samples_per_chunk(int64_t n, int64_t l) {
   return std::clamp<int64_t>(kChunkColumns / std::max<int64_t>(l, 1), 1, std::max<int64_t>(n, 1));
 }
 
-// Runs fn(chunk, buffers...) for chunks [0, chunks): split over threads, each
-// thread with scratch buffers of its own (sizes in floats), when there are
-// enough chunks; otherwise in order on this thread, leaving the team to the
-// GEMM. Either way each chunk's arithmetic is the same.
-template <class Fn>
-void for_each_chunk(int64_t chunks, int64_t floats_a, int64_t floats_b, const Fn& fn) {
-  const bool split = chunks >= get_num_threads() && get_num_threads() > 1 && !in_parallel_region();
-  if (!split) {
-    auto a = scratch(floats_a), b = scratch(floats_b);
-    for (int64_t ch = 0; ch < chunks; ++ch) fn(ch, a.get(), b.get());
-    return;
-  }
-  parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    auto a = scratch(floats_a), b = scratch(floats_b);
-    for (int64_t ch = begin; ch < end; ++ch) fn(ch, a.get(), b.get());
-  });
+// 3x3, stride 1, undilated, ungrouped: the Winograd candidates (Note [Winograd convolution]).
+bool winograd_geometry(const ConvShape& s, const Window2d& win) {
+  return s.groups == 1 && win.kh == 3 && win.kw == 3 && win.sh == 1 && win.sw == 1 && win.dh == 1 && win.dw == 1;
 }
 
 // x, w, y contiguous (the ops layer's promise for float32). Per chunk of nb
@@ -341,6 +316,10 @@ void conv_forward_f32(const ConvShape& s, const Window2d& win, const TensorImpl*
   const float* b = bt != nullptr ? data_ptr<float>(bt) : nullptr;
   const int64_t bs = bt != nullptr ? bt->strides[0] : 0;
   float* y = data_ptr<float>(yt);
+  if (winograd_geometry(s, win) && winograd_suits(s.c, s.o, s.oh, s.ow)) {
+    winograd_conv3x3_f32(x, s.n, s.c, s.h, s.w, w, false, s.o, s.oh, s.ow, win.ph, win.pw, b, bs, y);
+    return;
+  }
   const Taps taps = live_taps(s, win);
   Scratch wbuf;
   w = weight_matrix(w, s, win, taps, wbuf);
@@ -395,6 +374,11 @@ void conv_input_grad_f32(const ConvShape& s, const Window2d& win, const TensorIm
   const float* g = data_ptr<float>(gt);
   const float* w = data_ptr<float>(wt);
   float* dx = data_ptr<float>(dxt);
+  if (winograd_geometry(s, win) && winograd_suits(s.o, s.c, s.h, s.w)) {
+    // The correlation of g with the flipped, transposed filter, padded by 2 - p.
+    winograd_conv3x3_f32(g, s.n, s.o, s.oh, s.ow, w, true, s.c, s.h, s.w, 2 - win.ph, 2 - win.pw, nullptr, 0, dx);
+    return;
+  }
   const Taps taps = live_taps(s, win);
   Scratch wbuf;
   w = weight_matrix(w, s, win, taps, wbuf);
@@ -435,6 +419,10 @@ void conv_weight_grad_f32(const ConvShape& s, const Window2d& win, const TensorI
   const float* x = data_ptr<float>(xt);
   const float* g = data_ptr<float>(gt);
   float* dw = data_ptr<float>(dwt);
+  if (winograd_geometry(s, win) && winograd_suits(s.c, s.o, s.oh, s.ow)) {
+    winograd_weight_grad3x3_f32(x, g, s.n, s.c, s.h, s.w, s.o, s.oh, s.ow, win.ph, win.pw, dw);
+    return;
+  }
   const Taps taps = live_taps(s, win);
   const int64_t cg = s.cg(), og = s.og(), l = s.oh * s.ow, q = cg * taps.size();
   const int64_t wsize = s.o * q;  // the (o, q) matrix of live taps, contiguous
