@@ -12,4 +12,5 @@
 #include "loom/nn/loss.h"
 #include "loom/nn/normalization.h"
 #include "loom/nn/pooling.h"
+#include "loom/nn/rnn.h"
 #include "loom/nn/upsampling.h"
