@@ -242,6 +242,21 @@ Tensor batch_norm(const Tensor& input, const Tensor& weight = {}, const Tensor& 
 std::tuple<Tensor, Tensor, Tensor> batch_norm_with_stats(const Tensor& input, const Tensor& weight = {},
                                                          const Tensor& bias = {}, double eps = 1e-5);
 
+// ---- attention ----
+// PyTorch's torch.nn.functional.scaled_dot_product_attention:
+//   softmax(query key^T * scale + mask) value, with dropout on the weights,
+// as one fused op that never holds the Tq x Tk weights (memory grows with T;
+// Note [Attention kernels]). query (..., Tq, E), key (..., Tk, E), value
+// (..., Tk, Ev) with equal leading dims; attn_mask broadcastable to
+// (..., Tq, Tk): bool (true = take part) or a float mask added to the
+// scores; is_causal masks key j > query i (not with attn_mask); scale
+// defaults to 1 / sqrt(E); dropout_p > 0 drops weights (pass 0 in eval).
+// A float attn_mask that requires grad takes the unfused path (loom ops), so
+// it gets its gradient too.
+Tensor scaled_dot_product_attention(const Tensor& query, const Tensor& key, const Tensor& value,
+                                    const Tensor& attn_mask = {}, double dropout_p = 0.0, bool is_causal = false,
+                                    std::optional<double> scale = std::nullopt);
+
 // ---- joining, splitting, indexing ----
 Tensor cat(const std::vector<Tensor>& ts, int64_t dim = 0);
 Tensor stack(const std::vector<Tensor>& ts, int64_t dim = 0);

@@ -26,9 +26,9 @@ const char* op_name(OpKind op);
 // meaning per op is listed in ops.def.
 struct KernelCall {
   OpKind op;
-  const TensorImpl* in[4] = {};
+  const TensorImpl* in[8] = {};
   int n_in = 0;
-  TensorImpl* out[2] = {};
+  TensorImpl* out[4] = {};
   int n_out = 0;
   double f[4] = {};
   int64_t i[4] = {};

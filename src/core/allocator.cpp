@@ -1,6 +1,7 @@
 // The CPU caching allocator (Note [CPU caching allocator] in allocator.h).
 #include "core/allocator.h"
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <cstdint>
@@ -99,6 +100,7 @@ class CachingAllocator {
           list.pop_back();
           cached_ -= c.rounded;
           in_use_ += c.rounded;
+          peak_ = std::max(peak_, in_use_);
           ++hits_;
           return {p, c.rounded};
         }
@@ -113,6 +115,7 @@ class CachingAllocator {
     LOOM_CHECK(p != nullptr, "out of memory: failed to allocate ", nbytes, " bytes on cpu");
     std::lock_guard<std::mutex> lock(mu_);
     in_use_ += c.rounded;
+    peak_ = std::max(peak_, in_use_);
     ++system_allocations_;
     return {p, c.rounded};
   }
@@ -134,6 +137,11 @@ class CachingAllocator {
 
   void empty_cache() { release_until(0); }
 
+  void reset_peak() {
+    std::lock_guard<std::mutex> lock(mu_);
+    peak_ = in_use_;
+  }
+
   void set_limit(size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -146,6 +154,7 @@ class CachingAllocator {
     std::lock_guard<std::mutex> lock(mu_);
     CpuAllocatorStats s;
     s.bytes_in_use = in_use_;
+    s.peak_bytes_in_use = peak_;
     s.bytes_cached = cached_;
     s.cache_limit = limit_;
     s.system_allocations = system_allocations_;
@@ -188,7 +197,7 @@ class CachingAllocator {
   const bool caching_;
   size_t limit_;
   std::array<std::vector<void*>, kClasses> free_lists_;
-  size_t in_use_ = 0, cached_ = 0;
+  size_t in_use_ = 0, peak_ = 0, cached_ = 0;
   uint64_t system_allocations_ = 0, system_frees_ = 0, hits_ = 0;
 };
 
@@ -206,6 +215,7 @@ void cpu_free(void* ptr, size_t size) { allocator().free(ptr, size); }
 
 CpuAllocatorStats cpu_allocator_stats() { return allocator().stats(); }
 void cpu_empty_cache() { allocator().empty_cache(); }
+void cpu_reset_peak_stats() { allocator().reset_peak(); }
 void cpu_set_cache_limit(size_t bytes) { allocator().set_limit(bytes); }
 
 }  // namespace loom

@@ -152,6 +152,7 @@ inline void PrintTo(const Row& r, std::ostream* os) { *os << r.name; }
 // Rows kept in files of their own (all_rows() in test_ops.cpp gathers them).
 void add_conv_rows(std::vector<Row>& rows);  // test_ops_conv.cpp
 void add_pool_rows(std::vector<Row>& rows);  // test_ops_pool.cpp: pooling, batch norm, dropout2d, interpolate
+void add_attention_rows(std::vector<Row>& rows);  // test_ops_attention.cpp
 
 // Runs every check for one row, reporting failures through GoogleTest.
 void run_row(const Row& row);

@@ -1317,6 +1317,7 @@ std::vector<Row> all_rows() {
   add_fused_rows(rows);
   add_conv_rows(rows);
   add_pool_rows(rows);
+  add_attention_rows(rows);
   for (Row& r : rows) {
     if (kIntegerRows.count(r.name)) r.ints = true;
     // sum, prod and cumsum accumulate integers in int64.

@@ -101,6 +101,8 @@ Coverage cpu_coverage(OpKind op) {
     case OpKind::Conv2d:
     case OpKind::ConvTranspose2d:
     case OpKind::Conv2dWeight:
+    case OpKind::Attention:
+    case OpKind::AttentionBackward:
       return Coverage::Float;
     // The fused optimizer steps (cpu_optim.cpp) update float32 parameters.
     case OpKind::FusedAdam:
