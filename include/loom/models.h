@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "loom/models/gpt.h"
 #include "loom/nn.h"
 
 namespace loom::models {

@@ -1,0 +1,131 @@
+// A decoder-only transformer language model (nanoGPT's GPT-2 layout):
+//
+//   loom::models::GPTConfig cfg{.n_layer = 4, .n_embd = 256, .n_head = 4,
+//                               .block_size = 128, .vocab_size = 113};
+//   loom::models::GPT gpt(cfg);
+//   Tensor logits = gpt(idx);                       // idx (B, T) int64 -> (B, T, V)
+//   Tensor loss = gpt->loss(idx, targets);          // mean cross entropy, nats
+//   Tensor out = gpt->generate(prompt, 200, {.temperature = 0.8, .top_k = 40, .seed = 1});
+//
+// Pre-norm blocks x + attn(ln_1(x)), x + mlp(ln_2(x)); learned token and
+// position embeddings; a final LayerNorm and a linear head, whose weight is
+// the token embedding when tie_weights is set. Parameter names are
+// nanoGPT's ("transformer.h.0.attn.c_attn.weight"), so its state dicts map
+// one to one (with tied weights loom has no "lm_head.weight": nanoGPT's is
+// the same tensor as "transformer.wte.weight"). Initialization is nanoGPT's:
+// N(0, 0.02) weights, zero biases, and the residual projections (c_proj)
+// N(0, 0.02 / sqrt(2 n_layer)), from the global generator.
+//
+// Incremental decoding: a KVCache holds each layer's keys and values of the
+// tokens seen so far, so forward(idx, &cache) with the next token costs one
+// position, not the whole sequence; its logits equal those of recomputing
+// the whole sequence (tests/test_gpt.cpp).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "loom/nn.h"
+
+namespace loom::models {
+
+struct GPTConfig {
+  int64_t n_layer = 4;
+  int64_t n_embd = 256;  // d_model
+  int64_t n_head = 4;
+  int64_t block_size = 128;  // context length
+  int64_t vocab_size = 256;
+  double dropout = 0.0;     // embeddings, attention weights, residual branches
+  bool bias = true;         // Linear and LayerNorm biases
+  bool tie_weights = true;  // lm_head.weight = transformer.wte.weight
+};
+
+// Keys and values of the positions seen so far, per layer: (B, H, block_size,
+// head_dim) buffers of which the first `length` positions are filled.
+struct KVCache {
+  std::vector<Tensor> k, v;
+  int64_t length = 0;
+  int64_t batch = 0;
+  void reset() { length = 0; }
+};
+
+struct GenerateOptions {
+  double temperature = 1.0;  // 0: greedy (argmax)
+  int64_t top_k = 0;         // 0: the whole vocabulary
+  uint64_t seed = 0;
+  bool use_cache = true;  // false: recompute the whole (cropped) sequence every step
+};
+
+class CausalSelfAttentionImpl : public nn::Module {
+ public:
+  explicit CausalSelfAttentionImpl(const GPTConfig& cfg);
+  Tensor forward(const Tensor& x) override;
+  // x (B, T, C) at positions [cache.length, cache.length + T); appends its keys
+  // and values to layer `layer`'s cache (no grad).
+  Tensor forward(const Tensor& x, KVCache& cache, size_t layer);
+
+  int64_t n_head, n_embd;
+  double dropout;
+  nn::Linear c_attn{nullptr}, c_proj{nullptr};
+  nn::Dropout resid_dropout{nullptr};
+};
+LOOM_MODULE(CausalSelfAttention);
+
+class MLPImpl : public nn::Module {
+ public:
+  explicit MLPImpl(const GPTConfig& cfg);
+  Tensor forward(const Tensor& x) override;
+
+  nn::Linear c_fc{nullptr}, c_proj{nullptr};
+  nn::Dropout dropout{nullptr};
+};
+LOOM_MODULE(MLP);
+
+class BlockImpl : public nn::Module {
+ public:
+  explicit BlockImpl(const GPTConfig& cfg);
+  Tensor forward(const Tensor& x) override;
+  Tensor forward(const Tensor& x, KVCache& cache, size_t layer);
+
+  nn::LayerNorm ln_1{nullptr}, ln_2{nullptr};
+  CausalSelfAttention attn{nullptr};
+  MLP mlp{nullptr};
+};
+LOOM_MODULE(Block);
+
+class GPTImpl : public nn::Module {
+ public:
+  explicit GPTImpl(const GPTConfig& cfg);
+  // idx (B, T) or (T) int64 token ids, T <= block_size -> logits (B, T, vocab).
+  Tensor forward(const Tensor& idx) override;
+  // The next positions of a cached sequence: idx (B, T) continues the
+  // cache's tokens (cache.length + T <= block_size); returns their logits
+  // and extends the cache. Runs without autograd.
+  Tensor forward(const Tensor& idx, KVCache& cache);
+  // Mean cross entropy of forward(idx) against targets (B, T), in nats.
+  Tensor loss(const Tensor& idx, const Tensor& targets);
+  // An empty cache for `batch` sequences (buffers sized block_size).
+  KVCache make_cache(int64_t batch) const;
+  // Appends max_new_tokens sampled tokens to idx (B, T) (or (T)); beyond
+  // block_size the model sees the last block_size tokens, as nanoGPT.
+  Tensor generate(const Tensor& idx, int64_t max_new_tokens, const GenerateOptions& options = {});
+  void reset_parameters();
+  std::string extra_repr() const override;
+
+  GPTConfig config;
+  nn::ModuleDict transformer{nullptr};  // wte, wpe, drop, h (ModuleList of Block), ln_f
+  nn::Embedding wte{nullptr}, wpe{nullptr};
+  nn::Dropout drop{nullptr};
+  nn::ModuleList h{nullptr};
+  nn::LayerNorm ln_f{nullptr};
+  nn::Linear lm_head{nullptr};  // null with tie_weights
+};
+LOOM_MODULE(GPT);
+
+// The model config as JSON ({"n_layer":4,...}) and back (checked).
+std::string gpt_config_to_json(const GPTConfig& cfg);
+GPTConfig gpt_config_from_json(const std::string& json);
+
+}  // namespace loom::models

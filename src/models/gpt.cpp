@@ -1,0 +1,336 @@
+// models::GPT: nanoGPT's decoder-only transformer, with a KV cache for
+// incremental decoding (include/loom/models/gpt.h).
+#include "loom/models/gpt.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "loom/autograd.h"
+#include "loom/error.h"
+#include "loom/nn/functional.h"
+#include "loom/nn/init.h"
+
+namespace loom::models {
+namespace {
+
+namespace F = nn::functional;
+
+void check_config(const GPTConfig& c) {
+  LOOM_CHECK(c.n_layer >= 0 && c.n_embd > 0 && c.n_head > 0 && c.block_size > 0 && c.vocab_size > 0,
+             "GPT: n_layer must be >= 0 and n_embd, n_head, block_size, vocab_size positive, got n_layer ", c.n_layer,
+             ", n_embd ", c.n_embd, ", n_head ", c.n_head, ", block_size ", c.block_size, ", vocab_size ",
+             c.vocab_size);
+  LOOM_CHECK(c.n_embd % c.n_head == 0, "GPT: n_embd (", c.n_embd, ") must be a multiple of n_head (", c.n_head, ")");
+  LOOM_CHECK(c.dropout >= 0 && c.dropout < 1, "GPT: dropout must be in [0, 1), got ", c.dropout);
+}
+
+// (B, T, C) -> (B, H, T, C / H).
+Tensor heads(const Tensor& x, int64_t n_head) {
+  const int64_t b = x.size(0), t = x.size(1), c = x.size(2);
+  return x.reshape({b, t, n_head, c / n_head}).transpose(1, 2);
+}
+
+}  // namespace
+
+// ---- attention ----
+
+CausalSelfAttentionImpl::CausalSelfAttentionImpl(const GPTConfig& cfg)
+    : Module("CausalSelfAttention"), n_head(cfg.n_head), n_embd(cfg.n_embd), dropout(cfg.dropout) {
+  c_attn = register_module("c_attn", nn::Linear(cfg.n_embd, 3 * cfg.n_embd, cfg.bias));
+  c_proj = register_module("c_proj", nn::Linear(cfg.n_embd, cfg.n_embd, cfg.bias));
+  resid_dropout = register_module("resid_dropout", nn::Dropout(cfg.dropout));
+}
+
+Tensor CausalSelfAttentionImpl::forward(const Tensor& x) {
+  const int64_t b = x.size(0), t = x.size(1);
+  const Tensor qkv = c_attn(x);
+  const Tensor q = heads(qkv.narrow(2, 0, n_embd), n_head);
+  const Tensor k = heads(qkv.narrow(2, n_embd, n_embd), n_head);
+  const Tensor v = heads(qkv.narrow(2, 2 * n_embd, n_embd), n_head);
+  const Tensor y = scaled_dot_product_attention(q, k, v, {}, is_training() ? dropout : 0.0, true);
+  return resid_dropout(c_proj(y.transpose(1, 2).reshape({b, t, n_embd})));
+}
+
+Tensor CausalSelfAttentionImpl::forward(const Tensor& x, KVCache& cache, size_t layer) {
+  const int64_t b = x.size(0), t = x.size(1), past = cache.length, total = past + t;
+  const Tensor qkv = c_attn(x);
+  const Tensor q = heads(qkv.narrow(2, 0, n_embd), n_head);
+  Tensor& kc = cache.k[layer];
+  Tensor& vc = cache.v[layer];
+  kc.narrow(2, past, t).copy_(heads(qkv.narrow(2, n_embd, n_embd), n_head));
+  vc.narrow(2, past, t).copy_(heads(qkv.narrow(2, 2 * n_embd, n_embd), n_head));
+  const Tensor k = kc.narrow(2, 0, total), v = vc.narrow(2, 0, total);
+  Tensor y;
+  if (t == 1) {
+    y = scaled_dot_product_attention(q, k, v);  // the newest query sees every key
+  } else if (past == 0) {
+    y = scaled_dot_product_attention(q, k, v, {}, 0.0, true);
+  } else {
+    // Query i sits at position past + i: it may attend keys 0..past + i.
+    const Tensor rows = arange(past, total, 1, kInt64).unsqueeze(1);
+    const Tensor cols = arange(total, kInt64).unsqueeze(0);
+    y = scaled_dot_product_attention(q, k, v, cols <= rows);
+  }
+  return resid_dropout(c_proj(y.transpose(1, 2).reshape({b, t, n_embd})));
+}
+
+// ---- MLP and block ----
+
+MLPImpl::MLPImpl(const GPTConfig& cfg) : Module("MLP") {
+  c_fc = register_module("c_fc", nn::Linear(cfg.n_embd, 4 * cfg.n_embd, cfg.bias));
+  c_proj = register_module("c_proj", nn::Linear(4 * cfg.n_embd, cfg.n_embd, cfg.bias));
+  dropout = register_module("dropout", nn::Dropout(cfg.dropout));
+}
+
+Tensor MLPImpl::forward(const Tensor& x) { return dropout(c_proj(c_fc->forward_fused(x, LinearActivation::Gelu))); }
+
+BlockImpl::BlockImpl(const GPTConfig& cfg) : Module("Block") {
+  ln_1 = register_module("ln_1", nn::LayerNorm(cfg.n_embd, 1e-5, true, cfg.bias));
+  attn = register_module("attn", CausalSelfAttention(cfg));
+  ln_2 = register_module("ln_2", nn::LayerNorm(cfg.n_embd, 1e-5, true, cfg.bias));
+  mlp = register_module("mlp", MLP(cfg));
+}
+
+Tensor BlockImpl::forward(const Tensor& x) {
+  const Tensor h = x + attn(ln_1(x));
+  return h + mlp(ln_2(h));
+}
+
+Tensor BlockImpl::forward(const Tensor& x, KVCache& cache, size_t layer) {
+  const Tensor h = x + attn->forward(ln_1(x), cache, layer);
+  return h + mlp(ln_2(h));
+}
+
+// ---- the model ----
+
+GPTImpl::GPTImpl(const GPTConfig& cfg) : Module("GPT"), config(cfg) {
+  check_config(cfg);
+  transformer = register_module("transformer", nn::ModuleDict());
+  wte = nn::Embedding(cfg.vocab_size, cfg.n_embd);
+  wpe = nn::Embedding(cfg.block_size, cfg.n_embd);
+  drop = nn::Dropout(cfg.dropout);
+  h = nn::ModuleList();
+  for (int64_t i = 0; i < cfg.n_layer; ++i) h->push_back(Block(cfg));
+  ln_f = nn::LayerNorm(cfg.n_embd, 1e-5, true, cfg.bias);
+  transformer->insert("wte", wte);
+  transformer->insert("wpe", wpe);
+  transformer->insert("drop", drop);
+  transformer->insert("h", h);
+  transformer->insert("ln_f", ln_f);
+  if (!cfg.tie_weights) lm_head = register_module("lm_head", nn::Linear(cfg.n_embd, cfg.vocab_size, false));
+  reset_parameters();
+}
+
+void GPTImpl::reset_parameters() {
+  NoGradGuard guard;
+  const double proj_std = 0.02 / std::sqrt(2.0 * static_cast<double>(config.n_layer));
+  const auto linear = [](nn::LinearImpl& lin, double std) {
+    nn::init::normal_(lin.weight, 0.0, std);
+    if (lin.bias.defined()) nn::init::zeros_(lin.bias);
+  };
+  nn::init::normal_(wte->weight, 0.0, 0.02);
+  nn::init::normal_(wpe->weight, 0.0, 0.02);
+  for (size_t i = 0; i < h->size(); ++i) {
+    BlockImpl& block = h->at<BlockImpl>(static_cast<int64_t>(i));
+    linear(*block.attn->c_attn, 0.02);
+    linear(*block.attn->c_proj, proj_std);
+    linear(*block.mlp->c_fc, 0.02);
+    linear(*block.mlp->c_proj, proj_std);
+    block.ln_1->reset_parameters();
+    block.ln_2->reset_parameters();
+  }
+  ln_f->reset_parameters();
+  if (!config.tie_weights) linear(*lm_head, 0.02);
+}
+
+Tensor GPTImpl::forward(const Tensor& idx_in) {
+  const Tensor idx = idx_in.dim() == 1 ? idx_in.unsqueeze(0) : idx_in;
+  LOOM_CHECK(idx.dim() == 2, "GPT: expected token ids of shape (B, T) or (T), got ", shape_str(idx_in.sizes()));
+  LOOM_CHECK(idx.dtype() == kInt64, "GPT: expected int64 token ids, got ", dtype_name(idx.dtype()));
+  const int64_t t = idx.size(1);
+  LOOM_CHECK(t <= config.block_size, "GPT: sequence of length ", t, " is longer than block_size ", config.block_size);
+  Tensor x = drop(wte(idx) + wpe(arange(t, kInt64)));
+  for (size_t i = 0; i < h->size(); ++i) x = h->at<BlockImpl>(static_cast<int64_t>(i)).forward(x);
+  x = ln_f(x);
+  return config.tie_weights ? F::linear(x, wte->weight) : lm_head(x);
+}
+
+KVCache GPTImpl::make_cache(int64_t batch) const {
+  LOOM_CHECK(batch > 0, "GPT::make_cache: batch must be positive, got ", batch);
+  KVCache c;
+  c.batch = batch;
+  const DType dt = wte->weight.dtype();
+  const int64_t hd = config.n_embd / config.n_head;
+  for (int64_t i = 0; i < config.n_layer; ++i) {
+    c.k.push_back(zeros({batch, config.n_head, config.block_size, hd}, dt));
+    c.v.push_back(zeros({batch, config.n_head, config.block_size, hd}, dt));
+  }
+  return c;
+}
+
+Tensor GPTImpl::forward(const Tensor& idx_in, KVCache& cache) {
+  const Tensor idx = idx_in.dim() == 1 ? idx_in.unsqueeze(0) : idx_in;
+  LOOM_CHECK(idx.dim() == 2 && idx.dtype() == kInt64, "GPT: expected int64 token ids of shape (B, T) or (T), got ",
+             dtype_name(idx_in.dtype()), " ", shape_str(idx_in.sizes()));
+  LOOM_CHECK(static_cast<int64_t>(cache.k.size()) == config.n_layer && idx.size(0) == cache.batch,
+             "GPT: the KV cache was made for batch ", cache.batch, " and ", cache.k.size(),
+             " layers; got token ids of shape ", shape_str(idx.sizes()), " for a model of ", config.n_layer,
+             " layers");
+  const int64_t t = idx.size(1), past = cache.length;
+  LOOM_CHECK(past + t <= config.block_size, "GPT: ", past, " cached + ", t, " new positions exceed block_size ",
+             config.block_size, " (reset the cache and start from the last block_size tokens)");
+  NoGradGuard guard;
+  Tensor x = drop(wte(idx) + wpe(arange(past, past + t, 1, kInt64)));
+  for (size_t i = 0; i < h->size(); ++i) x = h->at<BlockImpl>(static_cast<int64_t>(i)).forward(x, cache, i);
+  cache.length = past + t;
+  x = ln_f(x);
+  return config.tie_weights ? F::linear(x, wte->weight) : lm_head(x);
+}
+
+Tensor GPTImpl::loss(const Tensor& idx, const Tensor& targets) {
+  const Tensor logits = forward(idx);
+  return F::cross_entropy(logits.reshape({-1, config.vocab_size}), targets.reshape({-1}));
+}
+
+namespace {
+
+// splitmix64: the sampler's stream (a 64-bit seed, no shared state).
+uint64_t splitmix64(uint64_t& s) {
+  uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// One token from a row of logits: argmax at temperature 0, else a draw from
+// softmax(logits / temperature) restricted to the top_k largest.
+int64_t sample_row(const float* logits, int64_t v, const GenerateOptions& o, uint64_t& state) {
+  if (o.temperature <= 0) return static_cast<int64_t>(std::max_element(logits, logits + v) - logits);
+  std::vector<double> z(logits, logits + v);
+  for (double& x : z) x /= o.temperature;
+  if (o.top_k > 0 && o.top_k < v) {
+    std::vector<double> sorted = z;
+    std::nth_element(sorted.begin(), sorted.begin() + (o.top_k - 1), sorted.end(), std::greater<double>());
+    const double kth = sorted[static_cast<size_t>(o.top_k - 1)];
+    for (double& x : z)
+      if (x < kth) x = -std::numeric_limits<double>::infinity();
+  }
+  const double mx = *std::max_element(z.begin(), z.end());
+  double sum = 0;
+  for (double& x : z) sum += (x = std::exp(x - mx));
+  const double u = static_cast<double>(splitmix64(state) >> 11) * 0x1.0p-53 * sum;
+  double acc = 0;
+  int64_t last = 0;
+  for (int64_t i = 0; i < v; ++i) {
+    if (z[static_cast<size_t>(i)] == 0) continue;
+    last = i;
+    acc += z[static_cast<size_t>(i)];
+    if (u < acc) return i;
+  }
+  return last;
+}
+
+}  // namespace
+
+Tensor GPTImpl::generate(const Tensor& idx_in, int64_t max_new_tokens, const GenerateOptions& options) {
+  const bool flat = idx_in.dim() == 1;
+  Tensor idx = flat ? idx_in.unsqueeze(0) : idx_in;
+  LOOM_CHECK(idx.dim() == 2 && idx.dtype() == kInt64 && idx.size(1) > 0,
+             "GPT::generate: expected a non-empty int64 prompt of shape (B, T) or (T), got ",
+             dtype_name(idx_in.dtype()), " ", shape_str(idx_in.sizes()));
+  LOOM_CHECK(max_new_tokens >= 0, "GPT::generate: max_new_tokens must be >= 0, got ", max_new_tokens);
+  LOOM_CHECK(options.top_k >= 0, "GPT::generate: top_k must be >= 0, got ", options.top_k);
+  NoGradGuard guard;
+  const bool was_training = is_training();
+  eval();
+  const int64_t b = idx.size(0), v = config.vocab_size, ctx = config.block_size;
+  std::vector<int64_t> tokens = idx.contiguous().to_vector<int64_t>();
+  int64_t len = idx.size(1);
+  const auto window = [&](int64_t from) {  // tokens [from, len) of every row, (B, len - from)
+    std::vector<int64_t> w;
+    for (int64_t r = 0; r < b; ++r)
+      for (int64_t i = from; i < len; ++i) w.push_back(tokens[static_cast<size_t>(r * len + i)]);
+    return tensor(w, kInt64).reshape({b, len - from});
+  };
+  KVCache cache = options.use_cache ? make_cache(b) : KVCache{};
+  uint64_t state = options.seed;
+  Tensor logits;
+  for (int64_t step = 0; step < max_new_tokens; ++step) {
+    if (!options.use_cache) {
+      logits = forward(window(std::max<int64_t>(0, len - ctx)));
+    } else if (step == 0 || cache.length >= ctx) {
+      // The first step, or the window slid: positions moved, so recompute it.
+      cache.reset();
+      logits = forward(window(std::max<int64_t>(0, len - ctx)), cache);
+    } else {
+      logits = forward(window(len - 1), cache);
+    }
+    const Tensor last = logits.select(1, logits.size(1) - 1).to(kFloat32).contiguous();
+    const float* lp = last.data_ptr<float>();
+    std::vector<int64_t> next(static_cast<size_t>(b));
+    for (int64_t r = 0; r < b; ++r) next[static_cast<size_t>(r)] = sample_row(lp + r * v, v, options, state);
+    std::vector<int64_t> grown;
+    grown.reserve(static_cast<size_t>(b * (len + 1)));
+    for (int64_t r = 0; r < b; ++r) {
+      grown.insert(grown.end(), tokens.begin() + r * len, tokens.begin() + (r + 1) * len);
+      grown.push_back(next[static_cast<size_t>(r)]);
+    }
+    tokens = std::move(grown);
+    ++len;
+  }
+  train(was_training);
+  Tensor out = tensor(tokens, kInt64).reshape({b, len});
+  return flat ? out.squeeze(0) : out;
+}
+
+std::string GPTImpl::extra_repr() const {
+  std::ostringstream os;
+  os << "n_layer=" << config.n_layer << ", n_embd=" << config.n_embd << ", n_head=" << config.n_head
+     << ", block_size=" << config.block_size << ", vocab_size=" << config.vocab_size << ", dropout=" << config.dropout
+     << ", tie_weights=" << (config.tie_weights ? "True" : "False");
+  return os.str();
+}
+
+std::string gpt_config_to_json(const GPTConfig& c) {
+  nlohmann::json j = {{"n_layer", c.n_layer},       {"n_embd", c.n_embd},   {"n_head", c.n_head},
+                      {"block_size", c.block_size}, {"vocab_size", c.vocab_size}, {"dropout", c.dropout},
+                      {"bias", c.bias},             {"tie_weights", c.tie_weights}};
+  return j.dump();
+}
+
+GPTConfig gpt_config_from_json(const std::string& text) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const std::exception& e) {
+    LOOM_CHECK(false, "GPT config: not valid JSON: ", e.what());
+  }
+  LOOM_CHECK(j.is_object(), "GPT config: expected a JSON object, got ", text);
+  GPTConfig c;
+  const auto get_int = [&](const char* key, int64_t& out) {
+    LOOM_CHECK(j.contains(key) && j[key].is_number_integer(), "GPT config: missing or non-integer \"", key, "\" in ",
+               text);
+    out = j[key].get<int64_t>();
+  };
+  get_int("n_layer", c.n_layer);
+  get_int("n_embd", c.n_embd);
+  get_int("n_head", c.n_head);
+  get_int("block_size", c.block_size);
+  get_int("vocab_size", c.vocab_size);
+  if (j.contains("dropout")) {
+    LOOM_CHECK(j["dropout"].is_number(), "GPT config: \"dropout\" must be a number in ", text);
+    c.dropout = j["dropout"].get<double>();
+  }
+  for (const char* key : {"bias", "tie_weights"}) {
+    if (!j.contains(key)) continue;
+    LOOM_CHECK(j[key].is_boolean(), "GPT config: \"", key, "\" must be true or false in ", text);
+    (std::string(key) == "bias" ? c.bias : c.tie_weights) = j[key].get<bool>();
+  }
+  check_config(c);
+  return c;
+}
+
+}  // namespace loom::models
