@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "loom/models/gpt.h"
+#include "loom/models/lstm_lm.h"
 #include "loom/nn.h"
 
 namespace loom::models {

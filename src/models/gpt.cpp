@@ -205,9 +205,9 @@ uint64_t splitmix64(uint64_t& s) {
   return z ^ (z >> 31);
 }
 
-// One token from a row of logits: argmax at temperature 0, else a draw from
-// softmax(logits / temperature) restricted to the top_k largest.
-int64_t sample_row(const float* logits, int64_t v, const GenerateOptions& o, uint64_t& state) {
+}  // namespace
+
+int64_t sample_token(const float* logits, int64_t v, const GenerateOptions& o, uint64_t& state) {
   if (o.temperature <= 0) return static_cast<int64_t>(std::max_element(logits, logits + v) - logits);
   std::vector<double> z(logits, logits + v);
   for (double& x : z) x /= o.temperature;
@@ -232,8 +232,6 @@ int64_t sample_row(const float* logits, int64_t v, const GenerateOptions& o, uin
   }
   return last;
 }
-
-}  // namespace
 
 Tensor GPTImpl::generate(const Tensor& idx_in, int64_t max_new_tokens, const GenerateOptions& options) {
   const bool flat = idx_in.dim() == 1;
@@ -271,7 +269,7 @@ Tensor GPTImpl::generate(const Tensor& idx_in, int64_t max_new_tokens, const Gen
     const Tensor last = logits.select(1, logits.size(1) - 1).to(kFloat32).contiguous();
     const float* lp = last.data_ptr<float>();
     std::vector<int64_t> next(static_cast<size_t>(b));
-    for (int64_t r = 0; r < b; ++r) next[static_cast<size_t>(r)] = sample_row(lp + r * v, v, options, state);
+    for (int64_t r = 0; r < b; ++r) next[static_cast<size_t>(r)] = sample_token(lp + r * v, v, options, state);
     std::vector<int64_t> grown;
     grown.reserve(static_cast<size_t>(b * (len + 1)));
     for (int64_t r = 0; r < b; ++r) {

@@ -1,4 +1,4 @@
-// The `loom` command: train, eval and predict (see `loom --help`).
+// The `loom` command: train, eval, predict and generate (see `loom --help`).
 //
 // Flags are parsed here with CLI11; the work lives in train.cpp so tests call
 // the same code. Every loom::Error (bad flag values, missing dataset, corrupt
@@ -11,12 +11,17 @@
 
 #include <CLI/CLI.hpp>
 
+#include "lm.h"
 #include "progress.h"
 #include "train.h"
 
 namespace {
 
 using loom::cli::TrainOptions;
+
+constexpr const char* kTextPrefix = "text:";
+
+bool is_language_model(const std::string& model) { return model == "gpt" || model == "lstm"; }
 
 void add_data_dir(CLI::App& cmd, std::string& dir) {
   cmd.add_option("--data-dir", dir,
@@ -45,15 +50,27 @@ int main(int argc, char** argv) {
   TrainOptions topts;
   CLI::App* train = app.add_subcommand("train", "Train a model and write a checkpoint after every epoch");
   CLI::Option* o_model = train->add_option("--model", topts.model.name, "Model to train")
-      ->check(CLI::IsMember(loom::cli::model_names()))
+      ->check(CLI::IsMember([] {
+        auto names = loom::cli::model_names();
+        names.push_back("gpt");
+        names.push_back("lstm");
+        return names;
+      }()))
       ->capture_default_str();
   CLI::Option* o_hidden = train->add_option("--hidden", topts.model.hidden, "Hidden layer widths of the MLP, e.g. --hidden 512,256")
       ->delimiter(',')
       ->check(CLI::PositiveNumber)
       ->default_str("512,256");
-  CLI::Option* o_dataset = train->add_option("--dataset", topts.dataset, "Dataset to train on")
-      ->check(CLI::IsMember({"fashion-mnist"}))
-      ->capture_default_str();
+  CLI::Option* o_dataset =
+      train->add_option("--dataset", topts.dataset,
+                        "fashion-mnist (mlp, cnn, resnet9) or text:PATH, a text file or a folder of fortune files "
+                        "(gpt, lstm; default text:/usr/share/games/fortunes)")
+          ->check([](const std::string& v) {
+            return v == "fashion-mnist" || (v.rfind(kTextPrefix, 0) == 0 && v.size() > 5)
+                       ? std::string()
+                       : "expected fashion-mnist or text:PATH, got '" + v + "'";
+          })
+          ->capture_default_str();
   add_data_dir(*train, topts.data_dir);
   CLI::Option* o_epochs = train->add_option("--epochs", topts.epochs, "Epochs to train (in total, counting resumed ones)")
       ->check(CLI::PositiveNumber)
@@ -86,7 +103,7 @@ int main(int argc, char** argv) {
                     "Stop after this epoch, as if interrupted (the schedule still spans --epochs); "
                     "continue later with --resume")
       ->check(CLI::NonNegativeNumber);
-  train->add_option("--out", topts.out, "Checkpoint written (atomically) after every epoch")
+  CLI::Option* o_out = train->add_option("--out", topts.out, "Checkpoint written (atomically) after every epoch")
       ->capture_default_str();
   train->add_option("--resume", topts.resume,
                     "Continue from this checkpoint (training settings not given here are taken from it)")
@@ -101,6 +118,37 @@ int main(int argc, char** argv) {
   CLI::Option* o_hflip = train->add_flag("--hflip", topts.hflip, "Augment: mirror each training image with probability 1/2");
   train->add_option("--test-limit", topts.test_limit, "Evaluate on the first N test images only (0: all)")
       ->check(CLI::NonNegativeNumber);
+
+  // Language models (--model gpt|lstm): sizes and the step loop.
+  loom::cli::LmOptions lopts;
+  train->add_option("--layers", lopts.layers, "gpt/lstm: transformer blocks or LSTM layers")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  train->add_option("--d-model", lopts.d_model, "gpt: model width; lstm: hidden size")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  train->add_option("--heads", lopts.heads, "gpt: attention heads")->check(CLI::PositiveNumber)->capture_default_str();
+  train->add_option("--context", lopts.context, "gpt/lstm: tokens per training window (gpt: the context length)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  train->add_option("--dropout", lopts.dropout, "gpt/lstm: dropout")->check(CLI::Range(0.0, 0.99))->capture_default_str();
+  bool no_tie = false;
+  train->add_flag("--no-tie", no_tie, "gpt: a separate output layer instead of the token embedding");
+  train->add_option("--tokenizer", lopts.tokenizer, "gpt/lstm: char (UTF-8 characters of the text) or byte")
+      ->check(CLI::IsMember({"char", "byte"}))
+      ->capture_default_str();
+  train->add_option("--max-steps", lopts.max_steps, "gpt/lstm: optimizer steps")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  train->add_option("--eval-every", lopts.eval_every, "gpt/lstm: steps between validation reports and checkpoints")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  train->add_option("--eval-batches", lopts.eval_batches, "gpt/lstm: validation batches per report")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  train->add_option("--grad-clip", lopts.grad_clip, "gpt/lstm: max gradient norm (0: off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
 
   // ---- loom eval ----
   std::string eval_file, eval_dir = loom::cli::kFashionMnistDir;
@@ -128,6 +176,28 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   add_data_dir(*predict, pred_dir);
 
+  // ---- loom generate ----
+  loom::cli::GenerateRequest greq;
+  int gen_threads = 0;
+  bool gen_no_cache = false;
+  CLI::App* generate = app.add_subcommand("generate", "Continue a prompt with a language model trained by `loom train`");
+  generate->add_option("--model-file", greq.model_file, "Checkpoint written by `loom train --model gpt|lstm`")
+      ->required()
+      ->check(CLI::ExistingFile);
+  generate->add_option("--prompt", greq.prompt, "Text to continue (empty: start a new fortune)");
+  generate->add_option("--max-new-tokens", greq.max_new_tokens, "Tokens to generate")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  generate->add_option("--temperature", greq.temperature, "Sampling temperature (0: greedy)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  generate->add_option("--top-k", greq.top_k, "Sample among the k most likely tokens (0: all)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  generate->add_option("--seed", greq.seed, "Seed of the sampler")->capture_default_str();
+  generate->add_flag("--no-cache", gen_no_cache, "Recompute the whole context for every token (no KV cache)");
+  add_threads(*generate, gen_threads);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -135,7 +205,26 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (train->parsed()) {
+    if (train->parsed() && (is_language_model(topts.model.name) ||
+                            (o_dataset->count() && topts.dataset.rfind(kTextPrefix, 0) == 0))) {
+      LOOM_CHECK(is_language_model(topts.model.name), "train: --dataset ", topts.dataset,
+                 " is text: train a language model on it (--model gpt or lstm), not ", topts.model.name);
+      LOOM_CHECK(!o_dataset->count() || topts.dataset.rfind(kTextPrefix, 0) == 0, "train: --model ",
+                 topts.model.name, " is a language model: give it --dataset text:PATH, not ", topts.dataset);
+      LOOM_CHECK(topts.resume.empty(), "train: --resume is for the image models; a language model trains for --max-steps");
+      lopts.model = topts.model.name;
+      if (o_dataset->count()) lopts.text = topts.dataset.substr(5);
+      if (o_batch->count()) lopts.batch_size = topts.batch_size;
+      if (o_lr->count()) lopts.lr = topts.lr;
+      if (o_schedule->count()) lopts.schedule = topts.schedule;
+      if (o_wd->count()) lopts.weight_decay = topts.weight_decay;
+      lopts.tie_weights = !no_tie;
+      lopts.seed = topts.seed;
+      lopts.threads = topts.threads;
+      if (o_out->count()) lopts.out = topts.out;
+      lopts.metrics = topts.metrics;
+      loom::cli::train_lm(lopts, std::cout);
+    } else if (train->parsed()) {
       if (topts.optimizer == "sgd" && o_wd->count() == 0) topts.weight_decay = 0;
       if (!topts.resume.empty()) {
         // Settings not given on the command line come from the checkpoint;
@@ -163,6 +252,14 @@ int main(int argc, char** argv) {
       auto r = loom::cli::evaluate_checkpoint(eval_file, eval_dir, eval_batch, std::cout);
       std::printf("test accuracy %.2f%% (%lld images), test loss %.4f\n", 100 * r.accuracy,
                   static_cast<long long>(r.count), r.loss);
+    } else if (generate->parsed()) {
+      set_threads(gen_threads);
+      greq.use_cache = !gen_no_cache;
+      auto g = loom::cli::generate_text(greq);
+      std::cout << g.text << "\n" << std::flush;
+      std::fprintf(stderr, "%lld tokens in %.2f s (%.1f tokens/s%s)\n", static_cast<long long>(g.new_tokens),
+                   g.seconds, g.seconds > 0 ? static_cast<double>(g.new_tokens) / g.seconds : 0.0,
+                   g.kind == "lstm" ? ", recurrent state" : greq.use_cache ? ", KV cache" : ", no cache");
     } else if (predict->parsed()) {
       auto p = loom::cli::predict_checkpoint(pred_file, pred_dir, pred_index);
       std::printf("test image %lld: predicted %s (class %lld, p=%.3f), true %s (class %lld)%s\n",

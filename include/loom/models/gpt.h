@@ -58,6 +58,11 @@ struct GenerateOptions {
   bool use_cache = true;  // false: recompute the whole (cropped) sequence every step
 };
 
+// One token from a row of `vocab` logits: the argmax at temperature 0, else a
+// draw from softmax(logits / temperature) over the top_k largest (all when
+// top_k is 0), from the splitmix64 stream `state` (advanced by one draw).
+int64_t sample_token(const float* logits, int64_t vocab, const GenerateOptions& options, uint64_t& state);
+
 class CausalSelfAttentionImpl : public nn::Module {
  public:
   explicit CausalSelfAttentionImpl(const GPTConfig& cfg);

@@ -1,0 +1,240 @@
+#include "lm.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+
+namespace loom::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// (x, y): windows ids[s, s + T) and ids[s + 1, s + T + 1) for each start s, (B, T) int64.
+std::pair<Tensor, Tensor> windows(const Tensor& ids, const std::vector<int64_t>& starts, int64_t t) {
+  std::vector<int64_t> xi, yi;
+  xi.reserve(starts.size() * static_cast<size_t>(t));
+  const int64_t* p = ids.data_ptr<int64_t>();
+  for (int64_t s : starts)
+    for (int64_t i = 0; i < t; ++i) {
+      xi.push_back(p[s + i]);
+      yi.push_back(p[s + i + 1]);
+    }
+  const int64_t b = static_cast<int64_t>(starts.size());
+  return {tensor(xi, kInt64).reshape({b, t}), tensor(yi, kInt64).reshape({b, t})};
+}
+
+// Step `step`'s batch starts: uniform over [0, n - T - 1], from (seed, step).
+std::vector<int64_t> batch_starts(uint64_t seed, int64_t step, int64_t batch, int64_t n, int64_t t) {
+  const uint64_t range = static_cast<uint64_t>(n - t);  // starts 0 .. n - t - 1
+  std::vector<int64_t> s(static_cast<size_t>(batch));
+  uint64_t state = splitmix64(seed ^ splitmix64(static_cast<uint64_t>(step) + 1));
+  for (int64_t i = 0; i < batch; ++i) {
+    state = splitmix64(state);
+    s[static_cast<size_t>(i)] = static_cast<int64_t>(state % range);
+  }
+  return s;
+}
+
+Tensor lm_loss(nn::Module& model, const std::string& kind, const Tensor& x, const Tensor& y) {
+  if (kind == "gpt") return static_cast<models::GPTImpl&>(model).loss(x, y);
+  return static_cast<models::LSTMLMImpl&>(model).loss(x, y);
+}
+
+// Mean loss per token over `count` windows spread evenly over ids.
+double evaluate_lm(nn::Module& model, const std::string& kind, const Tensor& ids, int64_t t, int64_t batch,
+                   int64_t count) {
+  const bool was_training = model.is_training();
+  model.eval();
+  NoGradGuard no_grad;
+  const int64_t last = ids.numel() - t - 1;
+  std::vector<int64_t> all(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i)
+    all[static_cast<size_t>(i)] = count == 1 ? 0 : static_cast<int64_t>(static_cast<double>(i) * last / (count - 1));
+  double sum = 0;
+  for (int64_t i = 0; i < count; i += batch) {
+    const std::vector<int64_t> part(all.begin() + i, all.begin() + std::min(count, i + batch));
+    auto [x, y] = windows(ids, part, t);
+    sum += lm_loss(model, kind, x, y).item<double>() * static_cast<double>(part.size());
+  }
+  model.train(was_training);
+  return sum / static_cast<double>(count);
+}
+
+std::string fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+const std::string& meta(const std::map<std::string, std::string>& m, const std::string& key, const std::string& file) {
+  auto it = m.find(key);
+  LOOM_CHECK(it != m.end(), "generate: '", file, "' is not a language-model checkpoint of `loom train`: its metadata has no \"",
+             key, "\"");
+  return it->second;
+}
+
+}  // namespace
+
+LmResult train_lm(const LmOptions& o, std::ostream& log) {
+  LOOM_CHECK(o.model == "gpt" || o.model == "lstm", "train: --model '", o.model,
+             "' is not a language model (known: gpt, lstm)");
+  LOOM_CHECK(o.batch_size > 0 && o.max_steps > 0 && o.eval_every > 0 && o.eval_batches > 0 && o.context > 0,
+             "train: --batch-size, --max-steps, --eval-every, --eval-batches and --context must be positive");
+  LOOM_CHECK(o.lr > 0 && o.weight_decay >= 0 && o.grad_clip >= 0, "train: --lr must be positive and --weight-decay, "
+             "--grad-clip >= 0");
+  LOOM_CHECK(o.schedule == "cosine" || o.schedule == "constant", "train: unknown --schedule '", o.schedule,
+             "' (known: cosine, constant)");
+  if (o.threads > 0) set_num_threads(o.threads);
+  data::TextCorpus corpus = data::load_text_corpus(o.text, o.context, o.tokenizer, o.val_fraction);
+  const int64_t vocab = corpus.tokenizer->vocab_size();
+
+  manual_seed(o.seed);
+  LmResult result;
+  result.tokenizer = corpus.tokenizer;
+  std::map<std::string, std::string> metadata = {{"loom.lm", o.model}, {"loom.tokenizer", corpus.tokenizer->to_json()}};
+  if (o.model == "gpt") {
+    models::GPTConfig c{.n_layer = o.layers, .n_embd = o.d_model, .n_head = o.heads, .block_size = o.context,
+                        .vocab_size = vocab, .dropout = o.dropout, .bias = true, .tie_weights = o.tie_weights};
+    result.model = models::GPT(c).ptr();
+    metadata["loom.lm.config"] = models::gpt_config_to_json(c);
+  } else {
+    models::LSTMLMConfig c{.vocab_size = vocab, .embed = 0, .hidden = o.d_model, .layers = o.layers,
+                           .dropout = o.dropout};
+    result.model = models::LSTMLM(c).ptr();
+    metadata["loom.lm.config"] = models::lstm_lm_config_to_json(c);
+  }
+  nn::Module& model = *result.model;
+  optim::AdamW opt(model.parameters(), optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
+  std::unique_ptr<optim::LRScheduler> sched;
+  if (o.schedule == "cosine") sched = std::make_unique<optim::CosineAnnealingLR>(opt, o.max_steps);
+  std::ofstream metrics;
+  if (!o.metrics.empty()) {
+    const bool fresh = !std::ifstream(o.metrics).good();
+    metrics.open(o.metrics, std::ios::app);
+    LOOM_CHECK(metrics.good(), "train: cannot open --metrics file '", o.metrics, "'");
+    if (fresh) metrics << "step,train_loss,val_loss,seconds\n" << std::flush;
+  }
+
+  const int64_t n_train = corpus.train_ids.numel();
+  log << "loom train: " << o.model << " (" << model.num_parameters() << " parameters) on " << o.text << ": "
+      << corpus.num_bytes << " bytes, " << o.tokenizer << " tokenizer of " << vocab << " tokens, " << n_train
+      << " train / " << corpus.val_ids.numel() << " val tokens; context " << o.context << ", batch "
+      << o.batch_size << ", adamw lr " << o.lr << (sched ? " (cosine decay)" : "") << ", " << get_num_threads()
+      << " threads\n"
+      << std::flush;
+
+  model.train();
+  double train_seconds = 0, loss_sum = 0;
+  int64_t loss_count = 0;
+  const std::vector<Tensor> params = model.parameters();
+  for (int64_t step = 1; step <= o.max_steps; ++step) {
+    const auto t0 = Clock::now();
+    auto [x, y] = windows(corpus.train_ids, batch_starts(o.seed, step, o.batch_size, n_train, o.context), o.context);
+    Tensor loss = lm_loss(model, o.model, x, y);
+    opt.zero_grad();
+    loss.backward();
+    if (o.grad_clip > 0) nn::utils::clip_grad_norm_(params, o.grad_clip);
+    opt.step();
+    if (sched) sched->step();
+    loss_sum += loss.item<double>();
+    ++loss_count;
+    train_seconds += seconds_since(t0);
+    if (step % o.eval_every != 0 && step != o.max_steps) continue;
+    LmPoint p{step, loss_sum / static_cast<double>(loss_count),
+              evaluate_lm(model, o.model, corpus.val_ids, o.context, o.batch_size, o.eval_batches * o.batch_size),
+              train_seconds};
+    loss_sum = 0;
+    loss_count = 0;
+    result.history.push_back(p);
+    if (metrics.is_open())
+      metrics << p.step << "," << fixed(p.train_loss, 6) << "," << fixed(p.val_loss, 6) << "," << fixed(p.seconds, 3)
+              << "\n"
+              << std::flush;
+    if (!o.out.empty()) {
+      metadata["loom.lm.step"] = std::to_string(step);
+      save_safetensors(o.out, model.state_dict(), metadata);
+    }
+    const double tokens = static_cast<double>(step * o.batch_size * o.context);
+    log << "step " << step << "/" << o.max_steps << ": train loss " << fixed(p.train_loss, 4) << ", val loss "
+        << fixed(p.val_loss, 4) << " nats per " << (o.tokenizer == "char" ? "character" : "byte") << " ("
+        << fixed(p.val_loss / std::log(2.0), 3) << " bits)  " << fixed(tokens / train_seconds, 0) << " tokens/s"
+        << (o.out.empty() ? "" : ", saved " + o.out) << "\n"
+        << std::flush;
+  }
+  return result;
+}
+
+LoadedLm load_lm(const std::string& path) {
+  SafetensorsFile f = load_safetensors(path);
+  LoadedLm l;
+  l.kind = meta(f.metadata, "loom.lm", path);
+  const std::string& config = meta(f.metadata, "loom.lm.config", path);
+  l.tokenizer = data::tokenizer_from_json(meta(f.metadata, "loom.tokenizer", path));
+  if (l.kind == "gpt") {
+    l.model = models::GPT(models::gpt_config_from_json(config)).ptr();
+  } else {
+    LOOM_CHECK(l.kind == "lstm", "generate: '", path, "' holds an unknown model \"", l.kind, "\" (known: gpt, lstm)");
+    l.model = models::LSTMLM(models::lstm_lm_config_from_json(config)).ptr();
+  }
+  try {
+    l.model->load_state_dict(f.tensors, /*strict=*/true);
+  } catch (const Error& e) {
+    LOOM_ERROR("generate: cannot load the weights of '", path, "': ", e.what());
+  }
+  auto it = f.metadata.find("loom.lm.step");
+  if (it != f.metadata.end()) l.step = std::stoll(it->second);
+  return l;
+}
+
+GenerateResult generate_text(const GenerateRequest& r) {
+  LOOM_CHECK(r.max_new_tokens >= 0, "generate: --max-new-tokens must be >= 0, got ", r.max_new_tokens);
+  LOOM_CHECK(r.temperature >= 0, "generate: --temperature must be >= 0, got ", r.temperature);
+  LOOM_CHECK(r.top_k >= 0, "generate: --top-k must be >= 0, got ", r.top_k);
+  LoadedLm l = load_lm(r.model_file);
+  std::vector<int64_t> ids;
+  try {
+    ids = l.tokenizer->encode(r.prompt);
+  } catch (const Error& e) {
+    LOOM_ERROR("generate: the prompt cannot be encoded with the model's tokenizer: ", e.what());
+  }
+  if (ids.empty()) {
+    // No prompt: start from a newline (a document boundary), or token 0.
+    std::vector<int64_t> nl;
+    try {
+      nl = l.tokenizer->encode("\n");
+    } catch (const Error&) {
+    }
+    ids = nl.empty() ? std::vector<int64_t>{0} : nl;
+  }
+  const models::GenerateOptions go{.temperature = r.temperature, .top_k = r.top_k, .seed = r.seed,
+                                   .use_cache = r.use_cache};
+  const Tensor prompt = tensor(ids, kInt64);
+  const auto t0 = Clock::now();
+  const Tensor out = l.kind == "gpt" ? static_cast<models::GPTImpl&>(*l.model).generate(prompt, r.max_new_tokens, go)
+                                     : static_cast<models::LSTMLMImpl&>(*l.model).generate(prompt, r.max_new_tokens, go);
+  GenerateResult g;
+  g.kind = l.kind;
+  g.seconds = seconds_since(t0);
+  const std::vector<int64_t> all = out.to_vector<int64_t>();
+  g.new_tokens = static_cast<int64_t>(all.size() - ids.size());
+  std::vector<int64_t> shown = all;
+  if (r.prompt.empty()) shown.erase(shown.begin(), shown.begin() + static_cast<std::ptrdiff_t>(ids.size()));
+  g.text = l.tokenizer->decode(shown);
+  return g;
+}
+
+}  // namespace loom::cli
