@@ -377,6 +377,17 @@ Tensor threshold_backward(const Tensor& grad, const Tensor& x, double threshold)
   return out;
 }
 
+namespace ops {
+Tensor gelu_backward_fused(const Tensor& grad, const Tensor& x, bool tanh_form) {
+  const Shape shape = broadcast_shape(grad.sizes(), x.sizes(), "gelu_backward");
+  const DType t = promote({&grad, &x}, "gelu_backward");
+  Tensor cg = expand_raw(cast_raw(grad, t), shape), cx = expand_raw(cast_raw(x, t), shape);
+  Tensor out = make_tensor(shape, t, grad.device());
+  launch(OpKind::GeluBackward, {&cg, &cx}, out, {}, {tanh_form ? 1 : 0});
+  return out;
+}
+}  // namespace ops
+
 Tensor leaky_relu(const Tensor& x, double slope) {
   return float_unary(
       OpKind::LeakyRelu, "LeakyReluBackward", x,
@@ -402,6 +413,7 @@ Tensor gelu(const Tensor& x, const std::string& approximate) {
              approximate, "\"");
   if (approximate == "none") {
     return float_unary(OpKind::Gelu, "GeluBackward", x, [](const Tensor& g, const Tensor& xs, const Tensor&) {
+      if (!is_grad_enabled()) return ops::gelu_backward_fused(g, xs, false);
       // d/dx x*Phi(x) = Phi(x) + x*phi(x)
       Device d = xs.device();
       Tensor cdf = mul(add(erf(mul(xs, ops::wrap_scalar(M_SQRT1_2, d))), ops::wrap_scalar(1, d)), ops::wrap_scalar(0.5, d));
@@ -410,6 +422,7 @@ Tensor gelu(const Tensor& x, const std::string& approximate) {
     });
   }
   return float_unary(OpKind::GeluTanh, "GeluBackward", x, [](const Tensor& g, const Tensor& xs, const Tensor&) {
+    if (!is_grad_enabled()) return ops::gelu_backward_fused(g, xs, true);
     Device d = xs.device();
     const double k = std::sqrt(2.0 / M_PI), c = 0.044715;
     Tensor x2 = mul(xs, xs);

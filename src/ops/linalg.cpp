@@ -175,6 +175,7 @@ namespace {
 // 0.5 z (1 + tanh(u)), u = sqrt(2/pi) (z + 0.044715 z^3), for the tanh form.
 // The same formulas as gelu's own backward (src/ops/elementwise.cpp).
 Tensor gelu_backward(const Tensor& g, const Tensor& z, bool tanh_form) {
+  if (!is_grad_enabled()) return ops::gelu_backward_fused(g, z, tanh_form);
   const Device d = z.device();
   if (!tanh_form) {
     Tensor cdf = mul(add(erf(mul(z, ops::wrap_scalar(M_SQRT1_2, d))), ops::wrap_scalar(1, d)), ops::wrap_scalar(0.5, d));

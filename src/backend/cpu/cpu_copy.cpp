@@ -1,4 +1,6 @@
-// Copy (with dtype conversion), Fill, Where and ThresholdBackward: the data-movement kernels.
+// Copy (with dtype conversion), Fill, Where, and the activation gradients
+// ThresholdBackward and GeluBackward: one pass each over their operands.
+#include <cmath>
 #include <cstring>
 
 #include "backend/cpu/cpu_dispatch.h"
@@ -136,6 +138,46 @@ void ThresholdBackward(const KernelCall& c) {
     }
     parallel_elementwise<3>(out->sizes, {&out->strides, &g->strides, &x->strides}, [&](const Offsets3& o) {
       y[o[0]] = to_compute(px[o[2]]) > t ? pg[o[1]] : convert<T>(0.0);
+    });
+  });
+}
+
+// out[0] = in[0] * gelu'(in[1]) in one pass:
+//   erf form:  Phi(x) + x phi(x),
+//   tanh form: 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2), t = tanh(k (x + c x^3)),
+// in the compute type (float for float32, double for float64).
+template <typename C>
+inline C gelu_grad(C x, bool tanh_form) {
+  if (!tanh_form) {
+    const C cdf = C(0.5) * (C(1) + std::erf(x * C(M_SQRT1_2)));
+    const C pdf = std::exp(C(-0.5) * x * x) * C(0.5 * M_2_SQRTPI * M_SQRT1_2);
+    return cdf + x * pdf;
+  }
+  const C k = C(0.7978845608028654), c = C(0.044715);
+  const C x2 = x * x;
+  const C t = std::tanh(k * x * (C(1) + c * x2));
+  return C(0.5) * (C(1) + t) + C(0.5) * x * (C(1) - t * t) * k * (C(1) + C(3) * c * x2);
+}
+
+void GeluBackward(const KernelCall& c) {
+  const TensorImpl *g = c.in[0], *x = c.in[1];
+  TensorImpl* out = c.out[0];
+  LOOM_ASSERT(g->dtype == out->dtype && x->dtype == out->dtype, "GeluBackward: mixed dtypes");
+  const bool tanh_form = c.i[0] != 0;
+  dispatch_float(out->dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using C = compute_t<T>;
+    const T *pg = data_ptr<T>(g), *px = data_ptr<T>(x);
+    T* y = data_ptr<T>(out);
+    if (g->is_contiguous() && x->is_contiguous() && out->is_contiguous()) {
+      parallel_for(0, out->numel(), kGrain / 8, [&](int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i)
+          y[i] = convert<T>(to_compute(pg[i]) * gelu_grad<C>(to_compute(px[i]), tanh_form));
+      });
+      return;
+    }
+    parallel_elementwise<3>(out->sizes, {&out->strides, &g->strides, &x->strides}, [&](const Offsets3& o) {
+      y[o[0]] = convert<T>(to_compute(pg[o[1]]) * gelu_grad<C>(to_compute(px[o[2]]), tanh_form));
     });
   });
 }

@@ -98,6 +98,7 @@ Coverage cpu_coverage(OpKind op) {
     case OpKind::Normal:
     case OpKind::Bernoulli:  // keyed by p's dtype; the output may be any dtype
     case OpKind::ThresholdBackward:
+    case OpKind::GeluBackward:
     case OpKind::Conv2d:
     case OpKind::ConvTranspose2d:
     case OpKind::Conv2dWeight:
