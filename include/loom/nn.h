@@ -13,4 +13,5 @@
 #include "loom/nn/normalization.h"
 #include "loom/nn/pooling.h"
 #include "loom/nn/rnn.h"
+#include "loom/nn/transformer.h"
 #include "loom/nn/upsampling.h"
