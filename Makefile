@@ -40,7 +40,7 @@ define ensure_packages
 	fi
 endef
 
-.PHONY: all test build bench demo clean deps bench-deps configure
+.PHONY: all test build bench gpt-parity demo clean deps bench-deps configure
 
 all: build
 
@@ -71,6 +71,16 @@ bench: bench-deps
 	cmake -S . -B $(BENCH_DIR) -DCMAKE_BUILD_TYPE=Release -DLOOM_BUILD_BENCH=ON -DLOOM_BUILD_TESTS=OFF
 	cmake --build $(BENCH_DIR) -j$(JOBS) --target loom_bench
 	$(PYTHON) bench/run.py --build-dir $(BENCH_DIR) --python $(PYTHON) --threads $(BENCH_THREADS) $(BENCH_ARGS)
+
+# The same GPT (4 layers, d_model 256, 4 heads, context 128, batch 16, AdamW
+# 3e-4) trained in loom and in PyTorch from the same initial weights on the
+# same batches of the fortunes corpus; prints both validation-loss curves and
+# whether they agree within 0.05 nats. PARITY_ARGS: e.g. --steps 300.
+PARITY_ARGS ?=
+gpt-parity: bench-deps
+	cmake -S . -B $(BENCH_DIR) -DCMAKE_BUILD_TYPE=Release -DLOOM_BUILD_BENCH=ON -DLOOM_BUILD_TESTS=OFF
+	cmake --build $(BENCH_DIR) -j$(JOBS) --target gpt_parity
+	$(PYTHON) bench/gpt_parity.py --bin $(BENCH_DIR)/bench/gpt_parity --out $(BENCH_DIR)/gpt_parity --threads $(BENCH_THREADS) $(PARITY_ARGS)
 
 # The main job: train the Fashion-MNIST MLP (784-512-256-10, AdamW lr 1e-3,
 # batch 128, 5 epochs) with the `loom` command, then classify one test image

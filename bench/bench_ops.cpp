@@ -14,12 +14,17 @@
 #define BENCH_X86 1
 #endif
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -299,6 +304,156 @@ void BM_dispatch_add(benchmark::State& state, bool autograd) {
   }
 }
 
+// ---- sequence models: attention, LSTM, GPT ----
+// The "seq" group of run.py; torch_ops.py runs the same shapes (its GPT is
+// nanoGPT's model, torch_gpt.py, with the math-form attention of PyTorch 1.13).
+
+// scaled_dot_product_attention, causal, forward and the gradients w.r.t. q,
+// k and v from a fixed upstream gradient: q, k, v, gy (B, H, T, D).
+void BM_attn_fb(benchmark::State& state, int64_t b, int64_t h, int64_t t, int64_t d) {
+  loom::Tensor q = loom::randn({b, h, t, d}).requires_grad_(), k = loom::randn({b, h, t, d}).requires_grad_();
+  loom::Tensor v = loom::randn({b, h, t, d}).requires_grad_(), gy = loom::randn({b, h, t, d});
+  auto step = [&] {
+    return loom::autograd::grad({loom::scaled_dot_product_attention(q, k, v, {}, 0.0, true)}, {q, k, v}, {gy});
+  };
+  step();  // warm-up
+  for (auto _ : state) {
+    std::vector<loom::Tensor> g = step();
+    benchmark::DoNotOptimize(g[0].raw_data_ptr());
+  }
+}
+
+// Bytes of resident memory now (/proc/self/statm), 0 when unreadable.
+int64_t resident_bytes() {
+  long pages_total = 0, pages_resident = 0;
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return 0;
+  const int got = std::fscanf(f, "%ld %ld", &pages_total, &pages_resident);
+  std::fclose(f);
+  return got == 2 ? int64_t{pages_resident} * sysconf(_SC_PAGESIZE) : 0;
+}
+
+// The resident high-water mark (VmHWM of /proc/self/status), 0 when unreadable.
+// Not getrusage's ru_maxrss: that one carries the parent's high-water mark
+// over fork and exec, so a child started by a big process reads the parent's.
+int64_t peak_resident_bytes() {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return 0;
+  char line[256];
+  long kib = 0;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "VmHWM: %ld kB", &kib) == 1) break;
+  std::fclose(f);
+  return int64_t{kib} * 1024;
+}
+
+// Lowers the high-water mark to the resident set now (Linux >= 4.0); false
+// when /proc/self/clear_refs cannot be written.
+bool reset_peak_resident() {
+  std::FILE* f = std::fopen("/proc/self/clear_refs", "w");
+  if (!f) return false;
+  const bool ok = std::fputs("5", f) >= 0;
+  return std::fclose(f) == 0 && ok;
+}
+
+// Memory of causal attention forward + backward (B = 1, H = 1, D = 64) at
+// T = 1024, 2048, 4096, in increasing order: counters peak_T<T> = the
+// allocator's peak bytes in use during the step minus those in use before it
+// (q, k, v and gy already allocated; the gradients, the output and what
+// backward keeps count), and rss_T<T> = the process's resident high-water
+// mark over the step, reset at its start, minus its resident set before (the
+// cache emptied first): the measure torch_ops.py's side uses. (Without the
+// reset, T in increasing order still make each step's mark its own.) One
+// iteration: it is a measurement of memory, not of time (run.py reads the
+// counters).
+void BM_attn_mem(benchmark::State& state) {
+  for (auto _ : state) {
+    for (int64_t t : {1024, 2048, 4096}) {
+      loom::Tensor q = loom::randn({1, 1, t, 64}).requires_grad_(), k = loom::randn({1, 1, t, 64}).requires_grad_();
+      loom::Tensor v = loom::randn({1, 1, t, 64}).requires_grad_(), gy = loom::randn({1, 1, t, 64});
+      loom::cpu_empty_cache();
+      reset_peak_resident();
+      const int64_t rss_before = resident_bytes();
+      const size_t in_use_before = loom::cpu_allocator_stats().bytes_in_use;
+      loom::cpu_reset_peak_stats();
+      {
+        std::vector<loom::Tensor> g =
+            loom::autograd::grad({loom::scaled_dot_product_attention(q, k, v, {}, 0.0, true)}, {q, k, v}, {gy});
+        benchmark::DoNotOptimize(g[0].raw_data_ptr());
+      }
+      const size_t peak = loom::cpu_allocator_stats().peak_bytes_in_use;
+      const std::string suffix = "_T" + std::to_string(t);
+      state.counters["peak" + suffix] = static_cast<double>(peak - in_use_before);
+      state.counters["rss" + suffix] = static_cast<double>(std::max<int64_t>(0, peak_resident_bytes() - rss_before));
+    }
+  }
+}
+
+// A character LSTM language model, one AdamW step (lr 3e-4):
+//   Embedding(96, 256) -> LSTM(256, 256, num_layers 2) -> Linear(256, 96),
+//   x, y (T = 64, N = 32) token ids, loss = cross_entropy over all T N positions.
+void BM_lstm_step(benchmark::State& state) {
+  constexpr int64_t kVocab = 96, kHidden = 256, kSeq = 64, kBatch = 32;
+  loom::manual_seed(0);
+  loom::nn::Embedding embed(kVocab, kHidden);
+  loom::nn::LSTM lstm(kHidden, kHidden, {.num_layers = 2});
+  loom::nn::Linear head(kHidden, kVocab);
+  std::vector<loom::Tensor> params;
+  for (const auto& ps : {embed->parameters(), lstm->parameters(), head->parameters()})
+    params.insert(params.end(), ps.begin(), ps.end());
+  loom::optim::AdamW optimizer(params, loom::optim::AdamWOptions(3e-4));
+  loom::Tensor x = loom::randint(kVocab, {kSeq, kBatch}), y = loom::randint(kVocab, {kSeq, kBatch});
+  auto step = [&] {
+    loom::Tensor out = lstm(embed(x)).first;  // (T, N, H)
+    loom::Tensor loss = F::cross_entropy(head(out).reshape({-1, kVocab}), y.reshape({-1}));
+    optimizer.zero_grad();
+    loss.backward();
+    optimizer.step();
+    return loss;
+  };
+  step();  // warm-up
+  for (auto _ : state) benchmark::DoNotOptimize(step().raw_data_ptr());
+}
+
+// The GPT of the "seq" rows: nanoGPT's layout, 4 layers, d_model 256, 4
+// heads, context 128, vocabulary 96, no dropout, tied head.
+loom::models::GPT bench_gpt() {
+  loom::manual_seed(0);
+  return loom::models::GPT(loom::models::GPTConfig{
+      .n_layer = 4, .n_embd = 256, .n_head = 4, .block_size = 128, .vocab_size = 96, .dropout = 0.0});
+}
+
+// One training step: loss on (16, 128) random tokens, backward, AdamW 3e-4.
+void BM_gpt_step(benchmark::State& state) {
+  loom::models::GPT gpt = bench_gpt();
+  loom::optim::AdamW optimizer(gpt->parameters(), loom::optim::AdamWOptions(3e-4));
+  loom::Tensor x = loom::randint(96, {16, 128}), y = loom::randint(96, {16, 128});
+  auto step = [&] {
+    loom::Tensor loss = gpt->loss(x, y);
+    optimizer.zero_grad();
+    loss.backward();
+    optimizer.step();
+    return loss;
+  };
+  step();  // warm-up
+  for (auto _ : state) benchmark::DoNotOptimize(step().raw_data_ptr());
+  state.counters["tokens"] = benchmark::Counter(16.0 * 128 * static_cast<double>(state.iterations()),
+                                                benchmark::Counter::kIsRate);
+}
+
+// Greedy generation with the KV cache: a 16-token prompt, 112 new tokens
+// (batch 1): the prompt in one forward, then one position per step.
+void BM_gpt_generate(benchmark::State& state) {
+  loom::models::GPT gpt = bench_gpt();
+  gpt->eval();
+  loom::Tensor prompt = loom::randint(96, {1, 16});
+  const loom::models::GenerateOptions greedy{.temperature = 0.0, .use_cache = true};
+  benchmark::DoNotOptimize(gpt->generate(prompt, 112, greedy).raw_data_ptr());  // warm-up
+  for (auto _ : state) benchmark::DoNotOptimize(gpt->generate(prompt, 112, greedy).raw_data_ptr());
+  state.counters["tokens"] =
+      benchmark::Counter(112.0 * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
 // Registered in table order. Names are the workload keys shared with
 // torch_ops.py and run.py.
 void register_benchmarks() {
@@ -344,6 +499,11 @@ void register_benchmarks() {
     reg(s.name, BM_conv2d, s, true)->Unit(kMillisecond);
   for (const ConvShape& s : {cnn_conv2, resnet9_conv128})
     reg(std::string(s.name) + "_fwd", BM_conv2d, s, false)->Unit(kMillisecond);
+  reg("attn_fb", BM_attn_fb, 8, 8, 512, 64)->Unit(kMillisecond);
+  reg("lstm_step", BM_lstm_step)->Unit(kMillisecond);
+  reg("gpt_step", BM_gpt_step)->Unit(kMillisecond);
+  reg("gpt_generate", BM_gpt_generate)->Unit(kMillisecond);
+  reg("attn_mem_4096", BM_attn_mem)->Unit(kMillisecond)->Iterations(1);
   reg("dispatch_add", BM_dispatch_add, false)->Unit(kNanosecond);
   reg("dispatch_add_autograd", BM_dispatch_add, true)->Unit(kNanosecond);
 }

@@ -19,6 +19,7 @@ speedup = torch time / loom time: above 1, loom is faster.
     python3 bench/run.py                        # everything (as `make bench`)
     python3 bench/run.py --only sgemm,dispatch  # groups or workload names
     python3 bench/run.py --only conv,cnn_epoch
+    python3 bench/run.py --only seq             # attention, LSTM, GPT
 """
 import argparse
 import csv
@@ -42,18 +43,20 @@ class Workload:
     """One row. `source` says who times it: "ops" (bench_ops against
     torch_ops.py), "ref" (bench_ops only: a machine reference), "dispatch"
     (bench_ops against torch_dispatch), "epoch" (loom train against
-    torch_train.py, the model named by `model`). `flops` / `bytes` per call
-    give the rate columns.
+    torch_train.py, the model named by `model`), "mem" (peak memory, not
+    time: one run of bench_ops and of torch_ops.py, see collect_memory).
+    `flops` / `bytes` / `tokens` per call give the rate columns.
     `ref` names the machine reference the row is measured against (the FMA
     peak, the STREAM loop): it runs in the same bench_ops process, next to
     the row, every round (Note [References under load]). `min_speedup` is
-    the target on torch time / loom time."""
+    the target on torch time / loom time. `repetitions` overrides
+    --repetitions for a row whose calls take a second or more."""
 
     def __init__(self, key, desc, group, source="ops", flops=None, bytes=None, ref=None, min_speedup=None,
-                 model=None):
+                 model=None, tokens=None, repetitions=None):
         self.key, self.desc, self.group, self.source = key, desc, group, source
         self.flops, self.bytes, self.ref, self.min_speedup = flops, bytes, ref, min_speedup
-        self.model = model
+        self.model, self.tokens, self.repetitions = model, tokens, repetitions
 
 
 STREAM_N = 1 << 24
@@ -111,6 +114,22 @@ WORKLOADS = [
       for key, (desc, shape) in CONVS.items()],
     *[Workload(f"{key}_fwd", f"{CONVS[key][0]} fwd", "conv", flops=conv_flops(*CONVS[key][1]))
       for key in ("cnn_conv2", "resnet9_conv128")],
+    # Sequence models (bench_ops.cpp "sequence models"; torch's GPT is nanoGPT's
+    # model in torch_gpt.py, its attention the math form of PyTorch 1.13).
+    # attn: loom's fused scaled_dot_product_attention against softmax(q k^T /
+    # sqrt(d) + causal mask) v; loom time <= 0.6x torch's. torch's calls take
+    # about a second on 2 cores, so 3 repetitions a round keep the group
+    # within ~3 minutes.
+    Workload("attn_fb", "attn causal f+b 8x8x512x64", "seq", min_speedup=1 / 0.6, repetitions=3),
+    # Embedding(96, 256), LSTM(256, 256, 2 layers), Linear(256, 96), T 64,
+    # batch 32, AdamW 3e-4: loom <= 0.6x.
+    Workload("lstm_step", "LSTM LM step T64 N32", "seq", min_speedup=1 / 0.6, repetitions=3),
+    # GPT 4 layers, d 256, 4 heads, context 128, vocab 96, batch 16, AdamW
+    # 3e-4: loom <= 0.5x.
+    Workload("gpt_step", "GPT step 16x128 (4L d256)", "seq", min_speedup=2.0, tokens=16 * 128, repetitions=3),
+    # Greedy decoding with a KV cache: 16-token prompt, 112 new tokens.
+    Workload("gpt_generate", "GPT generate 16+112, KV", "seq", tokens=112, repetitions=3),
+    Workload("attn_mem_4096", "attn f+b peak mem T=4096", "seq", source="mem"),
     # loom time <= 0.4 x torch time, i.e. speedup >= 2.5.
     Workload("mlp_epoch", "MLP epoch (Fashion-MNIST)", "epoch", source="epoch", min_speedup=2.5, model="mlp"),
     # loom time <= 0.5 x torch time.
@@ -174,7 +193,7 @@ def run_json(cmd, env=None, what=""):
 
 # ---- loom ----
 
-def run_loom_ops(args, keys):
+def run_loom_ops(args, keys, repetitions=None):
     """{key: {"times_s": [...], "flops_per_s": [...]?, "label"?}} from
     bench_ops: one time (mean seconds per call) per repetition."""
     cmd = [
@@ -182,7 +201,7 @@ def run_loom_ops(args, keys):
         f"--loom_threads={args.threads}",
         "--benchmark_format=json",
         f"--benchmark_filter=^({'|'.join(keys)})(/|$)",
-        f"--benchmark_repetitions={args.repetitions}",
+        f"--benchmark_repetitions={repetitions or args.repetitions}",
         f"--benchmark_min_time={args.min_time}",
     ]
     data = run_json(cmd, what="bench_ops")
@@ -198,6 +217,21 @@ def run_loom_ops(args, keys):
         if b.get("label"):
             entry["label"] = b["label"]
     return out
+
+
+def run_loom_memory(args, key):
+    """bench_ops's memory counters for `key` (one iteration, see BM_attn_mem):
+    {"peak_bytes": {T: bytes}, "rss_bytes": {T: bytes}}."""
+    cmd = [args.bench_bin, f"--loom_threads={args.threads}", "--benchmark_format=json",
+           f"--benchmark_filter=^{key}(/|$)", "--benchmark_repetitions=1"]
+    data = run_json(cmd, what=f"bench_ops {key}")
+    out = {}
+    for b in (data or {}).get("benchmarks", []):
+        for field, value in b.items():
+            for prefix, name in (("peak_T", "peak_bytes"), ("rss_T", "rss_bytes")):
+                if field.startswith(prefix):
+                    out.setdefault(name, {})[int(field[len(prefix):])] = int(value)
+    return out or None
 
 
 def run_loom_epoch(args, model):
@@ -264,10 +298,10 @@ class TorchWorker:
             return None
         return json.loads(line)
 
-    def run(self, key):
+    def run(self, key, repetitions=None):
         if self.proc.poll() is not None:
             return None
-        self.proc.stdin.write(key + "\n")
+        self.proc.stdin.write(key + (f" {repetitions}" if repetitions else "") + "\n")
         self.proc.stdin.flush()
         reply = self._reply()
         if reply and "error" in reply:
@@ -346,6 +380,18 @@ def finish(entry):
             entry["best_flops_per_s"] = max(entry["flops_per_s"])
 
 
+def collect_memory(args, w, res, torch_worker):
+    """A "mem" row: one bench_ops run for loom's bytes and one torch_ops.py
+    reply for torch's (BLAS plays no part in memory, so torch runs as
+    installed only). Nothing is timed, so no rounds."""
+    log(f"[{w.key}] loom, then torch: peak memory")
+    merge(res, w.key, "loom", run_loom_memory(args, w.key))
+    reply = torch_worker.run(w.key) if torch_worker else None
+    if reply:
+        rss = {int(f[len("rss_T"):]): v for f, v in reply.items() if f.startswith("rss_T")}
+        merge(res, w.key, "torch_installed", {"rss_bytes": rss})
+
+
 def collect(args, selected):
     """Runs every selected workload on each side. Micro-benchmarks go
     workload by workload: loom, torch as installed and torch tuned take
@@ -354,7 +400,7 @@ def collect(args, selected):
     from another process lands on both sides of a row alike, not on one."""
     res = {w.key: {} for w in selected}
     meta = {"torch": None, "openblas_installed": None, "loadavg": os.getloadavg()}
-    needs_torch = any(w.source in ("ops", "epoch") for w in selected)
+    needs_torch = any(w.source in ("ops", "epoch", "mem") for w in selected)
     tuned, tuned_worker = None, None
     if needs_torch and args.coretypes:
         log(f"probing OPENBLAS_CORETYPE on torch {PROBE_WORKLOAD}: {', '.join(args.coretypes)}")
@@ -370,24 +416,27 @@ def collect(args, selected):
 
     # A reference that some row runs next to itself needs no turns of its own.
     adjacent = {w.ref for w in selected if w.ref}
-    ops = [w for w in selected if w.source == "ops" or (w.source == "ref" and w.key not in adjacent)]
+    ops = [w for w in selected if w.source in ("ops", "mem") or (w.source == "ref" and w.key not in adjacent)]
     if ops:
         workers = {}
-        if any(w.source == "ops" for w in ops):
+        if any(w.source in ("ops", "mem") for w in ops):
             for side, core in torch_sides:
                 workers[side] = tuned_worker if side == "torch_tuned" else TorchWorker(args, core)
                 if workers[side].header:
                     note_torch(workers[side].header, side)
         for w in ops:
+            if w.source == "mem":
+                collect_memory(args, w, res, workers.get("torch_installed"))
+                continue
             turns = [("loom", None)] + ([(side, workers[side]) for side, _ in torch_sides] if w.source == "ops" else [])
             for rnd in range(args.rounds):
                 for side, worker in turns if rnd % 2 == 0 else reversed(turns):
                     log(f"[{w.key} {rnd + 1}/{args.rounds}] {worker.label if worker else 'loom'}")
                     time.sleep(args.settle)
                     if worker:
-                        merge(res, w.key, side, worker.run(w.key))
+                        merge(res, w.key, side, worker.run(w.key, w.repetitions))
                         continue
-                    out = run_loom_ops(args, [w.ref, w.key] if w.ref else [w.key])
+                    out = run_loom_ops(args, [w.ref, w.key] if w.ref else [w.key], w.repetitions)
                     merge(res, w.key, "loom", out.get(w.key))
                     if w.ref:  # under the row's own key for its ratio, and pooled into the reference's row
                         merge(res, w.key, "ref", out.get(w.ref))
@@ -438,6 +487,27 @@ def fmt_time(seconds):
     return f"{seconds / 1e-9:.0f} ns"
 
 
+def fmt_bytes(n):
+    if n is None:
+        return "n/a"
+    return f"{n / 2**20:.3g} MiB" if n >= 2**20 else f"{n / 2**10:.3g} KiB"
+
+
+def memory_lines(row):
+    """The "mem" row's detail: bytes at every T measured, loom and torch."""
+    ts = sorted({t for side in ("loom_peak_bytes", "loom_rss_bytes", "torch_rss_bytes")
+                 for t in (row.get(side) or {})})
+    if not ts:
+        return []
+    lines = [f"  {'causal attention f+b, B=H=1, D=64:':<58}" + "".join(f"{'T=' + str(t):>11}" for t in ts)]
+    for label, side in (("loom: allocator peak minus bytes in use before", "loom_peak_bytes"),
+                        ("loom: resident high-water minus resident before", "loom_rss_bytes"),
+                        ("torch 1.13 math form: resident high-water minus before", "torch_rss_bytes")):
+        values = row.get(side) or {}
+        lines.append(f"  {label:<58}" + "".join(f"{fmt_bytes(values.get(t)):>11}" for t in ts))
+    return lines
+
+
 def median_of(entry):
     return entry.get("median_s") if entry else None
 
@@ -483,6 +553,14 @@ def evaluate(selected, res):
             if peak:
                 row["loom_peak_frac"] = w.flops / lt / peak
                 row["torch_peak_frac"] = w.flops / best / peak if best else None
+        if w.tokens and lt:
+            row["loom_tokens_per_s"] = w.tokens / lt
+            row["torch_tokens_per_s"] = w.tokens / best if best else None
+        if w.source == "mem":
+            loom, torch_side = r.get("loom") or {}, r.get("torch_installed") or {}
+            row["loom_peak_bytes"] = loom.get("peak_bytes")
+            row["loom_rss_bytes"] = loom.get("rss_bytes")
+            row["torch_rss_bytes"] = torch_side.get("rss_bytes")
         if w.bytes and lt:
             row["loom_gbs"] = w.bytes / lt / 1e9
             row["torch_gbs"] = w.bytes / best / 1e9 if best else None
@@ -525,6 +603,15 @@ def rate_text(w, row):
     if w.flops and row.get("loom_gflops"):
         return f"{gflops(row['loom_gflops'], row.get('loom_peak_frac'))} | " \
                f"{gflops(row.get('torch_gflops'), row.get('torch_peak_frac')) or '-'} GFLOP/s"
+    if w.tokens and row.get("loom_tokens_per_s"):
+        torch_tps = f"{row['torch_tokens_per_s']:.0f}" if row.get("torch_tokens_per_s") else "-"
+        return f"{row['loom_tokens_per_s']:.0f} | {torch_tps} tokens/s"
+    if w.source == "mem":
+        loom, torch_side = row.get("loom_peak_bytes") or {}, row.get("torch_rss_bytes") or {}
+        t = max(loom, default=None)
+        if t and torch_side.get(t) and loom.get(t):
+            return f"torch needs {torch_side[t] / loom[t]:.0f}x loom's bytes"
+        return ""
     if w.bytes and row.get("loom_gbs"):
         torch_gbs = f"{row['torch_gbs']:.1f}" if row.get("torch_gbs") else "-"
         extra = f"  ({row['stream_frac']:.0%} of STREAM)" if row.get("stream_frac") else ""
@@ -564,6 +651,14 @@ def print_table(args, selected, rows, meta):
         # Truncated, not rounded, so a shown 1.10x never sits next to a missed 1.1x target.
         speed = f"{math.floor(row['speedup'] * 100) / 100:.2f}x" if row.get("speedup") else "-"
         met = "" if "met" not in row else {True: "met", False: "MISSED", None: "?"}[row["met"]]
+        if w.source == "mem":  # bytes, not time: at the largest T, loom's allocator peak and torch's resident peak
+            t = max(row.get("loom_peak_bytes") or row.get("torch_rss_bytes") or {}, default=None)
+            loom_b = fmt_bytes((row.get("loom_peak_bytes") or {}).get(t))
+            torch_b = fmt_bytes((row.get("torch_rss_bytes") or {}).get(t))
+            print(f"{w.desc:<27}{loom_b:>10}{torch_b:>10}{'-':>10}{'-':>9}  {rate_text(w, row)}")
+            for line in memory_lines(row):
+                print(line)
+            continue
         print(f"{w.desc:<27}{time_text(row.get('loom')):>10}{ti_text:>10}{tt_text:>10}{speed:>9}  "
               f"{rate_text(w, row):<36}{row.get('target', ''):<22}{met}")
     print()
@@ -574,6 +669,11 @@ def print_table(args, selected, rows, meta):
           "conv2d runs oneDNN). time<=0.7x: loom's time at most 0.7x the faster torch's (speedup >= 1/0.7).\n"
           "Targets on time: MLP epoch >=2.5x is loom <= 0.4x torch, CNN epoch >=2x is loom <= 0.5x;\n"
           "dispatch >=2x is loom <= 0.5x libtorch.\n"
+          "seq rows: torch's attention is the math form softmax(q k^T / sqrt(d) + causal mask) v (PyTorch 1.13 has\n"
+          "no scaled_dot_product_attention), its GPT nanoGPT's model (bench/torch_gpt.py); GPT step >=2x is loom <=\n"
+          "0.5x torch; tokens/s: 16 x 128 per step, 112 generated per call; 3 repetitions a round. The memory row\n"
+          "is bytes, not time, at T=4096 (loom: allocator peak; torch: resident high-water, glibc mmap threshold\n"
+          "64 KiB), one run each.\n"
           f"* the middle half of the repetitions spans more than {NOISY_SPREAD:.0%} of the median (a busy machine).")
     if rows.get("add_f32", {}).get("torch_best_s"):
         print("add 2^24: each torch a + b allocates 64 MiB, which glibc maps fresh and the kernel faults in on every\n"

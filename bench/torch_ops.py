@@ -13,7 +13,10 @@ instead, one JSON line each (see serve()).
 import argparse
 import ctypes
 import json
+import math
+import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -42,6 +45,10 @@ CONVS = {
     "resnet9_conv128_1x1map": (128, 128, 1, 1, 128, 3, 1),  # the same layer on the 1x1 maps of needle's ResNet9
 }
 CONV_FWD = ("cnn_conv2", "resnet9_conv128")
+# The "seq" rows (see bench_ops.cpp): attention (B, H, T, D), causal; the
+# sequence lengths of the memory row (B = H = 1, D = 64).
+ATTN_FB = (8, 8, 512, 64)
+ATTN_MEM_TS = (1024, 2048, 4096)
 
 
 def gemm(m, k, n, trans_a=False, trans_b=False):
@@ -75,6 +82,138 @@ def conv(n, c, h, w, o, k, padding, backward=True):
     oh, ow = h + 2 * padding - k + 1, w + 2 * padding - k + 1
     gy = torch.randn(n, o, oh, ow)
     return lambda: torch.autograd.grad(F.conv2d(x, weight, bias, padding=padding), (x, weight, bias), gy)
+
+
+def causal_attention(q, k, v, mask):
+    """softmax(q k^T / sqrt(D) + causal mask) v: attention as PyTorch 1.13
+    users write it (no F.scaled_dot_product_attention before 2.0); mask is a
+    (T, T) lower-triangular bool, as nanoGPT's `bias` buffer."""
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
+    att = att.masked_fill(~mask, float("-inf"))
+    return torch.softmax(att, dim=-1) @ v
+
+
+def attn_fwd_bwd(b, h, t, d):
+    q, k, v = (torch.randn(b, h, t, d, requires_grad=True) for _ in range(3))
+    gy = torch.randn(b, h, t, d)
+    mask = torch.ones(t, t, dtype=torch.bool).tril()
+    return lambda: torch.autograd.grad(causal_attention(q, k, v, mask), (q, k, v), gy)
+
+
+def lstm_step():
+    """One AdamW step (lr 3e-4) of Embedding(96, 256) -> LSTM(256, 256, 2
+    layers) -> Linear(256, 96) on (T = 64, N = 32) random tokens."""
+    torch.manual_seed(0)
+    embed, lstm, head = torch.nn.Embedding(96, 256), torch.nn.LSTM(256, 256, num_layers=2), torch.nn.Linear(256, 96)
+    params = [*embed.parameters(), *lstm.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=3e-4)
+    x, y = torch.randint(96, (64, 32)), torch.randint(96, (64, 32))
+
+    def step():
+        out, _ = lstm(embed(x))  # (T, N, 256)
+        loss = F.cross_entropy(head(out).view(-1, 96), y.view(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+    return step
+
+
+def bench_gpt():
+    """nanoGPT (torch_gpt.py): 4 layers, d_model 256, 4 heads, context 128,
+    vocabulary 96, no dropout, tied head."""
+    from torch_gpt import GPT, GPTConfig
+    torch.manual_seed(0)
+    return GPT(GPTConfig(n_layer=4, n_embd=256, n_head=4, block_size=128, vocab_size=96, dropout=0.0))
+
+
+def gpt_step():
+    """One AdamW step (lr 3e-4) on (16, 128) random tokens."""
+    model = bench_gpt()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    x, y = torch.randint(96, (16, 128)), torch.randint(96, (16, 128))
+
+    def step():
+        _, loss, _ = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+    return step
+
+
+def gpt_generate():
+    """Greedy generation with past keys and values: a 16-token prompt, 112 new
+    tokens, batch 1."""
+    model = bench_gpt().eval()
+    prompt = torch.randint(96, (1, 16))
+    return lambda: model.generate_greedy(prompt, 112)
+
+
+def resident_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_resident_bytes():
+    """VmHWM, the resident high-water mark. Not resource's ru_maxrss: that
+    carries the parent's mark over fork and exec, and this runs as the child
+    of a torch_ops.py --serve process that is hundreds of MiB large."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_resident():
+    """Lowers VmHWM to the resident set now (Linux >= 4.0), if allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def attn_mem():
+    """--attn-mem, in a fresh process: for T in ATTN_MEM_TS (increasing),
+    the resident high-water mark over one causal attention forward +
+    backward (B = H = 1, D = 64, math form), reset at its start, minus the
+    resident set before it (inputs and mask made); without the reset, T in
+    increasing order still make each step's mark its own. That is the
+    step's peak: the T x T scores, their masked and softmaxed copies and
+    their gradients, all of which the math form holds at once (about 13 T^2
+    bytes). measure_attn_mem runs this with glibc's mmap
+    threshold fixed at 64 KiB, so every block of a T x T tensor is mapped on
+    its own and unmapped when freed: the resident set follows the tensors
+    alive (with the default, growing threshold, freed 4-16 MiB blocks stay
+    in the heap and the smaller T read low or high depending on history).
+    torch.profiler's profile_memory in 1.13 on the CPU gave allocation
+    events without sizes we could sum to a peak, so it is not used."""
+    causal_attention(*(torch.randn(1, 1, 256, 64) for _ in range(3)), torch.ones(256, 256, dtype=torch.bool).tril())
+    out = {}
+    for t in ATTN_MEM_TS:
+        q, k, v = (torch.randn(1, 1, t, 64, requires_grad=True) for _ in range(3))
+        gy, mask = torch.randn(1, 1, t, 64), torch.ones(t, t, dtype=torch.bool).tril()
+        reset_peak_resident()
+        before = resident_bytes()
+        grads = torch.autograd.grad(causal_attention(q, k, v, mask), (q, k, v), gy)
+        out[f"rss_T{t}"] = peak_resident_bytes() - before
+        del grads
+    return out
+
+
+def measure_attn_mem(args):
+    """attn_mem() in a fresh process (this one's high-water mark is long
+    past): {"rss_T1024": bytes, ...}."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--attn-mem", f"--threads={args.threads}"]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, env=env)
+    return json.loads(proc.stdout)
+
+
+# Rows that measure memory, not time: name -> function(args) -> reply fields.
+MEMORY_WORKLOADS = {"attn_mem_4096": measure_attn_mem}
 
 
 def make_workloads():
@@ -114,6 +253,10 @@ def make_workloads():
         "layer_norm": layer_norm,
         "softmax_fwd_bwd": softmax_fwd_bwd,
         "layer_norm_fwd_bwd": layer_norm_fwd_bwd,
+        "attn_fb": lambda: attn_fwd_bwd(*ATTN_FB),
+        "lstm_step": lstm_step,
+        "gpt_step": gpt_step,
+        "gpt_generate": gpt_generate,
     })
     return w
 
@@ -146,26 +289,29 @@ def openblas(threads):
         return None
 
 
-def time_workload(factory, args):
+def time_workload(factory, args, repetitions=None):
     fn = factory()  # inputs made here, freed when fn goes
     fn()  # warm-up: first-call allocations and thread start-up
-    times = [time_repetition(fn, args.min_time) for _ in range(args.repetitions)]
+    times = [time_repetition(fn, args.min_time) for _ in range(repetitions or args.repetitions)]
     return {"median_s": statistics.median(times), "times_s": times}
 
 
 def serve(args, factories, header):
     """--serve: prints `header` as a JSON line, then for each workload name
-    read from stdin one JSON line {"name": n, "median_s": t, "times_s": [...]}
+    read from stdin (optionally followed by a repetition count, overriding
+    --repetitions) one JSON line {"name": n, "median_s": t, "times_s": [...]}
     (or {"name": n, "error": why}). run.py keeps one such process per
     OpenBLAS setting, so it can alternate loom and torch workload by workload
     without paying for PyTorch's import each time."""
     print(json.dumps(header), flush=True)
     for line in sys.stdin:
-        name = line.strip()
-        if not name:
+        if not line.split():
             continue
+        name, *rest = line.split()
         if name in factories:
-            reply = dict(name=name, **time_workload(factories[name], args))
+            reply = dict(name=name, **time_workload(factories[name], args, int(rest[0]) if rest else None))
+        elif name in MEMORY_WORKLOADS:
+            reply = dict(name=name, **MEMORY_WORKLOADS[name](args))
         else:
             reply = {"name": name, "error": f"unknown workload; known: {', '.join(factories)}"}
         print(json.dumps(reply), flush=True)
@@ -178,9 +324,13 @@ def main():
     p.add_argument("--min-time", type=float, default=0.2)
     p.add_argument("--only", default="", help="comma-separated workload names (default: all)")
     p.add_argument("--serve", action="store_true", help="time the workloads named on stdin, one per line")
+    p.add_argument("--attn-mem", action="store_true", help="print attention's peak memory as JSON (see attn_mem)")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
+    if args.attn_mem:
+        print(json.dumps(attn_mem()))
+        return
     header = {"torch": torch.__version__, "threads": torch.get_num_threads(), "openblas_core": openblas(args.threads)}
     factories = make_workloads()
     if args.serve:
