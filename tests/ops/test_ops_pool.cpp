@@ -537,6 +537,34 @@ TEST(PoolFastKernels, MaxPoolNanAndInfinity) {
   }
 }
 
+// The 2x2 / stride 2 path (the CNN's pool): rows of 35 outputs take two
+// full 16-wide steps and a masked one; ties, NaNs and infinities scattered
+// through them give the reference's values and indices exactly.
+TEST(PoolFastKernels, MaxPool2x2WideRows) {
+  Tensor x64 = random_values({2, 3, 9, 70}, 7);
+  double* p = x64.data_ptr<double>();
+  for (int64_t i = 0; i < x64.numel(); i += 37) p[i] = NAN;
+  for (int64_t i = 5; i < x64.numel(); i += 41) p[i] = INFINITY;
+  for (int64_t i = 11; i < x64.numel(); i += 29) p[i] = -INFINITY;
+  for (int64_t i = 3; i + 1 < x64.numel(); i += 23) p[i + 1] = p[i];  // ties
+  const Tensor x = x64.to(loom::kFloat32);
+  auto run = [&](bool reference) {
+    std::optional<ReferenceGuard> ref;
+    if (reference) ref.emplace();
+    return loom::max_pool2d_with_indices(x, {2});
+  };
+  const auto [want_y, want_i] = run(true);
+  for (GemmIsa isa : runnable_isas()) {
+    IsaGuard guard(isa);
+    const auto [y, i] = run(false);
+    const std::vector<float> a = y.to_vector<float>(), b = want_y.to_vector<float>();
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t k = 0; k < a.size(); ++k)
+      EXPECT_TRUE(a[k] == b[k] || (std::isnan(a[k]) && std::isnan(b[k]))) << loom::cpu::gemm_isa_name(isa) << " " << k;
+    EXPECT_EQ(i.to_vector<int64_t>(), want_i.to_vector<int64_t>()) << loom::cpu::gemm_isa_name(isa);
+  }
+}
+
 TEST(PoolFastKernels, AvgPoolMatchesReference) {
   const Tensor x = random_values({3, 5, 17, 13}, 2);
   struct Case {

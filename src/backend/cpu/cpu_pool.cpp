@@ -27,6 +27,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "backend/cpu/cpu_dispatch.h"
 #include "backend/cpu/cpu_gemm.h"
 #include "backend/cpu/cpu_kernels.h"
@@ -497,6 +501,97 @@ LOOM_POOL_BY_STRIDE(avg_pool_planes_body)
 LOOM_POOL_BY_STRIDE(avg_pool_backward_planes_body)
 #undef LOOM_POOL_BY_STRIDE
 
+// The CNN's pool, 2x2 windows at stride 2 wholly inside the input: each
+// output reads its four inputs straight from the two input rows, in the
+// reference's order ((0,0), (0,1), (1,0), (1,1); a larger value or a NaN
+// replaces the max), and writes its value and flat index. No row buffer.
+// Outputs [o0, ow) of one output row; base is the row's first input index.
+template <typename T>
+[[gnu::always_inline]] inline void max_2x2_row(const T* __restrict r0, const T* __restrict r1, T* __restrict y,
+                                               int64_t* __restrict ind, int64_t base, int64_t w, int64_t o0,
+                                               int64_t ow) {
+  for (int64_t o = o0; o < ow; ++o) {
+    T m = r0[2 * o];
+    int64_t k = 0;
+    const T v01 = r0[2 * o + 1], v10 = r1[2 * o], v11 = r1[2 * o + 1];
+    // | rather than ||: no branch to mispredict on random data.
+    bool t = (v01 > m) | (v01 != v01);
+    m = t ? v01 : m;
+    k = t ? 1 : k;
+    t = (v10 > m) | (v10 != v10);
+    m = t ? v10 : m;
+    k = t ? w : k;
+    t = (v11 > m) | (v11 != v11);
+    y[o] = t ? v11 : m;
+    if (ind) ind[o] = base + 2 * o + (t ? w + 1 : k);
+  }
+}
+
+template <typename T>
+[[gnu::always_inline]] inline void max_pool_2x2_body_any(const PoolPlanes<T>& a, int64_t p0, int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const T* xp = a.x + a.xp.offset(p);
+    for (int64_t oh = 0; oh < a.oh; ++oh) {
+      const T* r0 = xp + 2 * oh * a.xp.sh;
+      max_2x2_row(r0, r0 + a.xp.sh, a.y + (p * a.oh + oh) * a.ow, a.ind ? a.ind + (p * a.oh + oh) * a.ow : nullptr,
+                  2 * oh * a.w, a.w, 0, a.ow);
+    }
+  }
+}
+
+#if defined(__x86_64__)
+// float32 with AVX-512: 16 outputs a step, the even and odd columns of each
+// row split by one permute each; the same comparisons, lane by lane.
+[[gnu::target("avx512f")]] void max_pool_2x2_f32_avx512(const PoolPlanes<float>& a, int64_t p0, int64_t p1) {
+  const int64_t ow = a.ow, w = a.w;
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512i lanes2 = even;  // 2 * lane
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* xp = a.x + a.xp.offset(p);
+    for (int64_t oh = 0; oh < a.oh; ++oh) {
+      const float* r0 = xp + 2 * oh * a.xp.sh;
+      const float* r1 = r0 + a.xp.sh;
+      float* y = a.y + (p * a.oh + oh) * ow;
+      int64_t* ind = a.ind ? a.ind + (p * a.oh + oh) * ow : nullptr;
+      const int64_t base = 2 * oh * w;
+      for (int64_t o = 0; o < ow; o += 16) {
+        // The last step of a row (CNN rows are 14 or 7 wide) is masked.
+        const int64_t n = std::min<int64_t>(16, ow - o);
+        const __mmask16 out_mask = static_cast<__mmask16>((1u << n) - 1);
+        const __mmask16 lo = static_cast<__mmask16>(n >= 8 ? 0xFFFF : (1u << (2 * n)) - 1);
+        const __mmask16 hi = static_cast<__mmask16>(n > 8 ? (1u << (2 * n - 16)) - 1 : 0);
+        const __m512 a0 = _mm512_maskz_loadu_ps(lo, r0 + 2 * o), a1 = _mm512_maskz_loadu_ps(hi, r0 + 2 * o + 16);
+        const __m512 b0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * o), b1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * o + 16);
+        const __m512 v01 = _mm512_permutex2var_ps(a0, odd, a1);
+        const __m512 v10 = _mm512_permutex2var_ps(b0, even, b1), v11 = _mm512_permutex2var_ps(b0, odd, b1);
+        __m512 m = _mm512_permutex2var_ps(a0, even, a1);
+        __m512i k = _mm512_setzero_si512();
+        __mmask16 t = _mm512_cmp_ps_mask(v01, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v01, v01, _CMP_UNORD_Q);
+        m = _mm512_mask_mov_ps(m, t, v01);
+        k = _mm512_mask_mov_epi32(k, t, _mm512_set1_epi32(1));
+        t = _mm512_cmp_ps_mask(v10, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v10, v10, _CMP_UNORD_Q);
+        m = _mm512_mask_mov_ps(m, t, v10);
+        k = _mm512_mask_mov_epi32(k, t, _mm512_set1_epi32(static_cast<int32_t>(w)));
+        t = _mm512_cmp_ps_mask(v11, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v11, v11, _CMP_UNORD_Q);
+        m = _mm512_mask_mov_ps(m, t, v11);
+        k = _mm512_mask_mov_epi32(k, t, _mm512_set1_epi32(static_cast<int32_t>(w + 1)));
+        _mm512_mask_storeu_ps(y + o, out_mask, m);
+        if (ind) {
+          // In-plane offsets fit int32 (max_pool_fast checks the plane size).
+          const __m512i off = _mm512_add_epi32(_mm512_add_epi32(k, lanes2), _mm512_set1_epi32(static_cast<int32_t>(2 * o)));
+          const __m512i base64 = _mm512_set1_epi64(base);
+          _mm512_mask_storeu_epi64(ind + o, static_cast<__mmask8>(out_mask & 0xFF),
+                                   _mm512_add_epi64(base64, _mm512_maskz_cvtepi32_epi64(0xFF, _mm512_maskz_extracti64x4_epi64(0xF, off, 0))));
+          _mm512_mask_storeu_epi64(ind + o + 8, static_cast<__mmask8>(out_mask >> 8),
+                                   _mm512_add_epi64(base64, _mm512_maskz_cvtepi32_epi64(0xFF, _mm512_maskz_extracti64x4_epi64(0xF, off, 1))));
+        }
+      }
+    }
+  }
+}
+#endif
+
 template <typename T>
 using PlanesFn = void (*)(const PoolPlanes<T>&, int64_t, int64_t);
 
@@ -538,6 +633,7 @@ using PlanesFn = void (*)(const PoolPlanes<T>&, int64_t, int64_t);
   }
 #endif
 LOOM_POOL_CLONES(max_pool_planes, max_pool_planes_body)
+LOOM_POOL_CLONES(max_pool_2x2, max_pool_2x2_body)
 LOOM_POOL_CLONES(avg_pool_planes, avg_pool_planes_body)
 LOOM_POOL_CLONES(avg_pool_backward_planes, avg_pool_backward_planes_body)
 #undef LOOM_POOL_CLONES
@@ -584,6 +680,17 @@ bool max_pool_fast(const KernelCall& c) {
       a.first_col = first_col.data();
       a.code_delta = code_delta.data();
       set_block_geometry(a);
+      const bool two_by_two = w.kh == 2 && w.kw == 2 && w.sh == 2 && w.sw == 2 && w.ph == 0 && w.pw == 0 &&
+                              w.dh == 1 && w.dw == 1 && 2 * oh <= px.h && 2 * ow <= px.w;
+      if (two_by_two) {
+        PlanesFn<T> fn = max_pool_2x2<T>();
+#if defined(__x86_64__)
+        if constexpr (std::is_same_v<T, float>)
+          if (gemm_isa() == GemmIsa::Avx512 && px.h * px.w < (int64_t{1} << 30)) fn = &max_pool_2x2_f32_avx512;
+#endif
+        parallel_for(0, px.count(), planes_grain(oh * ow * 4), [&](int64_t lo, int64_t hi) { fn(a, lo, hi); });
+        return;
+      }
       const PlanesFn<T> fn = max_pool_planes<T>();
       parallel_for(0, px.count(), planes_grain(oh * ow * w.kh * w.kw),
                    [&](int64_t lo, int64_t hi) { with_scratch(a, lo, hi, fn); });
