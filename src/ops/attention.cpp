@@ -121,6 +121,21 @@ Tensor additive_mask(const Geometry& g, const Tensor& mask, DType dtype) {
   return m.expand(full_shape).reshape(g.s4());
 }
 
+// A kernel call of `op` with the scalar arguments ops.def gives both
+// attention kernels: scale, dropout p, causal, mask flag, Philox seed/offset.
+KernelCall attention_call(OpKind op, double scale, double p, bool causal, bool has_mask, uint64_t seed,
+                          uint64_t offset) {
+  KernelCall c;
+  c.op = op;
+  c.f[0] = scale;
+  c.f[1] = p;
+  c.i[0] = causal ? 1 : 0;
+  c.i[1] = has_mask ? 1 : 0;
+  c.i[2] = static_cast<int64_t>(seed);
+  c.i[3] = static_cast<int64_t>(offset);
+  return c;
+}
+
 }  // namespace
 
 Tensor scaled_dot_product_attention(const Tensor& query, const Tensor& key, const Tensor& value,
@@ -161,20 +176,13 @@ Tensor scaled_dot_product_attention(const Tensor& query, const Tensor& key, cons
   Tensor lse = make_tensor({g.b, g.h, g.tq}, ct, q.device());
   const bool has_mask = mask.defined();
   {
-    KernelCall c;
-    c.op = OpKind::Attention;
+    KernelCall c = attention_call(OpKind::Attention, sc, dropout_p, is_causal, has_mask, seed, offset);
     c.in[c.n_in++] = q.unsafe_impl();
     c.in[c.n_in++] = k.unsafe_impl();
     c.in[c.n_in++] = v.unsafe_impl();
     if (has_mask) c.in[c.n_in++] = mask.unsafe_impl();
     c.out[c.n_out++] = o.unsafe_impl();
     c.out[c.n_out++] = lse.unsafe_impl();
-    c.f[0] = sc;
-    c.f[1] = dropout_p;
-    c.i[0] = is_causal ? 1 : 0;
-    c.i[1] = has_mask ? 1 : 0;
-    c.i[2] = static_cast<int64_t>(seed);
-    c.i[3] = static_cast<int64_t>(offset);
     run_kernel(c);
   }
 
@@ -190,19 +198,12 @@ Tensor scaled_dot_product_attention(const Tensor& query, const Tensor& key, cons
           Tensor dq = make_tensor(qs.sizes(), qs.dtype(), qs.device());
           Tensor dk = make_tensor(ks.sizes(), ks.dtype(), ks.device());
           Tensor dv = make_tensor(vs.sizes(), vs.dtype(), vs.device());
-          KernelCall c;
-          c.op = OpKind::AttentionBackward;
+          KernelCall c = attention_call(OpKind::AttentionBackward, sc, dropout_p, is_causal, has_mask, seed, offset);
           for (const Tensor* t : {&gc, &qs, &ks, &vs, &os, &ls}) c.in[c.n_in++] = t->unsafe_impl();
           if (has_mask) c.in[c.n_in++] = ms.unsafe_impl();
           c.out[c.n_out++] = dq.unsafe_impl();
           c.out[c.n_out++] = dk.unsafe_impl();
           c.out[c.n_out++] = dv.unsafe_impl();
-          c.f[0] = sc;
-          c.f[1] = dropout_p;
-          c.i[0] = is_causal ? 1 : 0;
-          c.i[1] = has_mask ? 1 : 0;
-          c.i[2] = static_cast<int64_t>(seed);
-          c.i[3] = static_cast<int64_t>(offset);
           run_kernel(c);
           return TensorList{dq, dk, dv};
         }

@@ -17,15 +17,12 @@
 
 #include "harness.h"
 
-// Internal headers (plain declarations): the ISA choice and the fast-path switch.
-#include "../../src/backend/cpu/cpu_gemm.h"
-#include "../../src/backend/cpu/cpu_vec.h"
+#include "fast_paths.h"
 
 namespace loom_test {
 namespace {
 
 using AL = std::vector<Array>;
-using loom::cpu::GemmIsa;
 
 // ---- reference ----
 
@@ -160,28 +157,6 @@ void add_attention_rows(std::vector<Row>& rows) {
 
 namespace {
 
-struct ReferenceGuard {
-  ReferenceGuard() { loom::cpu::set_vec_enabled(false); }
-  ~ReferenceGuard() { loom::cpu::set_vec_enabled(true); }
-};
-
-struct IsaGuard {
-  explicit IsaGuard(GemmIsa isa) {
-    setenv("LOOM_CPU_ISA", loom::cpu::gemm_isa_name(isa), 1);
-    loom::cpu::gemm_reload_isa();
-  }
-  ~IsaGuard() {
-    unsetenv("LOOM_CPU_ISA");
-    loom::cpu::gemm_reload_isa();
-  }
-};
-
-struct ThreadsGuard {
-  explicit ThreadsGuard(int n) : saved(loom::get_num_threads()) { loom::set_num_threads(n); }
-  ~ThreadsGuard() { loom::set_num_threads(saved); }
-  int saved;
-};
-
 Tensor randn64(const Shape& shape, uint32_t seed, double sd = 1.0) {
   Tensor t = loom::empty(shape, loom::kFloat64);
   std::mt19937 gen(seed);
@@ -245,8 +220,7 @@ TEST(AttentionKernels, TiledFloat32MatchesReference) {
     const Tensor g = randn64(os, seed++);
     const Tensor mask = fc.mask ? randn64({fc.q[2], fc.k[2]}, seed++) : Tensor();
     const AttnRun want = attention_run(q, k, v, g, mask, fc.p, fc.causal, 99);
-    for (GemmIsa isa : {GemmIsa::Portable, GemmIsa::Avx2, GemmIsa::Avx512}) {
-      if (isa > loom::cpu::gemm_best_isa()) continue;
+    for (GemmIsa isa : runnable_isas()) {
       IsaGuard ig(isa);
       for (int threads : {1, 2}) {
         ThreadsGuard tg(threads);

@@ -17,9 +17,7 @@
 
 #include "harness.h"
 
-// Internal headers (plain declarations): the ISA choice and the fast-path switch.
-#include "../../src/backend/cpu/cpu_gemm.h"
-#include "../../src/backend/cpu/cpu_vec.h"
+#include "fast_paths.h"
 
 namespace loom_test {
 namespace {
@@ -378,38 +376,7 @@ void add_pool_rows(std::vector<Row>& rows) {
 namespace {
 
 using loom::Tensor;
-using loom::cpu::GemmIsa;
-
 // ---- fast kernels against the reference kernels ----
-
-std::vector<GemmIsa> runnable_isas() {
-  std::vector<GemmIsa> isas;
-  for (GemmIsa isa : {GemmIsa::Portable, GemmIsa::Avx2, GemmIsa::Avx512})
-    if (isa <= loom::cpu::gemm_best_isa()) isas.push_back(isa);
-  return isas;
-}
-
-struct IsaGuard {
-  explicit IsaGuard(GemmIsa isa) {
-    setenv("LOOM_CPU_ISA", loom::cpu::gemm_isa_name(isa), 1);
-    loom::cpu::gemm_reload_isa();
-  }
-  ~IsaGuard() {
-    unsetenv("LOOM_CPU_ISA");
-    loom::cpu::gemm_reload_isa();
-  }
-};
-
-struct ReferenceGuard {
-  ReferenceGuard() { loom::cpu::set_vec_enabled(false); }
-  ~ReferenceGuard() { loom::cpu::set_vec_enabled(true); }
-};
-
-struct ThreadsGuard {
-  explicit ThreadsGuard(int n) : saved(loom::get_num_threads()) { loom::set_num_threads(n); }
-  ~ThreadsGuard() { loom::set_num_threads(saved); }
-  int saved;
-};
 
 Tensor random_values(const Shape& shape, uint32_t seed) {
   Tensor t = loom::empty(shape, loom::kFloat64);
