@@ -14,9 +14,12 @@
 #include <tuple>
 #include <vector>
 
+#include "test_util.h"
+
 namespace {
 
 using namespace loom;
+using namespace loom::test;
 using V = std::vector<double>;
 
 V vals(const Tensor& t) { return t.contiguous().to_vector<double>(); }
@@ -26,60 +29,6 @@ Tensor f64(const V& v, IntArrayRef shape) { return tensor(v, kFloat64).reshape(s
 void expect_near(const V& got, const V& want, double tol = 1e-12) {
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], tol * (1 + std::abs(want[i]))) << "at " << i;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("not a loom::Error: ") + e.what();
-  }
-  return "<no error>";
-}
-
-#define EXPECT_ERROR_HAS(stmt, text) \
-  EXPECT_NE(error_of([&] { stmt; }).find(text), std::string::npos) << error_of([&] { stmt; })
-
-std::string str(const nn::Module& m) {
-  std::ostringstream os;
-  os << m;
-  return os.str();
-}
-
-std::vector<std::string> names(const nn::StateDict& sd) {
-  std::vector<std::string> out;
-  for (const auto& [n, t] : sd) out.push_back(n);
-  return out;
-}
-
-// Float64 central-difference gradcheck: f reads `leaves` (float64, contiguous)
-// and returns any tensor; it is projected onto fixed random weights so every
-// output element counts. Each leaf element is perturbed in place by +-eps.
-void gradcheck(const std::function<Tensor()>& f, const std::vector<Tensor>& leaves, double tol = 1e-6) {
-  const double eps = 1e-6;
-  Tensor out0 = f();
-  Tensor proj = randn(out0.sizes(), kFloat64);
-  auto scalar = [&] { return (f() * proj).sum(); };
-  std::vector<Tensor> analytic = autograd::grad({scalar()}, leaves);
-  for (size_t k = 0; k < leaves.size(); ++k) {
-    ASSERT_EQ(leaves[k].dtype(), kFloat64);
-    ASSERT_TRUE(leaves[k].is_contiguous());
-    double* p = leaves[k].data_ptr<double>();
-    const V a = vals(analytic[k]);
-    ASSERT_EQ(static_cast<int64_t>(a.size()), leaves[k].numel());
-    for (int64_t i = 0; i < leaves[k].numel(); ++i) {
-      const double saved = p[i];
-      p[i] = saved + eps;
-      const double fp = scalar().item<double>();
-      p[i] = saved - eps;
-      const double fm = scalar().item<double>();
-      p[i] = saved;
-      const double num = (fp - fm) / (2 * eps);
-      EXPECT_NEAR(a[static_cast<size_t>(i)], num, tol * (1 + std::abs(num))) << "leaf " << k << " element " << i;
-    }
-  }
 }
 
 Tensor leaf64(IntArrayRef shape, double lo = -1, double hi = 1) {

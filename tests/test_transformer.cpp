@@ -16,9 +16,12 @@
 #include <utility>
 #include <vector>
 
+#include "test_util.h"
+
 namespace {
 
 using namespace loom;
+using namespace loom::test;
 using V = std::vector<double>;
 using Shape = std::vector<int64_t>;
 constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -38,27 +41,10 @@ void expect_same(const Tensor& a, const Tensor& b, double tol, const std::string
   expect_close(a, b.sizes(), vals(b), tol, what);
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("not a loom::Error: ") + e.what();
-  }
-  return "<no error>";
-}
-
 // Every part must appear in the message.
 void expect_error_has(const std::function<void()>& f, const std::vector<std::string>& parts) {
   const std::string msg = error_of(f);
   for (const std::string& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "\"" << p << "\" not in: " << msg;
-}
-
-std::string str(const nn::Module& m) {
-  std::ostringstream os;
-  os << m;
-  return os.str();
 }
 
 // ---------------------------------------------------------------- PyTorch fixtures
@@ -523,31 +509,6 @@ TEST(TransformerMasks, CausalEqualsExplicitMaskOnBothPaths) {
 }
 
 // ---------------------------------------------------------------- gradchecks (float64)
-
-// Central differences (eps 1e-6) of sum(f() * proj) w.r.t. every element of
-// each leaf (float64, contiguous, perturbed in place), against autograd::grad.
-void gradcheck(const std::function<Tensor()>& f, const std::vector<Tensor>& leaves, double tol = 1e-6) {
-  const double eps = 1e-6;
-  Tensor proj = randn(f().sizes(), kFloat64);
-  auto scalar = [&] { return (f() * proj).sum(); };
-  const std::vector<Tensor> analytic = autograd::grad({scalar()}, leaves);
-  for (size_t k = 0; k < leaves.size(); ++k) {
-    ASSERT_EQ(leaves[k].dtype(), kFloat64);
-    ASSERT_TRUE(leaves[k].is_contiguous());
-    double* p = leaves[k].data_ptr<double>();
-    const V a = vals(analytic[k]);
-    for (int64_t i = 0; i < leaves[k].numel(); ++i) {
-      const double saved = p[i];
-      p[i] = saved + eps;
-      const double fp = scalar().item<double>();
-      p[i] = saved - eps;
-      const double fm = scalar().item<double>();
-      p[i] = saved;
-      const double num = (fp - fm) / (2 * eps);
-      EXPECT_NEAR(a[static_cast<size_t>(i)], num, tol * (1 + std::abs(num))) << "leaf " << k << " element " << i;
-    }
-  }
-}
 
 Tensor leaf64(IntArrayRef shape) { return randn(shape, kFloat64).requires_grad_(true); }
 

@@ -1,0 +1,73 @@
+// Helpers the module test suites share (test_nn, test_rnn, test_transformer):
+// error text, printing, state-dict names and a float64 gradcheck.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <loom/loom.h>
+
+#include <cmath>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace loom::test {
+
+// The message of the loom::Error that f throws ("<no error>" when none).
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("not a loom::Error: ") + e.what();
+  }
+  return "<no error>";
+}
+
+#define EXPECT_ERROR_HAS(stmt, text) \
+  EXPECT_NE(error_of([&] { stmt; }).find(text), std::string::npos) << error_of([&] { stmt; })
+
+// PyTorch-style printout of a module.
+inline std::string str(const nn::Module& m) {
+  std::ostringstream os;
+  os << m;
+  return os.str();
+}
+
+inline std::vector<std::string> names(const nn::StateDict& sd) {
+  std::vector<std::string> out;
+  for (const auto& [n, t] : sd) out.push_back(n);
+  return out;
+}
+
+// Float64 central-difference gradcheck: f reads `leaves` (float64, contiguous)
+// and returns any tensor; it is projected onto fixed random weights so every
+// output element counts. Each leaf element is perturbed in place by +-eps.
+// Grad mode stays on: f may itself call autograd (second-order checks).
+inline void gradcheck(const std::function<Tensor()>& f, const std::vector<Tensor>& leaves, double tol = 1e-6) {
+  const double eps = 1e-6;
+  Tensor out0 = f();
+  Tensor proj = randn(out0.sizes(), kFloat64);
+  auto scalar = [&] { return (f() * proj).sum(); };
+  std::vector<Tensor> analytic = autograd::grad({scalar()}, leaves);
+  for (size_t k = 0; k < leaves.size(); ++k) {
+    ASSERT_EQ(leaves[k].dtype(), kFloat64);
+    ASSERT_TRUE(leaves[k].is_contiguous());
+    double* p = leaves[k].data_ptr<double>();
+    const std::vector<double> a = analytic[k].contiguous().to_vector<double>();
+    ASSERT_EQ(static_cast<int64_t>(a.size()), leaves[k].numel());
+    for (int64_t i = 0; i < leaves[k].numel(); ++i) {
+      const double saved = p[i];
+      p[i] = saved + eps;
+      const double fp = scalar().item<double>();
+      p[i] = saved - eps;
+      const double fm = scalar().item<double>();
+      p[i] = saved;
+      const double num = (fp - fm) / (2 * eps);
+      EXPECT_NEAR(a[static_cast<size_t>(i)], num, tol * (1 + std::abs(num))) << "leaf " << k << " element " << i;
+    }
+  }
+}
+
+}  // namespace loom::test
