@@ -11,6 +11,8 @@
 #include <unistd.h>
 #include <vector>
 
+#include "test_util.h"
+
 namespace {
 
 using namespace loom;
@@ -29,16 +31,7 @@ void expect_near(const V& got, const V& want, double tol = 1e-12) {
   for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], tol) << "at " << i;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("not a loom::Error: ") + e.what();
-  }
-  return "<no error>";
-}
+using loom::test::error_of;
 
 TEST(Backward, ScalarWithoutGradient) {
   Tensor x = leaf({1, 2, 3});

@@ -19,27 +19,15 @@
 #include <thread>
 #include <vector>
 
+#include "test_util.h"
+
 namespace {
 
 using namespace loom;
 using namespace loom::data;
 namespace fs = std::filesystem;
 
-// Passes when f throws loom::Error whose message contains every part.
-::testing::AssertionResult throws_with(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    for (const std::string& p : parts)
-      if (msg.find(p) == std::string::npos)
-        return ::testing::AssertionFailure() << "message lacks \"" << p << "\": " << msg;
-    return ::testing::AssertionSuccess();
-  } catch (const std::exception& e) {
-    return ::testing::AssertionFailure() << "threw a non-loom exception: " << e.what();
-  }
-  return ::testing::AssertionFailure() << "did not throw";
-}
+using loom::test::throws_with;
 
 // data: (n, 3) float32 with row i = (i, 10 i, 100 i); targets: (n) int64 = i.
 std::shared_ptr<TensorDataset> rows_dataset(int64_t n) {

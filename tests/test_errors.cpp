@@ -7,25 +7,13 @@
 #include <string>
 #include <vector>
 
+#include "test_util.h"
+
 namespace {
 
 using namespace loom;
 
-// Passes when f throws loom::Error whose message contains every part.
-::testing::AssertionResult throws_with(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    for (const std::string& p : parts)
-      if (msg.find(p) == std::string::npos)
-        return ::testing::AssertionFailure() << "message lacks \"" << p << "\": " << msg;
-    return ::testing::AssertionSuccess();
-  } catch (const std::exception& e) {
-    return ::testing::AssertionFailure() << "threw a non-loom exception: " << e.what();
-  }
-  return ::testing::AssertionFailure() << "did not throw";
-}
+using loom::test::throws_with;
 
 TEST(Errors, ErrorIsARuntimeError) {
   try {

@@ -23,42 +23,21 @@
 
 // Internal headers (plain declarations): the ISA choice and the fast-path
 // switch.
-#include "../src/backend/cpu/cpu_gemm.h"
-#include "../src/backend/cpu/cpu_vec.h"
+#include "ops/fast_paths.h"
 
 namespace {
 
 using loom::Tensor;
-using loom::cpu::GemmIsa;
+using loom_test::GemmIsa;
 using Shape = std::vector<int64_t>;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
 const std::vector<int64_t> kSizes = {1, 3, 7, 17, 33, 257, 1000};
 
-std::vector<GemmIsa> runnable_isas() {
-  std::vector<GemmIsa> isas;
-  for (GemmIsa isa : {GemmIsa::Portable, GemmIsa::Avx2, GemmIsa::Avx512})
-    if (isa <= loom::cpu::gemm_best_isa()) isas.push_back(isa);
-  return isas;
-}
-
-// Forces one ISA path for the fast kernels; restores the default after.
-struct IsaGuard {
-  explicit IsaGuard(GemmIsa isa) {
-    setenv("LOOM_CPU_ISA", loom::cpu::gemm_isa_name(isa), 1);
-    loom::cpu::gemm_reload_isa();
-  }
-  ~IsaGuard() {
-    unsetenv("LOOM_CPU_ISA");
-    loom::cpu::gemm_reload_isa();
-  }
-};
-
-struct ReferenceGuard {
-  ReferenceGuard() { loom::cpu::set_vec_enabled(false); }
-  ~ReferenceGuard() { loom::cpu::set_vec_enabled(true); }
-};
+using loom_test::IsaGuard;
+using loom_test::ReferenceGuard;
+using loom_test::runnable_isas;
 
 // Random float32 values (normal, scale 3) with special values sprinkled in
 // when `specials` is set.

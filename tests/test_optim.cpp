@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "test_util.h"
+
 namespace {
 
 using namespace loom;
@@ -45,19 +47,7 @@ void expect_near(const V& got, const V& want, double tol, const std::string& wha
   for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], tol) << what << " at " << i;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("not a loom::Error: ") + e.what();
-  }
-  return "<no error>";
-}
-
-#define EXPECT_ERROR_HAS(stmt, text) EXPECT_NE(error_of([&] { stmt; }).find(text), std::string::npos) \
-    << "error was: " << error_of([&] { stmt; })
+using loom::test::error_of;
 
 // The fixed problem every optimizer test runs: two parameters (a 2x3 matrix
 // and a 4-vector) and, at step k, the gradient

@@ -1,5 +1,5 @@
-// Helpers the module test suites share (test_nn, test_rnn, test_transformer):
-// error text, printing, state-dict names and a float64 gradcheck.
+// Helpers the test suites share: error text and error checks, module
+// printing, state-dict names and a float64 gradcheck.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -23,6 +23,22 @@ inline std::string error_of(const std::function<void()>& f) {
     return std::string("not a loom::Error: ") + e.what();
   }
   return "<no error>";
+}
+
+// Passes when f throws loom::Error whose message contains every part.
+inline ::testing::AssertionResult throws_with(const std::function<void()>& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    for (const std::string& p : parts)
+      if (msg.find(p) == std::string::npos)
+        return ::testing::AssertionFailure() << "message lacks \"" << p << "\": " << msg;
+    return ::testing::AssertionSuccess();
+  } catch (const std::exception& e) {
+    return ::testing::AssertionFailure() << "threw a non-loom exception: " << e.what();
+  }
+  return ::testing::AssertionFailure() << "did not throw";
 }
 
 #define EXPECT_ERROR_HAS(stmt, text) \

@@ -1,12 +1,16 @@
-// What the fast-kernel tests (test_ops_pool.cpp, test_ops_attention.cpp)
-// share: the GEMM ISAs this machine runs, and scoped switches for the ISA,
-// the fast paths and the thread count, restored on scope exit.
+// What the fast-kernel tests (tests/ops, test_fast_cpu.cpp) share: the GEMM
+// ISAs this machine runs, scoped switches for the ISA, the fast paths and the
+// thread count (restored on scope exit), and a tolerance comparison.
 #pragma once
 
 #include <loom/loom.h>
 #include <stdlib.h>
 
+#include <cmath>
+#include <string>
 #include <vector>
+
+#include <gtest/gtest.h>
 
 // Internal headers (plain declarations): the ISA choice and the fast-path switch.
 #include "../../src/backend/cpu/cpu_gemm.h"
@@ -46,5 +50,19 @@ struct ThreadsGuard {
   ~ThreadsGuard() { loom::set_num_threads(saved); }
   int saved;
 };
+
+// t's values as doubles, in row-major order.
+inline std::vector<double> flat(const loom::Tensor& t) {
+  return t.to(loom::kFloat64).contiguous().to_vector<double>();
+}
+
+// |got - want| <= tol (1 + |want|) element by element, shapes equal.
+inline void expect_close(const loom::Tensor& got, const loom::Tensor& want, double tol, const std::string& what) {
+  ASSERT_EQ(got.sizes(), want.sizes()) << what;
+  const std::vector<double> g = flat(got), w = flat(want);
+  for (size_t i = 0; i < g.size(); ++i)
+    ASSERT_LE(std::abs(g[i] - w[i]), tol * (1 + std::abs(w[i])))
+        << what << " at " << i << ": got " << g[i] << ", want " << w[i];
+}
 
 }  // namespace loom_test

@@ -166,15 +166,6 @@ Tensor randn64(const Shape& shape, uint32_t seed, double sd = 1.0) {
   return t;
 }
 
-std::vector<double> flat(const Tensor& t) { return t.to(loom::kFloat64).contiguous().to_vector<double>(); }
-
-void expect_close(const Tensor& got, const Tensor& want, double tol, const std::string& what) {
-  ASSERT_EQ(got.sizes(), want.sizes()) << what;
-  const std::vector<double> g = flat(got), w = flat(want);
-  for (size_t i = 0; i < g.size(); ++i)
-    ASSERT_LE(std::abs(g[i] - w[i]), tol * (1 + std::abs(w[i])))
-        << what << " at " << i << ": got " << g[i] << ", want " << w[i];
-}
 
 // One attention call with its gradients: o, dq, dk, dv for the upstream grad g.
 struct AttnRun {
