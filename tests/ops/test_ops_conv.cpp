@@ -295,59 +295,141 @@ TEST(ConvFastPath, MatchesReferenceKernel) {
 
 // Note [Winograd convolution] (src/backend/cpu/cpu_winograd.h): 3x3 stride-1
 // ungrouped float32 convolutions with 16+ channels each way and 4+ outputs
-// per side run F(2x2, 3x3). Its rounding is not bounded term by term like a
-// direct sum: a tile's output mixes its whole 4x4 input patch d and 3x3
-// filter g through the transforms. First-order error analysis (additions
-// in the transforms round, products by 1 and 0.5 are exact):
-//   forward   |err| <= (C + 12) u (9 sum_c |g_oc|_1 |d_c|_1 + |bias|)
-//   dW        |err| <= (T + chunks + ranges + 9) u 4 sum_tiles |e_o|_1 |d_c|_1
-// with |.|_1 the sum of magnitudes over the filter, the tile's 4x4 input
-// patch and its 2x2 output-gradient block, C the input channels and T the
-// tiles of all samples (chunks, ranges <= T). The input gradient is the
-// forward correlation of the output gradient with the flipped filter,
-// padded by 2 - p.
+// per side run F(4x4, 3x3). Its rounding is not bounded term by term like a
+// direct sum: a tile's output mixes its whole 6x6 input patch d and 3x3
+// filter g through the transforms. First-order error analysis, with |M|
+// the matrix of magnitudes and (.) the elementwise product:
+//   forward  |err| <= (C + 12) u  |A^T| ( sum_c (|G| |g_oc| |G^T|) (.) (|B^T| |d_c| |B|) ) |A|  + |bias| u
+//   dW       |err| <= (T + R + 9) u  |G^T| ( sum_tiles (|A| |e_o| |A^T|) (.) (|B^T| |d_c| |B|) ) |G|
+// C the input channels; the 12: at most 2 roundings along any path of each
+// 1-D input transform (4 for the 2-D one), 1 for U (computed in double),
+// 3 and 4 for the two output steps (the second adds the bias). The weight
+// gradient sums its T tiles in R <= 16 range chains, then adds the ranges;
+// its transforms cost 2 + 2 (E), 4 (V) and 1 (G^T S G in double). e is the
+// tile's 4x4 block of the output gradient (zeros past its edge). The input
+// gradient is the forward correlation of the output gradient with the
+// flipped, transposed filter, padded by 2 - p. The products by the
+// transforms' constants in loom's kernels are by powers of two (exact).
 
-// sum |x[n, c, 2i - ph + a, 2j - pw + b]| over a, b < k (zeros outside), as
-// (n, c, th, tw) doubles.
-std::vector<double> patch_sums(const Tensor& x, int64_t ph, int64_t pw, int64_t th, int64_t tw, int64_t k) {
-  Tensor a = x.to(loom::kFloat64).contiguous();
-  const double* p = a.data_ptr<double>();
+constexpr double kWinoBt[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                                  {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+constexpr double kWinoG[6][3] = {{0.25, 0, 0},         {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                 {1.0 / 24, 1.0 / 12, 1.0 / 6}, {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+constexpr double kWinoAt[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+
+// |L| |X| |L|^T for L (rows x k) given by l(i, j), X (k x k): the magnitude
+// of a 2-D transform.
+template <class L>
+std::vector<double> abs_sandwich(int rows, int k, const L& l, const std::vector<double>& x) {
+  std::vector<double> t(static_cast<size_t>(rows * k), 0.0), out(static_cast<size_t>(rows * rows), 0.0);
+  for (int i = 0; i < rows; ++i)
+    for (int j = 0; j < k; ++j)
+      for (int q = 0; q < k; ++q) t[static_cast<size_t>(i * k + j)] += std::abs(l(i, q)) * x[static_cast<size_t>(q * k + j)];
+  for (int i = 0; i < rows; ++i)
+    for (int j = 0; j < rows; ++j)
+      for (int q = 0; q < k; ++q) out[static_cast<size_t>(i * rows + j)] += t[static_cast<size_t>(i * k + q)] * std::abs(l(j, q));
+  return out;
+}
+
+// |x[n, c]| as doubles, (n, c, h, w) row-major.
+std::vector<double> abs_values(const Tensor& x) {
+  Tensor a = x.to(loom::kFloat64).abs().contiguous();
+  return a.to_vector<double>();
+}
+
+// For each (n, c, tile): the 6x6 |B^T| |d| |B| of the tile's patch d of x,
+// rows 4i - ph .. + 5 and columns 4j - pw .. + 5 (zeros outside).
+std::vector<double> winograd_patch_mags(const Tensor& x, int64_t ph, int64_t pw, int64_t th, int64_t tw) {
+  const std::vector<double> v = abs_values(x);
   const int64_t n = x.sizes()[0], c = x.sizes()[1], h = x.sizes()[2], w = x.sizes()[3];
-  std::vector<double> out(static_cast<size_t>(n * c * th * tw), 0.0);
+  std::vector<double> out;
+  out.reserve(static_cast<size_t>(n * c * th * tw * 36));
+  std::vector<double> d(36);
   for (int64_t pl = 0; pl < n * c; ++pl)
     for (int64_t i = 0; i < th; ++i)
       for (int64_t j = 0; j < tw; ++j) {
-        double s = 0;
-        for (int64_t r = 2 * i - ph; r < 2 * i - ph + k; ++r)
-          for (int64_t q = 2 * j - pw; q < 2 * j - pw + k; ++q)
-            if (r >= 0 && r < h && q >= 0 && q < w) s += std::abs(p[(pl * h + r) * w + q]);
-        out[static_cast<size_t>((pl * th + i) * tw + j)] = s;
+        for (int a = 0; a < 6; ++a)
+          for (int b = 0; b < 6; ++b) {
+            const int64_t r = 4 * i - ph + a, q = 4 * j - pw + b;
+            d[static_cast<size_t>(a * 6 + b)] =
+                r >= 0 && r < h && q >= 0 && q < w ? v[static_cast<size_t>((pl * h + r) * w + q)] : 0.0;
+          }
+        const auto m = abs_sandwich(6, 6, [](int a, int b) { return kWinoBt[a][b]; }, d);
+        out.insert(out.end(), m.begin(), m.end());
       }
   return out;
 }
 
-// The forward bound's magnitudes 9 sum_c |g_oc|_1 |d_c|_1 + |bias| for y (n, o, oh, ow)
-// of the correlation of x with filters w (o, c, 3, 3) padded by (ph, pw).
+// The forward bound's magnitude for y (n, o, oh, ow) of the correlation of
+// x with filters w (o, c, 3, 3) padded by (ph, pw), and |bias|.
 Tensor winograd_forward_magnitude(const Tensor& x, const Tensor& w, const Tensor* bias, int64_t ph, int64_t pw,
                                   int64_t oh, int64_t ow) {
-  const int64_t n = x.sizes()[0], c = x.sizes()[1], o = w.sizes()[0], th = (oh + 1) / 2, tw = (ow + 1) / 2;
-  const std::vector<double> pd = patch_sums(x, ph, pw, th, tw, 4);
-  Tensor wa = w.to(loom::kFloat64).abs().sum({2, 3}).contiguous();  // (o, c)
-  const double* sg = wa.data_ptr<double>();
-  Tensor ba = bias != nullptr ? bias->to(loom::kFloat64).abs().contiguous() : loom::zeros({o}, loom::kFloat64);
-  const double* sb = ba.data_ptr<double>();
+  const int64_t n = x.sizes()[0], c = x.sizes()[1], o = w.sizes()[0], th = (oh + 3) / 4, tw = (ow + 3) / 4;
+  const std::vector<double> pd = winograd_patch_mags(x, ph, pw, th, tw);
+  const std::vector<double> wv = abs_values(w);
+  std::vector<double> pg;  // (o, c, 36): |G| |g| |G^T|
+  for (int64_t k = 0; k < o * c; ++k) {
+    const std::vector<double> g(wv.begin() + k * 9, wv.begin() + k * 9 + 9);
+    const auto m = abs_sandwich(6, 3, [](int a, int b) { return kWinoG[a][b]; }, g);
+    pg.insert(pg.end(), m.begin(), m.end());
+  }
+  const std::vector<double> bv = bias != nullptr ? abs_values(*bias) : std::vector<double>(static_cast<size_t>(o), 0.0);
   Tensor out = loom::zeros({n, o, oh, ow}, loom::kFloat64);
   double* po = out.data_ptr<double>();
+  std::vector<double> sum(36);
   for (int64_t ni = 0; ni < n; ++ni)
     for (int64_t oi = 0; oi < o; ++oi)
-      for (int64_t i = 0; i < oh; ++i)
-        for (int64_t j = 0; j < ow; ++j) {
-          double s = 0;
-          for (int64_t ci = 0; ci < c; ++ci)
-            s += sg[oi * c + ci] * pd[static_cast<size_t>(((ni * c + ci) * th + i / 2) * tw + j / 2)];
-          po[((ni * o + oi) * oh + i) * ow + j] = 9 * s + sb[oi];
+      for (int64_t t = 0; t < th * tw; ++t) {
+        std::fill(sum.begin(), sum.end(), 0.0);
+        for (int64_t ci = 0; ci < c; ++ci) {
+          const double* a = &pg[static_cast<size_t>((oi * c + ci) * 36)];
+          const double* b = &pd[static_cast<size_t>(((ni * c + ci) * th * tw + t) * 36)];
+          for (int f = 0; f < 36; ++f) sum[static_cast<size_t>(f)] += a[f] * b[f];
         }
+        const auto y = abs_sandwich(4, 6, [](int a, int b) { return kWinoAt[a][b]; }, sum);
+        for (int r = 0; r < 4; ++r)
+          for (int q = 0; q < 4; ++q) {
+            const int64_t yi = 4 * (t / tw) + r, yj = 4 * (t % tw) + q;
+            if (yi < oh && yj < ow) po[((ni * o + oi) * oh + yi) * ow + yj] = y[static_cast<size_t>(r * 4 + q)] + bv[static_cast<size_t>(oi)];
+          }
+      }
   return out;
+}
+
+// The weight gradient bound's magnitude (o, c, 3, 3).
+Tensor winograd_weight_magnitude(const Tensor& x, const Tensor& gy, int64_t o, int64_t ph, int64_t pw) {
+  const int64_t n = x.sizes()[0], c = x.sizes()[1], oh = gy.sizes()[2], ow = gy.sizes()[3];
+  const int64_t th = (oh + 3) / 4, tw = (ow + 3) / 4;
+  const std::vector<double> pd = winograd_patch_mags(x, ph, pw, th, tw);
+  const std::vector<double> gv = abs_values(gy);
+  std::vector<double> pe;  // (n, o, tiles, 36): |A| |e| |A^T|
+  std::vector<double> e(16);
+  for (int64_t pl = 0; pl < n * o; ++pl)
+    for (int64_t t = 0; t < th * tw; ++t) {
+      for (int r = 0; r < 4; ++r)
+        for (int q = 0; q < 4; ++q) {
+          const int64_t yi = 4 * (t / tw) + r, yj = 4 * (t % tw) + q;
+          e[static_cast<size_t>(r * 4 + q)] = yi < oh && yj < ow ? gv[static_cast<size_t>((pl * oh + yi) * ow + yj)] : 0.0;
+        }
+      const auto m = abs_sandwich(6, 4, [](int a, int b) { return kWinoAt[b][a]; }, e);
+      pe.insert(pe.end(), m.begin(), m.end());
+    }
+  Tensor mag = loom::zeros({o, c, 3, 3}, loom::kFloat64);
+  double* pm = mag.data_ptr<double>();
+  std::vector<double> sum(36);
+  for (int64_t oi = 0; oi < o; ++oi)
+    for (int64_t ci = 0; ci < c; ++ci) {
+      std::fill(sum.begin(), sum.end(), 0.0);
+      for (int64_t ni = 0; ni < n; ++ni)
+        for (int64_t t = 0; t < th * tw; ++t) {
+          const double* a = &pe[static_cast<size_t>(((ni * o + oi) * th * tw + t) * 36)];
+          const double* b = &pd[static_cast<size_t>(((ni * c + ci) * th * tw + t) * 36)];
+          for (int f = 0; f < 36; ++f) sum[static_cast<size_t>(f)] += a[f] * b[f];
+        }
+      const auto k = abs_sandwich(3, 6, [](int a, int b) { return kWinoG[b][a]; }, sum);
+      for (int f = 0; f < 9; ++f) pm[(oi * c + ci) * 9 + f] = k[static_cast<size_t>(f)];
+    }
+  return mag;
 }
 
 struct WinogradCase {
@@ -361,7 +443,11 @@ TEST(ConvWinograd, MatchesReferenceKernelWithinItsBound) {
       {{3, 16, 9, 11}, 17, 1, 1},   // odd sizes, "same" padding
       {{2, 17, 8, 7}, 16, 0, 0},    // no padding: the input gradient pads by 2
       {{2, 16, 7, 6}, 16, 2, 1},    // padding 2: the input gradient pads by 0
-      {{16, 64, 34, 33}, 64, 1, 1},  // ~20 chunks: more than the weight gradient's 16 ranges
+      {{5, 16, 14, 14}, 20, 1, 1},  // 4x4 tiles per plane, the padded columns 16, 17 all padding
+      {{3, 18, 16, 16}, 16, 1, 1},  // 4x4 tiles, columns 16, 17 reach the input
+      {{2, 16, 15, 17}, 17, 1, 0},  // 4x4 tiles, uneven padding, a 13-high input gradient
+      {{2, 16, 13, 13}, 16, 0, 2},  // 11x15 outputs: 3x4 tiles, the general path
+      {{16, 64, 34, 33}, 64, 1, 1},  // ~40 chunks: more than the weight gradient's 16 ranges
   };
   for (const WinogradCase& wc : cases) {
     const int64_t n = wc.x[0], c = wc.x[1];
@@ -372,7 +458,7 @@ TEST(ConvWinograd, MatchesReferenceKernelWithinItsBound) {
     Tensor y = loom::conv2d(x, w, b, {1}, {wc.ph, wc.pw});
     const int64_t oh = y.sizes()[2], ow = y.sizes()[3];
     expect_within_rounding(y, loom::conv2d(x64, w64, b64, {1}, {wc.ph, wc.pw}),
-                           winograd_forward_magnitude(x, w, &b, wc.ph, wc.pw, oh, ow), c + 10, name + " forward");
+                           winograd_forward_magnitude(x, w, &b, wc.ph, wc.pw, oh, ow), c + 12, name + " forward");
 
     Tensor gy = loom::randn(y.sizes());
     Tensor gy64 = gy.to(loom::kFloat64);
@@ -382,24 +468,13 @@ TEST(ConvWinograd, MatchesReferenceKernelWithinItsBound) {
     Tensor wflip = w.transpose(0, 1).flip({2, 3});
     expect_within_rounding(dx, loom::conv_transpose2d(gy64, w64, {}, {1}, {wc.ph, wc.pw}),
                            winograd_forward_magnitude(gy, wflip, nullptr, 2 - wc.ph, 2 - wc.pw, wc.x[2], wc.x[3]),
-                           wc.o + 10, name + " input gradient");
+                           wc.o + 12, name + " input gradient");
 
     Tensor dw = loom::conv2d_weight(x, {wc.o, c, 3, 3}, gy, {1}, {wc.ph, wc.pw});
-    const int64_t th = (oh + 1) / 2, tw = (ow + 1) / 2, tiles = n * th * tw;
-    const std::vector<double> pd = patch_sums(x, wc.ph, wc.pw, th, tw, 4);
-    const std::vector<double> pe = patch_sums(gy, 0, 0, th, tw, 2);
-    Tensor mag = loom::zeros({wc.o, c, 3, 3}, loom::kFloat64);
-    double* pm = mag.data_ptr<double>();
-    for (int64_t oi = 0; oi < wc.o; ++oi)
-      for (int64_t ci = 0; ci < c; ++ci) {
-        double s = 0;
-        for (int64_t ni = 0; ni < n; ++ni)
-          for (int64_t t = 0; t < th * tw; ++t)
-            s += pe[static_cast<size_t>((ni * wc.o + oi) * th * tw + t)] * pd[static_cast<size_t>((ni * c + ci) * th * tw + t)];
-        for (int k = 0; k < 9; ++k) pm[(oi * c + ci) * 9 + k] = 4 * s;
-      }
-    expect_within_rounding(dw, loom::conv2d_weight(x64, {wc.o, c, 3, 3}, gy64, {1}, {wc.ph, wc.pw}), mag,
-                           3 * tiles + 7, name + " weight gradient");
+    const int64_t tiles = n * ((oh + 3) / 4) * ((ow + 3) / 4);
+    expect_within_rounding(dw, loom::conv2d_weight(x64, {wc.o, c, 3, 3}, gy64, {1}, {wc.ph, wc.pw}),
+                           winograd_weight_magnitude(x, gy, wc.o, wc.ph, wc.pw), tiles + 16 + 9,
+                           name + " weight gradient");
   }
 }
 
@@ -407,7 +482,8 @@ TEST(ConvWinograd, MatchesReferenceKernelWithinItsBound) {
 TEST(ConvFastPath, SameBitsOnOneAndTwoThreads) {
   loom::manual_seed(3);
   for (const auto& [xs, ws] : std::vector<std::pair<Shape, Shape>>{{{6, 4, 23, 21}, {5, 4, 3, 3}},
-                                                                  {{5, 24, 30, 29}, {32, 24, 3, 3}}}) {
+                                                                  {{5, 24, 30, 29}, {32, 24, 3, 3}},
+                                                                  {{6, 16, 14, 14}, {24, 16, 3, 3}}}) {
   Tensor x = loom::randn(xs), w = loom::randn(ws), b = loom::randn({ws[0]});
   auto run = [&]() {
     Tensor xx = x.detach().requires_grad_(true), ww = w.detach().requires_grad_(true);

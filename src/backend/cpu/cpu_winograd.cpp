@@ -1,16 +1,24 @@
-// Winograd F(2x2, 3x3) convolution on loom's GEMM (Note [Winograd convolution]
+// Winograd F(4x4, 3x3) convolution on loom's GEMM (Note [Winograd convolution]
 // in cpu_winograd.h).
 //
-// The transforms are loops over the tiles of one tile row (contiguous in the
+// The transforms are loops over the tiles of one band (contiguous in the
 // transformed layout), written once and compiled for AVX-512, AVX2 + FMA and
 // the baseline ISA through gnu::target clones, chosen with the GEMM's ISA
-// (gemm_isa()). They multiply only by 1 and 0.5, so the clones agree bitwise.
+// (gemm_isa()). Their only products are by powers of two, so a contracted
+// multiply-add rounds as the separate multiply and add do: the clones agree
+// bitwise.
 #include "backend/cpu/cpu_winograd.h"
 
 #include <algorithm>
 #include <cstring>
 
 #if defined(__x86_64__) || defined(__i386__)
+// GCC 12's AVX-512 intrinsics (unpack, shuffle, permute) start from a
+// deliberately undefined vector, which -Wmaybe-uninitialized flags once
+// they are inlined (a false positive, as in cpu_gemm_avx512.cpp).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 #endif
 
@@ -25,38 +33,54 @@ bool winograd_suits(int64_t in_channels, int64_t out_channels, int64_t oh, int64
 
 namespace {
 
-// Bytes of transformed inputs and products one chunk aims at, and the
-// fewest tiles (GEMM columns) it has: wide GEMMs matter more than keeping
-// the chunk in L2 (measured on Zen 5: 128 channels each way at 16x16 run
-// 1.5x faster with 256-column chunks (4 MiB) than with 48 (768 KiB)).
-constexpr int64_t kChunkBytes = 1536 * 1024;
-constexpr int64_t kMinColumns = 256;
+// 6x6 transformed tiles: 36 positions f = 6 * k + l (row k, column l).
+constexpr int kPositions = 36;
+
+// The chunk plan: columns (tiles) a chunk aims at, from the bytes of its
+// V and M (about half of L2, so the input transform's output, the GEMMs
+// and the output transform pass the chunk through L2), at least
+// kMinColumns (one GEMM panel) and at most kMaxColumns. The weight
+// gradient's GEMMs have the tiles as their depth: there longer chunks
+// (kMinColumnsDw) pay for packing E and V once per chunk.
+constexpr int64_t kChunkBytes = 512 * 1024;
+constexpr int64_t kMinColumns = 32;
+constexpr int64_t kMinColumnsDw = 256;
+constexpr int64_t kMaxColumns = 256;
 // The weight gradient's ranges of chunks: at most this many, and their
 // partial sums at most kPartialFloats floats in all.
 constexpr int64_t kMaxRanges = 16;
 constexpr int64_t kPartialFloats = int64_t{8} << 20;
+// Floats past the end of each per-band scratch array: the vector code
+// stores whole groups of 4 tiles.
+constexpr int64_t kSlack = 16;
 
-// The tile plan of one call: 2x2 output tiles, th x tw per sample, cut
+// The tile plan of one call: 4x4 output tiles, th x tw per sample, cut
 // into chunks of whole tile rows (global tile row r = sample * th + i).
+// Tile j of global row r is column (r - row0) * tw + j of its chunk's V, M
+// and E, whose rows are nt floats apart.
 struct Tiling {
-  int64_t th, tw, rows, rows_per_chunk, chunks;
-  int64_t nt;  // columns of a chunk: rows_per_chunk * (tw + 1) (see the chunk layout below)
+  int64_t th, tw, rows, rows_per_chunk, chunks, nt;
 };
 
-Tiling tiling(int64_t n, int64_t oh, int64_t ow, int64_t floats_per_tile, int64_t nr) {
+// Planes of 4x4 tiles (Note [Winograd 4x4-tile planes]).
+bool tiles4(int64_t th, int64_t tw) { return th == 4 && tw == 4; }
+
+Tiling tiling(int64_t n, int64_t oh, int64_t ow, int64_t floats_per_tile, const GemmKernel& g, int64_t least) {
+  const int64_t nr = g.nr;
   Tiling t{};
-  t.th = (oh + 1) / 2;
-  t.tw = (ow + 1) / 2;
+  t.th = (oh + 3) / 4;
+  t.tw = (ow + 3) / 4;
   t.rows = n * t.th;
-  const int64_t span = t.tw + 1;
-  const int64_t target = std::max<int64_t>(kChunkBytes / (4 * floats_per_tile), kMinColumns);
-  const int64_t most = std::clamp<int64_t>(target / span, 1, std::max<int64_t>(t.rows, 1));
+  const int64_t target = std::clamp<int64_t>(kChunkBytes / (4 * floats_per_tile), least, kMaxColumns);
+  const int64_t most = std::clamp<int64_t>(target / t.tw, 1, std::max<int64_t>(t.rows, 1));
   // The GEMM computes whole panels of nr columns: take the row count that
   // wastes the smallest share of its last panel (the larger on ties).
   t.rows_per_chunk = 1;
   double best = 0;
-  for (int64_t r = 1; r <= most; ++r) {
-    const int64_t cols = r * span;
+  // 4x4-tile planes go in whole samples (Note [Winograd 4x4-tile planes]).
+  const int64_t step = tiles4(t.th, t.tw) && most >= t.th ? t.th : 1;
+  for (int64_t r = step; r <= most; r += step) {
+    const int64_t cols = r * t.tw;
     const double used = static_cast<double>(cols) / static_cast<double>((cols + nr - 1) / nr * nr);
     if (used >= best) {
       best = used;
@@ -64,116 +88,110 @@ Tiling tiling(int64_t n, int64_t oh, int64_t ow, int64_t floats_per_tile, int64_
     }
   }
   t.chunks = (t.rows + t.rows_per_chunk - 1) / t.rows_per_chunk;
-  t.nt = t.rows_per_chunk * span;
+  // Rows of whole vectors; a multiple of 256 floats (1 KiB) would make the
+  // GEMM pack B instead of reading it in place (Note [B in place]).
+  t.nt = (t.rows_per_chunk * t.tw + 15) / 16 * 16;
+  if (t.nt % 256 == 0) t.nt += 16;
   return t;
 }
 
-// Chunk layout: tile j of the chunk's tile row rr is column rr * span + j
-// of V, M and E (span = tw + 1). The extra column per row lets every
-// transform run as one long loop over the whole chunk (a row of a 14x14
-// map has 7 tiles: too few for a vector loop of its own) at a 1/span share
-// of GEMM work. The forward ignores the extra columns of M; in E they are
-// exact zeros (the output gradient's block there lies past its edge), so
-// the weight gradient adds 0 * (a finite V entry) = 0 for a finite input.
-// The rows of input a chunk reads lie side by side, 2 * span columns each
-// (the columns tile j reads, 2j to 2j + 3, always fit).
+// Floats from one position's matrix of V, M or E (rows x nt) to the next:
+// one cache line more than the matrix, so the 36 lines a tile's transform
+// writes or reads at once fall in different L1 sets (a multiple of 4 KiB
+// would put them all in one).
+int64_t slab(int64_t rows, int64_t nt) { return rows * nt + 16; }
 
-// dst[u] = plane[r][col0 + u] for u < width, zeros outside the plane.
-[[gnu::always_inline]] inline void copy_row(const float* plane, int64_t h, int64_t w, int64_t r, int64_t col0,
-                                            int64_t width, float* dst) {
+// Calls fn(sample, i0, count, column) for each band of the tile rows
+// [row0, row0 + rows): tile rows i0 .. i0 + count - 1 of one sample, whose
+// first tile is the chunk's column `column`.
+template <class Fn>
+[[gnu::always_inline]] inline void for_each_band(int64_t th, int64_t tw, int64_t row0, int64_t rows, const Fn& fn) {
+  for (int64_t r = row0; r < row0 + rows;) {
+    const int64_t s = r / th, i0 = r % th, count = std::min(th - i0, row0 + rows - r);
+    fn(s, i0, count, (r - row0) * tw);
+    r += count;
+  }
+}
+
+// The 1-D transforms, each over n tiles (lanes): in[m][j] -> out[k][j].
+// Only products by powers of two, so fused and separate multiply-adds agree.
+
+// out = B^T in (6 -> 6).
+[[gnu::always_inline]] inline void bt6(const float* const* in, float* const* out, int64_t n) {
+  const float *__restrict d0 = in[0], *__restrict d1 = in[1], *__restrict d2 = in[2], *__restrict d3 = in[3],
+              *__restrict d4 = in[4], *__restrict d5 = in[5];
+  float *__restrict v0 = out[0], *__restrict v1 = out[1], *__restrict v2 = out[2], *__restrict v3 = out[3],
+        *__restrict v4 = out[4], *__restrict v5 = out[5];
+  for (int64_t j = 0; j < n; ++j) {
+    const float a = d0[j], b = d1[j], c = d2[j], d = d3[j], e = d4[j], f = d5[j];
+    const float t1 = e - 4.0f * c, t2 = d - 4.0f * b;  // rows 1, 2: (d4 - 4 d2) +- (d3 - 4 d1)
+    const float t3 = e - c, s = d - b, t4 = 2.0f * s;   // rows 3, 4: (d4 - d2) +- 2 (d3 - d1)
+    v0[j] = 4.0f * (a - c) + t3;                        // 4 d0 - 5 d2 + d4
+    v1[j] = t1 + t2;
+    v2[j] = t1 - t2;
+    v3[j] = t3 + t4;
+    v4[j] = t3 - t4;
+    v5[j] = (f - d) - 4.0f * s;  // 4 d1 - 5 d3 + d5
+  }
+}
+
+// out = A^T in (6 -> 4), plus `bias` on every output.
+[[gnu::always_inline]] inline void at6(const float* const* in, float* const* out, int64_t n, float bias) {
+  const float *__restrict m0 = in[0], *__restrict m1 = in[1], *__restrict m2 = in[2], *__restrict m3 = in[3],
+              *__restrict m4 = in[4], *__restrict m5 = in[5];
+  float *__restrict y0 = out[0], *__restrict y1 = out[1], *__restrict y2 = out[2], *__restrict y3 = out[3];
+  for (int64_t j = 0; j < n; ++j) {
+    const float a = m1[j] + m2[j], b = m1[j] - m2[j], c = m3[j] + m4[j], d = m3[j] - m4[j];
+    y0[j] = (m0[j] + a) + c + bias;
+    y1[j] = b + 2.0f * d + bias;
+    y2[j] = a + 4.0f * c + bias;
+    y3[j] = (b + 8.0f * d) + m5[j] + bias;
+  }
+}
+
+// out = A in (4 -> 6), A = (A^T)^T.
+[[gnu::always_inline]] inline void a46(const float* const* in, float* const* out, int64_t n) {
+  const float *__restrict e0 = in[0], *__restrict e1 = in[1], *__restrict e2 = in[2], *__restrict e3 = in[3];
+  float *__restrict p0 = out[0], *__restrict p1 = out[1], *__restrict p2 = out[2], *__restrict p3 = out[3],
+        *__restrict p4 = out[4], *__restrict p5 = out[5];
+  for (int64_t j = 0; j < n; ++j) {
+    const float s = e0[j] + e2[j], t = e1[j] + e3[j];
+    const float s2 = e0[j] + 4.0f * e2[j], t2 = 2.0f * (e1[j] + 4.0f * e3[j]);
+    p0[j] = e0[j];
+    p1[j] = s + t;
+    p2[j] = s - t;
+    p3[j] = s2 + t2;  // e0 + 2 e1 + 4 e2 + 8 e3
+    p4[j] = s2 - t2;
+    p5[j] = e3[j];
+  }
+}
+
+// Row r of a plane (h, w) read as tiles of a phase split: dst[m][j] =
+// plane[r][col0 + 4j + m] for j < tw and m < phases, zeros outside the plane.
+// dst[m] may be written up to 3 floats past j = tw - 1.
+[[gnu::always_inline]] inline void split_row(const float* plane, int64_t h, int64_t w, int64_t r, int64_t col0,
+                                             int64_t tw, int phases, float* const* dst) {
   if (r < 0 || r >= h) {
-    std::fill(dst, dst + width, 0.0f);
+    for (int m = 0; m < phases; ++m) std::fill(dst[m], dst[m] + tw, 0.0f);
     return;
   }
-  const int64_t lo = std::clamp<int64_t>(-col0, 0, width), hi = std::clamp<int64_t>(w - col0, lo, width);
-  std::fill(dst, dst + lo, 0.0f);
-  std::memcpy(dst + lo, plane + r * w + col0 + lo, static_cast<size_t>(hi - lo) * sizeof(float));
-  std::fill(dst + hi, dst + width, 0.0f);
-}
-
-// Rows of B^T d: t0 = d0 - d2, t1 = d1 + d2, t2 = d2 - d1, t3 = d1 - d3.
-[[gnu::always_inline]] inline void bt_rows(const float* __restrict d0, const float* __restrict d1,
-                                           const float* __restrict d2, const float* __restrict d3,
-                                           float* __restrict t0, float* __restrict t1, float* __restrict t2,
-                                           float* __restrict t3, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    t0[j] = d0[j] - d2[j];
-    t1[j] = d1[j] + d2[j];
-    t2[j] = d2[j] - d1[j];
-    t3[j] = d1[j] - d3[j];
-  }
-}
-
-// The same on the columns of one row t: tile j's row is t[2j .. 2j + 3].
-[[gnu::always_inline]] inline void bt_cols(const float* __restrict t, float* __restrict v0, float* __restrict v1,
-                                           float* __restrict v2, float* __restrict v3, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    const float a = t[2 * j], b = t[2 * j + 1], c = t[2 * j + 2], d = t[2 * j + 3];
-    v0[j] = a - c;
-    v1[j] = b + c;
-    v2[j] = c - b;
-    v3[j] = b - d;
-  }
-}
-
-// Rows of A e for the two rows e0, e1 of a tile (A = [1 0; 1 1; 1 -1; 0 -1]).
-[[gnu::always_inline]] inline void a_rows(const float* __restrict e0, const float* __restrict e1,
-                                          float* __restrict q0, float* __restrict q1, float* __restrict q2,
-                                          float* __restrict q3, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    q0[j] = e0[j];
-    q1[j] = e0[j] + e1[j];
-    q2[j] = e0[j] - e1[j];
-    q3[j] = -e1[j];
-  }
-}
-
-// The same on the columns of one row q: tile j's row is q[2j], q[2j + 1].
-[[gnu::always_inline]] inline void a_cols(const float* __restrict q, float* __restrict v0, float* __restrict v1,
-                                          float* __restrict v2, float* __restrict v3, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    const float a = q[2 * j], b = q[2 * j + 1];
-    v0[j] = a;
-    v1[j] = a + b;
-    v2[j] = a - b;
-    v3[j] = -b;
-  }
-}
-
-// A^T M A of tile j, M's position f at m[f * fs + j]: the 2x2 block's rows
-// (y0[2j], y0[2j + 1]) and (y1[2j], y1[2j + 1]). A^T = [1 1 1 0; 0 1 -1 -1].
-[[gnu::always_inline]] inline void at_tiles(const float* __restrict m, int64_t fs, int64_t n, float* __restrict y0,
-                                            float* __restrict y1) {
-  for (int64_t j = 0; j < n; ++j) {
-    float s0[4], s1[4];
-    for (int k = 0; k < 4; ++k) {
-      const float m0 = m[k * fs + j], m1 = m[(4 + k) * fs + j], m2 = m[(8 + k) * fs + j], m3 = m[(12 + k) * fs + j];
-      s0[k] = m0 + m1 + m2;
-      s1[k] = m1 - m2 - m3;
+  const float* row = plane + r * w;
+  for (int64_t j = 0; j < tw; ++j)
+    for (int m = 0; m < phases; ++m) {
+      const int64_t col = col0 + 4 * j + m;
+      dst[m][j] = col >= 0 && col < w ? row[col] : 0.0f;
     }
-    y0[2 * j] = s0[0] + s0[1] + s0[2];
-    y0[2 * j + 1] = s0[1] - s0[2] - s0[3];
-    y1[2 * j] = s1[0] + s1[1] + s1[2];
-    y1[2 * j + 1] = s1[1] - s1[2] - s1[3];
-  }
 }
 
-// One output row: dst[u] = src[u] (+ *bias) for u < n.
-[[gnu::always_inline]] inline void store_row(const float* __restrict src, int64_t n, const float* bias,
-                                             float* __restrict dst) {
-  if (bias == nullptr) {
-    std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
-    return;
-  }
-  const float b = *bias;
-  for (int64_t u = 0; u < n; ++u) dst[u] = src[u] + b;
+// Output row: dst[4j + q] = src[q][j] for 4j + q < width.
+[[gnu::always_inline]] inline void join_row(const float* const* src, int64_t width, float* dst) {
+  for (int64_t u = 0; u < width; ++u) dst[u] = src[u % 4][u / 4];
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 #define LOOM_WINOGRAD_X86 1
-// AVX-512 versions of the per-row steps: a row of a small map (14 floats)
-// is one masked vector, where a plain loop of that length would run scalar.
-// Masked-off lanes are neither read nor written.
+// AVX-512 versions of the phase split and join: four tiles (16 floats of a
+// row) per permute. Masked-off lanes are neither read nor written.
 
 // Lanes [lo, hi) of 16.
 [[gnu::target("avx512f")]] inline __mmask16 lanes(int64_t lo, int64_t hi) {
@@ -182,138 +200,461 @@ Tiling tiling(int64_t n, int64_t oh, int64_t ow, int64_t floats_per_tile, int64_
   return static_cast<__mmask16>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
 }
 
-// Lanes u .. u + 15 of row r of a plane (h, w) at columns col0 + u + l,
-// zeros outside the plane.
+// Lanes u of row r of a plane (h, w) at columns c + u, zeros outside the plane.
 [[gnu::target("avx512f")]] inline __m512 load_cols(const float* plane, int64_t h, int64_t w, int64_t r, int64_t c) {
   if (r < 0 || r >= h || c >= w || c + 16 <= 0) return _mm512_setzero_ps();
   return _mm512_maskz_loadu_ps(lanes(-c, w - c), plane + r * w + c);
 }
 
-// Rows of B^T d (bt_rows) straight from the plane: t_k[u] for u < width,
-// d_k row r0 + k at columns col0 + u.
-[[gnu::target("avx512f")]] inline void bt_rows_avx512(const float* plane, int64_t h, int64_t w, int64_t r0,
-                                                      int64_t col0, int64_t width, float* t0, float* t1, float* t2,
-                                                      float* t3) {
-  for (int64_t u = 0; u < width; u += 16) {
-    const int64_t c = col0 + u;
-    const __m512 d0 = load_cols(plane, h, w, r0, c), d1 = load_cols(plane, h, w, r0 + 1, c);
-    const __m512 d2 = load_cols(plane, h, w, r0 + 2, c), d3 = load_cols(plane, h, w, r0 + 3, c);
-    const __mmask16 m = lanes(0, width - u);
-    _mm512_mask_storeu_ps(t0 + u, m, _mm512_sub_ps(d0, d2));
-    _mm512_mask_storeu_ps(t1 + u, m, _mm512_add_ps(d1, d2));
-    _mm512_mask_storeu_ps(t2 + u, m, _mm512_sub_ps(d2, d1));
-    _mm512_mask_storeu_ps(t3 + u, m, _mm512_sub_ps(d1, d3));
+// Stores the four 128-bit quarters of v (quarter q to dst[q]).
+[[gnu::target("avx512f")]] inline void store_quarters(__m512 v, float* const* dst) {
+  _mm_storeu_ps(dst[0], _mm512_castps512_ps128(v));
+  _mm_storeu_ps(dst[1], _mm512_extractf32x4_ps(v, 1));
+  _mm_storeu_ps(dst[2], _mm512_extractf32x4_ps(v, 2));
+  _mm_storeu_ps(dst[3], _mm512_extractf32x4_ps(v, 3));
+}
+
+// split_row, four tiles at a time (writes up to 3 floats past tw).
+[[gnu::target("avx512f")]] inline void split_row_avx512(const float* plane, int64_t h, int64_t w, int64_t r,
+                                                        int64_t col0, int64_t tw, int phases, float* const* dst) {
+  // Lane 4q + j of a quarter-major vector holds column 4j + q.
+  const __m512i lo = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m512i hi = _mm512_setr_epi32(4, 8, 12, 16, 5, 9, 13, 17, 0, 0, 0, 0, 0, 0, 0, 0);
+  for (int64_t j = 0; j < tw; j += 4) {
+    const int64_t c = col0 + 4 * j;
+    const __m512 v0 = load_cols(plane, h, w, r, c);
+    float* q0[4] = {dst[0] + j, dst[1] + j, dst[2] + j, dst[3] + j};
+    store_quarters(_mm512_permutexvar_ps(lo, v0), q0);
+    if (phases > 4) {
+      const __m512 v1 = load_cols(plane, h, w, r, c + 16);
+      const __m512 p = _mm512_permutex2var_ps(v0, hi, v1);
+      _mm_storeu_ps(dst[4] + j, _mm512_castps512_ps128(p));
+      _mm_storeu_ps(dst[5] + j, _mm512_extractf32x4_ps(p, 1));
+    }
   }
 }
 
-// Rows of A e (a_rows) straight from the plane: rows r0, r0 + 1, columns u < width.
-[[gnu::target("avx512f")]] inline void a_rows_avx512(const float* plane, int64_t h, int64_t w, int64_t r0,
-                                                     int64_t width, float* q0, float* q1, float* q2, float* q3) {
-  for (int64_t u = 0; u < width; u += 16) {
-    const __m512 e0 = load_cols(plane, h, w, r0, u), e1 = load_cols(plane, h, w, r0 + 1, u);
-    const __mmask16 m = lanes(0, width - u);
-    _mm512_mask_storeu_ps(q0 + u, m, e0);
-    _mm512_mask_storeu_ps(q1 + u, m, _mm512_add_ps(e0, e1));
-    _mm512_mask_storeu_ps(q2 + u, m, _mm512_sub_ps(e0, e1));
-    _mm512_mask_storeu_ps(q3 + u, m, _mm512_sub_ps(_mm512_setzero_ps(), e1));
+// join_row with bias-free vectors: four tiles (16 outputs) per store.
+[[gnu::target("avx512f")]] inline void join_row_avx512(const float* const* src, int64_t width, float* dst) {
+  // Lane 4j + q of the output takes lane 4q + j of the quarter-major vector.
+  const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  for (int64_t u = 0, j = 0; u < width; u += 16, j += 4) {
+    __m512 v = _mm512_zextps128_ps512(_mm_loadu_ps(src[0] + j));
+    v = _mm512_insertf32x4(v, _mm_loadu_ps(src[1] + j), 1);
+    v = _mm512_insertf32x4(v, _mm_loadu_ps(src[2] + j), 2);
+    v = _mm512_insertf32x4(v, _mm_loadu_ps(src[3] + j), 3);
+    _mm512_mask_storeu_ps(dst + u, lanes(0, width - u), _mm512_permutexvar_ps(idx, v));
   }
 }
 
-// store_row with masked vectors.
-[[gnu::target("avx512f")]] inline void store_row_avx512(const float* src, int64_t n, const float* bias, float* dst) {
-  const __m512 b = bias != nullptr ? _mm512_set1_ps(*bias) : _mm512_setzero_ps();
-  for (int64_t u = 0; u < n; u += 16) {
-    const __mmask16 m = lanes(0, n - u);
-    const __m512 v = _mm512_maskz_loadu_ps(m, src + u);
-    _mm512_mask_storeu_ps(dst + u, m, bias != nullptr ? _mm512_add_ps(v, b) : v);
+// The 1-D transforms with explicit vectors (the plain loops above do not
+// vectorize at -O2): 16 tiles per step, the last step masked.
+[[gnu::target("avx512f,fma")]] inline void bt6_avx512(const float* const* in, float* const* out, int64_t n) {
+  const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f);
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 k = lanes(0, n - j);
+    const __m512 a = _mm512_maskz_loadu_ps(k, in[0] + j), b = _mm512_maskz_loadu_ps(k, in[1] + j);
+    const __m512 c = _mm512_maskz_loadu_ps(k, in[2] + j), d = _mm512_maskz_loadu_ps(k, in[3] + j);
+    const __m512 e = _mm512_maskz_loadu_ps(k, in[4] + j), f = _mm512_maskz_loadu_ps(k, in[5] + j);
+    const __m512 t1 = _mm512_fnmadd_ps(four, c, e), t2 = _mm512_fnmadd_ps(four, b, d);
+    const __m512 t3 = _mm512_sub_ps(e, c), s = _mm512_sub_ps(d, b), t4 = _mm512_mul_ps(two, s);
+    _mm512_mask_storeu_ps(out[0] + j, k, _mm512_fmadd_ps(four, _mm512_sub_ps(a, c), t3));
+    _mm512_mask_storeu_ps(out[1] + j, k, _mm512_add_ps(t1, t2));
+    _mm512_mask_storeu_ps(out[2] + j, k, _mm512_sub_ps(t1, t2));
+    _mm512_mask_storeu_ps(out[3] + j, k, _mm512_add_ps(t3, t4));
+    _mm512_mask_storeu_ps(out[4] + j, k, _mm512_sub_ps(t3, t4));
+    _mm512_mask_storeu_ps(out[5] + j, k, _mm512_fnmadd_ps(four, s, _mm512_sub_ps(f, d)));
+  }
+}
+
+[[gnu::target("avx512f,fma")]] inline void at6_avx512(const float* const* in, float* const* out, int64_t n,
+                                                      float bias) {
+  const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), eight = _mm512_set1_ps(8.0f);
+  const __m512 bv = _mm512_set1_ps(bias);
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 k = lanes(0, n - j);
+    const __m512 m0 = _mm512_maskz_loadu_ps(k, in[0] + j), m1 = _mm512_maskz_loadu_ps(k, in[1] + j);
+    const __m512 m2 = _mm512_maskz_loadu_ps(k, in[2] + j), m3 = _mm512_maskz_loadu_ps(k, in[3] + j);
+    const __m512 m4 = _mm512_maskz_loadu_ps(k, in[4] + j), m5 = _mm512_maskz_loadu_ps(k, in[5] + j);
+    const __m512 a = _mm512_add_ps(m1, m2), b = _mm512_sub_ps(m1, m2);
+    const __m512 c = _mm512_add_ps(m3, m4), d = _mm512_sub_ps(m3, m4);
+    _mm512_mask_storeu_ps(out[0] + j, k, _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(m0, a), c), bv));
+    _mm512_mask_storeu_ps(out[1] + j, k, _mm512_add_ps(_mm512_fmadd_ps(two, d, b), bv));
+    _mm512_mask_storeu_ps(out[2] + j, k, _mm512_add_ps(_mm512_fmadd_ps(four, c, a), bv));
+    _mm512_mask_storeu_ps(out[3] + j, k, _mm512_add_ps(_mm512_add_ps(_mm512_fmadd_ps(eight, d, b), m5), bv));
+  }
+}
+
+[[gnu::target("avx512f,fma")]] inline void a46_avx512(const float* const* in, float* const* out, int64_t n) {
+  const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f);
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 k = lanes(0, n - j);
+    const __m512 e0 = _mm512_maskz_loadu_ps(k, in[0] + j), e1 = _mm512_maskz_loadu_ps(k, in[1] + j);
+    const __m512 e2 = _mm512_maskz_loadu_ps(k, in[2] + j), e3 = _mm512_maskz_loadu_ps(k, in[3] + j);
+    const __m512 s = _mm512_add_ps(e0, e2), t = _mm512_add_ps(e1, e3);
+    const __m512 s2 = _mm512_fmadd_ps(four, e2, e0), t2 = _mm512_mul_ps(two, _mm512_fmadd_ps(four, e3, e1));
+    _mm512_mask_storeu_ps(out[0] + j, k, e0);
+    _mm512_mask_storeu_ps(out[1] + j, k, _mm512_add_ps(s, t));
+    _mm512_mask_storeu_ps(out[2] + j, k, _mm512_sub_ps(s, t));
+    _mm512_mask_storeu_ps(out[3] + j, k, _mm512_add_ps(s2, t2));
+    _mm512_mask_storeu_ps(out[4] + j, k, _mm512_sub_ps(s2, t2));
+    _mm512_mask_storeu_ps(out[5] + j, k, e3);
+  }
+}
+
+// Note [Winograd 4x4-tile planes]
+// A plane whose output is 13 to 16 wide and high has 4x4 tiles: one
+// sample's 16 tiles fill one vector, and with the AVX-512 ISA they run as
+// one unit in registers, ordered by column first: tile (i, j) is lane
+// 4j + i of the sample's 16 columns. Then the phase split of rows i = 0..3
+// is a 4x4 transpose inside each 128-bit lane (lane group j holds columns
+// 4j .. 4j + 3), and so is the join of an output row: a few in-lane
+// shuffles instead of the general path's per-row permutes and scratch. The
+// GEMM does not care about the order of its columns, and the three
+// transforms of a call take the same path (the chunks then hold whole
+// samples).
+
+// m_k lane (j, i) = a_i lane (j, k) for k < 4: a 4x4 transpose in each 128-bit lane.
+[[gnu::target("avx512f"), gnu::always_inline]] inline void transpose4(__m512 a0, __m512 a1, __m512 a2, __m512 a3, __m512* m) {
+  const __m512 t0 = _mm512_unpacklo_ps(a0, a1), t1 = _mm512_unpackhi_ps(a0, a1);
+  const __m512 t2 = _mm512_unpacklo_ps(a2, a3), t3 = _mm512_unpackhi_ps(a2, a3);
+  m[0] = _mm512_shuffle_ps(t0, t2, 0x44);
+  m[1] = _mm512_shuffle_ps(t0, t2, 0xEE);
+  m[2] = _mm512_shuffle_ps(t1, t3, 0x44);
+  m[3] = _mm512_shuffle_ps(t1, t3, 0xEE);
+}
+
+// In registers: v = B^T d (6 -> 6).
+[[gnu::target("avx512f,fma"), gnu::always_inline]] inline void bt6_reg(const __m512* d, __m512* v) {
+  const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f);
+  const __m512 t1 = _mm512_fnmadd_ps(four, d[2], d[4]), t2 = _mm512_fnmadd_ps(four, d[1], d[3]);
+  const __m512 t3 = _mm512_sub_ps(d[4], d[2]), s = _mm512_sub_ps(d[3], d[1]), t4 = _mm512_mul_ps(two, s);
+  v[0] = _mm512_fmadd_ps(four, _mm512_sub_ps(d[0], d[2]), t3);
+  v[1] = _mm512_add_ps(t1, t2);
+  v[2] = _mm512_sub_ps(t1, t2);
+  v[3] = _mm512_add_ps(t3, t4);
+  v[4] = _mm512_sub_ps(t3, t4);
+  v[5] = _mm512_fnmadd_ps(four, s, _mm512_sub_ps(d[5], d[3]));
+}
+
+// y = A^T m (6 -> 4), plus b.
+[[gnu::target("avx512f,fma"), gnu::always_inline]] inline void at6_reg(const __m512* m, __m512* y, __m512 b) {
+  const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), eight = _mm512_set1_ps(8.0f);
+  const __m512 a = _mm512_add_ps(m[1], m[2]), d1 = _mm512_sub_ps(m[1], m[2]);
+  const __m512 c = _mm512_add_ps(m[3], m[4]), d = _mm512_sub_ps(m[3], m[4]);
+  y[0] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(m[0], a), c), b);
+  y[1] = _mm512_add_ps(_mm512_fmadd_ps(two, d, d1), b);
+  y[2] = _mm512_add_ps(_mm512_fmadd_ps(four, c, a), b);
+  y[3] = _mm512_add_ps(_mm512_add_ps(_mm512_fmadd_ps(eight, d, d1), m[5]), b);
+}
+
+// p = A e (4 -> 6).
+[[gnu::target("avx512f,fma"), gnu::always_inline]] inline void a46_reg(const __m512* e, __m512* p) {
+  const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f);
+  const __m512 s = _mm512_add_ps(e[0], e[2]), t = _mm512_add_ps(e[1], e[3]);
+  const __m512 s2 = _mm512_fmadd_ps(four, e[2], e[0]), t2 = _mm512_mul_ps(two, _mm512_fmadd_ps(four, e[3], e[1]));
+  p[0] = e[0];
+  p[1] = _mm512_add_ps(s, t);
+  p[2] = _mm512_sub_ps(s, t);
+  p[3] = _mm512_add_ps(s2, t2);
+  p[4] = _mm512_sub_ps(s2, t2);
+  p[5] = e[3];
+}
+
+// Row r of a plane (h, w) at columns c + u for lanes u in `cols` (the
+// lanes whose column lies in the plane), zeros elsewhere.
+[[gnu::target("avx512f"), gnu::always_inline]] inline __m512 load_row(const float* plane, int64_t h, int64_t w, int64_t r, int64_t c,
+                                                  __mmask16 cols) {
+  if (r < 0 || r >= h) return _mm512_setzero_ps();
+  return _mm512_maskz_loadu_ps(cols, plane + r * w + c);
+}
+
+// V of one sample and channel: v[(6k + l) * fs + u] for the 16 tiles u.
+// Rows first: vert[i][k] = (B^T over the patch rows 4i .. 4i + 5)_k with
+// lanes = the 16 padded columns (the transform is linear, so it commutes
+// with the phase split); then per k the in-lane transpose gives column
+// phases 0..3 of the four tile rows, phases 4 and 5 are phases 0 and 1 one
+// lane group on (padded columns 16 and 17 enter at the last group), and the
+// column transform finishes V[k][0..5].
+[[gnu::target("avx512f,fma")]] inline void input_tiles4(const float* plane, int64_t h, int64_t w, int64_t pad_h,
+                                                        int64_t pad_w, float* v, int64_t fs) {
+  const __mmask16 ka = lanes(pad_w, w + pad_w);
+  // Padded columns 16 and 17 (input columns 16 - pad_w, 17 - pad_w): input
+  // only when the plane reaches them, else zeros.
+  const bool edge = w + pad_w > 16;
+  const __mmask16 ke = lanes(pad_w - 16, w + pad_w - 16) & 0x3;
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 vert[4][6], vedge[4][6];
+  #pragma GCC unroll 6
+  for (int i = 0; i < 4; ++i) {
+    __m512 r[6];
+    #pragma GCC unroll 6
+    for (int q = 0; q < 6; ++q) r[q] = load_row(plane, h, w, 4 * i + q - pad_h, -pad_w, ka);
+    bt6_reg(r, vert[i]);
+    if (edge) {
+      #pragma GCC unroll 6
+      for (int q = 0; q < 6; ++q) r[q] = load_row(plane, h, w, 4 * i + q - pad_h, 16 - pad_w, ke);
+      bt6_reg(r, vedge[i]);
+    }
+  }
+  #pragma GCC unroll 6
+  for (int k = 0; k < 6; ++k) {
+    __m512 d[6], e[4] = {zero, zero, zero, zero};
+    transpose4(vert[0][k], vert[1][k], vert[2][k], vert[3][k], d);
+    if (edge) transpose4(vedge[0][k], vedge[1][k], vedge[2][k], vedge[3][k], e);
+    d[4] = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(e[0]), _mm512_castps_si512(d[0]), 4));
+    d[5] = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(e[1]), _mm512_castps_si512(d[1]), 4));
+    __m512 out[6];
+    bt6_reg(d, out);
+    #pragma GCC unroll 6
+    for (int l = 0; l < 6; ++l) _mm512_storeu_ps(v + (6 * k + l) * fs, out[l]);
+  }
+}
+
+// y (oh, ow) of one sample and output channel from M: m[(6k + l) * fs + u].
+[[gnu::target("avx512f,fma")]] inline void output_tiles4(const float* m, int64_t fs, float bias, int64_t oh,
+                                                         int64_t ow, float* y) {
+  const __m512 bv = _mm512_set1_ps(bias), zero = _mm512_setzero_ps();
+  __m512 q[6][4];  // q[l][r] = A^T over k
+  #pragma GCC unroll 6
+  for (int l = 0; l < 6; ++l) {
+    __m512 in[6];
+    #pragma GCC unroll 6
+    for (int k = 0; k < 6; ++k) in[k] = _mm512_loadu_ps(m + (6 * k + l) * fs);
+    at6_reg(in, q[l], zero);
+  }
+  const __mmask16 kw = lanes(0, ow);
+  #pragma GCC unroll 6
+  for (int r = 0; r < 4; ++r) {
+    const __m512 in[6] = {q[0][r], q[1][r], q[2][r], q[3][r], q[4][r], q[5][r]};
+    __m512 yr[4], rows[4];
+    at6_reg(in, yr, bv);  // yr[c] lane (j, i) = y(4i + r, 4j + c)
+    transpose4(yr[0], yr[1], yr[2], yr[3], rows);  // rows[i] lane (j, c)
+    #pragma GCC unroll 6
+    for (int i = 0; i < 4; ++i)
+      if (4 * i + r < oh) _mm512_mask_storeu_ps(y + (4 * i + r) * ow, kw, rows[i]);
+  }
+}
+
+// E of one sample and output channel: e[(6k + l) * fs + u] from g (oh, ow).
+[[gnu::target("avx512f,fma")]] inline void grad_tiles4(const float* g, int64_t oh, int64_t ow, float* e, int64_t fs) {
+  const __mmask16 kw = lanes(0, ow);
+  __m512 s[6][4];  // s[l][r] = A over the columns of rows 4i + r
+  #pragma GCC unroll 6
+  for (int r = 0; r < 4; ++r) {
+    __m512 p[4];
+    transpose4(load_row(g, oh, ow, r, 0, kw), load_row(g, oh, ow, 4 + r, 0, kw), load_row(g, oh, ow, 8 + r, 0, kw),
+               load_row(g, oh, ow, 12 + r, 0, kw), p);
+    __m512 out[6];
+    a46_reg(p, out);
+    #pragma GCC unroll 6
+    for (int l = 0; l < 6; ++l) s[l][r] = out[l];
+  }
+  #pragma GCC unroll 6
+  for (int l = 0; l < 6; ++l) {
+    __m512 out[6];
+    a46_reg(s[l], out);
+    #pragma GCC unroll 6
+    for (int k = 0; k < 6; ++k) _mm512_storeu_ps(e + (6 * k + l) * fs, out[k]);
   }
 }
 #endif
+
+template <bool kAvx512>
+[[gnu::always_inline]] inline void bt6v(const float* const* in, float* const* out, int64_t n) {
+#ifdef LOOM_WINOGRAD_X86
+  if constexpr (kAvx512) return bt6_avx512(in, out, n);
+#endif
+  bt6(in, out, n);
+}
+template <bool kAvx512>
+[[gnu::always_inline]] inline void at6v(const float* const* in, float* const* out, int64_t n, float bias) {
+#ifdef LOOM_WINOGRAD_X86
+  if constexpr (kAvx512) return at6_avx512(in, out, n, bias);
+#endif
+  at6(in, out, n, bias);
+}
+template <bool kAvx512>
+[[gnu::always_inline]] inline void a46v(const float* const* in, float* const* out, int64_t n) {
+#ifdef LOOM_WINOGRAD_X86
+  if constexpr (kAvx512) return a46_avx512(in, out, n);
+#endif
+  a46(in, out, n);
+}
+
+template <bool kAvx512>
+[[gnu::always_inline]] inline void split(const float* plane, int64_t h, int64_t w, int64_t r, int64_t col0,
+                                         int64_t tw, int phases, float* const* dst) {
+#ifdef LOOM_WINOGRAD_X86
+  if constexpr (kAvx512) {
+    if (r >= 0 && r < h) return split_row_avx512(plane, h, w, r, col0, tw, phases, dst);
+  }
+#endif
+  split_row(plane, h, w, r, col0, tw, phases, dst);
+}
+
+// Starts loading rows [r0, r1) of a plane (h, w) (clipped to the plane):
+// the band after the next channel's, so the loads have a whole sweep over
+// the chunk's bands to arrive.
+[[gnu::always_inline]] inline void prefetch_rows(const float* plane, int64_t h, int64_t w, int64_t r0, int64_t r1) {
+  r0 = std::max<int64_t>(r0, 0);
+  r1 = std::min(r1, h);
+  if (r0 >= r1) return;
+  const char* p = reinterpret_cast<const char*>(plane + r0 * w);
+  const int64_t bytes = (r1 - r0) * w * 4;
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b);
+}
+
+// Floats of one per-band scratch array for `count` lanes.
+int64_t band_stride(int64_t count) { return (count + kSlack + 15) / 16 * 16; }
 
 // What the input transform of one chunk reads and writes.
 struct InputJob {
   const float* x;  // (n, c, h, w)
   int64_t c, h, w, pad_h, pad_w;
   int64_t th, tw, row0, rows;  // tile rows [row0, row0 + rows)
-  float* v;                    // V (16, c, nt)
+  float* v;                    // V (36, c, nt)
   int64_t nt;
-  float* tmp;  // 16 * rows * (tw + 1) + 8 floats
+  float* tmp;  // input_tmp_floats(rows, th, tw)
 };
 
-// V_f[ch][tile] = (B^T d B)_f for every channel and tile of the chunk.
-// Starts loading the chunk's rows of the planes of channel ch (layout (n, c, h, w)).
-[[gnu::always_inline]] inline void prefetch_planes(const float* x, int64_t c, int64_t h, int64_t w, int64_t ch,
-                                                   int64_t th, int64_t row0, int64_t rows) {
-  if (ch >= c) return;
-  const int64_t first = row0 / th, last = (row0 + rows - 1) / th;
-  for (int64_t s = first; s <= last; ++s) {
-    const char* p = reinterpret_cast<const char*>(x + (s * c + ch) * h * w);
-    for (int64_t b = 0; b < h * w * 4; b += 64) __builtin_prefetch(p + b);
-  }
+int64_t input_tmp_floats(int64_t rows, int64_t th, int64_t tw) {
+  return 2 * 24 * band_stride((std::min(rows, th) + 1) * tw);
 }
 
+// V_f[ch][tile] = (B^T d B)_f for every channel and tile of the chunk. Per
+// band of tile rows i0 .. i0 + count - 1, padded input row rho (input row
+// 4 i0 + rho - pad_h) goes to block b = rho / 4 of row phase q = rho % 4:
+//   D[m][q][b][j] = d(rho, 4j + m)      (column phases m < 6)
+//   H[l][q][b][j] = (B^T over m of D[.][q][b][j])_l
+//   V[k][l][i][j] = (B^T over m of H[l][m % 4][i + m / 4][j])_k
 template <bool kAvx512>
 [[gnu::always_inline]] inline void input_transform_body(const InputJob& a) {
-  const int64_t span = a.tw + 1, width = 2 * span, len = a.rows * width, cols = a.rows * span;
-  // 0-3 input rows, 4-7 rows of B^T d, each followed by 2 zeros that the
-  // last tile's extra column reads.
-  auto buf = [&](int k) { return a.tmp + k * (len + 2); };
-  for (int k = 4; k < 8; ++k) buf(k)[len] = buf(k)[len + 1] = 0.0f;
-  const int64_t fs = a.c * a.nt;
-  for (int64_t ch = 0; ch < a.c; ++ch) {
-    prefetch_planes(a.x, a.c, a.h, a.w, ch + 1, a.th, a.row0, a.rows);
-    for (int64_t rr = 0; rr < a.rows; ++rr) {
-      const int64_t row = a.row0 + rr, s = row / a.th, i = row % a.th;
-      const float* plane = a.x + (s * a.c + ch) * a.h * a.w;
-      const int64_t r0 = 2 * i - a.pad_h, at = rr * width;
+  const int64_t tw = a.tw, fs = slab(a.c, a.nt);
+  const int64_t ps = band_stride((std::min(a.rows, a.th) + 1) * tw);  // one (phase, q) array
+  float* dbuf = a.tmp;
+  float* hbuf = a.tmp + 24 * ps;
 #ifdef LOOM_WINOGRAD_X86
-      if constexpr (kAvx512) {
-        bt_rows_avx512(plane, a.h, a.w, r0, -a.pad_w, width, buf(4) + at, buf(5) + at, buf(6) + at, buf(7) + at);
-        continue;
-      }
-#endif
-      for (int q = 0; q < 4; ++q) copy_row(plane, a.h, a.w, r0 + q, -a.pad_w, width, buf(q) + at);
+  if constexpr (kAvx512) {
+    if (tiles4(a.th, tw)) {
+      // Sample by sample: its planes lie one after another.
+      // Sample by sample: its planes lie one after another, and the plane
+      // two ahead is prefetched (the masked loads do not train the
+      // hardware prefetcher).
+      const int64_t plane_floats = a.h * a.w;
+      const float* end = a.x + ((a.row0 + a.rows) / 4) * a.c * plane_floats;
+      for (int64_t row = a.row0; row < a.row0 + a.rows; row += 4)
+        for (int64_t ch = 0; ch < a.c; ++ch) {
+          const float* plane = a.x + ((row / 4) * a.c + ch) * plane_floats;
+          if (plane + 3 * plane_floats <= end) prefetch_rows(plane + 2 * plane_floats, a.h, a.w, 0, a.h);
+          input_tiles4(plane, a.h, a.w, a.pad_h, a.pad_w, a.v + ch * a.nt + (row - a.row0) * 4, fs);
+        }
+      return;
     }
-    if (!kAvx512) bt_rows(buf(0), buf(1), buf(2), buf(3), buf(4), buf(5), buf(6), buf(7), len);
-    float* v = a.v + ch * a.nt;
-    // Every column, the extra one of each row included (finite when the input is).
-    for (int q = 0; q < 4; ++q)
-      bt_cols(buf(4 + q), v + (4 * q) * fs, v + (4 * q + 1) * fs, v + (4 * q + 2) * fs, v + (4 * q + 3) * fs, cols);
+  }
+#endif
+  for (int64_t ch = 0; ch < a.c; ++ch) {
+    for_each_band(a.th, tw, a.row0, a.rows, [&](int64_t s, int64_t i0, int64_t count, int64_t col) {
+      const float* plane = a.x + (s * a.c + ch) * a.h * a.w;
+      if (ch + 1 < a.c) prefetch_rows(plane + a.h * a.w, a.h, a.w, 4 * i0 - a.pad_h, 4 * (i0 + count) + 2 - a.pad_h);
+      auto d = [&](int m, int64_t q) { return dbuf + (m * 4 + q) * ps; };
+      auto hh = [&](int l, int64_t q) { return hbuf + (l * 4 + q) * ps; };
+      for (int64_t rho = 0; rho < 4 * count + 2; ++rho) {
+        const int64_t q = rho % 4, b = rho / 4;
+        float* dst[6];
+        for (int m = 0; m < 6; ++m) dst[m] = d(m, q) + b * tw;
+        split<kAvx512>(plane, a.h, a.w, 4 * i0 + rho - a.pad_h, -a.pad_w, tw, 6, dst);
+      }
+      for (int64_t q = 0; q < 4; ++q) {
+        const float* in[6];
+        float* out[6];
+        for (int m = 0; m < 6; ++m) {
+          in[m] = d(m, q);
+          out[m] = hh(m, q);
+        }
+        bt6v<kAvx512>(in, out, (q < 2 ? count + 1 : count) * tw);
+      }
+      for (int l = 0; l < 6; ++l) {
+        const float* in[6];
+        float* out[6];
+        for (int m = 0; m < 6; ++m) in[m] = hh(l, m % 4) + (m / 4) * tw;
+        for (int k = 0; k < 6; ++k) out[k] = a.v + (6 * k + l) * fs + ch * a.nt + col;
+        bt6v<kAvx512>(in, out, count * tw);
+      }
+    });
   }
 }
 
 // What the output transform of one chunk reads and writes.
 struct OutputJob {
-  const float* m;  // M (16, o, nt)
+  const float* m;  // M (36, o, nt)
   int64_t o, nt;
   int64_t oh, ow, th, tw, row0, rows;
   const float* bias;  // null: none
   int64_t bias_stride;
   float* y;    // (n, o, oh, ow)
-  float* tmp;  // 4 * rows * (tw + 1) floats
+  float* tmp;  // output_tmp_floats(rows, th, tw)
 };
 
-// y's 2x2 block of each tile = A^T M A (+ bias).
+int64_t output_tmp_floats(int64_t rows, int64_t th, int64_t tw) {
+  return 40 * band_stride(std::min(rows, th) * tw);
+}
+
+// y's 4x4 block of each tile = A^T M A (+ bias): per band,
+//   Q[l][r][t] = (A^T over k of M[k][l][t])_r,  R[r][q][t] = (A^T over l of Q[.][r][t])_q
+// and output row 4i + r is the column phases R[r][0..3] of tile row i joined.
 template <bool kAvx512>
 [[gnu::always_inline]] inline void output_transform_body(const OutputJob& a) {
-  const int64_t span = a.tw + 1, width = 2 * span, cols = a.rows * span;
-  float* out[2] = {a.tmp, a.tmp + a.rows * width};
-  for (int64_t oc = 0; oc < a.o; ++oc) {
-    at_tiles(a.m + oc * a.nt, a.o * a.nt, cols, out[0], out[1]);
-    const float* b = a.bias != nullptr ? a.bias + oc * a.bias_stride : nullptr;
-    for (int64_t rr = 0; rr < a.rows; ++rr) {
-      const int64_t row = a.row0 + rr, s = row / a.th, i = row % a.th;
-      for (int q = 0; q < 2 && 2 * i + q < a.oh; ++q) {
-        float* dst = a.y + ((s * a.o + oc) * a.oh + 2 * i + q) * a.ow;
+  const int64_t tw = a.tw, fs = slab(a.o, a.nt);
+  const int64_t ps = band_stride(std::min(a.rows, a.th) * tw);
+  float* qbuf = a.tmp;
+  float* rbuf = a.tmp + 24 * ps;
 #ifdef LOOM_WINOGRAD_X86
-        if constexpr (kAvx512) {
-          store_row_avx512(out[q] + rr * width, a.ow, b, dst);
-          continue;
-        }
-#endif
-        store_row(out[q] + rr * width, a.ow, b, dst);
-      }
+  if constexpr (kAvx512) {
+    if (tiles4(a.th, tw)) {
+      for (int64_t row = a.row0; row < a.row0 + a.rows; row += 4)
+        for (int64_t oc = 0; oc < a.o; ++oc)
+          output_tiles4(a.m + oc * a.nt + (row - a.row0) * 4, fs,
+                        a.bias != nullptr ? a.bias[oc * a.bias_stride] : 0.0f, a.oh, a.ow,
+                        a.y + ((row / 4) * a.o + oc) * a.oh * a.ow);
+      return;
     }
+  }
+#endif
+  for (int64_t oc = 0; oc < a.o; ++oc) {
+    const float bias = a.bias != nullptr ? a.bias[oc * a.bias_stride] : 0.0f;
+    for_each_band(a.th, tw, a.row0, a.rows, [&](int64_t s, int64_t i0, int64_t count, int64_t col) {
+      const int64_t n = count * tw;
+      for (int l = 0; l < 6; ++l) {
+        const float* in[6];
+        float* out[4];
+        for (int k = 0; k < 6; ++k) in[k] = a.m + (6 * k + l) * fs + oc * a.nt + col;
+        for (int r = 0; r < 4; ++r) out[r] = qbuf + (l * 4 + r) * ps;
+        at6v<kAvx512>(in, out, n, 0.0f);
+      }
+      for (int r = 0; r < 4; ++r) {
+        const float* in[6];
+        float* out[4];
+        for (int l = 0; l < 6; ++l) in[l] = qbuf + (l * 4 + r) * ps;
+        for (int q = 0; q < 4; ++q) out[q] = rbuf + (r * 4 + q) * ps;
+        at6v<kAvx512>(in, out, n, bias);
+      }
+      for (int64_t i = 0; i < count; ++i)
+        for (int r = 0; r < 4; ++r) {
+          const int64_t row = 4 * (i0 + i) + r;
+          if (row >= a.oh) break;
+          const float* src[4];
+          for (int q = 0; q < 4; ++q) src[q] = rbuf + (r * 4 + q) * ps + i * tw;
+          float* dst = a.y + ((s * a.o + oc) * a.oh + row) * a.ow;
+#ifdef LOOM_WINOGRAD_X86
+          if constexpr (kAvx512) {
+            join_row_avx512(src, a.ow, dst);
+            continue;
+          }
+#endif
+          join_row(src, a.ow, dst);
+        }
+    });
   }
 }
 
@@ -321,42 +662,69 @@ template <bool kAvx512>
 struct GradJob {
   const float* g;  // (n, o, oh, ow)
   int64_t o, oh, ow, th, tw, row0, rows;
-  float* e;  // E (16, o, nt)
+  float* e;  // E (36, o, nt)
   int64_t nt;
-  float* tmp;  // 12 * rows * (tw + 1) floats
+  float* tmp;  // grad_tmp_floats(rows, th, tw)
 };
 
-// E_f[oc][tile] = (A e A^T)_f, e the tile's 2x2 block of g (zeros past its
-// edge, so the extra column of each row is zero).
+int64_t grad_tmp_floats(int64_t rows, int64_t th, int64_t tw) { return 40 * band_stride(std::min(rows, th) * tw); }
+
+// E_f[oc][tile] = (A e A^T)_f, e the tile's 4x4 block of g (zeros past its
+// edge). Per band: P[q][r][t] = g(4i + r, 4j + q) (column phases),
+// S[l][r][t] = (A over q of P[.][r][t])_l, E[k][l][t] = (A over r of S[l][.][t])_k.
 template <bool kAvx512>
 [[gnu::always_inline]] inline void grad_transform_body(const GradJob& a) {
-  const int64_t span = a.tw + 1, width = 2 * span, len = a.rows * width, cols = a.rows * span;
-  auto buf = [&](int k) { return a.tmp + k * len; };  // 0-1 rows of g, 2-5 rows of A e
-  const int64_t fs = a.o * a.nt;
-  for (int64_t oc = 0; oc < a.o; ++oc) {
-    prefetch_planes(a.g, a.o, a.oh, a.ow, oc + 1, a.th, a.row0, a.rows);
-    for (int64_t rr = 0; rr < a.rows; ++rr) {
-      const int64_t row = a.row0 + rr, s = row / a.th, i = row % a.th;
-      const float* plane = a.g + (s * a.o + oc) * a.oh * a.ow;
-      const int64_t at = rr * width;
+  const int64_t tw = a.tw, fs = slab(a.o, a.nt);
+  const int64_t ps = band_stride(std::min(a.rows, a.th) * tw);
+  float* pbuf = a.tmp;
+  float* sbuf = a.tmp + 16 * ps;
 #ifdef LOOM_WINOGRAD_X86
-      if constexpr (kAvx512) {
-        a_rows_avx512(plane, a.oh, a.ow, 2 * i, width, buf(2) + at, buf(3) + at, buf(4) + at, buf(5) + at);
-        continue;
-      }
-#endif
-      for (int q = 0; q < 2; ++q) copy_row(plane, a.oh, a.ow, 2 * i + q, 0, width, buf(q) + at);
+  if constexpr (kAvx512) {
+    if (tiles4(a.th, tw)) {
+      const int64_t plane_floats = a.oh * a.ow;
+      const float* end = a.g + ((a.row0 + a.rows) / 4) * a.o * plane_floats;
+      for (int64_t row = a.row0; row < a.row0 + a.rows; row += 4)
+        for (int64_t oc = 0; oc < a.o; ++oc) {
+          const float* plane = a.g + ((row / 4) * a.o + oc) * plane_floats;
+          if (plane + 3 * plane_floats <= end) prefetch_rows(plane + 2 * plane_floats, a.oh, a.ow, 0, a.oh);
+          grad_tiles4(plane, a.oh, a.ow, a.e + oc * a.nt + (row - a.row0) * 4, fs);
+        }
+      return;
     }
-    if (!kAvx512) a_rows(buf(0), buf(1), buf(2), buf(3), buf(4), buf(5), len);
-    float* e = a.e + oc * a.nt;
-    for (int q = 0; q < 4; ++q)
-      a_cols(buf(2 + q), e + (4 * q) * fs, e + (4 * q + 1) * fs, e + (4 * q + 2) * fs, e + (4 * q + 3) * fs, cols);
+  }
+#endif
+  for (int64_t oc = 0; oc < a.o; ++oc) {
+    for_each_band(a.th, tw, a.row0, a.rows, [&](int64_t s, int64_t i0, int64_t count, int64_t col) {
+      const float* plane = a.g + (s * a.o + oc) * a.oh * a.ow;
+      if (oc + 1 < a.o) prefetch_rows(plane + a.oh * a.ow, a.oh, a.ow, 4 * i0, 4 * (i0 + count));
+      const int64_t n = count * tw;
+      for (int64_t i = 0; i < count; ++i)
+        for (int r = 0; r < 4; ++r) {
+          float* dst[4];
+          for (int q = 0; q < 4; ++q) dst[q] = pbuf + (q * 4 + r) * ps + i * tw;
+          split<kAvx512>(plane, a.oh, a.ow, 4 * (i0 + i) + r, 0, tw, 4, dst);
+        }
+      for (int r = 0; r < 4; ++r) {
+        const float* in[4];
+        float* out[6];
+        for (int q = 0; q < 4; ++q) in[q] = pbuf + (q * 4 + r) * ps;
+        for (int l = 0; l < 6; ++l) out[l] = sbuf + (l * 4 + r) * ps;
+        a46v<kAvx512>(in, out, n);
+      }
+      for (int l = 0; l < 6; ++l) {
+        const float* in[4];
+        float* out[6];
+        for (int r = 0; r < 4; ++r) in[r] = sbuf + (l * 4 + r) * ps;
+        for (int k = 0; k < 6; ++k) out[k] = a.e + (6 * k + l) * fs + oc * a.nt + col;
+        a46v<kAvx512>(in, out, n);
+      }
+    });
   }
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 #define LOOM_WINOGRAD_CLONES(name, Job)                                                            \
-  [[gnu::target("avx512f,fma")]] void name##_avx512(const Job& a) { name##_body<true>(a); }         \
+  [[gnu::target("avx512f,fma"), gnu::flatten]] void name##_avx512(const Job& a) { name##_body<true>(a); } \
   [[gnu::target("avx2,fma")]] void name##_avx2(const Job& a) { name##_body<false>(a); }             \
   void name##_portable(const Job& a) { name##_body<false>(a); }                                    \
   void name(const Job& a) {                                                                         \
@@ -378,28 +746,38 @@ LOOM_WINOGRAD_CLONES(output_transform, OutputJob)
 LOOM_WINOGRAD_CLONES(grad_transform, GradJob)
 #undef LOOM_WINOGRAD_CLONES
 
-// U_f[oc][ic] = (G g G^T)_f for every filter g of the call (see winograd_conv3x3_f32).
+// G (6x3) of Note [Winograd convolution].
+constexpr double kG[6][3] = {{0.25, 0, 0},
+                             {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                             {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                             {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                             {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                             {0, 0, 1}};
+
+// U_f[oc][ic] = (G g G^T)_f for every filter g of the call (see
+// winograd_conv3x3_f32), in double, rounded once. Each filter's 36 values
+// go to a row of `tmp` first: written straight to U they would be 36 stores
+// o * c floats apart, in one L1 set when that is a multiple of 1024.
 void filter_transform(const float* w, bool flip, int64_t o, int64_t c, float* u) {
+  Scratch tmp = scratch(kPositions * o * c);
   for (int64_t oc = 0; oc < o; ++oc)
     for (int64_t ic = 0; ic < c; ++ic) {
-      float g[3][3];
+      double g[3][3];
       for (int kh = 0; kh < 3; ++kh)
         for (int kw = 0; kw < 3; ++kw)
           g[kh][kw] = flip ? w[((ic * o + oc) * 3 + 2 - kh) * 3 + 2 - kw] : w[((oc * c + ic) * 3 + kh) * 3 + kw];
-      // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2; then the same on columns.
-      float t[4][3];
-      for (int k = 0; k < 3; ++k) {
-        t[0][k] = g[0][k];
-        t[1][k] = (g[0][k] + g[1][k] + g[2][k]) * 0.5f;
-        t[2][k] = (g[0][k] - g[1][k] + g[2][k]) * 0.5f;
-        t[3][k] = g[2][k];
-      }
-      for (int r = 0; r < 4; ++r) {
-        const float row[4] = {t[r][0], (t[r][0] + t[r][1] + t[r][2]) * 0.5f, (t[r][0] - t[r][1] + t[r][2]) * 0.5f,
-                              t[r][2]};
-        for (int k = 0; k < 4; ++k) u[((4 * r + k) * o + oc) * c + ic] = row[k];
-      }
+      double t[6][3];  // G g
+      for (int k = 0; k < 6; ++k)
+        for (int j = 0; j < 3; ++j) t[k][j] = kG[k][0] * g[0][j] + kG[k][1] * g[1][j] + kG[k][2] * g[2][j];
+      float* row = tmp.get() + (oc * c + ic) * kPositions;
+      for (int k = 0; k < 6; ++k)
+        for (int l = 0; l < 6; ++l)
+          row[6 * k + l] = static_cast<float>(t[k][0] * kG[l][0] + t[k][1] * kG[l][1] + t[k][2] * kG[l][2]);
     }
+  for (int64_t f = 0; f < kPositions; ++f) {
+    float* dst = u + f * o * c;
+    for (int64_t k = 0; k < o * c; ++k) dst[k] = tmp[k * kPositions + f];
+  }
 }
 
 }  // namespace
@@ -409,48 +787,125 @@ void winograd_conv3x3_f32(const float* x, int64_t n, int64_t c, int64_t h, int64
                           int64_t bias_stride, float* y) {
   if (n == 0 || o == 0 || oh == 0 || ow == 0) return;
   const GemmIsa isa = gemm_isa();
-  const Tiling t = tiling(n, oh, ow, 16 * (c + o), gemm_kernel(isa).nr);
-  Scratch u = scratch(16 * o * c);
+  const GemmKernel& g = gemm_kernel(isa);
+  const Tiling t = tiling(n, oh, ow, kPositions * (c + o), g, kMinColumns);
+  // U_f (o, c), packed once into the micro-kernel's A panels: panel p of
+  // position f at upk + (f * panels + p) * mr * c, all c depths.
+  const int64_t mr = g.mr, nr = g.nr, panels = (o + mr - 1) / mr;
+  Scratch u = scratch(kPositions * o * c), upk = scratch(kPositions * panels * mr * c);
   filter_transform(weight, flip, o, c, u.get());
-  const int64_t vfloats = 16 * c * t.nt, mfloats = 16 * o * t.nt;
-  for_each_chunk(t.chunks, vfloats + 16 * t.nt + 8, mfloats + 4 * t.nt, [&](int64_t ch, float* va, float* mb) {
+  for (int64_t f = 0; f < kPositions; ++f)
+    for (int64_t p = 0; p < panels; ++p)
+      g.pack(u.get() + (f * o + p * mr) * c, c, 1, static_cast<int>(std::min(mr, o - p * mr)), c, g.mr,
+             upk.get() + (f * panels + p) * mr * c);
+  const int64_t kcb = (c + (c + g.kc - 1) / g.kc - 1) / ((c + g.kc - 1) / g.kc);  // c in equal blocks of <= kc
+  const int64_t vfloats = kPositions * slab(c, t.nt), mfloats = kPositions * slab(o, t.nt);
+  for_each_chunk(t.chunks, vfloats + input_tmp_floats(t.rows_per_chunk, t.th, t.tw) + nr * c,
+                 mfloats + output_tmp_floats(t.rows_per_chunk, t.th, t.tw), [&](int64_t ch, float* va, float* mb) {
     const int64_t row0 = ch * t.rows_per_chunk, rows = std::min(t.rows_per_chunk, t.rows - row0);
-    const int64_t kt = rows * (t.tw + 1);
+    const int64_t kt = rows * t.tw;
+    float* bbuf = va + vfloats + input_tmp_floats(t.rows_per_chunk, t.th, t.tw);
     input_transform({x, c, h, w, pad_h, pad_w, t.th, t.tw, row0, rows, va, t.nt, va + vfloats});
-    // M_f (o, kt) = U_f (o, c) @ V_f (c, kt), f < 16.
-    sgemm(isa, 16, o, kt, c, {u.get(), o * c, c, 1}, {va, c * t.nt, t.nt, 1}, {mb, o * t.nt, t.nt, 1});
+    // M_f (o, kt) = U_f (o, c) @ V_f (c, kt), f < 36: each B panel (the
+    // chunk's columns j .. j + nr - 1, read in place, or packed when it is
+    // the last and partial one) passes every A panel while it sits in L1.
+    for (int64_t f = 0; f < kPositions; ++f) {
+      const float* vf = va + f * slab(c, t.nt);
+      float* mf = mb + f * slab(o, t.nt);
+      for (int64_t j = 0; j < kt; j += nr) {
+        const int cols = static_cast<int>(std::min(nr, kt - j));
+        const float* b = vf + j;
+        int64_t b_step = t.nt;
+        if (cols < nr) {
+          g.pack(vf + j, 1, t.nt, cols, c, g.nr, bbuf);
+          b = bbuf;
+          b_step = nr;
+        }
+        for (int64_t p = 0; p < panels; ++p)
+          for (int64_t pc = 0; pc < c; pc += kcb) {
+            GemmTile tile;
+            tile.kc = std::min(kcb, c - pc);
+            tile.a = upk.get() + (f * panels + p) * mr * c + pc * mr;
+            tile.b = b + pc * b_step;
+            tile.b_step = b_step;
+            tile.c = mf + p * mr * t.nt + j;
+            tile.rs = t.nt;
+            tile.cs = 1;
+            tile.rows = static_cast<int>(std::min(mr, o - p * mr));
+            tile.cols = cols;
+            tile.accumulate = pc > 0;
+            tile.bias = nullptr;
+            tile.relu = false;
+            tile.c_next = p + 1 < panels && pc + kcb >= c ? tile.c + mr * t.nt : nullptr;
+            g.tile(tile);
+          }
+      }
+    }
     output_transform({mb, o, t.nt, oh, ow, t.th, t.tw, row0, rows, bias, bias_stride, y, mb + mfloats});
   });
 }
 
 void winograd_weight_grad3x3_f32(const float* x, const float* g, int64_t n, int64_t c, int64_t h, int64_t w,
                                  int64_t o, int64_t oh, int64_t ow, int64_t pad_h, int64_t pad_w, float* dw) {
-  const int64_t fsize = 16 * o * c;
+  const int64_t fsize = kPositions * o * c;
   Scratch total = scratch(fsize);
   if (n == 0 || oh == 0 || ow == 0) {
     std::fill(total.get(), total.get() + fsize, 0.0f);
   } else {
     const GemmIsa isa = gemm_isa();
-    const Tiling t = tiling(n, oh, ow, 16 * (c + o), gemm_kernel(isa).nr);
+    const GemmKernel& gk = gemm_kernel(isa);
+    const Tiling t = tiling(n, oh, ow, kPositions * (c + o), gk, kMinColumnsDw);
     const int64_t ranges =
         std::min({t.chunks, kMaxRanges, std::max<int64_t>(kPartialFloats / std::max<int64_t>(fsize, 1), 1)});
     Scratch partial = scratch((ranges - 1) * fsize);
-    const int64_t vfloats = 16 * c * t.nt, efloats = 16 * o * t.nt;
-    for_each_chunk(ranges, vfloats + 16 * t.nt + 8, efloats + fsize + 12 * t.nt,
+    const int64_t mr = gk.mr, nr = gk.nr, cpanels = (c + nr - 1) / nr;
+    const int64_t vfloats = kPositions * slab(c, t.nt), efloats = kPositions * slab(o, t.nt);
+    // Per thread: V, its transform's scratch; E, its transform's scratch,
+    // one packed A panel and the packed B panels of one position.
+    const int64_t packs = mr * t.nt + cpanels * nr * t.nt;
+    for_each_chunk(ranges, vfloats + input_tmp_floats(t.rows_per_chunk, t.th, t.tw),
+                   efloats + grad_tmp_floats(t.rows_per_chunk, t.th, t.tw) + packs,
                    [&](int64_t r, float* va, float* eb) {
       float* sum = r == 0 ? total.get() : partial.get() + (r - 1) * fsize;
-      float* prod = eb + efloats;
+      float* apk = eb + efloats + grad_tmp_floats(t.rows_per_chunk, t.th, t.tw);
+      float* bpk = apk + mr * t.nt;
       const int64_t first = r * t.chunks / ranges, last = (r + 1) * t.chunks / ranges;
       for (int64_t ch = first; ch < last; ++ch) {
         const int64_t row0 = ch * t.rows_per_chunk, rows = std::min(t.rows_per_chunk, t.rows - row0);
-        const int64_t kt = rows * (t.tw + 1);
+        const int64_t kt = rows * t.tw;
         input_transform({x, c, h, w, pad_h, pad_w, t.th, t.tw, row0, rows, va, t.nt, va + vfloats});
-        grad_transform({g, o, oh, ow, t.th, t.tw, row0, rows, eb, t.nt, prod + fsize});
-        // S_f (o, c) = E_f (o, kt) @ V_f^T (kt, c), f < 16, added to the range's sum in chunk order.
-        float* dst = ch == first ? sum : prod;
-        sgemm(isa, 16, o, c, kt, {eb, o * t.nt, t.nt, 1}, {va, c * t.nt, 1, t.nt}, {dst, o * c, c, 1});
-        if (ch != first)
-          for (int64_t k = 0; k < fsize; ++k) sum[k] += prod[k];
+        grad_transform({g, o, oh, ow, t.th, t.tw, row0, rows, eb, t.nt, eb + efloats});
+        // S_f (o, c) += E_f (o, kt) @ V_f^T (kt, c), f < 36: one chain over
+        // the range's tiles in order (the first chunk starts it).
+        for (int64_t f = 0; f < kPositions; ++f) {
+          const float* ef = eb + f * slab(o, t.nt);
+          const float* vf = va + f * slab(c, t.nt);
+          float* sf = sum + f * o * c;
+          for (int64_t q = 0; q < cpanels; ++q)
+            gk.pack(vf + q * nr * t.nt, t.nt, 1, static_cast<int>(std::min(nr, c - q * nr)), kt, gk.nr,
+                    bpk + q * nr * kt);
+          for (int64_t i = 0; i < o; i += mr) {
+            const int rows_i = static_cast<int>(std::min(mr, o - i));
+            gk.pack(ef + i * t.nt, t.nt, 1, rows_i, kt, gk.mr, apk);
+            for (int64_t q = 0; q < cpanels; ++q) {
+              GemmTile tile;
+              tile.kc = kt;
+              tile.a = apk;
+              tile.b = bpk + q * nr * kt;
+              tile.b_step = nr;
+              tile.c = sf + i * c + q * nr;
+              tile.rs = c;
+              tile.cs = 1;
+              tile.rows = rows_i;
+              tile.cols = static_cast<int>(std::min(nr, c - q * nr));
+              tile.accumulate = ch != first;
+              tile.bias = nullptr;
+              tile.relu = false;
+              tile.c_next = nullptr;
+              gk.tile(tile);
+            }
+          }
+        }
       }
     });
     for (int64_t r = 1; r < ranges; ++r) {
@@ -458,24 +913,30 @@ void winograd_weight_grad3x3_f32(const float* x, const float* g, int64_t n, int6
       for (int64_t k = 0; k < fsize; ++k) total[k] += p[k];
     }
   }
-  // dW = G^T S G per (oc, ic): G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1].
-  const float* s = total.get();
+  // dW = G^T S G per (oc, ic), in double, rounded once; S's 36 values of
+  // each filter gathered into a row first (they lie o * c floats apart).
+  Scratch rows = scratch(fsize);
+  for (int64_t f = 0; f < kPositions; ++f) {
+    const float* src = total.get() + f * o * c;
+    for (int64_t k = 0; k < o * c; ++k) rows[k * kPositions + f] = src[k];
+  }
   for (int64_t oc = 0; oc < o; ++oc)
     for (int64_t ic = 0; ic < c; ++ic) {
-      float m[4][4];
-      for (int f = 0; f < 16; ++f) m[f / 4][f % 4] = s[(f * o + oc) * c + ic];
-      float t[3][4];
-      for (int k = 0; k < 4; ++k) {
-        t[0][k] = m[0][k] + (m[1][k] + m[2][k]) * 0.5f;
-        t[1][k] = (m[1][k] - m[2][k]) * 0.5f;
-        t[2][k] = (m[1][k] + m[2][k]) * 0.5f + m[3][k];
-      }
+      const float* s = rows.get() + (oc * c + ic) * kPositions;
+      double t[3][6];  // G^T S
+      for (int a = 0; a < 3; ++a)
+        for (int l = 0; l < 6; ++l) {
+          double acc = 0;
+          for (int k = 0; k < 6; ++k) acc += kG[k][a] * s[6 * k + l];
+          t[a][l] = acc;
+        }
       float* out = dw + (oc * c + ic) * 9;
-      for (int r = 0; r < 3; ++r) {
-        out[r * 3 + 0] = t[r][0] + (t[r][1] + t[r][2]) * 0.5f;
-        out[r * 3 + 1] = (t[r][1] - t[r][2]) * 0.5f;
-        out[r * 3 + 2] = (t[r][1] + t[r][2]) * 0.5f + t[r][3];
-      }
+      for (int a = 0; a < 3; ++a)
+        for (int b = 0; b < 3; ++b) {
+          double acc = 0;
+          for (int l = 0; l < 6; ++l) acc += t[a][l] * kG[l][b];
+          out[a * 3 + b] = static_cast<float>(acc);
+        }
     }
 }
 
