@@ -337,15 +337,18 @@ template <class Fn>
   v[5] = _mm512_fnmadd_ps(four, s, _mm512_sub_ps(d[5], d[3]));
 }
 
-// y = A^T m (6 -> 4), plus b.
+// y = A^T m (6 -> 4), plus b when kBias.
+template <bool kBias>
 [[gnu::target("avx512f,fma"), gnu::always_inline]] inline void at6_reg(const __m512* m, __m512* y, __m512 b) {
   const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), eight = _mm512_set1_ps(8.0f);
   const __m512 a = _mm512_add_ps(m[1], m[2]), d1 = _mm512_sub_ps(m[1], m[2]);
   const __m512 c = _mm512_add_ps(m[3], m[4]), d = _mm512_sub_ps(m[3], m[4]);
-  y[0] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(m[0], a), c), b);
-  y[1] = _mm512_add_ps(_mm512_fmadd_ps(two, d, d1), b);
-  y[2] = _mm512_add_ps(_mm512_fmadd_ps(four, c, a), b);
-  y[3] = _mm512_add_ps(_mm512_add_ps(_mm512_fmadd_ps(eight, d, d1), m[5]), b);
+  y[0] = _mm512_add_ps(_mm512_add_ps(m[0], a), c);
+  y[1] = _mm512_fmadd_ps(two, d, d1);
+  y[2] = _mm512_fmadd_ps(four, c, a);
+  y[3] = _mm512_add_ps(_mm512_fmadd_ps(eight, d, d1), m[5]);
+  if constexpr (kBias)
+    for (int r = 0; r < 4; ++r) y[r] = _mm512_add_ps(y[r], b);
 }
 
 // p = A e (4 -> 6).
@@ -421,14 +424,14 @@ template <class Fn>
     __m512 in[6];
     #pragma GCC unroll 6
     for (int k = 0; k < 6; ++k) in[k] = _mm512_loadu_ps(m + (6 * k + l) * fs);
-    at6_reg(in, q[l], zero);
+    at6_reg<false>(in, q[l], zero);
   }
   const __mmask16 kw = lanes(0, ow);
   #pragma GCC unroll 6
   for (int r = 0; r < 4; ++r) {
     const __m512 in[6] = {q[0][r], q[1][r], q[2][r], q[3][r], q[4][r], q[5][r]};
     __m512 yr[4], rows[4];
-    at6_reg(in, yr, bv);  // yr[c] lane (j, i) = y(4i + r, 4j + c)
+    at6_reg<true>(in, yr, bv);  // yr[c] lane (j, i) = y(4i + r, 4j + c)
     transpose4(yr[0], yr[1], yr[2], yr[3], rows);  // rows[i] lane (j, c)
     #pragma GCC unroll 6
     for (int i = 0; i < 4; ++i)
