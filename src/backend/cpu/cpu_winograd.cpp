@@ -14,10 +14,12 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 // GCC 12's AVX-512 intrinsics (unpack, shuffle, permute) start from a
-// deliberately undefined vector, which -Wmaybe-uninitialized flags once
-// they are inlined (a false positive, as in cpu_gemm_avx512.cpp).
+// deliberately undefined vector, which -Wmaybe-uninitialized (and, inlined
+// into some callers, -Wuninitialized) flags: a false positive, as in
+// cpu_gemm_avx512.cpp.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <immintrin.h>
 #endif
@@ -508,6 +510,24 @@ template <bool kAvx512>
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b);
 }
 
+// Calls fn(plane, channel, column) for every plane of x (n, c, h, w) that
+// the chunk's tile rows [row0, row0 + rows) cover, 4x4-tile planes (whole
+// samples): sample by sample, as the planes lie in memory, with the plane
+// two ahead prefetched (the masked loads do not train the hardware
+// prefetcher). column: the sample's first column in the chunk.
+template <class Fn>
+[[gnu::always_inline]] inline void for_each_plane4(const float* x, int64_t c, int64_t h, int64_t w, int64_t row0,
+                                                   int64_t rows, const Fn& fn) {
+  const int64_t plane_floats = h * w;
+  const float* end = x + ((row0 + rows) / 4) * c * plane_floats;
+  for (int64_t row = row0; row < row0 + rows; row += 4)
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const float* plane = x + ((row / 4) * c + ch) * plane_floats;
+      if (plane + 3 * plane_floats <= end) prefetch_rows(plane + 2 * plane_floats, h, w, 0, h);
+      fn(plane, ch, (row - row0) * 4);
+    }
+}
+
 // Floats of one per-band scratch array for `count` lanes.
 int64_t band_stride(int64_t count) { return (count + kSlack + 15) / 16 * 16; }
 
@@ -540,18 +560,9 @@ template <bool kAvx512>
 #ifdef LOOM_WINOGRAD_X86
   if constexpr (kAvx512) {
     if (tiles4(a.th, tw)) {
-      // Sample by sample: its planes lie one after another.
-      // Sample by sample: its planes lie one after another, and the plane
-      // two ahead is prefetched (the masked loads do not train the
-      // hardware prefetcher).
-      const int64_t plane_floats = a.h * a.w;
-      const float* end = a.x + ((a.row0 + a.rows) / 4) * a.c * plane_floats;
-      for (int64_t row = a.row0; row < a.row0 + a.rows; row += 4)
-        for (int64_t ch = 0; ch < a.c; ++ch) {
-          const float* plane = a.x + ((row / 4) * a.c + ch) * plane_floats;
-          if (plane + 3 * plane_floats <= end) prefetch_rows(plane + 2 * plane_floats, a.h, a.w, 0, a.h);
-          input_tiles4(plane, a.h, a.w, a.pad_h, a.pad_w, a.v + ch * a.nt + (row - a.row0) * 4, fs);
-        }
+      for_each_plane4(a.x, a.c, a.h, a.w, a.row0, a.rows, [&](const float* plane, int64_t ch, int64_t col) {
+        input_tiles4(plane, a.h, a.w, a.pad_h, a.pad_w, a.v + ch * a.nt + col, fs);
+      });
       return;
     }
   }
@@ -684,14 +695,9 @@ template <bool kAvx512>
 #ifdef LOOM_WINOGRAD_X86
   if constexpr (kAvx512) {
     if (tiles4(a.th, tw)) {
-      const int64_t plane_floats = a.oh * a.ow;
-      const float* end = a.g + ((a.row0 + a.rows) / 4) * a.o * plane_floats;
-      for (int64_t row = a.row0; row < a.row0 + a.rows; row += 4)
-        for (int64_t oc = 0; oc < a.o; ++oc) {
-          const float* plane = a.g + ((row / 4) * a.o + oc) * plane_floats;
-          if (plane + 3 * plane_floats <= end) prefetch_rows(plane + 2 * plane_floats, a.oh, a.ow, 0, a.oh);
-          grad_tiles4(plane, a.oh, a.ow, a.e + oc * a.nt + (row - a.row0) * 4, fs);
-        }
+      for_each_plane4(a.g, a.o, a.oh, a.ow, a.row0, a.rows, [&](const float* plane, int64_t oc, int64_t col) {
+        grad_tiles4(plane, a.oh, a.ow, a.e + oc * a.nt + col, fs);
+      });
       return;
     }
   }
