@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "fast_paths.h"
 #include "harness.h"
 
 namespace loom_test {
@@ -449,12 +450,18 @@ TEST(ConvWinograd, MatchesReferenceKernelWithinItsBound) {
       {{2, 16, 13, 13}, 16, 0, 2},  // 11x15 outputs: 3x4 tiles, the general path
       {{16, 64, 34, 33}, 64, 1, 1},  // ~40 chunks: more than the weight gradient's 16 ranges
   };
+  // Every ISA's transforms (the 4x4-tile register path is AVX-512's); the
+  // largest case on the best ISA only.
+  for (GemmIsa isa : runnable_isas())
   for (const WinogradCase& wc : cases) {
+    if (isa != loom::cpu::gemm_best_isa() && wc.x[0] > 8) continue;
+    IsaGuard guard(isa);
     const int64_t n = wc.x[0], c = wc.x[1];
     Tensor x = loom::randn({wc.x[0], wc.x[1], wc.x[3], wc.x[2]}).transpose(2, 3);
     Tensor w = loom::randn({wc.o, c, 3, 3}), b = loom::randn({wc.o});
     Tensor x64 = x.to(loom::kFloat64), w64 = w.to(loom::kFloat64), b64 = b.to(loom::kFloat64);
-    const std::string name = "x " + loom::shape_str(wc.x) + " o " + std::to_string(wc.o);
+    const std::string name = std::string(loom::cpu::gemm_isa_name(isa)) + " x " + loom::shape_str(wc.x) + " o " +
+                             std::to_string(wc.o);
     Tensor y = loom::conv2d(x, w, b, {1}, {wc.ph, wc.pw});
     const int64_t oh = y.sizes()[2], ow = y.sizes()[3];
     expect_within_rounding(y, loom::conv2d(x64, w64, b64, {1}, {wc.ph, wc.pw}),

@@ -6,7 +6,8 @@
 // the baseline ISA through gnu::target clones, chosen with the GEMM's ISA
 // (gemm_isa()). Their only products are by powers of two, so a contracted
 // multiply-add rounds as the separate multiply and add do: the clones agree
-// bitwise.
+// bitwise. AVX-512 adds a register path for 4x4-tile planes (Note [Winograd
+// 4x4-tile planes]).
 #include "backend/cpu/cpu_winograd.h"
 
 #include <algorithm>

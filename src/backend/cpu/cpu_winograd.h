@@ -38,17 +38,21 @@
 // plain vector arithmetic over contiguous tiles. The output goes back the
 // other way (four column phases interleaved into each output row).
 //
-// Work goes in chunks of whole tile rows (4 output rows of one sample): at
-// least 256 tiles, more while the chunk's transformed inputs and products
-// stay under 1.5 MiB; the chunk's input transform, GEMMs and output
-// transform run back to back on one thread. The input, output and
-// output-gradient transforms multiply only by powers of two (exact), so
-// only their additions round and every ISA's vector code gives the same
-// bits; the filter transform and the weight gradient's last step run in
-// double, rounded once. The weight gradient adds its chunks' partial sums
-// in chunk order within a fixed number of ranges, then the ranges in
-// order. The chunk and range plan depends on the shapes only, so the bits
-// do not depend on the thread count.
+// Work goes in chunks of whole tile rows (4 output rows of one sample),
+// sized so the chunk's transformed inputs and products stay in L2 (about
+// 512 KiB; at least 32 tiles, one GEMM panel; 128 or more for the weight
+// gradient); the chunk's input transform, GEMMs and output transform run
+// back to back on one thread. The GEMMs call the micro-kernel directly:
+// the filters are packed into its A panels once per call and V is read in
+// place. The input, output and output-gradient transforms multiply only by
+// powers of two (exact), so only their additions round, and the ISA clones
+// of the general path give the same bits (the 4x4-tile path of Note
+// [Winograd 4x4-tile planes] adds in another order); the filter transform
+// and the weight gradient's last step run in double, rounded once. The
+// weight gradient sums each of a fixed number of ranges of chunks as one
+// chain over its tiles in order, then adds the ranges in order. The chunk
+// and range plan depends on the shapes only, so the bits do not depend on
+// the thread count.
 //
 // Non-finite inputs: the transforms subtract neighbours, so an inf gives
 // NaN where the direct sum would give +-inf.
