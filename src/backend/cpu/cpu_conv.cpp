@@ -216,6 +216,14 @@ Taps live_taps(const ConvShape& s, const Window2d& win) {
   return t;
 }
 
+// One pixel in, one pixel out, one live tap (a 3x3 convolution with padding
+// 1 on a 1x1 map): x and y are (n, c) and (n, o) matrices, and each of the
+// three primitives is one GEMM over the whole batch with the tap's weights,
+// no im2col or col2im.
+bool single_pixel(const ConvShape& s, const Taps& taps) {
+  return s.groups == 1 && s.h * s.w == 1 && s.oh * s.ow == 1 && taps.size() == 1;
+}
+
 // The weight (O, C/G, KH, KW) as the GEMM's (O, C/G * live taps) matrix:
 // w itself when every tap is live, else the live columns copied to `buf`.
 const float* weight_matrix(const float* w, const ConvShape& s, const Window2d& win, const Taps& taps,
@@ -327,6 +335,12 @@ void conv_forward_f32(const ConvShape& s, const Window2d& win, const TensorImpl*
   const int64_t per = samples_per_chunk(s.n, l), chunks = (s.n + per - 1) / per, cols = per * l;
   const bool pointwise = is_pointwise(win);
   const GemmIsa isa = gemm_isa();
+  if (single_pixel(s, taps)) {
+    // y (n, o) = x (n, c) @ w^T (c, o) + b.
+    const SgemmEpilogue epilogue{b, bs, false, nullptr, nullptr};
+    sgemm(isa, 1, s.n, s.o, s.c, {x, 0, s.c, 1}, {w, 0, 1, q}, {y, 0, s.o, 1}, &epilogue);
+    return;
+  }
   for_each_chunk(chunks, pointwise && per == 1 ? 0 : q * cols, per == 1 ? 0 : og * cols,
                  [&](int64_t ch, float* col, float* out) {
     const int64_t n0 = ch * per, nb = std::min(per, s.n - n0), width = nb * l;
@@ -386,6 +400,11 @@ void conv_input_grad_f32(const ConvShape& s, const Window2d& win, const TensorIm
   const int64_t per = samples_per_chunk(s.n, l), chunks = (s.n + per - 1) / per, cols = per * l;
   const bool pointwise = is_pointwise(win);
   const GemmIsa isa = gemm_isa();
+  if (single_pixel(s, taps)) {
+    // dx (n, c) = g (n, o) @ w (o, c).
+    sgemm(isa, 1, s.n, s.c, s.o, {g, 0, s.o, 1}, {w, 0, q, 1}, {dx, 0, s.c, 1});
+    return;
+  }
   for_each_chunk(chunks, pointwise && per == 1 ? 0 : q * cols, per == 1 ? 0 : og * cols,
                  [&](int64_t ch, float* col, float* gbuf) {
     const int64_t n0 = ch * per, nb = std::min(per, s.n - n0), width = nb * l;
@@ -437,6 +456,9 @@ void conv_weight_grad_f32(const ConvShape& s, const Window2d& win, const TensorI
   }
   if (s.n == 0 || l == 0 || q == 0) {
     std::fill(dwc, dwc + wsize, 0.0f);
+  } else if (single_pixel(s, taps)) {
+    // dw (o, c) = g^T (o, n) @ x (n, c): one chain over the batch per element.
+    sgemm(gemm_isa(), 1, s.o, q, s.n, {g, 0, 1, s.o}, {x, 0, s.c, 1}, {dwc, 0, q, 1});
   } else {
     const int64_t per = std::clamp<int64_t>(kWeightDepth / std::max<int64_t>(l, 1), 1, s.n);
     const int64_t chunks = (s.n + per - 1) / per, depth = per * l;
