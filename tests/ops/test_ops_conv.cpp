@@ -250,6 +250,12 @@ const std::vector<FastCase> kFastCases = {
     {{37, 6, 1, 1}, {4, 6, 3, 3}, {.ph = 1, .pw = 1}},
     {{7, 4, 2, 2}, {5, 4, 3, 3}, {.sh = 2, .sw = 2, .ph = 1, .pw = 1}},
     {{6, 4, 1, 3}, {6, 2, 3, 3}, {.ph = 2, .pw = 1, .dh = 2, .dw = 1, .groups = 2}},
+    // Stride 2 along rows: DCGAN's 4x4 kernels, rows of 14 and of 35 outputs, odd widths, padding 0 to 3 and
+    // dilation.
+    {{3, 2, 28, 28}, {4, 2, 4, 4}, {.sh = 2, .sw = 2, .ph = 1, .pw = 1}},
+    {{2, 3, 9, 70}, {5, 3, 4, 4}, {.sh = 2, .sw = 2, .ph = 1, .pw = 1}},
+    {{2, 2, 7, 37}, {3, 2, 3, 5}, {.sh = 1, .sw = 2, .ph = 0, .pw = 3}},
+    {{2, 2, 6, 33}, {3, 2, 3, 3}, {.sh = 2, .sw = 2, .ph = 1, .pw = 0, .dh = 1, .dw = 2}},
 };
 
 TEST(ConvFastPath, MatchesReferenceKernel) {
