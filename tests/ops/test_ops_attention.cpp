@@ -17,6 +17,7 @@
 
 #include "harness.h"
 
+#include "../test_util.h"
 #include "fast_paths.h"
 
 namespace loom_test {
@@ -351,14 +352,7 @@ TEST(AttentionMemory, GrowsWithTNotTSquared) {
 
 TEST(AttentionErrors, NameTheOpAndShapes) {
   const Tensor q = loom::zeros({2, 3, 5, 4}), k = loom::zeros({2, 3, 7, 4}), v = loom::zeros({2, 3, 7, 6});
-  auto msg = [](const std::function<void()>& f) {
-    try {
-      f();
-    } catch (const loom::Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
+  const auto msg = loom::test::error_of;
   auto expect_has = [](const std::string& m, const std::string& part) {
     EXPECT_NE(m.find(part), std::string::npos) << m;
     EXPECT_NE(m.find("scaled_dot_product_attention"), std::string::npos) << m;

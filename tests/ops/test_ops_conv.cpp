@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "../test_util.h"
 #include "fast_paths.h"
 #include "harness.h"
 
@@ -516,14 +517,7 @@ TEST(ConvFastPath, SameBitsOnOneAndTwoThreads) {
 
 TEST(ConvErrors, NameTheOpAndShapes) {
   Tensor x = loom::randn({2, 3, 5, 5});
-  auto msg = [](const std::function<void()>& f) {
-    try {
-      f();
-    } catch (const loom::Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
+  const auto msg = loom::test::error_of;
   EXPECT_NE(msg([&] { loom::conv2d(x, loom::randn({4, 2, 3, 3})); }).find("conv2d: weight of shape [4, 2, 3, 3]"),
             std::string::npos);
   EXPECT_NE(msg([&] { loom::conv2d(x, loom::randn({4, 3, 7, 7})); }).find("too small"), std::string::npos);

@@ -17,6 +17,7 @@
 
 #include "harness.h"
 
+#include "../test_util.h"
 #include "fast_paths.h"
 
 namespace loom_test {
@@ -571,20 +572,7 @@ TEST(PoolFastKernels, BatchNormMatchesReference) {
 
 // ---- error messages ----
 
-::testing::AssertionResult throws_with(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const loom::Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& p : parts)
-      if (msg.find(p) == std::string::npos)
-        return ::testing::AssertionFailure() << "message lacks \"" << p << "\": " << msg;
-    return ::testing::AssertionSuccess();
-  } catch (const std::exception& e) {
-    return ::testing::AssertionFailure() << "threw a non-loom exception: " << e.what();
-  }
-  return ::testing::AssertionFailure() << "did not throw";
-}
+using loom::test::throws_with;
 
 TEST(PoolErrors, Messages) {
   const Tensor x = loom::zeros({2, 3, 6, 6});
