@@ -68,6 +68,11 @@ struct Tiling {
 
 // Planes of 4x4 tiles (Note [Winograd 4x4-tile planes]).
 bool tiles4(int64_t th, int64_t tw) { return th == 4 && tw == 4; }
+// A chunk of whole samples of such planes: its transforms take the register
+// path (all of them, so V, M and E agree on the order of the tiles).
+bool tiles4_chunk(int64_t th, int64_t tw, int64_t row0, int64_t rows) {
+  return tiles4(th, tw) && row0 % 4 == 0 && rows % 4 == 0;
+}
 
 Tiling tiling(int64_t n, int64_t oh, int64_t ow, int64_t floats_per_tile, const GemmKernel& g, int64_t least) {
   const int64_t nr = g.nr;
@@ -92,8 +97,9 @@ Tiling tiling(int64_t n, int64_t oh, int64_t ow, int64_t floats_per_tile, const 
     }
   }
   t.chunks = (t.rows + t.rows_per_chunk - 1) / t.rows_per_chunk;
-  // Rows of whole vectors; a multiple of 256 floats (1 KiB) would make the
-  // GEMM pack B instead of reading it in place (Note [B in place]).
+  // Rows of whole vectors, not a multiple of 256 floats (1 KiB): the
+  // micro-kernel reads a B panel in place, nt floats from one depth to the
+  // next, and such a stride would put all its depths in a few cache sets.
   t.nt = (t.rows_per_chunk * t.tw + 15) / 16 * 16;
   if (t.nt % 256 == 0) t.nt += 16;
   return t;
@@ -561,7 +567,7 @@ template <bool kAvx512>
   float* hbuf = a.tmp + 24 * ps;
 #ifdef LOOM_WINOGRAD_X86
   if constexpr (kAvx512) {
-    if (tiles4(a.th, tw)) {
+    if (tiles4_chunk(a.th, tw, a.row0, a.rows)) {
       for_each_plane4(a.x, a.c, a.h, a.w, a.row0, a.rows, [&](const float* plane, int64_t ch, int64_t col) {
         input_tiles4(plane, a.h, a.w, a.pad_h, a.pad_w, a.v + ch * a.nt + col, fs);
       });
@@ -627,7 +633,7 @@ template <bool kAvx512>
   float* rbuf = a.tmp + 24 * ps;
 #ifdef LOOM_WINOGRAD_X86
   if constexpr (kAvx512) {
-    if (tiles4(a.th, tw)) {
+    if (tiles4_chunk(a.th, tw, a.row0, a.rows)) {
       for (int64_t row = a.row0; row < a.row0 + a.rows; row += 4)
         for (int64_t oc = 0; oc < a.o; ++oc)
           output_tiles4(a.m + oc * a.nt + (row - a.row0) * 4, fs,
@@ -696,7 +702,7 @@ template <bool kAvx512>
   float* sbuf = a.tmp + 16 * ps;
 #ifdef LOOM_WINOGRAD_X86
   if constexpr (kAvx512) {
-    if (tiles4(a.th, tw)) {
+    if (tiles4_chunk(a.th, tw, a.row0, a.rows)) {
       for_each_plane4(a.g, a.o, a.oh, a.ow, a.row0, a.rows, [&](const float* plane, int64_t oc, int64_t col) {
         grad_tiles4(plane, a.oh, a.ow, a.e + oc * a.nt + col, fs);
       });
