@@ -16,7 +16,7 @@
 // products is a matrix product: M_f (O, tiles) = U_f (O, C) @ V_f (C, tiles),
 // U = G g G^T per (o, c), V = B^T d B per (c, tile). That is 36 multiplies
 // per 4x4 outputs and channel pair instead of 144: 4x fewer flops, spent
-// in 36 GEMMs of loom's sgemm (one batched call). (F(2x2, 3x3) needs 16 per
+// in 36 GEMMs on loom's GEMM micro-kernel. (F(2x2, 3x3) needs 16 per
 // 2x2 outputs, 2.25x fewer; on the CNN's 14x14 maps, whose 4x4 tiles cover
 // 16x16, F(4x4, 3x3) still does 0.73x of its GEMM work.)
 //
