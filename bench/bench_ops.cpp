@@ -305,6 +305,21 @@ void BM_dispatch_add(benchmark::State& state, bool autograd) {
 }
 
 // ---- sequence models: attention, LSTM, GPT ----
+
+// Times training steps: loss_fn() then zero_grad, backward and an
+// optimizer step, after one warm-up step.
+template <class LossFn>
+void time_training_steps(benchmark::State& state, loom::optim::Optimizer& optimizer, const LossFn& loss_fn) {
+  auto step = [&] {
+    loom::Tensor loss = loss_fn();
+    optimizer.zero_grad();
+    loss.backward();
+    optimizer.step();
+    return loss;
+  };
+  step();  // warm-up
+  for (auto _ : state) benchmark::DoNotOptimize(step().raw_data_ptr());
+}
 // The "seq" group of run.py; torch_ops.py runs the same shapes (its GPT is
 // nanoGPT's model, torch_gpt.py, with the math-form attention of PyTorch 1.13).
 
@@ -403,16 +418,10 @@ void BM_lstm_step(benchmark::State& state) {
     params.insert(params.end(), ps.begin(), ps.end());
   loom::optim::AdamW optimizer(params, loom::optim::AdamWOptions(3e-4));
   loom::Tensor x = loom::randint(kVocab, {kSeq, kBatch}), y = loom::randint(kVocab, {kSeq, kBatch});
-  auto step = [&] {
+  time_training_steps(state, optimizer, [&] {
     loom::Tensor out = lstm(embed(x)).first;  // (T, N, H)
-    loom::Tensor loss = F::cross_entropy(head(out).reshape({-1, kVocab}), y.reshape({-1}));
-    optimizer.zero_grad();
-    loss.backward();
-    optimizer.step();
-    return loss;
-  };
-  step();  // warm-up
-  for (auto _ : state) benchmark::DoNotOptimize(step().raw_data_ptr());
+    return F::cross_entropy(head(out).reshape({-1, kVocab}), y.reshape({-1}));
+  });
 }
 
 // The GPT of the "seq" rows: nanoGPT's layout, 4 layers, d_model 256, 4
@@ -428,15 +437,7 @@ void BM_gpt_step(benchmark::State& state) {
   loom::models::GPT gpt = bench_gpt();
   loom::optim::AdamW optimizer(gpt->parameters(), loom::optim::AdamWOptions(3e-4));
   loom::Tensor x = loom::randint(96, {16, 128}), y = loom::randint(96, {16, 128});
-  auto step = [&] {
-    loom::Tensor loss = gpt->loss(x, y);
-    optimizer.zero_grad();
-    loss.backward();
-    optimizer.step();
-    return loss;
-  };
-  step();  // warm-up
-  for (auto _ : state) benchmark::DoNotOptimize(step().raw_data_ptr());
+  time_training_steps(state, optimizer, [&] { return gpt->loss(x, y); });
   state.counters["tokens"] = benchmark::Counter(16.0 * 128 * static_cast<double>(state.iterations()),
                                                 benchmark::Counter::kIsRate);
 }

@@ -100,6 +100,17 @@ def attn_fwd_bwd(b, h, t, d):
     return lambda: torch.autograd.grad(causal_attention(q, k, v, mask), (q, k, v), gy)
 
 
+def training_step(loss_fn, optimizer):
+    """A step function: loss_fn(), then zero_grad, backward and an optimizer step."""
+    def step():
+        loss = loss_fn()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+    return step
+
+
 def lstm_step():
     """One AdamW step (lr 3e-4) of Embedding(96, 256) -> LSTM(256, 256, 2
     layers) -> Linear(256, 96) on (T = 64, N = 32) random tokens."""
@@ -109,14 +120,10 @@ def lstm_step():
     optimizer = torch.optim.AdamW(params, lr=3e-4)
     x, y = torch.randint(96, (64, 32)), torch.randint(96, (64, 32))
 
-    def step():
+    def loss():
         out, _ = lstm(embed(x))  # (T, N, 256)
-        loss = F.cross_entropy(head(out).view(-1, 96), y.view(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss
-    return step
+        return F.cross_entropy(head(out).view(-1, 96), y.view(-1))
+    return training_step(loss, optimizer)
 
 
 def bench_gpt():
@@ -132,14 +139,7 @@ def gpt_step():
     model = bench_gpt()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
     x, y = torch.randint(96, (16, 128)), torch.randint(96, (16, 128))
-
-    def step():
-        _, loss, _ = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss
-    return step
+    return training_step(lambda: model(x, y)[1], optimizer)
 
 
 def gpt_generate():
