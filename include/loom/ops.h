@@ -316,5 +316,8 @@ void _fused_adamw_(const std::vector<Tensor>& params, const std::vector<Tensor>&
 void _fused_sgd_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                  const std::vector<Tensor>& momentum_buffers, double weight_decay, double momentum, double lr,
                  double dampening, bool nesterov, bool maximize, bool is_first_step);
+// Whether `device`'s backend has these kernels (false for a device this build
+// cannot use), so optimizers fall back to the per-tensor step elsewhere.
+bool _fused_optim_supported(Device device);
 
 }  // namespace loom

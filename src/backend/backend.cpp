@@ -1,15 +1,75 @@
 #include "backend/backend.h"
 
+#include <cstring>
+#include <functional>
+#include <string_view>
+#include <type_traits>
+#include <variant>
+
+#include "core/allocator.h"
+
 namespace loom {
 
 const char* op_name(OpKind op) {
   static const char* const kNames[] = {
-#define LOOM_OP(name) #name,
+#define LOOM_OP(name, ...) #name,
 #include "ops/ops.def"
 #undef LOOM_OP
   };
   static_assert(sizeof(kNames) / sizeof(kNames[0]) == kOpCount);
   return kNames[static_cast<int>(op)];
+}
+
+OpArity op_arity(OpKind op) {
+  static constexpr OpArity kArity[] = {
+#define LOOM_OP(name, min_in, max_in, min_out, max_out) {min_in, max_in, min_out, max_out},
+#include "ops/ops.def"
+#undef LOOM_OP
+  };
+  static_assert(sizeof(kArity) / sizeof(kArity[0]) == kOpCount);
+  return kArity[static_cast<int>(op)];
+}
+
+namespace {
+
+// boost's hash_combine step.
+void mix(size_t& h, size_t v) { h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2); }
+template <class T>
+void mix_bits(size_t& h, const T& v) {
+  static_assert(std::is_trivially_copyable_v<T>);
+  unsigned char bytes[sizeof(T)];
+  std::memcpy(bytes, &v, sizeof(T));
+  mix(h, std::hash<std::string_view>{}(std::string_view(reinterpret_cast<const char*>(bytes), sizeof(T))));
+}
+void mix_tensor(size_t& h, const TensorImpl* t) {
+  if (t == nullptr) {
+    mix(h, 0);
+    return;
+  }
+  mix(h, static_cast<size_t>(t->dtype) + 1);
+  mix(h, t->sizes.size());
+  for (int64_t s : t->sizes) mix(h, static_cast<size_t>(s));
+  for (int64_t s : t->strides) mix(h, static_cast<size_t>(s));
+  mix(h, static_cast<size_t>(t->offset));
+}
+
+}  // namespace
+
+size_t hash_kernel_call(const KernelCall& call) {
+  size_t h = static_cast<size_t>(call.op);
+  mix(h, static_cast<size_t>(call.in.size()));
+  for (const TensorImpl* t : call.in) mix_tensor(h, t);
+  mix(h, static_cast<size_t>(call.out.size()));
+  for (const TensorImpl* t : call.out) mix_tensor(h, t);
+  for (double v : call.f) mix_bits(h, v);
+  for (int64_t v : call.i) mix(h, static_cast<size_t>(v));
+  mix(h, call.params.index());
+  std::visit(
+      [&](const auto& p) {
+        if constexpr (!std::is_same_v<std::decay_t<decltype(p)>, std::monostate>) mix_bits(h, p);
+      },
+      call.params);
+  return h;
 }
 
 namespace {
@@ -29,35 +89,104 @@ bool cuda_is_available();
 bool cuda_is_available() { return false; }
 #endif
 
-const Backend& backend_for(Device device) {
-  if (device.is_cpu()) return cpu_backend();
+const Backend* find_backend(Device device) {
+  if (device.is_cpu()) return &cpu_backend();
 #ifdef LOOM_WITH_CUDA
   static const Backend b = [] {
     Backend x;
     cuda_register_kernels(x);
     return x;
   }();
-  return b;
+  return &b;
 #else
-  LOOM_ERROR("loom was built without CUDA support: cannot use device ", device.str(),
-             " (rebuild with nvcc available to enable CUDA)");
+  return nullptr;
 #endif
 }
 
-void run_kernel(const KernelCall& call) {
-  const TensorImpl* first = call.n_out > 0 ? call.out[0] : call.in[0];
+const Backend& backend_for(Device device) {
+  const Backend* b = find_backend(device);
+  LOOM_CHECK(b != nullptr, "loom was built without CUDA support: cannot use device ", device.str(),
+             " (rebuild with nvcc available to enable CUDA)");
+  return *b;
+}
+
+namespace {
+
+// The first tensor of a call: an output, else an input (it names the device).
+const TensorImpl* first_tensor(const KernelCall& call) {
+  if (!call.out.empty()) return call.out[0];
+  for (const TensorImpl* t : call.in)
+    if (t != nullptr) return t;
+  return nullptr;
+}
+
+void check_arity(const KernelCall& call) {
+  const OpArity a = op_arity(call.op);
+  const int n_in = call.in.size(), n_out = call.out.size();
+  LOOM_ASSERT(n_in >= a.min_in && (a.max_in < 0 || n_in <= a.max_in) && n_out >= a.min_out &&
+                  (a.max_out < 0 || n_out <= a.max_out),
+              op_name(call.op), ": kernel call with ", n_in, " inputs and ", n_out, " outputs");
+  for (const TensorImpl* t : call.out) LOOM_ASSERT(t != nullptr, op_name(call.op), ": null output");
+  // The multi-tensor optimizer ops: lists of one length (ops.def).
+  if (call.op == OpKind::FusedAdam) {
+    const auto& p = call.param<AdamParams>();
+    const int n = n_out / (p.amsgrad ? 4 : 3);
+    LOOM_ASSERT(n > 0 && n_out == n * (p.amsgrad ? 4 : 3) && n_in == 2 * n, "FusedAdam: tensor lists of unequal length");
+  } else if (call.op == OpKind::FusedSgd) {
+    const auto& p = call.param<SgdParams>();
+    const int n = n_in;
+    LOOM_ASSERT(n > 0 && n_out == (p.momentum != 0.0 ? 2 * n : n), "FusedSgd: tensor lists of unequal length");
+  }
+}
+
+}  // namespace
+
+size_t kernel_workspace_bytes(const KernelCall& call) {
+  const TensorImpl* first = first_tensor(call);
+  LOOM_ASSERT(first != nullptr, "kernel call without tensors");
+  WorkspaceFn ws = backend_for(first->device()).workspace[static_cast<int>(call.op)];
+  return ws != nullptr ? ws(call) : 0;
+}
+
+void run_kernel(KernelCall& call) {
+  check_arity(call);
+  const TensorImpl* first = first_tensor(call);
   LOOM_ASSERT(first != nullptr, "kernel call without tensors");
   Device dev = first->device();
-  for (int k = 0; k < call.n_in; ++k)
-    LOOM_CHECK(call.in[k]->device() == dev, op_name(call.op), ": expected all tensors on ", dev.str(),
-               " but input ", k, " is on ", call.in[k]->device().str());
+  for (int k = 0; k < call.in.size(); ++k)
+    LOOM_CHECK(call.in[k] == nullptr || call.in[k]->device() == dev, op_name(call.op), ": expected all tensors on ",
+               dev.str(), " but input ", k, " is on ", call.in[k]->device().str());
+  for (int k = 0; k < call.out.size(); ++k)
+    LOOM_CHECK(call.out[k]->device() == dev, op_name(call.op), ": expected all tensors on ", dev.str(), " but output ",
+               k, " is on ", call.out[k]->device().str());
   const Backend& b = backend_for(dev);
-  KernelFn fn = b.kernels[static_cast<int>(call.op)];
+  const int op = static_cast<int>(call.op);
+  KernelFn fn = b.kernels[op];
   // The data dtype: in[0] except where in[0] is a condition or an index.
   const bool in0_is_aux = call.op == OpKind::Where || call.op == OpKind::ScatterAdd || call.op == OpKind::IndexAdd;
-  DType dt = call.n_in > (in0_is_aux ? 1 : 0) ? call.in[in0_is_aux ? 1 : 0]->dtype : first->dtype;
+  DType dt = call.in.size() > (in0_is_aux ? 1 : 0) ? call.in[in0_is_aux ? 1 : 0]->dtype : first->dtype;
   LOOM_CHECK(fn != nullptr && b.supports(call.op, dt), op_name(call.op), ": the ", b.name,
              " backend has no kernel for dtype ", dtype_name(dt));
+  const size_t need = b.workspace[op] != nullptr ? b.workspace[op](call) : 0;
+  if (need <= call.workspace.bytes) {
+    fn(call);
+    return;
+  }
+  // Nobody planned this call's scratch (Note [Kernel workspaces]): borrow it
+  // from the device's allocator (cached) for the duration of the kernel.
+  Allocator& a = allocator_for(dev);
+  const MemoryBlock block = a.allocate(need);
+  struct Release {
+    KernelCall& call;
+    Allocator& a;
+    MemoryBlock block;
+    Workspace before;
+    ~Release() {
+      call.workspace = before;
+      a.free(block);
+    }
+  } release{call, a, block, call.workspace};
+  call.workspace = {block.ptr, block.size};
   fn(call);
 }
 

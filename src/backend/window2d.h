@@ -1,6 +1,7 @@
 // The geometry of a 2-D sliding window, shared by the convolution and pooling
 // kernels (ops.def: "convolution" and "pooling" rows). The ops layer fills one
-// and passes its address in KernelCall::i[0]; the kernels take output sizes
+// and puts it in the KernelCall's typed parameters (ConvParams for convolution,
+// the Window2d itself for pooling); the kernels take output sizes
 // from their output tensors, so ceil_mode and output_padding are the ops
 // layer's business.
 //
@@ -18,6 +19,7 @@ struct Window2d {
   int64_t sh, sw;  // stride
   int64_t ph, pw;  // padding before the first row / column
   int64_t dh, dw;  // dilation
+  bool operator==(const Window2d&) const = default;
 };
 
 }  // namespace loom

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <bit>
 #include <cstdint>
 #include <cstdlib>
@@ -212,6 +213,42 @@ CachingAllocator& allocator() {
 
 CpuBlock cpu_allocate(size_t nbytes) { return allocator().allocate(nbytes); }
 void cpu_free(void* ptr, size_t size) { allocator().free(ptr, size); }
+
+namespace {
+
+// The CPU's entry in the registry: the caching allocator above.
+class CpuAllocator final : public Allocator {
+ public:
+  MemoryBlock allocate(size_t nbytes) override { return cpu_allocate(nbytes); }
+  void free(MemoryBlock block) override { cpu_free(block.ptr, block.size); }
+};
+
+constexpr size_t kDeviceTypes = 2;  // DeviceType::CPU, DeviceType::CUDA
+
+std::array<std::atomic<Allocator*>, kDeviceTypes>& registry() {
+  static CpuAllocator cpu;
+  static std::array<std::atomic<Allocator*>, kDeviceTypes> r{&cpu, nullptr};
+  return r;
+}
+
+}  // namespace
+
+Allocator& allocator_for(Device device) {
+  const auto type = static_cast<size_t>(device.type);
+  Allocator* a = type < kDeviceTypes ? registry()[type].load(std::memory_order_acquire) : nullptr;
+  if (a != nullptr) return *a;
+#ifndef LOOM_WITH_CUDA
+  LOOM_CHECK(device.type != DeviceType::CUDA, "loom was built without CUDA support: cannot use device ", device.str(),
+             " (rebuild with nvcc available to enable CUDA)");
+#endif
+  LOOM_ERROR("no allocator is registered for device ", device.str());
+}
+
+void set_allocator(DeviceType type, Allocator* allocator) {
+  const auto t = static_cast<size_t>(type);
+  LOOM_CHECK(t < kDeviceTypes && allocator != nullptr, "set_allocator: expected an allocator for a known device type");
+  registry()[t].store(allocator, std::memory_order_release);
+}
 
 CpuAllocatorStats cpu_allocator_stats() { return allocator().stats(); }
 void cpu_empty_cache() { allocator().empty_cache(); }

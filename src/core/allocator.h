@@ -1,4 +1,13 @@
-// The CPU caching allocator behind allocate_storage.
+// Memory per device: an Allocator interface, the registry allocate_storage
+// asks, and the CPU caching allocator, the CPU's implementation.
+//
+// Note [Allocators per device]
+// allocate_storage and kernel workspaces ask allocator_for(device) and never
+// assume the CPU. The CPU's allocator is the caching one below; a backend for
+// another device (CUDA) registers its own with set_allocator when it is built
+// in. A device with none registered answers with a clear error: in a
+// CPU-only build, "loom was built without CUDA support".
+//
 //
 // Note [CPU caching allocator]
 // Requests are rounded up to a size class: multiples of 64 bytes up to
@@ -24,12 +33,32 @@
 
 #include <cstddef>
 
+#include "loom/device.h"
+
 namespace loom {
 
 struct CpuBlock {
   void* ptr = nullptr;
   size_t size = 0;  // the rounded size: pass it back to cpu_free
 };
+// A block of device memory: its address and the size to hand back on free.
+using MemoryBlock = CpuBlock;
+
+class Allocator {
+ public:
+  virtual ~Allocator() = default;
+  // At least `nbytes` (64-byte aligned); throws loom::Error when out of memory.
+  virtual MemoryBlock allocate(size_t nbytes) = 0;
+  // Returns a block this allocator gave.
+  virtual void free(MemoryBlock block) = 0;
+};
+
+// The allocator of `device`'s type (the CPU's caching allocator for the CPU).
+// Throws loom::Error for a device type without one.
+Allocator& allocator_for(Device device);
+// Installs the allocator of a device type (a backend, once, at startup). The
+// allocator must outlive every allocation made through it.
+void set_allocator(DeviceType type, Allocator* allocator);
 
 // A 64-byte aligned block of at least `nbytes` (at least 64 bytes, even for
 // 0). Throws loom::Error when the system is out of memory.

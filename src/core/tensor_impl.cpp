@@ -2,25 +2,21 @@
 
 #include <limits>
 
-#include "backend/backend.h"
 #include "core/allocator.h"
 
 namespace loom {
 
 std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device device) {
-  // Checking the backend first gives CUDA requests in a CPU-only build the
-  // clear "built without CUDA" error.
-  backend_for(device);
+  // The device's allocator (Note [Allocators per device]); the block goes
+  // back to it when the last view dies.
+  Allocator& a = allocator_for(device);
   auto s = std::make_shared<Storage>();
   s->device = device;
   s->nbytes = nbytes;
-  if (device.is_cpu()) {
-    // The caching allocator (Note [CPU caching allocator]): 64-byte aligned,
-    // and the block goes back to its cache when the last view dies.
-    CpuBlock b = cpu_allocate(nbytes);
-    s->data = b.ptr;
-    s->deleter = [size = b.size](void* q) { cpu_free(q, size); };
-  }
+  const MemoryBlock b = a.allocate(nbytes);
+  s->data = b.ptr;
+  // Two words of capture: std::function keeps them inline, no allocation.
+  s->deleter = [a = &a, size = b.size](void* q) { a->free({q, size}); };
   return s;
 }
 

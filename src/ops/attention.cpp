@@ -45,12 +45,12 @@ struct Geometry {
 
 // The dropout factor of every weight (b, h, tq, tk): 1 / (1 - p) where the
 // kernels keep it, else 0, in dtype (ops.def's Philox counters).
-Tensor dropout_factor(const Geometry& g, double p, uint64_t seed, uint64_t offset, DType dtype) {
-  Tensor u = make_tensor(g.s4(), kFloat32, Device::cpu());
+Tensor dropout_factor(const Geometry& g, double p, uint64_t seed, uint64_t offset, const TensorOptions& o) {
+  Tensor u = make_tensor(g.s4(), kFloat32, o.device());
   ops::launch(OpKind::Uniform, {}, u, {0.0, 1.0},
               {static_cast<int64_t>(seed), static_cast<int64_t>(offset), 0, 0});
   const double keep = p >= 1 ? 0.0 : 1.0 / (1.0 - p);
-  return where(u.to(kFloat64) < (1.0 - p), full({}, keep, dtype), full({}, 0.0, dtype));
+  return where(u.to(kFloat64) < (1.0 - p), full({}, keep, o), full({}, 0.0, o));
 }
 
 // The scores q k^T scale + mask (+ the causal mask), with loom ops.
@@ -68,7 +68,7 @@ Tensor scores(const Tensor& q, const Tensor& k, const Tensor& mask, double scale
 Tensor attention_math(const Geometry& g, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask,
                       double scale, double p, bool causal, uint64_t seed, uint64_t offset) {
   Tensor w = softmax(scores(q, k, mask, scale, causal), -1);
-  if (p > 0) w = mul(w, dropout_factor(g, p, seed, offset, w.dtype()));
+  if (p > 0) w = mul(w, dropout_factor(g, p, seed, offset, TensorOptions(w.dtype()).device(w.device())));
   return matmul(w, v);
 }
 
@@ -106,8 +106,10 @@ Geometry geometry_of(const Tensor& q, const Tensor& k, const Tensor& v) {
   return g;
 }
 
-// The additive (b, h, tq, tk) mask in dtype (a broadcast view where it can be).
+// The additive (b, h, tq, tk) mask in dtype, on the mask's device (a broadcast
+// view where it can be).
 Tensor additive_mask(const Geometry& g, const Tensor& mask, DType dtype) {
+  const TensorOptions o = TensorOptions(dtype).device(mask.device());
   Shape full_shape = g.lead;
   full_shape.push_back(g.tq);
   full_shape.push_back(g.tk);
@@ -116,24 +118,9 @@ Tensor additive_mask(const Geometry& g, const Tensor& mask, DType dtype) {
   LOOM_CHECK(ops::broadcast_shape(mask.sizes(), full_shape, kOp) == full_shape, kOp, ": attn_mask of shape ",
              shape_str(mask.sizes()), " does not broadcast to the scores' shape ", shape_str(full_shape));
   Tensor m = mask.dtype() == kBool
-                 ? where(mask, full({}, 0.0, dtype), full({}, -std::numeric_limits<double>::infinity(), dtype))
+                 ? where(mask, full({}, 0.0, o), full({}, -std::numeric_limits<double>::infinity(), o))
                  : mask.to(dtype);
   return m.expand(full_shape).reshape(g.s4());
-}
-
-// A kernel call of `op` with the scalar arguments ops.def gives both
-// attention kernels: scale, dropout p, causal, mask flag, Philox seed/offset.
-KernelCall attention_call(OpKind op, double scale, double p, bool causal, bool has_mask, uint64_t seed,
-                          uint64_t offset) {
-  KernelCall c;
-  c.op = op;
-  c.f[0] = scale;
-  c.f[1] = p;
-  c.i[0] = causal ? 1 : 0;
-  c.i[1] = has_mask ? 1 : 0;
-  c.i[2] = static_cast<int64_t>(seed);
-  c.i[3] = static_cast<int64_t>(offset);
-  return c;
 }
 
 }  // namespace
@@ -176,14 +163,8 @@ Tensor scaled_dot_product_attention(const Tensor& query, const Tensor& key, cons
   Tensor lse = make_tensor({g.b, g.h, g.tq}, ct, q.device());
   const bool has_mask = mask.defined();
   {
-    KernelCall c = attention_call(OpKind::Attention, sc, dropout_p, is_causal, has_mask, seed, offset);
-    c.in[c.n_in++] = q.unsafe_impl();
-    c.in[c.n_in++] = k.unsafe_impl();
-    c.in[c.n_in++] = v.unsafe_impl();
-    if (has_mask) c.in[c.n_in++] = mask.unsafe_impl();
-    c.out[c.n_out++] = o.unsafe_impl();
-    c.out[c.n_out++] = lse.unsafe_impl();
-    run_kernel(c);
+    ops::launch(OpKind::Attention, {&q, &k, &v, &mask}, {&o, &lse}, {sc, dropout_p},
+                {is_causal ? 1 : 0, has_mask ? 1 : 0, static_cast<int64_t>(seed), static_cast<int64_t>(offset)});
   }
 
   auto node = autograd::make_node(
@@ -198,18 +179,13 @@ Tensor scaled_dot_product_attention(const Tensor& query, const Tensor& key, cons
           Tensor dq = make_tensor(qs.sizes(), qs.dtype(), qs.device());
           Tensor dk = make_tensor(ks.sizes(), ks.dtype(), ks.device());
           Tensor dv = make_tensor(vs.sizes(), vs.dtype(), vs.device());
-          KernelCall c = attention_call(OpKind::AttentionBackward, sc, dropout_p, is_causal, has_mask, seed, offset);
-          for (const Tensor* t : {&gc, &qs, &ks, &vs, &os, &ls}) c.in[c.n_in++] = t->unsafe_impl();
-          if (has_mask) c.in[c.n_in++] = ms.unsafe_impl();
-          c.out[c.n_out++] = dq.unsafe_impl();
-          c.out[c.n_out++] = dk.unsafe_impl();
-          c.out[c.n_out++] = dv.unsafe_impl();
-          run_kernel(c);
+          ops::launch(OpKind::AttentionBackward, {&gc, &qs, &ks, &vs, &os, &ls, &ms}, {&dq, &dk, &dv}, {sc, dropout_p},
+                      {is_causal ? 1 : 0, has_mask ? 1 : 0, static_cast<int64_t>(seed), static_cast<int64_t>(offset)});
           return TensorList{dq, dk, dv};
         }
         // Recorded backward: the same formulas in loom ops, the weights recomputed.
         Tensor w = softmax(scores(qs, ks, ms, sc, is_causal), -1);
-        Tensor factor = dropout_p > 0 ? dropout_factor(g, dropout_p, seed, offset, w.dtype()) : Tensor();
+        Tensor factor = dropout_p > 0 ? dropout_factor(g, dropout_p, seed, offset, TensorOptions(w.dtype()).device(w.device())) : Tensor();
         Tensor wd = factor.defined() ? mul(w, factor) : w;
         Tensor dv = matmul(wd.transpose(-2, -1), grad);
         Tensor dw = matmul(grad, vs.transpose(-2, -1));

@@ -82,19 +82,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_with_stats(const Tensor& input, co
   Tensor stats = make_tensor({2, channels}, kFloat64, x.device());  // mean, biased variance
   {
     const Tensor x3 = as_ncs(x), y3 = as_ncs(y);
-    KernelCall c;
-    c.op = OpKind::BatchNorm;
-    c.in[0] = x3.unsafe_impl();
-    c.in[1] = w.defined() ? w.unsafe_impl() : x3.unsafe_impl();
-    c.in[2] = b.defined() ? b.unsafe_impl() : x3.unsafe_impl();
-    c.n_in = 3;
-    c.out[0] = y3.unsafe_impl();
-    c.out[1] = stats.unsafe_impl();
-    c.n_out = 2;
-    c.f[0] = eps;
-    c.i[0] = w.defined() ? 1 : 0;
-    c.i[1] = b.defined() ? 1 : 0;
-    run_kernel(c);
+    ops::launch(OpKind::BatchNorm, {&x3, &w, &b}, {&y3, &stats}, {eps}, {w.defined() ? 1 : 0, b.defined() ? 1 : 0});
   }
 
   const bool has_w = w.defined(), has_b = b.defined();
@@ -111,18 +99,10 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_with_stats(const Tensor& input, co
           Tensor gc = (g.dtype() == xs.dtype() ? g : g.to(xs.dtype())).contiguous();
           Tensor dwb = want_wb ? make_tensor({2, channels}, xs.dtype(), xs.device()) : Tensor();
           const Tensor g3 = as_ncs(gc), x3 = as_ncs(xs), dx3 = as_ncs(dx);
-          KernelCall c;
-          c.op = OpKind::BatchNormBackward;
-          c.in[0] = g3.unsafe_impl();
-          c.in[1] = x3.unsafe_impl();
-          c.in[2] = st.unsafe_impl();
-          c.n_in = 3;
-          if (has_w) c.in[c.n_in++] = ws.unsafe_impl();
-          c.out[c.n_out++] = dx3.unsafe_impl();
-          if (want_wb) c.out[c.n_out++] = dwb.unsafe_impl();
-          c.f[0] = eps;
-          c.i[0] = has_w ? 1 : 0;
-          run_kernel(c);
+          if (want_wb)
+            ops::launch(OpKind::BatchNormBackward, {&g3, &x3, &st, &ws}, {&dx3, &dwb}, {eps}, {has_w ? 1 : 0});
+          else
+            ops::launch(OpKind::BatchNormBackward, {&g3, &x3, &st, &ws}, {&dx3}, {eps}, {has_w ? 1 : 0});
           out[0] = dx;
           if (want_wb) {
             if (has_w) out[1] = dwb.select(0, 0);

@@ -75,43 +75,21 @@ int64_t out_size(const char* op, int64_t in, int64_t k, int64_t s, int64_t p, in
 Tensor run_conv(const Tensor& x, const Tensor& w, const Tensor& b, const Geometry& geo, int64_t oh, int64_t ow) {
   Tensor xc = x.contiguous(), wc = w.contiguous();
   Tensor y = make_tensor({x.sizes()[0], w.sizes()[0], oh, ow}, x.dtype(), x.device());
-  KernelCall c;
-  c.op = OpKind::Conv2d;
-  c.in[c.n_in++] = xc.unsafe_impl();
-  c.in[c.n_in++] = wc.unsafe_impl();
-  if (b.defined()) c.in[c.n_in++] = b.unsafe_impl();
-  c.out[c.n_out++] = y.unsafe_impl();
-  c.i[0] = reinterpret_cast<int64_t>(&geo.win);
-  c.i[1] = geo.groups;
-  run_kernel(c);
+  ops::launch(OpKind::Conv2d, {&xc, &wc, &b}, y, {}, {}, ConvParams{geo.win, geo.groups});
   return y;
 }
 
 Tensor run_transpose(const Tensor& g, const Tensor& w, const Geometry& geo, const Shape& x_sizes) {
   Tensor gc = g.contiguous(), wc = w.contiguous();
   Tensor dx = make_tensor(x_sizes, g.dtype(), g.device());
-  KernelCall c;
-  c.op = OpKind::ConvTranspose2d;
-  c.in[c.n_in++] = gc.unsafe_impl();
-  c.in[c.n_in++] = wc.unsafe_impl();
-  c.out[c.n_out++] = dx.unsafe_impl();
-  c.i[0] = reinterpret_cast<int64_t>(&geo.win);
-  c.i[1] = geo.groups;
-  run_kernel(c);
+  ops::launch(OpKind::ConvTranspose2d, {&gc, &wc}, dx, {}, {}, ConvParams{geo.win, geo.groups});
   return dx;
 }
 
 Tensor run_weight(const Tensor& x, const Tensor& g, const Geometry& geo, const Shape& w_sizes) {
   Tensor xc = x.contiguous(), gc = g.contiguous();
   Tensor dw = make_tensor(w_sizes, x.dtype(), x.device());
-  KernelCall c;
-  c.op = OpKind::Conv2dWeight;
-  c.in[c.n_in++] = xc.unsafe_impl();
-  c.in[c.n_in++] = gc.unsafe_impl();
-  c.out[c.n_out++] = dw.unsafe_impl();
-  c.i[0] = reinterpret_cast<int64_t>(&geo.win);
-  c.i[1] = geo.groups;
-  run_kernel(c);
+  ops::launch(OpKind::Conv2dWeight, {&xc, &gc}, dw, {}, {}, ConvParams{geo.win, geo.groups});
   return dw;
 }
 

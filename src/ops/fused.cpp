@@ -46,21 +46,6 @@ Tensor dim_last(const Tensor& t, int64_t d) {
   return make_alias(t, sizes, strides, i->offset);
 }
 
-// Runs a kernel with up to four inputs and two outputs. An absent optional
-// input (undefined) is passed as in[0] so run_kernel's device check sees a
-// real tensor; the kernel's flags (i[]) say it is absent.
-void launch2(OpKind op, std::initializer_list<const Tensor*> ins, std::initializer_list<const Tensor*> outs,
-             double f0 = 0, std::initializer_list<int64_t> ints = {}) {
-  KernelCall c;
-  c.op = op;
-  for (const Tensor* t : ins) c.in[c.n_in++] = t->defined() ? t->unsafe_impl() : (*ins.begin())->unsafe_impl();
-  for (const Tensor* t : outs) c.out[c.n_out++] = t->unsafe_impl();
-  c.f[0] = f0;
-  int k = 0;
-  for (int64_t v : ints) c.i[k++] = v;
-  run_kernel(c);
-}
-
 // Softmax-like backward along dim d: out[0] = kernel(grad, output).
 Tensor softmax_backward_impl(OpKind op, const char* name, const Tensor& grad, const Tensor& output, int64_t dim) {
   check_float(name, "grad", grad);
@@ -142,7 +127,7 @@ Tensor layer_norm(const Tensor& input, IntArrayRef normalized_shape, const Tenso
   stats_shape.push_back(2);
   Tensor y = make_tensor(x.sizes(), ct, x.device());
   Tensor stats = make_tensor(stats_shape, ct, x.device());
-  launch2(OpKind::LayerNorm, {&x, &w, &b}, {&y, &stats}, eps, {k, w.defined() ? 1 : 0, b.defined() ? 1 : 0});
+  ops::launch(OpKind::LayerNorm, {&x, &w, &b}, {&y, &stats}, {eps}, {k, w.defined() ? 1 : 0, b.defined() ? 1 : 0});
 
   const bool has_w = w.defined(), has_b = b.defined();
   auto node = autograd::make_node("LayerNormBackward", {x, w, b}, [k, eps, has_w, has_b, shape](FunctionNode& ctx,
@@ -160,18 +145,10 @@ Tensor layer_norm(const Tensor& input, IntArrayRef normalized_shape, const Tenso
       std::vector<int64_t> wb_shape{2};
       wb_shape.insert(wb_shape.end(), shape.begin(), shape.end());
       Tensor dwb = want_wb ? make_tensor(wb_shape, xs.dtype(), xs.device()) : Tensor();
-      KernelCall c;
-      c.op = OpKind::LayerNormBackward;
-      c.in[0] = gc.unsafe_impl();
-      c.in[1] = xs.unsafe_impl();
-      c.in[2] = stats.unsafe_impl();
-      c.n_in = 3;
-      if (has_w) c.in[c.n_in++] = ws.unsafe_impl();
-      c.out[c.n_out++] = dx.unsafe_impl();
-      if (want_wb) c.out[c.n_out++] = dwb.unsafe_impl();
-      c.i[0] = k;
-      c.i[1] = has_w ? 1 : 0;
-      run_kernel(c);
+      if (want_wb)
+        ops::launch(OpKind::LayerNormBackward, {&gc, &xs, &stats, &ws}, {&dx, &dwb}, {}, {k, has_w ? 1 : 0});
+      else
+        ops::launch(OpKind::LayerNormBackward, {&gc, &xs, &stats, &ws}, {&dx}, {}, {k, has_w ? 1 : 0});
       out[0] = dx;
       if (want_wb) {
         if (has_w) out[1] = dwb.select(0, 0);
@@ -222,7 +199,7 @@ Tensor cross_entropy_per_row(const Tensor& logits, const Tensor& target, double 
   const DType ct = compute_dtype(logits.dtype());
   const Tensor x = logits.to(ct);
   Tensor loss = make_tensor({rows}, ct, x.device()), lse = make_tensor({rows}, ct, x.device());
-  launch2(OpKind::CrossEntropy, {&x, &target}, {&loss, &lse}, label_smoothing, {ignore_index});
+  ops::launch(OpKind::CrossEntropy, {&x, &target}, {&loss, &lse}, {label_smoothing}, {ignore_index});
 
   const double s = label_smoothing;
   auto node = autograd::make_node("CrossEntropyBackward", {x}, [s, ignore_index, classes](FunctionNode& ctx,
@@ -231,7 +208,7 @@ Tensor cross_entropy_per_row(const Tensor& logits, const Tensor& target, double 
     Tensor g = gs[0].dtype() == xs.dtype() ? gs[0] : gs[0].to(xs.dtype());
     if (!is_grad_enabled()) {
       Tensor dx = make_tensor(xs.sizes(), xs.dtype(), xs.device());
-      launch2(OpKind::CrossEntropyBackward, {&g, &xs, &t, &z}, {&dx}, s, {ignore_index});
+      ops::launch(OpKind::CrossEntropyBackward, {&g, &xs, &t, &z}, {&dx}, {s}, {ignore_index});
       return TensorList{dx};
     }
     // Recorded backward (Note [Fused backward and double backward]).

@@ -19,7 +19,6 @@
 // tensor's version counter is bumped, as an in-place op would.
 #include <algorithm>
 
-#include "backend/fused_optim.h"
 #include "ops/op_utils.h"
 
 namespace loom {
@@ -68,11 +67,12 @@ void check_distinct(const char* op, std::initializer_list<const std::vector<Tens
   LOOM_CHECK(ok, op, ": parameters, gradients and optimizer state must not share memory");
 }
 
-std::vector<TensorImpl*> impls(const std::vector<Tensor>& ts) {
-  std::vector<TensorImpl*> out;
-  out.reserve(ts.size());
-  for (const Tensor& t : ts) out.push_back(t.unsafe_impl());
-  return out;
+// Appends every tensor of `ts` to a call's inputs or outputs.
+void add_inputs(KernelCall& c, const std::vector<Tensor>& ts) {
+  for (const Tensor& t : ts) c.in.push_back(t.unsafe_impl());
+}
+void add_outputs(KernelCall& c, const std::vector<Tensor>& ts) {
+  for (const Tensor& t : ts) c.out.push_back(t.unsafe_impl());
 }
 
 void bump(const std::vector<Tensor>& ts) {
@@ -97,25 +97,16 @@ void fused_adam(const char* op, bool decoupled, const std::vector<Tensor>& param
   }
   std::vector<Tensor> none;
   check_distinct(op, {&params, &exp_avgs, &exp_avg_sqs, amsgrad ? &max_exp_avg_sqs : &none}, grads);
-  FusedAdamArgs a;
-  a.params = impls(params);
-  a.grads = impls(grads);
-  a.exp_avgs = impls(exp_avgs);
-  a.exp_avg_sqs = impls(exp_avg_sqs);
-  if (amsgrad) a.max_exp_avg_sqs = impls(max_exp_avg_sqs);
-  a.steps = impls(state_steps);
-  a.lr = lr;
-  a.beta1 = beta1;
-  a.beta2 = beta2;
-  a.eps = eps;
-  a.weight_decay = weight_decay;
-  a.amsgrad = amsgrad;
-  a.maximize = maximize;
-  a.decoupled = decoupled;
+  // ops.def "optimizers": the tensors written are outputs, those only read inputs.
   KernelCall c;
   c.op = OpKind::FusedAdam;
-  c.in[c.n_in++] = params[0].unsafe_impl();
-  c.i[0] = args_to_param(&a);
+  add_outputs(c, params);
+  add_outputs(c, exp_avgs);
+  add_outputs(c, exp_avg_sqs);
+  if (amsgrad) add_outputs(c, max_exp_avg_sqs);
+  add_inputs(c, grads);
+  add_inputs(c, state_steps);
+  c.params = AdamParams{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled};
   run_kernel(c);
   bump(params);
   bump(exp_avgs);
@@ -150,24 +141,20 @@ void _fused_sgd_(const std::vector<Tensor>& params, const std::vector<Tensor>& g
   if (momentum != 0.0) check_list(op, "momentum_buffers", momentum_buffers, params);
   std::vector<Tensor> none;
   check_distinct(op, {&params, momentum != 0.0 ? &momentum_buffers : &none}, grads);
-  FusedSgdArgs a;
-  a.params = impls(params);
-  a.grads = impls(grads);
-  if (momentum != 0.0) a.momentum_buffers = impls(momentum_buffers);
-  a.lr = lr;
-  a.momentum = momentum;
-  a.dampening = dampening;
-  a.weight_decay = weight_decay;
-  a.nesterov = nesterov;
-  a.maximize = maximize;
-  a.first_step = is_first_step;
   KernelCall c;
   c.op = OpKind::FusedSgd;
-  c.in[c.n_in++] = params[0].unsafe_impl();
-  c.i[0] = args_to_param(&a);
+  add_outputs(c, params);
+  if (momentum != 0.0) add_outputs(c, momentum_buffers);
+  add_inputs(c, grads);
+  c.params = SgdParams{lr, momentum, dampening, weight_decay, nesterov, maximize, is_first_step};
   run_kernel(c);
   bump(params);
   if (momentum != 0.0) bump(momentum_buffers);
+}
+
+bool _fused_optim_supported(Device device) {
+  const Backend* b = find_backend(device);
+  return b != nullptr && b->supports(OpKind::FusedAdam, kFloat32) && b->supports(OpKind::FusedSgd, kFloat32);
 }
 
 }  // namespace loom

@@ -237,15 +237,10 @@ Tensor linear(const Tensor& input, const Tensor& weight, const Tensor& bias, Lin
   Tensor out = make_tensor({m, n}, input.dtype(), input.device());
   Tensor pre = record && gelu ? make_tensor({m, n}, input.dtype(), input.device()) : Tensor();
   if (out.numel() > 0) {
-    KernelCall c;
-    c.op = OpKind::Linear;
-    c.in[c.n_in++] = x.unsafe_impl();
-    c.in[c.n_in++] = weight.unsafe_impl();
-    if (bias.defined()) c.in[c.n_in++] = bias.unsafe_impl();
-    c.out[c.n_out++] = out.unsafe_impl();
-    if (pre.defined()) c.out[c.n_out++] = pre.unsafe_impl();
-    c.i[0] = static_cast<int64_t>(activation);
-    run_kernel(c);
+    if (pre.defined())
+      ops::launch(OpKind::Linear, {&x, &weight, &bias}, {&out, &pre}, {}, {static_cast<int64_t>(activation)});
+    else
+      ops::launch(OpKind::Linear, {&x, &weight, &bias}, {&out}, {}, {static_cast<int64_t>(activation)});
   }
 
   auto node = autograd::make_node(

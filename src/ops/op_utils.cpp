@@ -81,16 +81,18 @@ std::vector<int64_t> normalize_dims(const std::vector<int64_t>& dims, int64_t nd
   return out;
 }
 
-void launch(OpKind op, std::initializer_list<const Tensor*> ins, const Tensor& out, std::initializer_list<double> f,
-            std::initializer_list<int64_t> i) {
+void launch(OpKind op, std::initializer_list<const Tensor*> ins, std::initializer_list<const Tensor*> outs,
+            std::initializer_list<double> f, std::initializer_list<int64_t> i, KernelParams params) {
   KernelCall c;
   c.op = op;
-  for (const Tensor* t : ins) c.in[c.n_in++] = t->unsafe_impl();
-  c.out[c.n_out++] = out.unsafe_impl();
+  for (const Tensor* t : ins) c.in.push_back(t->defined() ? t->unsafe_impl() : nullptr);
+  for (const Tensor* t : outs) c.out.push_back(t->unsafe_impl());
+  LOOM_ASSERT(f.size() <= 4 && i.size() <= 4, op_name(op), ": too many scalar parameters");
   int k = 0;
   for (double v : f) c.f[k++] = v;
   k = 0;
   for (int64_t v : i) c.i[k++] = v;
+  c.params = std::move(params);
   run_kernel(c);
 }
 

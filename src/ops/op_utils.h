@@ -23,7 +23,7 @@ Tensor cast_raw(const Tensor& t, DType dtype);
 // All tensors on one device, else an Error naming op and devices.
 void check_same_device(const char* op, const std::vector<Tensor>& ts);
 // A 0-dim wrapped-number tensor for a C++ scalar.
-Tensor wrap_scalar(Scalar s, Device device = Device::cpu());
+Tensor wrap_scalar(Scalar s, Device device);
 // grad * gelu'(x) (the tanh form's when tanh_form) as one GeluBackward
 // kernel, without autograd: the first-order backward of gelu and of
 // linear(..., Gelu). Under create_graph they record loom ops instead.
@@ -42,8 +42,16 @@ struct Region {
 Tensor region_scatter(const Tensor& base, const Tensor& src, const Region& region);
 // `region` of contiguous `x` as a differentiable view.
 Tensor region_view(const Tensor& x, const Region& region);
-// Runs a kernel with a single output.
-void launch(OpKind op, std::initializer_list<const Tensor*> ins, const Tensor& out,
-            std::initializer_list<double> f = {}, std::initializer_list<int64_t> i = {});
+// Runs a kernel: inputs (an undefined tensor is an absent optional input, a
+// null slot), outputs, the scalar parameters f[] / i[] and the typed ones
+// (ops.def gives their meaning per op).
+void launch(OpKind op, std::initializer_list<const Tensor*> ins, std::initializer_list<const Tensor*> outs,
+            std::initializer_list<double> f = {}, std::initializer_list<int64_t> i = {}, KernelParams params = {});
+// The same with a single output.
+inline void launch(OpKind op, std::initializer_list<const Tensor*> ins, const Tensor& out,
+                   std::initializer_list<double> f = {}, std::initializer_list<int64_t> i = {},
+                   KernelParams params = {}) {
+  launch(op, ins, {&out}, f, i, std::move(params));
+}
 
 }  // namespace loom::ops

@@ -98,7 +98,6 @@ void check_windows_see_input(const char* op, const Shape& sizes, const PoolGeome
   check("column", sizes.back(), g.ow, g.w.kw, g.w.sw, g.w.pw, g.w.dw);
 }
 
-int64_t window_arg(const Window2d& w) { return reinterpret_cast<int64_t>(&w); }
 
 // ---- max pooling ----
 
@@ -132,16 +131,12 @@ std::pair<Tensor, Tensor> max_pool2d_4d(const Tensor& x, const PoolGeometry& g, 
   Tensor y = make_tensor({s[0], s[1], g.oh, g.ow}, x.dtype(), x.device());
   const bool record = autograd::compute_requires_grad({&x});
   Tensor ind;
-  KernelCall c;
-  c.op = OpKind::MaxPool2d;
-  c.in[c.n_in++] = x.unsafe_impl();
-  c.out[c.n_out++] = y.unsafe_impl();
   if (want_indices || record) {
     ind = make_tensor(y.sizes(), kInt64, x.device());
-    c.out[c.n_out++] = ind.unsafe_impl();
+    ops::launch(OpKind::MaxPool2d, {&x}, {&y, &ind}, {}, {}, g.w);
+  } else {
+    ops::launch(OpKind::MaxPool2d, {&x}, {&y}, {}, {}, g.w);
   }
-  c.i[0] = window_arg(g.w);
-  run_kernel(c);
   const Shape input_sizes = s;
   auto node =
       autograd::make_node("MaxPool2DWithIndicesBackward", {x}, [input_sizes](FunctionNode& ctx, const TensorList& gs) {
@@ -182,7 +177,7 @@ Tensor avg_pool2d_backward(const Tensor& grad, const Shape& input_sizes, const A
 Tensor avg_pool2d_4d(const Tensor& x, const AvgParams& p, int64_t oh, int64_t ow) {
   const Shape& s = x.sizes();
   Tensor y = make_tensor({s[0], s[1], oh, ow}, x.dtype(), x.device());
-  ops::launch(OpKind::AvgPool2d, {&x}, y, {}, {window_arg(p.w), p.count_include_pad ? 1 : 0, p.divisor_override});
+  ops::launch(OpKind::AvgPool2d, {&x}, y, {}, {p.count_include_pad ? 1 : 0, p.divisor_override}, p.w);
   const Shape input_sizes = s;
   auto node = autograd::make_node("AvgPool2DBackward", {x}, [input_sizes, p](FunctionNode&, const TensorList& gs) {
     return TensorList{avg_pool2d_backward(gs[0], input_sizes, p)};
@@ -196,7 +191,7 @@ Tensor avg_pool2d_backward(const Tensor& grad, const Shape& input_sizes, const A
   Tensor gc = grad.detach().contiguous();
   Tensor dx = make_tensor(input_sizes, grad.dtype(), grad.device());
   ops::launch(OpKind::AvgPool2dBackward, {&gc}, dx, {},
-              {window_arg(p.w), p.count_include_pad ? 1 : 0, p.divisor_override});
+              {p.count_include_pad ? 1 : 0, p.divisor_override}, p.w);
   const int64_t oh = grad.sizes()[2], ow = grad.sizes()[3];
   auto node = autograd::make_node("AvgPool2DBackwardBackward", {grad}, [p, oh, ow](FunctionNode&, const TensorList& g) {
     return TensorList{avg_pool2d_4d(g[0], p, oh, ow)};

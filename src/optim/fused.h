@@ -8,9 +8,10 @@
 
 namespace loom::optim {
 
-// The fused kernels take contiguous float32 cpu tensors.
+// The fused kernels take contiguous float32 tensors on a device whose backend
+// has them.
 inline bool fusable(const Tensor& t) {
-  return t.defined() && t.dtype() == kFloat32 && t.device().is_cpu() && t.is_contiguous();
+  return t.defined() && t.dtype() == kFloat32 && t.is_contiguous() && _fused_optim_supported(t.device());
 }
 
 // The parameters of `group` that have a gradient, and those gradients. When

@@ -106,17 +106,39 @@ void scores_row(const AttnShape& sh, const AttnParams& a, const T* q, const T* k
 
 // ---- reference kernels ----
 
+// Each kernel's per-thread buffers (Note [Kernel workspaces]): one layout
+// function per kernel, walked by its size function and by the kernel.
+int64_t reference_rows(const AttnShape& sh) { return sh.b * sh.h * sh.tq; }
+int64_t reference_grain(const AttnShape& sh) {
+  return std::max<int64_t>(1, kGrain / std::max<int64_t>(sh.tk * (sh.d + sh.dv), 1));
+}
+struct ReferenceForwardScratch {
+  double *s, *acc;
+  static ReferenceForwardScratch take(WorkspaceLayout& ws, const AttnShape& sh) {
+    return {ws.take<double>(sh.tk), ws.take<double>(sh.dv)};
+  }
+};
+struct ReferenceBackwardScratch {
+  double *s, *dqa, *dka, *dva;
+  static ReferenceBackwardScratch take(WorkspaceLayout& ws, const AttnShape& sh) {
+    return {ws.take<double>(sh.tk), ws.take<double>(sh.d), ws.take<double>(sh.tk * sh.d),
+            ws.take<double>(sh.tk * sh.dv)};
+  }
+};
+
 template <typename T>
-void attention_reference(const AttnShape& sh, const AttnParams& a, const T* q, const T* k, const T* v, T* o, T* lse) {
-  const int64_t rows = sh.b * sh.h * sh.tq;
-  parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(sh.tk * (sh.d + sh.dv), 1)),
-               [&](int64_t lo, int64_t hi) {
-    std::vector<double> s(static_cast<size_t>(sh.tk)), acc(static_cast<size_t>(sh.dv));
+void attention_reference(const KernelCall& c, const AttnShape& sh, const AttnParams& a, const T* q, const T* k,
+                         const T* v, T* o, T* lse) {
+  const auto layout = [&](WorkspaceLayout& ws) { return ReferenceForwardScratch::take(ws, sh); };
+  parallel_slots(reference_rows(sh), reference_grain(sh), [&](int64_t slot, int64_t lo, int64_t hi) {
+    WorkspaceLayout ws = slot_workspace(c, slot, layout);
+    const ReferenceForwardScratch b = layout(ws);
+    double *s = b.s, *acc = b.acc;
     for (int64_t r = lo; r < hi; ++r) {
       const int64_t bh = r / sh.tq, i = r % sh.tq;
-      scores_row(sh, a, q, k, bh, i, s.data());
+      scores_row(sh, a, q, k, bh, i, s);
       double m = -kInf;
-      for (double x : s) m = std::max(m, x);
+      for (int64_t j = 0; j < sh.tk; ++j) m = std::max(m, s[j]);
       T* orow = o + r * sh.dv;
       if (m == -kInf) {  // every key masked: softmax is 0 / 0
         std::fill(orow, orow + sh.dv, convert<T>(std::numeric_limits<double>::quiet_NaN()));
@@ -124,8 +146,8 @@ void attention_reference(const AttnShape& sh, const AttnParams& a, const T* q, c
         continue;
       }
       double l = 0;
-      for (double& x : s) l += (x = std::exp(x - m));
-      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t j = 0; j < sh.tk; ++j) l += (s[j] = std::exp(s[j] - m));
+      std::fill(acc, acc + sh.dv, 0.0);
       for (int64_t j = 0; j < sh.tk; ++j) {
         double pj = s[static_cast<size_t>(j)] / l;
         if (a.dropout()) pj = a.keep(bh, i, j) ? pj * a.inv_keep() : 0.0;
@@ -140,24 +162,26 @@ void attention_reference(const AttnShape& sh, const AttnParams& a, const T* q, c
 }
 
 template <typename T>
-void attention_backward_reference(const AttnShape& sh, const AttnParams& a, const T* g, const T* q, const T* k,
-                                  const T* v, const T* o, const T* lse, T* dq, T* dk, T* dv) {
-  parallel_for(0, sh.b * sh.h, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<double> s(static_cast<size_t>(sh.tk)), dqa(static_cast<size_t>(sh.d));
-    std::vector<double> dka(static_cast<size_t>(sh.tk * sh.d)), dva(static_cast<size_t>(sh.tk * sh.dv));
+void attention_backward_reference(const KernelCall& c, const AttnShape& sh, const AttnParams& a, const T* g,
+                                  const T* q, const T* k, const T* v, const T* o, const T* lse, T* dq, T* dk, T* dv) {
+  const auto layout = [&](WorkspaceLayout& ws) { return ReferenceBackwardScratch::take(ws, sh); };
+  parallel_slots(sh.b * sh.h, 1, [&](int64_t slot, int64_t lo, int64_t hi) {
+    WorkspaceLayout ws = slot_workspace(c, slot, layout);
+    const ReferenceBackwardScratch b = layout(ws);
+    double *s = b.s, *dqa = b.dqa, *dka = b.dka, *dva = b.dva;
     for (int64_t bh = lo; bh < hi; ++bh) {
-      std::fill(dka.begin(), dka.end(), 0.0);
-      std::fill(dva.begin(), dva.end(), 0.0);
+      std::fill(dka, dka + sh.tk * sh.d, 0.0);
+      std::fill(dva, dva + sh.tk * sh.dv, 0.0);
       for (int64_t i = 0; i < sh.tq; ++i) {
         const int64_t r = bh * sh.tq + i;
         const T* gi = g + r * sh.dv;
         const T* qi = q + r * sh.d;
-        scores_row(sh, a, q, k, bh, i, s.data());
+        scores_row(sh, a, q, k, bh, i, s);
         const double li = static_cast<double>(to_compute(lse[r]));
         double di = 0;  // dO . o = sum_j p_j dp_j
         for (int64_t e = 0; e < sh.dv; ++e)
           di += static_cast<double>(to_compute(gi[e])) * static_cast<double>(to_compute(o[r * sh.dv + e]));
-        std::fill(dqa.begin(), dqa.end(), 0.0);
+        std::fill(dqa, dqa + sh.d, 0.0);
         for (int64_t j = 0; j < sh.tk; ++j) {
           const double pj = s[static_cast<size_t>(j)] == -kInf ? 0.0 : std::exp(s[static_cast<size_t>(j)] - li);
           const bool kept = !a.dropout() || a.keep(bh, i, j);
@@ -206,46 +230,66 @@ void mask_block_row(const AttnShape& sh, const AttnParams& a, int64_t bh, int64_
     for (int64_t c = std::max<int64_t>(0, i - j0 + 1); c < cols; ++c) s[c] = -std::numeric_limits<float>::infinity();
 }
 
-void attention_forward_f32(const AttnShape& sh, const AttnParams& a, const float* q, const float* k, const float* v,
-                           float* o, float* lse) {
-  const int64_t qblocks = (sh.tq + kBlockQ - 1) / kBlockQ, tasks = sh.b * sh.h * qblocks;
+int64_t forward_tasks(const AttnShape& sh) { return sh.b * sh.h * ((sh.tq + kBlockQ - 1) / kBlockQ); }
+struct ForwardScratch {
+  float *sbuf, *acc, *tmp, *m, *l;
+  static ForwardScratch take(WorkspaceLayout& ws, const AttnShape& sh) {
+    return {ws.take<float>(kBlockQ * kBlockK), ws.take<float>(kBlockQ * sh.dv), ws.take<float>(kBlockQ * sh.dv),
+            ws.take<float>(kBlockQ), ws.take<float>(kBlockQ)};
+  }
+};
+struct BackwardScratch {
+  float *pbuf, *pdrop, *dpbuf, *tmp, *dka, *dva, *di;
+  static BackwardScratch take(WorkspaceLayout& ws, const AttnShape& sh) {
+    const int64_t wide = std::max(sh.d, sh.dv), tall = std::max(kBlockQ, kBlockKB);
+    return {ws.take<float>(kBlockQ * kBlockKB), ws.take<float>(kBlockQ * kBlockKB), ws.take<float>(kBlockQ * kBlockKB),
+            ws.take<float>(tall * wide),        ws.take<float>(kBlockKB * sh.d),    ws.take<float>(kBlockKB * sh.dv),
+            ws.take<float>(sh.tq)};
+  }
+};
+
+void attention_forward_f32(const KernelCall& c, const AttnShape& sh, const AttnParams& a, const float* q,
+                           const float* k, const float* v, float* o, float* lse) {
+  const int64_t qblocks = (sh.tq + kBlockQ - 1) / kBlockQ;
   const GemmIsa isa = gemm_isa();
   const VecKernels& vk = vec();
   const float ninf = -std::numeric_limits<float>::infinity();
-  parallel_for(0, tasks, 1, [&](int64_t lo, int64_t hi) {
-    Scratch sbuf = scratch(kBlockQ * kBlockK), acc = scratch(kBlockQ * sh.dv), tmp = scratch(kBlockQ * sh.dv);
-    std::vector<float> m(kBlockQ), l(kBlockQ);
+  const auto layout = [&](WorkspaceLayout& ws) { return ForwardScratch::take(ws, sh); };
+  parallel_slots(forward_tasks(sh), 1, [&](int64_t slot, int64_t lo, int64_t hi) {
+    WorkspaceLayout ws = slot_workspace(c, slot, layout);
+    const ForwardScratch b = layout(ws);
+    float *sbuf = b.sbuf, *acc = b.acc, *tmp = b.tmp, *m = b.m, *l = b.l;
     for (int64_t t = lo; t < hi; ++t) {
       const int64_t bh = t / qblocks, i0 = (t % qblocks) * kBlockQ, rows = std::min(kBlockQ, sh.tq - i0);
-      std::fill(m.begin(), m.end(), ninf);
-      std::fill(l.begin(), l.end(), 0.0f);
-      std::fill(acc.get(), acc.get() + rows * sh.dv, 0.0f);
+      std::fill(m, m + kBlockQ, ninf);
+      std::fill(l, l + kBlockQ, 0.0f);
+      std::fill(acc, acc + rows * sh.dv, 0.0f);
       const int64_t jend = a.causal ? std::min(sh.tk, i0 + rows) : sh.tk;
       const float* qb = q + (bh * sh.tq + i0) * sh.d;
       for (int64_t j0 = 0; j0 < jend; j0 += kBlockK) {
         const int64_t cols = std::min(kBlockK, jend - j0);
         // S (rows, cols) = Q_i K_j^T.
         sgemm(isa, 1, rows, cols, sh.d, {qb, 0, sh.d, 1}, {k + (bh * sh.tk + j0) * sh.d, 0, 1, sh.d},
-              {sbuf.get(), 0, kBlockK, 1});
+              {sbuf, 0, kBlockK, 1});
         for (int64_t r = 0; r < rows; ++r) {
-          float* s = sbuf.get() + r * kBlockK;
+          float* s = sbuf + r * kBlockK;
           const int64_t i = i0 + r;
           mask_block_row(sh, a, bh, i, j0, cols, s);
           float mx = ninf;
           for (int64_t c = 0; c < cols; ++c) mx = std::max(mx, s[c]);
-          const float mnew = std::max(m[static_cast<size_t>(r)], mx);
-          float* ar = acc.get() + r * sh.dv;
+          const float mnew = std::max(m[r], mx);
+          float* ar = acc + r * sh.dv;
           if (mnew == ninf) {  // every key so far masked: weights 0
             std::fill(s, s + cols, 0.0f);
             continue;
           }
-          const float alpha = std::exp(m[static_cast<size_t>(r)] - mnew);
+          const float alpha = std::exp(m[r] - mnew);
           for (int64_t c = 0; c < cols; ++c) s[c] -= mnew;
           vk.unary_f32(VecUnary::Exp, s, s, cols);
           float sum = 0;
           for (int64_t c = 0; c < cols; ++c) sum += s[c];
-          l[static_cast<size_t>(r)] = l[static_cast<size_t>(r)] * alpha + sum;
-          m[static_cast<size_t>(r)] = mnew;
+          l[r] = l[r] * alpha + sum;
+          m[r] = mnew;
           if (a.dropout()) {
             const float inv = static_cast<float>(a.inv_keep());
             for (int64_t c = 0; c < cols; ++c) s[c] = a.keep(bh, i, j0 + c) ? s[c] * inv : 0.0f;
@@ -254,13 +298,13 @@ void attention_forward_f32(const AttnShape& sh, const AttnParams& a, const float
             for (int64_t e = 0; e < sh.dv; ++e) ar[e] *= alpha;
         }
         // acc += P V_j.
-        sgemm(isa, 1, rows, sh.dv, cols, {sbuf.get(), 0, kBlockK, 1}, {v + (bh * sh.tk + j0) * sh.dv, 0, sh.dv, 1},
-              {tmp.get(), 0, sh.dv, 1});
+        sgemm(isa, 1, rows, sh.dv, cols, {sbuf, 0, kBlockK, 1}, {v + (bh * sh.tk + j0) * sh.dv, 0, sh.dv, 1},
+              {tmp, 0, sh.dv, 1});
         for (int64_t x = 0; x < rows * sh.dv; ++x) acc[x] += tmp[x];
       }
       for (int64_t r = 0; r < rows; ++r) {
         float* orow = o + (bh * sh.tq + i0 + r) * sh.dv;
-        const float lr = l[static_cast<size_t>(r)], mr = m[static_cast<size_t>(r)];
+        const float lr = l[r], mr = m[r];
         if (mr == ninf) {
           std::fill(orow, orow + sh.dv, std::numeric_limits<float>::quiet_NaN());
           lse[bh * sh.tq + i0 + r] = ninf;
@@ -274,16 +318,17 @@ void attention_forward_f32(const AttnShape& sh, const AttnParams& a, const float
   });
 }
 
-void attention_backward_f32(const AttnShape& sh, const AttnParams& a, const float* g, const float* q, const float* k,
-                            const float* v, const float* o, const float* lse, float* dq, float* dk, float* dv) {
+void attention_backward_f32(const KernelCall& c, const AttnShape& sh, const AttnParams& a, const float* g,
+                            const float* q, const float* k, const float* v, const float* o, const float* lse, float* dq,
+                            float* dk, float* dv) {
   const GemmIsa isa = gemm_isa();
   const VecKernels& vk = vec();
   const float scale = static_cast<float>(a.scale);
-  const int64_t wide = std::max(sh.d, sh.dv), tall = std::max(kBlockQ, kBlockKB);
-  parallel_for(0, sh.b * sh.h, 1, [&](int64_t lo, int64_t hi) {
-    Scratch pbuf = scratch(kBlockQ * kBlockKB), pdrop = scratch(kBlockQ * kBlockKB), dpbuf = scratch(kBlockQ * kBlockKB);
-    Scratch tmp = scratch(tall * wide), dka = scratch(kBlockKB * sh.d), dva = scratch(kBlockKB * sh.dv);
-    std::vector<float> di(static_cast<size_t>(sh.tq));
+  const auto layout = [&](WorkspaceLayout& ws) { return BackwardScratch::take(ws, sh); };
+  parallel_slots(sh.b * sh.h, 1, [&](int64_t slot, int64_t lo, int64_t hi) {
+    WorkspaceLayout ws = slot_workspace(c, slot, layout);
+    const BackwardScratch b = layout(ws);
+    float *pbuf = b.pbuf, *pdrop = b.pdrop, *dpbuf = b.dpbuf, *tmp = b.tmp, *dka = b.dka, *dva = b.dva, *di = b.di;
     for (int64_t bh = lo; bh < hi; ++bh) {
       const float* gb = g + bh * sh.tq * sh.dv;
       const float* qb = q + bh * sh.tq * sh.d;
@@ -296,47 +341,47 @@ void attention_backward_f32(const AttnShape& sh, const AttnParams& a, const floa
         double acc = 0;
         for (int64_t e = 0; e < sh.dv; ++e)
           acc += static_cast<double>(gb[i * sh.dv + e]) * static_cast<double>(o[(bh * sh.tq + i) * sh.dv + e]);
-        di[static_cast<size_t>(i)] = static_cast<float>(acc);
+        di[i] = static_cast<float>(acc);
       }
       std::fill(dqb, dqb + sh.tq * sh.d, 0.0f);
       for (int64_t j0 = 0; j0 < sh.tk; j0 += kBlockKB) {
         const int64_t cols = std::min(kBlockKB, sh.tk - j0);
-        std::fill(dka.get(), dka.get() + cols * sh.d, 0.0f);
-        std::fill(dva.get(), dva.get() + cols * sh.dv, 0.0f);
+        std::fill(dka, dka + cols * sh.d, 0.0f);
+        std::fill(dva, dva + cols * sh.dv, 0.0f);
         // Causal: queries before j0 see none of these keys.
         const int64_t istart = a.causal ? std::min(sh.tq, j0) / kBlockQ * kBlockQ : 0;
         for (int64_t i0 = istart; i0 < sh.tq; i0 += kBlockQ) {
           const int64_t rows = std::min(kBlockQ, sh.tq - i0);
           // P = exp(S - lse), S = Q_i K_j^T scale + mask.
           sgemm(isa, 1, rows, cols, sh.d, {qb + i0 * sh.d, 0, sh.d, 1}, {kb + j0 * sh.d, 0, 1, sh.d},
-                {pbuf.get(), 0, kBlockKB, 1});
+                {pbuf, 0, kBlockKB, 1});
           for (int64_t r = 0; r < rows; ++r) {
-            float* p = pbuf.get() + r * kBlockKB;
+            float* p = pbuf + r * kBlockKB;
             mask_block_row(sh, a, bh, i0 + r, j0, cols, p);
             const float lr = lb[i0 + r];
             for (int64_t c = 0; c < cols; ++c) p[c] -= lr;
             vk.unary_f32(VecUnary::Exp, p, p, cols);
           }
-          const float* pd = pbuf.get();
+          const float* pd = pbuf;
           if (a.dropout()) {
             const float inv = static_cast<float>(a.inv_keep());
             for (int64_t r = 0; r < rows; ++r)
               for (int64_t c = 0; c < cols; ++c)
                 pdrop[r * kBlockKB + c] = a.keep(bh, i0 + r, j0 + c) ? pbuf[r * kBlockKB + c] * inv : 0.0f;
-            pd = pdrop.get();
+            pd = pdrop;
           }
           // dV_j += P_drop^T dO_i.
-          sgemm(isa, 1, cols, sh.dv, rows, {pd, 0, 1, kBlockKB}, {gb + i0 * sh.dv, 0, sh.dv, 1}, {tmp.get(), 0, sh.dv, 1});
+          sgemm(isa, 1, cols, sh.dv, rows, {pd, 0, 1, kBlockKB}, {gb + i0 * sh.dv, 0, sh.dv, 1}, {tmp, 0, sh.dv, 1});
           for (int64_t x = 0; x < cols * sh.dv; ++x) dva[x] += tmp[x];
           // dP_drop = dO_i V_j^T, then dS = P (dP - D_i) with dP = dropout(dP_drop).
           sgemm(isa, 1, rows, cols, sh.dv, {gb + i0 * sh.dv, 0, sh.dv, 1}, {vb + j0 * sh.dv, 0, 1, sh.dv},
-                {dpbuf.get(), 0, kBlockKB, 1});
+                {dpbuf, 0, kBlockKB, 1});
           for (int64_t r = 0; r < rows; ++r) {
-            const float dr = di[static_cast<size_t>(i0 + r)];
-            float* ds = dpbuf.get() + r * kBlockKB;
-            const float* p = pbuf.get() + r * kBlockKB;
+            const float dr = di[i0 + r];
+            float* ds = dpbuf + r * kBlockKB;
+            const float* p = pbuf + r * kBlockKB;
             if (a.dropout()) {
-              const float* pdr = pdrop.get() + r * kBlockKB;
+              const float* pdr = pdrop + r * kBlockKB;
               // p * dropout(dp) = pdrop * dp (the same keep bit and scale).
               for (int64_t c = 0; c < cols; ++c) ds[c] = pdr[c] * ds[c] - p[c] * dr;
             } else {
@@ -344,16 +389,16 @@ void attention_backward_f32(const AttnShape& sh, const AttnParams& a, const floa
             }
           }
           // dQ_i += scale dS K_j; dK_j += scale dS^T Q_i.
-          sgemm(isa, 1, rows, sh.d, cols, {dpbuf.get(), 0, kBlockKB, 1}, {kb + j0 * sh.d, 0, sh.d, 1},
-                {tmp.get(), 0, sh.d, 1});
+          sgemm(isa, 1, rows, sh.d, cols, {dpbuf, 0, kBlockKB, 1}, {kb + j0 * sh.d, 0, sh.d, 1},
+                {tmp, 0, sh.d, 1});
           float* dqi = dqb + i0 * sh.d;
           for (int64_t x = 0; x < rows * sh.d; ++x) dqi[x] += scale * tmp[x];
-          sgemm(isa, 1, cols, sh.d, rows, {dpbuf.get(), 0, 1, kBlockKB}, {qb + i0 * sh.d, 0, sh.d, 1},
-                {tmp.get(), 0, sh.d, 1});
+          sgemm(isa, 1, cols, sh.d, rows, {dpbuf, 0, 1, kBlockKB}, {qb + i0 * sh.d, 0, sh.d, 1},
+                {tmp, 0, sh.d, 1});
           for (int64_t x = 0; x < cols * sh.d; ++x) dka[x] += scale * tmp[x];
         }
-        std::copy(dka.get(), dka.get() + cols * sh.d, dk + (bh * sh.tk + j0) * sh.d);
-        std::copy(dva.get(), dva.get() + cols * sh.dv, dv + (bh * sh.tk + j0) * sh.dv);
+        std::copy(dka, dka + cols * sh.d, dk + (bh * sh.tk + j0) * sh.d);
+        std::copy(dva, dva + cols * sh.dv, dv + (bh * sh.tk + j0) * sh.dv);
       }
     }
   });
@@ -372,13 +417,13 @@ void Attention(const KernelCall& c) {
   TensorImpl *o = c.out[0], *lse = c.out[1];
   if (o->numel() == 0) return;
   if (attention_fast(c)) {
-    attention_forward_f32(sh, a, data_ptr<float>(q), data_ptr<float>(k), data_ptr<float>(v), data_ptr<float>(o),
+    attention_forward_f32(c, sh, a, data_ptr<float>(q), data_ptr<float>(k), data_ptr<float>(v), data_ptr<float>(o),
                           data_ptr<float>(lse));
     return;
   }
   dispatch_float(q->dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    attention_reference<T>(sh, a, data_ptr<T>(q), data_ptr<T>(k), data_ptr<T>(v), data_ptr<T>(o), data_ptr<T>(lse));
+    attention_reference<T>(c, sh, a, data_ptr<T>(q), data_ptr<T>(k), data_ptr<T>(v), data_ptr<T>(o), data_ptr<T>(lse));
   });
 }
 
@@ -388,19 +433,41 @@ void AttentionBackward(const KernelCall& c) {
   const AttnParams a = params_of(c, sh, 6);
   TensorImpl *dq = c.out[0], *dk = c.out[1], *dv = c.out[2];
   if (attention_fast(c)) {
-    attention_backward_f32(sh, a, data_ptr<float>(g), data_ptr<float>(q), data_ptr<float>(k), data_ptr<float>(v),
+    attention_backward_f32(c, sh, a, data_ptr<float>(g), data_ptr<float>(q), data_ptr<float>(k), data_ptr<float>(v),
                            data_ptr<float>(o), data_ptr<float>(lse), data_ptr<float>(dq), data_ptr<float>(dk),
                            data_ptr<float>(dv));
     return;
   }
   dispatch_float(q->dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    attention_backward_reference<T>(sh, a, data_ptr<T>(g), data_ptr<T>(q), data_ptr<T>(k), data_ptr<T>(v),
+    attention_backward_reference<T>(c, sh, a, data_ptr<T>(g), data_ptr<T>(q), data_ptr<T>(k), data_ptr<T>(v),
                                     data_ptr<T>(o), data_ptr<T>(lse), data_ptr<T>(dq), data_ptr<T>(dk),
                                     data_ptr<T>(dv));
   });
 }
 
 }  // namespace kernel
+
+namespace workspace {
+
+size_t Attention(const KernelCall& c) {
+  const AttnShape sh = shape_of(c.in[0], c.in[1], c.in[2]);
+  if (c.out[0]->numel() == 0) return 0;
+  if (attention_fast(c))
+    return slots_workspace_bytes(slot_count(forward_tasks(sh), 1),
+                                 [&](WorkspaceLayout& ws) { ForwardScratch::take(ws, sh); });
+  return slots_workspace_bytes(slot_count(reference_rows(sh), reference_grain(sh)),
+                               [&](WorkspaceLayout& ws) { ReferenceForwardScratch::take(ws, sh); });
+}
+
+size_t AttentionBackward(const KernelCall& c) {
+  const AttnShape sh = shape_of(c.in[1], c.in[2], c.in[3]);
+  if (attention_fast(c))
+    return slots_workspace_bytes(slot_count(sh.b * sh.h, 1), [&](WorkspaceLayout& ws) { BackwardScratch::take(ws, sh); });
+  return slots_workspace_bytes(slot_count(sh.b * sh.h, 1),
+                               [&](WorkspaceLayout& ws) { ReferenceBackwardScratch::take(ws, sh); });
+}
+
+}  // namespace workspace
 
 }  // namespace loom::cpu

@@ -94,7 +94,7 @@ void batch_norm_reference(const KernelCall& c) {
 
 void batch_norm_backward_reference(const KernelCall& c) {
   const TensorImpl *g = c.in[0], *x = c.in[1], *stats = c.in[2], *w = c.i[0] ? c.in[3] : nullptr;
-  TensorImpl *dx = c.out[0], *dwb = c.n_out > 1 ? c.out[1] : nullptr;
+  TensorImpl *dx = c.out[0], *dwb = c.out.size() > 1 ? c.out[1] : nullptr;
   const Ncs gg = ncs_of(g), gx = ncs_of(x), gd = ncs_of(dx);
   const double eps = c.f[0], count = static_cast<double>(gx.n * gx.s);
   const double* st = data_ptr<double>(stats);
@@ -357,7 +357,7 @@ bool batch_norm_fast(const KernelCall& c) {
 
 bool batch_norm_backward_fast(const KernelCall& c) {
   const TensorImpl *g = c.in[0], *x = c.in[1], *stats = c.in[2], *w = c.i[0] ? c.in[3] : nullptr;
-  TensorImpl *dx = c.out[0], *dwb = c.n_out > 1 ? c.out[1] : nullptr;
+  TensorImpl *dx = c.out[0], *dwb = c.out.size() > 1 ? c.out[1] : nullptr;
   if (!vec_enabled() || !fast_layout(x) || !fast_layout(g) || !dx->is_contiguous() || (dwb && !dwb->is_contiguous()))
     return false;
   const Ncs gx = ncs_of(x);

@@ -50,7 +50,7 @@ namespace {
 // Depth (samples x positions) of one weight-gradient chunk.
 constexpr int64_t kWeightDepth = 1024;
 
-const Window2d& window_of(const KernelCall& c) { return *reinterpret_cast<const Window2d*>(c.i[0]); }
+const Window2d& window_of(const KernelCall& c) { return c.param<ConvParams>().win; }
 
 // The shapes of one convolution, in the forward direction: x (N, C, H, W),
 // w (O, C/G, KH, KW), y (N, O, OH, OW).
@@ -499,8 +499,8 @@ void conv_weight_grad_f32(const ConvShape& s, const Window2d& win, const TensorI
 
 bool fast_path(const KernelCall& c) {
   if (c.in[0]->dtype != kFloat32) return false;
-  for (int k = 0; k < c.n_in; ++k)
-    if (!c.in[k]->is_contiguous() && !(k == 2 && c.in[k]->dim() == 1)) return false;
+  for (int k = 0; k < c.in.size(); ++k)
+    if (c.in[k] != nullptr && !c.in[k]->is_contiguous() && !(k == 2 && c.in[k]->dim() == 1)) return false;
   return c.out[0]->is_contiguous();
 }
 
@@ -509,10 +509,10 @@ bool fast_path(const KernelCall& c) {
 namespace kernel {
 
 void Conv2d(const KernelCall& c) {
-  const TensorImpl *x = c.in[0], *w = c.in[1], *b = c.n_in > 2 ? c.in[2] : nullptr;
+  const TensorImpl *x = c.in[0], *w = c.in[1], *b = c.in.size() > 2 ? c.in[2] : nullptr;
   TensorImpl* y = c.out[0];
   const Window2d& win = window_of(c);
-  const ConvShape s = conv_shape(x, w, y, c.i[1]);
+  const ConvShape s = conv_shape(x, w, y, c.param<ConvParams>().groups);
   check_conv("Conv2d", s, x, w, y, win);
   if (y->numel() == 0) return;
   if (fast_path(c)) {
@@ -529,7 +529,7 @@ void ConvTranspose2d(const KernelCall& c) {
   const TensorImpl *g = c.in[0], *w = c.in[1];
   TensorImpl* dx = c.out[0];
   const Window2d& win = window_of(c);
-  const ConvShape s = conv_shape(dx, w, g, c.i[1]);
+  const ConvShape s = conv_shape(dx, w, g, c.param<ConvParams>().groups);
   check_conv("ConvTranspose2d", s, dx, w, g, win);
   if (dx->numel() == 0) return;
   if (fast_path(c)) {
@@ -546,7 +546,7 @@ void Conv2dWeight(const KernelCall& c) {
   const TensorImpl *x = c.in[0], *g = c.in[1];
   TensorImpl* dw = c.out[0];
   const Window2d& win = window_of(c);
-  const ConvShape s = conv_shape(x, dw, g, c.i[1]);
+  const ConvShape s = conv_shape(x, dw, g, c.param<ConvParams>().groups);
   check_conv("Conv2dWeight", s, x, dw, g, win);
   if (dw->numel() == 0) return;
   if (fast_path(c)) {

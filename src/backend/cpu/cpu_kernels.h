@@ -7,8 +7,24 @@
 
 namespace loom::cpu::kernel {
 
-#define LOOM_OP(name) void name(const KernelCall& c);
+#define LOOM_OP(name, ...) void name(const KernelCall& c);
 #include "ops/ops.def"
 #undef LOOM_OP
 
 }  // namespace loom::cpu::kernel
+
+// The kernels that need scratch memory: bytes of workspace for a call
+// (Note [Kernel workspaces] in src/backend/workspace.h), named after the op.
+// cpu_register.cpp lists them in the backend's workspace table.
+namespace loom::cpu::workspace {
+
+size_t Sum(const KernelCall& c);
+size_t Amax(const KernelCall& c);
+size_t Amin(const KernelCall& c);
+size_t LayerNormBackward(const KernelCall& c);
+size_t Attention(const KernelCall& c);
+size_t AttentionBackward(const KernelCall& c);
+size_t FusedAdam(const KernelCall& c);
+size_t FusedSgd(const KernelCall& c);
+
+}  // namespace loom::cpu::workspace

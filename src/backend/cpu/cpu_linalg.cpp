@@ -94,10 +94,8 @@ TensorImpl alias_impl(const TensorImpl* base, Shape sizes, Shape strides, int64_
 void run_elementwise(OpKind op, void (*kernel)(const KernelCall&), const TensorImpl& src, TensorImpl& dst) {
   KernelCall call;
   call.op = op;
-  call.in[0] = &src;
-  call.n_in = 1;
-  call.out[0] = &dst;
-  call.n_out = 1;
+  call.in.push_back(&src);
+  call.out.push_back(&dst);
   kernel(call);
 }
 
@@ -156,9 +154,9 @@ namespace kernel {
 // bias (and ReLU) in its register epilogue and GELU on each block in cache;
 // other dtypes run the reference Bmm, then the Add and activation kernels.
 void Linear(const KernelCall& c) {
-  const TensorImpl *x = c.in[0], *w = c.in[1], *bias = c.n_in > 2 ? c.in[2] : nullptr;
+  const TensorImpl *x = c.in[0], *w = c.in[1], *bias = c.in.size() > 2 ? c.in[2] : nullptr;
   TensorImpl* out = c.out[0];
-  TensorImpl* pre = c.n_out > 1 ? c.out[1] : nullptr;
+  TensorImpl* pre = c.out.size() > 1 ? c.out[1] : nullptr;
   LOOM_ASSERT(x->dim() == 2 && w->dim() == 2 && out->dim() == 2 && x->sizes[1] == w->sizes[1] &&
                   out->sizes == Shape({x->sizes[0], w->sizes[0]}) && out->is_contiguous(),
               "Linear: shapes ", shape_str(x->sizes), ", weight ", shape_str(w->sizes), " -> ", shape_str(out->sizes));
@@ -187,18 +185,15 @@ void Linear(const KernelCall& c) {
   TensorImpl out3 = alias_impl(out, {1, m, n}, {0, out->strides[0], out->strides[1]}, out->offset);
   KernelCall mm;
   mm.op = OpKind::Bmm;
-  mm.in[0] = &x3;
-  mm.in[1] = &wt3;
-  mm.n_in = 2;
-  mm.out[0] = &out3;
-  mm.n_out = 1;
+  mm.in.push_back(&x3);
+  mm.in.push_back(&wt3);
+  mm.out.push_back(&out3);
   if (k > 0) {
     bmm_reference(mm);
   } else {
     KernelCall fill;
     fill.op = OpKind::Fill;
-    fill.out[0] = out;
-    fill.n_out = 1;
+    fill.out.push_back(out);
     fill.i[1] = 1;  // 0 as an integral value: exact for every dtype
     kernel::Fill(fill);
   }
@@ -206,11 +201,9 @@ void Linear(const KernelCall& c) {
     TensorImpl bias2 = alias_impl(bias, {m, n}, {0, bias->strides[0]}, bias->offset);
     KernelCall add;
     add.op = OpKind::Add;
-    add.in[0] = out;
-    add.in[1] = &bias2;
-    add.n_in = 2;
-    add.out[0] = out;
-    add.n_out = 1;
+    add.in.push_back(out);
+    add.in.push_back(&bias2);
+    add.out.push_back(out);
     kernel::Add(add);
   }
   if (pre != nullptr) run_elementwise(OpKind::Copy, &kernel::Copy, *out, *pre);

@@ -15,7 +15,7 @@
 
 #include "backend/cpu/cpu_dispatch.h"
 #include "backend/cpu/cpu_kernels.h"
-#include "backend/fused_optim.h"
+#include "backend/workspace.h"
 
 namespace loom::cpu {
 namespace {
@@ -27,27 +27,42 @@ struct Chunk {
   int64_t begin, end;
 };
 
-template <typename Lists>
-std::vector<Chunk> make_chunks(const Lists& params) {
-  std::vector<Chunk> chunks;
-  for (size_t j = 0; j < params.size(); ++j) {
-    const int64_t n = params[j]->numel();
-    for (int64_t b = 0; b < n; b += kChunk) chunks.push_back({j, b, std::min(n, b + kChunk)});
+// The call's tensor lists (ops.def "optimizers"): the n parameters are
+// out[0, n); list k of the outputs is out[k n, (k + 1) n), of the inputs
+// in[k n, (k + 1) n).
+struct Lists {
+  const KernelCall& c;
+  int n;
+  float* out(int list, size_t j) const { return data_ptr<float>(c.out[list * n + static_cast<int>(j)]); }
+  const TensorImpl* in(int list, size_t j) const { return c.in[list * n + static_cast<int>(j)]; }
+};
+
+int64_t chunk_count(const Lists& l) {
+  int64_t count = 0;
+  for (int j = 0; j < l.n; ++j) count += (l.c.out[j]->numel() + kChunk - 1) / kChunk;
+  return count;
+}
+
+// The parameters cut into chunks, written into `chunks` (chunk_count long).
+void make_chunks(const Lists& l, Chunk* chunks) {
+  int64_t k = 0;
+  for (int j = 0; j < l.n; ++j) {
+    const int64_t n = l.c.out[j]->numel();
+    for (int64_t b = 0; b < n; b += kChunk) chunks[k++] = {static_cast<size_t>(j), b, std::min(n, b + kChunk)};
   }
-  return chunks;
 }
 
 // Runs fn(chunk) over all chunks: inline when the total is small.
 template <typename F>
-void run_chunks(const std::vector<Chunk>& chunks, F fn) {
+void run_chunks(const Chunk* chunks, int64_t count, F fn) {
   int64_t total = 0;
-  for (const Chunk& c : chunks) total += c.end - c.begin;
+  for (int64_t k = 0; k < count; ++k) total += chunks[k].end - chunks[k].begin;
   const int64_t grain = std::max<int64_t>(1, kGrain / kChunk);
   if (total <= kGrain) {
-    for (const Chunk& c : chunks) fn(c);
+    for (int64_t k = 0; k < count; ++k) fn(chunks[k]);
     return;
   }
-  parallel_for(0, static_cast<int64_t>(chunks.size()), grain, [&](int64_t b, int64_t e) {
+  parallel_for(0, count, grain, [&](int64_t b, int64_t e) {
     for (int64_t k = b; k < e; ++k) fn(chunks[k]);
   });
 }
@@ -123,21 +138,37 @@ SgdRunFn pick_sgd(int momentum_kind, bool nesterov) {
   return nesterov ? &sgd_run<kMaximize, kL2, 2, true> : &sgd_run<kMaximize, kL2, 2, false>;
 }
 
-float* f32(TensorImpl* t) { return data_ptr<float>(t); }
+const float* f32(const TensorImpl* t) { return data_ptr<float>(t); }
+
+Lists adam_lists(const KernelCall& c) { return {c, c.in.size() / 2}; }
+Lists sgd_lists(const KernelCall& c) { return {c, c.in.size()}; }
+
+// One layout for FusedAdam's workspace and its size: the chunks, then one
+// set of constants per parameter.
+struct AdamScratch {
+  Chunk* chunks;
+  AdamConstants* consts;
+};
+AdamScratch adam_scratch(WorkspaceLayout& ws, const Lists& l) {
+  return {ws.take<Chunk>(chunk_count(l)), ws.take<AdamConstants>(l.n)};
+}
 
 }  // namespace
 
 namespace kernel {
 
 void FusedAdam(const KernelCall& c) {
-  const FusedAdamArgs& a = args_from_param<FusedAdamArgs>(c.i[0]);
+  const AdamParams& a = c.param<AdamParams>();
+  const Lists l = adam_lists(c);  // out: params, exp_avgs, exp_avg_sqs [, max_exp_avg_sqs]; in: grads, steps
+  WorkspaceLayout ws = carve(c);
+  const AdamScratch scratch = adam_scratch(ws, l);
   const bool l2 = !a.decoupled && a.weight_decay != 0.0;
   AdamRunFn run = a.maximize ? (l2 ? pick_adam<true, true>(a.amsgrad) : pick_adam<true, false>(a.amsgrad))
                              : (l2 ? pick_adam<false, true>(a.amsgrad) : pick_adam<false, false>(a.amsgrad));
   // Per-parameter constants: the step count may differ between parameters.
-  std::vector<AdamConstants> consts(a.params.size());
-  for (size_t j = 0; j < a.params.size(); ++j) {
-    const double step = *data_ptr<double>(a.steps[j]);
+  AdamConstants* consts = scratch.consts;
+  for (int j = 0; j < l.n; ++j) {
+    const double step = *data_ptr<double>(l.in(1, j));
     const double bias_correction1 = 1.0 - std::pow(a.beta1, step);
     const double bias_correction2 = 1.0 - std::pow(a.beta2, step);
     const double step_size = a.lr / bias_correction1;
@@ -152,16 +183,21 @@ void FusedAdam(const KernelCall& c) {
     k.eps = static_cast<float>(a.eps);
     k.decay = static_cast<float>(a.decoupled ? 1.0 - a.lr * a.weight_decay : 1.0);
   }
-  run_chunks(make_chunks(a.params), [&](const Chunk& ch) {
+  make_chunks(l, scratch.chunks);
+  run_chunks(scratch.chunks, chunk_count(l), [&](const Chunk& ch) {
     const size_t j = ch.param;
-    float* vmax = a.amsgrad ? f32(a.max_exp_avg_sqs[j]) + ch.begin : nullptr;
-    run(f32(a.params[j]) + ch.begin, f32(a.grads[j]) + ch.begin, f32(a.exp_avgs[j]) + ch.begin,
-        f32(a.exp_avg_sqs[j]) + ch.begin, vmax, ch.end - ch.begin, consts[j]);
+    float* vmax = a.amsgrad ? l.out(3, j) + ch.begin : nullptr;
+    run(l.out(0, j) + ch.begin, f32(l.in(0, j)) + ch.begin, l.out(1, j) + ch.begin, l.out(2, j) + ch.begin, vmax,
+        ch.end - ch.begin, consts[j]);
   });
 }
 
 void FusedSgd(const KernelCall& c) {
-  const FusedSgdArgs& a = args_from_param<FusedSgdArgs>(c.i[0]);
+  const SgdParams& a = c.param<SgdParams>();
+  const Lists l = sgd_lists(c);  // out: params [, momentum_buffers]; in: grads
+  WorkspaceLayout ws = carve(c);
+  Chunk* chunks = ws.take<Chunk>(chunk_count(l));
+  make_chunks(l, chunks);
   const bool l2 = a.weight_decay != 0.0;
   const int momentum_kind = a.momentum == 0.0 ? 0 : a.first_step ? 1 : 2;
   SgdRunFn run = a.maximize ? (l2 ? pick_sgd<true, true>(momentum_kind, a.nesterov)
@@ -173,12 +209,28 @@ void FusedSgd(const KernelCall& c) {
   k.momentum = static_cast<float>(a.momentum);
   k.one_minus_dampening = static_cast<float>(1.0 - a.dampening);
   k.neg_lr = static_cast<float>(-a.lr);
-  run_chunks(make_chunks(a.params), [&](const Chunk& ch) {
+  run_chunks(chunks, chunk_count(l), [&](const Chunk& ch) {
     const size_t j = ch.param;
-    float* buf = momentum_kind != 0 ? f32(a.momentum_buffers[j]) + ch.begin : nullptr;
-    run(f32(a.params[j]) + ch.begin, f32(a.grads[j]) + ch.begin, buf, ch.end - ch.begin, k);
+    float* buf = momentum_kind != 0 ? l.out(1, j) + ch.begin : nullptr;
+    run(l.out(0, j) + ch.begin, f32(l.in(0, j)) + ch.begin, buf, ch.end - ch.begin, k);
   });
 }
 
 }  // namespace kernel
+
+namespace workspace {
+
+size_t FusedAdam(const KernelCall& c) {
+  WorkspaceLayout ws;
+  adam_scratch(ws, adam_lists(c));
+  return ws.bytes();
+}
+
+size_t FusedSgd(const KernelCall& c) {
+  WorkspaceLayout ws;
+  ws.take<Chunk>(chunk_count(sgd_lists(c)));
+  return ws.bytes();
+}
+
+}  // namespace workspace
 }  // namespace loom::cpu

@@ -40,7 +40,7 @@
 namespace loom::cpu {
 namespace {
 
-const Window2d& window_of(const KernelCall& c) { return *reinterpret_cast<const Window2d*>(c.i[0]); }
+const Window2d& window_of(const KernelCall& c) { return c.param<Window2d>(); }
 
 // The (n, c) planes of an (N, C, H, W) tensor, plane p = n * C + c.
 struct Planes {
@@ -126,7 +126,7 @@ std::vector<double> avg_divisors(const Window2d& w, int64_t h, int64_t wd, int64
 
 void max_pool_reference(const KernelCall& c) {
   const TensorImpl* x = c.in[0];
-  TensorImpl *y = c.out[0], *ind = c.n_out > 1 ? c.out[1] : nullptr;
+  TensorImpl *y = c.out[0], *ind = c.out.size() > 1 ? c.out[1] : nullptr;
   const Window2d& w = window_of(c);
   const Planes px = planes_of(x), py = planes_of(y);
   const Span1d rows = rows_of(w, px.h, py.h), cols = cols_of(w, px.w, py.w);
@@ -169,7 +169,7 @@ void avg_pool_reference(const KernelCall& c) {
   const Window2d& w = window_of(c);
   const Planes px = planes_of(x), py = planes_of(y);
   const Span1d rows = rows_of(w, px.h, py.h), cols = cols_of(w, px.w, py.w);
-  const std::vector<double> div = avg_divisors(w, px.h, px.w, py.h, py.w, c.i[1] != 0, c.i[2]);
+  const std::vector<double> div = avg_divisors(w, px.h, px.w, py.h, py.w, c.i[0] != 0, c.i[1]);
   dispatch_float(x->dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* xd = data_ptr<T>(x);
@@ -229,7 +229,7 @@ void avg_pool_backward_reference(const KernelCall& c) {
   const Window2d& w = window_of(c);
   const Planes pg = planes_of(g), pd = planes_of(dx);
   const Span1d rows = rows_of(w, pd.h, pg.h), cols = cols_of(w, pd.w, pg.w);
-  const std::vector<double> div = avg_divisors(w, pd.h, pd.w, pg.h, pg.w, c.i[1] != 0, c.i[2]);
+  const std::vector<double> div = avg_divisors(w, pd.h, pd.w, pg.h, pg.w, c.i[0] != 0, c.i[1]);
   const int64_t plane = pd.h * pd.w;
   dispatch_float(dx->dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -643,7 +643,7 @@ bool fast_dtype(DType t) { return t == kFloat32 || t == kFloat64; }
 // float32 / float64, input rows contiguous, outputs contiguous.
 bool max_pool_fast(const KernelCall& c) {
   const TensorImpl* x = c.in[0];
-  TensorImpl *y = c.out[0], *ind = c.n_out > 1 ? c.out[1] : nullptr;
+  TensorImpl *y = c.out[0], *ind = c.out.size() > 1 ? c.out[1] : nullptr;
   if (!vec_enabled() || !fast_dtype(x->dtype) || !rows_contiguous(x) || !y->is_contiguous() ||
       (ind && (ind->dtype != kInt64 || !ind->is_contiguous())))
     return false;
@@ -706,7 +706,7 @@ bool avg_pool_fast(const KernelCall& c) {
   const Window2d& w = window_of(c);
   const Planes px = planes_of(x);
   const int64_t oh = y->sizes[2], ow = y->sizes[3];
-  const std::vector<double> div = avg_divisors(w, px.h, px.w, oh, ow, c.i[1] != 0, c.i[2]);
+  const std::vector<double> div = avg_divisors(w, px.h, px.w, oh, ow, c.i[0] != 0, c.i[1]);
   dispatch_float(x->dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
@@ -736,7 +736,7 @@ bool avg_pool_backward_fast(const KernelCall& c) {
   if (!vec_enabled() || !fast_dtype(g->dtype) || !g->is_contiguous() || !dx->is_contiguous()) return false;
   const Window2d& w = window_of(c);
   const int64_t h = dx->sizes[2], wd = dx->sizes[3], oh = g->sizes[2], ow = g->sizes[3];
-  const std::vector<double> div = avg_divisors(w, h, wd, oh, ow, c.i[1] != 0, c.i[2]);
+  const std::vector<double> div = avg_divisors(w, h, wd, oh, ow, c.i[0] != 0, c.i[1]);
   dispatch_float(g->dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {

@@ -13,6 +13,7 @@
 
 #include "backend/cpu/cpu_dispatch.h"
 #include "backend/cpu/cpu_kernels.h"
+#include "backend/workspace.h"
 #include "backend/cpu/cpu_vec.h"
 
 namespace loom::cpu {
@@ -51,6 +52,17 @@ void reduce_trailing(const KernelCall& c, int64_t n_reduced, Acc init, Step step
 // depends only on the row length, never on the thread count.
 constexpr int64_t kReduceBlock = int64_t{1} << 16;
 
+// The rows path's scratch (Note [Kernel workspaces]): each output row's
+// offsets, and the partial result of each block of each row.
+struct RowScratch {
+  Offsets2* rows;
+  double* partial;
+  static RowScratch take(WorkspaceLayout& ws, int64_t rows, int64_t n) {
+    const int64_t blocks = (n + kReduceBlock - 1) / kReduceBlock;
+    return {ws.take<Offsets2>(rows), ws.take<double>(rows * blocks)};
+  }
+};
+
 // Sum / Amax / Amin of float32 when the reduced dims merge into one
 // contiguous run per output element (rows), or into one strided dim while
 // the kept dims' innermost run is contiguous in input and output (columns:
@@ -71,30 +83,32 @@ bool vec_reduce(const KernelCall& c, VecReduce op) {
   const VecKernels& k = vec();
 
   if (n == 1 || inner.strides[0][0] == 1) {  // rows
-    std::vector<Offsets2> rows;
-    rows.reserve(static_cast<size_t>(outer.numel));
-    for_each_offset<2>(outer, 0, outer.numel, [&](const Offsets2& o) { rows.push_back(o); });
+    WorkspaceLayout ws = carve(c);
+    const RowScratch scratch = RowScratch::take(ws, outer.numel, n);
+    Offsets2* rows = scratch.rows;
+    double* partial = scratch.partial;
+    int64_t at = 0;
+    for_each_offset<2>(outer, 0, outer.numel, [&](const Offsets2& o) { rows[at++] = o; });
     const int64_t blocks = (n + kReduceBlock - 1) / kReduceBlock;
-    std::vector<double> partial(static_cast<size_t>(outer.numel * blocks));
     parallel_for(0, outer.numel * blocks, std::max<int64_t>(1, kGrain / std::min(n, kReduceBlock)),
                  [&](int64_t lo, int64_t hi) {
                    for (int64_t t = lo; t < hi; ++t) {
                      const int64_t r = t / blocks, b = t % blocks;
                      const int64_t begin = b * kReduceBlock, len = std::min(kReduceBlock, n - begin);
-                     partial[static_cast<size_t>(t)] = k.reduce_f32(op, x + rows[static_cast<size_t>(r)][1] + begin, len);
+                     partial[t] = k.reduce_f32(op, x + rows[r][1] + begin, len);
                    }
                  });
     const StoreFn<double> write = store_fn<double>(out->dtype);
     void* y = out->data();
     for (int64_t r = 0; r < outer.numel; ++r) {
-      const double* p = partial.data() + r * blocks;
+      const double* p = partial + r * blocks;
       double acc = p[0];
       for (int64_t b = 1; b < blocks; ++b) {
         if (op == VecReduce::Sum) acc += p[b];
         else if (std::isnan(acc)) break;
         else if (std::isnan(p[b]) || (op == VecReduce::Max ? p[b] > acc : p[b] < acc)) acc = p[b];
       }
-      write(y, rows[static_cast<size_t>(r)][0], acc);
+      write(y, rows[r][0], acc);
     }
     return true;
   }
@@ -311,4 +325,20 @@ void Cumsum(const KernelCall& c) {
 }
 
 }  // namespace kernel
+namespace workspace {
+
+// Sum, Amax and Amin: the float32 rows path's scratch (an upper bound; the
+// other paths take none).
+size_t Sum(const KernelCall& c) {
+  const TensorImpl* in = c.in[0];
+  if (!vec_enabled() || in->dtype != kFloat32) return 0;
+  const OuterInner s = split_trailing(in, c.i[0]);
+  WorkspaceLayout ws;
+  RowScratch::take(ws, s.outer_numel, s.inner_numel);
+  return ws.bytes();
+}
+size_t Amax(const KernelCall& c) { return Sum(c); }
+size_t Amin(const KernelCall& c) { return Sum(c); }
+
+}  // namespace workspace
 }  // namespace loom::cpu

@@ -8,7 +8,7 @@ namespace {
 
 // Every op of ops.def, in order; a missing kernel is a link error.
 constexpr KernelFn kCpuKernels[] = {
-#define LOOM_OP(name) &cpu::kernel::name,
+#define LOOM_OP(name, ...) &cpu::kernel::name,
 #include "ops/ops.def"
 #undef LOOM_OP
 };
@@ -128,6 +128,15 @@ bool cpu_supports(OpKind op, DType dtype) {
 void cpu_register_kernels(Backend& b) {
   b.name = "cpu";
   for (int k = 0; k < kOpCount; ++k) b.kernels[k] = kCpuKernels[k];
+  const auto scratch = [&b](OpKind op, WorkspaceFn fn) { b.workspace[static_cast<int>(op)] = fn; };
+  scratch(OpKind::Sum, &cpu::workspace::Sum);
+  scratch(OpKind::Amax, &cpu::workspace::Amax);
+  scratch(OpKind::Amin, &cpu::workspace::Amin);
+  scratch(OpKind::LayerNormBackward, &cpu::workspace::LayerNormBackward);
+  scratch(OpKind::Attention, &cpu::workspace::Attention);
+  scratch(OpKind::AttentionBackward, &cpu::workspace::AttentionBackward);
+  scratch(OpKind::FusedAdam, &cpu::workspace::FusedAdam);
+  scratch(OpKind::FusedSgd, &cpu::workspace::FusedSgd);
   b.supports = &cpu_supports;
 }
 

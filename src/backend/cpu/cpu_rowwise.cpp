@@ -13,6 +13,7 @@
 
 #include "backend/cpu/cpu_dispatch.h"
 #include "backend/cpu/cpu_kernels.h"
+#include "backend/workspace.h"
 #include "backend/cpu/cpu_vec.h"
 
 namespace loom::cpu {
@@ -129,7 +130,7 @@ void layer_norm_reference(const KernelCall& c) {
 // Reference: dx per row; dweight / dbias per column, rows in order.
 void layer_norm_backward_reference(const KernelCall& c) {
   const TensorImpl *g = c.in[0], *x = c.in[1], *stats = c.in[2], *w = c.i[1] ? c.in[3] : nullptr;
-  TensorImpl *dx = c.out[0], *dwb = c.n_out > 1 ? c.out[1] : nullptr;
+  TensorImpl *dx = c.out[0], *dwb = c.out.size() > 1 ? c.out[1] : nullptr;
   const RowOffsets og = row_offsets(g, c.i[0]), ox = row_offsets(x, c.i[0]), od = row_offsets(dx, c.i[0]);
   const int64_t n = static_cast<int64_t>(ox.inner.size()), m = static_cast<int64_t>(ox.row.size());
   dispatch_float(x->dtype, [&](auto tag) {
@@ -285,7 +286,17 @@ void cross_entropy_backward(const KernelCall& c) {
   });
 }
 
+// Note [LayerNorm weight gradient in row chunks]'s chunks of m rows of n.
+struct LayerNormChunks {
+  int64_t chunk, chunks;
+};
+LayerNormChunks layer_norm_chunks(int64_t m, int64_t n) {
+  const int64_t chunk = std::max<int64_t>({1, (int64_t{1} << 16) / n, (m + 255) / 256});
+  return {chunk, (m + chunk - 1) / chunk};
+}
+
 }  // namespace
+
 
 namespace kernel {
 
@@ -318,7 +329,7 @@ void LayerNorm(const KernelCall& c) {
 
 void LayerNormBackward(const KernelCall& c) {
   const TensorImpl *g = c.in[0], *x = c.in[1], *stats = c.in[2], *w = c.i[1] ? c.in[3] : nullptr;
-  TensorImpl *dx = c.out[0], *dwb = c.n_out > 1 ? c.out[1] : nullptr;
+  TensorImpl *dx = c.out[0], *dwb = c.out.size() > 1 ? c.out[1] : nullptr;
   LOOM_ASSERT(g->sizes == x->sizes && dx->sizes == x->sizes, "LayerNormBackward: grad ", shape_str(g->sizes), " x ",
               shape_str(x->sizes));
   if (x->numel() == 0) {
@@ -347,16 +358,18 @@ void LayerNormBackward(const KernelCall& c) {
     // result does not depend on the thread count. (Summing each column over
     // all rows in one strided pass read g and x from memory a second time,
     // and took twice as long as the dx pass.)
-    const int64_t chunk = std::max<int64_t>({1, (int64_t{1} << 16) / n, (m + 255) / 256});
-    const int64_t chunks = (m + chunk - 1) / chunk;
-    std::vector<double> partial(dwb ? static_cast<size_t>(chunks * 2 * n) : 0, 0.0);
+    const LayerNormChunks lc = layer_norm_chunks(m, n);
+    const int64_t chunk = lc.chunk, chunks = lc.chunks;
+    WorkspaceLayout ws = carve(c);
+    double* partial = dwb ? ws.take<double>(chunks * 2 * n) : nullptr;
+    if (dwb) std::fill(partial, partial + chunks * 2 * n, 0.0);
     parallel_for(0, chunks, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t ci = lo; ci < hi; ++ci) {
         const int64_t r0 = ci * chunk, r1 = std::min(m, r0 + chunk);
         for (int64_t r = r0; r < r1; ++r)
           k.layer_norm_backward_row_f32(pg + r * n, px + r * n, pw, ps[2 * r], ps[2 * r + 1], pd + r * n, n);
         if (dwb) {
-          double* acc = partial.data() + ci * 2 * n;
+          double* acc = partial + ci * 2 * n;
           k.layer_norm_backward_cols_f32(pg + r0 * n, px + r0 * n, n, ps + 2 * r0, r1 - r0, n, acc, acc + n);
         }
       }
@@ -365,7 +378,7 @@ void LayerNormBackward(const KernelCall& c) {
       float* pwb = data_ptr<float>(dwb);
       for (int64_t j = 0; j < 2 * n; ++j) {
         double total = 0.0;
-        for (int64_t ci = 0; ci < chunks; ++ci) total += partial[static_cast<size_t>(ci * 2 * n + j)];
+        for (int64_t ci = 0; ci < chunks; ++ci) total += partial[ci * 2 * n + j];
         pwb[j] = static_cast<float>(total);
       }
     }
@@ -378,4 +391,19 @@ void CrossEntropy(const KernelCall& c) { cross_entropy(c); }
 void CrossEntropyBackward(const KernelCall& c) { cross_entropy_backward(c); }
 
 }  // namespace kernel
+namespace workspace {
+
+// The float32 path's chunk sums of the weight and bias gradients (an upper
+// bound: the reference path takes none).
+size_t LayerNormBackward(const KernelCall& c) {
+  const TensorImpl* x = c.in[1];
+  if (c.out.size() < 2 || x->numel() == 0 || x->dtype != kFloat32) return 0;
+  const OuterInner s = split_trailing(x, c.i[0]);
+  const LayerNormChunks lc = layer_norm_chunks(s.outer_numel, s.inner_numel);
+  WorkspaceLayout ws;
+  ws.take<double>(lc.chunks * 2 * s.inner_numel);
+  return ws.bytes();
+}
+
+}  // namespace workspace
 }  // namespace loom::cpu
