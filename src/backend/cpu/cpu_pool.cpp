@@ -40,8 +40,6 @@
 namespace loom::cpu {
 namespace {
 
-const Window2d& window_of(const KernelCall& c) { return *reinterpret_cast<const Window2d*>(c.i[0]); }
-
 // The (n, c) planes of an (N, C, H, W) tensor, plane p = n * C + c.
 struct Planes {
   int64_t n = 0, c = 0, h = 0, w = 0;      // sizes
