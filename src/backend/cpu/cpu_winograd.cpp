@@ -3,10 +3,10 @@
 //
 // The transforms are loops over the tiles of one band (contiguous in the
 // transformed layout), written once and compiled for AVX-512, AVX2 + FMA and
-// the baseline ISA through gnu::target clones, chosen with the GEMM's ISA
-// (gemm_isa()). Their only products are by powers of two, so a contracted
-// multiply-add rounds as the separate multiply and add do: the clones agree
-// bitwise. AVX-512 adds a register path for 4x4-tile planes (Note [Winograd
+// the baseline ISA through gnu::target clones (LOOM_ISA_CLONES, cpu_isa.h),
+// chosen with the GEMM's ISA (gemm_isa()). Their only products are by powers
+// of two, so a contracted multiply-add rounds as the separate multiply and
+// add do: the clones agree bitwise. AVX-512 adds a register path for 4x4-tile planes (Note [Winograd
 // 4x4-tile planes]).
 #include "backend/cpu/cpu_winograd.h"
 
@@ -26,6 +26,7 @@
 #endif
 
 #include "backend/cpu/cpu_gemm.h"
+#include "backend/cpu/cpu_isa.h"
 #include "backend/cpu/cpu_scratch.h"
 
 namespace loom::cpu {
@@ -739,25 +740,12 @@ template <bool kAvx512>
   }
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-#define LOOM_WINOGRAD_CLONES(name, Job)                                                            \
-  [[gnu::target("avx512f,fma"), gnu::flatten]] void name##_avx512(const Job& a) { name##_body<true>(a); } \
-  [[gnu::target("avx2,fma")]] void name##_avx2(const Job& a) { name##_body<false>(a); }             \
-  void name##_portable(const Job& a) { name##_body<false>(a); }                                    \
-  void name(const Job& a) {                                                                         \
-    switch (gemm_isa()) {                                                                           \
-      case GemmIsa::Avx512:                                                                         \
-        return name##_avx512(a);                                                                    \
-      case GemmIsa::Avx2:                                                                           \
-        return name##_avx2(a);                                                                      \
-      default:                                                                                      \
-        return name##_portable(a);                                                                  \
-    }                                                                                               \
-  }
-#else
-#define LOOM_WINOGRAD_CLONES(name, Job) \
-  void name(const Job& a) { name##_body<false>(a); }
-#endif
+// The ISA clones of each transform (cpu_isa.h); the AVX-512 one is
+// flattened so the register path's helpers inline into it.
+#define LOOM_WINOGRAD_CLONES(name, Job)                                                   \
+  LOOM_ISA_CLONES(, name##_isa, (const Job& a), [[gnu::flatten]],                         \
+                  name##_body<kIsa == GemmIsa::Avx512>(a))                                \
+  void name(const Job& a) { name##_isa()(a); }
 LOOM_WINOGRAD_CLONES(input_transform, InputJob)
 LOOM_WINOGRAD_CLONES(output_transform, OutputJob)
 LOOM_WINOGRAD_CLONES(grad_transform, GradJob)
