@@ -1,5 +1,5 @@
 // Scratch buffers and chunked parallel loops shared by the convolution
-// kernels (cpu_conv.cpp, cpu_winograd.cpp).
+// kernels (cpu_conv.cpp, cpu_winograd*.cpp).
 #pragma once
 
 #include <algorithm>
