@@ -25,10 +25,10 @@
 // (cpu_gemm_avx2.cpp) and portable C++ (cpu_gemm.cpp), chosen at run time from
 // CPUID; LOOM_CPU_ISA=avx512|avx2|portable lowers the choice (a request above
 // what the CPU has falls back to the best it has; Note [CPU ISA selection] in
-// cpu_features.h). The ISA files are compiled
-// with their own -m flags and must hold no inline or template entity with
-// external linkage (an out-of-line copy could be picked by the linker for
-// other files and fault on an older CPU): this header declares only plain
+// cpu_features.h). The ISA files are compiled with their own -m flags and
+// must hold no inline or template entity with external linkage (an
+// out-of-line copy could be picked by the linker for other files and fault
+// on an older CPU): this header and cpu_features.h declare only plain
 // structs and functions for that reason.
 //
 // Note [GEMM summation order]
@@ -45,7 +45,8 @@
 
 #include <cstdint>
 
-#include "backend/cpu/cpu_features.h"
+// Relative: tests include this header by path, without src/ on their include path.
+#include "cpu_features.h"
 
 namespace loom {
 struct KernelCall;
