@@ -594,8 +594,9 @@ template <typename T>
 using PlanesFn = void (*)(const PoolPlanes<T>&, int64_t, int64_t);
 
 // The ISA clones of one plane loop, and the pick by gemm_isa() (cpu_isa.h).
-#define LOOM_POOL_CLONES(name, body) \
-  LOOM_ISA_CLONES(template <typename T>, name, (const PoolPlanes<T>& a, int64_t p0, int64_t p1), , body##_any<T>(a, p0, p1))
+#define LOOM_POOL_CLONES(name, body)                                                        \
+  LOOM_ISA_CLONES(template <typename T>, name, (const PoolPlanes<T>& a, int64_t p0, int64_t p1), , \
+                  body##_any<T>(a, p0, p1))
 LOOM_POOL_CLONES(max_pool_planes, max_pool_planes_body)
 LOOM_POOL_CLONES(max_pool_2x2, max_pool_2x2_body)
 LOOM_POOL_CLONES(avg_pool_planes, avg_pool_planes_body)
