@@ -116,6 +116,13 @@ struct KernelCall {
   }
 };
 
+// The window a convolution (ConvParams) or pooling (Window2d) kernel was
+// called with.
+inline const Window2d& window_of(const KernelCall& c) {
+  if (const auto* p = std::get_if<ConvParams>(&c.params)) return p->win;
+  return c.param<Window2d>();
+}
+
 // Hash of what makes two calls compute the same function: op, scalars,
 // typed parameters and each tensor's dtype, sizes, strides and offset (not
 // its address or data).

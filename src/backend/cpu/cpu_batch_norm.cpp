@@ -21,7 +21,8 @@
 // whatever the ISA or the thread count.
 //
 // The fast loops are compiled for AVX-512, AVX2 + FMA and the baseline ISA
-// (gnu::target clones chosen with gemm_isa(), as Note [Pooling kernels]).
+// (gnu::target clones chosen with gemm_isa(), LOOM_ISA_CLONES of cpu_isa.h,
+// as Note [Pooling kernels]).
 // The AVX-512 and AVX2 clones both fuse a * b + c into one FMA and agree
 // bitwise; the baseline rounds the product first (the last bit may differ).
 // No result depends on the thread count.
@@ -32,7 +33,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_dispatch.h"
-#include "backend/cpu/cpu_gemm.h"
+#include "backend/cpu/cpu_isa.h"
 #include "backend/cpu/cpu_kernels.h"
 #include "backend/cpu/cpu_vec.h"
 
@@ -287,42 +288,8 @@ template <typename T>
 template <typename T>
 using BnFn = void (*)(const BnArgs<T>&, int64_t, int64_t);
 
-#if defined(__x86_64__) || defined(__i386__)
-#define LOOM_BN_CLONES(name, body)                                                                \
-  template <typename T>                                                                           \
-  [[gnu::target("avx512f,fma")]] void name##_avx512(const BnArgs<T>& a, int64_t lo, int64_t hi) { \
-    body<T>(a, lo, hi);                                                                           \
-  }                                                                                               \
-  template <typename T>                                                                           \
-  [[gnu::target("avx2,fma")]] void name##_avx2(const BnArgs<T>& a, int64_t lo, int64_t hi) {      \
-    body<T>(a, lo, hi);                                                                           \
-  }                                                                                               \
-  template <typename T>                                                                           \
-  void name##_portable(const BnArgs<T>& a, int64_t lo, int64_t hi) {                              \
-    body<T>(a, lo, hi);                                                                           \
-  }                                                                                               \
-  template <typename T>                                                                           \
-  BnFn<T> name() {                                                                                \
-    switch (gemm_isa()) {                                                                         \
-      case GemmIsa::Avx512:                                                                       \
-        return &name##_avx512<T>;                                                                 \
-      case GemmIsa::Avx2:                                                                         \
-        return &name##_avx2<T>;                                                                   \
-      default:                                                                                    \
-        return &name##_portable<T>;                                                               \
-    }                                                                                             \
-  }
-#else
-#define LOOM_BN_CLONES(name, body)                                   \
-  template <typename T>                                              \
-  void name##_portable(const BnArgs<T>& a, int64_t lo, int64_t hi) { \
-    body<T>(a, lo, hi);                                              \
-  }                                                                  \
-  template <typename T>                                              \
-  BnFn<T> name() {                                                   \
-    return &name##_portable<T>;                                      \
-  }
-#endif
+#define LOOM_BN_CLONES(name, body) \
+  LOOM_ISA_CLONES(template <typename T>, name, (const BnArgs<T>& a, int64_t lo, int64_t hi), , body<T>(a, lo, hi))
 LOOM_BN_CLONES(bn_forward, bn_forward_body)
 LOOM_BN_CLONES(bn_backward, bn_backward_body)
 #undef LOOM_BN_CLONES

@@ -50,8 +50,6 @@ namespace {
 // Depth (samples x positions) of one weight-gradient chunk.
 constexpr int64_t kWeightDepth = 1024;
 
-const Window2d& window_of(const KernelCall& c) { return c.param<ConvParams>().win; }
-
 // The shapes of one convolution, in the forward direction: x (N, C, H, W),
 // w (O, C/G, KH, KW), y (N, O, OH, OW).
 struct ConvShape {

@@ -1,82 +1,21 @@
-// The float32 GEMM driver: ISA selection, packing, blocking and threads
-// (Note [GEMM design] in cpu_gemm.h), and the portable micro-kernel.
+// The float32 GEMM driver: packing, blocking and threads (Note [GEMM design]
+// in cpu_gemm.h), and the portable micro-kernel. The ISA and the cache sizes
+// come from cpu_features.h.
 #include "backend/cpu/cpu_gemm.h"
 
 #include <algorithm>
-#include <atomic>
-#include <cctype>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <new>
-#include <string>
 #include <vector>
 
-#include <unistd.h>
-
-#include "loom/error.h"
 #include "loom/threads.h"
 
 namespace loom::cpu {
 
 // ---------------------------------------------------------------- ISA choice
 
-const char* gemm_isa_name(GemmIsa isa) {
-  switch (isa) {
-    case GemmIsa::Portable: return "portable";
-    case GemmIsa::Avx2: return "avx2";
-    case GemmIsa::Avx512: return "avx512";
-  }
-  return "unknown";
-}
-
-GemmIsa gemm_best_isa() {
-#if defined(__x86_64__) || defined(__i386__)
-  // __builtin_cpu_supports also checks that the OS saves the wide registers
-  // (XGETBV), so a feature it reports is usable.
-  static const GemmIsa best = [] {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return GemmIsa::Avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return GemmIsa::Avx2;
-    return GemmIsa::Portable;
-  }();
-  return best;
-#else
-  return GemmIsa::Portable;
-#endif
-}
-
-namespace {
-
-// -1: LOOM_CPU_ISA not read yet.
-std::atomic<int> g_isa{-1};
-
-GemmIsa isa_from_env() {
-  const GemmIsa best = gemm_best_isa();
-  const char* env = std::getenv("LOOM_CPU_ISA");
-  if (env == nullptr || *env == '\0') return best;
-  std::string want(env);
-  std::transform(want.begin(), want.end(), want.begin(), [](unsigned char ch) { return std::tolower(ch); });
-  for (GemmIsa isa : {GemmIsa::Portable, GemmIsa::Avx2, GemmIsa::Avx512})
-    if (want == gemm_isa_name(isa)) return std::min(isa, best);  // never above what the CPU has
-  LOOM_ERROR("LOOM_CPU_ISA: unknown value '", env, "' (expected avx512, avx2 or portable)");
-}
-
-}  // namespace
-
-GemmIsa gemm_isa() {
-  int isa = g_isa.load(std::memory_order_relaxed);
-  if (isa < 0) {
-    isa = static_cast<int>(isa_from_env());
-    g_isa.store(isa, std::memory_order_relaxed);
-  }
-  return static_cast<GemmIsa>(isa);
-}
-
-void gemm_reload_isa() {
-  g_isa.store(-1, std::memory_order_relaxed);
-  gemm_isa();
-}
+void gemm_reload_isa() { cpu_reload_isa(); }
 
 // ---------------------------------------------------------------- portable micro-kernel
 
@@ -142,34 +81,13 @@ GemmKernel gemm_kernel_portable() {
 
 namespace {
 
-// One cache level's size in bytes from /sys/devices/system/cpu/cpu0/cache
-// (Linux fills it from CPUID leaf 4), or 0 when unknown.
-int64_t sysfs_cache_size(int level, bool data) {
-  for (int index = 0; index < 8; ++index) {
-    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
-    std::ifstream level_file(dir + "level"), type_file(dir + "type"), size_file(dir + "size");
-    int l = 0;
-    std::string type, size;
-    if (!(level_file >> l) || !(type_file >> type) || !(size_file >> size)) break;
-    if (l != level || (data ? type == "Instruction" : type != "Unified")) continue;
-    int64_t bytes = 0;
-    size_t pos = 0;
-    while (pos < size.size() && std::isdigit(static_cast<unsigned char>(size[pos])))
-      bytes = bytes * 10 + (size[pos++] - '0');
-    if (pos < size.size() && (size[pos] == 'K' || size[pos] == 'k')) bytes <<= 10;
-    if (pos < size.size() && size[pos] == 'M') bytes <<= 20;
-    return bytes;
-  }
-  return 0;
-}
-
 // Note [GEMM block sizes]
 // gemm_serial runs BLIS's loops: for each depth block, a B block (kc x nc)
 // is packed once; for each row block an A block (mc x kc) is packed into L2;
 // then each B micro-panel (kc x nr) is held in L1 while every A micro-panel
 // of the block (mr x kc, read from L2) passes over it. The sizes follow this
 // CPU's caches, read at run time (L2 per core, from sysfs, falling back to
-// sysconf, then to 1 MiB):
+// sysconf, then to 1 MiB: cpu_l2_bytes() in cpu_features.h):
 //  - kc: deep, so a tile's C is loaded and stored (and its next tile
 //    prefetched) once per many multiply-adds: 512 when L2 holds 512 KiB,
 //    else 256. The B micro-panel then fills L1 or spills to L2; the kernel
@@ -186,11 +104,7 @@ int64_t sysfs_cache_size(int level, bool data) {
 // A product's depth and rows are then cut into equal blocks of at most kc
 // and mc (depth_block, row_block), so no block is a short remainder.
 GemmKernel fit_to_caches(GemmKernel g) {
-  static const int64_t l2 = [] {
-    int64_t v = sysfs_cache_size(2, false);
-    if (v <= 0) v = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return v > 0 ? v : int64_t{1} << 20;
-  }();
+  const int64_t l2 = cpu_l2_bytes();
   const int64_t floats = static_cast<int64_t>(sizeof(float));
   g.kc = l2 >= (int64_t{512} << 10) ? 512 : 256;
   g.mc = std::clamp<int64_t>(l2 / 2 / (g.kc * floats) / g.mr * g.mr, 4 * g.mr, 4096);

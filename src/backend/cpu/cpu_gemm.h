@@ -24,10 +24,11 @@
 // Micro-kernels exist for AVX-512 (cpu_gemm_avx512.cpp), AVX2 + FMA
 // (cpu_gemm_avx2.cpp) and portable C++ (cpu_gemm.cpp), chosen at run time from
 // CPUID; LOOM_CPU_ISA=avx512|avx2|portable lowers the choice (a request above
-// what the CPU has falls back to the best it has). The ISA files are compiled
-// with their own -m flags and must hold no inline or template entity with
-// external linkage (an out-of-line copy could be picked by the linker for
-// other files and fault on an older CPU): this header declares only plain
+// what the CPU has falls back to the best it has; Note [CPU ISA selection] in
+// cpu_features.h). The ISA files are compiled with their own -m flags and
+// must hold no inline or template entity with external linkage (an
+// out-of-line copy could be picked by the linker for other files and fault
+// on an older CPU): this header and cpu_features.h declare only plain
 // structs and functions for that reason.
 //
 // Note [GEMM summation order]
@@ -44,6 +45,9 @@
 
 #include <cstdint>
 
+// Relative: tests include this header by path, without src/ on their include path.
+#include "cpu_features.h"
+
 namespace loom {
 struct KernelCall;
 }
@@ -52,17 +56,8 @@ namespace loom::cpu {
 
 // ---- ISA selection ----
 
-// Ordered: a higher value needs a superset of the CPU features of a lower one.
-enum class GemmIsa : int { Portable = 0, Avx2 = 1, Avx512 = 2 };
-
-// "portable", "avx2", "avx512" (the spellings LOOM_CPU_ISA accepts).
-const char* gemm_isa_name(GemmIsa isa);
-// The best micro-kernel this CPU (and OS) can run, from CPUID.
-GemmIsa gemm_best_isa();
-// The ISA float32 Bmm uses: gemm_best_isa(), lowered by LOOM_CPU_ISA when set.
-// The variable is read once and cached; gemm_reload_isa() reads it again
-// (tests set it with setenv). An unknown value throws loom::Error.
-GemmIsa gemm_isa();
+// GemmIsa, gemm_isa() and gemm_best_isa() are in cpu_features.h.
+// gemm_reload_isa() reads LOOM_CPU_ISA again (tests set it with setenv).
 void gemm_reload_isa();
 
 // ---- the product ----

@@ -17,9 +17,9 @@
 // exactly; average pooling sums in the input's dtype and divides as PyTorch.
 //
 // The fast loops are written once (always-inline templates) and compiled for
-// AVX-512, AVX2 + FMA and the baseline ISA through gnu::target clones,
-// chosen at run time with the GEMM's selection (gemm_isa(): CPUID, lowered
-// by LOOM_CPU_ISA). Pooling multiplies nothing, so the clones agree bitwise.
+// AVX-512, AVX2 + FMA and the baseline ISA through gnu::target clones
+// (LOOM_ISA_CLONES, cpu_isa.h), chosen at run time with the GEMM's selection
+// (gemm_isa(): CPUID, lowered by LOOM_CPU_ISA). Pooling multiplies nothing, so the clones agree bitwise.
 // Work is split across threads by (n, c) plane; each plane is computed by
 // one thread in a fixed order, so results do not depend on the thread count.
 #include <algorithm>
@@ -32,15 +32,13 @@
 #endif
 
 #include "backend/cpu/cpu_dispatch.h"
-#include "backend/cpu/cpu_gemm.h"
+#include "backend/cpu/cpu_isa.h"
 #include "backend/cpu/cpu_kernels.h"
 #include "backend/cpu/cpu_vec.h"
 #include "backend/window2d.h"
 
 namespace loom::cpu {
 namespace {
-
-const Window2d& window_of(const KernelCall& c) { return c.param<Window2d>(); }
 
 // The (n, c) planes of an (N, C, H, W) tensor, plane p = n * C + c.
 struct Planes {
@@ -595,43 +593,10 @@ template <typename T>
 template <typename T>
 using PlanesFn = void (*)(const PoolPlanes<T>&, int64_t, int64_t);
 
-// The ISA clones of one plane loop, and the pick by gemm_isa().
-#if defined(__x86_64__) || defined(__i386__)
-#define LOOM_POOL_CLONES(name, body)                                                                  \
-  template <typename T>                                                                               \
-  [[gnu::target("avx512f,fma")]] void name##_avx512(const PoolPlanes<T>& a, int64_t p0, int64_t p1) { \
-    body##_any<T>(a, p0, p1);                                                                         \
-  }                                                                                                   \
-  template <typename T>                                                                               \
-  [[gnu::target("avx2,fma")]] void name##_avx2(const PoolPlanes<T>& a, int64_t p0, int64_t p1) {      \
-    body##_any<T>(a, p0, p1);                                                                         \
-  }                                                                                                   \
-  template <typename T>                                                                               \
-  void name##_portable(const PoolPlanes<T>& a, int64_t p0, int64_t p1) {                              \
-    body##_any<T>(a, p0, p1);                                                                         \
-  }                                                                                                   \
-  template <typename T>                                                                               \
-  PlanesFn<T> name() {                                                                                \
-    switch (gemm_isa()) {                                                                             \
-      case GemmIsa::Avx512:                                                                           \
-        return &name##_avx512<T>;                                                                     \
-      case GemmIsa::Avx2:                                                                             \
-        return &name##_avx2<T>;                                                                       \
-      default:                                                                                        \
-        return &name##_portable<T>;                                                                   \
-    }                                                                                                 \
-  }
-#else
-#define LOOM_POOL_CLONES(name, body)                                     \
-  template <typename T>                                                  \
-  void name##_portable(const PoolPlanes<T>& a, int64_t p0, int64_t p1) { \
-    body##_any<T>(a, p0, p1);                                            \
-  }                                                                      \
-  template <typename T>                                                  \
-  PlanesFn<T> name() {                                                   \
-    return &name##_portable<T>;                                          \
-  }
-#endif
+// The ISA clones of one plane loop, and the pick by gemm_isa() (cpu_isa.h).
+#define LOOM_POOL_CLONES(name, body)                                                        \
+  LOOM_ISA_CLONES(template <typename T>, name, (const PoolPlanes<T>& a, int64_t p0, int64_t p1), , \
+                  body##_any<T>(a, p0, p1))
 LOOM_POOL_CLONES(max_pool_planes, max_pool_planes_body)
 LOOM_POOL_CLONES(max_pool_2x2, max_pool_2x2_body)
 LOOM_POOL_CLONES(avg_pool_planes, avg_pool_planes_body)

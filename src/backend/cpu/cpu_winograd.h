@@ -1,5 +1,7 @@
 // Winograd F(4x4, 3x3): the float32 path of 3x3, stride-1, undilated,
-// ungrouped convolutions with enough channels (cpu_winograd.cpp).
+// ungrouped convolutions with enough channels (the driver in
+// cpu_winograd.cpp, the chunk plan in cpu_winograd_plan.*, the transforms in
+// cpu_winograd_transforms.*).
 //
 // Note [Winograd convolution]
 // A 4x4 block of outputs of a 3x3 correlation reads a 6x6 patch d of the
