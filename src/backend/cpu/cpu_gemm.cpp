@@ -14,6 +14,7 @@
 
 #include <unistd.h>
 
+#include "backend/cpu/testing.h"
 #include "loom/error.h"
 #include "loom/threads.h"
 
@@ -73,7 +74,7 @@ GemmIsa gemm_isa() {
   return static_cast<GemmIsa>(isa);
 }
 
-void gemm_reload_isa() {
+void testing::gemm_reload_isa() {
   g_isa.store(-1, std::memory_order_relaxed);
   gemm_isa();
 }

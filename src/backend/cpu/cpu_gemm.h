@@ -60,10 +60,10 @@ const char* gemm_isa_name(GemmIsa isa);
 // The best micro-kernel this CPU (and OS) can run, from CPUID.
 GemmIsa gemm_best_isa();
 // The ISA float32 Bmm uses: gemm_best_isa(), lowered by LOOM_CPU_ISA when set.
-// The variable is read once and cached; gemm_reload_isa() reads it again
-// (tests set it with setenv). An unknown value throws loom::Error.
+// The variable is read once and cached (tests read it again with
+// testing::gemm_reload_isa, backend/cpu/testing.h). An unknown value throws
+// loom::Error.
 GemmIsa gemm_isa();
-void gemm_reload_isa();
 
 // ---- the product ----
 
