@@ -650,7 +650,7 @@ TEST(Gemm, FusedLinearErrorsNameTheOpAndShapes) {
 }
 
 // nn::Sequential runs Linear + ReLU / GELU children as one fused op (Note
-// [Sequential fuses Linear + activation]): the output and every parameter's
+// [Sequential executes a fusion plan]): the output and every parameter's
 // gradient equal the children run one by one, bit for bit.
 TEST(Gemm, SequentialFusesLinearAndActivationBitForBit) {
   namespace nn = loom::nn;
