@@ -1384,8 +1384,8 @@ TEST(CnnModules, SmallCnnTrainsAndPrints) {
 
 TEST(Fusion, PlanFusesLinearWithTheActivationRightAfterIt) {
   using A = LinearActivation;
-  const FusionStep lin = FusionStep::linear(), relu = FusionStep::activation(A::Relu),
-                   gelu = FusionStep::activation(A::GeluTanh), other = FusionStep::opaque();
+  const FusionStep lin = FusionStep::linear(), relu = FusionStep::pointwise(A::Relu),
+                   gelu = FusionStep::pointwise(A::GeluTanh), other = FusionStep::opaque();
   auto plan = [](const std::vector<FusionStep>& steps) {
     std::vector<std::tuple<size_t, size_t, A>> out;
     for (const FusionRun& r : plan_fusion(steps)) out.emplace_back(r.first, r.count, r.activation);

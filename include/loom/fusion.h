@@ -2,7 +2,7 @@
 // op. The rules live here, in the ops layer, and nowhere else; nn::Sequential
 // asks for a plan and executes it (Note [Fusion decisions] in src/ops/fusion.cpp).
 //
-//   std::vector<FusionStep> steps = {FusionStep::linear(), FusionStep::activation(LinearActivation::Relu)};
+//   std::vector<FusionStep> steps = {FusionStep::linear(), FusionStep::pointwise(LinearActivation::Relu)};
 //   plan_fusion(steps);  // one run: steps [0, 2) as linear(x, w, b, Relu)
 #pragma once
 
@@ -24,7 +24,7 @@ struct FusionStep {
 
   static FusionStep opaque() { return {}; }
   static FusionStep linear() { return {Kind::Linear, LinearActivation::None}; }
-  static FusionStep activation(LinearActivation a) { return {Kind::Activation, a}; }
+  static FusionStep pointwise(LinearActivation a) { return {Kind::Activation, a}; }
 };
 
 // One unit of a plan: steps [first, first + count). count 1: the step runs on

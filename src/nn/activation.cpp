@@ -17,7 +17,7 @@ GELUImpl::GELUImpl(std::string approx) : Module("GELU"), approximate(std::move(a
 }
 Tensor GELUImpl::forward(const Tensor& input) { return functional::gelu(input, approximate); }
 FusionStep GELUImpl::fusion_step() const {
-  return FusionStep::activation(approximate == "tanh" ? LinearActivation::GeluTanh : LinearActivation::Gelu);
+  return FusionStep::pointwise(approximate == "tanh" ? LinearActivation::GeluTanh : LinearActivation::Gelu);
 }
 std::string GELUImpl::extra_repr() const { return "approximate='" + approximate + "'"; }
 

@@ -11,6 +11,8 @@ namespace loom::nn {
 
 namespace {
 
+using Shape = std::vector<int64_t>;
+
 // Note [Recurrent loops without quadratic backward]
 // A layer computes the input projection of its whole sequence with one
 // matmul, xp = x W_ih^T + b: (L, N, G*H), and then needs xp's L steps, and

@@ -13,7 +13,7 @@ class ReLUImpl : public Module {
   ReLUImpl() : Module("ReLU") {}
   // final, as Linear's: Sequential may fuse this module into a Linear before it.
   Tensor forward(const Tensor& input) final;
-  FusionStep fusion_step() const final { return FusionStep::activation(LinearActivation::Relu); }
+  FusionStep fusion_step() const final { return FusionStep::pointwise(LinearActivation::Relu); }
 };
 LOOM_MODULE(ReLU);
 
