@@ -30,7 +30,8 @@
 
 // An internal header (plain declarations, no other loom includes): the
 // tests call the GEMM per ISA and the reference kernel directly.
-#include "../src/backend/cpu/cpu_gemm.h"
+#include "backend/cpu/cpu_gemm.h"
+#include "backend/cpu/testing.h"
 
 namespace {
 
@@ -197,7 +198,7 @@ class IsaEnvGuard {
   ~IsaEnvGuard() {
     if (had_) setenv("LOOM_CPU_ISA", saved_.c_str(), 1);
     else unsetenv("LOOM_CPU_ISA");
-    loom::cpu::gemm_reload_isa();
+    loom::cpu::testing::gemm_reload_isa();
   }
 
  private:
@@ -407,19 +408,19 @@ TEST(Gemm, LoomCpuIsaSelectsAPathAtMostTheBest) {
   IsaEnvGuard guard;
   const GemmIsa best = loom::cpu::gemm_best_isa();
   unsetenv("LOOM_CPU_ISA");
-  loom::cpu::gemm_reload_isa();
+  loom::cpu::testing::gemm_reload_isa();
   EXPECT_EQ(loom::cpu::gemm_isa(), best);
   for (GemmIsa isa : {GemmIsa::Portable, GemmIsa::Avx2, GemmIsa::Avx512}) {
     // Asking for more than the CPU has falls back to the best it has.
     setenv("LOOM_CPU_ISA", loom::cpu::gemm_isa_name(isa), 1);
-    loom::cpu::gemm_reload_isa();
+    loom::cpu::testing::gemm_reload_isa();
     EXPECT_EQ(loom::cpu::gemm_isa(), std::min(isa, best)) << loom::cpu::gemm_isa_name(isa);
   }
   setenv("LOOM_CPU_ISA", "AVX2", 1);  // case does not matter
-  loom::cpu::gemm_reload_isa();
+  loom::cpu::testing::gemm_reload_isa();
   EXPECT_EQ(loom::cpu::gemm_isa(), std::min(GemmIsa::Avx2, best));
   setenv("LOOM_CPU_ISA", "", 1);  // empty means unset
-  loom::cpu::gemm_reload_isa();
+  loom::cpu::testing::gemm_reload_isa();
   EXPECT_EQ(loom::cpu::gemm_isa(), best);
 }
 
@@ -427,7 +428,7 @@ TEST(Gemm, UnknownLoomCpuIsaThrowsNamingTheVariable) {
   IsaEnvGuard guard;
   setenv("LOOM_CPU_ISA", "sse9", 1);
   try {
-    loom::cpu::gemm_reload_isa();
+    loom::cpu::testing::gemm_reload_isa();
     FAIL() << "expected loom::Error";
   } catch (const loom::Error& e) {
     const std::string msg = e.what();
@@ -469,7 +470,7 @@ TEST(Gemm, MatmulUsesTheSelectedPath) {
   for (GemmIsa isa : runnable_isas()) {
     SCOPED_TRACE(loom::cpu::gemm_isa_name(isa));
     setenv("LOOM_CPU_ISA", loom::cpu::gemm_isa_name(isa), 1);
-    loom::cpu::gemm_reload_isa();
+    loom::cpu::testing::gemm_reload_isa();
     ASSERT_EQ(loom::cpu::gemm_isa(), isa);
     expect_bits(loom::matmul(x, w.t()), sgemm_2d(isa, x, w.t()));
     expect_bits(loom::matmul(g, w), sgemm_2d(isa, g, w));
@@ -553,7 +554,7 @@ TEST(Gemm, FusedLinearMatchesTheUnfusedOpsBitForBit) {
                                                      {300, 600, 530}};
   for (GemmIsa isa : runnable_isas()) {
     setenv("LOOM_CPU_ISA", loom::cpu::gemm_isa_name(isa), 1);
-    loom::cpu::gemm_reload_isa();
+    loom::cpu::testing::gemm_reload_isa();
     for (int threads : {1, 2}) {
       loom::set_num_threads(threads);
       for (const auto& [m, k, n] : sizes) {
@@ -593,7 +594,7 @@ TEST(Gemm, FusedReluKeepsNaN) {
   const loom::Tensor b = loom::tensor({0.0f, 1.0f, 1.0f, -5.0f});
   for (GemmIsa isa : runnable_isas()) {
     setenv("LOOM_CPU_ISA", loom::cpu::gemm_isa_name(isa), 1);
-    loom::cpu::gemm_reload_isa();
+    loom::cpu::testing::gemm_reload_isa();
     for (loom::LinearActivation act : kActivations) {
       expect_same_tensor(loom::linear(x, w, {}, act), unfused_linear(x, w, {}, act), act_name(act));
       expect_same_tensor(loom::linear(x, w, b, act), unfused_linear(x, w, b, act), act_name(act));
@@ -649,7 +650,7 @@ TEST(Gemm, FusedLinearErrorsNameTheOpAndShapes) {
 }
 
 // nn::Sequential runs Linear + ReLU / GELU children as one fused op (Note
-// [Sequential fuses Linear + activation]): the output and every parameter's
+// [Sequential executes a fusion plan]): the output and every parameter's
 // gradient equal the children run one by one, bit for bit.
 TEST(Gemm, SequentialFusesLinearAndActivationBitForBit) {
   namespace nn = loom::nn;

@@ -7,7 +7,9 @@
 
 #include <cmath>
 #include <functional>
+#include <memory>
 #include <sstream>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -1376,6 +1378,63 @@ TEST(CnnModules, SmallCnnTrainsAndPrints) {
   loss.backward();
   for (const auto& [name, p] : net->named_parameters()) EXPECT_TRUE(p.grad().defined()) << name;
   EXPECT_EQ(names(net->state_dict())[2], "0.running_mean");
+}
+
+// ---- fusion plans (Note [Fusion decisions], Note [Sequential executes a fusion plan]) ----
+
+TEST(Fusion, PlanFusesLinearWithTheActivationRightAfterIt) {
+  using A = LinearActivation;
+  const FusionStep lin = FusionStep::linear(), relu = FusionStep::pointwise(A::Relu),
+                   gelu = FusionStep::pointwise(A::GeluTanh), other = FusionStep::opaque();
+  auto plan = [](const std::vector<FusionStep>& steps) {
+    std::vector<std::tuple<size_t, size_t, A>> out;
+    for (const FusionRun& r : plan_fusion(steps)) out.emplace_back(r.first, r.count, r.activation);
+    return out;
+  };
+  using P = std::vector<std::tuple<size_t, size_t, A>>;
+  EXPECT_EQ(plan({}), P{});
+  EXPECT_EQ(plan({lin, relu, lin, gelu}), (P{{0, 2, A::Relu}, {2, 2, A::GeluTanh}}));
+  // Only adjacent pairs; a second activation, a lone Linear or an opaque step runs alone.
+  EXPECT_EQ(plan({lin, relu, relu, lin, other, gelu, lin}),
+            (P{{0, 2, A::Relu}, {2, 1, A::None}, {3, 1, A::None}, {4, 1, A::None}, {5, 1, A::None}, {6, 1, A::None}}));
+  EXPECT_EQ(plan({relu, lin, lin, relu}), (P{{0, 1, A::None}, {1, 1, A::None}, {2, 2, A::Relu}}));
+}
+
+TEST(Fusion, ModulesDescribeThemselves) {
+  EXPECT_EQ(nn::Linear(2, 3)->fusion_step().kind, FusionStep::Kind::Linear);
+  EXPECT_EQ(nn::ReLU()->fusion_step().activation, LinearActivation::Relu);
+  EXPECT_EQ(nn::GELU()->fusion_step().activation, LinearActivation::Gelu);
+  EXPECT_EQ(nn::GELU("tanh")->fusion_step().activation, LinearActivation::GeluTanh);
+  EXPECT_EQ(nn::Tanh()->fusion_step().kind, FusionStep::Kind::Opaque);
+  EXPECT_EQ(nn::Sequential(nn::Linear(2, 3))->fusion_step().kind, FusionStep::Kind::Opaque);
+}
+
+// A module that claims to be a Linear without being one cannot make
+// Sequential run the wrong code: it gets a clear error.
+struct ClaimsLinearImpl : nn::Module {
+  ClaimsLinearImpl() : Module("ClaimsLinear") {}
+  Tensor forward(const Tensor& x) override { return x; }
+  FusionStep fusion_step() const override { return FusionStep::linear(); }
+};
+
+TEST(Fusion, OnlyLinearMayDescribeItselfAsLinear) {
+  nn::Sequential model(std::make_shared<ClaimsLinearImpl>(), nn::ReLU());
+  EXPECT_TRUE(throws_with([&] { model(randn({2, 3})); },
+                          {"Sequential: child (0)", "ClaimsLinear describes itself as a Linear"}));
+  nn::Sequential alone(std::make_shared<ClaimsLinearImpl>());  // no activation after it: runs as itself
+  EXPECT_EQ(alone(ones({2})).sum().item<float>(), 2.0f);
+}
+
+// The plan is made on each call, so a GELU child's approximate switched
+// after building still decides its form.
+TEST(Fusion, SequentialFollowsChildSettingsChangedAfterBuilding) {
+  manual_seed(9);
+  nn::Sequential model(nn::Linear(4, 3), nn::GELU());
+  Tensor x = randn({5, 4});
+  auto fc = model->ptr<nn::LinearImpl>(0);
+  model->ptr<nn::GELUImpl>(1)->approximate = "tanh";
+  Tensor want = F::gelu(F::linear(x, fc->weight, fc->bias), "tanh");
+  EXPECT_TRUE(equal(model(x), want));
 }
 
 }  // namespace

@@ -36,6 +36,9 @@ inline bool is_floating_point(DType t) {
 inline bool is_integral(DType t, bool include_bool) {
   return t == kInt32 || t == kInt64 || t == kUInt8 || (include_bool && t == kBool);
 }
+// The dtype arithmetic on t runs in: float16 and bfloat16 are storage types
+// that compute in float32; every other dtype computes in itself.
+inline DType compute_dtype(DType t) { return t == kFloat16 || t == kBFloat16 ? kFloat32 : t; }
 // The dtype both operands are converted to, following PyTorch's promotion
 // lattice (bool < uint8 < int32 < int64 < float16/bfloat16 < float32 < float64;
 // float16 with bfloat16 gives float32).

@@ -1,7 +1,9 @@
 // TensorImpl and Storage: the data behind a Tensor handle.
 //
 // Core knows nothing of autograd beyond the opaque AutogradMeta pointer that
-// the autograd layer fills in.
+// the autograd layer fills in, and nothing of ops: it includes only the
+// core-level public headers (device, dtype, errors), and names the Tensor
+// handle (loom/tensor.h, whose methods are the op API) only in declarations.
 #pragma once
 
 #include <atomic>
@@ -10,9 +12,13 @@
 #include <memory>
 #include <vector>
 
-#include "loom/tensor.h"
+#include "loom/device.h"
+#include "loom/dtype.h"
+#include "loom/error.h"
 
 namespace loom {
+
+class Tensor;
 
 namespace autograd {
 struct AutogradMeta;
@@ -67,6 +73,7 @@ int64_t shape_numel(const Shape& sizes);
 // Wraps `d` (which may be negative) into [0, ndim); errors name `op`.
 int64_t wrap_dim(int64_t d, int64_t ndim, const char* op);
 
+// Handles over TensorImpls, defined with the Tensor class in src/ops/tensor.cpp.
 // A fresh contiguous tensor (no autograd).
 Tensor make_tensor(const Shape& sizes, DType dtype, Device device);
 // A new impl sharing `base`'s storage with other geometry (no autograd).

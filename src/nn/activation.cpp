@@ -16,6 +16,9 @@ GELUImpl::GELUImpl(std::string approx) : Module("GELU"), approximate(std::move(a
              approximate, "\"");
 }
 Tensor GELUImpl::forward(const Tensor& input) { return functional::gelu(input, approximate); }
+FusionStep GELUImpl::fusion_step() const {
+  return FusionStep::pointwise(approximate == "tanh" ? LinearActivation::GeluTanh : LinearActivation::Gelu);
+}
 std::string GELUImpl::extra_repr() const { return "approximate='" + approximate + "'"; }
 
 Tensor SiLUImpl::forward(const Tensor& input) { return functional::silu(input); }

@@ -1,12 +1,9 @@
 #include "loom/nn/container.h"
 
 #include <algorithm>
-#include <optional>
-#include <typeinfo>
 
-#include "loom/nn/activation.h"
+#include "loom/fusion.h"
 #include "loom/nn/linear.h"
-#include "loom/ops.h"
 
 namespace loom::nn {
 
@@ -41,33 +38,35 @@ std::shared_ptr<Module> SequentialImpl::at(int64_t index) const {
   return modules_[checked_index("Sequential", index, modules_.size())];
 }
 
-namespace {
-// Note [Sequential fuses Linear + activation]
-// A Linear child directly followed by a ReLU or GELU child runs as one fused
-// op (loom::linear with the activation): the bias and activation are applied
-// to each block of the product while it is in cache instead of in two more
-// passes over the output. The fused op gives the bits of the two modules run
-// one after the other, and its backward the same gradients. Only the exact
-// classes fuse (typeid, not dynamic_cast): a subclass may override forward.
-std::optional<LinearActivation> fused_activation(const Module& first, const Module& second) {
-  if (typeid(first) != typeid(LinearImpl)) return std::nullopt;
-  if (typeid(second) == typeid(ReLUImpl)) return LinearActivation::Relu;
-  if (typeid(second) == typeid(GELUImpl))
-    return static_cast<const GELUImpl&>(second).approximate == "tanh" ? LinearActivation::GeluTanh
-                                                                       : LinearActivation::Gelu;
-  return std::nullopt;
-}
-}  // namespace
-
+// Note [Sequential executes a fusion plan]
+// Sequential does not decide what fuses: each child describes its forward
+// (Module::fusion_step: a Linear, a pointwise activation, or opaque), and
+// plan_fusion (src/ops/fusion.cpp, Note [Fusion decisions]) turns the
+// descriptions into runs. A run of two is a Linear child and the ReLU or GELU
+// child after it, executed as one LinearImpl::forward_fused call: bit for bit
+// the two modules one after the other, with the same gradients.
+// The descriptions are only true when the forward they describe is the one
+// that would run, so only LinearImpl, ReLUImpl and GELUImpl describe
+// themselves, and they declare both forward and fusion_step final: a
+// subclass can neither run other code in forward nor change the
+// description, and a module that wants its own forward derives from Module
+// (and stays opaque). The plan is made on every call, since a child's
+// settings (GELU's approximate) are public and may change between calls.
 Tensor SequentialImpl::forward(const Tensor& input) {
+  std::vector<FusionStep> steps;
+  steps.reserve(modules_.size());
+  for (const auto& m : modules_) steps.push_back(m->fusion_step());
   Tensor x = input;
-  for (size_t i = 0; i < modules_.size(); ++i) {
+  for (const FusionRun& run : plan_fusion(steps)) {
+    const size_t i = run.first;
     try {
-      const std::optional<LinearActivation> act =
-          i + 1 < modules_.size() ? fused_activation(*modules_[i], *modules_[i + 1]) : std::nullopt;
-      if (act) {
-        x = static_cast<LinearImpl&>(*modules_[i]).forward_fused(x, *act);
-        ++i;  // the activation child ran inside the fused op
+      if (run.count == 2) {
+        // Runs of two start with a child described as a Linear: a LinearImpl,
+        // unless a class outside loom claims the description.
+        auto* linear = dynamic_cast<LinearImpl*>(modules_[i].get());
+        LOOM_CHECK(linear != nullptr, "a ", modules_[i]->type_name(),
+                   " describes itself as a Linear (fusion_step), which only nn::Linear may");
+        x = linear->forward_fused(x, run.activation);
       } else {
         x = modules_[i]->forward(x);
       }

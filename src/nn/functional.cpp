@@ -13,9 +13,6 @@ namespace loom::nn::functional {
 
 namespace {
 
-// float16 / bfloat16 are storage types: statistics are taken in float32.
-DType compute_dtype(DType t) { return t == kFloat16 || t == kBFloat16 ? kFloat32 : t; }
-
 void check_defined(const char* op, const char* what, const Tensor& t) {
   LOOM_CHECK(t.defined(), op, ": ", what, " is an undefined tensor");
 }

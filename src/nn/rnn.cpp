@@ -3,7 +3,6 @@
 #include <cmath>
 #include <tuple>
 
-#include "autograd/node.h"
 #include "loom/nn/functional.h"
 #include "loom/nn/init.h"
 #include "nn/repr.h"
@@ -12,8 +11,7 @@ namespace loom::nn {
 
 namespace {
 
-using autograd::FunctionNode;
-using autograd::TensorList;
+using Shape = std::vector<int64_t>;
 
 // Note [Recurrent loops without quadratic backward]
 // A layer computes the input projection of its whole sequence with one
@@ -22,33 +20,10 @@ using autograd::TensorList;
 // at a time, and each view's backward scatters its gradient into a fresh
 // zero tensor of the whole input, which the engine then adds up: L views of
 // an (L, N, G*H) tensor cost O(L^2 N G H) in backward. So the loops below
-// take their pieces with unbind_pieces / split_pieces: all pieces are views
-// made under one node whose backward is a single stack (or cat) of their
-// gradients (PyTorch's unbind_backward), written with loom ops, so higher
-// order gradients still work. The pieces are plain aliases without a view
-// base: they never escape this file and are never written in place.
-std::vector<Tensor> pieces_with_one_node(const Tensor& x, std::vector<Tensor> pieces, const char* name,
-                                         autograd::BackwardFn backward) {
-  if (auto node = autograd::make_node(name, std::vector<Tensor>{x}, std::move(backward))) {
-    std::vector<Tensor*> outs;
-    outs.reserve(pieces.size());
-    for (Tensor& p : pieces) outs.push_back(&p);
-    autograd::set_history(outs, node);
-  }
-  return pieces;
-}
-
-// x.unbind(dim) with one StackBackward node.
-std::vector<Tensor> unbind_pieces(const Tensor& x, int64_t dim) {
-  return pieces_with_one_node(x, x.detach().unbind(dim), "UnbindBackward",
-                              [dim](FunctionNode&, const TensorList& g) { return TensorList{loom::stack(g, dim)}; });
-}
-
-// x.split(sizes, dim) with one CatBackward node.
-std::vector<Tensor> split_pieces(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim) {
-  return pieces_with_one_node(x, x.detach().split(sizes, dim), "SplitBackward",
-                              [dim](FunctionNode&, const TensorList& g) { return TensorList{loom::cat(g, dim)}; });
-}
+// take their pieces with Tensor::unbind / split, which record one node for
+// all pieces whose backward is a single stack (or cat) of their gradients
+// (Note [Multi-output views] in src/ops/shape.cpp), written with loom ops,
+// so higher order gradients still work.
 
 // b_ih + b_hh where both enter the gates as a sum (RNN, LSTM): one bias for
 // the input projection, so a step adds only h W_hh^T.
@@ -69,7 +44,7 @@ LSTMState lstm_step(const Tensor& xp, const Tensor& h, const Tensor& c, const Te
   // gates: (N, 4H) in the order i, f, g, o.
   Tensor gates = xp + loom::linear(h, w_hh);
   const int64_t hs = w_hh.size(1);
-  std::vector<Tensor> g = split_pieces(gates, {hs, hs, hs, hs}, -1);
+  std::vector<Tensor> g = gates.split({hs, hs, hs, hs}, -1);
   Tensor c1 = loom::sigmoid(g[1]) * c + loom::sigmoid(g[0]) * loom::tanh(g[2]);
   Tensor h1 = loom::sigmoid(g[3]) * loom::tanh(c1);
   return {h1, c1};
@@ -79,9 +54,9 @@ Tensor gru_step(const Tensor& xp, const Tensor& h, const Tensor& w_hh, const Ten
   // xp, hp: (N, 3H) in the order r, z, n; r and z come out of one sigmoid.
   const int64_t hs = w_hh.size(1);
   Tensor hp = loom::linear(h, w_hh, b_hh);
-  std::vector<Tensor> x3 = split_pieces(xp, {2 * hs, hs}, -1);
-  std::vector<Tensor> h3 = split_pieces(hp, {2 * hs, hs}, -1);
-  std::vector<Tensor> rz = split_pieces(loom::sigmoid(x3[0] + h3[0]), {hs, hs}, -1);
+  std::vector<Tensor> x3 = xp.split({2 * hs, hs}, -1);
+  std::vector<Tensor> h3 = hp.split({2 * hs, hs}, -1);
+  std::vector<Tensor> rz = loom::sigmoid(x3[0] + h3[0]).split({hs, hs}, -1);
   Tensor n = loom::tanh(x3[1] + rz[0] * h3[1]);
   return n + rz[1] * (h - n);  // (1 - z) n + z h
 }
@@ -187,7 +162,7 @@ RNNBaseImpl::Result RNNBaseImpl::run(const Tensor& input, const Tensor& h0, cons
       Tensor z = loom::zeros({batch, hidden_size}, input.options());
       return std::vector<Tensor>(static_cast<size_t>(layers * dirs), z);
     }
-    return unbind_pieces(batched ? s : s.unsqueeze(1), 0);
+    return (batched ? s : s.unsqueeze(1)).unbind(0);
   };
   const std::vector<Tensor> hs0 = initial(h0);
   const std::vector<Tensor> cs0 = kind_ == Kind::Lstm ? initial(c0) : std::vector<Tensor>{};
@@ -200,7 +175,7 @@ RNNBaseImpl::Result RNNBaseImpl::run(const Tensor& input, const Tensor& h0, cons
       const std::vector<Tensor>& w = all_weights[k];
       // The whole sequence's input projection in one matmul: (L, N, G*H).
       const Tensor bias = kind_ == Kind::Gru ? w[2] : folded_bias(w[2], w[3]);
-      const std::vector<Tensor> xp = unbind_pieces(loom::linear(x, w[0], bias), 0);
+      const std::vector<Tensor> xp = loom::linear(x, w[0], bias).unbind(0);
       Tensor h = hs0[k], c = kind_ == Kind::Lstm ? cs0[k] : Tensor();
       std::vector<Tensor> seq(static_cast<size_t>(steps));
       for (int64_t s = 0; s < steps; ++s) {

@@ -24,9 +24,6 @@ namespace {
 
 constexpr const char* kOp = "scaled_dot_product_attention";
 
-// float16 / bfloat16 compute in float32.
-DType compute_dtype(DType t) { return t == kFloat16 || t == kBFloat16 ? kFloat32 : t; }
-
 // What one call works on: leading dims `lead` folded into (b, h).
 struct Geometry {
   Shape lead;

@@ -17,9 +17,6 @@ using autograd::TensorList;
 
 namespace {
 
-// float16 / bfloat16 compute in float32.
-DType compute_dtype(DType t) { return t == kFloat16 || t == kBFloat16 ? kFloat32 : t; }
-
 void check_float(const char* op, const char* what, const Tensor& t) {
   LOOM_CHECK(t.defined(), op, ": ", what, " is an undefined tensor");
   LOOM_CHECK(is_floating_point(t.dtype()), op, ": expected a floating point ", what, ", got ", dtype_name(t.dtype()),

@@ -29,8 +29,6 @@ using autograd::TensorList;
 
 namespace {
 
-DType compute_dtype(DType t) { return t == kFloat16 || t == kBFloat16 ? kFloat32 : t; }
-
 // A one- or two-element list as (height, width).
 std::array<int64_t, 2> pair_of(const char* op, const char* what, IntArrayRef v) {
   LOOM_CHECK(v.size() == 1 || v.size() == 2, op, ": ", what, " must have one or two values, got ",

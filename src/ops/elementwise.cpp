@@ -378,13 +378,37 @@ Tensor threshold_backward(const Tensor& grad, const Tensor& x, double threshold)
 }
 
 namespace ops {
-Tensor gelu_backward_fused(const Tensor& grad, const Tensor& x, bool tanh_form) {
-  const Shape shape = broadcast_shape(grad.sizes(), x.sizes(), "gelu_backward");
-  const DType t = promote({&grad, &x}, "gelu_backward");
-  Tensor cg = expand_raw(cast_raw(grad, t), shape), cx = expand_raw(cast_raw(x, t), shape);
-  Tensor out = make_tensor(shape, t, grad.device());
-  launch(OpKind::GeluBackward, {&cg, &cx}, out, {}, {tanh_form ? 1 : 0});
-  return out;
+// Note [GELU's derivative]
+// grad * gelu'(x), the one place it is written. Not recording, it is one
+// GeluBackward kernel; under create_graph it is the same formula in loom ops,
+// so it differentiates again:
+//   erf form:  d/dx x Phi(x) = Phi(x) + x phi(x)
+//   tanh form: d/dx 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)
+//              = 0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) du/dx
+// gelu's backward and the fused Linear's GELU backward both call it.
+Tensor gelu_backward(const Tensor& grad, const Tensor& x, bool tanh_form) {
+  if (!is_grad_enabled()) {
+    const Shape shape = broadcast_shape(grad.sizes(), x.sizes(), "gelu_backward");
+    const DType t = promote({&grad, &x}, "gelu_backward");
+    Tensor cg = expand_raw(cast_raw(grad, t), shape), cx = expand_raw(cast_raw(x, t), shape);
+    Tensor out = make_tensor(shape, t, grad.device());
+    launch(OpKind::GeluBackward, {&cg, &cx}, out, {}, {tanh_form ? 1 : 0});
+    return out;
+  }
+  const Device d = x.device();
+  if (!tanh_form) {
+    Tensor cdf = mul(add(erf(mul(x, wrap_scalar(M_SQRT1_2, d))), wrap_scalar(1, d)), wrap_scalar(0.5, d));
+    Tensor pdf = mul(exp(mul(mul(x, x), wrap_scalar(-0.5, d))), wrap_scalar(0.5 * M_2_SQRTPI * M_SQRT1_2, d));
+    return mul(grad, add(cdf, mul(x, pdf)));
+  }
+  const double k = std::sqrt(2.0 / M_PI), c = 0.044715;
+  Tensor x2 = mul(x, x);
+  Tensor u = mul(mul(x, add(mul(x2, wrap_scalar(c, d)), wrap_scalar(1, d))), wrap_scalar(k, d));
+  Tensor t = tanh(u);
+  Tensor du = mul(add(mul(x2, wrap_scalar(3 * c, d)), wrap_scalar(1, d)), wrap_scalar(k, d));
+  Tensor left = mul(add(t, wrap_scalar(1, d)), wrap_scalar(0.5, d));
+  Tensor right = mul(mul(mul(x, wrap_scalar(0.5, d)), sub(wrap_scalar(1, d), mul(t, t))), du);
+  return mul(grad, add(left, right));
 }
 }  // namespace ops
 
@@ -411,28 +435,11 @@ Tensor elu(const Tensor& x, double alpha) {
 Tensor gelu(const Tensor& x, const std::string& approximate) {
   LOOM_CHECK(approximate == "none" || approximate == "tanh", "gelu: approximate must be \"none\" or \"tanh\", got \"",
              approximate, "\"");
-  if (approximate == "none") {
-    return float_unary(OpKind::Gelu, "GeluBackward", x, [](const Tensor& g, const Tensor& xs, const Tensor&) {
-      if (!is_grad_enabled()) return ops::gelu_backward_fused(g, xs, false);
-      // d/dx x*Phi(x) = Phi(x) + x*phi(x)
-      Device d = xs.device();
-      Tensor cdf = mul(add(erf(mul(xs, ops::wrap_scalar(M_SQRT1_2, d))), ops::wrap_scalar(1, d)), ops::wrap_scalar(0.5, d));
-      Tensor pdf = mul(exp(mul(mul(xs, xs), ops::wrap_scalar(-0.5, d))), ops::wrap_scalar(0.5 * M_2_SQRTPI * M_SQRT1_2, d));
-      return mul(g, add(cdf, mul(xs, pdf)));
-    });
-  }
-  return float_unary(OpKind::GeluTanh, "GeluBackward", x, [](const Tensor& g, const Tensor& xs, const Tensor&) {
-    if (!is_grad_enabled()) return ops::gelu_backward_fused(g, xs, true);
-    Device d = xs.device();
-    const double k = std::sqrt(2.0 / M_PI), c = 0.044715;
-    Tensor x2 = mul(xs, xs);
-    Tensor u = mul(mul(xs, add(mul(x2, ops::wrap_scalar(c, d)), ops::wrap_scalar(1, d))), ops::wrap_scalar(k, d));
-    Tensor t = tanh(u);
-    Tensor du = mul(add(mul(x2, ops::wrap_scalar(3 * c, d)), ops::wrap_scalar(1, d)), ops::wrap_scalar(k, d));
-    Tensor left = mul(add(t, ops::wrap_scalar(1, d)), ops::wrap_scalar(0.5, d));
-    Tensor right = mul(mul(mul(xs, ops::wrap_scalar(0.5, d)), sub(ops::wrap_scalar(1, d), mul(t, t))), du);
-    return mul(g, add(left, right));
-  });
+  const bool tanh_form = approximate == "tanh";
+  return float_unary(tanh_form ? OpKind::GeluTanh : OpKind::Gelu, "GeluBackward", x,
+                     [tanh_form](const Tensor& g, const Tensor& xs, const Tensor&) {
+                       return ops::gelu_backward(g, xs, tanh_form);
+                     });
 }
 
 Tensor silu(const Tensor& x) {

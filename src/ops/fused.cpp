@@ -28,9 +28,6 @@ void check_float(const char* op, const char* what, const Tensor& t) {
              " (shape ", shape_str(t.sizes()), ")");
 }
 
-// float16 / bfloat16 compute in float32.
-DType compute_dtype(DType t) { return t == kFloat16 || t == kBFloat16 ? kFloat32 : t; }
-
 // An alias of t with dim d moved last (no autograd); a 0-dim t becomes [1].
 Tensor dim_last(const Tensor& t, int64_t d) {
   const TensorImpl* i = t.unsafe_impl();

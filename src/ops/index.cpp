@@ -1,6 +1,6 @@
-// Joining, splitting and indexing: cat (primitive), stack, split, chunk,
-// gather / scatter_add / index_select (primitives), embedding, one_hot,
-// tril / triu, flip and pad (composites).
+// Joining and indexing: cat (primitive), stack, gather / scatter_add /
+// index_select (primitives), embedding, one_hot, tril / triu, flip and pad
+// (composites). split and chunk are views (src/ops/shape.cpp).
 #include <algorithm>
 
 #include "ops/op_utils.h"
@@ -149,51 +149,6 @@ Tensor stack(const std::vector<Tensor>& ts, int64_t dim) {
   parts.reserve(ts.size());
   for (const Tensor& t : ts) parts.push_back(t.unsqueeze(d));
   return cat(parts, d);
-}
-
-// ---- split / chunk ----
-
-std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t dim) {
-  LOOM_CHECK(x.dim() > 0, "split: cannot split a 0-dim tensor");
-  const int64_t d = wrap_dim(dim, x.dim(), "split");
-  const int64_t n = x.sizes()[d];
-  LOOM_CHECK(split_size >= 0, "split: split_size must be non-negative, got ", split_size);
-  LOOM_CHECK(split_size > 0 || n == 0, "split: split_size can only be 0 if dimension size is 0, but got dimension size of ", n);
-  if (n == 0) return {x.narrow(d, 0, 0)};
-  std::vector<Tensor> out;
-  for (int64_t start = 0; start < n; start += split_size) out.push_back(x.narrow(d, start, std::min(split_size, n - start)));
-  return out;
-}
-
-std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim) {
-  LOOM_CHECK(x.dim() > 0, "split: cannot split a 0-dim tensor");
-  const int64_t d = wrap_dim(dim, x.dim(), "split");
-  const int64_t n = x.sizes()[d];
-  int64_t total = 0;
-  for (int64_t s : sizes) {
-    LOOM_CHECK(s >= 0, "split: split sizes must be non-negative, got ", shape_str(sizes));
-    total += s;
-  }
-  LOOM_CHECK(total == n, "split: split sizes ", shape_str(sizes), " must sum exactly to ", n,
-             " (the size of dim ", d, " of shape ", shape_str(x.sizes()), "), but sum to ", total);
-  std::vector<Tensor> out;
-  int64_t start = 0;
-  for (int64_t s : sizes) {
-    out.push_back(x.narrow(d, start, s));
-    start += s;
-  }
-  return out;
-}
-
-std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim) {
-  LOOM_CHECK(x.dim() > 0, "chunk: cannot chunk a 0-dim tensor");
-  LOOM_CHECK(chunks > 0, "chunk: expects `chunks` to be greater than 0, got ", chunks);
-  const int64_t d = wrap_dim(dim, x.dim(), "chunk");
-  const int64_t n = x.sizes()[d];
-  // As PyTorch: chunks of ceil(n / chunks), so fewer chunks may come back
-  // (5 split in 4 gives 2, 2, 1); an empty dim gives `chunks` empty pieces.
-  if (n == 0) return split(x, std::vector<int64_t>(chunks, 0), d);
-  return split(x, (n + chunks - 1) / chunks, d);
 }
 
 // ---- gather / scatter_add / index_select ----

@@ -168,32 +168,6 @@ namespace loom {
 
 // ---- fused linear ----
 
-namespace {
-
-// d/dz of gelu(z) times g, written with loom ops (so it differentiates again):
-// Phi(z) + z phi(z) for the erf form, and the derivative of
-// 0.5 z (1 + tanh(u)), u = sqrt(2/pi) (z + 0.044715 z^3), for the tanh form.
-// The same formulas as gelu's own backward (src/ops/elementwise.cpp).
-Tensor gelu_backward(const Tensor& g, const Tensor& z, bool tanh_form) {
-  if (!is_grad_enabled()) return ops::gelu_backward_fused(g, z, tanh_form);
-  const Device d = z.device();
-  if (!tanh_form) {
-    Tensor cdf = mul(add(erf(mul(z, ops::wrap_scalar(M_SQRT1_2, d))), ops::wrap_scalar(1, d)), ops::wrap_scalar(0.5, d));
-    Tensor pdf = mul(exp(mul(mul(z, z), ops::wrap_scalar(-0.5, d))), ops::wrap_scalar(0.5 * M_2_SQRTPI * M_SQRT1_2, d));
-    return mul(g, add(cdf, mul(z, pdf)));
-  }
-  const double k = std::sqrt(2.0 / M_PI), c = 0.044715;
-  Tensor z2 = mul(z, z);
-  Tensor u = mul(mul(z, add(mul(z2, ops::wrap_scalar(c, d)), ops::wrap_scalar(1, d))), ops::wrap_scalar(k, d));
-  Tensor t = tanh(u);
-  Tensor du = mul(add(mul(z2, ops::wrap_scalar(3 * c, d)), ops::wrap_scalar(1, d)), ops::wrap_scalar(k, d));
-  Tensor left = mul(add(t, ops::wrap_scalar(1, d)), ops::wrap_scalar(0.5, d));
-  Tensor right = mul(mul(mul(z, ops::wrap_scalar(0.5, d)), sub(ops::wrap_scalar(1, d), mul(t, t))), du);
-  return mul(g, add(left, right));
-}
-
-}  // namespace
-
 // input (*, K), weight (N, K), bias (N) -> act(input @ weight^T + bias): (*, N).
 // One Linear kernel (ops.def) over input viewed as (M, K). Backward, with
 // z the pre-activation and gz = g * act'(z):
@@ -256,7 +230,7 @@ Tensor linear(const Tensor& input, const Tensor& weight, const Tensor& bias, Lin
           case LinearActivation::Gelu:
           case LinearActivation::GeluTanh: {
             const Tensor z = is_grad_enabled() ? linear(xs, ws, bs) : ctx.saved(3);
-            gz = gelu_backward(gz, z, activation == LinearActivation::GeluTanh);
+            gz = ops::gelu_backward(gz, z, activation == LinearActivation::GeluTanh);
             break;
           }
         }

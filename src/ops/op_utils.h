@@ -24,10 +24,10 @@ Tensor cast_raw(const Tensor& t, DType dtype);
 void check_same_device(const char* op, const std::vector<Tensor>& ts);
 // A 0-dim wrapped-number tensor for a C++ scalar.
 Tensor wrap_scalar(Scalar s, Device device);
-// grad * gelu'(x) (the tanh form's when tanh_form) as one GeluBackward
-// kernel, without autograd: the first-order backward of gelu and of
-// linear(..., Gelu). Under create_graph they record loom ops instead.
-Tensor gelu_backward_fused(const Tensor& grad, const Tensor& x, bool tanh_form);
+// grad * gelu'(x) (the tanh form's when tanh_form): the backward of gelu and
+// of linear(..., Gelu). One GeluBackward kernel when not recording, loom ops
+// under create_graph (Note [GELU's derivative] in src/ops/elementwise.cpp).
+Tensor gelu_backward(const Tensor& grad, const Tensor& x, bool tanh_form);
 // Sum `grad` down to `shape` (undoing broadcasting): the backward of expand.
 Tensor sum_to(const Tensor& grad, const Shape& shape);
 // Normalizes a dim list (negative dims, duplicates) for `op`; empty = all dims.

@@ -6,7 +6,8 @@
 // input's shape at the same region, computed on the *contiguous* layout of the
 // input's shape (region_scatter). Its own backward is a region view again, so
 // higher-order gradients work. Views that only rearrange (view, permute,
-// transpose, (un)squeeze, expand) invert themselves directly.
+// transpose, (un)squeeze, expand) invert themselves directly. unbind, split
+// and chunk give all their pieces under one node (Note [Multi-output views]).
 #include <algorithm>
 #include <numeric>
 
@@ -395,11 +396,107 @@ Tensor& Tensor::detach_() {
   return *this;
 }
 
-std::vector<Tensor> Tensor::unbind(int64_t d) const {
-  d = wrap_dim(d, dim(), "unbind");
+// ---- multi-output views: unbind, split, chunk ----
+
+// Note [Multi-output views]
+// unbind / split / chunk return all the pieces of x along one dim, each an
+// alias of x's storage, under ONE node whose backward is a single stack (for
+// unbind) or cat (split, chunk) of the pieces' gradients; a piece nobody used
+// gets zeros from the engine (Node::apply). Taking L pieces one view at a time
+// would instead record L nodes, each scattering its gradient into a fresh
+// zero tensor of the whole input: O(L^2) work in backward. This is what the
+// recurrent layers' loops rely on (Note [Recurrent loops without quadratic
+// backward] in src/nn/rnn.cpp). The backward is loom ops, so it
+// differentiates again.
+//
+// Each piece is also a view of x for in-place purposes (set_view_base): an
+// in-place op on one piece rebases x's history through CopySlices and gives
+// that piece a region view of the new base (Note [In-place ops and autograd]
+// in src/ops/inplace.cpp), while the other pieces keep this node, whose edge
+// still points at x's history from before the write; their regions were not
+// written, so every gradient stays correct (PyTorch refuses such writes
+// instead; loom can afford to allow them because its view pieces never
+// regenerate their grad_fn from the base).
+namespace {
+
+// The pieces of x along dim d (already wrapped) of the given lengths; with
+// `squeeze` every length is 1 and the dim is dropped (unbind).
+std::vector<Tensor> split_views(const Tensor& x, int64_t d, const std::vector<int64_t>& lengths, bool squeeze) {
+  if (lengths.empty()) return {};  // unbind of an empty dim
+  const TensorImpl* xi = x.unsafe_impl();
   std::vector<Tensor> out;
-  for (int64_t i = 0; i < size(d); ++i) out.push_back(select(d, i));
+  out.reserve(lengths.size());
+  int64_t start = 0;
+  for (int64_t len : lengths) {
+    Geometry g = geometry_of(x);
+    g.offset += start * xi->strides[d];
+    if (squeeze) {
+      g.sizes.erase(g.sizes.begin() + d);
+      g.strides.erase(g.strides.begin() + d);
+    } else {
+      g.sizes[d] = len;
+    }
+    out.push_back(make_alias(x, g.sizes, g.strides, g.offset));
+    autograd::set_view_base(out.back(), x);
+    start += len;
+  }
+  auto node = autograd::make_node(squeeze ? "UnbindBackward" : "SplitBackward", {x},
+                                  [d, squeeze](FunctionNode&, const TensorList& g) {
+                                    return TensorList{squeeze ? loom::stack(g, d) : loom::cat(g, d)};
+                                  });
+  if (node) {
+    std::vector<Tensor*> outs;
+    outs.reserve(out.size());
+    for (Tensor& t : out) outs.push_back(&t);
+    autograd::set_history(outs, node);
+  }
   return out;
+}
+
+}  // namespace
+
+std::vector<Tensor> Tensor::unbind(int64_t d) const {
+  LOOM_CHECK(dim() > 0, "unbind: cannot unbind a 0-dim tensor");
+  d = wrap_dim(d, dim(), "unbind");
+  return split_views(*this, d, std::vector<int64_t>(size(d), 1), true);
+}
+
+std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t dim) {
+  LOOM_CHECK(x.dim() > 0, "split: cannot split a 0-dim tensor");
+  const int64_t d = wrap_dim(dim, x.dim(), "split");
+  const int64_t n = x.sizes()[d];
+  LOOM_CHECK(split_size >= 0, "split: split_size must be non-negative, got ", split_size);
+  LOOM_CHECK(split_size > 0 || n == 0, "split: split_size can only be 0 if dimension size is 0, but got dimension size of ", n);
+  // As PyTorch: pieces of split_size, the last one shorter; an empty dim gives one empty piece.
+  std::vector<int64_t> lengths;
+  if (n == 0) lengths.push_back(0);
+  for (int64_t start = 0; start < n; start += split_size) lengths.push_back(std::min(split_size, n - start));
+  return split_views(x, d, lengths, false);
+}
+
+std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim) {
+  LOOM_CHECK(x.dim() > 0, "split: cannot split a 0-dim tensor");
+  const int64_t d = wrap_dim(dim, x.dim(), "split");
+  const int64_t n = x.sizes()[d];
+  int64_t total = 0;
+  for (int64_t s : sizes) {
+    LOOM_CHECK(s >= 0, "split: split sizes must be non-negative, got ", shape_str(sizes));
+    total += s;
+  }
+  LOOM_CHECK(total == n, "split: split sizes ", shape_str(sizes), " must sum exactly to ", n,
+             " (the size of dim ", d, " of shape ", shape_str(x.sizes()), "), but sum to ", total);
+  return split_views(x, d, sizes, false);
+}
+
+std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim) {
+  LOOM_CHECK(x.dim() > 0, "chunk: cannot chunk a 0-dim tensor");
+  LOOM_CHECK(chunks > 0, "chunk: expects `chunks` to be greater than 0, got ", chunks);
+  const int64_t d = wrap_dim(dim, x.dim(), "chunk");
+  const int64_t n = x.sizes()[d];
+  // As PyTorch: chunks of ceil(n / chunks), so fewer chunks may come back
+  // (5 split in 4 gives 2, 2, 1); an empty dim gives `chunks` empty pieces.
+  if (n == 0) return split(x, std::vector<int64_t>(chunks, 0), d);
+  return split(x, (n + chunks - 1) / chunks, d);
 }
 
 // ---- indexing ----

@@ -1,5 +1,7 @@
 // Tensor's member functions: metadata, data access, autograd state, and the
 // method forms of the free-function ops.
+#include <limits>
+
 #include "autograd/node.h"
 #include "core/tensor_impl.h"
 #include "loom/autograd.h"
@@ -17,6 +19,30 @@ void check_defined(const Tensor& t, const char* what) {
   LOOM_CHECK(t.defined(), what, ": called on an undefined tensor");
 }
 }  // namespace
+
+// ---- handles over fresh or shared storage (declared in core/tensor_impl.h) ----
+
+Tensor make_tensor(const Shape& sizes, DType dtype, Device device) {
+  for (int64_t s : sizes) LOOM_CHECK(s >= 0, "negative dimension in shape ", shape_str(sizes));
+  auto impl = std::make_shared<TensorImpl>();
+  int64_t n = shape_numel(sizes);
+  LOOM_CHECK(n <= std::numeric_limits<int64_t>::max() / 16, "shape ", shape_str(sizes), " is too large");
+  impl->storage = allocate_storage(static_cast<size_t>(n) * element_size(dtype), device);
+  impl->sizes = sizes;
+  impl->strides = contiguous_strides(sizes);
+  impl->dtype = dtype;
+  return Tensor(std::move(impl));
+}
+
+Tensor make_alias(const Tensor& base, const Shape& sizes, const Shape& strides, int64_t offset) {
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = base.unsafe_impl()->storage;
+  impl->sizes = sizes;
+  impl->strides = strides;
+  impl->offset = offset;
+  impl->dtype = base.dtype();
+  return Tensor(std::move(impl));
+}
 
 // ---- metadata ----
 

@@ -71,14 +71,14 @@ void LRScheduler::step_to(int64_t epoch) {
   apply(closed ? *closed : get_lr());
 }
 
-nn::StateDict LRScheduler::state_dict() const {
+StateDict LRScheduler::state_dict() const {
   return {{"last_epoch", scalar_tensor(last_epoch_, kInt64)},
           {"step_count", scalar_tensor(step_count_, kInt64)},
           {"base_lrs", vector_tensor(base_lrs_)},
           {"last_lr", vector_tensor(last_lr_)}};
 }
 
-void LRScheduler::load_state_dict(const nn::StateDict& sd) {
+void LRScheduler::load_state_dict(const StateDict& sd) {
   std::map<std::string, Tensor> in;
   for (const auto& [k, t] : sd) {
     LOOM_CHECK(k == "last_epoch" || k == "step_count" || k == "base_lrs" || k == "last_lr", name(),
@@ -366,17 +366,17 @@ void SequentialLR::step() {
   last_lr_ = s.get_last_lr();
 }
 
-nn::StateDict SequentialLR::state_dict() const {
-  nn::StateDict out = LRScheduler::state_dict();
+StateDict SequentialLR::state_dict() const {
+  StateDict out = LRScheduler::state_dict();
   for (size_t k = 0; k < schedulers_.size(); ++k)
     for (auto& [key, t] : schedulers_[k]->state_dict())
       out.emplace_back("schedulers." + std::to_string(k) + "." + key, t);
   return out;
 }
 
-void SequentialLR::load_state_dict(const nn::StateDict& sd) {
-  nn::StateDict own;
-  std::vector<nn::StateDict> parts(schedulers_.size());
+void SequentialLR::load_state_dict(const StateDict& sd) {
+  StateDict own;
+  std::vector<StateDict> parts(schedulers_.size());
   for (const auto& [key, t] : sd) {
     if (key.rfind("schedulers.", 0) != 0) {
       own.emplace_back(key, t);
@@ -391,8 +391,8 @@ void SequentialLR::load_state_dict(const nn::StateDict& sd) {
     parts[std::stoul(idx)].emplace_back(key.substr(dot + 1), t);
   }
   // All or nothing: a failure in any part puts back what was already loaded.
-  nn::StateDict own_before = LRScheduler::state_dict();
-  std::vector<nn::StateDict> before;
+  StateDict own_before = LRScheduler::state_dict();
+  std::vector<StateDict> before;
   for (auto& s : schedulers_) before.push_back(s->state_dict());
   try {
     LRScheduler::load_state_dict(own);

@@ -221,8 +221,8 @@ void Optimizer::zero_grad(bool set_to_none) {
     }
 }
 
-nn::StateDict Optimizer::state_dict() const {
-  nn::StateDict out;
+StateDict Optimizer::state_dict() const {
+  StateDict out;
   int64_t index = 0;
   for (size_t g = 0; g < param_groups_.size(); ++g) {
     const ParamGroup& group = param_groups_[g];
@@ -265,7 +265,7 @@ std::optional<std::pair<int64_t, std::string>> split_key(const std::string& key,
 
 }  // namespace
 
-void Optimizer::load_state_dict(const nn::StateDict& sd) {
+void Optimizer::load_state_dict(const StateDict& sd) {
   // Sort the keys into groups and per-parameter state; nothing is changed
   // until every check has passed.
   std::map<int64_t, std::map<std::string, Tensor>> groups_in;

@@ -13,8 +13,9 @@
 #include <gtest/gtest.h>
 
 // Internal headers (plain declarations): the ISA choice and the fast-path switch.
-#include "../../src/backend/cpu/cpu_gemm.h"
-#include "../../src/backend/cpu/cpu_vec.h"
+#include "backend/cpu/cpu_gemm.h"
+#include "backend/cpu/cpu_vec.h"
+#include "backend/cpu/testing.h"
 
 namespace loom_test {
 
@@ -31,18 +32,18 @@ inline std::vector<GemmIsa> runnable_isas() {
 struct IsaGuard {
   explicit IsaGuard(GemmIsa isa) {
     setenv("LOOM_CPU_ISA", loom::cpu::gemm_isa_name(isa), 1);
-    loom::cpu::gemm_reload_isa();
+    loom::cpu::testing::gemm_reload_isa();
   }
   ~IsaGuard() {
     unsetenv("LOOM_CPU_ISA");
-    loom::cpu::gemm_reload_isa();
+    loom::cpu::testing::gemm_reload_isa();
   }
 };
 
 // The reference kernels for the scope (set_vec_enabled(false)).
 struct ReferenceGuard {
-  ReferenceGuard() { loom::cpu::set_vec_enabled(false); }
-  ~ReferenceGuard() { loom::cpu::set_vec_enabled(true); }
+  ReferenceGuard() { loom::cpu::testing::set_vec_enabled(false); }
+  ~ReferenceGuard() { loom::cpu::testing::set_vec_enabled(true); }
 };
 
 struct ThreadsGuard {

@@ -269,10 +269,10 @@ TEST(AttentionDropout, DropsWeightsWithProbabilityP) {
   const Tensor w = loom::softmax(loom::matmul(q, k.transpose(-2, -1)) * (1 / std::sqrt(8.0)), -1);
   for (bool fast : {true, false}) {
     SCOPED_TRACE(fast ? "tiled" : "reference");
-    loom::cpu::set_vec_enabled(fast);
+    loom::cpu::testing::set_vec_enabled(fast);
     loom::manual_seed(5);
     const Tensor o = loom::scaled_dot_product_attention(q, k, eye, {}, p);
-    loom::cpu::set_vec_enabled(true);
+    loom::cpu::testing::set_vec_enabled(true);
     const std::vector<double> got = flat(o), full = flat(w);
     int64_t dropped = 0;
     for (size_t i = 0; i < got.size(); ++i) {
@@ -378,9 +378,9 @@ TEST(AttentionSemantics, FullyMaskedRowIsNaN) {
   Tensor m = loom::ones({3, 4}, loom::kBool);
   m.select(0, 1).fill_(false);
   for (bool fast : {true, false}) {
-    loom::cpu::set_vec_enabled(fast);
+    loom::cpu::testing::set_vec_enabled(fast);
     const std::vector<double> o = flat(loom::scaled_dot_product_attention(q, k, v, m));
-    loom::cpu::set_vec_enabled(true);
+    loom::cpu::testing::set_vec_enabled(true);
     EXPECT_TRUE(std::isnan(o[2]) && std::isnan(o[3]));
     EXPECT_FALSE(std::isnan(o[0]) || std::isnan(o[1]) || std::isnan(o[4]) || std::isnan(o[5]));
   }

@@ -11,7 +11,9 @@ namespace loom::nn {
 class ReLUImpl : public Module {
  public:
   ReLUImpl() : Module("ReLU") {}
-  Tensor forward(const Tensor& input) override;
+  // final, as Linear's: Sequential may fuse this module into a Linear before it.
+  Tensor forward(const Tensor& input) final;
+  FusionStep fusion_step() const final { return FusionStep::pointwise(LinearActivation::Relu); }
 };
 LOOM_MODULE(ReLU);
 
@@ -30,7 +32,9 @@ LOOM_MODULE(LeakyReLU);
 class GELUImpl : public Module {
  public:
   explicit GELUImpl(std::string approximate = "none");
-  Tensor forward(const Tensor& input) override;
+  // final, as Linear's: Sequential may fuse this module into a Linear before it.
+  Tensor forward(const Tensor& input) final;
+  FusionStep fusion_step() const final;
   std::string extra_repr() const override;
 
   std::string approximate;

@@ -16,10 +16,13 @@ namespace loom::nn {
 class LinearImpl : public Module {
  public:
   LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
-  Tensor forward(const Tensor& input) override;
+  // final: Sequential may run this module fused with the activation after
+  // it, which is only sound while forward is exactly loom::linear.
+  Tensor forward(const Tensor& input) final;
+  FusionStep fusion_step() const final { return FusionStep::linear(); }
   // activation(forward(input)) as one fused op (loom::linear): what
-  // nn::Sequential runs for a Linear child followed by a ReLU or GELU child.
-  // Bit for bit the two modules one after the other.
+  // nn::Sequential runs for a Linear child followed by a ReLU or GELU child
+  // when plan_fusion says so. Bit for bit the two modules one after the other.
   Tensor forward_fused(const Tensor& input, LinearActivation activation);
   // PyTorch's default: weight ~ kaiming_uniform_(a = sqrt(5)), i.e.
   // U(-1/sqrt(in_features), 1/sqrt(in_features)), and bias from the same range.

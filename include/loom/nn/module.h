@@ -9,12 +9,15 @@
 #include <utility>
 #include <vector>
 
+#include "loom/fusion.h"
+#include "loom/state_dict.h"
 #include "loom/tensor.h"
 
 namespace loom::nn {
 
-// Named tensors in registration order ("fc1.weight", "bn.running_mean", ...).
-using StateDict = std::vector<std::pair<std::string, Tensor>>;
+// Named tensors in registration order ("fc1.weight", "bn.running_mean", ...);
+// loom::StateDict (loom/state_dict.h), spelled nn::StateDict as before.
+using StateDict = loom::StateDict;
 
 class Module : public std::enable_shared_from_this<Module> {
  public:
@@ -29,6 +32,13 @@ class Module : public std::enable_shared_from_this<Module> {
   // The single-tensor forward that Sequential chains. Modules with other
   // signatures add their own forward overloads.
   virtual Tensor forward(const Tensor& input);
+
+  // What this module's forward is, for the fusion rules (loom/fusion.h):
+  // opaque unless the class says otherwise. Only classes whose forward is
+  // final may describe themselves, so a subclass cannot run other code than
+  // the description promises (Note [Sequential executes a fusion plan] in
+  // src/nn/container.cpp).
+  virtual FusionStep fusion_step() const { return FusionStep::opaque(); }
 
   // Registration. Names must be unique among a module's parameters, buffers
   // and children, and must not contain '.'.

@@ -33,8 +33,8 @@
 #include <string>
 #include <vector>
 
-#include "loom/nn/module.h"
 #include "loom/optim/optimizer.h"
+#include "loom/state_dict.h"
 
 namespace loom::optim {
 
@@ -56,9 +56,9 @@ class LRScheduler {
   virtual const char* name() const = 0;
 
   // See Note [Scheduler state dict].
-  virtual nn::StateDict state_dict() const;
+  virtual StateDict state_dict() const;
   // Checks every key and shape (an Error names the key) before changing anything.
-  virtual void load_state_dict(const nn::StateDict& state_dict);
+  virtual void load_state_dict(const StateDict& state_dict);
 
  protected:
   // Records the base lrs (each group's initial_lr, set to its lr when the
@@ -239,8 +239,8 @@ class SequentialLR : public LRScheduler {
   void step() override;
   const std::vector<std::shared_ptr<LRScheduler>>& schedulers() const { return schedulers_; }
 
-  nn::StateDict state_dict() const override;
-  void load_state_dict(const nn::StateDict& state_dict) override;
+  StateDict state_dict() const override;
+  void load_state_dict(const StateDict& state_dict) override;
 
  protected:
   // Not used: step() hands each epoch to one of the schedulers.

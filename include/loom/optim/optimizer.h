@@ -26,7 +26,7 @@
 #include <variant>
 #include <vector>
 
-#include "loom/nn/module.h"
+#include "loom/state_dict.h"
 #include "loom/tensor.h"
 
 // Declares an option with a chainable setter and a getter, as libtorch's
@@ -98,10 +98,10 @@ class ParamState {
   Tensor& at(const std::string& name);
   // Adds or replaces an entry.
   void set(const std::string& name, Tensor value);
-  const nn::StateDict& entries() const { return entries_; }
+  const StateDict& entries() const { return entries_; }
 
  private:
-  nn::StateDict entries_;
+  StateDict entries_;
 };
 
 // Parameters optimized with the same options.
@@ -188,13 +188,13 @@ class Optimizer {
   //                                        (global index, group order): "step"
   //                                        (0-dim float64), "exp_avg", ...
   // The state tensors are the optimizer's own (not copies), as PyTorch's.
-  nn::StateDict state_dict() const;
+  StateDict state_dict() const;
   // Restores hyperparameters and state (copied, cast to each parameter's
   // dtype and device) from a state_dict() of an optimizer of the same kind
   // over parameters of the same shapes in the same groups. Everything is
   // checked before anything changes: the group count, each group's size,
   // every key, every state shape; an Error names the key and the shapes.
-  void load_state_dict(const nn::StateDict& state_dict);
+  void load_state_dict(const StateDict& state_dict);
 
  protected:
   Optimizer(std::vector<ParamGroup> param_groups, std::unique_ptr<OptimizerOptions> defaults);

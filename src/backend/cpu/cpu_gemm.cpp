@@ -9,13 +9,14 @@
 #include <new>
 #include <vector>
 
+#include "backend/cpu/testing.h"
 #include "loom/threads.h"
 
 namespace loom::cpu {
 
 // ---------------------------------------------------------------- ISA choice
 
-void gemm_reload_isa() { cpu_reload_isa(); }
+void testing::gemm_reload_isa() { cpu_reload_isa(); }
 
 // ---------------------------------------------------------------- portable micro-kernel
 

@@ -56,9 +56,8 @@ namespace loom::cpu {
 
 // ---- ISA selection ----
 
-// GemmIsa, gemm_isa() and gemm_best_isa() are in cpu_features.h.
-// gemm_reload_isa() reads LOOM_CPU_ISA again (tests set it with setenv).
-void gemm_reload_isa();
+// GemmIsa, gemm_isa() and gemm_best_isa() are in cpu_features.h; tests read
+// LOOM_CPU_ISA again with testing::gemm_reload_isa (backend/cpu/testing.h).
 
 // ---- the product ----
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "backend/cpu/cpu_gemm.h"
+#include "backend/cpu/testing.h"
 
 namespace loom::cpu {
 namespace {
@@ -37,7 +38,7 @@ std::atomic<bool> g_vec_enabled{true};
 }  // namespace
 
 bool vec_enabled() { return g_vec_enabled.load(std::memory_order_relaxed); }
-void set_vec_enabled(bool on) { g_vec_enabled.store(on, std::memory_order_relaxed); }
+void testing::set_vec_enabled(bool on) { g_vec_enabled.store(on, std::memory_order_relaxed); }
 
 const VecKernels& vec() { return vec_kernels(gemm_isa()); }
 

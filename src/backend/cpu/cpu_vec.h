@@ -100,11 +100,10 @@ const VecKernels& vec_kernels(GemmIsa isa);
 // The table the kernels use now: vec_kernels(gemm_isa()).
 const VecKernels& vec();
 
-// Whether the kernels take their fast paths at all (default true). Tests turn
-// them off to run the reference kernels through the same entry points and
-// compare; nothing else should.
+// Whether the kernels take their fast paths at all (default true). Only tests
+// turn them off (testing::set_vec_enabled, backend/cpu/testing.h), to run the
+// reference kernels through the same entry points and compare.
 bool vec_enabled();
-void set_vec_enabled(bool on);
 
 VecKernels vec_kernels_portable();
 #if defined(__x86_64__) || defined(__i386__)
