@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-// The `loom train --model gpt|lstm` and `loom generate` code, as test_train.cpp does.
-#include "../tools/loom/lm.cpp"
+// The `loom train --model gpt|lstm` and `loom generate` code (loom_cli_lib), as test_train.cpp does.
+#include "../tools/loom/lm.h"
 
 namespace {
 

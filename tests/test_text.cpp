@@ -273,6 +273,65 @@ TEST(TextDataset, Errors) {
   EXPECT_TRUE(throws_with([&] { ds.get(-1); }, {"index -1"}));
 }
 
+// ---- Note [Next-token batches]: TextDataset::random_batch ----
+
+// The documented draw, written out here independently of text.cpp.
+uint64_t reference_mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+TEST(TextDatasetRandomBatch, StartsAreTheDocumentedSplitmix64DrawsOfSeedAndStep) {
+  TextDataset ds(arange(1000), 8);
+  for (uint64_t seed : {uint64_t{0}, uint64_t{7}, ~uint64_t{0}})
+    for (int64_t step : {1, 2, 500}) {
+      uint64_t state = reference_mix(seed ^ reference_mix(static_cast<uint64_t>(step) + 1));
+      std::vector<int64_t> expected;
+      for (int i = 0; i < 5; ++i) expected.push_back(static_cast<int64_t>((state = reference_mix(state)) % 992));
+      EXPECT_EQ(ds.random_starts(5, seed, step), expected) << "seed " << seed << " step " << step;
+    }
+}
+
+TEST(TextDatasetRandomBatch, DeterministicPerSeedAndStepAndIndependentOfOtherDraws) {
+  TextDataset ds(arange(500), 16);
+  Batch a = ds.random_batch(4, 3, 10);
+  manual_seed(99);
+  randn({50});                          // the global generator does not move it
+  (void)ds.random_batch(4, 3, 11);      // nor do other steps drawn before
+  Batch b = ds.random_batch(4, 3, 10);
+  EXPECT_TRUE(a.data.equal(b.data));
+  EXPECT_TRUE(a.target.equal(b.target));
+  EXPECT_FALSE(ds.random_batch(4, 3, 11).data.equal(a.data));
+  EXPECT_FALSE(ds.random_batch(4, 4, 10).data.equal(a.data));
+  // (B, T) int64 rows of consecutive ids, the target one further.
+  EXPECT_EQ(a.data.sizes(), (std::vector<int64_t>{4, 16}));
+  EXPECT_EQ(a.data.dtype(), kInt64);
+  const std::vector<int64_t> starts = ds.random_starts(4, 3, 10);
+  for (int64_t r = 0; r < 4; ++r) {
+    EXPECT_TRUE(a.data[r].equal(arange(starts[static_cast<size_t>(r)], starts[static_cast<size_t>(r)] + 16)));
+    EXPECT_TRUE(a.target[r].equal(arange(starts[static_cast<size_t>(r)] + 1, starts[static_cast<size_t>(r)] + 17)));
+  }
+}
+
+TEST(TextDatasetRandomBatch, EveryOffsetAndOnlyValidOnes) {
+  // N = T + 1: one window, start 0 only; N = T + 3: starts 0..2, all reached.
+  TextDataset one(arange(9), 8);
+  for (int64_t s : one.random_starts(20, 1, 1)) EXPECT_EQ(s, 0);
+  TextDataset three(arange(11), 8);
+  std::vector<int> seen(3, 0);
+  for (int64_t step = 1; step <= 20; ++step)
+    for (int64_t s : three.random_starts(4, 0, step)) {
+      ASSERT_GE(s, 0);
+      ASSERT_LE(s, 2);
+      ++seen[static_cast<size_t>(s)];
+    }
+  for (int n : seen) EXPECT_GT(n, 0);
+  EXPECT_TRUE(throws_with([&] { three.windows({3}); }, {"TextDataset::windows", "start 3", "[0, 2]"}));
+  EXPECT_TRUE(throws_with([&] { three.random_starts(0, 0, 1); }, {"batch_size must be at least 1"}));
+}
+
 // ---- split_tokens ----
 
 TEST(SplitTokens, ContiguousTrainThenVal) {

@@ -2,8 +2,9 @@
 // from a checkpoint, the metrics file, and the `loom` binary's command line.
 //
 // The training loop lives in tools/loom (train.cpp and its helpers), which is
-// a program, not part of the library; this file compiles those sources in
-// so the test drives the very function the CLI runs. Tests that need the
+// a program, not part of the library; its code but main.cpp is the static
+// library loom_cli_lib, which this test links, so it drives the very
+// function the CLI runs. Tests that need the
 // dataset skip when the OS package dataset-fashion-mnist is not installed.
 #include <gtest/gtest.h>
 #include <loom/loom.h>
@@ -19,17 +20,22 @@
 #include <string>
 #include <sys/wait.h>
 
-#include "../tools/loom/checkpoint.cpp"
-#include "../tools/loom/metrics.cpp"
-#include "../tools/loom/models.cpp"
-#include "../tools/loom/progress.cpp"
-#include "../tools/loom/train.cpp"
+#include <CLI/CLI.hpp>
+
+#include "../tools/loom/checkpoint.h"
+#include "../tools/loom/flags.h"
+#include "../tools/loom/metrics.h"
+#include "../tools/loom/model_config.h"
+#include "../tools/loom/progress.h"
+#include "../tools/loom/train.h"
+#include "test_util.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using namespace loom;
 using cli::TrainOptions;
+using loom::test::throws_with;
 
 bool have_dataset() {
   return fs::exists(fs::path(cli::kFashionMnistDir) / "train-images-idx3-ubyte.gz") &&
@@ -402,6 +408,220 @@ TEST(TrainProgress, LogLinesEveryTenthOfAnEpoch) {
   EXPECT_NE(tty.str().find("[========================================] 3/3"), std::string::npos) << tty.str();
 }
 
+// ---- the library's training checkpoint (include/loom/train/checkpoint.h) ----
+
+TEST(LibraryTrainingCheckpoint, RoundTripsStatesProgressRngAndSettings) {
+  TempDir dir;
+  train::TrainingCheckpoint c;
+  c.model_state = {{"fc.weight", arange(6, kFloat32).reshape({2, 3})}, {"fc.bias", zeros({2})}};
+  c.optimizer_state = {{"state.0.step", scalar_tensor(3.0, kFloat64)}};
+  c.scheduler_state = {{"last_epoch", scalar_tensor(int64_t{7}, kInt64)}};
+  c.rng = {11, 22};
+  c.epoch = 2;
+  c.step = 40;
+  c.settings = {{"my.batch_size", "64"}, {"my.lr", "0.001"}, {"my.note", ""}};
+  const std::string path = dir.file("c.safetensors");
+  train::save_training_checkpoint(path, c);
+
+  train::TrainingCheckpoint back = train::load_training_checkpoint(path);
+  expect_same_state(back.model_state, c.model_state);
+  expect_same_state(back.optimizer_state, c.optimizer_state);
+  expect_same_state(back.scheduler_state, c.scheduler_state);
+  EXPECT_EQ(back.rng.seed, 11u);
+  EXPECT_EQ(back.rng.offset, 22u);
+  EXPECT_EQ(back.epoch, 2);
+  EXPECT_EQ(back.step, 40);
+  EXPECT_EQ(back.settings, c.settings);
+
+  // What Python's safetensors.torch.load_file sees: the model under its own
+  // names, the rest prefixed, and the metadata the format asks for.
+  io::SafetensorsFile raw = io::load_safetensors(path);
+  ASSERT_EQ(raw.tensors.size(), 4u);
+  EXPECT_EQ(raw.tensors[0].first, "fc.weight");
+  EXPECT_EQ(raw.tensors[2].first, "optimizer.state.0.step");
+  EXPECT_EQ(raw.tensors[3].first, "scheduler.last_epoch");
+  EXPECT_EQ(raw.metadata["format"], "pt");
+  EXPECT_EQ(raw.metadata["loom.epoch"], "2");
+  EXPECT_EQ(raw.metadata["my.batch_size"], "64");
+
+  // The checkpoint's own keys are not settings; tensor names may not collide.
+  train::TrainingCheckpoint reserved = c;
+  reserved.settings["loom.epoch"] = "9";
+  EXPECT_TRUE(throws_with([&] { train::save_training_checkpoint(path, reserved); }, {"'loom.epoch'"}));
+  train::TrainingCheckpoint colliding = c;
+  colliding.model_state.emplace_back("optimizer.x", zeros({1}));
+  EXPECT_TRUE(throws_with([&] { train::save_training_checkpoint(path, colliding); }, {"'optimizer.x'"}));
+  // A plain state dict is not a training checkpoint.
+  io::save_safetensors(dir.file("plain.safetensors"), c.model_state);
+  EXPECT_TRUE(throws_with([&] { train::load_training_checkpoint(dir.file("plain.safetensors")); },
+                               {"plain.safetensors", "'loom.epoch' is missing"}));
+}
+
+TEST(LibraryTrainingCheckpoint, ResumeMismatchNamesEverySettingInOrder) {
+  const train::Settings saved = {{"a", "1"}, {"b", "x"}, {"c", "0.5"}, {"unchecked", "1"}};
+  const std::vector<train::ResumeSetting> rules = {{"c", "--c"}, {"a", "--a"}, {"b", "--b"}, {"d", "--d"}};
+  EXPECT_NO_THROW(train::check_resume("f.safetensors", saved, saved, rules));
+  train::Settings asked = saved;
+  asked["unchecked"] = "2";  // not in the rules: may differ
+  EXPECT_NO_THROW(train::check_resume("f.safetensors", saved, asked, rules));
+  asked["a"] = "2";
+  asked["c"] = "0.25";
+  asked["d"] = "new";
+  try {
+    train::check_resume("f.safetensors", saved, asked, rules);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("cannot resume from 'f.safetensors'"), std::string::npos) << msg;
+    const size_t c = msg.find("\n  --c 0.5 (asked: 0.25)"), a = msg.find("\n  --a 1 (asked: 2)"),
+                 d = msg.find("\n  --d (none) (asked: new)");
+    EXPECT_NE(c, std::string::npos) << msg;
+    EXPECT_NE(a, std::string::npos) << msg;
+    EXPECT_NE(d, std::string::npos) << msg;
+    EXPECT_LT(c, a);
+    EXPECT_LT(a, d);
+    EXPECT_EQ(msg.find("--b"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find("unchecked"), std::string::npos) << msg;
+  }
+}
+
+// The command's settings table (Note [One table of training settings]): the
+// resume check, the settings a resume takes from the checkpoint, and the file.
+TEST(TrainSettingsTable, ResumeRuleAndTakingSettingsFromTheCheckpoint) {
+  cli::TrainSettings saved;
+  saved.random_crop = 2;
+  saved.hflip = true;
+  saved.seed = 5;
+  cli::TrainSettings asked = saved;
+  EXPECT_NO_THROW(cli::check_resume_settings("ckpt", saved, asked));
+  asked.hflip = false;
+  asked.random_crop = 0;
+  asked.seed = 6;
+  asked.model.hidden = {16};
+  try {
+    cli::check_resume_settings("ckpt", saved, asked);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const char* part : {"--hflip 1 (asked: 0)", "--random-crop 2 (asked: 0)", "--seed 5 (asked: 6)",
+                             "--hidden 512,256 (asked: 16)"})
+      EXPECT_NE(msg.find(part), std::string::npos) << part << "\n" << msg;
+    EXPECT_EQ(msg.find("--batch-size"), std::string::npos) << msg;
+  }
+  // --epochs shapes a cosine schedule only.
+  asked = saved;
+  asked.epochs = 9;
+  EXPECT_THROW(cli::check_resume_settings("ckpt", saved, asked), Error);
+  saved.schedule = asked.schedule = "constant";
+  EXPECT_NO_THROW(cli::check_resume_settings("ckpt", saved, asked));
+
+  // Flags given keep their value; the rest come from the checkpoint.
+  cli::TrainSettings ckpt;
+  ckpt.model.name = "cnn";
+  ckpt.batch_size = 64;
+  ckpt.lr = 0.25;
+  ckpt.hflip = true;
+  cli::TrainSettings now;
+  now.lr = 0.5;
+  cli::take_settings_not_given(ckpt, now, [](const std::string& flag) { return flag == "--lr"; });
+  EXPECT_EQ(now.model.name, "cnn");
+  EXPECT_EQ(now.batch_size, 64);
+  EXPECT_EQ(now.lr, 0.5);
+  EXPECT_TRUE(now.hflip);
+
+  // Every setting survives the metadata, and a missing one is named.
+  cli::TrainSettings odd;
+  odd.lr = 0.1 + 0.2;
+  odd.momentum = 1.0 / 3;
+  odd.seed = 18446744073709551615ull;
+  odd.model.hidden = {};
+  odd.train_limit = 123;
+  train::Settings meta = cli::settings_to_metadata(odd);
+  EXPECT_EQ(cli::settings_from_metadata(meta, "f"), odd);
+  meta.erase("loom.augment.hflip");
+  EXPECT_TRUE(throws_with([&] { cli::settings_from_metadata(meta, "f"); }, {"'loom.augment.hflip' is missing"}));
+}
+
+// ---- Note [Flags per model] ----
+
+TEST(TrainFlags, LanguageModelsRefuseImageFlagsAndBack) {
+  const std::vector<std::string> image_only = {"--epochs", "--optimizer", "--momentum", "--workers", "--hidden",
+                                               "--data-dir", "--stop-after", "--resume", "--train-limit",
+                                               "--test-limit", "--random-crop", "--hflip"};
+  for (const char* lm : {"gpt", "lstm"}) {
+    const auto refusals = cli::train_flag_refusals(lm, "adamw", image_only);
+    ASSERT_EQ(refusals.size(), image_only.size()) << lm;
+    for (size_t i = 0; i < image_only.size(); ++i)
+      EXPECT_EQ(refusals[i].rfind(image_only[i] + " does not apply to --model " + lm + ": ", 0), 0u) << refusals[i];
+  }
+  EXPECT_EQ(cli::train_flag_refusals("gpt", "adamw", {"--epochs"}),
+            std::vector<std::string>{"--epochs does not apply to --model gpt: language models train for --max-steps "
+                                     "steps"});
+  const std::vector<std::string> lm_only = {"--layers", "--d-model", "--heads", "--context", "--dropout",
+                                            "--no-tie", "--tokenizer", "--max-steps", "--eval-every",
+                                            "--eval-batches", "--grad-clip"};
+  for (const char* image : {"mlp", "cnn", "resnet9"})
+    EXPECT_EQ(cli::train_flag_refusals(image, "adamw", lm_only).size(), lm_only.size()) << image;
+  // The gpt's own flags, refused for the lstm.
+  EXPECT_EQ(cli::train_flag_refusals("lstm", "adamw", {"--heads", "--no-tie", "--layers"}).size(), 2u);
+  EXPECT_TRUE(cli::train_flag_refusals("gpt", "adamw", lm_only).empty());
+  // Flags every model takes.
+  const std::vector<std::string> shared = {"--model", "--dataset", "--batch-size", "--lr", "--schedule",
+                                           "--weight-decay", "--seed", "--threads", "--out", "--metrics"};
+  for (const std::string& model : cli::train_models())
+    EXPECT_TRUE(cli::train_flag_refusals(model, "adamw", shared).empty()) << model;
+  // --hidden is the mlp's; --momentum is sgd's.
+  EXPECT_TRUE(cli::train_flag_refusals("mlp", "adamw", {"--hidden"}).empty());
+  EXPECT_EQ(cli::train_flag_refusals("cnn", "adamw", {"--hidden"}).size(), 1u);
+  EXPECT_TRUE(cli::train_flag_refusals("mlp", "sgd", {"--momentum"}).empty());
+  EXPECT_EQ(cli::train_flag_refusals("mlp", "adamw", {"--momentum"}),
+            std::vector<std::string>{"--momentum does not apply to --optimizer adamw: only sgd has momentum"});
+  EXPECT_TRUE(throws_with([] { cli::check_train_flags("lstm", "adamw", {"--workers", "--epochs"}); },
+                               {"train: --workers does not apply to --model lstm", "\ntrain: --epochs"}));
+}
+
+// The numeric validators' words, on a CLI11 app of their own.
+std::string validation_error(CLI::Validator v, const std::string& value) {
+  CLI::App app;
+  std::string out;
+  app.add_option("--flag", out)->check(std::move(v));
+  try {
+    app.parse(std::vector<std::string>{value, "--flag"});  // CLI11 takes argv reversed
+  } catch (const CLI::ParseError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(TrainFlags, NumericValidatorsSayWhatIsExpected) {
+  EXPECT_EQ(validation_error(cli::positive_integer(), "0"), "--flag: expected a positive integer, got 0");
+  EXPECT_EQ(validation_error(cli::positive_integer(), "-3"), "--flag: expected a positive integer, got -3");
+  EXPECT_EQ(validation_error(cli::positive_integer(), "2.5"), "--flag: expected a positive integer, got 2.5");
+  EXPECT_EQ(validation_error(cli::positive_integer(100), "101"), "--flag: expected a positive integer, got 101");
+  EXPECT_EQ(validation_error(cli::positive_integer(), "12"), "");
+  EXPECT_EQ(validation_error(cli::non_negative_integer(), "-1"), "--flag: expected an integer >= 0, got -1");
+  EXPECT_EQ(validation_error(cli::non_negative_integer(), "0"), "");
+  EXPECT_EQ(validation_error(cli::positive_number(), "abc"), "--flag: expected a positive number, got abc");
+  EXPECT_EQ(validation_error(cli::positive_number(), "0"), "--flag: expected a positive number, got 0");
+  EXPECT_EQ(validation_error(cli::positive_number(), "nan"), "--flag: expected a positive number, got nan");
+  EXPECT_EQ(validation_error(cli::positive_number(), "1e-3"), "");
+  EXPECT_EQ(validation_error(cli::non_negative_number(), "-0.5"), "--flag: expected a number >= 0, got -0.5");
+  EXPECT_EQ(validation_error(cli::number_between(0, 0.99), "1"), "--flag: expected a number in [0, 0.99], got 1");
+  EXPECT_EQ(validation_error(cli::unsigned_integer(), "-1"),
+            "--flag: expected an integer from 0 to 18446744073709551615, got -1");
+  EXPECT_EQ(validation_error(cli::unsigned_integer(), "18446744073709551615"), "");
+}
+
+TEST(LibraryAtomicWrite, WritesWholeFilesAndNamesTheMissingFolder) {
+  TempDir dir;
+  const std::string path = dir.file("bytes.bin");
+  io::write_file_atomic(path, std::string_view("first"));
+  io::write_file_atomic(path, std::vector<uint8_t>{'a', 'b', 0, 'c'});
+  EXPECT_EQ(read_file(path), std::string("ab\0c", 4));
+  EXPECT_TRUE(throws_with([&] { io::write_file_atomic(dir.file("no/such/x.png"), std::string_view("x")); },
+                               {"write_file_atomic", "no/such", "does not exist"}));
+}
+
 // ---- the `loom` binary ----
 
 // build/tests/test_train -> build/loom, unless CMake passes LOOM_CLI_PATH.
@@ -507,6 +727,60 @@ TEST(LoomCli, TrainEvalPredictOnASubset) {
   RunResult out_of_range = run_loom("predict --index 10000 --model-file '" + ckpt + "'");
   EXPECT_EQ(out_of_range.exit_code, 1) << out_of_range.output;
   EXPECT_NE(out_of_range.output.find("out of range"), std::string::npos) << out_of_range.output;
+}
+
+TEST(LoomCli, FlagsThatDoNotApplyToTheModelAreRefused) {
+  SKIP_WITHOUT_BINARY();
+  struct Case {
+    std::string args, expected;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"train --model gpt --epochs 3", "--epochs does not apply to --model gpt: language models train for "
+                                            "--max-steps steps"},
+           {"train --model lstm --optimizer sgd", "--optimizer does not apply to --model lstm"},
+           {"train --model gpt --workers 2", "--workers does not apply to --model gpt"},
+           {"train --model lstm --hidden 64", "--hidden does not apply to --model lstm"},
+           {"train --model lstm --heads 2", "--heads does not apply to --model lstm"},
+           {"train --model mlp --max-steps 10", "--max-steps does not apply to --model mlp"},
+           {"train --layers 2", "--layers does not apply to --model mlp"},
+           {"train --model cnn --hidden 64", "--hidden does not apply to --model cnn"},
+           {"train --momentum 0.9", "--momentum does not apply to --optimizer adamw"}}) {
+    RunResult r = run_loom(c.args + " --out ''");
+    EXPECT_EQ(r.exit_code, 1) << c.args << "\n" << r.output;
+    EXPECT_NE(r.output.find("loom: error: train: " + c.expected), std::string::npos) << c.args << "\n" << r.output;
+  }
+}
+
+TEST(LoomCli, NumericFlagErrorsSayWhatIsExpected) {
+  SKIP_WITHOUT_BINARY();
+  TempDir dir;
+  const std::string file = dir.file("any.safetensors");
+  std::ofstream(file) << "x";
+  struct Case {
+    std::string args, expected;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"train --epochs -3", "--epochs: expected a positive integer, got -3"},
+           {"train --batch-size 0", "--batch-size: expected a positive integer, got 0"},
+           {"train --lr abc", "--lr: expected a positive number, got abc"},
+           {"train --weight-decay -1", "--weight-decay: expected a number >= 0, got -1"},
+           {"train --hidden 64,0", "--hidden: expected a positive integer, got 0"},
+           {"train --seed -1", "--seed: expected an integer from 0 to 18446744073709551615, got -1"},
+           {"train --threads x", "--threads: expected an integer >= 0, got x"},
+           {"train --model gpt --dropout 1.5", "--dropout: expected a number in [0, 0.99], got 1.5"},
+           {"train --model gpt --context 0", "--context: expected a positive integer, got 0"},
+           {"eval --batch-size 0 --model-file '" + file + "'", "--batch-size: expected a positive integer, got 0"},
+           {"predict --index -1 --model-file '" + file + "'", "--index: expected an integer >= 0, got -1"},
+           {"generate --temperature -1 --model-file '" + file + "'",
+            "--temperature: expected a number >= 0, got -1"},
+           {"generate --top-k 1.5 --model-file '" + file + "'", "--top-k: expected an integer >= 0, got 1.5"},
+           {"generate --max-new-tokens -5 --model-file '" + file + "'",
+            "--max-new-tokens: expected an integer >= 0, got -5"}}) {
+    RunResult r = run_loom(c.args);
+    EXPECT_NE(r.exit_code, 0) << c.args << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.expected), std::string::npos) << c.args << "\n" << r.output;
+    EXPECT_EQ(r.output.find("not in range"), std::string::npos) << c.args << "\n" << r.output;
+  }
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // A character-level GPT on the fortune cookies of the Debian package
 // `fortunes` (nanoGPT's shakespeare_char, in loom): it reads the corpus,
 // builds a character tokenizer, trains models::GPT on random next-character
-// windows with AdamW, reports the validation loss as it goes, and then
+// windows (data::TextDataset::random_batch) with AdamW, reports the validation loss as it goes, and then
 // writes new fortunes with the KV cache.
 //
 //   build/example_char_gpt                          (1000 steps, about 2 minutes on 4 cores)
@@ -11,7 +11,6 @@
 #include <loom/loom.h>
 
 #include <chrono>
-#include <random>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -21,27 +20,15 @@ using loom::Tensor;
 
 namespace {
 
-// Batch `step`'s windows: `batch` random starts in ids, (x, y) of shape (B, T).
-std::pair<Tensor, Tensor> get_batch(const Tensor& ids, int64_t batch, int64_t t, std::mt19937_64& gen) {
-  std::uniform_int_distribution<int64_t> start(0, ids.numel() - t - 2);
-  std::vector<Tensor> xs, ys;
-  for (int64_t i = 0; i < batch; ++i) {
-    const int64_t s = start(gen);
-    xs.push_back(ids.narrow(0, s, t));
-    ys.push_back(ids.narrow(0, s + 1, t));
-  }
-  return {loom::stack(xs), loom::stack(ys)};
-}
-
-// Mean loss over `batches` fixed validation batches.
-double val_loss(loom::models::GPT& gpt, const Tensor& ids, int64_t batch, int64_t t, int64_t batches) {
+// Mean loss over `batches` fixed validation batches: the same windows every
+// time (the batches of seed 1234, steps 1..batches).
+double val_loss(loom::models::GPT& gpt, const loom::data::TextDataset& val, int64_t batch, int64_t batches) {
   loom::NoGradGuard no_grad;
   gpt->eval();
-  std::mt19937_64 gen(1234);  // the same windows every time
   double sum = 0;
-  for (int64_t i = 0; i < batches; ++i) {
-    auto [x, y] = get_batch(ids, batch, t, gen);
-    sum += gpt->loss(x, y).item<double>();
+  for (int64_t i = 1; i <= batches; ++i) {
+    loom::data::Batch b = val.random_batch(batch, /*seed=*/1234, /*step=*/i);
+    sum += gpt->loss(b.data, b.target).item<double>();
   }
   gpt->train();
   return sum / static_cast<double>(batches);
@@ -82,11 +69,12 @@ int main(int argc, char** argv) {
     loom::optim::CosineAnnealingLR schedule(opt, steps);
     std::printf("GPT: %lld parameters\n", static_cast<long long>(gpt->num_parameters()));
 
-    std::mt19937_64 gen(0);
+    // Step s trains on `batch` random windows keyed by (seed 0, s), as `loom train --model gpt`.
+    const loom::data::TextDataset train(corpus.train_ids, context), val(corpus.val_ids, context);
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t step = 1; step <= steps; ++step) {
-      auto [x, y] = get_batch(corpus.train_ids, batch, context, gen);
-      Tensor loss = gpt->loss(x, y);
+      loom::data::Batch b = train.random_batch(batch, /*seed=*/0, step);  // (B, T) inputs and next tokens
+      Tensor loss = gpt->loss(b.data, b.target);
       opt.zero_grad();
       loss.backward();
       loom::nn::utils::clip_grad_norm_(gpt->parameters(), 1.0);
@@ -95,7 +83,7 @@ int main(int argc, char** argv) {
       if (step % 100 == 0 || step == steps) {
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         std::printf("step %5lld  train loss %.4f  val loss %.4f  (%.0f ms/step)\n", static_cast<long long>(step),
-                    loss.item<double>(), val_loss(gpt, corpus.val_ids, batch, context, 10),
+                    loss.item<double>(), val_loss(gpt, val, batch, 10),
                     1000 * secs / static_cast<double>(step));
         std::fflush(stdout);
       }

@@ -4,22 +4,17 @@
 // in loom). After every epoch it writes an 8x8 grid of samples from the same
 // fixed noise, so the grids show the generator learning.
 //
-//   build/example_gan --epochs 3 --out-dir gan_out        (gan_out/epoch_1.png, ...)
+//   build/example_gan --epochs 3                          (runs/gan/epoch_1.png, ...)
 //   build/example_gan --epochs 1 --limit 6000             (a quick look)
 #include <png.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <loom/loom.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <numeric>
 #include <stdexcept>
@@ -50,31 +45,6 @@ nn::Sequential make_discriminator() {
                         nn::BatchNorm2d(128), nn::LeakyReLU(0.2), nn::Flatten(), nn::Linear(128 * 7 * 7, 1));
 }
 
-// Writes `bytes` to `path` atomically: a temporary file in the same folder,
-// fsync, rename over `path`. A reader sees the old file or the whole new one.
-void write_file_atomically(const std::string& path, const std::vector<unsigned char>& bytes) {
-  std::string temp = path + ".tmp.XXXXXX";
-  int fd = ::mkstemp(temp.data());
-  if (fd < 0) throw std::runtime_error("cannot create " + temp + ": " + std::strerror(errno));
-  auto fail = [&](const char* what) {
-    std::string why = std::strerror(errno);
-    if (fd >= 0) ::close(fd);
-    ::unlink(temp.c_str());
-    throw std::runtime_error(std::string("cannot ") + what + " " + path + ": " + why);
-  };
-  if (::fchmod(fd, 0644) != 0) fail("set the mode of");  // mkstemp makes it 0600
-  for (size_t done = 0; done < bytes.size();) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno != EINTR) fail("write");
-    if (n > 0) done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0) fail("fsync");
-  const int closed = ::close(fd);
-  fd = -1;
-  if (closed != 0) fail("close");
-  if (::rename(temp.c_str(), path.c_str()) != 0) fail("rename a temporary file to");
-}
-
 // images (64, 1, 28, 28) in [-1, 1] -> an 8x8 grid PNG (grey, 2-pixel gaps).
 void save_grid(const Tensor& images, const std::string& path) {
   constexpr int kCols = 8, kSize = 28, kGap = 2, kSide = kCols * (kSize + kGap) + kGap;
@@ -101,7 +71,7 @@ void save_grid(const Tensor& images, const std::string& path) {
   }
   if (PNG_IMAGE_FAILED(image)) throw std::runtime_error("cannot encode " + path + ": " + image.message);
   png.resize(size);
-  write_file_atomically(path, png);
+  loom::io::write_file_atomic(path, png);  // a viewer never sees half a PNG
 }
 
 int main(int argc, char** argv) {
@@ -109,7 +79,7 @@ int main(int argc, char** argv) {
   int epochs = 3, threads = 0;
   int64_t batch_size = 128, limit = 0, log_every = 100;
   uint64_t seed = 0;
-  std::string out_dir = "gan_out", data_dir = loom::data::kFashionMnistRoot;
+  std::string out_dir = "runs/gan", data_dir = loom::data::kFashionMnistRoot;
   app.add_option("--epochs", epochs, "Epochs to train")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--batch-size", batch_size, "Images per batch")->check(CLI::Range(2, 1 << 16))->capture_default_str();
   app.add_option("--out-dir", out_dir, "Folder for epoch_<n>.png")->capture_default_str();

@@ -14,6 +14,7 @@
 #include "loom/ops.h"
 #include "loom/tensor.h"
 #include "loom/threads.h"
+#include "loom/train/checkpoint.h"
 
 namespace loom {
 using indexing::Ellipsis;

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/splitmix64.h"
 #include "loom/error.h"
 #include "loom/ops.h"
 
@@ -337,6 +338,40 @@ Example TextDataset::get(int64_t index) {
 }
 
 int64_t TextDataset::size() const { return (ids_.size(0) - context_length_ - 1) / stride_ + 1; }
+
+std::vector<int64_t> TextDataset::random_starts(int64_t batch_size, uint64_t seed, int64_t step) const {
+  LOOM_CHECK(batch_size >= 1, "TextDataset::random_starts: batch_size must be at least 1, got ", batch_size);
+  // Note [Next-token batches]: starts 0 .. N - T - 1, keyed by (seed, step).
+  const uint64_t range = static_cast<uint64_t>(ids_.size(0) - context_length_);
+  std::vector<int64_t> starts(static_cast<size_t>(batch_size));
+  uint64_t state = splitmix64(seed ^ splitmix64(static_cast<uint64_t>(step) + 1));
+  for (int64_t& s : starts) {
+    state = splitmix64(state);
+    s = static_cast<int64_t>(state % range);
+  }
+  return starts;
+}
+
+Batch TextDataset::windows(const std::vector<int64_t>& starts) const {
+  const int64_t t = context_length_, last = ids_.size(0) - t - 1;
+  LOOM_CHECK(!starts.empty(), "TextDataset::windows: no starts given");
+  std::vector<int64_t> x, y;  // (B, T) each, row-major
+  x.reserve(starts.size() * static_cast<size_t>(t));
+  y.reserve(starts.size() * static_cast<size_t>(t));
+  const int64_t* p = ids_.data_ptr<int64_t>();
+  for (int64_t s : starts) {
+    LOOM_CHECK(s >= 0 && s <= last, "TextDataset::windows: start ", s, " is outside [0, ", last,
+               "] (", ids_.size(0), " tokens, context_length ", t, ")");
+    x.insert(x.end(), p + s, p + s + t);
+    y.insert(y.end(), p + s + 1, p + s + t + 1);
+  }
+  const int64_t b = static_cast<int64_t>(starts.size());
+  return {tensor(x, kInt64).reshape({b, t}), tensor(y, kInt64).reshape({b, t})};
+}
+
+Batch TextDataset::random_batch(int64_t batch_size, uint64_t seed, int64_t step) const {
+  return windows(random_starts(batch_size, seed, step));
+}
 
 // ---- split_tokens ----
 

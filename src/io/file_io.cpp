@@ -13,6 +13,7 @@
 #include <system_error>
 
 #include "loom/error.h"
+#include "loom/io/file.h"
 
 namespace loom::io {
 namespace {
@@ -160,6 +161,20 @@ void FileReader::read_at(uint64_t offset, void* dst, size_t n) {
     at += static_cast<uint64_t>(r);
     n -= static_cast<size_t>(r);
   }
+}
+
+void write_file_atomic(const std::string& path, const void* data, size_t size) {
+  AtomicFileWriter file(path, "write_file_atomic");
+  if (size > 0) file.write(data, size);
+  file.commit();
+}
+
+void write_file_atomic(const std::string& path, std::string_view bytes) {
+  write_file_atomic(path, bytes.data(), bytes.size());
+}
+
+void write_file_atomic(const std::string& path, const std::vector<uint8_t>& bytes) {
+  write_file_atomic(path, bytes.data(), bytes.size());
 }
 
 }  // namespace loom::io

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/splitmix64.h"
 #include "loom/autograd.h"
 #include "loom/error.h"
 #include "loom/nn/functional.h"
@@ -195,18 +196,6 @@ Tensor GPTImpl::loss(const Tensor& idx, const Tensor& targets) {
   return F::cross_entropy(logits.reshape({-1, config.vocab_size}), targets.reshape({-1}));
 }
 
-namespace {
-
-// splitmix64: the sampler's stream (a 64-bit seed, no shared state).
-uint64_t splitmix64(uint64_t& s) {
-  uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-}  // namespace
-
 int64_t sample_token(const float* logits, int64_t v, const GenerateOptions& o, uint64_t& state) {
   if (o.temperature <= 0) return static_cast<int64_t>(std::max_element(logits, logits + v) - logits);
   std::vector<double> z(logits, logits + v);
@@ -221,7 +210,7 @@ int64_t sample_token(const float* logits, int64_t v, const GenerateOptions& o, u
   const double mx = *std::max_element(z.begin(), z.end());
   double sum = 0;
   for (double& x : z) sum += (x = std::exp(x - mx));
-  const double u = static_cast<double>(splitmix64(state) >> 11) * 0x1.0p-53 * sum;
+  const double u = static_cast<double>(splitmix64_next(state) >> 11) * 0x1.0p-53 * sum;
   double acc = 0;
   int64_t last = 0;
   for (int64_t i = 0; i < v; ++i) {

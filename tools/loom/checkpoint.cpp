@@ -25,13 +25,7 @@ Int parse_int(const std::string& text, const std::string& key, const std::string
   return v;
 }
 
-template <typename Int>
-Int meta_int(const std::map<std::string, std::string>& m, const std::string& key, const std::string& file) {
-  return parse_int<Int>(meta_at(m, key, file), key, file);
-}
-
-double meta_double(const std::map<std::string, std::string>& m, const std::string& key, const std::string& file) {
-  const std::string& text = meta_at(m, key, file);
+double parse_double(const std::string& text, const std::string& key, const std::string& file) {
   char* end = nullptr;
   errno = 0;
   double v = std::strtod(text.c_str(), &end);
@@ -41,6 +35,104 @@ double meta_double(const std::map<std::string, std::string>& m, const std::strin
 }
 
 bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
+
+// ---- each setting's type as metadata text, and back ----
+
+std::string to_text(const std::string& v) { return v; }
+std::string to_text(int64_t v) { return std::to_string(v); }
+std::string to_text(uint64_t v) { return std::to_string(v); }
+std::string to_text(double v) { return exact_double(v); }
+std::string to_text(bool v) { return v ? "1" : "0"; }
+std::string to_text(const std::vector<int64_t>& v) { return join_ints(v); }
+
+void from_text(const std::string& text, const std::string&, const std::string&, std::string& v) { v = text; }
+void from_text(const std::string& text, const std::string& key, const std::string& file, int64_t& v) {
+  v = parse_int<int64_t>(text, key, file);
+}
+void from_text(const std::string& text, const std::string& key, const std::string& file, uint64_t& v) {
+  v = parse_int<uint64_t>(text, key, file);
+}
+void from_text(const std::string& text, const std::string& key, const std::string& file, double& v) {
+  v = parse_double(text, key, file);
+}
+void from_text(const std::string& text, const std::string& key, const std::string& file, bool& v) {
+  v = parse_int<int64_t>(text, key, file) != 0;
+}
+// "512,256"; "" is an MLP without hidden layers (a linear classifier).
+void from_text(const std::string& text, const std::string& key, const std::string& file, std::vector<int64_t>& v) {
+  v.clear();
+  for (size_t pos = 0; pos < text.size();) {
+    size_t comma = text.find(',', pos);
+    if (comma == std::string::npos) comma = text.size();
+    v.push_back(parse_int<int64_t>(text.substr(pos, comma - pos), key, file));
+    pos = comma + 1;
+  }
+}
+
+// One row of Note [One table of training settings].
+struct SettingField {
+  std::string key;   // metadata key
+  const char* flag;  // the `loom train` flag that sets it; nullptr: none (fixed by the dataset)
+  const char* why;   // said after the flag in a resume error (nullptr: nothing)
+  bool of_model;     // part of the ModelConfig (write_model_config)
+  // Whether a resume must match it, given both sides (nullptr: always).
+  bool (*must_match)(const TrainSettings& saved, const TrainSettings& asked);
+  std::function<std::string(const TrainSettings&)> write;
+  std::function<void(const std::string& text, TrainSettings&, const std::string& file)> read;
+  std::function<void(const TrainSettings& from, TrainSettings& to)> copy;
+
+  std::string label() const {
+    std::string l = flag ? flag : key;
+    if (why) l += std::string(" (") + why + ")";
+    return l;
+  }
+};
+
+// `ref` maps a TrainSettings (const or not) to the field: [](auto& s) -> auto& { return s.lr; }.
+template <typename Ref>
+SettingField field(std::string key, const char* flag, Ref ref, const char* why = nullptr, bool of_model = false,
+                   bool (*must_match)(const TrainSettings&, const TrainSettings&) = nullptr) {
+  return {key,
+          flag,
+          why,
+          of_model,
+          must_match,
+          [ref](const TrainSettings& s) { return to_text(ref(s)); },
+          [ref, key](const std::string& text, TrainSettings& s, const std::string& file) {
+            from_text(text, key, file, ref(s));
+          },
+          [ref](const TrainSettings& from, TrainSettings& to) { ref(to) = ref(from); }};
+}
+
+// A constant lr may train on for more epochs; a cosine one spans --epochs.
+bool epochs_shape_the_schedule(const TrainSettings& saved, const TrainSettings& asked) {
+  return saved.schedule != "constant" || asked.schedule != "constant";
+}
+
+const std::vector<SettingField>& setting_fields() {
+  static const std::vector<SettingField> fields = {
+      field("loom.model", "--model", [](auto& s) -> auto& { return s.model.name; }, nullptr, true),
+      field("loom.model.hidden", "--hidden", [](auto& s) -> auto& { return s.model.hidden; }, nullptr, true),
+      field("loom.model.in_features", nullptr, [](auto& s) -> auto& { return s.model.in_features; },
+            "model input features", true),
+      field("loom.model.num_classes", nullptr, [](auto& s) -> auto& { return s.model.num_classes; },
+            "model classes", true),
+      field("loom.dataset", "--dataset", [](auto& s) -> auto& { return s.dataset; }),
+      field("loom.batch_size", "--batch-size", [](auto& s) -> auto& { return s.batch_size; }),
+      field("loom.optimizer", "--optimizer", [](auto& s) -> auto& { return s.optimizer; }),
+      field("loom.lr", "--lr", [](auto& s) -> auto& { return s.lr; }),
+      field("loom.schedule", "--schedule", [](auto& s) -> auto& { return s.schedule; }),
+      field("loom.epochs", "--epochs", [](auto& s) -> auto& { return s.epochs; }, "the cosine schedule spans them",
+            false, epochs_shape_the_schedule),
+      field("loom.weight_decay", "--weight-decay", [](auto& s) -> auto& { return s.weight_decay; }),
+      field("loom.momentum", "--momentum", [](auto& s) -> auto& { return s.momentum; }),
+      field("loom.seed", "--seed", [](auto& s) -> auto& { return s.seed; }),
+      field("loom.train_limit", "--train-limit", [](auto& s) -> auto& { return s.train_limit; }),
+      field("loom.augment.random_crop", "--random-crop", [](auto& s) -> auto& { return s.random_crop; }),
+      field("loom.augment.hflip", "--hflip", [](auto& s) -> auto& { return s.hflip; }),
+  };
+  return fields;
+}
 
 std::string join_doubles(const std::vector<double>& values) {
   std::string s;
@@ -88,27 +180,42 @@ Normalization read_normalization(const std::map<std::string, std::string>& m, co
 }  // namespace
 
 void write_model_config(const ModelConfig& config, std::map<std::string, std::string>& metadata) {
-  metadata["loom.model"] = config.name;
-  metadata["loom.model.hidden"] = join_ints(config.hidden);
-  metadata["loom.model.in_features"] = std::to_string(config.in_features);
-  metadata["loom.model.num_classes"] = std::to_string(config.num_classes);
+  TrainSettings s;
+  s.model = config;
+  for (const SettingField& f : setting_fields())
+    if (f.of_model) metadata[f.key] = f.write(s);
 }
 
 ModelConfig read_model_config(const std::map<std::string, std::string>& metadata, const std::string& file) {
-  ModelConfig c;
-  c.name = meta_at(metadata, "loom.model", file);
-  c.hidden.clear();
-  // "512,256"; "" is an MLP without hidden layers (a linear classifier).
-  const std::string& hidden = meta_at(metadata, "loom.model.hidden", file);
-  for (size_t pos = 0; pos < hidden.size();) {
-    size_t comma = hidden.find(',', pos);
-    if (comma == std::string::npos) comma = hidden.size();
-    c.hidden.push_back(parse_int<int64_t>(hidden.substr(pos, comma - pos), "loom.model.hidden", file));
-    pos = comma + 1;
-  }
-  c.in_features = meta_int<int64_t>(metadata, "loom.model.in_features", file);
-  c.num_classes = meta_int<int64_t>(metadata, "loom.model.num_classes", file);
-  return c;
+  TrainSettings s;
+  for (const SettingField& f : setting_fields())
+    if (f.of_model) f.read(meta_at(metadata, f.key, file), s, file);
+  return s.model;
+}
+
+train::Settings settings_to_metadata(const TrainSettings& s) {
+  train::Settings meta;
+  for (const SettingField& f : setting_fields()) meta[f.key] = f.write(s);
+  return meta;
+}
+
+TrainSettings settings_from_metadata(const train::Settings& metadata, const std::string& file) {
+  TrainSettings s;
+  for (const SettingField& f : setting_fields()) f.read(meta_at(metadata, f.key, file), s, file);
+  return s;
+}
+
+void check_resume_settings(const std::string& file, const TrainSettings& saved, const TrainSettings& asked) {
+  std::vector<train::ResumeSetting> must_match;
+  for (const SettingField& f : setting_fields())
+    if (!f.must_match || f.must_match(saved, asked)) must_match.push_back({f.key, f.label()});
+  train::check_resume(file, settings_to_metadata(saved), settings_to_metadata(asked), must_match);
+}
+
+void take_settings_not_given(const TrainSettings& saved, TrainSettings& settings,
+                             const std::function<bool(const std::string& flag)>& given) {
+  for (const SettingField& f : setting_fields())
+    if (!f.flag || !given(f.flag)) f.copy(saved, settings);
 }
 
 std::string exact_double(double v) {
@@ -118,68 +225,33 @@ std::string exact_double(double v) {
 }
 
 void save_checkpoint(const std::string& path, const TrainCheckpoint& ckpt) {
-  const TrainSettings& s = ckpt.settings;
-  std::map<std::string, std::string> meta;
-  meta["format"] = "pt";  // what the Python safetensors library expects for torch tensors
-  meta["loom.checkpoint"] = "train/1";
-  write_model_config(s.model, meta);
-  meta["loom.dataset"] = s.dataset;
-  meta["loom.batch_size"] = std::to_string(s.batch_size);
-  meta["loom.optimizer"] = s.optimizer;
-  meta["loom.lr"] = exact_double(s.lr);
-  meta["loom.schedule"] = s.schedule;
-  meta["loom.epochs"] = std::to_string(s.epochs);
-  meta["loom.weight_decay"] = exact_double(s.weight_decay);
-  meta["loom.momentum"] = exact_double(s.momentum);
-  meta["loom.seed"] = std::to_string(s.seed);
-  meta["loom.train_limit"] = std::to_string(s.train_limit);
-  meta["loom.augment.random_crop"] = std::to_string(s.random_crop);
-  meta["loom.augment.hflip"] = s.hflip ? "1" : "0";
-  meta["loom.epoch"] = std::to_string(ckpt.epoch);
-  meta["loom.rng.seed"] = std::to_string(ckpt.rng.seed);
-  meta["loom.rng.offset"] = std::to_string(ckpt.rng.offset);
+  train::TrainingCheckpoint c;
+  c.settings = settings_to_metadata(ckpt.settings);
   if (!ckpt.normalization.mean.empty()) {
-    meta["loom.normalize.mean"] = join_doubles(ckpt.normalization.mean);
-    meta["loom.normalize.std"] = join_doubles(ckpt.normalization.std);
+    c.settings["loom.normalize.mean"] = join_doubles(ckpt.normalization.mean);
+    c.settings["loom.normalize.std"] = join_doubles(ckpt.normalization.std);
   }
-
-  nn::StateDict tensors = ckpt.model_state;
-  for (const auto& [name, t] : ckpt.optimizer_state) tensors.emplace_back(kOptimizerPrefix + name, t);
-  for (const auto& [name, t] : ckpt.scheduler_state) tensors.emplace_back(kSchedulerPrefix + name, t);
-  io::save_safetensors(path, tensors, meta);
+  c.epoch = ckpt.epoch;
+  c.step = ckpt.step;
+  c.rng = ckpt.rng;
+  c.model_state = ckpt.model_state;
+  c.optimizer_state = ckpt.optimizer_state;
+  c.scheduler_state = ckpt.scheduler_state;
+  train::save_training_checkpoint(path, c);
 }
 
 TrainCheckpoint load_checkpoint(const std::string& path) {
-  io::SafetensorsFile file = io::load_safetensors(path);
-  const auto& m = file.metadata;
-  TrainCheckpoint c;
-  TrainSettings& s = c.settings;
-  s.model = read_model_config(m, path);
-  s.dataset = meta_at(m, "loom.dataset", path);
-  s.batch_size = meta_int<int64_t>(m, "loom.batch_size", path);
-  s.optimizer = meta_at(m, "loom.optimizer", path);
-  s.lr = meta_double(m, "loom.lr", path);
-  s.schedule = meta_at(m, "loom.schedule", path);
-  s.epochs = meta_int<int64_t>(m, "loom.epochs", path);
-  s.weight_decay = meta_double(m, "loom.weight_decay", path);
-  s.momentum = meta_double(m, "loom.momentum", path);
-  s.seed = meta_int<uint64_t>(m, "loom.seed", path);
-  s.train_limit = meta_int<int64_t>(m, "loom.train_limit", path);
-  s.random_crop = meta_int<int64_t>(m, "loom.augment.random_crop", path);
-  s.hflip = meta_int<int64_t>(m, "loom.augment.hflip", path) != 0;
-  c.epoch = meta_int<int64_t>(m, "loom.epoch", path);
-  c.rng.seed = meta_int<uint64_t>(m, "loom.rng.seed", path);
-  c.rng.offset = meta_int<uint64_t>(m, "loom.rng.offset", path);
-  c.normalization = read_normalization(m, path);
-  LOOM_CHECK(c.epoch >= 0, "checkpoint '", path, "': metadata 'loom.epoch' is negative (", c.epoch, ")");
-  const std::string opt_prefix = kOptimizerPrefix, sched_prefix = kSchedulerPrefix;
-  for (auto& [name, t] : file.tensors) {
-    if (starts_with(name, opt_prefix)) c.optimizer_state.emplace_back(name.substr(opt_prefix.size()), std::move(t));
-    else if (starts_with(name, sched_prefix))
-      c.scheduler_state.emplace_back(name.substr(sched_prefix.size()), std::move(t));
-    else c.model_state.emplace_back(name, std::move(t));
-  }
-  return c;
+  train::TrainingCheckpoint c = train::load_training_checkpoint(path);
+  TrainCheckpoint ckpt;
+  ckpt.settings = settings_from_metadata(c.settings, path);
+  ckpt.normalization = read_normalization(c.settings, path);
+  ckpt.epoch = c.epoch;
+  ckpt.step = c.step;
+  ckpt.rng = c.rng;
+  ckpt.model_state = std::move(c.model_state);
+  ckpt.optimizer_state = std::move(c.optimizer_state);
+  ckpt.scheduler_state = std::move(c.scheduler_state);
+  return ckpt;
 }
 
 LoadedModel load_model(const std::string& path) {

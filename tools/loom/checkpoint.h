@@ -1,26 +1,33 @@
-// The checkpoint `loom train` writes after every epoch: one safetensors file
-// holding the model's state dict under its own names ("1.weight", ...), the
-// optimizer's state dict under "optimizer." ("optimizer.state.0.exp_avg",
-// see Note [Optimizer state dict] in loom/optim/optimizer.h), the lr
-// scheduler's under "scheduler." (Note [Scheduler state dict]), and in the
-// header's metadata everything else needed to rebuild the model and resume
-// exactly: the model config, the input normalization, the training
-// settings, the finished epoch and the global generator's state.
+// The checkpoint `loom train` writes after every epoch: a library training
+// checkpoint (loom::train::TrainingCheckpoint, include/loom/train/checkpoint.h:
+// the model's state dict under its own names, "optimizer." and "scheduler."
+// states, the epoch, the step and the global generator's state) whose settings
+// are the model config, the input normalization and the training settings,
+// each under a "loom." metadata key.
+//
+// Note [One table of training settings]
+// Every setting that decides the weights is one row of kSettingFields in
+// checkpoint.cpp: its metadata key, its `loom train` flag, how it is written
+// and read, and whether a resume must match it. Saving, loading, the resume
+// check (train::check_resume) and the flags a resume takes from the
+// checkpoint all walk that table, so a new setting is a field of
+// TrainSettings plus one row (and its flag in main.cpp).
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
 #include <loom/loom.h>
 
-#include "models.h"
+#include "model_config.h"
 
 namespace loom::cli {
 
-inline constexpr const char* kOptimizerPrefix = "optimizer.";
-inline constexpr const char* kSchedulerPrefix = "scheduler.";
+using train::kOptimizerPrefix;
+using train::kSchedulerPrefix;
 
 // Per-channel input normalization, (x - mean) / std, as data::Normalize.
 // Empty: none.
@@ -30,7 +37,7 @@ struct Normalization {
 };
 
 // The settings that decide the weights: resuming with any of them changed
-// would not reproduce an uninterrupted run.
+// would not reproduce an uninterrupted run. TrainOptions extends it.
 struct TrainSettings {
   ModelConfig model;
   std::string dataset = "fashion-mnist";
@@ -52,6 +59,7 @@ struct TrainSettings {
 struct TrainCheckpoint {
   TrainSettings settings;
   int64_t epoch = 0;  // epochs finished (1-based count)
+  int64_t step = 0;   // optimizer steps taken
   RngState rng;       // loom's global generator after that epoch
   nn::StateDict model_state;
   nn::StateDict optimizer_state;  // without the "optimizer." prefix
@@ -65,7 +73,23 @@ struct TrainCheckpoint {
 void write_model_config(const ModelConfig& config, std::map<std::string, std::string>& metadata);
 ModelConfig read_model_config(const std::map<std::string, std::string>& metadata, const std::string& file);
 
-// Writes atomically (save_safetensors: temp file, fsync, rename).
+// The training settings as checkpoint settings ("loom.batch_size" -> "128"),
+// and back (an Error names `file` and the key of a missing or malformed one).
+train::Settings settings_to_metadata(const TrainSettings& settings);
+TrainSettings settings_from_metadata(const train::Settings& metadata, const std::string& file);
+
+// Throws unless a run asking for `asked` may resume from `saved` (read from
+// `file`): every setting of the table must match, by its flag, except
+// --epochs when both schedules are constant (a constant lr may train on).
+void check_resume_settings(const std::string& file, const TrainSettings& saved, const TrainSettings& asked);
+
+// `loom train --resume`: the settings whose flag `given` says was not on the
+// command line are taken from the checkpoint's; given ones stay (and must then
+// match, check_resume_settings).
+void take_settings_not_given(const TrainSettings& saved, TrainSettings& settings,
+                             const std::function<bool(const std::string& flag)>& given);
+
+// Writes atomically (train::save_training_checkpoint).
 void save_checkpoint(const std::string& path, const TrainCheckpoint& ckpt);
 
 // Reads and checks a checkpoint written by save_checkpoint: every metadata

@@ -7,6 +7,8 @@
 #include <fstream>
 #include <map>
 
+#include "train.h"
+
 namespace loom::cli {
 namespace {
 
@@ -16,59 +18,26 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-// (x, y): windows ids[s, s + T) and ids[s + 1, s + T + 1) for each start s, (B, T) int64.
-std::pair<Tensor, Tensor> windows(const Tensor& ids, const std::vector<int64_t>& starts, int64_t t) {
-  std::vector<int64_t> xi, yi;
-  xi.reserve(starts.size() * static_cast<size_t>(t));
-  const int64_t* p = ids.data_ptr<int64_t>();
-  for (int64_t s : starts)
-    for (int64_t i = 0; i < t; ++i) {
-      xi.push_back(p[s + i]);
-      yi.push_back(p[s + i + 1]);
-    }
-  const int64_t b = static_cast<int64_t>(starts.size());
-  return {tensor(xi, kInt64).reshape({b, t}), tensor(yi, kInt64).reshape({b, t})};
-}
-
-// Step `step`'s batch starts: uniform over [0, n - T - 1], from (seed, step).
-std::vector<int64_t> batch_starts(uint64_t seed, int64_t step, int64_t batch, int64_t n, int64_t t) {
-  const uint64_t range = static_cast<uint64_t>(n - t);  // starts 0 .. n - t - 1
-  std::vector<int64_t> s(static_cast<size_t>(batch));
-  uint64_t state = splitmix64(seed ^ splitmix64(static_cast<uint64_t>(step) + 1));
-  for (int64_t i = 0; i < batch; ++i) {
-    state = splitmix64(state);
-    s[static_cast<size_t>(i)] = static_cast<int64_t>(state % range);
-  }
-  return s;
-}
-
 Tensor lm_loss(nn::Module& model, const std::string& kind, const Tensor& x, const Tensor& y) {
   if (kind == "gpt") return static_cast<models::GPTImpl&>(model).loss(x, y);
   return static_cast<models::LSTMLMImpl&>(model).loss(x, y);
 }
 
 // Mean loss per token over `count` windows spread evenly over ids.
-double evaluate_lm(nn::Module& model, const std::string& kind, const Tensor& ids, int64_t t, int64_t batch,
+double evaluate_lm(nn::Module& model, const std::string& kind, const data::TextDataset& val, int64_t batch,
                    int64_t count) {
   const bool was_training = model.is_training();
   model.eval();
   NoGradGuard no_grad;
-  const int64_t last = ids.numel() - t - 1;
+  const int64_t last = val.ids().numel() - val.context_length() - 1;
   std::vector<int64_t> all(static_cast<size_t>(count));
   for (int64_t i = 0; i < count; ++i)
     all[static_cast<size_t>(i)] = count == 1 ? 0 : static_cast<int64_t>(static_cast<double>(i) * last / (count - 1));
   double sum = 0;
   for (int64_t i = 0; i < count; i += batch) {
     const std::vector<int64_t> part(all.begin() + i, all.begin() + std::min(count, i + batch));
-    auto [x, y] = windows(ids, part, t);
-    sum += lm_loss(model, kind, x, y).item<double>() * static_cast<double>(part.size());
+    const data::Batch b = val.windows(part);
+    sum += lm_loss(model, kind, b.data, b.target).item<double>() * static_cast<double>(part.size());
   }
   model.train(was_training);
   return sum / static_cast<double>(count);
@@ -101,6 +70,9 @@ LmResult train_lm(const LmOptions& o, std::ostream& log) {
   if (o.threads > 0) set_num_threads(o.threads);
   data::TextCorpus corpus = data::load_text_corpus(o.text, o.context, o.tokenizer, o.val_fraction);
   const int64_t vocab = corpus.tokenizer->vocab_size();
+  // Batches: Note [Next-token batches]; validation: a fixed spread of windows.
+  const data::TextDataset train_windows(corpus.train_ids, o.context), val_windows(corpus.val_ids, o.context);
+  create_parent_folder(o.out);
 
   manual_seed(o.seed);
   LmResult result;
@@ -143,8 +115,8 @@ LmResult train_lm(const LmOptions& o, std::ostream& log) {
   const std::vector<Tensor> params = model.parameters();
   for (int64_t step = 1; step <= o.max_steps; ++step) {
     const auto t0 = Clock::now();
-    auto [x, y] = windows(corpus.train_ids, batch_starts(o.seed, step, o.batch_size, n_train, o.context), o.context);
-    Tensor loss = lm_loss(model, o.model, x, y);
+    const data::Batch batch = train_windows.random_batch(o.batch_size, o.seed, step);  // (B, T) each
+    Tensor loss = lm_loss(model, o.model, batch.data, batch.target);
     opt.zero_grad();
     loss.backward();
     if (o.grad_clip > 0) nn::utils::clip_grad_norm_(params, o.grad_clip);
@@ -155,7 +127,7 @@ LmResult train_lm(const LmOptions& o, std::ostream& log) {
     train_seconds += seconds_since(t0);
     if (step % o.eval_every != 0 && step != o.max_steps) continue;
     LmPoint p{step, loss_sum / static_cast<double>(loss_count),
-              evaluate_lm(model, o.model, corpus.val_ids, o.context, o.batch_size, o.eval_batches * o.batch_size),
+              evaluate_lm(model, o.model, val_windows, o.batch_size, o.eval_batches * o.batch_size),
               train_seconds};
     loss_sum = 0;
     loss_count = 0;

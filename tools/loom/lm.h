@@ -3,8 +3,9 @@
 // tests/test_gpt.cpp drives these functions.
 //
 // Training draws nanoGPT-style batches: each step takes batch_size windows
-// of context + 1 tokens at offsets drawn from (seed, step) alone, so a run
-// is reproducible and independent of anything else. Every eval_every steps
+// of context + 1 tokens at offsets drawn from (seed, step) alone
+// (data::TextDataset::random_batch, Note [Next-token batches]), so a run is
+// reproducible and independent of anything else. Every eval_every steps
 // (and at the end) it reports the mean training loss since the last report
 // and the validation loss over a fixed set of windows spread evenly over the
 // validation split, both in nats per token (per character with the char
@@ -44,7 +45,7 @@ struct LmOptions {
   double val_fraction = 0.1;
   uint64_t seed = 0;
   int threads = 0;
-  std::string out = "lm.safetensors";  // "" for none
+  std::string out = "runs/gpt.safetensors";  // "" for none; main.cpp's default is runs/<model>.safetensors
   std::string metrics;                 // .csv: step,train_loss,val_loss,seconds
 };
 

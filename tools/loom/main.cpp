@@ -1,16 +1,20 @@
 // The `loom` command: train, eval, predict and generate (see `loom --help`).
 //
-// Flags are parsed here with CLI11; the work lives in train.cpp so tests call
-// the same code. Every loom::Error (bad flag values, missing dataset, corrupt
+// Flags are parsed here with CLI11; the work lives in train.cpp and lm.cpp,
+// and the flag rules (numeric checks, which flag applies to which model) in
+// flags.cpp, all in loom_cli_lib, so tests call the same code. Every loom::Error (bad flag values, missing dataset, corrupt
 // checkpoint) ends the program with "loom: error: ..." and exit code 1.
 #include <unistd.h>
 
 #include <cstdio>
 #include <iostream>
+#include <limits>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
+#include "flags.h"
 #include "lm.h"
 #include "progress.h"
 #include "train.h"
@@ -31,7 +35,7 @@ void add_data_dir(CLI::App& cmd, std::string& dir) {
 
 void add_threads(CLI::App& cmd, int& threads) {
   cmd.add_option("--threads", threads, "Threads for loom's kernels (0: one per core)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(loom::cli::non_negative_integer(std::numeric_limits<int>::max()))
       ->capture_default_str();
 }
 
@@ -49,17 +53,12 @@ int main(int argc, char** argv) {
   // ---- loom train ----
   TrainOptions topts;
   CLI::App* train = app.add_subcommand("train", "Train a model and write a checkpoint after every epoch");
-  CLI::Option* o_model = train->add_option("--model", topts.model.name, "Model to train")
-      ->check(CLI::IsMember([] {
-        auto names = loom::cli::model_names();
-        names.push_back("gpt");
-        names.push_back("lstm");
-        return names;
-      }()))
+  train->add_option("--model", topts.model.name, "Model to train")
+      ->check(CLI::IsMember(loom::cli::train_models()))
       ->capture_default_str();
-  CLI::Option* o_hidden = train->add_option("--hidden", topts.model.hidden, "Hidden layer widths of the MLP, e.g. --hidden 512,256")
+  train->add_option("--hidden", topts.model.hidden, "mlp: hidden layer widths, e.g. --hidden 512,256")
       ->delimiter(',')
-      ->check(CLI::PositiveNumber)
+      ->check(loom::cli::positive_integer())
       ->default_str("512,256");
   CLI::Option* o_dataset =
       train->add_option("--dataset", topts.dataset,
@@ -72,82 +71,91 @@ int main(int argc, char** argv) {
           })
           ->capture_default_str();
   add_data_dir(*train, topts.data_dir);
-  CLI::Option* o_epochs = train->add_option("--epochs", topts.epochs, "Epochs to train (in total, counting resumed ones)")
-      ->check(CLI::PositiveNumber)
+  train->add_option("--epochs", topts.epochs, "mlp/cnn/resnet9: epochs to train (in total, counting resumed ones)")
+      ->check(loom::cli::positive_integer())
       ->capture_default_str();
-  CLI::Option* o_batch = train->add_option("--batch-size", topts.batch_size, "Examples per batch")
-      ->check(CLI::PositiveNumber)
+  CLI::Option* o_batch = train->add_option("--batch-size", topts.batch_size, "Examples per batch (gpt/lstm: windows per step, default 16)")
+      ->check(loom::cli::positive_integer())
       ->capture_default_str();
-  CLI::Option* o_optimizer = train->add_option("--optimizer", topts.optimizer, "adamw or sgd")
+  train->add_option("--optimizer", topts.optimizer, "mlp/cnn/resnet9: adamw or sgd (language models: adamw)")
       ->check(CLI::IsMember({"adamw", "sgd"}))
       ->capture_default_str();
   CLI::Option* o_lr =
-      train->add_option("--lr", topts.lr, "Learning rate")->check(CLI::PositiveNumber)->capture_default_str();
+      train->add_option("--lr", topts.lr, "Learning rate")->check(loom::cli::positive_number())->capture_default_str();
   CLI::Option* o_schedule =
-      train->add_option("--schedule", topts.schedule, "lr schedule: cosine (decay to 0 over all epochs) or constant")
+      train->add_option("--schedule", topts.schedule, "lr schedule: cosine (decay to 0 over all epochs, or --max-steps) or constant")
           ->check(CLI::IsMember({"cosine", "constant"}))
           ->capture_default_str();
   CLI::Option* o_wd = train->add_option("--weight-decay", topts.weight_decay,
                                       "Weight decay (default: 0.01 for adamw, 0 for sgd, as PyTorch)")
-                        ->check(CLI::NonNegativeNumber);
-  CLI::Option* o_momentum = train->add_option("--momentum", topts.momentum, "SGD momentum")
-      ->check(CLI::NonNegativeNumber)
+                        ->check(loom::cli::non_negative_number());
+  train->add_option("--momentum", topts.momentum, "mlp/cnn/resnet9 with --optimizer sgd: momentum")
+      ->check(loom::cli::non_negative_number())
       ->capture_default_str();
-  CLI::Option* o_seed =
-      train->add_option("--seed", topts.seed, "Seed for initialization and data order")->capture_default_str();
+  train->add_option("--seed", topts.seed, "Seed for initialization and data order")
+      ->check(loom::cli::unsigned_integer())
+      ->capture_default_str();
   add_threads(*train, topts.threads);
-  train->add_option("--workers", topts.workers, "Data-loading worker threads (0: load on the training thread)")
-      ->check(CLI::NonNegativeNumber)
+  train->add_option("--workers", topts.workers, "mlp/cnn/resnet9: data-loading worker threads (0: load on the training thread)")
+      ->check(loom::cli::non_negative_integer())
       ->capture_default_str();
   train->add_option("--stop-after", topts.stop_after,
-                    "Stop after this epoch, as if interrupted (the schedule still spans --epochs); "
+                    "mlp/cnn/resnet9: stop after this epoch, as if interrupted (the schedule still spans --epochs); "
                     "continue later with --resume")
-      ->check(CLI::NonNegativeNumber);
-  CLI::Option* o_out = train->add_option("--out", topts.out, "Checkpoint written (atomically) after every epoch")
-      ->capture_default_str();
+      ->check(loom::cli::non_negative_integer());
+  CLI::Option* o_out = train->add_option("--out", topts.out,
+                                         "Checkpoint written (atomically) after every epoch, or every --eval-every "
+                                         "steps (default: runs/<model>.safetensors; '' for none)");
   train->add_option("--resume", topts.resume,
-                    "Continue from this checkpoint (training settings not given here are taken from it)")
+                    "mlp/cnn/resnet9: continue from this checkpoint (training settings not given here are taken "
+                    "from it)")
       ->check(CLI::ExistingFile);
-  train->add_option("--metrics", topts.metrics, "Append per-epoch metrics to this .csv or .jsonl file");
-  CLI::Option* o_limit = train->add_option("--train-limit", topts.train_limit, "Train on the first N images only (0: all)")
-      ->check(CLI::NonNegativeNumber);
-  CLI::Option* o_crop = train->add_option("--random-crop", topts.random_crop,
-                                          "Augment: pad each training image by P pixels, then crop a random 28x28 window (0: off)")
-      ->check(CLI::NonNegativeNumber)
+  train->add_option("--metrics", topts.metrics, "Append metrics (per epoch, or per report of a language model) to this .csv (or, "
+                    "mlp/cnn/resnet9, .jsonl) file");
+  train->add_option("--train-limit", topts.train_limit, "mlp/cnn/resnet9: train on the first N images only (0: all)")
+      ->check(loom::cli::non_negative_integer());
+  train->add_option("--random-crop", topts.random_crop,
+                    "mlp/cnn/resnet9: augment, padding each training image by P pixels and cropping a random 28x28 "
+                    "window (0: off)")
+      ->check(loom::cli::non_negative_integer())
       ->capture_default_str();
-  CLI::Option* o_hflip = train->add_flag("--hflip", topts.hflip, "Augment: mirror each training image with probability 1/2");
-  train->add_option("--test-limit", topts.test_limit, "Evaluate on the first N test images only (0: all)")
-      ->check(CLI::NonNegativeNumber);
+  train->add_flag("--hflip", topts.hflip, "mlp/cnn/resnet9: augment, mirroring each training image with probability 1/2");
+  train->add_option("--test-limit", topts.test_limit, "mlp/cnn/resnet9: evaluate on the first N test images only (0: all)")
+      ->check(loom::cli::non_negative_integer());
 
   // Language models (--model gpt|lstm): sizes and the step loop.
   loom::cli::LmOptions lopts;
   train->add_option("--layers", lopts.layers, "gpt/lstm: transformer blocks or LSTM layers")
-      ->check(CLI::PositiveNumber)
+      ->check(loom::cli::positive_integer())
       ->capture_default_str();
   train->add_option("--d-model", lopts.d_model, "gpt: model width; lstm: hidden size")
-      ->check(CLI::PositiveNumber)
+      ->check(loom::cli::positive_integer())
       ->capture_default_str();
-  train->add_option("--heads", lopts.heads, "gpt: attention heads")->check(CLI::PositiveNumber)->capture_default_str();
+  train->add_option("--heads", lopts.heads, "gpt: attention heads")
+      ->check(loom::cli::positive_integer())
+      ->capture_default_str();
   train->add_option("--context", lopts.context, "gpt/lstm: tokens per training window (gpt: the context length)")
-      ->check(CLI::PositiveNumber)
+      ->check(loom::cli::positive_integer())
       ->capture_default_str();
-  train->add_option("--dropout", lopts.dropout, "gpt/lstm: dropout")->check(CLI::Range(0.0, 0.99))->capture_default_str();
+  train->add_option("--dropout", lopts.dropout, "gpt/lstm: dropout")
+      ->check(loom::cli::number_between(0.0, 0.99))
+      ->capture_default_str();
   bool no_tie = false;
   train->add_flag("--no-tie", no_tie, "gpt: a separate output layer instead of the token embedding");
   train->add_option("--tokenizer", lopts.tokenizer, "gpt/lstm: char (UTF-8 characters of the text) or byte")
       ->check(CLI::IsMember({"char", "byte"}))
       ->capture_default_str();
   train->add_option("--max-steps", lopts.max_steps, "gpt/lstm: optimizer steps")
-      ->check(CLI::PositiveNumber)
+      ->check(loom::cli::positive_integer())
       ->capture_default_str();
   train->add_option("--eval-every", lopts.eval_every, "gpt/lstm: steps between validation reports and checkpoints")
-      ->check(CLI::PositiveNumber)
+      ->check(loom::cli::positive_integer())
       ->capture_default_str();
   train->add_option("--eval-batches", lopts.eval_batches, "gpt/lstm: validation batches per report")
-      ->check(CLI::PositiveNumber)
+      ->check(loom::cli::positive_integer())
       ->capture_default_str();
   train->add_option("--grad-clip", lopts.grad_clip, "gpt/lstm: max gradient norm (0: off)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(loom::cli::non_negative_number())
       ->capture_default_str();
 
   // ---- loom eval ----
@@ -160,7 +168,7 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   add_data_dir(*eval, eval_dir);
   eval->add_option("--batch-size", eval_batch, "Examples per batch")
-      ->check(CLI::PositiveNumber)
+      ->check(loom::cli::positive_integer())
       ->capture_default_str();
   add_threads(*eval, eval_threads);
 
@@ -173,7 +181,7 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   predict->add_option("--index", pred_index, "Index of the test image (0-based)")
       ->required()
-      ->check(CLI::NonNegativeNumber);
+      ->check(loom::cli::non_negative_integer());
   add_data_dir(*predict, pred_dir);
 
   // ---- loom generate ----
@@ -186,17 +194,28 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   generate->add_option("--prompt", greq.prompt, "Text to continue (empty: start a new fortune)");
   generate->add_option("--max-new-tokens", greq.max_new_tokens, "Tokens to generate")
-      ->check(CLI::NonNegativeNumber)
+      ->check(loom::cli::non_negative_integer())
       ->capture_default_str();
   generate->add_option("--temperature", greq.temperature, "Sampling temperature (0: greedy)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(loom::cli::non_negative_number())
       ->capture_default_str();
   generate->add_option("--top-k", greq.top_k, "Sample among the k most likely tokens (0: all)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(loom::cli::non_negative_integer())
       ->capture_default_str();
-  generate->add_option("--seed", greq.seed, "Seed of the sampler")->capture_default_str();
+  generate->add_option("--seed", greq.seed, "Seed of the sampler")
+      ->check(loom::cli::unsigned_integer())
+      ->capture_default_str();
   generate->add_flag("--no-cache", gen_no_cache, "Recompute the whole context for every token (no KV cache)");
   add_threads(*generate, gen_threads);
+
+  // Note [Flags per model]: every flag of `loom train` must have a row.
+  for (const CLI::Option* opt : train->get_options()) {
+    const std::string name = opt->get_name();
+    if (name != "--help" && !loom::cli::is_known_train_flag(name)) {
+      std::cerr << "loom: internal error: `loom train` flag " << name << " has no row in tools/loom/flags.cpp\n";
+      return 2;
+    }
+  }
 
   try {
     app.parse(argc, argv);
@@ -205,13 +224,26 @@ int main(int argc, char** argv) {
   }
 
   try {
+    if (train->parsed()) {
+      std::vector<std::string> given;
+      for (const CLI::Option* opt : train->get_options())
+        if (opt->count() > 0) given.push_back(opt->get_name());
+      auto was_given = [&](const std::string& flag) { return train->count(flag) > 0; };
+      if (topts.optimizer == "sgd" && !o_wd->count()) topts.weight_decay = 0;
+      if (!topts.resume.empty() && !is_language_model(topts.model.name)) {
+        // Settings not given on the command line come from the checkpoint;
+        // given ones must agree with it (train() checks).
+        loom::cli::take_settings_not_given(loom::cli::load_checkpoint(topts.resume).settings, topts, was_given);
+      }
+      loom::cli::check_train_flags(topts.model.name, topts.optimizer, given);
+      if (!o_out->count()) topts.out = loom::cli::default_out(topts.model.name);
+    }
     if (train->parsed() && (is_language_model(topts.model.name) ||
                             (o_dataset->count() && topts.dataset.rfind(kTextPrefix, 0) == 0))) {
       LOOM_CHECK(is_language_model(topts.model.name), "train: --dataset ", topts.dataset,
                  " is text: train a language model on it (--model gpt or lstm), not ", topts.model.name);
       LOOM_CHECK(!o_dataset->count() || topts.dataset.rfind(kTextPrefix, 0) == 0, "train: --model ",
                  topts.model.name, " is a language model: give it --dataset text:PATH, not ", topts.dataset);
-      LOOM_CHECK(topts.resume.empty(), "train: --resume is for the image models; a language model trains for --max-steps");
       lopts.model = topts.model.name;
       if (o_dataset->count()) lopts.text = topts.dataset.substr(5);
       if (o_batch->count()) lopts.batch_size = topts.batch_size;
@@ -221,31 +253,10 @@ int main(int argc, char** argv) {
       lopts.tie_weights = !no_tie;
       lopts.seed = topts.seed;
       lopts.threads = topts.threads;
-      if (o_out->count()) lopts.out = topts.out;
+      lopts.out = topts.out;
       lopts.metrics = topts.metrics;
       loom::cli::train_lm(lopts, std::cout);
     } else if (train->parsed()) {
-      if (topts.optimizer == "sgd" && o_wd->count() == 0) topts.weight_decay = 0;
-      if (!topts.resume.empty()) {
-        // Settings not given on the command line come from the checkpoint;
-        // given ones must agree with it (train() checks).
-        TrainOptions given = topts;
-        loom::cli::apply_settings(loom::cli::load_checkpoint(topts.resume).settings, topts);
-        if (o_model->count()) topts.model.name = given.model.name;
-        if (o_hidden->count()) topts.model.hidden = given.model.hidden;
-        if (o_dataset->count()) topts.dataset = given.dataset;
-        if (o_batch->count()) topts.batch_size = given.batch_size;
-        if (o_optimizer->count()) topts.optimizer = given.optimizer;
-        if (o_lr->count()) topts.lr = given.lr;
-        if (o_schedule->count()) topts.schedule = given.schedule;
-        if (o_epochs->count()) topts.epochs = given.epochs;
-        if (o_wd->count()) topts.weight_decay = given.weight_decay;
-        if (o_momentum->count()) topts.momentum = given.momentum;
-        if (o_seed->count()) topts.seed = given.seed;
-        if (o_limit->count()) topts.train_limit = given.train_limit;
-        if (o_crop->count()) topts.random_crop = given.random_crop;
-        if (o_hflip->count()) topts.hflip = given.hflip;
-      }
       loom::cli::train(topts, std::cout, loom::cli::is_terminal(STDOUT_FILENO));
     } else if (eval->parsed()) {
       set_threads(eval_threads);

@@ -8,7 +8,7 @@
 #include <cstdio>
 #include <algorithm>
 #include <numeric>
-#include <sstream>
+#include <filesystem>
 
 #include "progress.h"
 
@@ -48,37 +48,6 @@ std::unique_ptr<optim::Optimizer> make_optimizer(const TrainSettings& s, const s
   LOOM_ERROR("train: unknown optimizer '", s.optimizer, "' (known: adamw, sgd)");
 }
 
-// The differences between what a checkpoint was trained with and what this
-// run asks for, as "--batch-size 64 (asked: 128)", for the resume error.
-std::string settings_diff(const TrainSettings& ckpt, const TrainSettings& asked) {
-  std::ostringstream d;
-  auto item = [&](bool differs, const char* flag, const auto& theirs, const auto& ours) {
-    if (differs) d << "\n  " << flag << " " << theirs << " (asked: " << ours << ")";
-  };
-  item(ckpt.model.name != asked.model.name, "--model", ckpt.model.name, asked.model.name);
-  item(ckpt.model.hidden != asked.model.hidden, "--hidden", join_ints(ckpt.model.hidden),
-       join_ints(asked.model.hidden));
-  item(ckpt.model.in_features != asked.model.in_features || ckpt.model.num_classes != asked.model.num_classes,
-       "model sizes", std::to_string(ckpt.model.in_features) + "->" + std::to_string(ckpt.model.num_classes),
-       std::to_string(asked.model.in_features) + "->" + std::to_string(asked.model.num_classes));
-  item(ckpt.dataset != asked.dataset, "--dataset", ckpt.dataset, asked.dataset);
-  item(ckpt.batch_size != asked.batch_size, "--batch-size", ckpt.batch_size, asked.batch_size);
-  item(ckpt.optimizer != asked.optimizer, "--optimizer", ckpt.optimizer, asked.optimizer);
-  item(ckpt.lr != asked.lr, "--lr", exact_double(ckpt.lr), exact_double(asked.lr));
-  item(ckpt.schedule != asked.schedule, "--schedule", ckpt.schedule, asked.schedule);
-  // A constant lr may train on for more epochs; a cosine one spans --epochs.
-  item(ckpt.epochs != asked.epochs && (ckpt.schedule != "constant" || asked.schedule != "constant"),
-       "--epochs (the cosine schedule spans them)", ckpt.epochs, asked.epochs);
-  item(ckpt.weight_decay != asked.weight_decay, "--weight-decay", exact_double(ckpt.weight_decay),
-       exact_double(asked.weight_decay));
-  item(ckpt.momentum != asked.momentum, "--momentum", exact_double(ckpt.momentum), exact_double(asked.momentum));
-  item(ckpt.seed != asked.seed, "--seed", ckpt.seed, asked.seed);
-  item(ckpt.train_limit != asked.train_limit, "--train-limit", ckpt.train_limit, asked.train_limit);
-  item(ckpt.random_crop != asked.random_crop, "--random-crop", ckpt.random_crop, asked.random_crop);
-  item(ckpt.hflip != asked.hflip, "--hflip", ckpt.hflip, asked.hflip);
-  return d.str();
-}
-
 int terminal_width() {
   winsize ws{};
   if (::ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
@@ -99,39 +68,18 @@ std::string fixed(double v, int digits) {
 
 }  // namespace
 
-TrainSettings settings_of(const TrainOptions& o) {
-  TrainSettings s;
-  s.model = o.model;
-  s.dataset = o.dataset;
-  s.batch_size = o.batch_size;
-  s.optimizer = o.optimizer;
-  s.lr = o.lr;
-  s.schedule = o.schedule;
-  s.epochs = o.epochs;
-  s.weight_decay = o.weight_decay;
-  s.momentum = o.momentum;
-  s.seed = o.seed;
-  s.train_limit = o.train_limit;
-  s.random_crop = o.random_crop;
-  s.hflip = o.hflip;
-  return s;
+void create_parent_folder(const std::string& file) {
+  if (file.empty()) return;
+  const std::filesystem::path parent = std::filesystem::path(file).parent_path();
+  if (parent.empty()) return;
+  std::error_code ec;
+  std::filesystem::create_directories(parent, ec);
+  LOOM_CHECK(!ec, "cannot create the folder '", parent.string(), "' for '", file, "': ", ec.message());
 }
 
-void apply_settings(const TrainSettings& s, TrainOptions& o) {
-  o.model = s.model;
-  o.dataset = s.dataset;
-  o.batch_size = s.batch_size;
-  o.optimizer = s.optimizer;
-  o.lr = s.lr;
-  o.schedule = s.schedule;
-  o.epochs = s.epochs;
-  o.weight_decay = s.weight_decay;
-  o.momentum = s.momentum;
-  o.seed = s.seed;
-  o.train_limit = s.train_limit;
-  o.random_crop = s.random_crop;
-  o.hflip = s.hflip;
-}
+TrainSettings settings_of(const TrainOptions& o) { return o; }
+
+void apply_settings(const TrainSettings& s, TrainOptions& o) { static_cast<TrainSettings&>(o) = s; }
 
 Normalization dataset_normalization(const std::string& dataset) {
   LOOM_CHECK(dataset == "fashion-mnist", "dataset: unknown dataset '", dataset, "' (known: fashion-mnist)");
@@ -174,10 +122,13 @@ TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive)
   TrainCheckpoint resumed;
   if (!opts.resume.empty()) {
     resumed = load_checkpoint(opts.resume);
-    std::string diff = settings_diff(resumed.settings, settings);
-    LOOM_CHECK(diff.empty(), "train: cannot resume from '", opts.resume,
-               "': it was trained with other settings, and resuming must reproduce that run exactly:", diff);
+    try {
+      check_resume_settings(opts.resume, resumed.settings, settings);
+    } catch (const Error& e) {
+      LOOM_ERROR("train: ", e.what());
+    }
   }
+  create_parent_folder(opts.out);
   // Open the metrics file now, so a bad path fails before the first epoch.
   std::unique_ptr<MetricsWriter> metrics;
   if (!opts.metrics.empty()) metrics = std::make_unique<MetricsWriter>(opts.metrics);
@@ -281,8 +232,9 @@ TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive)
     result.last_epoch = epoch;
     if (metrics) metrics->append(m);
     if (!opts.out.empty())
-      save_checkpoint(opts.out, {settings, epoch, get_rng_state(), model.state_dict(), optimizer->state_dict(),
-                                 scheduler ? scheduler->state_dict() : nn::StateDict{}, normalization});
+      save_checkpoint(opts.out, {settings, epoch, epoch * loader.size(), get_rng_state(), model.state_dict(),
+                                 optimizer->state_dict(), scheduler ? scheduler->state_dict() : nn::StateDict{},
+                                 normalization});
 
     log << "epoch " << epoch << "/" << opts.epochs << ": train loss " << fixed(m.train_loss, 4) << ", test loss "
         << fixed(m.test_loss, 4) << ", test accuracy " << percent(m.test_acc) << "  (" << fixed(seconds, 1)

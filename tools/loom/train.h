@@ -13,34 +13,32 @@
 
 #include "checkpoint.h"
 #include "metrics.h"
-#include "models.h"
+#include "model_config.h"
 
 namespace loom::cli {
 
 inline constexpr const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
 
-struct TrainOptions {
-  ModelConfig model;  // --model, --hidden
-  std::string dataset = "fashion-mnist";
+// Where `loom train --model <model>` writes its checkpoint without --out:
+// "runs/<model>.safetensors", under the working directory and out of the way
+// of sources (.gitignore lists runs/). The folder is created when missing.
+inline std::string default_out(const std::string& model) { return "runs/" + model + ".safetensors"; }
+
+// Creates the folder `file` goes in when it is missing ("" and a bare file
+// name: nothing to do). An Error names the folder and the OS reason.
+void create_parent_folder(const std::string& file);
+
+// Everything `loom train` takes: the settings that decide the weights (the
+// checkpoint's, TrainSettings) and those that do not.
+struct TrainOptions : TrainSettings {
   std::string data_dir = kFashionMnistDir;
-  int64_t epochs = 5;
   int64_t stop_after = 0;  // stop after this epoch, as if interrupted (0: run all --epochs)
-  int64_t batch_size = 128;
-  std::string optimizer = "adamw";  // adamw | sgd
-  double lr = 1e-3;                 // the peak: the cosine schedule decays it to 0
-  std::string schedule = "cosine";  // cosine (per batch, over all epochs) | constant
-  double weight_decay = 0.01;  // PyTorch's AdamW default; SGD's is 0
-  double momentum = 0;         // SGD only
-  uint64_t seed = 0;
-  int threads = 0;      // 0: loom's default (the hardware count)
-  int64_t workers = 0;  // DataLoader worker threads (0: load on the training thread)
-  std::string out = "model.safetensors";  // checkpoint written after every epoch; "" for none
-  std::string resume;                     // checkpoint to continue from
-  std::string metrics;                    // .csv or .jsonl file; "" for none
-  int64_t train_limit = 0;  // use only the first N training images (0: all)
-  int64_t test_limit = 0;   // evaluate on the first N test images (0: all)
-  int64_t random_crop = 0;  // --random-crop P: pad by P, then a random crop of the image size (0: off)
-  bool hflip = false;       // --hflip: random horizontal flips
+  int threads = 0;         // 0: loom's default (the hardware count)
+  int64_t workers = 0;     // DataLoader worker threads (0: load on the training thread)
+  std::string out = default_out("mlp");  // checkpoint written after every epoch; "" for none
+  std::string resume;                    // checkpoint to continue from
+  std::string metrics;                   // .csv or .jsonl file; "" for none
+  int64_t test_limit = 0;  // evaluate on the first N test images (0: all)
 };
 
 // The options that must agree with a checkpoint to resume from it, and back.
@@ -57,15 +55,11 @@ struct TrainResult {
 // redrawn in place when `interactive`, otherwise plain lines. Throws
 // loom::Error on bad options, missing data or a mismatched checkpoint.
 //
-// Note [Exact resume]
-// An uninterrupted run and one resumed from the checkpoint of epoch k give
-// bitwise the same weights, because everything the weights depend on is a
-// function of what the checkpoint stores: the weights and optimizer state
-// (step counts, moments) are restored exactly; the data order of epoch e is
-// a function of (seed, e) alone (DataLoader::set_epoch, Note [Deterministic
-// data loading]); and loom's global generator (dropout, random init of
-// anything built later) is restored to its state after epoch k. The
-// settings that shape training (TrainSettings) must equal the checkpoint's.
+// Resuming follows Note [Exact resume] (include/loom/train/checkpoint.h): the
+// weights, optimizer and scheduler states and the global generator come from
+// the checkpoint, the data order of epoch e is a function of (seed, e) alone
+// (DataLoader::set_epoch), and the settings must equal the checkpoint's
+// (check_resume_settings).
 TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive);
 
 struct EvalResult {

@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "loom/data/dataloader.h"
 #include "loom/data/dataset.h"
 
 namespace loom::data {
@@ -95,12 +96,35 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& kind, std::string_v
 // both int64 (T) views of `ids` (no copy). size() is the number of full
 // windows, (N - T - 1) / stride + 1. stride defaults to T (windows that do not
 // overlap); stride 1 gives every window.
+//
+// Language models train on random windows instead (random_batch): the one
+// next-token batch sampler of loom, used by `loom train --model gpt|lstm`
+// and examples/char_gpt.
+//
+// Note [Next-token batches]
+// Batch `step` of a run seeded `seed` takes batch_size windows whose starts
+// are uniform over every offset [0, N - T - 1] (the stride does not apply),
+// drawn by splitmix64 from a state keyed by (seed, step) alone:
+//   state = splitmix64(seed ^ splitmix64(step + 1)),
+//   start_b = (state = splitmix64(state)) mod (N - T),   b = 0 .. B - 1.
+// So a run is reproducible, any step's batch can be drawn without the ones
+// before it (a resumed or skipped run sees the same data), and nothing else
+// in the program (the global generator, data workers) moves it.
 class TextDataset : public Dataset {
  public:
   // ids: int64 (N) with N >= T + 1.
   TextDataset(Tensor ids, int64_t context_length, std::optional<int64_t> stride = std::nullopt);
   Example get(int64_t index) override;
   int64_t size() const override;
+
+  // The starts of batch `step` (Note [Next-token batches]), each in [0, N - T - 1].
+  std::vector<int64_t> random_starts(int64_t batch_size, uint64_t seed, int64_t step) const;
+  // The windows at `starts` as one batch: data (B, T) with row b = ids[s_b,
+  // s_b + T), target (B, T) = ids[s_b + 1, s_b + T + 1); int64 copies. A
+  // start outside [0, N - T - 1] is a loom::Error.
+  Batch windows(const std::vector<int64_t>& starts) const;
+  // windows(random_starts(batch_size, seed, step)).
+  Batch random_batch(int64_t batch_size, uint64_t seed, int64_t step) const;
   std::string name() const override { return "TextDataset"; }
   const Tensor& ids() const { return ids_; }
   int64_t context_length() const { return context_length_; }

@@ -1,10 +1,8 @@
-#include "models.h"
+#include "model_config.h"
 
 #include <loom/models.h>
 
 namespace loom::cli {
-
-std::vector<std::string> model_names() { return {"mlp", "cnn", "resnet9"}; }
 
 std::string join_ints(const std::vector<int64_t>& values, char sep) {
   std::string s;

@@ -21,11 +21,10 @@ struct ModelConfig {
   bool operator==(const ModelConfig&) const = default;
 };
 
-// Names accepted by --model: mlp, cnn (loom::models::cnn), resnet9 (loom::models::resnet9, one input channel).
-std::vector<std::string> model_names();
-
-// A freshly initialized model (PyTorch's default init, drawn from the global
-// generator: seed it first). Unknown names and bad sizes are an Error.
+// A freshly initialized mlp, cnn (loom::models::cnn) or resnet9
+// (loom::models::resnet9, one input channel), with PyTorch's default init
+// drawn from the global generator (seed it first). Unknown names and bad
+// sizes are an Error.
 std::shared_ptr<nn::Module> make_model(const ModelConfig& config);
 
 // "512,256"
