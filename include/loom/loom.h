@@ -6,6 +6,7 @@
 #include "loom/device.h"
 #include "loom/dtype.h"
 #include "loom/error.h"
+#include "loom/generator.h"
 #include "loom/io.h"
 #include "loom/models.h"
 #include "loom/data.h"

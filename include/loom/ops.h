@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "loom/generator.h"
 #include "loom/tensor.h"
 
 namespace loom {
@@ -23,20 +24,27 @@ Tensor arange(Scalar end, const TensorOptions& o = {});
 Tensor arange(Scalar start, Scalar end, Scalar step = 1, const TensorOptions& o = {});
 Tensor linspace(double start, double end, int64_t steps, const TensorOptions& o = {});
 Tensor eye(int64_t n, std::optional<int64_t> m = std::nullopt, const TensorOptions& o = {});
-Tensor rand(IntArrayRef sizes, const TensorOptions& o = {});
-Tensor randn(IntArrayRef sizes, const TensorOptions& o = {});
-Tensor randint(int64_t low, int64_t high, IntArrayRef sizes, const TensorOptions& o = kInt64);
-Tensor randint(int64_t high, IntArrayRef sizes, const TensorOptions& o = kInt64);
-Tensor randperm(int64_t n, const TensorOptions& o = kInt64);
-Tensor bernoulli(const Tensor& p);
-Tensor bernoulli(const Tensor& like, double p);
+// Random factories draw from `generator`, or from the global stream
+// (default_generator(), seeded by manual_seed) when it is left out.
+Tensor rand(IntArrayRef sizes, const TensorOptions& o = {}, std::optional<Generator> generator = std::nullopt);
+Tensor randn(IntArrayRef sizes, const TensorOptions& o = {}, std::optional<Generator> generator = std::nullopt);
+Tensor randint(int64_t low, int64_t high, IntArrayRef sizes, const TensorOptions& o = kInt64,
+               std::optional<Generator> generator = std::nullopt);
+Tensor randint(int64_t high, IntArrayRef sizes, const TensorOptions& o = kInt64,
+               std::optional<Generator> generator = std::nullopt);
+Tensor randperm(int64_t n, const TensorOptions& o = kInt64, std::optional<Generator> generator = std::nullopt);
+Tensor bernoulli(const Tensor& p, std::optional<Generator> generator = std::nullopt);
+Tensor bernoulli(const Tensor& like, double p, std::optional<Generator> generator = std::nullopt);
 Tensor empty_like(const Tensor& t, std::optional<TensorOptions> o = std::nullopt);
 Tensor zeros_like(const Tensor& t, std::optional<TensorOptions> o = std::nullopt);
 Tensor ones_like(const Tensor& t, std::optional<TensorOptions> o = std::nullopt);
 Tensor full_like(const Tensor& t, Scalar v, std::optional<TensorOptions> o = std::nullopt);
-Tensor rand_like(const Tensor& t, std::optional<TensorOptions> o = std::nullopt);
-Tensor randn_like(const Tensor& t, std::optional<TensorOptions> o = std::nullopt);
-Tensor randint_like(const Tensor& t, int64_t low, int64_t high, std::optional<TensorOptions> o = std::nullopt);
+Tensor rand_like(const Tensor& t, std::optional<TensorOptions> o = std::nullopt,
+                 std::optional<Generator> generator = std::nullopt);
+Tensor randn_like(const Tensor& t, std::optional<TensorOptions> o = std::nullopt,
+                  std::optional<Generator> generator = std::nullopt);
+Tensor randint_like(const Tensor& t, int64_t low, int64_t high, std::optional<TensorOptions> o = std::nullopt,
+                    std::optional<Generator> generator = std::nullopt);
 
 // A nested initializer list of numbers: loom::tensor({{1, 2}, {3, 4}}).
 class NestedList {
@@ -73,15 +81,12 @@ Tensor from_blob(void* data, IntArrayRef sizes, IntArrayRef strides, const Tenso
                  std::function<void(void*)> deleter = nullptr);
 
 // ---- random state ----
-// Seeds the global Philox generator. Draws depend on (seed, draw counter)
-// alone, never on the thread count.
+// Seeds the global Philox generator (default_generator()). Draws depend on
+// (seed, draw counter) alone, never on the thread count.
 void manual_seed(uint64_t seed);
 uint64_t initial_seed();
-// The generator's whole state, so a checkpoint can resume the same stream.
-struct RngState {
-  uint64_t seed = 0;
-  uint64_t offset = 0;
-};
+// The global generator's whole state (RngState, loom/generator.h), so a
+// checkpoint can resume the same stream.
 RngState get_rng_state();
 void set_rng_state(const RngState& state);
 
@@ -250,12 +255,14 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_with_stats(const Tensor& input, co
 // (..., Tk, Ev) with equal leading dims; attn_mask broadcastable to
 // (..., Tq, Tk): bool (true = take part) or a float mask added to the
 // scores; is_causal masks key j > query i (not with attn_mask); scale
-// defaults to 1 / sqrt(E); dropout_p > 0 drops weights (pass 0 in eval).
+// defaults to 1 / sqrt(E); dropout_p > 0 drops weights (pass 0 in eval),
+// the mask drawn from `generator` (the global stream when left out).
 // A float attn_mask that requires grad takes the unfused path (loom ops), so
 // it gets its gradient too.
 Tensor scaled_dot_product_attention(const Tensor& query, const Tensor& key, const Tensor& value,
                                     const Tensor& attn_mask = {}, double dropout_p = 0.0, bool is_causal = false,
-                                    std::optional<double> scale = std::nullopt);
+                                    std::optional<double> scale = std::nullopt,
+                                    std::optional<Generator> generator = std::nullopt);
 
 // ---- joining, splitting, indexing ----
 Tensor cat(const std::vector<Tensor>& ts, int64_t dim = 0);

@@ -19,6 +19,7 @@
 #include "loom/device.h"
 #include "loom/dtype.h"
 #include "loom/error.h"
+#include "loom/generator.h"
 
 namespace loom {
 
@@ -248,8 +249,9 @@ class Tensor {
   Tensor& copy_(const Tensor& src);
   Tensor& masked_fill_(const Tensor& mask, Scalar v);
   Tensor& clamp_(std::optional<Scalar> lo, std::optional<Scalar> hi);
-  Tensor& uniform_(double from = 0, double to = 1);
-  Tensor& normal_(double mean = 0, double std = 1);
+  // Random fills from `generator`, or the global stream when left out.
+  Tensor& uniform_(double from = 0, double to = 1, std::optional<Generator> generator = std::nullopt);
+  Tensor& normal_(double mean = 0, double std = 1, std::optional<Generator> generator = std::nullopt);
 
   // --- math (method forms of the free functions in ops.h) ---
   Tensor add(const Tensor& o, Scalar alpha = 1) const;

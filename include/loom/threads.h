@@ -14,19 +14,23 @@ int get_num_threads();
 
 // Runs fn(id, team) once for each id in [0, team), id 0 on the calling thread,
 // and returns when all have finished: for kernels that deal out work by id
-// themselves (the GEMM). Inside another parallel call, or while the pool is
-// busy with another thread's call, the ids run one after the other on the
-// calling thread, so results must depend only on `team`. fn may throw: the
-// first exception is rethrown on the calling thread.
+// themselves (the GEMM). Any number of user threads may call at once; they
+// share the pool's workers, and each caller also runs ids of its own call.
+// Which thread runs which id, and whether ids overlap in time, is not fixed
+// (inside another parallel call they all run one after the other on the
+// calling thread), so results must depend only on `team` and no id may wait
+// for another. fn may throw: the first exception is rethrown on the calling
+// thread.
 void parallel_team(int team, const std::function<void(int id, int team)>& fn);
 
 // Is the calling thread inside a parallel call (a pool worker, or a caller
 // running its own share)? Kernels then stay on one thread.
 bool in_parallel_region();
 
-// Calls fn(begin, end) over chunks of [begin, end) on the thread pool. Ranges
-// shorter than `grain_size` run on the calling thread, so tiny tensors never
-// pay for a fork. fn must not throw across threads: parallel_for catches the
+// Calls fn(begin, end) over chunks of [begin, end) on the thread pool, safe to
+// call from many threads at once. The chunks depend only on the range,
+// `grain_size` and get_num_threads(). Ranges shorter than `grain_size` run on
+// the calling thread, so tiny tensors never pay for a fork. fn must not throw across threads: parallel_for catches the
 // first exception and rethrows it on the calling thread.
 void parallel_for(int64_t begin, int64_t end, int64_t grain_size,
                   const std::function<void(int64_t, int64_t)>& fn);

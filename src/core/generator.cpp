@@ -1,53 +1,61 @@
 #include "core/generator.h"
 
-#include <mutex>
-
 namespace loom {
 
 namespace {
-struct GlobalGenerator {
-  std::mutex mu;
-  uint64_t seed = kDefaultSeed;
-  uint64_t offset = 0;
-};
-GlobalGenerator& global_generator() {
-  static GlobalGenerator g;
-  return g;
-}
-}  // namespace
 
-std::pair<uint64_t, uint64_t> philox_reserve(uint64_t n) {
-  GlobalGenerator& g = global_generator();
+// The global stream. Never destroyed, so a thread that draws while the
+// process exits still finds it.
+const std::shared_ptr<detail::GeneratorState>& global_handle() {
+  static auto* handle = new std::shared_ptr<detail::GeneratorState>(std::make_shared<detail::GeneratorState>());
+  return *handle;
+}
+
+RngState reserve(detail::GeneratorState& g, uint64_t n) {
   std::lock_guard<std::mutex> lock(g.mu);
   const uint64_t start = g.offset;
   g.offset += (n + 3) / 4 * 4;
   return {g.seed, start};
 }
 
-void generator_set_seed(uint64_t seed) {
-  GlobalGenerator& g = global_generator();
-  std::lock_guard<std::mutex> lock(g.mu);
-  g.seed = seed;
-  g.offset = 0;
+}  // namespace
+
+Generator::Generator() : state_(std::make_shared<detail::GeneratorState>()) {}
+
+Generator::Generator(uint64_t seed) : Generator() { state_->seed = seed; }
+
+Generator& Generator::manual_seed(uint64_t seed) {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->seed = seed;
+  state_->offset = 0;
+  return *this;
 }
 
-std::pair<uint64_t, uint64_t> generator_state() {
-  GlobalGenerator& g = global_generator();
-  std::lock_guard<std::mutex> lock(g.mu);
-  return {g.seed, g.offset};
+uint64_t Generator::initial_seed() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->seed;
 }
 
-void generator_set_state(uint64_t seed, uint64_t offset) {
-  GlobalGenerator& g = global_generator();
-  std::lock_guard<std::mutex> lock(g.mu);
-  g.seed = seed;
-  g.offset = offset;
+RngState Generator::get_state() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return {state_->seed, state_->offset};
 }
 
-uint64_t generator_seed() {
-  GlobalGenerator& g = global_generator();
-  std::lock_guard<std::mutex> lock(g.mu);
-  return g.seed;
+void Generator::set_state(const RngState& s) {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->seed = s.seed;
+  state_->offset = s.offset;
+}
+
+RngState Generator::philox_reserve(uint64_t n) const { return reserve(*state_, n); }
+
+Generator default_generator() { return Generator(global_handle()); }
+
+std::pair<uint64_t, uint64_t> philox_reserve(uint64_t n, const std::optional<Generator>& generator) {
+  // The global stream is reached without a handle: no reference count to
+  // touch on every random op that uses the default.
+  const RngState s = generator ? generator->philox_reserve(n) : reserve(*global_handle(), n);
+  return {s.seed, s.offset};
 }
 
 }  // namespace loom

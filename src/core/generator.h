@@ -1,31 +1,41 @@
-// The global random state: one Philox (counter-based) stream per process.
+// Random streams: loom::Generator (include/loom/generator.h) and the global
+// one behind default_generator() and manual_seed.
 //
 // Note [Counter-based random numbers]
 // A random op does not advance a sequential generator element by element.
 // It reserves a block of `n` counters up front (philox_reserve) and element k
 // of its output uses counter `offset + k` under key `seed`. Any thread can
 // compute any element on its own, so the values depend only on (seed, how
-// many draws came before) and never on the thread count or the backend.
+// many draws came before) and never on the thread count or the backend. A
+// generator is therefore just (seed, offset) behind a mutex; each op that is
+// handed one reserves from it instead of from the global stream.
 #pragma once
 
 #include <cstdint>
+#include <mutex>
+#include <optional>
 #include <utility>
+
+#include "loom/generator.h"
 
 namespace loom {
 
 // PyTorch's default seed, so an unseeded program starts from a known state.
 inline constexpr uint64_t kDefaultSeed = 67280421310721ULL;
 
-// Returns (seed, offset) for an op that draws `n` values, and advances the
-// global offset past them (rounded up to a multiple of 4, the number of
-// 32-bit words one Philox round yields). Thread-safe.
-std::pair<uint64_t, uint64_t> philox_reserve(uint64_t n);
+namespace detail {
+// The stream a Generator handle shares.
+struct GeneratorState {
+  std::mutex mu;
+  uint64_t seed = kDefaultSeed;
+  uint64_t offset = 0;
+};
+}  // namespace detail
 
-// Resets the stream: seed = `seed`, offset = 0 (loom::manual_seed).
-void generator_set_seed(uint64_t seed);
-uint64_t generator_seed();
-// The whole state (seed, offset), for checkpoints.
-std::pair<uint64_t, uint64_t> generator_state();
-void generator_set_state(uint64_t seed, uint64_t offset);
+// Returns (seed, offset) for an op that draws `n` values from `generator`
+// (the global stream when none is given), and advances that stream's offset
+// past them (rounded up to a multiple of 4, the number of 32-bit words one
+// Philox round yields). Thread-safe.
+std::pair<uint64_t, uint64_t> philox_reserve(uint64_t n, const std::optional<Generator>& generator = std::nullopt);
 
 }  // namespace loom

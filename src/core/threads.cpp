@@ -18,10 +18,27 @@
 // Waits sleep on a futex (std::atomic::wait); the caller waits for its
 // helpers the same way.
 //
-// One parallel call runs at a time: a call made while the pool is busy (from
-// another user thread, or nested inside a parallel call) runs on its calling
-// thread alone. Work is always split by the requested team size, never by
-// which threads happen to help, so results do not change.
+// Many callers share the pool. Each top-level call (from any user thread: a
+// server's request threads, concurrent nodes of a graph) takes a job slot,
+// publishes its team ids there and runs id 0 itself. Idle workers claim ids
+// one at a time from every slot that has some left, each worker scanning the
+// slots round-robin from where it last found work, so concurrent jobs get
+// helpers in turn rather than first come, first served. The caller goes on
+// claiming ids of its own job (never another's, so its return is not held up
+// by someone else's chunk) and returns when all of them have finished. A job
+// therefore always completes even when no worker is free, and a second caller
+// gets helpers while the pool also works for the first. A claim is one
+// compare-exchange on the slot's (generation, next id, team) word: no lock
+// and no allocation on the way, and a worker that read a finished job's word
+// fails its claim on the changed generation. More than kMaxJobs concurrent
+// calls, a team too large for the word, or a call nested inside a parallel
+// call (on a worker, or in a caller's own share) run inline on the calling
+// thread.
+//
+// Work is always split by the requested team size (parallel_for: by
+// get_num_threads() and the range), never by which threads happen to help,
+// and ids never wait on each other (the GEMM gives each id its own packing
+// space), so running some or all ids on the caller gives the same results.
 #include "loom/threads.h"
 
 #include <omp.h>
@@ -29,10 +46,11 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <exception>
 #include <mutex>
 #include <thread>
-#include <vector>
+#include <utility>
 
 #include "loom/error.h"
 
@@ -75,78 +93,152 @@ T wait_for_change(const std::atomic<T>& value, T old) {
   }
 }
 
+// One top-level parallel call in flight: its team ids are claimed one at a
+// time, by its caller and by any idle worker (Note [Thread pool]). Slots
+// belong to the pool and are never freed, so a worker that looks at a slot
+// after its caller returned reads stale but valid memory, and its claim
+// fails on the changed generation.
+struct alignas(64) JobSlot {
+  // generation << 32 | next unclaimed id << 16 | team size. A claim is one
+  // compare-exchange that adds 1 << 16 while next < team, so it can only
+  // succeed for the generation its claimer read.
+  std::atomic<uint64_t> claim{0};
+  std::atomic<int> done{0};         // ids of this job finished
+  std::atomic<bool> busy{false};    // owned by a caller
+  const std::function<void(int, int)>* fn = nullptr;  // written before claim is published
+  std::mutex error_mutex;
+  std::exception_ptr first_error;
+
+  static constexpr int team_of(uint64_t w) { return static_cast<int>(w & 0xffff); }
+  static constexpr int next_of(uint64_t w) { return static_cast<int>((w >> 16) & 0xffff); }
+
+  // Claims the next unclaimed id of the job in this slot, starting from the
+  // word `seen` read before; -1 when every id is taken. On success `seen`
+  // holds the word the claim replaced, so team_of(seen) is the job's team.
+  int try_claim(uint64_t& seen) {
+    for (;;) {
+      if (next_of(seen) >= team_of(seen)) return -1;
+      if (claim.compare_exchange_weak(seen, seen + (uint64_t{1} << 16), std::memory_order_acq_rel,
+                                      std::memory_order_acquire))
+        return next_of(seen);
+    }
+  }
+
+  void run_id(int id, int team) {
+    try {
+      (*fn)(id, team);
+    } catch (...) {
+      std::lock_guard<std::mutex> guard(error_mutex);
+      if (!first_error) first_error = std::current_exception();
+    }
+    // The last id wakes the caller; the slot outlives the notify (see above).
+    if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == team) done.notify_one();
+  }
+};
+
 class ThreadPool {
  public:
-  // Runs fn(id, team) for id in [0, team), id 0 on the calling thread.
-  // Returns false (running nothing) when the pool is busy or the team too large.
+  // Runs fn(id, team) for id in [0, team), id 0 on the calling thread, with
+  // idle workers helping. Returns false (running nothing) when the team is
+  // too large or every job slot is taken.
   bool run(int team, const std::function<void(int, int)>& fn) {
-    if (team > kMaxTeam) return false;  // the team size must fit its field of state_
-    std::unique_lock<std::mutex> lock(call_mutex_, std::try_to_lock);
-    if (!lock.owns_lock()) return false;
+    if (team > kMaxTeam) return false;  // the team size must fit its field of JobSlot::claim
+    JobSlot* slot = acquire_slot();
+    if (slot == nullptr) return false;
     grow(team - 1);
-    job_ = &fn;
-    first_error_ = nullptr;
-    pending_.store(team - 1, std::memory_order_relaxed);
-    // Publish the job with its team size in one word, so a helper that is
-    // not needed never reads anything the next job overwrites; release
-    // orders the writes above before it.
-    const uint64_t generation = (state_.load(std::memory_order_relaxed) >> 16) + 1;
-    state_.store(generation << 16 | static_cast<uint64_t>(team), std::memory_order_release);
-    state_.notify_all();
+    slot->fn = &fn;
+    slot->done.store(0, std::memory_order_relaxed);
+    // Publish with id 0 already claimed: the caller runs it, as kernels
+    // that keep per-thread state on the caller expect. release orders the
+    // writes above before it.
+    const uint64_t generation = (slot->claim.load(std::memory_order_relaxed) >> 32) + 1;
+    slot->claim.store(generation << 32 | uint64_t{1} << 16 | static_cast<uint64_t>(team), std::memory_order_release);
+    epoch_.fetch_add(1, std::memory_order_release);
+    epoch_.notify_all();
 
+    // The caller's share: id 0, then whatever ids no worker has taken yet.
     t_in_parallel = true;
-    try {
-      fn(0, team);
-    } catch (...) {
-      record_error();
+    slot->run_id(0, team);
+    for (uint64_t seen = slot->claim.load(std::memory_order_acquire);;) {
+      const int id = slot->try_claim(seen);
+      if (id < 0) break;
+      slot->run_id(id, team);
     }
     t_in_parallel = false;
-    // Wait for the helpers.
-    for (int left = pending_.load(std::memory_order_acquire); left != 0;)
-      left = wait_for_change(pending_, left);
-    job_ = nullptr;
-    if (first_error_) std::rethrow_exception(first_error_);
+    // Wait for the ids workers took.
+    for (int d = slot->done.load(std::memory_order_acquire); d != team;) d = wait_for_change(slot->done, d);
+    std::exception_ptr error = std::exchange(slot->first_error, nullptr);
+    slot->fn = nullptr;
+    slot->busy.store(false, std::memory_order_release);
+    if (error) std::rethrow_exception(error);
     return true;
   }
 
  private:
+  static constexpr int kMaxTeam = 0xffff;
+  // Concurrent top-level calls beyond this many run inline: correct, only
+  // without help.
+  static constexpr int kMaxJobs = 64;
+
+  JobSlot* acquire_slot() {
+    for (int s = 0; s < kMaxJobs; ++s) {
+      bool expected = false;
+      // A relaxed look first keeps callers from fighting over a taken slot's line.
+      if (slots_[s].busy.load(std::memory_order_relaxed)) continue;
+      if (!slots_[s].busy.compare_exchange_strong(expected, true, std::memory_order_acquire)) continue;
+      // Workers scan slots [0, slots_used_).
+      int used = slots_used_.load(std::memory_order_relaxed);
+      while (used < s + 1 && !slots_used_.compare_exchange_weak(used, s + 1, std::memory_order_release)) {
+      }
+      return &slots_[s];
+    }
+    return nullptr;
+  }
+
+  // Claims one id from some job, scanning the slots round-robin from
+  // `cursor` so that concurrent jobs share the workers, and runs it.
+  // Returns false when no job has an unclaimed id.
+  bool help_once(int& cursor) {
+    const int used = slots_used_.load(std::memory_order_acquire);
+    for (int k = 0; k < used; ++k) {
+      const int s = (cursor + k) % used;
+      JobSlot& slot = slots_[s];
+      uint64_t seen = slot.claim.load(std::memory_order_acquire);
+      const int id = slot.try_claim(seen);
+      if (id < 0) continue;
+      cursor = s + 1;
+      slot.run_id(id, JobSlot::team_of(seen));
+      return true;
+    }
+    return false;
+  }
+
   // Workers are started on first need and live until the process ends
   // (the pool is never destroyed, so exit never waits on a sleeping worker).
   void grow(int helpers) {
-    while (static_cast<int>(workers_) < helpers) {
-      const int id = static_cast<int>(++workers_);
-      std::thread([this, id, seen = state_.load(std::memory_order_acquire)]() mutable {
+    if (workers_.load(std::memory_order_acquire) >= helpers) return;
+    std::lock_guard<std::mutex> lock(grow_mutex_);
+    while (workers_.load(std::memory_order_relaxed) < helpers) {
+      const int index = workers_.fetch_add(1, std::memory_order_release);
+      std::thread([this, cursor = index]() mutable {
         t_in_parallel = true;
         for (;;) {
-          seen = wait_for_change(state_, seen);
-          const int team = static_cast<int>(seen & 0xffff);
-          if (id >= team) continue;  // not needed this time
-          try {
-            (*job_)(id, team);
-          } catch (...) {
-            record_error();
+          // Read the epoch before looking for work: a job posted after the
+          // look moves the epoch, so the wait below returns at once.
+          const uint32_t seen = epoch_.load(std::memory_order_acquire);
+          while (help_once(cursor)) {
           }
-          if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+          wait_for_change(epoch_, seen);
         }
       }).detach();
     }
   }
 
-  void record_error() {
-    std::lock_guard<std::mutex> guard(error_mutex_);
-    if (!first_error_) first_error_ = std::current_exception();
-  }
-
-  std::mutex call_mutex_;  // one parallel call at a time
-  size_t workers_ = 0;     // guarded by call_mutex_
-  static constexpr int kMaxTeam = 0xffff;
-  // The current job, written by the caller before state_ moves; read only
-  // by the helpers it needs, which the caller waits for.
-  const std::function<void(int, int)>* job_ = nullptr;
-  std::atomic<uint64_t> state_{0};  // generation << 16 | team size
-  std::atomic<int> pending_{0};     // needed helpers still running the current job
-  std::mutex error_mutex_;
-  std::exception_ptr first_error_;
+  JobSlot slots_[kMaxJobs];
+  std::atomic<int> slots_used_{0};  // slots ever handed out: [0, slots_used_)
+  std::atomic<uint32_t> epoch_{0};  // moves on every posted job; sleeping workers wait on it
+  std::atomic<int> workers_{0};
+  std::mutex grow_mutex_;
 };
 
 ThreadPool& pool() {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "loom/autograd.h"
@@ -60,18 +61,18 @@ Tensor linear(const Tensor& input, const Tensor& weight, const Tensor& bias) {
   return loom::linear(input, weight, bias);
 }
 
-Tensor dropout(const Tensor& input, double p, bool training) {
+Tensor dropout(const Tensor& input, double p, bool training, std::optional<Generator> generator) {
   check_defined("dropout", "input", input);
   LOOM_CHECK(p >= 0 && p <= 1, "dropout: probability has to be between 0 and 1, but got ", p);
   if (!training || p == 0) return input;
   check_floating("dropout", "input", input);
   if (p == 1) return input * 0.0;  // keeps the graph: the gradient is zero everywhere
   // keep ~ Bernoulli(1 - p), scaled so that E[output] = input.
-  Tensor scale = bernoulli(input, 1 - p).mul_(1.0 / (1.0 - p));
+  Tensor scale = bernoulli(input, 1 - p, std::move(generator)).mul_(1.0 / (1.0 - p));
   return input * scale;
 }
 
-Tensor dropout2d(const Tensor& input, double p, bool training) {
+Tensor dropout2d(const Tensor& input, double p, bool training, std::optional<Generator> generator) {
   check_defined("dropout2d", "input", input);
   LOOM_CHECK(p >= 0 && p <= 1, "dropout2d: probability has to be between 0 and 1, but got ", p);
   LOOM_CHECK(input.dim() == 3 || input.dim() == 4,
@@ -83,7 +84,7 @@ Tensor dropout2d(const Tensor& input, double p, bool training) {
   std::vector<int64_t> mask_shape = input.sizes();
   mask_shape[mask_shape.size() - 1] = 1;
   mask_shape[mask_shape.size() - 2] = 1;
-  Tensor scale = bernoulli(loom::empty(mask_shape, input.options()), 1 - p).mul_(1.0 / (1.0 - p));
+  Tensor scale = bernoulli(loom::empty(mask_shape, input.options()), 1 - p, std::move(generator)).mul_(1.0 / (1.0 - p));
   return input * scale;
 }
 

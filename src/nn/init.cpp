@@ -2,6 +2,7 @@
 #include "loom/nn/init.h"
 
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "loom/autograd.h"
@@ -57,19 +58,19 @@ std::pair<int64_t, int64_t> calculate_fan_in_and_fan_out(const Tensor& t) {
   return {t.sizes()[1] * receptive, t.sizes()[0] * receptive};
 }
 
-Tensor uniform_(Tensor t, double a, double b) {
+Tensor uniform_(Tensor t, double a, double b, std::optional<Generator> generator) {
   check_floating("uniform_", t);
   LOOM_CHECK(a <= b, "uniform_: expected a <= b, got a=", a, " b=", b);
   NoGradGuard ng;
-  t.uniform_(a, b);
+  t.uniform_(a, b, std::move(generator));
   return t;
 }
 
-Tensor normal_(Tensor t, double mean, double std) {
+Tensor normal_(Tensor t, double mean, double std, std::optional<Generator> generator) {
   check_floating("normal_", t);
   LOOM_CHECK(std >= 0, "normal_: expected std >= 0, got ", std);
   NoGradGuard ng;
-  t.normal_(mean, std);
+  t.normal_(mean, std, std::move(generator));
   return t;
 }
 
@@ -91,40 +92,42 @@ Tensor eye_(Tensor t) {
   return t;
 }
 
-Tensor xavier_uniform_(Tensor t, double gain) {
+Tensor xavier_uniform_(Tensor t, double gain, std::optional<Generator> generator) {
   check_floating("xavier_uniform_", t);
   auto [fan_in, fan_out] = calculate_fan_in_and_fan_out(t);
   if (t.numel() == 0) return t;
   const double std = gain * std::sqrt(2.0 / static_cast<double>(fan_in + fan_out));
   const double bound = std::sqrt(3.0) * std;  // U(-b, b) has standard deviation b / sqrt(3)
-  return uniform_(t, -bound, bound);
+  return uniform_(t, -bound, bound, std::move(generator));
 }
 
-Tensor xavier_normal_(Tensor t, double gain) {
+Tensor xavier_normal_(Tensor t, double gain, std::optional<Generator> generator) {
   check_floating("xavier_normal_", t);
   auto [fan_in, fan_out] = calculate_fan_in_and_fan_out(t);
   if (t.numel() == 0) return t;
-  return normal_(t, 0.0, gain * std::sqrt(2.0 / static_cast<double>(fan_in + fan_out)));
+  return normal_(t, 0.0, gain * std::sqrt(2.0 / static_cast<double>(fan_in + fan_out)), std::move(generator));
 }
 
-Tensor kaiming_uniform_(Tensor t, double a, const std::string& mode, const std::string& nonlinearity) {
+Tensor kaiming_uniform_(Tensor t, double a, const std::string& mode, const std::string& nonlinearity,
+                        std::optional<Generator> generator) {
   check_floating("kaiming_uniform_", t);
   const int64_t fan = fan_for_mode("kaiming_uniform_", t, mode);
   const double gain = calculate_gain(nonlinearity, a);
   if (t.numel() == 0) return t;  // PyTorch warns and leaves an empty tensor alone
   const double bound = std::sqrt(3.0) * gain / std::sqrt(static_cast<double>(fan));
-  return uniform_(t, -bound, bound);
+  return uniform_(t, -bound, bound, std::move(generator));
 }
 
-Tensor kaiming_normal_(Tensor t, double a, const std::string& mode, const std::string& nonlinearity) {
+Tensor kaiming_normal_(Tensor t, double a, const std::string& mode, const std::string& nonlinearity,
+                       std::optional<Generator> generator) {
   check_floating("kaiming_normal_", t);
   const int64_t fan = fan_for_mode("kaiming_normal_", t, mode);
   const double gain = calculate_gain(nonlinearity, a);
   if (t.numel() == 0) return t;
-  return normal_(t, 0.0, gain / std::sqrt(static_cast<double>(fan)));
+  return normal_(t, 0.0, gain / std::sqrt(static_cast<double>(fan)), std::move(generator));
 }
 
-Tensor orthogonal_(Tensor t, double gain) {
+Tensor orthogonal_(Tensor t, double gain, std::optional<Generator> generator) {
   check_floating("orthogonal_", t);
   LOOM_CHECK(t.dim() >= 2, "orthogonal_: only tensors with 2 or more dims are supported, got shape ",
              shape_str(t.sizes()));
@@ -134,7 +137,7 @@ Tensor orthogonal_(Tensor t, double gain) {
   // QR of the tall side: A is (m, n) with m >= n, the Gaussian matrix or its transpose.
   const bool wide = rows < cols;
   const int64_t m = wide ? cols : rows, n = wide ? rows : cols;
-  std::vector<double> g = randn({rows, cols}, kFloat64).to_vector<double>();
+  std::vector<double> g = randn({rows, cols}, kFloat64, std::move(generator)).to_vector<double>();
   // q[j] holds column j of A, then of Q (length m).
   std::vector<std::vector<double>> q(static_cast<size_t>(n), std::vector<double>(static_cast<size_t>(m)));
   for (int64_t i = 0; i < rows; ++i)

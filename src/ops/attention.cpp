@@ -124,7 +124,7 @@ Tensor additive_mask(const Geometry& g, const Tensor& mask, DType dtype) {
 
 Tensor scaled_dot_product_attention(const Tensor& query, const Tensor& key, const Tensor& value,
                                     const Tensor& attn_mask, double dropout_p, bool is_causal,
-                                    std::optional<double> scale) {
+                                    std::optional<double> scale, std::optional<Generator> generator) {
   check_input("query", query);
   check_input("key", key);
   check_input("value", value);
@@ -151,7 +151,7 @@ Tensor scaled_dot_product_attention(const Tensor& query, const Tensor& key, cons
   if (g.tk == 0) return zeros(g.out_shape(), query.options());  // no keys: an empty sum, as PyTorch
 
   uint64_t seed = 0, offset = 0;
-  if (dropout_p > 0) std::tie(seed, offset) = philox_reserve(static_cast<uint64_t>(g.b * g.h * g.tq * g.tk));
+  if (dropout_p > 0) std::tie(seed, offset) = philox_reserve(static_cast<uint64_t>(g.b * g.h * g.tq * g.tk), generator);
   // A mask that wants its gradient: the unfused form (the kernels give none).
   if (mask.defined() && mask.requires_grad() && is_grad_enabled())
     return finish(attention_math(g, q, k, v, mask, sc, dropout_p, is_causal, seed, offset));

@@ -4,12 +4,14 @@
 // Values that need host-side computation (arange, linspace, tensor({...}))
 // are built as float64 or int64 on the CPU and converted with the Copy kernel,
 // so this file has no per-dtype code of its own. Random factories reserve
-// Philox counters from the global generator (Note [Counter-based random
-// numbers] in core/generator.h) and hand them to the backend's kernel.
+// Philox counters from the generator they are given, or the global one
+// (Note [Counter-based random numbers] in core/generator.h), and hand them to
+// the backend's kernel.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "core/generator.h"
 #include "core/philox.h"
@@ -63,9 +65,10 @@ void check_floating(const char* op, DType dtype) {
 // Runs a random kernel over contiguous `out`, reserving one Philox counter per
 // element so the values do not depend on how the kernel splits the work.
 void launch_random(OpKind op, const Tensor& out, std::initializer_list<const Tensor*> ins,
-                   std::initializer_list<double> f, int64_t low = 0, int64_t high = 0) {
+                   std::initializer_list<double> f, const std::optional<Generator>& generator, int64_t low = 0,
+                   int64_t high = 0) {
   if (out.numel() == 0) return;
-  auto [seed, offset] = philox_reserve(static_cast<uint64_t>(out.numel()));
+  auto [seed, offset] = philox_reserve(static_cast<uint64_t>(out.numel()), generator);
   ops::launch(op, ins, out, f,
               {static_cast<int64_t>(seed), static_cast<int64_t>(offset), low, high});
 }
@@ -185,35 +188,38 @@ Tensor eye(int64_t n, std::optional<int64_t> m, const TensorOptions& o) {
 
 // ---- random ----
 
-Tensor rand(IntArrayRef sizes, const TensorOptions& o) {
+Tensor rand(IntArrayRef sizes, const TensorOptions& o, std::optional<Generator> generator) {
   check_sizes("rand", sizes.vec());
   check_floating("rand", o.dtype());
   Tensor t = make_tensor(sizes.vec(), o.dtype(), o.device());
-  launch_random(OpKind::Uniform, t, {}, {0.0, 1.0});
+  launch_random(OpKind::Uniform, t, {}, {0.0, 1.0}, generator);
   return finish(t, o);
 }
 
-Tensor randn(IntArrayRef sizes, const TensorOptions& o) {
+Tensor randn(IntArrayRef sizes, const TensorOptions& o, std::optional<Generator> generator) {
   check_sizes("randn", sizes.vec());
   check_floating("randn", o.dtype());
   Tensor t = make_tensor(sizes.vec(), o.dtype(), o.device());
-  launch_random(OpKind::Normal, t, {}, {0.0, 1.0});
+  launch_random(OpKind::Normal, t, {}, {0.0, 1.0}, generator);
   return finish(t, o);
 }
 
-Tensor randint(int64_t low, int64_t high, IntArrayRef sizes, const TensorOptions& o) {
+Tensor randint(int64_t low, int64_t high, IntArrayRef sizes, const TensorOptions& o,
+               std::optional<Generator> generator) {
   check_sizes("randint", sizes.vec());
   LOOM_CHECK(low < high, "randint: expects low < high, got low=", low, " high=", high);
   const DType dt = o.has_dtype() ? o.dtype() : kInt64;
   LOOM_CHECK(dt != kBool, "randint: dtype bool is not supported");
   Tensor t = make_tensor(sizes.vec(), dt, o.device());
-  launch_random(OpKind::RandInt, t, {}, {}, low, high);
+  launch_random(OpKind::RandInt, t, {}, {}, generator, low, high);
   return finish(t, o);
 }
 
-Tensor randint(int64_t high, IntArrayRef sizes, const TensorOptions& o) { return randint(0, high, sizes, o); }
+Tensor randint(int64_t high, IntArrayRef sizes, const TensorOptions& o, std::optional<Generator> generator) {
+  return randint(0, high, sizes, o, std::move(generator));
+}
 
-Tensor randperm(int64_t n, const TensorOptions& o) {
+Tensor randperm(int64_t n, const TensorOptions& o, std::optional<Generator> generator) {
   LOOM_CHECK(n >= 0, "randperm: n must be non-negative, got ", n);
   const DType dt = o.has_dtype() ? o.dtype() : kInt64;
   LOOM_CHECK(dt != kBool, "randperm: dtype bool is not supported");
@@ -224,7 +230,7 @@ Tensor randperm(int64_t n, const TensorOptions& o) {
   // Fisher-Yates on one host thread; step k swaps in a position drawn from
   // Philox counter (offset + k), so the permutation depends only on the seed.
   // (64 random bits mod k+1: the modulo bias is at most (k+1) / 2^64.)
-  const auto [seed, offset] = philox_reserve(static_cast<uint64_t>(n));
+  const auto [seed, offset] = philox_reserve(static_cast<uint64_t>(n), generator);
   std::vector<int64_t> perm(static_cast<size_t>(n));
   for (int64_t k = 0; k < n; ++k) perm[k] = k;
   for (int64_t k = n - 1; k > 0; --k) {
@@ -234,7 +240,7 @@ Tensor randperm(int64_t n, const TensorOptions& o) {
   return finish(convert_host(host_int64({n}, perm), dt, o.device()), o);
 }
 
-Tensor bernoulli(const Tensor& p) {
+Tensor bernoulli(const Tensor& p, std::optional<Generator> generator) {
   LOOM_CHECK(p.defined(), "bernoulli: called with an undefined tensor");
   LOOM_CHECK(is_floating_point(p.dtype()), "bernoulli: expected a floating point tensor of probabilities, got ",
              dtype_name(p.dtype()));
@@ -246,11 +252,11 @@ Tensor bernoulli(const Tensor& p) {
                hi, "] for a tensor of shape ", shape_str(p.sizes()));
   }
   Tensor out = make_tensor(p.sizes(), p.dtype(), p.device());
-  launch_random(OpKind::Bernoulli, out, {&pd}, {});
+  launch_random(OpKind::Bernoulli, out, {&pd}, {}, generator);
   return out;
 }
 
-Tensor bernoulli(const Tensor& like, double p) {
+Tensor bernoulli(const Tensor& like, double p, std::optional<Generator> generator) {
   LOOM_CHECK(like.defined(), "bernoulli: called with an undefined tensor");
   LOOM_CHECK(p >= 0 && p <= 1, "bernoulli: expected p in [0, 1], got ", p);
   // One probability broadcast (stride 0) over the output's shape.
@@ -259,7 +265,7 @@ Tensor bernoulli(const Tensor& like, double p) {
   fill_raw(prob, p);
   prob = ops::expand_raw(prob, like.sizes());
   Tensor out = make_tensor(like.sizes(), pdt, like.device());
-  launch_random(OpKind::Bernoulli, out, {&prob}, {});
+  launch_random(OpKind::Bernoulli, out, {&prob}, {}, generator);
   return ops::cast_raw(out, like.dtype());
 }
 
@@ -271,10 +277,15 @@ Tensor ones_like(const Tensor& t, std::optional<TensorOptions> o) { return ones(
 Tensor full_like(const Tensor& t, Scalar v, std::optional<TensorOptions> o) {
   return full(t.sizes(), v, like_options("full_like", t, o));
 }
-Tensor rand_like(const Tensor& t, std::optional<TensorOptions> o) { return rand(t.sizes(), like_options("rand_like", t, o)); }
-Tensor randn_like(const Tensor& t, std::optional<TensorOptions> o) { return randn(t.sizes(), like_options("randn_like", t, o)); }
-Tensor randint_like(const Tensor& t, int64_t low, int64_t high, std::optional<TensorOptions> o) {
-  return randint(low, high, t.sizes(), like_options("randint_like", t, o));
+Tensor rand_like(const Tensor& t, std::optional<TensorOptions> o, std::optional<Generator> generator) {
+  return rand(t.sizes(), like_options("rand_like", t, o), std::move(generator));
+}
+Tensor randn_like(const Tensor& t, std::optional<TensorOptions> o, std::optional<Generator> generator) {
+  return randn(t.sizes(), like_options("randn_like", t, o), std::move(generator));
+}
+Tensor randint_like(const Tensor& t, int64_t low, int64_t high, std::optional<TensorOptions> o,
+                    std::optional<Generator> generator) {
+  return randint(low, high, t.sizes(), like_options("randint_like", t, o), std::move(generator));
 }
 
 // ---- from C++ values ----
@@ -387,12 +398,9 @@ Tensor from_blob(void* data, IntArrayRef sizes, const TensorOptions& o, std::fun
 
 // ---- random state ----
 
-void manual_seed(uint64_t seed) { generator_set_seed(seed); }
-uint64_t initial_seed() { return generator_seed(); }
-RngState get_rng_state() {
-  auto [seed, offset] = generator_state();
-  return {seed, offset};
-}
-void set_rng_state(const RngState& s) { generator_set_state(s.seed, s.offset); }
+void manual_seed(uint64_t seed) { default_generator().manual_seed(seed); }
+uint64_t initial_seed() { return default_generator().initial_seed(); }
+RngState get_rng_state() { return default_generator().get_state(); }
+void set_rng_state(const RngState& s) { default_generator().set_state(s); }
 
 }  // namespace loom

@@ -145,18 +145,20 @@ Tensor& Tensor::masked_fill_(const Tensor& mask, Scalar v) {
 Tensor& Tensor::clamp_(std::optional<Scalar> lo, std::optional<Scalar> hi) {
   return apply_inplace(*this, "clamp_", {}, [&](const Tensor& t) { return loom::clamp(t, lo, hi); });
 }
-Tensor& Tensor::uniform_(double from, double to) {
+Tensor& Tensor::uniform_(double from, double to, std::optional<Generator> generator) {
   LOOM_CHECK(loom::is_floating_point(dtype()), "uniform_: expects a floating point tensor, got ", dtype_name(dtype()));
   LOOM_CHECK(from <= to, "uniform_: expects from <= to, got from=", from, " to=", to);
   return apply_inplace(*this, "uniform_", {}, [&](const Tensor& t) {
-    return loom::rand(t.sizes(), TensorOptions().dtype(t.dtype()).device(t.device())).mul_(to - from).add_(from);
+    return loom::rand(t.sizes(), TensorOptions().dtype(t.dtype()).device(t.device()), generator)
+        .mul_(to - from)
+        .add_(from);
   });
 }
-Tensor& Tensor::normal_(double mean, double std) {
+Tensor& Tensor::normal_(double mean, double std, std::optional<Generator> generator) {
   LOOM_CHECK(loom::is_floating_point(dtype()), "normal_: expects a floating point tensor, got ", dtype_name(dtype()));
   LOOM_CHECK(std >= 0, "normal_: expects std >= 0, got ", std);
   return apply_inplace(*this, "normal_", {}, [&](const Tensor& t) {
-    return loom::randn(t.sizes(), TensorOptions().dtype(t.dtype()).device(t.device())).mul_(std).add_(mean);
+    return loom::randn(t.sizes(), TensorOptions().dtype(t.dtype()).device(t.device()), generator).mul_(std).add_(mean);
   });
 }
 

@@ -26,14 +26,17 @@ namespace loom::nn::functional {
 
 // y = input @ weight^T + bias. input (*, in), weight (out, in), bias (out) or undefined.
 Tensor linear(const Tensor& input, const Tensor& weight, const Tensor& bias = {});
-// In training, zeroes each element with probability p (drawn from the global
-// generator, so manual_seed fixes the mask) and scales the rest by 1/(1-p);
-// the identity otherwise.
-Tensor dropout(const Tensor& input, double p = 0.5, bool training = true);
+// In training, zeroes each element with probability p (drawn from
+// `generator`, or the global one when left out, so manual_seed fixes the
+// mask) and scales the rest by 1/(1-p); the identity otherwise.
+Tensor dropout(const Tensor& input, double p = 0.5, bool training = true,
+               std::optional<Generator> generator = std::nullopt);
 // Channel dropout: in training, zeroes whole channels of an (N, C, H, W) or
-// unbatched (C, H, W) input with probability p (one draw per (n, c) from the
-// global generator) and scales the rest by 1/(1-p); the identity otherwise.
-Tensor dropout2d(const Tensor& input, double p = 0.5, bool training = true);
+// unbatched (C, H, W) input with probability p (one draw per (n, c) from
+// `generator`, or the global one) and scales the rest by 1/(1-p); the
+// identity otherwise.
+Tensor dropout2d(const Tensor& input, double p = 0.5, bool training = true,
+                 std::optional<Generator> generator = std::nullopt);
 // Resizes the spatial dims of (N, C, *) input (torch.nn.functional.interpolate).
 // Give either `size` or `scale_factor` (one value for every spatial dim, or
 // one per dim); without `size` the output size is floor(in * scale_factor).
