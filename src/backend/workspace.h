@@ -44,6 +44,8 @@ class WorkspaceLayout {
   }
   // Bytes taken so far (64 more for aligning the start).
   size_t bytes() const { return used_ + 64; }
+  // False in sizing mode: the caller only wanted the takes counted.
+  bool carving() const { return carving_; }
 
  private:
   char* base_ = nullptr;

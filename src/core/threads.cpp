@@ -263,7 +263,15 @@ bool in_parallel_region() { return t_in_parallel || omp_in_parallel(); }
 void parallel_team(int team, const std::function<void(int, int)>& fn) {
   team = std::max(1, team);
   if (team == 1 || in_parallel_region() || !pool().run(team, fn)) {
-    // Inline: the same ids, one after the other.
+    // Inline: the same ids, one after the other, each inside a parallel
+    // region as on the pool, so what fn calls stays on this thread (a
+    // kernel sizes its per-id scratch for that).
+    const bool was = t_in_parallel;
+    t_in_parallel = team > 1 || was;
+    struct Restore {
+      bool was;
+      ~Restore() { t_in_parallel = was; }
+    } restore{was};
     for (int id = 0; id < team; ++id) fn(id, team);
   }
 }

@@ -231,20 +231,29 @@ void mask_block_row(const AttnShape& sh, const AttnParams& a, int64_t bh, int64_
 }
 
 int64_t forward_tasks(const AttnShape& sh) { return sh.b * sh.h * ((sh.tq + kBlockQ - 1) / kBlockQ); }
+// The block products' packing space (Note [GEMM packing space]); `nested`
+// when the slots run on several threads (each product then on one).
+GemmWorkspace take_pack(WorkspaceLayout& ws, int64_t m, int64_t n, int64_t k, bool nested) {
+  const int64_t floats = sgemm_workspace_bound(gemm_isa(), m, n, k, nested);
+  return {ws.take<float>(floats), floats};
+}
 struct ForwardScratch {
   float *sbuf, *acc, *tmp, *m, *l;
-  static ForwardScratch take(WorkspaceLayout& ws, const AttnShape& sh) {
+  GemmWorkspace pack;
+  static ForwardScratch take(WorkspaceLayout& ws, const AttnShape& sh, bool nested) {
     return {ws.take<float>(kBlockQ * kBlockK), ws.take<float>(kBlockQ * sh.dv), ws.take<float>(kBlockQ * sh.dv),
-            ws.take<float>(kBlockQ), ws.take<float>(kBlockQ)};
+            ws.take<float>(kBlockQ), ws.take<float>(kBlockQ),
+            take_pack(ws, kBlockQ, std::max(kBlockK, sh.dv), std::max(kBlockK, sh.d), nested)};
   }
 };
 struct BackwardScratch {
   float *pbuf, *pdrop, *dpbuf, *tmp, *dka, *dva, *di;
-  static BackwardScratch take(WorkspaceLayout& ws, const AttnShape& sh) {
+  GemmWorkspace pack;
+  static BackwardScratch take(WorkspaceLayout& ws, const AttnShape& sh, bool nested) {
     const int64_t wide = std::max(sh.d, sh.dv), tall = std::max(kBlockQ, kBlockKB);
     return {ws.take<float>(kBlockQ * kBlockKB), ws.take<float>(kBlockQ * kBlockKB), ws.take<float>(kBlockQ * kBlockKB),
             ws.take<float>(tall * wide),        ws.take<float>(kBlockKB * sh.d),    ws.take<float>(kBlockKB * sh.dv),
-            ws.take<float>(sh.tq)};
+            ws.take<float>(sh.tq),              take_pack(ws, tall, std::max(kBlockKB, wide), std::max(tall, wide), nested)};
   }
 };
 
@@ -254,7 +263,8 @@ void attention_forward_f32(const KernelCall& c, const AttnShape& sh, const AttnP
   const GemmIsa isa = gemm_isa();
   const VecKernels& vk = vec();
   const float ninf = -std::numeric_limits<float>::infinity();
-  const auto layout = [&](WorkspaceLayout& ws) { return ForwardScratch::take(ws, sh); };
+  const bool nested = slot_count(forward_tasks(sh), 1) > 1;
+  const auto layout = [&](WorkspaceLayout& ws) { return ForwardScratch::take(ws, sh, nested); };
   parallel_slots(forward_tasks(sh), 1, [&](int64_t slot, int64_t lo, int64_t hi) {
     WorkspaceLayout ws = slot_workspace(c, slot, layout);
     const ForwardScratch b = layout(ws);
@@ -270,7 +280,7 @@ void attention_forward_f32(const KernelCall& c, const AttnShape& sh, const AttnP
         const int64_t cols = std::min(kBlockK, jend - j0);
         // S (rows, cols) = Q_i K_j^T.
         sgemm(isa, 1, rows, cols, sh.d, {qb, 0, sh.d, 1}, {k + (bh * sh.tk + j0) * sh.d, 0, 1, sh.d},
-              {sbuf, 0, kBlockK, 1});
+              {sbuf, 0, kBlockK, 1}, nullptr, b.pack);
         for (int64_t r = 0; r < rows; ++r) {
           float* s = sbuf + r * kBlockK;
           const int64_t i = i0 + r;
@@ -299,7 +309,7 @@ void attention_forward_f32(const KernelCall& c, const AttnShape& sh, const AttnP
         }
         // acc += P V_j.
         sgemm(isa, 1, rows, sh.dv, cols, {sbuf, 0, kBlockK, 1}, {v + (bh * sh.tk + j0) * sh.dv, 0, sh.dv, 1},
-              {tmp, 0, sh.dv, 1});
+              {tmp, 0, sh.dv, 1}, nullptr, b.pack);
         for (int64_t x = 0; x < rows * sh.dv; ++x) acc[x] += tmp[x];
       }
       for (int64_t r = 0; r < rows; ++r) {
@@ -324,7 +334,8 @@ void attention_backward_f32(const KernelCall& c, const AttnShape& sh, const Attn
   const GemmIsa isa = gemm_isa();
   const VecKernels& vk = vec();
   const float scale = static_cast<float>(a.scale);
-  const auto layout = [&](WorkspaceLayout& ws) { return BackwardScratch::take(ws, sh); };
+  const bool nested = slot_count(sh.b * sh.h, 1) > 1;
+  const auto layout = [&](WorkspaceLayout& ws) { return BackwardScratch::take(ws, sh, nested); };
   parallel_slots(sh.b * sh.h, 1, [&](int64_t slot, int64_t lo, int64_t hi) {
     WorkspaceLayout ws = slot_workspace(c, slot, layout);
     const BackwardScratch b = layout(ws);
@@ -354,7 +365,7 @@ void attention_backward_f32(const KernelCall& c, const AttnShape& sh, const Attn
           const int64_t rows = std::min(kBlockQ, sh.tq - i0);
           // P = exp(S - lse), S = Q_i K_j^T scale + mask.
           sgemm(isa, 1, rows, cols, sh.d, {qb + i0 * sh.d, 0, sh.d, 1}, {kb + j0 * sh.d, 0, 1, sh.d},
-                {pbuf, 0, kBlockKB, 1});
+                {pbuf, 0, kBlockKB, 1}, nullptr, b.pack);
           for (int64_t r = 0; r < rows; ++r) {
             float* p = pbuf + r * kBlockKB;
             mask_block_row(sh, a, bh, i0 + r, j0, cols, p);
@@ -371,11 +382,11 @@ void attention_backward_f32(const KernelCall& c, const AttnShape& sh, const Attn
             pd = pdrop;
           }
           // dV_j += P_drop^T dO_i.
-          sgemm(isa, 1, cols, sh.dv, rows, {pd, 0, 1, kBlockKB}, {gb + i0 * sh.dv, 0, sh.dv, 1}, {tmp, 0, sh.dv, 1});
+          sgemm(isa, 1, cols, sh.dv, rows, {pd, 0, 1, kBlockKB}, {gb + i0 * sh.dv, 0, sh.dv, 1}, {tmp, 0, sh.dv, 1}, nullptr, b.pack);
           for (int64_t x = 0; x < cols * sh.dv; ++x) dva[x] += tmp[x];
           // dP_drop = dO_i V_j^T, then dS = P (dP - D_i) with dP = dropout(dP_drop).
           sgemm(isa, 1, rows, cols, sh.dv, {gb + i0 * sh.dv, 0, sh.dv, 1}, {vb + j0 * sh.dv, 0, 1, sh.dv},
-                {dpbuf, 0, kBlockKB, 1});
+                {dpbuf, 0, kBlockKB, 1}, nullptr, b.pack);
           for (int64_t r = 0; r < rows; ++r) {
             const float dr = di[i0 + r];
             float* ds = dpbuf + r * kBlockKB;
@@ -390,11 +401,11 @@ void attention_backward_f32(const KernelCall& c, const AttnShape& sh, const Attn
           }
           // dQ_i += scale dS K_j; dK_j += scale dS^T Q_i.
           sgemm(isa, 1, rows, sh.d, cols, {dpbuf, 0, kBlockKB, 1}, {kb + j0 * sh.d, 0, sh.d, 1},
-                {tmp, 0, sh.d, 1});
+                {tmp, 0, sh.d, 1}, nullptr, b.pack);
           float* dqi = dqb + i0 * sh.d;
           for (int64_t x = 0; x < rows * sh.d; ++x) dqi[x] += scale * tmp[x];
           sgemm(isa, 1, cols, sh.d, rows, {dpbuf, 0, 1, kBlockKB}, {qb + i0 * sh.d, 0, sh.d, 1},
-                {tmp, 0, sh.d, 1});
+                {tmp, 0, sh.d, 1}, nullptr, b.pack);
           for (int64_t x = 0; x < cols * sh.d; ++x) dka[x] += scale * tmp[x];
         }
         std::copy(dka, dka + cols * sh.d, dk + (bh * sh.tk + j0) * sh.d);
@@ -454,8 +465,10 @@ size_t Attention(const KernelCall& c) {
   const AttnShape sh = shape_of(c.in[0], c.in[1], c.in[2]);
   if (c.out[0]->numel() == 0) return 0;
   if (attention_fast(c))
-    return slots_workspace_bytes(slot_count(forward_tasks(sh), 1),
-                                 [&](WorkspaceLayout& ws) { ForwardScratch::take(ws, sh); });
+  {
+    const int64_t slots = slot_count(forward_tasks(sh), 1);
+    return slots_workspace_bytes(slots, [&](WorkspaceLayout& ws) { ForwardScratch::take(ws, sh, slots > 1); });
+  }
   return slots_workspace_bytes(slot_count(reference_rows(sh), reference_grain(sh)),
                                [&](WorkspaceLayout& ws) { ReferenceForwardScratch::take(ws, sh); });
 }
@@ -463,7 +476,10 @@ size_t Attention(const KernelCall& c) {
 size_t AttentionBackward(const KernelCall& c) {
   const AttnShape sh = shape_of(c.in[1], c.in[2], c.in[3]);
   if (attention_fast(c))
-    return slots_workspace_bytes(slot_count(sh.b * sh.h, 1), [&](WorkspaceLayout& ws) { BackwardScratch::take(ws, sh); });
+  {
+    const int64_t slots = slot_count(sh.b * sh.h, 1);
+    return slots_workspace_bytes(slots, [&](WorkspaceLayout& ws) { BackwardScratch::take(ws, sh, slots > 1); });
+  }
   return slots_workspace_bytes(slot_count(sh.b * sh.h, 1),
                                [&](WorkspaceLayout& ws) { ReferenceBackwardScratch::take(ws, sh); });
 }

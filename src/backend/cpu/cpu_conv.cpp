@@ -225,15 +225,16 @@ bool single_pixel(const ConvShape& s, const Taps& taps) {
 // The weight (O, C/G, KH, KW) as the GEMM's (O, C/G * live taps) matrix:
 // w itself when every tap is live, else the live columns copied to `buf`.
 const float* weight_matrix(const float* w, const ConvShape& s, const Window2d& win, const Taps& taps,
-                           Scratch& buf) {
+                           WorkspaceLayout& ws) {
   if (taps.all) return w;
   const int64_t t = taps.size(), cg = s.cg();
-  buf = scratch(s.o * cg * t);
+  float* buf = ws.take<float>(s.o * cg * t);
+  if (!ws.carving()) return nullptr;
   for (int64_t o = 0; o < s.o; ++o)
     for (int64_t c = 0; c < cg; ++c)
       for (int64_t k = 0; k < t; ++k)
-        buf[static_cast<size_t>((o * cg + c) * t + k)] = w[((o * cg + c) * win.kh + taps.live[k][0]) * win.kw + taps.live[k][1]];
-  return buf.get();
+        buf[(o * cg + c) * t + k] = w[((o * cg + c) * win.kh + taps.live[k][0]) * win.kw + taps.live[k][1]];
+  return buf;
 }
 
 // col (cg * live taps, OH * OW), row-major with row stride ld, from one
@@ -311,24 +312,30 @@ bool winograd_geometry(const ConvShape& s, const Window2d& win) {
   return s.groups == 1 && win.kh == 3 && win.kw == 3 && win.sh == 1 && win.sw == 1 && win.dh == 1 && win.dw == 1;
 }
 
+// Note [Convolution workspaces]
+// The float32 paths below take every buffer (the live-tap weight matrix,
+// im2col columns, gathered gradients, partial weight gradients, the GEMMs'
+// packing space, Winograd's transforms) from `ws` before they compute: the
+// workspace size function runs the same function with a sizing layout,
+// which counts the takes and returns (Note [Kernel workspaces]).
+
 // x, w, y contiguous (the ops layer's promise for float32). Per chunk of nb
 // samples and per group: col (q, nb * L) from im2col, then
 // y (og, nb * L) = w (og, q) @ col, written straight into y when nb == 1 and
 // through a buffer (then copied out per sample) otherwise.
-void conv_forward_f32(const ConvShape& s, const Window2d& win, const TensorImpl* xt, const TensorImpl* wt,
-                      const TensorImpl* bt, TensorImpl* yt) {
+void conv_forward_f32(WorkspaceLayout& ws, const ConvShape& s, const Window2d& win, const TensorImpl* xt,
+                      const TensorImpl* wt, const TensorImpl* bt, TensorImpl* yt) {
   const float* x = data_ptr<float>(xt);
   const float* w = data_ptr<float>(wt);
   const float* b = bt != nullptr ? data_ptr<float>(bt) : nullptr;
   const int64_t bs = bt != nullptr ? bt->strides[0] : 0;
   float* y = data_ptr<float>(yt);
   if (winograd_geometry(s, win) && winograd_suits(s.c, s.o, s.oh, s.ow)) {
-    winograd_conv3x3_f32(x, s.n, s.c, s.h, s.w, w, false, s.o, s.oh, s.ow, win.ph, win.pw, b, bs, y);
+    winograd_conv3x3_f32(ws, x, s.n, s.c, s.h, s.w, w, false, s.o, s.oh, s.ow, win.ph, win.pw, b, bs, y);
     return;
   }
   const Taps taps = live_taps(s, win);
-  Scratch wbuf;
-  w = weight_matrix(w, s, win, taps, wbuf);
+  w = weight_matrix(w, s, win, taps, ws);
   const int64_t cg = s.cg(), og = s.og(), l = s.oh * s.ow, q = cg * taps.size();
   const int64_t per = samples_per_chunk(s.n, l), chunks = (s.n + per - 1) / per, cols = per * l;
   const bool pointwise = is_pointwise(win);
@@ -336,11 +343,13 @@ void conv_forward_f32(const ConvShape& s, const Window2d& win, const TensorImpl*
   if (single_pixel(s, taps)) {
     // y (n, o) = x (n, c) @ w^T (c, o) + b.
     const SgemmEpilogue epilogue{b, bs, false, nullptr, nullptr};
-    sgemm(isa, 1, s.n, s.o, s.c, {x, 0, s.c, 1}, {w, 0, 1, q}, {y, 0, s.o, 1}, &epilogue);
+    const GemmWorkspace pack = take_gemm(ws, 1, s.n, s.o, s.c, b != nullptr && bs != 1);
+    if (!ws.carving()) return;
+    sgemm(isa, 1, s.n, s.o, s.c, {x, 0, s.c, 1}, {w, 0, 1, q}, {y, 0, s.o, 1}, &epilogue, pack);
     return;
   }
-  for_each_chunk(chunks, pointwise && per == 1 ? 0 : q * cols, per == 1 ? 0 : og * cols,
-                 [&](int64_t ch, float* col, float* out) {
+  for_each_chunk(ws, chunks, pointwise && per == 1 ? 0 : q * cols, per == 1 ? 0 : og * cols, {og, cols, q},
+                 [&](int64_t ch, float* col, float* out, GemmWorkspace pack) {
     const int64_t n0 = ch * per, nb = std::min(per, s.n - n0), width = nb * l;
     for (int64_t g = 0; g < s.groups; ++g) {
       const float* bmat = col;
@@ -353,7 +362,7 @@ void conv_forward_f32(const ConvShape& s, const Window2d& win, const TensorImpl*
       const SgemmInput bin{bmat, 0, nb == 1 && pointwise ? l : cols, 1};
       if (nb == 1) {
         float* ys = y + (n0 * s.o + g * og) * l;
-        sgemm(isa, 1, og, l, q, {w + g * og * q, 0, q, 1}, bin, {ys, 0, l, 1});
+        sgemm(isa, 1, og, l, q, {w + g * og * q, 0, q, 1}, bin, {ys, 0, l, 1}, nullptr, pack);
         if (b != nullptr)
           for (int64_t o = 0; o < og; ++o) {
             const float bo = b[(g * og + o) * bs];
@@ -362,7 +371,7 @@ void conv_forward_f32(const ConvShape& s, const Window2d& win, const TensorImpl*
           }
         continue;
       }
-      sgemm(isa, 1, og, width, q, {w + g * og * q, 0, q, 1}, bin, {out, 0, cols, 1});
+      sgemm(isa, 1, og, width, q, {w + g * og * q, 0, q, 1}, bin, {out, 0, cols, 1}, nullptr, pack);
       for (int64_t i = 0; i < nb; ++i)
         for (int64_t o = 0; o < og; ++o) {
           const float* src = out + o * cols + i * l;
@@ -381,30 +390,31 @@ void conv_forward_f32(const ConvShape& s, const Window2d& win, const TensorImpl*
 // Per chunk and group: gbuf (og, nb * L) gathered from g (g itself when
 // nb == 1), col (q, nb * L) = w^T (q, og) @ gbuf, then col2im per sample (a
 // pointwise kernel with nb == 1 writes dx directly).
-void conv_input_grad_f32(const ConvShape& s, const Window2d& win, const TensorImpl* gt, const TensorImpl* wt,
-                         TensorImpl* dxt) {
+void conv_input_grad_f32(WorkspaceLayout& ws, const ConvShape& s, const Window2d& win, const TensorImpl* gt,
+                         const TensorImpl* wt, TensorImpl* dxt) {
   const float* g = data_ptr<float>(gt);
   const float* w = data_ptr<float>(wt);
   float* dx = data_ptr<float>(dxt);
   if (winograd_geometry(s, win) && winograd_suits(s.o, s.c, s.h, s.w)) {
     // The correlation of g with the flipped, transposed filter, padded by 2 - p.
-    winograd_conv3x3_f32(g, s.n, s.o, s.oh, s.ow, w, true, s.c, s.h, s.w, 2 - win.ph, 2 - win.pw, nullptr, 0, dx);
+    winograd_conv3x3_f32(ws, g, s.n, s.o, s.oh, s.ow, w, true, s.c, s.h, s.w, 2 - win.ph, 2 - win.pw, nullptr, 0, dx);
     return;
   }
   const Taps taps = live_taps(s, win);
-  Scratch wbuf;
-  w = weight_matrix(w, s, win, taps, wbuf);
+  w = weight_matrix(w, s, win, taps, ws);
   const int64_t cg = s.cg(), og = s.og(), l = s.oh * s.ow, q = cg * taps.size();
   const int64_t per = samples_per_chunk(s.n, l), chunks = (s.n + per - 1) / per, cols = per * l;
   const bool pointwise = is_pointwise(win);
   const GemmIsa isa = gemm_isa();
   if (single_pixel(s, taps)) {
     // dx (n, c) = g (n, o) @ w (o, c).
-    sgemm(isa, 1, s.n, s.c, s.o, {g, 0, s.o, 1}, {w, 0, q, 1}, {dx, 0, s.c, 1});
+    const GemmWorkspace pack = take_gemm(ws, 1, s.n, s.c, s.o);
+    if (!ws.carving()) return;
+    sgemm(isa, 1, s.n, s.c, s.o, {g, 0, s.o, 1}, {w, 0, q, 1}, {dx, 0, s.c, 1}, nullptr, pack);
     return;
   }
-  for_each_chunk(chunks, pointwise && per == 1 ? 0 : q * cols, per == 1 ? 0 : og * cols,
-                 [&](int64_t ch, float* col, float* gbuf) {
+  for_each_chunk(ws, chunks, pointwise && per == 1 ? 0 : q * cols, per == 1 ? 0 : og * cols, {q, cols, og},
+                 [&](int64_t ch, float* col, float* gbuf, GemmWorkspace pack) {
     const int64_t n0 = ch * per, nb = std::min(per, s.n - n0), width = nb * l;
     for (int64_t grp = 0; grp < s.groups; ++grp) {
       // w^T (q, og): element (r, o) at w[o * q + r].
@@ -418,10 +428,10 @@ void conv_input_grad_f32(const ConvShape& s, const Window2d& win, const TensorIm
         gin = {gbuf, 0, cols, 1};
       }
       if (pointwise && nb == 1) {
-        sgemm(isa, 1, q, l, og, wt_in, gin, {dx + (n0 * s.c + grp * cg) * s.h * s.w, 0, l, 1});
+        sgemm(isa, 1, q, l, og, wt_in, gin, {dx + (n0 * s.c + grp * cg) * s.h * s.w, 0, l, 1}, nullptr, pack);
         continue;
       }
-      sgemm(isa, 1, q, width, og, wt_in, gin, {col, 0, cols, 1});
+      sgemm(isa, 1, q, width, og, wt_in, gin, {col, 0, cols, 1}, nullptr, pack);
       for (int64_t i = 0; i < nb; ++i) {
         float* dxs = dx + ((n0 + i) * s.c + grp * cg) * s.h * s.w;
         std::fill(dxs, dxs + cg * s.h * s.w, 0.0f);
@@ -431,13 +441,13 @@ void conv_input_grad_f32(const ConvShape& s, const Window2d& win, const TensorIm
   });
 }
 
-void conv_weight_grad_f32(const ConvShape& s, const Window2d& win, const TensorImpl* xt, const TensorImpl* gt,
-                          TensorImpl* dwt) {
+void conv_weight_grad_f32(WorkspaceLayout& ws, const ConvShape& s, const Window2d& win, const TensorImpl* xt,
+                          const TensorImpl* gt, TensorImpl* dwt) {
   const float* x = data_ptr<float>(xt);
   const float* g = data_ptr<float>(gt);
   float* dw = data_ptr<float>(dwt);
   if (winograd_geometry(s, win) && winograd_suits(s.c, s.o, s.oh, s.ow)) {
-    winograd_weight_grad3x3_f32(x, g, s.n, s.c, s.h, s.w, s.o, s.oh, s.ow, win.ph, win.pw, dw);
+    winograd_weight_grad3x3_f32(ws, x, g, s.n, s.c, s.h, s.w, s.o, s.oh, s.ow, win.ph, win.pw, dw);
     return;
   }
   const Taps taps = live_taps(s, win);
@@ -445,27 +455,25 @@ void conv_weight_grad_f32(const ConvShape& s, const Window2d& win, const TensorI
   const int64_t wsize = s.o * q;  // the (o, q) matrix of live taps, contiguous
   // Dead taps (Note [Dead taps]) get exact zeros; the live ones go through
   // `dwc` when some taps are dead.
-  Scratch compact;
-  float* dwc = dw;
-  if (!taps.all) {
-    std::fill(dw, dw + s.o * cg * win.kh * win.kw, 0.0f);
-    compact = scratch(wsize);
-    dwc = compact.get();
-  }
+  float* dwc = taps.all ? dw : ws.take<float>(wsize);
   if (s.n == 0 || l == 0 || q == 0) {
+    if (!ws.carving()) return;
     std::fill(dwc, dwc + wsize, 0.0f);
   } else if (single_pixel(s, taps)) {
     // dw (o, c) = g^T (o, n) @ x (n, c): one chain over the batch per element.
-    sgemm(gemm_isa(), 1, s.o, q, s.n, {g, 0, 1, s.o}, {x, 0, s.c, 1}, {dwc, 0, q, 1});
+    const GemmWorkspace pack = take_gemm(ws, 1, s.o, q, s.n);
+    if (!ws.carving()) return;
+    sgemm(gemm_isa(), 1, s.o, q, s.n, {g, 0, 1, s.o}, {x, 0, s.c, 1}, {dwc, 0, q, 1}, nullptr, pack);
   } else {
     const int64_t per = std::clamp<int64_t>(kWeightDepth / std::max<int64_t>(l, 1), 1, s.n);
     const int64_t chunks = (s.n + per - 1) / per, depth = per * l;
     // Partial sums, one (o, q) block per chunk after the first (which goes to dwc).
-    auto partial = scratch((chunks - 1) * wsize);
+    float* partial = ws.take<float>((chunks - 1) * wsize);
     const GemmIsa isa = gemm_isa();
-    for_each_chunk(chunks, q * depth, per > 1 ? og * depth : 0, [&](int64_t ch, float* col, float* gbuf) {
+    for_each_chunk(ws, chunks, q * depth, per > 1 ? og * depth : 0, {og, q, depth},
+                   [&](int64_t ch, float* col, float* gbuf, GemmWorkspace pack) {
       const int64_t n0 = ch * per, nb = std::min(per, s.n - n0), kdepth = nb * l;
-      float* out = ch == 0 ? dwc : partial.get() + (ch - 1) * wsize;
+      float* out = ch == 0 ? dwc : partial + (ch - 1) * wsize;
       for (int64_t grp = 0; grp < s.groups; ++grp) {
         // col (q, nb * l): sample i's columns at [i * l, (i + 1) * l); gbuf (og, nb * l) likewise,
         // or g itself for a chunk of one sample.
@@ -479,15 +487,18 @@ void conv_weight_grad_f32(const ConvShape& s, const Window2d& win, const TensorI
         }
         if (per > 1) gin = {gbuf, 0, depth, 1};
         // dw_g (og, q) = g chunk (og, kdepth) @ col^T (kdepth, q).
-        sgemm(isa, 1, og, q, kdepth, gin, {col, 0, 1, depth}, {out + grp * og * q, 0, q, 1});
+        sgemm(isa, 1, og, q, kdepth, gin, {col, 0, 1, depth}, {out + grp * og * q, 0, q, 1}, nullptr, pack);
       }
     });
+    if (!ws.carving()) return;
     for (int64_t ch = 1; ch < chunks; ++ch) {
-      const float* p = partial.get() + (ch - 1) * wsize;
+      const float* p = partial + (ch - 1) * wsize;
       for (int64_t k = 0; k < wsize; ++k) dwc[k] += p[k];
     }
   }
   if (!taps.all) {
+    // Dead taps get exact zeros, the live ones their column of dwc.
+    std::fill(dw, dw + s.o * cg * win.kh * win.kw, 0.0f);
     const int64_t t = taps.size();
     for (int64_t oc = 0; oc < s.o * cg; ++oc)
       for (int64_t k = 0; k < t; ++k)
@@ -514,7 +525,8 @@ void Conv2d(const KernelCall& c) {
   check_conv("Conv2d", s, x, w, y, win);
   if (y->numel() == 0) return;
   if (fast_path(c)) {
-    conv_forward_f32(s, win, x, w, b, y);
+    WorkspaceLayout ws = carve(c);
+    conv_forward_f32(ws, s, win, x, w, b, y);
     return;
   }
   dispatch_float(x->dtype, [&](auto tag) {
@@ -531,7 +543,8 @@ void ConvTranspose2d(const KernelCall& c) {
   check_conv("ConvTranspose2d", s, dx, w, g, win);
   if (dx->numel() == 0) return;
   if (fast_path(c)) {
-    conv_input_grad_f32(s, win, g, w, dx);
+    WorkspaceLayout ws = carve(c);
+    conv_input_grad_f32(ws, s, win, g, w, dx);
     return;
   }
   dispatch_float(g->dtype, [&](auto tag) {
@@ -548,7 +561,8 @@ void Conv2dWeight(const KernelCall& c) {
   check_conv("Conv2dWeight", s, x, dw, g, win);
   if (dw->numel() == 0) return;
   if (fast_path(c)) {
-    conv_weight_grad_f32(s, win, x, g, dw);
+    WorkspaceLayout ws = carve(c);
+    conv_weight_grad_f32(ws, s, win, x, g, dw);
     return;
   }
   dispatch_float(x->dtype, [&](auto tag) {
@@ -558,5 +572,38 @@ void Conv2dWeight(const KernelCall& c) {
 }
 
 }  // namespace kernel
+
+namespace workspace {
+
+// The float32 paths' buffers, counted by running them with a sizing layout
+// (Note [Convolution workspaces]); the reference kernels take none.
+size_t Conv2d(const KernelCall& c) {
+  const TensorImpl *x = c.in[0], *w = c.in[1], *b = c.in.size() > 2 ? c.in[2] : nullptr;
+  TensorImpl* y = c.out[0];
+  if (y->numel() == 0 || !fast_path(c)) return 0;
+  WorkspaceLayout ws;
+  conv_forward_f32(ws, conv_shape(x, w, y, c.param<ConvParams>().groups), window_of(c), x, w, b, y);
+  return ws.bytes();
+}
+
+size_t ConvTranspose2d(const KernelCall& c) {
+  const TensorImpl *g = c.in[0], *w = c.in[1];
+  TensorImpl* dx = c.out[0];
+  if (dx->numel() == 0 || !fast_path(c)) return 0;
+  WorkspaceLayout ws;
+  conv_input_grad_f32(ws, conv_shape(dx, w, g, c.param<ConvParams>().groups), window_of(c), g, w, dx);
+  return ws.bytes();
+}
+
+size_t Conv2dWeight(const KernelCall& c) {
+  const TensorImpl *x = c.in[0], *g = c.in[1];
+  TensorImpl* dw = c.out[0];
+  if (dw->numel() == 0 || !fast_path(c)) return 0;
+  WorkspaceLayout ws;
+  conv_weight_grad_f32(ws, conv_shape(x, dw, g, c.param<ConvParams>().groups), window_of(c), x, g, dw);
+  return ws.bytes();
+}
+
+}  // namespace workspace
 
 }  // namespace loom::cpu

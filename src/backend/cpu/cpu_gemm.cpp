@@ -6,10 +6,10 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <new>
 #include <vector>
 
 #include "backend/cpu/testing.h"
+#include "loom/error.h"
 #include "loom/threads.h"
 
 namespace loom::cpu {
@@ -139,29 +139,6 @@ namespace {
 
 int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 int64_t ceil_div(int64_t x, int64_t d) { return (x + d - 1) / d; }
-
-// 64-byte aligned packing memory owned by the calling thread, kept between
-// calls so a training loop does not allocate per matmul. Bounded by the
-// block sizes (a few MiB), not by the problem.
-class PackBuffer {
- public:
-  ~PackBuffer() { ::operator delete(data_, std::align_val_t{64}); }
-  float* get(size_t floats) {
-    if (floats > capacity_) {
-      ::operator delete(data_, std::align_val_t{64});
-      data_ = nullptr;
-      capacity_ = 0;
-      data_ = static_cast<float*>(::operator new(floats * sizeof(float), std::align_val_t{64}));
-      capacity_ = floats;
-    }
-    return data_;
-  }
-
- private:
-  float* data_ = nullptr;
-  size_t capacity_ = 0;
-};
-thread_local PackBuffer t_pack_buffer;
 
 // A strided float32 matrix (one batch item, or a rectangle of one).
 struct ConstView {
@@ -329,20 +306,81 @@ Grid choose_grid(int threads, int64_t m, int64_t n, int64_t k, const GemmKernel&
 // runs on the calling thread: waking a team costs a few microseconds.
 constexpr double kParallelMinWork = 1 << 20;
 
+
+// Note [GEMM packing space]
+// sgemm packs its blocks of A and B into memory the caller passes, so a
+// kernel's whole scratch is in its workspace (Note [Kernel workspaces]): each
+// thread one block of A and one of B for the largest rectangle it computes,
+// each starting on a 64-byte line, and the bias as the tiles read it
+// (contiguous) when it is strided. One plan gives both the size a caller asks
+// for (sgemm_workspace_floats) and the layout sgemm uses.
+struct GemmPlan {
+  int threads = 1;
+  bool by_item = false;
+  Grid grid{1, 1};
+  int64_t ap_floats = 0, bp_floats = 0, bias_floats = 0;
+  int64_t per_thread() const { return ap_floats + bp_floats; }
+  int64_t floats() const { return per_thread() * threads + bias_floats; }
+};
+
+GemmPlan plan_gemm(const GemmKernel& g, int64_t batch, int64_t m, int64_t n, int64_t k, bool strided_bias,
+                   bool nested) {
+  GemmPlan p;
+  if (batch <= 0 || m <= 0 || n <= 0) return p;
+  p.bias_floats = strided_bias ? round_up(n, 16) : 0;
+  if (k <= 0) return p;
+  int threads = nested || in_parallel_region() ? 1 : get_num_threads();
+  if (static_cast<double>(m) * n * k * batch < kParallelMinWork) threads = 1;
+  // Whole batch items per thread when they divide evenly or are many;
+  // otherwise every thread takes its rectangle of each item.
+  p.by_item = threads > 1 && batch >= threads && (batch % threads == 0 || batch >= 4 * threads);
+  if (threads > 1 && !p.by_item) {
+    p.grid = choose_grid(threads, m, n, k, g);
+    threads = p.grid.tm * p.grid.tn;
+  }
+  p.threads = threads;
+  const int64_t m_tiles = ceil_div(m, g.mr), n_tiles = ceil_div(n, g.nr);
+  const int64_t rect_m = p.by_item ? m : std::min(m, ceil_div(m_tiles, p.grid.tm) * g.mr);
+  const int64_t rect_n = p.by_item ? n : std::min(n, ceil_div(n_tiles, p.grid.tn) * g.nr);
+  const int64_t kc = depth_block(g, k);
+  p.ap_floats = round_up(round_up(std::min(g.mc, rect_m), g.mr) * kc, 16);
+  p.bp_floats = round_up(round_up(std::min(g.nc, rect_n), g.nr) * kc, 16);
+  return p;
+}
+
 }  // namespace
 
+int64_t sgemm_workspace_floats(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k, bool strided_bias,
+                               bool nested) {
+  return plan_gemm(gemm_kernel(isa), batch, m, n, k, strided_bias, nested).floats();
+}
+
+int64_t sgemm_workspace_bound(GemmIsa isa, int64_t m, int64_t n, int64_t k, bool nested) {
+  if (m <= 0 || n <= 0 || k <= 0) return 0;
+  const GemmKernel& g = gemm_kernel(isa);
+  // Any product's depth block is at most min(kc, k), its rectangle at most m x n.
+  const int64_t kc = std::min(g.kc, k);
+  const int64_t per_thread = round_up(round_up(std::min(g.mc, m), g.mr) * kc, 16) +
+                             round_up(round_up(std::min(g.nc, n), g.nr) * kc, 16);
+  const int threads = nested || in_parallel_region() ? 1 : get_num_threads();
+  return per_thread * threads;
+}
+
 void sgemm(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k, SgemmInput a, SgemmInput b, SgemmOutput c,
-           const SgemmEpilogue* epilogue) {
+           const SgemmEpilogue* epilogue, GemmWorkspace ws) {
   if (batch <= 0 || m <= 0 || n <= 0) return;
-  // The bias as the tiles read it: contiguous.
-  std::vector<float> bias_copy;
+  const GemmKernel& g = gemm_kernel(isa);
+  const bool strided_bias = epilogue != nullptr && epilogue->bias != nullptr && epilogue->bias_stride != 1;
+  const GemmPlan plan = plan_gemm(g, batch, m, n, k, strided_bias, false);
+  LOOM_ASSERT(ws.floats >= plan.floats() && (plan.floats() == 0 || ws.data != nullptr),
+              "sgemm: packing space of ", ws.floats, " floats for a product that needs ", plan.floats());
   Epilogue ep{nullptr, false, nullptr, nullptr};
   if (epilogue != nullptr) {
     ep = Epilogue{epilogue->bias, epilogue->relu, epilogue->post, epilogue->post_ctx};
-    if (ep.bias != nullptr && epilogue->bias_stride != 1) {
-      bias_copy.resize(static_cast<size_t>(n));
-      for (int64_t j = 0; j < n; ++j) bias_copy[static_cast<size_t>(j)] = epilogue->bias[j * epilogue->bias_stride];
-      ep.bias = bias_copy.data();
+    if (strided_bias) {
+      float* bias = ws.data + plan.per_thread() * plan.threads;
+      for (int64_t j = 0; j < n; ++j) bias[j] = epilogue->bias[j * epilogue->bias_stride];
+      ep.bias = bias;
     }
   }
   if (k <= 0) {  // an empty sum is 0; the epilogue still applies
@@ -360,29 +398,13 @@ void sgemm(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k, SgemmInp
     }
     return;
   }
-  const GemmKernel& g = gemm_kernel(isa);
-
-  int threads = in_parallel_region() ? 1 : get_num_threads();
-  if (static_cast<double>(m) * n * k * batch < kParallelMinWork) threads = 1;
-  // Whole batch items per thread when they divide evenly or are many;
-  // otherwise every thread takes its rectangle of each item.
-  const bool by_item = threads > 1 && batch >= threads && (batch % threads == 0 || batch >= 4 * threads);
-  Grid grid{1, 1};
-  if (threads > 1 && !by_item) {
-    grid = choose_grid(threads, m, n, k, g);
-    threads = grid.tm * grid.tn;
-  }
-
-  // Packing space per thread: one block of A and one of B for the largest
-  // rectangle a thread computes, each starting on a 64-byte line.
+  const int threads = plan.threads;
+  const bool by_item = plan.by_item;
+  const Grid grid = plan.grid;
   const int64_t m_tiles = ceil_div(m, g.mr), n_tiles = ceil_div(n, g.nr);
-  const int64_t rect_m = by_item ? m : std::min(m, ceil_div(m_tiles, grid.tm) * g.mr);
-  const int64_t rect_n = by_item ? n : std::min(n, ceil_div(n_tiles, grid.tn) * g.nr);
-  const int64_t kc = depth_block(g, k);
-  const size_t ap_floats = static_cast<size_t>(round_up(round_up(std::min(g.mc, rect_m), g.mr) * kc, 16));
-  const size_t bp_floats = static_cast<size_t>(round_up(round_up(std::min(g.nc, rect_n), g.nr) * kc, 16));
-  const size_t per_thread = ap_floats + bp_floats;
-  float* const pack = t_pack_buffer.get(per_thread * static_cast<size_t>(threads));
+  const size_t ap_floats = static_cast<size_t>(plan.ap_floats);
+  const size_t per_thread = static_cast<size_t>(plan.per_thread());
+  float* const pack = ws.data;
 
   // Rows [i0, i1) x columns [j0, j1) of batch item bi, with the packing
   // space of thread `slot`.

@@ -89,12 +89,31 @@ struct SgemmEpilogue {
   void* post_ctx;
 };
 
+// Packing space for sgemm, from the caller's workspace (Note [GEMM packing
+// space] in cpu_gemm.cpp): `floats` floats at `data`, 64-byte aligned.
+struct GemmWorkspace {
+  float* data;
+  int64_t floats;
+};
+
+// The packing space sgemm needs for a product of these sizes called from the
+// current thread (`nested`: from inside a parallel call, where it runs on one
+// thread), with a bias of stride != 1 when strided_bias. Depends on the
+// thread count.
+int64_t sgemm_workspace_floats(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k,
+                               bool strided_bias = false, bool nested = false);
+
+// Enough packing space for any product without a strided bias of at most m
+// rows, n columns and depth k (for kernels that run many small products).
+int64_t sgemm_workspace_bound(GemmIsa isa, int64_t m, int64_t n, int64_t k, bool nested = false);
+
 // c (batch, m, n) = a (batch, m, k) @ b (batch, k, n) with the micro-kernel of
-// `isa` (capped at gemm_best_isa()), then `epilogue` when given. k == 0
-// writes zeros (and applies the epilogue to them). c must not overlap a or b;
-// c's strides must address each element once.
+// `isa` (capped at gemm_best_isa()), then `epilogue` when given (null: none),
+// packing into `ws` (at least sgemm_workspace_floats). k == 0 writes zeros
+// (and applies the epilogue to them). c must not overlap a or b; c's strides
+// must address each element once.
 void sgemm(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k, SgemmInput a, SgemmInput b, SgemmOutput c,
-           const SgemmEpilogue* epilogue = nullptr);
+           const SgemmEpilogue* epilogue, GemmWorkspace ws);
 
 // The reference kernel's float32 case (the oracle, cpu_linalg.cpp): each
 // element summed over k in order in double, rounded once to float32.

@@ -18,10 +18,22 @@ namespace loom::cpu::kernel {
 // cpu_register.cpp lists them in the backend's workspace table.
 namespace loom::cpu::workspace {
 
+size_t Bmm(const KernelCall& c);
+size_t Linear(const KernelCall& c);
 size_t Sum(const KernelCall& c);
 size_t Amax(const KernelCall& c);
 size_t Amin(const KernelCall& c);
+size_t SoftmaxBackward(const KernelCall& c);
+size_t LogSoftmaxBackward(const KernelCall& c);
+size_t LayerNorm(const KernelCall& c);
 size_t LayerNormBackward(const KernelCall& c);
+size_t Conv2d(const KernelCall& c);
+size_t ConvTranspose2d(const KernelCall& c);
+size_t Conv2dWeight(const KernelCall& c);
+size_t MaxPool2d(const KernelCall& c);
+size_t MaxPool2dBackward(const KernelCall& c);
+size_t AvgPool2d(const KernelCall& c);
+size_t AvgPool2dBackward(const KernelCall& c);
 size_t Attention(const KernelCall& c);
 size_t AttentionBackward(const KernelCall& c);
 size_t FusedAdam(const KernelCall& c);

@@ -8,6 +8,7 @@
 #include "backend/cpu/cpu_dispatch.h"
 #include "backend/cpu/cpu_gemm.h"
 #include "backend/cpu/cpu_kernels.h"
+#include "backend/workspace.h"
 #include "backend/cpu/cpu_vec.h"
 
 namespace loom::cpu {
@@ -145,7 +146,33 @@ void linear_post(void* ctx, float* c, int64_t rs, int64_t cs, int64_t rows, int6
   run_elementwise(p.act.op, p.act.kernel, block, block);
 }
 
+// The GEMM's packing space (Note [GEMM packing space]) of a float32 Bmm or
+// Linear call, and the call's workspace as that space.
+int64_t bmm_pack_floats(const KernelCall& c) {
+  const TensorImpl *a = c.in[0], *b = c.in[1];
+  if (a->dtype != kFloat32 || a->dim() != 3 || b->dim() != 3) return 0;
+  return sgemm_workspace_floats(gemm_isa(), a->sizes[0], a->sizes[1], b->sizes[2], a->sizes[2]);
+}
+int64_t linear_pack_floats(const KernelCall& c) {
+  const TensorImpl *x = c.in[0], *w = c.in[1], *bias = c.in.size() > 2 ? c.in[2] : nullptr;
+  if (x->dtype != kFloat32 || x->dim() != 2 || w->dim() != 2) return 0;
+  const bool strided_bias = bias != nullptr && bias->strides[0] != 1;
+  return sgemm_workspace_floats(gemm_isa(), 1, x->sizes[0], w->sizes[0], x->sizes[1], strided_bias);
+}
+GemmWorkspace gemm_workspace(const KernelCall& c, int64_t floats) {
+  if (floats == 0) return {nullptr, 0};
+  WorkspaceLayout ws = carve(c);
+  return {ws.take<float>(floats), floats};
+}
+size_t pack_bytes(int64_t floats) {
+  if (floats == 0) return 0;
+  WorkspaceLayout ws;
+  ws.take<float>(floats);
+  return ws.bytes();
+}
+
 }  // namespace
+
 
 namespace kernel {
 
@@ -176,7 +203,7 @@ void Linear(const KernelCall& c) {
     // B (K, N) is the weight transposed: element (p, j) at w[j, p].
     sgemm(gemm_isa(), 1, m, n, k, {data_ptr<float>(x), 0, x->strides[0], x->strides[1]},
           {data_ptr<float>(w), 0, w->strides[1], w->strides[0]},
-          {data_ptr<float>(out), 0, out->strides[0], out->strides[1]}, &ep);
+          {data_ptr<float>(out), 0, out->strides[0], out->strides[1]}, &ep, gemm_workspace(c, linear_pack_floats(c)));
     return;
   }
   // The reference path: the unfused kernels, one after another, on views.
@@ -222,9 +249,17 @@ void Bmm(const KernelCall& c) {
   sgemm(gemm_isa(), a->sizes[0], a->sizes[1], b->sizes[2], a->sizes[2],
         {data_ptr<float>(a), a->strides[0], a->strides[1], a->strides[2]},
         {data_ptr<float>(b), b->strides[0], b->strides[1], b->strides[2]},
-        {data_ptr<float>(out), out->strides[0], out->strides[1], out->strides[2]});
+        {data_ptr<float>(out), out->strides[0], out->strides[1], out->strides[2]}, nullptr,
+        gemm_workspace(c, bmm_pack_floats(c)));
 }
 
 }  // namespace kernel
+
+namespace workspace {
+
+size_t Bmm(const KernelCall& c) { return pack_bytes(bmm_pack_floats(c)); }
+size_t Linear(const KernelCall& c) { return pack_bytes(linear_pack_floats(c)); }
+
+}  // namespace workspace
 
 }  // namespace loom::cpu

@@ -34,6 +34,7 @@
 #include "backend/cpu/cpu_dispatch.h"
 #include "backend/cpu/cpu_isa.h"
 #include "backend/cpu/cpu_kernels.h"
+#include "backend/cpu/cpu_scratch.h"
 #include "backend/cpu/cpu_vec.h"
 #include "backend/window2d.h"
 
@@ -78,15 +79,15 @@ struct Span1d {
 // For each output of a dim, its first window offset j whose input lies
 // inside (-1 if none): where max pooling starts (PyTorch's index for a
 // window of -inf).
-std::vector<int64_t> first_inside(const Span1d& d) {
-  std::vector<int64_t> first(static_cast<size_t>(d.out), -1);
-  for (int64_t o = 0; o < d.out; ++o)
+void first_inside(const Span1d& d, int64_t* first) {
+  for (int64_t o = 0; o < d.out; ++o) {
+    first[o] = -1;
     for (int64_t j = 0; j < d.kernel; ++j)
       if (d.inside(o, j)) {
         first[o] = j;
         break;
       }
-  return first;
+  }
 }
 
 Span1d rows_of(const Window2d& w, int64_t in, int64_t out) { return {in, out, w.kh, w.sh, w.ph, w.dh}; }
@@ -106,10 +107,9 @@ int64_t avg_extent(const Span1d& d, int64_t o, bool count_include_pad) {
 
 // The divisor of every output of a plane (OH * OW, row-major); 0 where a
 // window holds no input (its output is 0, as PyTorch).
-std::vector<double> avg_divisors(const Window2d& w, int64_t h, int64_t wd, int64_t oh, int64_t ow,
-                                 bool count_include_pad, int64_t divisor_override) {
+void avg_divisors(const Window2d& w, int64_t h, int64_t wd, int64_t oh, int64_t ow, bool count_include_pad,
+                  int64_t divisor_override, double* d) {
   const Span1d r = rows_of(w, h, oh), c = cols_of(w, wd, ow);
-  std::vector<double> d(static_cast<size_t>(oh * ow));
   for (int64_t i = 0; i < oh; ++i)
     for (int64_t j = 0; j < ow; ++j) {
       const bool empty = avg_extent(r, i, false) == 0 || avg_extent(c, j, false) == 0;
@@ -117,7 +117,76 @@ std::vector<double> avg_divisors(const Window2d& w, int64_t h, int64_t wd, int64
                                            : avg_extent(r, i, count_include_pad) * avg_extent(c, j, count_include_pad);
       d[i * ow + j] = empty ? 0.0 : static_cast<double>(div);
     }
-  return d;
+}
+
+// Note [Pooling workspaces]
+// Every buffer a pooling kernel may use comes from its call's workspace
+// (Note [Kernel workspaces]), taken in one order by take_pool_scratch for
+// both the size function and the kernel: the average pools' divisors (in
+// double, and in the fast path's T), max pooling's first-inside offsets and
+// window deltas, and a piece per thread slot big enough for either the row
+// blocks (Note [Pooling row blocks]) or a plane of double accumulators. The
+// sizes bound every path of the op (T counted as 8 bytes), so the kernel may
+// take its fast path or the reference with the same workspace.
+struct PoolScratch {
+  double* div = nullptr;   // AvgPool2d / AvgPool2dBackward: OH * OW divisors
+  void* div_t = nullptr;   // the same in the fast path's T
+  int64_t* first_row = nullptr;  // MaxPool2d fast path: OH, OW and KH * KW entries
+  int64_t* first_col = nullptr;
+  int64_t* code_delta = nullptr;
+  char* slots = nullptr;   // get_num_threads() pieces of slot_bytes
+  int64_t slot_bytes = 0;
+  // Thread slot `slot`'s piece, for carving.
+  WorkspaceLayout slot(int64_t slot) const {
+    return WorkspaceLayout(Workspace{slots + slot * slot_bytes, static_cast<size_t>(slot_bytes)});
+  }
+};
+
+// The row blocks' per-slot buffers (sizing when `a.buf` is to be counted only).
+struct RowBlockBuffers {
+  void *buf, *out;
+  int32_t* arg;
+};
+RowBlockBuffers take_row_block(WorkspaceLayout& ws, int64_t rows_per_block, int64_t seg, int64_t ows) {
+  return {ws.take<double>(rows_per_block * seg), ws.take<double>(rows_per_block * ows),
+          ws.take<int32_t>(rows_per_block * ows)};
+}
+
+template <typename T>
+void set_block_geometry_of(int64_t w, int64_t oh, int64_t ow, const Window2d& win, int64_t& ows, int64_t& seg,
+                           int64_t& rows_per_block);
+
+PoolScratch take_pool_scratch(WorkspaceLayout& ws, const KernelCall& c) {
+  const bool forward = c.op == OpKind::MaxPool2d || c.op == OpKind::AvgPool2d;
+  // The input plane (h, w) and the output plane (oh, ow) of the forward op.
+  const TensorImpl* in = forward ? c.in[0] : c.out[0];
+  const TensorImpl* out = forward ? c.out[0] : c.in[0];
+  const int64_t h = in->sizes[2], w = in->sizes[3], oh = out->sizes[2], ow = out->sizes[3];
+  PoolScratch p;
+  const bool avg = c.op == OpKind::AvgPool2d || c.op == OpKind::AvgPool2dBackward;
+  const Window2d* win = avg || c.op == OpKind::MaxPool2d ? &window_of(c) : nullptr;
+  if (avg) {
+    p.div = ws.take<double>(oh * ow);
+    p.div_t = ws.take<double>(oh * ow);
+  }
+  if (c.op == OpKind::MaxPool2d) {
+    p.first_row = ws.take<int64_t>(oh);
+    p.first_col = ws.take<int64_t>(ow);
+    p.code_delta = ws.take<int64_t>(win->kh * win->kw);
+  }
+  // Per slot: the row blocks (forward ops and the average pool's backward),
+  // or a plane of accumulators (the backward references).
+  WorkspaceLayout piece;
+  if (win != nullptr) {
+    int64_t ows = 0, seg = 0, rows_per_block = 0;
+    set_block_geometry_of<double>(w, oh, ow, *win, ows, seg, rows_per_block);
+    take_row_block(piece, rows_per_block, seg, ows);
+  }
+  WorkspaceLayout acc;
+  if (!forward) acc.take<double>(h * w);
+  p.slot_bytes = static_cast<int64_t>((std::max(piece.bytes(), acc.bytes()) + 63) & ~size_t{63});
+  p.slots = ws.take<char>(get_num_threads() * p.slot_bytes);
+  return p;
 }
 
 // ---- reference kernels ----
@@ -167,7 +236,9 @@ void avg_pool_reference(const KernelCall& c) {
   const Window2d& w = window_of(c);
   const Planes px = planes_of(x), py = planes_of(y);
   const Span1d rows = rows_of(w, px.h, py.h), cols = cols_of(w, px.w, py.w);
-  const std::vector<double> div = avg_divisors(w, px.h, px.w, py.h, py.w, c.i[0] != 0, c.i[1]);
+  WorkspaceLayout ws = carve(c);
+  double* div = take_pool_scratch(ws, c).div;
+  avg_divisors(w, px.h, px.w, py.h, py.w, c.i[0] != 0, c.i[1], div);
   dispatch_float(x->dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* xd = data_ptr<T>(x);
@@ -202,10 +273,13 @@ void max_pool_backward_reference(const KernelCall& c) {
     dispatch_index(ind->dtype, [&](auto itag) {
       using I = typename decltype(itag)::type;
       const I* id = data_ptr<I>(ind);
-      parallel_for(0, pd.count(), planes_grain(plane + pg.h * pg.w), [&](int64_t lo, int64_t hi) {
-        std::vector<double> acc(static_cast<size_t>(plane));
+      WorkspaceLayout ws = carve(c);
+      const PoolScratch scratch = take_pool_scratch(ws, c);
+      parallel_slots(pd.count(), planes_grain(plane + pg.h * pg.w), [&](int64_t slot, int64_t lo, int64_t hi) {
+        WorkspaceLayout piece = scratch.slot(slot);
+        double* acc = piece.take<double>(plane);
         for (int64_t p = lo; p < hi; ++p) {
-          std::fill(acc.begin(), acc.end(), 0.0);
+          std::fill(acc, acc + plane, 0.0);
           for (int64_t oh = 0; oh < pg.h; ++oh)
             for (int64_t ow = 0; ow < pg.w; ++ow) {
               const int64_t k = static_cast<int64_t>(id[pi.at(p, oh, ow)]);
@@ -227,16 +301,20 @@ void avg_pool_backward_reference(const KernelCall& c) {
   const Window2d& w = window_of(c);
   const Planes pg = planes_of(g), pd = planes_of(dx);
   const Span1d rows = rows_of(w, pd.h, pg.h), cols = cols_of(w, pd.w, pg.w);
-  const std::vector<double> div = avg_divisors(w, pd.h, pd.w, pg.h, pg.w, c.i[0] != 0, c.i[1]);
+  WorkspaceLayout ws = carve(c);
+  const PoolScratch scratch = take_pool_scratch(ws, c);
+  double* div = scratch.div;
+  avg_divisors(w, pd.h, pd.w, pg.h, pg.w, c.i[0] != 0, c.i[1], div);
   const int64_t plane = pd.h * pd.w;
   dispatch_float(dx->dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* gd = data_ptr<T>(g);
     T* dd = data_ptr<T>(dx);
-    parallel_for(0, pd.count(), planes_grain(pg.h * pg.w * w.kh * w.kw), [&](int64_t lo, int64_t hi) {
-      std::vector<double> acc(static_cast<size_t>(plane));
+    parallel_slots(pd.count(), planes_grain(pg.h * pg.w * w.kh * w.kw), [&](int64_t slot, int64_t lo, int64_t hi) {
+      WorkspaceLayout piece = scratch.slot(slot);
+      double* acc = piece.take<double>(plane);
       for (int64_t p = lo; p < hi; ++p) {
-        std::fill(acc.begin(), acc.end(), 0.0);
+        std::fill(acc, acc + plane, 0.0);
         for (int64_t oh = 0; oh < pg.h; ++oh)
           for (int64_t ow = 0; ow < pg.w; ++ow) {
             const double d = div[oh * pg.w + ow];
@@ -299,25 +377,32 @@ struct PoolPlanes {
 };
 
 template <typename T>
-void set_block_geometry(PoolPlanes<T>& a) {
-  const Window2d& w = a.win;
-  const int64_t need = std::max((a.ow - 1) * w.sw + (w.kw - 1) * w.dw + 1, w.pw + a.w);
-  a.ows = (need + w.sw - 1) / w.sw;
-  a.seg = a.ows * w.sw;
-  a.rows_per_block = std::clamp<int64_t>((kBlockOutputs + a.ows - 1) / a.ows, 1, a.oh);
+void set_block_geometry_of(int64_t width, int64_t oh, int64_t ow, const Window2d& w, int64_t& ows, int64_t& seg,
+                           int64_t& rows_per_block) {
+  const int64_t need = std::max((ow - 1) * w.sw + (w.kw - 1) * w.dw + 1, w.pw + width);
+  ows = (need + w.sw - 1) / w.sw;
+  seg = ows * w.sw;
+  rows_per_block = std::clamp<int64_t>((kBlockOutputs + ows - 1) / ows, 1, oh);
 }
 
-// Runs fn(a with its scratch) on planes [lo, hi): scratch per call, so per thread.
+template <typename T>
+void set_block_geometry(PoolPlanes<T>& a) {
+  set_block_geometry_of<T>(a.w, a.oh, a.ow, a.win, a.ows, a.seg, a.rows_per_block);
+}
+
+// Runs fn(a with its row-block buffers) over planes [0, count), each thread
+// slot with its piece of the workspace (Note [Pooling workspaces]).
 template <typename T, typename Fn>
-void with_scratch(const PoolPlanes<T>& a, int64_t lo, int64_t hi, Fn fn) {
-  const size_t outs = static_cast<size_t>(a.rows_per_block * a.ows);
-  std::vector<T> buf(static_cast<size_t>(a.rows_per_block * a.seg)), out(outs);
-  std::vector<int32_t> arg(outs);
-  PoolPlanes<T> mine = a;
-  mine.buf = buf.data();
-  mine.out = out.data();
-  mine.arg = arg.data();
-  fn(mine, lo, hi);
+void run_planes(const PoolPlanes<T>& a, const PoolScratch& scratch, int64_t count, int64_t grain, Fn fn) {
+  parallel_slots(count, grain, [&](int64_t slot, int64_t lo, int64_t hi) {
+    WorkspaceLayout piece = scratch.slot(slot);
+    const RowBlockBuffers b = take_row_block(piece, a.rows_per_block, a.seg, a.ows);
+    PoolPlanes<T> mine = a;
+    mine.buf = static_cast<T*>(b.buf);
+    mine.out = static_cast<T*>(b.out);
+    mine.arg = b.arg;
+    fn(mine, lo, hi);
+  });
 }
 
 // Fills the row buffer for window row offset i of output rows [oh0, oh0 + rows)
@@ -615,9 +700,11 @@ bool max_pool_fast(const KernelCall& c) {
   const Window2d& w = window_of(c);
   const Planes px = planes_of(x);
   const int64_t oh = y->sizes[2], ow = y->sizes[3];
-  const std::vector<int64_t> first_row = first_inside(rows_of(w, px.h, oh)),
-                             first_col = first_inside(cols_of(w, px.w, ow));
-  std::vector<int64_t> code_delta(static_cast<size_t>(w.kh * w.kw));
+  WorkspaceLayout ws = carve(c);
+  const PoolScratch scratch = take_pool_scratch(ws, c);
+  int64_t *first_row = scratch.first_row, *first_col = scratch.first_col, *code_delta = scratch.code_delta;
+  first_inside(rows_of(w, px.h, oh), first_row);
+  first_inside(cols_of(w, px.w, ow), first_col);
   for (int64_t i = 0; i < w.kh; ++i)
     for (int64_t j = 0; j < w.kw; ++j) code_delta[i * w.kw + j] = i * w.dh * px.w + j * w.dw;
   // The argmax codes are int32 (Note [Pooling row blocks]): a block wider than that takes the reference.
@@ -641,9 +728,9 @@ bool max_pool_fast(const KernelCall& c) {
       a.oh = oh;
       a.ow = ow;
       a.win = w;
-      a.first_row = first_row.data();
-      a.first_col = first_col.data();
-      a.code_delta = code_delta.data();
+      a.first_row = first_row;
+      a.first_col = first_col;
+      a.code_delta = code_delta;
       set_block_geometry(a);
       const bool two_by_two = w.kh == 2 && w.kw == 2 && w.sh == 2 && w.sw == 2 && w.ph == 0 && w.pw == 0 &&
                               w.dh == 1 && w.dw == 1 && 2 * oh <= px.h && 2 * ow <= px.w;
@@ -657,8 +744,7 @@ bool max_pool_fast(const KernelCall& c) {
         return;
       }
       const PlanesFn<T> fn = max_pool_planes<T>();
-      parallel_for(0, px.count(), planes_grain(oh * ow * w.kh * w.kw),
-                   [&](int64_t lo, int64_t hi) { with_scratch(a, lo, hi, fn); });
+      run_planes(a, scratch, px.count(), planes_grain(oh * ow * w.kh * w.kw), fn);
     }
   });
   return true;
@@ -671,11 +757,14 @@ bool avg_pool_fast(const KernelCall& c) {
   const Window2d& w = window_of(c);
   const Planes px = planes_of(x);
   const int64_t oh = y->sizes[2], ow = y->sizes[3];
-  const std::vector<double> div = avg_divisors(w, px.h, px.w, oh, ow, c.i[0] != 0, c.i[1]);
+  WorkspaceLayout ws = carve(c);
+  const PoolScratch scratch = take_pool_scratch(ws, c);
+  avg_divisors(w, px.h, px.w, oh, ow, c.i[0] != 0, c.i[1], scratch.div);
   dispatch_float(x->dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-      const std::vector<T> divt(div.begin(), div.end());
+      T* divt = static_cast<T*>(scratch.div_t);
+      std::copy(scratch.div, scratch.div + oh * ow, divt);
       PoolPlanes<T> a;
       a.x = data_ptr<T>(x);
       a.xp = px;
@@ -685,11 +774,10 @@ bool avg_pool_fast(const KernelCall& c) {
       a.oh = oh;
       a.ow = ow;
       a.win = w;
-      a.div = divt.data();
+      a.div = divt;
       set_block_geometry(a);
       const PlanesFn<T> fn = avg_pool_planes<T>();
-      parallel_for(0, px.count(), planes_grain(oh * ow * w.kh * w.kw),
-                   [&](int64_t lo, int64_t hi) { with_scratch(a, lo, hi, fn); });
+      run_planes(a, scratch, px.count(), planes_grain(oh * ow * w.kh * w.kw), fn);
     }
   });
   return true;
@@ -701,11 +789,14 @@ bool avg_pool_backward_fast(const KernelCall& c) {
   if (!vec_enabled() || !fast_dtype(g->dtype) || !g->is_contiguous() || !dx->is_contiguous()) return false;
   const Window2d& w = window_of(c);
   const int64_t h = dx->sizes[2], wd = dx->sizes[3], oh = g->sizes[2], ow = g->sizes[3];
-  const std::vector<double> div = avg_divisors(w, h, wd, oh, ow, c.i[0] != 0, c.i[1]);
+  WorkspaceLayout ws = carve(c);
+  const PoolScratch scratch = take_pool_scratch(ws, c);
+  avg_divisors(w, h, wd, oh, ow, c.i[0] != 0, c.i[1], scratch.div);
   dispatch_float(g->dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-      const std::vector<T> divt(div.begin(), div.end());
+      T* divt = static_cast<T*>(scratch.div_t);
+      std::copy(scratch.div, scratch.div + oh * ow, divt);
       PoolPlanes<T> a;
       a.x = data_ptr<T>(g);
       a.y = data_ptr<T>(dx);
@@ -714,11 +805,10 @@ bool avg_pool_backward_fast(const KernelCall& c) {
       a.oh = oh;
       a.ow = ow;
       a.win = w;
-      a.div = divt.data();
+      a.div = divt;
       set_block_geometry(a);
       const PlanesFn<T> fn = avg_pool_backward_planes<T>();
-      parallel_for(0, dx->sizes[0] * dx->sizes[1], planes_grain(oh * ow * w.kh * w.kw + h * wd),
-                   [&](int64_t lo, int64_t hi) { with_scratch(a, lo, hi, fn); });
+      run_planes(a, scratch, dx->sizes[0] * dx->sizes[1], planes_grain(oh * ow * w.kh * w.kw + h * wd), fn);
     }
   });
   return true;
@@ -797,4 +887,19 @@ void AvgPool2dBackward(const KernelCall& c) {
 }
 
 }  // namespace kernel
+namespace workspace {
+
+// Note [Pooling workspaces]: one bound for every path of each op.
+size_t pool(const KernelCall& c) {
+  if (c.out[0]->numel() == 0) return 0;
+  WorkspaceLayout ws;
+  take_pool_scratch(ws, c);
+  return ws.bytes();
+}
+size_t MaxPool2d(const KernelCall& c) { return pool(c); }
+size_t MaxPool2dBackward(const KernelCall& c) { return pool(c); }
+size_t AvgPool2d(const KernelCall& c) { return pool(c); }
+size_t AvgPool2dBackward(const KernelCall& c) { return pool(c); }
+
+}  // namespace workspace
 }  // namespace loom::cpu

@@ -23,20 +23,36 @@ int64_t rows_grain(int64_t work) { return std::max<int64_t>(1, kGrain / std::max
 
 // The element offsets of every row start (outer index, row-major) of `t`,
 // whose last `n_trailing` dims form a row, and of each element within a row.
-struct RowOffsets {
-  std::vector<int64_t> row;    // per outer element
-  std::vector<int64_t> inner;  // per element of a row, row-major
+// The tables live in the call's workspace (Note [Kernel workspaces]); in
+// sizing mode row_offsets only counts them.
+struct OffsetTable {
+  int64_t* data = nullptr;
+  int64_t n = 0;
+  int64_t operator[](int64_t k) const { return data[k]; }
+  int64_t size() const { return n; }
 };
-RowOffsets row_offsets(const TensorImpl* t, int64_t n_trailing) {
+struct RowOffsets {
+  OffsetTable row;    // per outer element
+  OffsetTable inner;  // per element of a row, row-major
+};
+RowOffsets row_offsets(WorkspaceLayout& ws, const TensorImpl* t, int64_t n_trailing) {
   const OuterInner s = split_trailing(t, n_trailing);
-  RowOffsets r;
-  r.row.reserve(static_cast<size_t>(s.outer_numel));
-  r.inner.reserve(static_cast<size_t>(s.inner_numel));
+  RowOffsets r{{ws.take<int64_t>(s.outer_numel), s.outer_numel}, {ws.take<int64_t>(s.inner_numel), s.inner_numel}};
+  if (!ws.carving()) return r;
   const LoopShape<1> outer = make_loop<1>(s.outer_sizes, {&s.outer_strides});
   const LoopShape<1> inner = make_loop<1>(s.inner_sizes, {&s.inner_strides});
-  if (s.outer_numel > 0) for_each_offset<1>(outer, 0, outer.numel, [&](const Offsets1& o) { r.row.push_back(o[0]); });
-  if (s.inner_numel > 0) for_each_offset<1>(inner, 0, inner.numel, [&](const Offsets1& o) { r.inner.push_back(o[0]); });
+  int64_t k = 0;
+  if (s.outer_numel > 0) for_each_offset<1>(outer, 0, outer.numel, [&](const Offsets1& o) { r.row.data[k++] = o[0]; });
+  k = 0;
+  if (s.inner_numel > 0) for_each_offset<1>(inner, 0, inner.numel, [&](const Offsets1& o) { r.inner.data[k++] = o[0]; });
   return r;
+}
+
+// The reference kernels' tables: one per operand (Note [Kernel workspaces]).
+size_t row_offsets_bytes(const TensorImpl* t, int64_t n_trailing, int operands) {
+  WorkspaceLayout ws;
+  for (int k = 0; k < operands; ++k) row_offsets(ws, t, n_trailing);
+  return ws.bytes();
 }
 
 // Are the rows of `t` packed one after another in one contiguous run? (The
@@ -62,12 +78,13 @@ void softmax_backward(const KernelCall& c, bool log) {
     });
     return;
   }
-  const RowOffsets og = row_offsets(g, 1), oy = row_offsets(y, 1), oo = row_offsets(out, 1);
+  WorkspaceLayout ws = carve(c);
+  const RowOffsets og = row_offsets(ws, g, 1), oy = row_offsets(ws, y, 1), oo = row_offsets(ws, out, 1);
   dispatch_float(g->dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T *pg = data_ptr<T>(g), *py = data_ptr<T>(y);
     T* po = data_ptr<T>(out);
-    parallel_for(0, static_cast<int64_t>(og.row.size()), rows_grain(n), [&](int64_t lo, int64_t hi) {
+    parallel_for(0, og.row.size(), rows_grain(n), [&](int64_t lo, int64_t hi) {
       for (int64_t r = lo; r < hi; ++r) {
         const T* gr = pg + og.row[r];
         const T* yr = py + oy.row[r];
@@ -93,8 +110,9 @@ void layer_norm_reference(const KernelCall& c) {
   const TensorImpl *x = c.in[0], *w = c.i[1] ? c.in[1] : nullptr, *b = c.i[2] ? c.in[2] : nullptr;
   TensorImpl *y = c.out[0], *stats = c.out[1];
   const double eps = c.f[0];
-  const RowOffsets ox = row_offsets(x, c.i[0]), oy = row_offsets(y, c.i[0]);
-  const int64_t n = static_cast<int64_t>(ox.inner.size());
+  WorkspaceLayout ws = carve(c);
+  const RowOffsets ox = row_offsets(ws, x, c.i[0]), oy = row_offsets(ws, y, c.i[0]);
+  const int64_t n = ox.inner.size();
   dispatch_float(x->dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* px = data_ptr<T>(x);
@@ -102,7 +120,7 @@ void layer_norm_reference(const KernelCall& c) {
     const T* pb = b ? data_ptr<T>(b) : nullptr;
     T* py = data_ptr<T>(y);
     T* ps = data_ptr<T>(stats);
-    parallel_for(0, static_cast<int64_t>(ox.row.size()), rows_grain(n), [&](int64_t lo, int64_t hi) {
+    parallel_for(0, ox.row.size(), rows_grain(n), [&](int64_t lo, int64_t hi) {
       for (int64_t r = lo; r < hi; ++r) {
         const T* xr = px + ox.row[r];
         double mean = 0, var = 0;
@@ -131,8 +149,9 @@ void layer_norm_reference(const KernelCall& c) {
 void layer_norm_backward_reference(const KernelCall& c) {
   const TensorImpl *g = c.in[0], *x = c.in[1], *stats = c.in[2], *w = c.i[1] ? c.in[3] : nullptr;
   TensorImpl *dx = c.out[0], *dwb = c.out.size() > 1 ? c.out[1] : nullptr;
-  const RowOffsets og = row_offsets(g, c.i[0]), ox = row_offsets(x, c.i[0]), od = row_offsets(dx, c.i[0]);
-  const int64_t n = static_cast<int64_t>(ox.inner.size()), m = static_cast<int64_t>(ox.row.size());
+  WorkspaceLayout ws = carve(c);
+  const RowOffsets og = row_offsets(ws, g, c.i[0]), ox = row_offsets(ws, x, c.i[0]), od = row_offsets(ws, dx, c.i[0]);
+  const int64_t n = ox.inner.size(), m = ox.row.size();
   dispatch_float(x->dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T *pg = data_ptr<T>(g), *px = data_ptr<T>(x), *ps = data_ptr<T>(stats);
@@ -393,16 +412,25 @@ void CrossEntropyBackward(const KernelCall& c) { cross_entropy_backward(c); }
 }  // namespace kernel
 namespace workspace {
 
-// The float32 path's chunk sums of the weight and bias gradients (an upper
-// bound: the reference path takes none).
+// The reference paths' offset tables (the float32 paths take none, but
+// for LayerNormBackward's chunk sums): the larger of the two paths.
+size_t SoftmaxBackward(const KernelCall& c) {
+  return c.out[0]->numel() == 0 ? 0 : row_offsets_bytes(c.out[0], 1, 3);
+}
+size_t LogSoftmaxBackward(const KernelCall& c) { return SoftmaxBackward(c); }
+size_t LayerNorm(const KernelCall& c) { return c.in[0]->numel() == 0 ? 0 : row_offsets_bytes(c.in[0], c.i[0], 2); }
 size_t LayerNormBackward(const KernelCall& c) {
   const TensorImpl* x = c.in[1];
-  if (c.out.size() < 2 || x->numel() == 0 || x->dtype != kFloat32) return 0;
-  const OuterInner s = split_trailing(x, c.i[0]);
-  const LayerNormChunks lc = layer_norm_chunks(s.outer_numel, s.inner_numel);
-  WorkspaceLayout ws;
-  ws.take<double>(lc.chunks * 2 * s.inner_numel);
-  return ws.bytes();
+  if (x->numel() == 0) return 0;
+  size_t chunk_sums = 0;
+  if (c.out.size() > 1 && x->dtype == kFloat32) {
+    const OuterInner s = split_trailing(x, c.i[0]);
+    const LayerNormChunks lc = layer_norm_chunks(s.outer_numel, s.inner_numel);
+    WorkspaceLayout ws;
+    ws.take<double>(lc.chunks * 2 * s.inner_numel);
+    chunk_sums = ws.bytes();
+  }
+  return std::max(chunk_sums, row_offsets_bytes(x, c.i[0], 3));
 }
 
 }  // namespace workspace

@@ -6,10 +6,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <memory>
 
-#include "core/allocator.h"
-
+#include "backend/cpu/cpu_gemm.h"
 #include "backend/workspace.h"
 #include "loom/threads.h"
 
@@ -60,38 +58,68 @@ WorkspaceLayout slot_workspace(const KernelCall& c, int64_t slot, const Layout& 
   return WorkspaceLayout(Workspace{base + per * static_cast<size_t>(slot), per});
 }
 
-// TEMPORARY (until conv/winograd/attention take workspaces)
-
-// A scratch buffer of n floats from loom's caching allocator, left
-// uninitialized (every user writes before it reads). The cache hands the
-// same blocks back call after call; malloc would give a pool thread's
-// freed megabytes back to the kernel and fault them in, zeroed, next call.
-struct ScratchFree {
-  size_t size;
-  void operator()(float* p) const { cpu_free(p, size); }
-};
-using Scratch = std::unique_ptr<float[], ScratchFree>;
-inline Scratch scratch(int64_t n) {
-  const CpuBlock b = cpu_allocate(static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float));
-  return Scratch(static_cast<float*>(b.ptr), ScratchFree{b.size});
+// The thread slots for_each_chunk uses for `chunks` chunks: one per thread
+// when there are enough chunks to split over the threads, else one (the
+// chunks then run in order on this thread, leaving the team to the GEMM).
+inline int64_t chunk_slots(int64_t chunks) {
+  const int threads = get_num_threads();
+  return chunks >= threads && threads > 1 && !in_parallel_region() ? threads : 1;
 }
 
-// Runs fn(chunk, buffers...) for chunks [0, chunks): split over threads, each
-// thread with scratch buffers of its own (sizes in floats), when there are
-// enough chunks; otherwise in order on this thread, leaving the team to the
-// GEMM. Either way each chunk's arithmetic is the same.
+// The largest product (rows, columns, depth) a chunk's GEMMs compute.
+struct GemmBound {
+  int64_t m = 0, n = 0, k = 0;
+};
+
+// Each thread slot's buffers for a chunk loop: floats_a and floats_b floats
+// and the packing space of GEMMs up to `gemm` (on one thread when the chunks
+// are split over threads), all from the workspace, each piece on a 64-byte
+// line.
+struct ChunkBuffers {
+  int64_t slots, fa, fb, fp;
+  float *a, *b, *p;
+};
+inline ChunkBuffers take_chunk_buffers(WorkspaceLayout& ws, int64_t chunks, int64_t floats_a, int64_t floats_b,
+                                       GemmBound gemm) {
+  ChunkBuffers c;
+  c.slots = chunk_slots(chunks);
+  c.fa = (floats_a + 15) / 16 * 16;
+  c.fb = (floats_b + 15) / 16 * 16;
+  c.fp = (sgemm_workspace_bound(gemm_isa(), gemm.m, gemm.n, gemm.k, c.slots > 1) + 15) / 16 * 16;
+  c.a = ws.take<float>(c.slots * c.fa);
+  c.b = ws.take<float>(c.slots * c.fb);
+  c.p = ws.take<float>(c.slots * c.fp);
+  return c;
+}
+
+// Runs fn(chunk, a, b, pack) for chunks [0, chunks) with the buffers of its
+// thread slot. Either way each chunk's arithmetic is the same.
 template <class Fn>
-void for_each_chunk(int64_t chunks, int64_t floats_a, int64_t floats_b, const Fn& fn) {
-  const bool split = chunks >= get_num_threads() && get_num_threads() > 1 && !in_parallel_region();
-  if (!split) {
-    auto a = scratch(floats_a), b = scratch(floats_b);
-    for (int64_t ch = 0; ch < chunks; ++ch) fn(ch, a.get(), b.get());
+void run_chunks(const ChunkBuffers& c, int64_t chunks, const Fn& fn) {
+  if (c.slots == 1) {
+    for (int64_t ch = 0; ch < chunks; ++ch) fn(ch, c.a, c.b, GemmWorkspace{c.p, c.fp});
     return;
   }
-  parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    auto a = scratch(floats_a), b = scratch(floats_b);
-    for (int64_t ch = begin; ch < end; ++ch) fn(ch, a.get(), b.get());
+  parallel_team(static_cast<int>(c.slots), [&](int id, int team) {
+    for (int64_t ch = chunks * id / team; ch < chunks * (id + 1) / team; ++ch)
+      fn(ch, c.a + id * c.fa, c.b + id * c.fb, GemmWorkspace{c.p + id * c.fp, c.fp});
   });
+}
+
+// Takes the buffers, then (unless `ws` is only sizing) runs the chunks.
+template <class Fn>
+void for_each_chunk(WorkspaceLayout& ws, int64_t chunks, int64_t floats_a, int64_t floats_b, GemmBound gemm,
+                    const Fn& fn) {
+  const ChunkBuffers c = take_chunk_buffers(ws, chunks, floats_a, floats_b, gemm);
+  if (ws.carving()) run_chunks(c, chunks, fn);
+}
+
+// A product's packing space taken from `ws` (a single GEMM outside any
+// chunk loop; Note [GEMM packing space]).
+inline GemmWorkspace take_gemm(WorkspaceLayout& ws, int64_t batch, int64_t m, int64_t n, int64_t k,
+                               bool strided_bias = false) {
+  const int64_t floats = sgemm_workspace_floats(gemm_isa(), batch, m, n, k, strided_bias);
+  return {ws.take<float>(floats), floats};
 }
 
 }  // namespace loom::cpu

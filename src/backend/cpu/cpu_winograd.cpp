@@ -19,7 +19,7 @@ bool winograd_suits(int64_t in_channels, int64_t out_channels, int64_t oh, int64
   return in_channels >= 16 && out_channels >= 16 && oh >= 4 && ow >= 4;
 }
 
-void winograd_conv3x3_f32(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, const float* weight, bool flip,
+void winograd_conv3x3_f32(WorkspaceLayout& ws, const float* x, int64_t n, int64_t c, int64_t h, int64_t w, const float* weight, bool flip,
                           int64_t o, int64_t oh, int64_t ow, int64_t pad_h, int64_t pad_w, const float* bias,
                           int64_t bias_stride, float* y) {
   if (n == 0 || o == 0 || oh == 0 || ow == 0) return;
@@ -29,16 +29,22 @@ void winograd_conv3x3_f32(const float* x, int64_t n, int64_t c, int64_t h, int64
   // U_f (o, c), packed once into the micro-kernel's A panels: panel p of
   // position f at upk + (f * panels + p) * mr * c, all c depths.
   const int64_t mr = g.mr, nr = g.nr, panels = (o + mr - 1) / mr;
-  Scratch u = scratch(kPositions * o * c), upk = scratch(kPositions * panels * mr * c);
-  filter_transform(weight, flip, o, c, u.get());
-  for (int64_t f = 0; f < kPositions; ++f)
-    for (int64_t p = 0; p < panels; ++p)
-      g.pack(u.get() + (f * o + p * mr) * c, c, 1, static_cast<int>(std::min(mr, o - p * mr)), c, g.mr,
-             upk.get() + (f * panels + p) * mr * c);
+  float* u = ws.take<float>(kPositions * o * c);
+  float* upk = ws.take<float>(kPositions * panels * mr * c);
+  float* filter_tmp = ws.take<float>(kPositions * o * c);
   const int64_t kcb = (c + (c + g.kc - 1) / g.kc - 1) / ((c + g.kc - 1) / g.kc);  // c in equal blocks of <= kc
   const int64_t vfloats = kPositions * slab(c, t.nt), mfloats = kPositions * slab(o, t.nt);
-  for_each_chunk(t.chunks, vfloats + input_tmp_floats(t.rows_per_chunk, t.th, t.tw) + nr * c,
-                 mfloats + output_tmp_floats(t.rows_per_chunk, t.th, t.tw), [&](int64_t ch, float* va, float* mb) {
+  // The GEMMs run on the micro-kernel directly: no packing space beyond these.
+  const ChunkBuffers buffers = take_chunk_buffers(
+      ws, t.chunks, vfloats + input_tmp_floats(t.rows_per_chunk, t.th, t.tw) + nr * c,
+      mfloats + output_tmp_floats(t.rows_per_chunk, t.th, t.tw), {});
+  if (!ws.carving()) return;
+  filter_transform(weight, flip, o, c, u, filter_tmp);
+  for (int64_t f = 0; f < kPositions; ++f)
+    for (int64_t p = 0; p < panels; ++p)
+      g.pack(u + (f * o + p * mr) * c, c, 1, static_cast<int>(std::min(mr, o - p * mr)), c, g.mr,
+             upk + (f * panels + p) * mr * c);
+  run_chunks(buffers, t.chunks, [&](int64_t ch, float* va, float* mb, GemmWorkspace) {
     const int64_t row0 = ch * t.rows_per_chunk, rows = std::min(t.rows_per_chunk, t.rows - row0);
     const int64_t kt = rows * t.tw;
     float* bbuf = va + vfloats + input_tmp_floats(t.rows_per_chunk, t.th, t.tw);
@@ -62,7 +68,7 @@ void winograd_conv3x3_f32(const float* x, int64_t n, int64_t c, int64_t h, int64
           for (int64_t pc = 0; pc < c; pc += kcb) {
             GemmTile tile;
             tile.kc = std::min(kcb, c - pc);
-            tile.a = upk.get() + (f * panels + p) * mr * c + pc * mr;
+            tile.a = upk + (f * panels + p) * mr * c + pc * mr;
             tile.b = b + pc * b_step;
             tile.b_step = b_step;
             tile.c = mf + p * mr * t.nt + j;
@@ -82,28 +88,30 @@ void winograd_conv3x3_f32(const float* x, int64_t n, int64_t c, int64_t h, int64
   });
 }
 
-void winograd_weight_grad3x3_f32(const float* x, const float* g, int64_t n, int64_t c, int64_t h, int64_t w,
+void winograd_weight_grad3x3_f32(WorkspaceLayout& ws, const float* x, const float* g, int64_t n, int64_t c, int64_t h, int64_t w,
                                  int64_t o, int64_t oh, int64_t ow, int64_t pad_h, int64_t pad_w, float* dw) {
   const int64_t fsize = kPositions * o * c;
-  Scratch total = scratch(fsize);
+  float* total = ws.take<float>(fsize);
+  float* rows_tmp = ws.take<float>(fsize);  // filter_grad_transform's
   if (n == 0 || oh == 0 || ow == 0) {
-    std::fill(total.get(), total.get() + fsize, 0.0f);
+    if (!ws.carving()) return;
+    std::fill(total, total + fsize, 0.0f);
   } else {
     const GemmIsa isa = gemm_isa();
     const GemmKernel& gk = gemm_kernel(isa);
     const Tiling t = tiling(n, oh, ow, kPositions * (c + o), gk, kMinColumnsDw);
     const int64_t ranges =
         std::min({t.chunks, kMaxRanges, std::max<int64_t>(kPartialFloats / std::max<int64_t>(fsize, 1), 1)});
-    Scratch partial = scratch((ranges - 1) * fsize);
+    float* partial = ws.take<float>((ranges - 1) * fsize);
     const int64_t mr = gk.mr, nr = gk.nr, cpanels = (c + nr - 1) / nr;
     const int64_t vfloats = kPositions * slab(c, t.nt), efloats = kPositions * slab(o, t.nt);
     // Per thread: V, its transform's scratch; E, its transform's scratch,
     // one packed A panel and the packed B panels of one position.
     const int64_t packs = mr * t.nt + cpanels * nr * t.nt;
-    for_each_chunk(ranges, vfloats + input_tmp_floats(t.rows_per_chunk, t.th, t.tw),
-                   efloats + grad_tmp_floats(t.rows_per_chunk, t.th, t.tw) + packs,
-                   [&](int64_t r, float* va, float* eb) {
-      float* sum = r == 0 ? total.get() : partial.get() + (r - 1) * fsize;
+    for_each_chunk(ws, ranges, vfloats + input_tmp_floats(t.rows_per_chunk, t.th, t.tw),
+                   efloats + grad_tmp_floats(t.rows_per_chunk, t.th, t.tw) + packs, {},
+                   [&](int64_t r, float* va, float* eb, GemmWorkspace) {
+      float* sum = r == 0 ? total : partial + (r - 1) * fsize;
       float* apk = eb + efloats + grad_tmp_floats(t.rows_per_chunk, t.th, t.tw);
       float* bpk = apk + mr * t.nt;
       const int64_t first = r * t.chunks / ranges, last = (r + 1) * t.chunks / ranges;
@@ -145,13 +153,14 @@ void winograd_weight_grad3x3_f32(const float* x, const float* g, int64_t n, int6
         }
       }
     });
+    if (!ws.carving()) return;
     for (int64_t r = 1; r < ranges; ++r) {
-      const float* p = partial.get() + (r - 1) * fsize;
+      const float* p = partial + (r - 1) * fsize;
       for (int64_t k = 0; k < fsize; ++k) total[k] += p[k];
     }
   }
   // dW = G^T S G per (oc, ic), in double, rounded once.
-  filter_grad_transform(total.get(), o, c, dw);
+  filter_grad_transform(total, o, c, dw, rows_tmp);
 }
 
 }  // namespace loom::cpu

@@ -69,6 +69,8 @@
 
 #include <cstdint>
 
+#include "backend/workspace.h"
+
 namespace loom::cpu {
 
 // Whether a 3x3 stride-1 undilated ungrouped float32 correlation from
@@ -80,13 +82,13 @@ bool winograd_suits(int64_t in_channels, int64_t out_channels, int64_t oh, int64
 // bias is not null. The filter for (out o, in c) is w[o][c] of w (o, c, 3, 3)
 // when !flip, else w[c][o] of w (c, o, 3, 3) rotated by 180 degrees (the
 // input gradient's filter). Every tensor contiguous.
-void winograd_conv3x3_f32(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, const float* weight, bool flip,
+void winograd_conv3x3_f32(WorkspaceLayout& ws, const float* x, int64_t n, int64_t c, int64_t h, int64_t w, const float* weight, bool flip,
                           int64_t o, int64_t oh, int64_t ow, int64_t pad_h, int64_t pad_w, const float* bias,
                           int64_t bias_stride, float* y);
 
 // dw (o, c, 3, 3) = the weight gradient of that correlation (!flip) for the
 // input x (n, c, h, w) and the output gradient g (n, o, oh, ow).
-void winograd_weight_grad3x3_f32(const float* x, const float* g, int64_t n, int64_t c, int64_t h, int64_t w,
+void winograd_weight_grad3x3_f32(WorkspaceLayout& ws, const float* x, const float* g, int64_t n, int64_t c, int64_t h, int64_t w,
                                  int64_t o, int64_t oh, int64_t ow, int64_t pad_h, int64_t pad_w, float* dw);
 
 }  // namespace loom::cpu

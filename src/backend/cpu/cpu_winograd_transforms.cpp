@@ -661,8 +661,7 @@ void grad_transform(const GradJob& a) { grad_transform_isa()(a); }
 // winograd_conv3x3_f32), in double, rounded once. Each filter's 36 values
 // go to a row of `tmp` first: written straight to U they would be 36 stores
 // o * c floats apart, in one L1 set when that is a multiple of 1024.
-void filter_transform(const float* w, bool flip, int64_t o, int64_t c, float* u) {
-  Scratch tmp = scratch(kPositions * o * c);
+void filter_transform(const float* w, bool flip, int64_t o, int64_t c, float* u, float* tmp) {
   for (int64_t oc = 0; oc < o; ++oc)
     for (int64_t ic = 0; ic < c; ++ic) {
       double g[3][3];
@@ -672,7 +671,7 @@ void filter_transform(const float* w, bool flip, int64_t o, int64_t c, float* u)
       double t[6][3];  // G g
       for (int k = 0; k < 6; ++k)
         for (int j = 0; j < 3; ++j) t[k][j] = kG[k][0] * g[0][j] + kG[k][1] * g[1][j] + kG[k][2] * g[2][j];
-      float* row = tmp.get() + (oc * c + ic) * kPositions;
+      float* row = tmp + (oc * c + ic) * kPositions;
       for (int k = 0; k < 6; ++k)
         for (int l = 0; l < 6; ++l)
           row[6 * k + l] = static_cast<float>(t[k][0] * kG[l][0] + t[k][1] * kG[l][1] + t[k][2] * kG[l][2]);
@@ -683,18 +682,16 @@ void filter_transform(const float* w, bool flip, int64_t o, int64_t c, float* u)
   }
 }
 
-void filter_grad_transform(const float* sums, int64_t o, int64_t c, float* dw) {
-  const int64_t fsize = kPositions * o * c;
+void filter_grad_transform(const float* sums, int64_t o, int64_t c, float* dw, float* rows) {
   // dW = G^T S G per (oc, ic), in double, rounded once; S's 36 values of
   // each filter gathered into a row first (they lie o * c floats apart).
-  Scratch rows = scratch(fsize);
   for (int64_t f = 0; f < kPositions; ++f) {
     const float* src = sums + f * o * c;
     for (int64_t k = 0; k < o * c; ++k) rows[k * kPositions + f] = src[k];
   }
   for (int64_t oc = 0; oc < o; ++oc)
     for (int64_t ic = 0; ic < c; ++ic) {
-      const float* s = rows.get() + (oc * c + ic) * kPositions;
+      const float* s = rows + (oc * c + ic) * kPositions;
       double t[3][6];  // G^T S
       for (int a = 0; a < 3; ++a)
         for (int l = 0; l < 6; ++l) {

@@ -59,10 +59,10 @@ void grad_transform(const GradJob& a);
 // U_f[oc][ic] = (G g G^T)_f (f < 36) for every 3x3 filter g of w: w[oc][ic]
 // of w (o, c, 3, 3) when !flip, else w[ic][oc] of w (c, o, 3, 3) rotated by
 // 180 degrees. u: (36, o, c).
-void filter_transform(const float* w, bool flip, int64_t o, int64_t c, float* u);
+void filter_transform(const float* w, bool flip, int64_t o, int64_t c, float* u, float* tmp);
 
 // dw (o, c, 3, 3) = G^T S G per filter, S from the weight gradient's summed
 // products sums (36, o, c).
-void filter_grad_transform(const float* sums, int64_t o, int64_t c, float* dw);
+void filter_grad_transform(const float* sums, int64_t o, int64_t c, float* dw, float* rows);
 
 }  // namespace loom::cpu::winograd

@@ -3,6 +3,26 @@
 // they are not part of any interface the library's own code sees.
 #pragma once
 
+#include <vector>
+
+#include "backend/cpu/cpu_gemm.h"
+
+namespace loom::cpu {
+
+// sgemm with packing space of its own, for tests that call the GEMM directly
+// (the library's kernels pass theirs from their workspace).
+inline void sgemm(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k, SgemmInput a, SgemmInput b,
+                  SgemmOutput c, const SgemmEpilogue* epilogue = nullptr) {
+  const bool strided_bias = epilogue != nullptr && epilogue->bias != nullptr && epilogue->bias_stride != 1;
+  std::vector<float> pack(static_cast<size_t>(sgemm_workspace_floats(isa, batch, m, n, k, strided_bias)) + 16);
+  // 64-byte aligned, as a workspace is.
+  const auto addr = reinterpret_cast<uintptr_t>(pack.data());
+  float* aligned = pack.data() + (((addr + 63) & ~uintptr_t{63}) - addr) / sizeof(float);
+  sgemm(isa, batch, m, n, k, a, b, c, epilogue, GemmWorkspace{aligned, static_cast<int64_t>(pack.size()) - 16});
+}
+
+}  // namespace loom::cpu
+
 namespace loom::cpu::testing {
 
 // Reads LOOM_CPU_ISA again (tests change it with setenv); the GEMM and vector
