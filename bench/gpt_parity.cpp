@@ -42,15 +42,6 @@ using loom::Tensor;
 // the same at every evaluation; the reported loss is the mean of the batches'
 // mean losses. bench/torch_gpt.py's SplitMix64 and gpt_parity.py's
 // val_offsets repeat this exactly.
-struct SplitMix64 {
-  uint64_t state;
-  uint64_t next() {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-};
 
 struct Options {
   std::string out;
@@ -145,14 +136,14 @@ int main(int argc, char** argv) {
                  static_cast<long long>(val.size()), static_cast<long long>(gpt->num_parameters()),
                  loom::get_num_threads());
 
-    SplitMix64 rng{o.seed};
+    uint64_t rng = o.seed;  // loom::splitmix64_next's stream
     const uint64_t span = train.size() - static_cast<uint64_t>(kContext);
     std::vector<std::pair<int64_t, double>> evals{{0, val_loss(gpt, val, o, kContext)}};
     std::vector<double> train_losses, step_seconds;
     std::fprintf(stderr, "loom: step 0 val %.4f\n", evals.back().second);
     for (int64_t step = 1; step <= o.steps; ++step) {
       std::vector<int64_t> offsets;
-      for (int64_t r = 0; r < o.batch; ++r) offsets.push_back(static_cast<int64_t>(rng.next() % span));
+      for (int64_t r = 0; r < o.batch; ++r) offsets.push_back(static_cast<int64_t>(loom::splitmix64_next(rng) % span));
       auto [x, y] = windows(train, offsets, kContext);
       const auto start = std::chrono::steady_clock::now();
       Tensor loss = gpt->loss(x, y);

@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "core/splitmix64.h"
+#include "loom/splitmix64.h"
 #include "loom/error.h"
 #include "loom/ops.h"
 

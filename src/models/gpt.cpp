@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "core/splitmix64.h"
+#include "loom/splitmix64.h"
 #include "loom/autograd.h"
 #include "loom/error.h"
 #include "loom/nn/functional.h"

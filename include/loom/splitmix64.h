@@ -1,8 +1,9 @@
 // splitmix64 (Steele, Lea and Flood, "Fast splittable pseudorandom number
 // generators", 2014): a 64-bit hash that turns a counter or a seed into a
-// well-mixed word. The library's small seeded streams that must not touch
-// the global Philox state use it: GPT/LSTM sampling (src/models/gpt.cpp) and
-// the next-token batches keyed by (seed, step) (src/data/text.cpp).
+// well-mixed word. Small seeded streams that must not touch a Philox
+// generator use it: GPT/LSTM sampling (src/models/gpt.cpp), the next-token
+// batches keyed by (seed, step) (src/data/text.cpp) and the GPT parity
+// benchmark's batches (bench/gpt_parity.cpp, mirrored in Python).
 #pragma once
 
 #include <cstdint>
