@@ -17,8 +17,8 @@ int get_num_threads();
 // themselves (the GEMM). Any number of user threads may call at once; they
 // share the pool's workers, and each caller also runs ids of its own call.
 // Which thread runs which id, and whether ids overlap in time, is not fixed
-// (inside another parallel call they all run one after the other on the
-// calling thread), so results must depend only on `team` and no id may wait
+// (inside another parallel call, or beyond the pool's job slots, they all run
+// one after the other on the calling thread, inside a parallel region), so results must depend only on `team` and no id may wait
 // for another. fn may throw: the first exception is rethrown on the calling
 // thread.
 void parallel_team(int team, const std::function<void(int id, int team)>& fn);
