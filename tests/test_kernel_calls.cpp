@@ -26,6 +26,10 @@ void note(size_t n) {
 }
 }  // namespace
 
+// The replacements pair malloc with free themselves; GCC's check for
+// mismatched new/delete cannot see that inside the replacements.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 void* operator new(size_t n) {
   note(n);
   if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
@@ -47,6 +51,7 @@ void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
 void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
 void operator delete(void* p, size_t, std::align_val_t) noexcept { std::free(p); }
 void operator delete[](void* p, size_t, std::align_val_t) noexcept { std::free(p); }
+#pragma GCC diagnostic pop
 
 namespace {
 

@@ -1,9 +1,6 @@
 #include "backend/backend.h"
 
 #include <cstring>
-#include <functional>
-#include <string_view>
-#include <type_traits>
 #include <variant>
 
 #include "core/allocator.h"
@@ -34,16 +31,31 @@ namespace {
 
 // boost's hash_combine step.
 void mix(size_t& h, size_t v) { h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2); }
-template <class T>
-void mix_bits(size_t& h, const T& v) {
-  static_assert(std::is_trivially_copyable_v<T>);
-  unsigned char bytes[sizeof(T)];
-  std::memcpy(bytes, &v, sizeof(T));
-  mix(h, std::hash<std::string_view>{}(std::string_view(reinterpret_cast<const char*>(bytes), sizeof(T))));
+void mix(size_t& h, double v) {
+  uint64_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  mix(h, static_cast<size_t>(bits));
+}
+// Typed parameters field by field (their padding bytes are not values).
+void mix_params(size_t&, const std::monostate&) {}
+void mix_params(size_t& h, const Window2d& w) {
+  for (int64_t v : {w.kh, w.kw, w.sh, w.sw, w.ph, w.pw, w.dh, w.dw}) mix(h, static_cast<size_t>(v));
+}
+void mix_params(size_t& h, const ConvParams& p) {
+  mix_params(h, p.win);
+  mix(h, static_cast<size_t>(p.groups));
+}
+void mix_params(size_t& h, const AdamParams& p) {
+  for (double v : {p.lr, p.beta1, p.beta2, p.eps, p.weight_decay}) mix(h, v);
+  mix(h, static_cast<size_t>(p.amsgrad) | static_cast<size_t>(p.maximize) << 1 | static_cast<size_t>(p.decoupled) << 2);
+}
+void mix_params(size_t& h, const SgdParams& p) {
+  for (double v : {p.lr, p.momentum, p.dampening, p.weight_decay}) mix(h, v);
+  mix(h, static_cast<size_t>(p.nesterov) | static_cast<size_t>(p.maximize) << 1 | static_cast<size_t>(p.first_step) << 2);
 }
 void mix_tensor(size_t& h, const TensorImpl* t) {
   if (t == nullptr) {
-    mix(h, 0);
+    mix(h, size_t{0});
     return;
   }
   mix(h, static_cast<size_t>(t->dtype) + 1);
@@ -61,14 +73,10 @@ size_t hash_kernel_call(const KernelCall& call) {
   for (const TensorImpl* t : call.in) mix_tensor(h, t);
   mix(h, static_cast<size_t>(call.out.size()));
   for (const TensorImpl* t : call.out) mix_tensor(h, t);
-  for (double v : call.f) mix_bits(h, v);
+  for (double v : call.f) mix(h, v);
   for (int64_t v : call.i) mix(h, static_cast<size_t>(v));
   mix(h, call.params.index());
-  std::visit(
-      [&](const auto& p) {
-        if constexpr (!std::is_same_v<std::decay_t<decltype(p)>, std::monostate>) mix_bits(h, p);
-      },
-      call.params);
+  std::visit([&](const auto& p) { mix_params(h, p); }, call.params);
   return h;
 }
 

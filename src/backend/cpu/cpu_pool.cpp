@@ -142,7 +142,7 @@ struct PoolScratch {
   }
 };
 
-// The row blocks' per-slot buffers (sizing when `a.buf` is to be counted only).
+// The row blocks' per-slot buffers (T counted as 8 bytes).
 struct RowBlockBuffers {
   void *buf, *out;
   int32_t* arg;
@@ -152,7 +152,8 @@ RowBlockBuffers take_row_block(WorkspaceLayout& ws, int64_t rows_per_block, int6
           ws.take<int32_t>(rows_per_block * ows)};
 }
 
-template <typename T>
+// Note [Pooling row blocks]'s geometry for an input of `w` columns and an
+// output plane (oh, ow); defined with the fast paths.
 void set_block_geometry_of(int64_t w, int64_t oh, int64_t ow, const Window2d& win, int64_t& ows, int64_t& seg,
                            int64_t& rows_per_block);
 
@@ -179,7 +180,7 @@ PoolScratch take_pool_scratch(WorkspaceLayout& ws, const KernelCall& c) {
   WorkspaceLayout piece;
   if (win != nullptr) {
     int64_t ows = 0, seg = 0, rows_per_block = 0;
-    set_block_geometry_of<double>(w, oh, ow, *win, ows, seg, rows_per_block);
+    set_block_geometry_of(w, oh, ow, *win, ows, seg, rows_per_block);
     take_row_block(piece, rows_per_block, seg, ows);
   }
   WorkspaceLayout acc;
@@ -376,7 +377,6 @@ struct PoolPlanes {
   int32_t* arg = nullptr;
 };
 
-template <typename T>
 void set_block_geometry_of(int64_t width, int64_t oh, int64_t ow, const Window2d& w, int64_t& ows, int64_t& seg,
                            int64_t& rows_per_block) {
   const int64_t need = std::max((ow - 1) * w.sw + (w.kw - 1) * w.dw + 1, w.pw + width);
@@ -387,7 +387,7 @@ void set_block_geometry_of(int64_t width, int64_t oh, int64_t ow, const Window2d
 
 template <typename T>
 void set_block_geometry(PoolPlanes<T>& a) {
-  set_block_geometry_of<T>(a.w, a.oh, a.ow, a.win, a.ows, a.seg, a.rows_per_block);
+  set_block_geometry_of(a.w, a.oh, a.ow, a.win, a.ows, a.seg, a.rows_per_block);
 }
 
 // Runs fn(a with its row-block buffers) over planes [0, count), each thread
