@@ -18,8 +18,9 @@
 // rows and columns past the edge of the matrix are zero.
 //
 // Threads split C into rectangles of whole tiles (or a batch into whole
-// items), and each thread packs what its rectangle needs into its own
-// buffers, so no thread waits for another inside a product.
+// items), and each thread packs what its rectangle needs into its own part
+// of the caller's packing space, so no thread waits for another inside a
+// product.
 //
 // Micro-kernels exist for AVX-512 (cpu_gemm_avx512.cpp), AVX2 + FMA
 // (cpu_gemm_avx2.cpp) and portable C++ (cpu_gemm.cpp), chosen at run time from
