@@ -59,6 +59,23 @@ size_t row_offsets_bytes(const TensorImpl* t, int64_t n_trailing, int operands) 
 // fast paths index row r at r * row_length.)
 bool contiguous_rows(const TensorImpl* t) { return t->is_contiguous(); }
 
+// Which path each kernel takes: one predicate each, asked by the kernel and
+// by its workspace size function (the fast paths take no offset tables).
+bool softmax_backward_fast(const KernelCall& c) {
+  const TensorImpl *g = c.in[0], *y = c.in[1], *out = c.out[0];
+  return vec_enabled() && g->dtype == kFloat32 && contiguous_rows(g) && contiguous_rows(y) && contiguous_rows(out);
+}
+bool layer_norm_fast(const KernelCall& c) {
+  const TensorImpl *x = c.in[0], *y = c.out[0], *stats = c.out[1];
+  return vec_enabled() && x->dtype == kFloat32 && contiguous_rows(x) && contiguous_rows(y) && stats->is_contiguous();
+}
+bool layer_norm_backward_fast(const KernelCall& c) {
+  const TensorImpl *g = c.in[0], *x = c.in[1], *stats = c.in[2], *dx = c.out[0];
+  const TensorImpl* dwb = c.out.size() > 1 ? c.out[1] : nullptr;
+  return vec_enabled() && x->dtype == kFloat32 && contiguous_rows(g) && contiguous_rows(x) && contiguous_rows(dx) &&
+         stats->is_contiguous() && (!dwb || dwb->is_contiguous());
+}
+
 // ---- softmax / log_softmax backward ----
 
 void softmax_backward(const KernelCall& c, bool log) {
@@ -69,7 +86,7 @@ void softmax_backward(const KernelCall& c, bool log) {
   LOOM_ASSERT(g->dtype == y->dtype && g->dtype == out->dtype, op_name(c.op), ": mixed dtypes");
   if (out->numel() == 0) return;
   const int64_t n = g->dim() == 0 ? 1 : g->sizes.back();
-  if (vec_enabled() && g->dtype == kFloat32 && contiguous_rows(g) && contiguous_rows(y) && contiguous_rows(out)) {
+  if (softmax_backward_fast(c)) {
     const VecKernels& k = vec();
     const float *pg = data_ptr<float>(g), *py = data_ptr<float>(y);
     float* po = data_ptr<float>(out);
@@ -330,7 +347,7 @@ void LayerNorm(const KernelCall& c) {
   if (x->numel() == 0) return;
   const OuterInner s = split_trailing(x, c.i[0]);
   const int64_t n = s.inner_numel;
-  if (vec_enabled() && x->dtype == kFloat32 && contiguous_rows(x) && contiguous_rows(y) && stats->is_contiguous()) {
+  if (layer_norm_fast(c)) {
     const VecKernels& k = vec();
     const float* px = data_ptr<float>(x);
     const float* pw = w ? data_ptr<float>(w) : nullptr;
@@ -362,8 +379,7 @@ void LayerNormBackward(const KernelCall& c) {
   }
   const OuterInner s = split_trailing(x, c.i[0]);
   const int64_t n = s.inner_numel, m = s.outer_numel;
-  if (vec_enabled() && x->dtype == kFloat32 && contiguous_rows(g) && contiguous_rows(x) && contiguous_rows(dx) &&
-      stats->is_contiguous() && (!dwb || dwb->is_contiguous())) {
+  if (layer_norm_backward_fast(c)) {
     const VecKernels& k = vec();
     const float *pg = data_ptr<float>(g), *px = data_ptr<float>(x), *ps = data_ptr<float>(stats);
     const float* pw = w ? data_ptr<float>(w) : nullptr;
@@ -412,25 +428,27 @@ void CrossEntropyBackward(const KernelCall& c) { cross_entropy_backward(c); }
 }  // namespace kernel
 namespace workspace {
 
-// The reference paths' offset tables (the float32 paths take none, but
-// for LayerNormBackward's chunk sums): the larger of the two paths.
+// The reference paths' offset tables, or the float32 LayerNormBackward's
+// chunk sums: whichever path the kernel will take.
 size_t SoftmaxBackward(const KernelCall& c) {
-  return c.out[0]->numel() == 0 ? 0 : row_offsets_bytes(c.out[0], 1, 3);
+  if (c.out[0]->numel() == 0 || softmax_backward_fast(c)) return 0;
+  return row_offsets_bytes(c.out[0], 1, 3);
 }
 size_t LogSoftmaxBackward(const KernelCall& c) { return SoftmaxBackward(c); }
-size_t LayerNorm(const KernelCall& c) { return c.in[0]->numel() == 0 ? 0 : row_offsets_bytes(c.in[0], c.i[0], 2); }
+size_t LayerNorm(const KernelCall& c) {
+  if (c.in[0]->numel() == 0 || layer_norm_fast(c)) return 0;
+  return row_offsets_bytes(c.in[0], c.i[0], 2);
+}
 size_t LayerNormBackward(const KernelCall& c) {
   const TensorImpl* x = c.in[1];
   if (x->numel() == 0) return 0;
-  size_t chunk_sums = 0;
-  if (c.out.size() > 1 && x->dtype == kFloat32) {
-    const OuterInner s = split_trailing(x, c.i[0]);
-    const LayerNormChunks lc = layer_norm_chunks(s.outer_numel, s.inner_numel);
-    WorkspaceLayout ws;
-    ws.take<double>(lc.chunks * 2 * s.inner_numel);
-    chunk_sums = ws.bytes();
-  }
-  return std::max(chunk_sums, row_offsets_bytes(x, c.i[0], 3));
+  if (!layer_norm_backward_fast(c)) return row_offsets_bytes(x, c.i[0], 3);
+  if (c.out.size() < 2) return 0;
+  const OuterInner s = split_trailing(x, c.i[0]);
+  const LayerNormChunks lc = layer_norm_chunks(s.outer_numel, s.inner_numel);
+  WorkspaceLayout ws;
+  ws.take<double>(lc.chunks * 2 * s.inner_numel);
+  return ws.bytes();
 }
 
 }  // namespace workspace
