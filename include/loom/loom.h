@@ -10,6 +10,7 @@
 #include "loom/generator.h"
 #include "loom/splitmix64.h"
 #include "loom/io.h"
+#include "loom/jit.h"
 #include "loom/models.h"
 #include "loom/data.h"
 #include "loom/nn.h"

@@ -4,6 +4,7 @@
 #include <variant>
 
 #include "core/allocator.h"
+#include "core/capture.h"
 
 namespace loom {
 
@@ -175,6 +176,8 @@ void run_kernel(KernelCall& call) {
   DType dt = call.in.size() > (in0_is_aux ? 1 : 0) ? call.in[in0_is_aux ? 1 : 0]->dtype : first->dtype;
   LOOM_CHECK(fn != nullptr && b.supports(call.op, dt), op_name(call.op), ": the ", b.name,
              " backend has no kernel for dtype ", dtype_name(dt));
+  // Recorded before it runs: an input it overwrites still holds what it reads.
+  if (capture::Recorder* r = capture::active()) r->on_kernel(call);
   const size_t need = b.workspace[op] != nullptr ? b.workspace[op](call) : 0;
   if (need <= call.workspace.bytes) {
     fn(call);

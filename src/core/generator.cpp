@@ -1,5 +1,7 @@
 #include "core/generator.h"
 
+#include "core/capture.h"
+
 namespace loom {
 
 namespace {
@@ -55,6 +57,8 @@ std::pair<uint64_t, uint64_t> philox_reserve(uint64_t n, const std::optional<Gen
   // The global stream is reached without a handle: no reference count to
   // touch on every random op that uses the default.
   const RngState s = generator ? generator->philox_reserve(n) : reserve(*global_handle(), n);
+  // A capture replays the reservation at each replay (Note [Capture hooks]).
+  if (capture::Recorder* r = capture::active()) r->on_rng(generator ? *generator : default_generator(), n, s.seed, s.offset);
   return {s.seed, s.offset};
 }
 

@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "core/allocator.h"
+#include "core/capture.h"
 
 namespace loom {
 
@@ -17,6 +18,7 @@ std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device device) {
   s->data = b.ptr;
   // Two words of capture: std::function keeps them inline, no allocation.
   s->deleter = [a = &a, size = b.size](void* q) { a->free({q, size}); };
+  if (capture::Recorder* r = capture::active()) r->on_alloc(s);
   return s;
 }
 

@@ -4,6 +4,7 @@
 // (Note [Cross entropy with label smoothing]).
 #include <cmath>
 
+#include "core/capture.h"
 #include "loom/autograd.h"
 #include "loom/nn/functional.h"
 
@@ -96,10 +97,14 @@ void check_target_classes(const char* op, const Tensor& input, const Tensor& tar
   const int64_t classes = input.sizes()[static_cast<size_t>(class_dim_of(input))];
   if (safe.numel() == 0) return;
   NoGradGuard ng;
-  const int64_t lo = amin(safe).item<int64_t>(), hi = amax(safe).item<int64_t>();
-  LOOM_CHECK(lo >= 0 && hi < classes, op, ": target class ", lo < 0 ? lo : hi, " is out of range [0, ", classes,
-             ") for input of shape ", shape_str(input.sizes()), " (target shape ", shape_str(target.sizes()),
-             ", ignore_index=", ignore_index, ")");
+  // A host check: a captured step (loom::compile) runs it at every replay.
+  capture::host_check({amin(safe), amax(safe)}, [op, classes, in = input.sizes(), tg = target.sizes(),
+                                                 ignore_index](const std::vector<Tensor>& v) {
+    const int64_t lo = v[0].item<int64_t>(), hi = v[1].item<int64_t>();
+    LOOM_CHECK(lo >= 0 && hi < classes, op, ": target class ", lo < 0 ? lo : hi, " is out of range [0, ", classes,
+               ") for input of shape ", shape_str(in), " (target shape ", shape_str(tg), ", ignore_index=",
+               ignore_index, ")");
+  });
 }
 
 Nll nll_terms(const char* op, const Tensor& logp, const Tensor& target, const Tensor& weight, int64_t ignore_index) {

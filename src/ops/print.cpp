@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "core/capture.h"
 #include "ops/op_utils.h"
 
 namespace loom {
@@ -189,6 +190,7 @@ std::string add_suffixes(const std::string& body, const std::vector<std::string>
 
 std::ostream& operator<<(std::ostream& os, const Tensor& t) {
   if (!t.defined()) return os << "[ Tensor (undefined) ]";
+  if (capture::Recorder* r = capture::active()) r->on_host_access(*t.unsafe_impl(), "print");
   const std::string prefix = "tensor(";
   const auto indent = static_cast<int64_t>(prefix.size());
   std::vector<std::string> suffixes;

@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "autograd/node.h"
+#include "core/capture.h"
 #include "core/tensor_impl.h"
 #include "loom/autograd.h"
 #include "loom/ops.h"
@@ -61,6 +62,7 @@ uint64_t Tensor::_version() const { check_defined(*this, "_version"); return imp
 
 void* Tensor::raw_data_ptr() const {
   check_defined(*this, "data_ptr");
+  if (capture::Recorder* r = capture::active()) r->on_host_access(*impl_, "data_ptr");
   return impl_->data();
 }
 
@@ -74,6 +76,7 @@ void Tensor::check_data_ptr_type(DType requested) const {
 Scalar Tensor::item() const {
   LOOM_CHECK(numel() == 1, "item: a tensor with ", numel(), " elements (shape ", shape_str(sizes()),
              ") cannot be converted to a scalar");
+  if (capture::Recorder* r = capture::active()) r->on_host_access(*impl_, "item");
   Tensor c = to(Device::cpu());
   NoGradGuard ng;
   if (loom::is_floating_point(dtype())) return Scalar(c.to(kFloat64).contiguous().data_ptr<double>()[0]);

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "core/capture.h"
 #include "loom/ops.h"
 #include "loom/optim/adamw.h"
 #include "optim/fused.h"
@@ -93,6 +94,19 @@ bool adam_group_step(const char* name, ParamGroup& group, const Options& o, bool
     if (o.amsgrad()) max_exp_avg_sqs.push_back(state.at("max_exp_avg_sq"));
     steps.push_back(state.at("step"));
   }
+  if (capture::Recorder* r = capture::active()) {
+    // A replay reads the hyperparameters again: a scheduler sets the lr.
+    const Options* opts = &o;
+    r->bind_hyperparameters([opts] {
+      capture::Hyperparameters h;
+      h.lr = opts->lr();
+      h.beta1 = std::get<0>(opts->betas());
+      h.beta2 = std::get<1>(opts->betas());
+      h.eps = opts->eps();
+      h.weight_decay = opts->weight_decay();
+      return h;
+    });
+  }
   auto fn = decoupled ? &_fused_adamw_ : &_fused_adam_;
   fn(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, o.lr(), std::get<0>(o.betas()),
      std::get<1>(o.betas()), o.weight_decay(), o.eps(), o.amsgrad(), o.maximize());
@@ -134,7 +148,7 @@ void Adam::update(Tensor& param, const Tensor& grad_in, const OptimizerOptions& 
 bool Adam::update_group(ParamGroup& group) {
   return adam_group_step(
       "Adam", group, static_cast<const AdamOptions&>(group.options()), false,
-      [this](const Tensor& p) -> ParamState& { return state_for(p); }, &Adam::increment_step);
+      [this](const Tensor& p) -> ParamState& { return state_for(p); }, &Adam::advance_step);
 }
 
 AdamWOptions::AdamWOptions(double lr) : lr_(lr) {}
@@ -170,7 +184,7 @@ void AdamW::update(Tensor& param, const Tensor& grad_in, const OptimizerOptions&
 bool AdamW::update_group(ParamGroup& group) {
   return adam_group_step(
       "AdamW", group, static_cast<const AdamWOptions&>(group.options()), true,
-      [this](const Tensor& p) -> ParamState& { return state_for(p); }, &AdamW::increment_step);
+      [this](const Tensor& p) -> ParamState& { return state_for(p); }, &AdamW::advance_step);
 }
 
 }  // namespace loom::optim

@@ -1,3 +1,4 @@
+#include "core/capture.h"
 #include "loom/optim/optimizer.h"
 
 #include <algorithm>
@@ -168,13 +169,16 @@ const ParamState* Optimizer::state_of(const Tensor& param) const {
   return it == state_.end() || it->second.empty() ? nullptr : &it->second;
 }
 
-double Optimizer::increment_step(ParamState& state) {
+void Optimizer::advance_step(ParamState& state) {
   if (!state.contains("step")) state.set("step", scalar_tensor(0.0, kFloat64));
-  // The count lives on the CPU (as PyTorch's non-capturable step), so it is
-  // read and written directly rather than through a kernel.
-  double* step = state.at("step").data_ptr<double>();
-  *step += 1.0;
-  return *step;
+  // The count lives on the CPU (as PyTorch's step), but is advanced by a
+  // kernel, so that a captured step (loom::compile) counts at every replay.
+  state.at("step").add_(1.0);
+}
+
+double Optimizer::increment_step(ParamState& state) {
+  advance_step(state);
+  return state.at("step").item<double>();
 }
 
 Tensor Optimizer::step(const LossClosure& closure) {
@@ -193,6 +197,12 @@ Tensor Optimizer::step(const LossClosure& closure) {
                  " has a gradient of shape ", shape_str(grad.sizes()));
     }
     if (update_group(group)) continue;
+    // The per-parameter formulas compute with host numbers (the step count,
+    // bias corrections, the learning rate) that a replay would freeze.
+    if (capture::Recorder* r = capture::active())
+      r->refuse(name(), "its per-parameter update computes with host values (step count, learning rate) "
+                "that a replay would freeze; a compiled step needs the fused update (SGD, Adam or AdamW on "
+                "contiguous float32 parameters, gradients and state)");
     for (Tensor& p : group.params()) {
       const Tensor& grad = p.grad();
       if (grad.defined()) update(p, grad, options, state_[p.unsafe_impl()]);

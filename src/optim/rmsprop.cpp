@@ -44,7 +44,7 @@ std::vector<std::string> RMSprop::state_names(const OptimizerOptions& options) c
 // [Optimizer updates]: the averages are rebuilt, the parameter written in place.
 void RMSprop::update(Tensor& param, const Tensor& grad_in, const OptimizerOptions& options, ParamState& state) {
   const auto& o = static_cast<const RMSpropOptions&>(options);
-  increment_step(state);
+  advance_step(state);
   if (!state.contains("square_avg")) state.set("square_avg", zeros_like(param));
   if (o.momentum() > 0.0 && !state.contains("momentum_buffer")) state.set("momentum_buffer", zeros_like(param));
   if (o.centered() && !state.contains("grad_avg")) state.set("grad_avg", zeros_like(param));

@@ -1,5 +1,6 @@
 #include "loom/optim/sgd.h"
 
+#include "core/capture.h"
 #include "loom/ops.h"
 #include "optim/fused.h"
 
@@ -67,7 +68,20 @@ bool SGD::update_group(ParamGroup& group) {
   };
   if (!collect_fusable("SGD", o.fused(), group, params, grads, state_ok)) return false;
   if (params.empty()) return true;
+  // A replay reads the hyperparameters again: a scheduler sets the lr.
+  auto bind = [&o] {
+    if (capture::Recorder* r = capture::active())
+      r->bind_hyperparameters([opts = &o] {
+        capture::Hyperparameters h;
+        h.lr = opts->lr();
+        h.weight_decay = opts->weight_decay();
+        h.momentum = opts->momentum();
+        h.dampening = opts->dampening();
+        return h;
+      });
+  };
   if (!momentum) {
+    bind();
     _fused_sgd_(params, grads, {}, o.weight_decay(), 0.0, o.lr(), o.dampening(), o.nesterov(), o.maximize(), false);
     return true;
   }
@@ -81,9 +95,11 @@ bool SGD::update_group(ParamGroup& group) {
     bufs[first].push_back(st.at("momentum_buffer"));
   }
   for (int first = 0; first < 2; ++first)
-    if (!ps[first].empty())
+    if (!ps[first].empty()) {
+      bind();
       _fused_sgd_(ps[first], gs[first], bufs[first], o.weight_decay(), o.momentum(), o.lr(), o.dampening(),
                   o.nesterov(), o.maximize(), first == 1);
+    }
   return true;
 }
 

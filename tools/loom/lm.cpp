@@ -119,7 +119,7 @@ LmResult train_lm(const LmOptions& o, std::ostream& log) {
     Tensor loss = lm_loss(model, o.model, batch.data, batch.target);
     opt.zero_grad();
     loss.backward();
-    if (o.grad_clip > 0) nn::utils::clip_grad_norm_(params, o.grad_clip);
+    if (o.grad_clip > 0) nn::utils::clip_grad_norm_tensor_(params, o.grad_clip);
     opt.step();
     if (sched) sched->step();
     loss_sum += loss.item<double>();

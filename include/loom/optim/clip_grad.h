@@ -20,6 +20,12 @@ double clip_grad_norm_(const std::vector<Tensor>& parameters, double max_norm, d
                        bool error_if_nonfinite = false);
 double clip_grad_norm_(const Tensor& parameter, double max_norm, double norm_type = 2.0,
                        bool error_if_nonfinite = false);
+// The same, returning the total norm as a 0-dim float64 tensor, as
+// PyTorch's does: nothing is read on the host, so a captured training step
+// (loom::compile) can clip. The scale min(max_norm / (total + 1e-6), 1) is
+// applied as a tensor (a factor of 1 leaves every value as it is).
+Tensor clip_grad_norm_tensor_(const std::vector<Tensor>& parameters, double max_norm, double norm_type = 2.0,
+                              bool error_if_nonfinite = false);
 
 // Clamps every gradient element of `parameters` into [-clip_value, clip_value]
 // in place. Parameters without a gradient are skipped.

@@ -220,6 +220,9 @@ class Optimizer {
   // Adds 1 to the 0-dim float64 "step" entry (creating it at 0 if absent)
   // and returns the new count.
   static double increment_step(ParamState& state);
+  // The same without reading the count back (the fused paths, which a
+  // capture records: the count is a kernel's, never a host read).
+  static void advance_step(ParamState& state);
 
   // Runs init_state over every parameter: derived constructors call it, as
   // virtual calls do not reach them from the base constructor.

@@ -1,0 +1,466 @@
+// loom::compile: capture, settle, plan, replay.
+//
+// Note [Capture and replay]
+// A compiled function's first call runs the function eagerly with a
+// Recorder installed (Note [Capture hooks] in src/core/capture.h): every
+// kernel call, allocation, random draw and host check of the step lands in
+// a GraphImpl (Note [The graph IR]). A replay runs the recorded kernel calls
+// again, on the new arguments, and nothing else: no autograd, no module
+// code, no allocation except the returned tensors.
+//
+// Settling. The first steps of training create state (the optimizer's
+// moments, gradients after zero_grad(set_to_none)), and the kernels that
+// initialize it must not run at every step. A recording whose step created
+// tensors that outlive it (NewState) is replayed only once the next call's
+// recording has the same structure (ops, shapes, buffer kinds): the step
+// has settled, and its NewState buffers are steady (the gradients that
+// backward rewrites every step). A step that never settles within
+// max_recordings calls creates persistent state at every call: an error.
+//
+// Guards at each replay: the arguments' dtypes and devices (an error when
+// they differ from the first capture's), shapes and strides (a new shape
+// signature records a new graph, up to cache_size of them), the thread
+// count (workspaces were sized for it), and every state tensor still alive
+// (a model that was destroyed, or gradients dropped by zero_grad outside the
+// step, record the step again).
+//
+// Per replay, before the kernels: each random draw reserves fresh counters
+// from its generator (the same generator, the same count as eager
+// execution), and fused optimizer calls read their hyperparameters.
+#include <algorithm>
+#include <cstring>
+#include <iostream>
+#include <list>
+#include <mutex>
+#include <sstream>
+
+#include "core/allocator.h"
+#include "jit/graph.h"
+#include "jit/recorder.h"
+#include "loom/allocator.h"
+#include "loom/io/file.h"
+#include "loom/jit.h"
+#include "loom/threads.h"
+
+namespace loom::jit {
+namespace detail {
+
+namespace {
+
+// A storage over bytes the graph owns (arena slices): no deleter.
+std::shared_ptr<Storage> view_storage(void* data, size_t nbytes, Device device) {
+  auto s = std::make_shared<Storage>();
+  s->data = data;
+  s->nbytes = nbytes;
+  s->device = device;
+  return s;
+}
+
+}  // namespace
+
+// A graph made runnable: an impl per value, a KernelCall per node, the
+// arena, and the bindings that change per replay.
+class Executor {
+ public:
+  explicit Executor(std::shared_ptr<GraphImpl> g, bool plan) : g_(std::move(g)), plan_(plan) {
+    GraphImpl& g_ref = *g_;
+    if (plan_ && g_ref.plan.arena_bytes > 0) arena_ = allocate_storage(g_ref.plan.arena_bytes, Device::cpu());
+    storages_.resize(g_ref.buffers.size());
+    for (size_t b = 0; b < g_ref.buffers.size(); ++b) {
+      BufferInfo& info = g_ref.buffers[b];
+      if (info.first < 0) continue;
+      switch (info.kind) {
+        case BufferKind::Intermediate:
+        case BufferKind::Workspace:
+          if (plan_) {
+            storages_[b] = view_storage(static_cast<char*>(arena_->data) + info.arena_offset, info.nbytes, info.device);
+          } else {
+            dynamic_.push_back(static_cast<int>(b));  // allocated at each replay
+          }
+          if (info.owned) restore_.push_back(static_cast<int>(b));
+          break;
+        case BufferKind::Constant:
+          if (!info.owned) info.owned = allocate_storage(info.nbytes, info.device);  // a folded node's output
+          storages_[b] = info.owned;
+          break;
+        case BufferKind::State:
+        case BufferKind::NewState:
+        case BufferKind::Input:
+        case BufferKind::Output:
+          dynamic_.push_back(static_cast<int>(b));
+          if (info.owned) restore_.push_back(static_cast<int>(b));
+          break;
+      }
+    }
+    impls_.resize(g_ref.values.size());
+    for (size_t v = 0; v < g_ref.values.size(); ++v) {
+      const ValueInfo& x = g_ref.values[v];
+      auto impl = std::make_shared<TensorImpl>();
+      impl->sizes = x.sizes;
+      impl->strides = x.strides;
+      impl->offset = x.offset;
+      impl->dtype = x.dtype;
+      impl->storage = storages_[static_cast<size_t>(x.buffer)];
+      impls_[v] = std::move(impl);
+      by_buffer_.resize(g_ref.buffers.size());
+      by_buffer_[static_cast<size_t>(x.buffer)].push_back(static_cast<int>(v));
+    }
+    calls_.resize(g_ref.nodes.size());
+    for (size_t k = 0; k < g_ref.nodes.size(); ++k) {
+      const NodeInfo& n = g_ref.nodes[k];
+      if (n.kind == NodeKind::HostCheck) {
+        std::vector<Tensor> vs;
+        for (int v : n.in) vs.emplace_back(impls_[static_cast<size_t>(v)]);
+        check_args_.push_back(std::move(vs));
+        continue;
+      }
+      KernelCall& c = calls_[k];
+      c.op = n.op;
+      for (int v : n.in) c.in.push_back(v < 0 ? nullptr : impls_[static_cast<size_t>(v)].get());
+      for (int v : n.out) c.out.push_back(impls_[static_cast<size_t>(v)].get());
+      std::copy(std::begin(n.f), std::end(n.f), c.f);
+      std::copy(std::begin(n.i), std::end(n.i), c.i);
+      c.params = n.params;
+      if (n.workspace >= 0 && plan_) {
+        const BufferInfo& w = g_ref.buffers[static_cast<size_t>(n.workspace)];
+        c.workspace = {static_cast<char*>(arena_->data) + w.arena_offset, w.nbytes};
+      }
+    }
+    for (int b : g_ref.frozen) {
+      auto s = g_ref.buffers[static_cast<size_t>(b)].captured.lock();
+      frozen_versions_.push_back(s ? s->version.load() : 0);
+    }
+    folded_run_ = false;
+  }
+
+  // False when a state tensor the graph writes or reads has died.
+  bool state_alive() const {
+    for (const BufferInfo& b : g_->buffers)
+      if (b.first >= 0 && (b.kind == BufferKind::State || b.kind == BufferKind::NewState) && b.captured.expired())
+        return false;
+    return true;
+  }
+
+  // Do `args` bind the way the captured ones did (shared storages)?
+  bool aliasing_matches(const std::vector<Tensor>& args) const {
+    for (size_t a = 0; a < args.size(); ++a) {
+      const int buf = g_->values[static_cast<size_t>(g_->args[a])].buffer;
+      const int owner = g_->buffers[static_cast<size_t>(buf)].arg;
+      if (owner != static_cast<int>(a) &&
+          args[a].unsafe_impl()->storage != args[static_cast<size_t>(owner)].unsafe_impl()->storage)
+        return false;
+      for (size_t b = 0; b < a; ++b)
+        if (args[a].unsafe_impl()->storage == args[b].unsafe_impl()->storage &&
+            g_->values[static_cast<size_t>(g_->args[b])].buffer != buf)
+          return false;
+    }
+    return true;
+  }
+
+  std::vector<Tensor> run(const std::vector<Tensor>& args) {
+    GraphImpl& g = *g_;
+    // Bind: state (alive: checked by the caller), arguments, fresh outputs.
+    for (int b : dynamic_) {
+      const BufferInfo& info = g.buffers[static_cast<size_t>(b)];
+      std::shared_ptr<Storage> s;
+      int64_t shift = 0;
+      switch (info.kind) {
+        case BufferKind::Input: {
+          const TensorImpl* a = args[static_cast<size_t>(info.arg)].unsafe_impl();
+          s = a->storage;
+          shift = a->offset - info.arg_offset;
+          break;
+        }
+        case BufferKind::Output:
+        case BufferKind::Intermediate:
+        case BufferKind::Workspace:
+          s = allocate_storage(info.nbytes, info.device);
+          break;
+        default:
+          s = info.captured.lock();
+          LOOM_ASSERT(s != nullptr, "compile: replay of a graph whose state died");
+          break;
+      }
+      for (int v : by_buffer_[static_cast<size_t>(b)]) {
+        TensorImpl& impl = *impls_[static_cast<size_t>(v)];
+        impl.storage = s;
+        impl.offset = g.values[static_cast<size_t>(v)].offset + shift;
+      }
+      if (!plan_ && info.kind == BufferKind::Workspace)
+        for (size_t k = 0; k < g.nodes.size(); ++k)
+          if (g.nodes[k].workspace == b) calls_[k].workspace = {s->data, info.nbytes};
+    }
+    if (!folded_run_ || frozen_changed()) run_folded();
+    // Values that change between steps: random draws, hyperparameters.
+    for (size_t d = 0; d < g.draws.size(); ++d) {
+      RngDraw& r = g.draws[d];
+      const RngState st = r.generator.philox_reserve(r.n);
+      r.seed = st.seed;
+      r.offset = st.offset;
+    }
+    for (size_t k = 0; k < g.nodes.size(); ++k) {
+      const NodeInfo& n = g.nodes[k];
+      if (n.folded) continue;
+      if (n.kind == NodeKind::HostCheck) continue;
+      KernelCall& c = calls_[k];
+      if (n.rng >= 0) {
+        const RngDraw& r = g.draws[static_cast<size_t>(n.rng)];
+        c.i[n.rng_slot] = static_cast<int64_t>(r.seed);
+        c.i[n.rng_slot + 1] = static_cast<int64_t>(r.offset);
+      }
+      if (n.hyper) refresh(c, n.hyper());
+    }
+    size_t check = 0;
+    std::vector<char> restored(g.buffers.size(), 0);
+    for (size_t k = 0; k < g.nodes.size(); ++k) {
+      const NodeInfo& n = g.nodes[k];
+      for (int b : restore_)
+        if (!restored[static_cast<size_t>(b)] && g.buffers[static_cast<size_t>(b)].first == static_cast<int>(k)) {
+          restore(b);
+          restored[static_cast<size_t>(b)] = 1;
+        }
+      if (n.kind == NodeKind::HostCheck) {
+        n.check(check_args_[check++]);
+        continue;
+      }
+      if (n.folded) continue;
+      run_kernel(calls_[k]);
+    }
+    // Written state sees its version move, as an in-place op would move it.
+    for (int b : dynamic_) {
+      const BufferInfo& info = g.buffers[static_cast<size_t>(b)];
+      if (info.written && info.kind != BufferKind::Output)
+        impls_[static_cast<size_t>(by_buffer_[static_cast<size_t>(b)][0])]->storage->bump_version();
+    }
+    std::vector<Tensor> out;
+    out.reserve(g.outputs.size());
+    for (int v : g.outputs) {
+      const TensorImpl& src = *impls_[static_cast<size_t>(v)];
+      auto impl = std::make_shared<TensorImpl>();
+      impl->storage = src.storage;
+      impl->sizes = src.sizes;
+      impl->strides = src.strides;
+      impl->offset = src.offset;
+      impl->dtype = src.dtype;
+      out.emplace_back(std::move(impl));
+    }
+    // Let go of the caller's tensors and the state.
+    for (int b : dynamic_)
+      for (int v : by_buffer_[static_cast<size_t>(b)]) impls_[static_cast<size_t>(v)]->storage.reset();
+    return out;
+  }
+
+ private:
+  static void refresh(KernelCall& c, const capture::Hyperparameters& h) {
+    if (auto* p = std::get_if<AdamParams>(&c.params)) {
+      p->lr = h.lr;
+      p->beta1 = h.beta1;
+      p->beta2 = h.beta2;
+      p->eps = h.eps;
+      p->weight_decay = h.weight_decay;
+    } else if (auto* s = std::get_if<SgdParams>(&c.params)) {
+      LOOM_CHECK((s->momentum != 0) == (h.momentum != 0), "compile: SGD's momentum changed from ", s->momentum, " to ",
+                 h.momentum, " since the step was captured; momentum buffers exist only with momentum, so a step "
+                 "captured with one cannot run with the other");
+      s->lr = h.lr;
+      s->momentum = h.momentum;
+      s->dampening = h.dampening;
+      s->weight_decay = h.weight_decay;
+    }
+  }
+
+  void restore(int b) {
+    const BufferInfo& info = g_->buffers[static_cast<size_t>(b)];
+    const TensorImpl& impl = *impls_[static_cast<size_t>(by_buffer_[static_cast<size_t>(b)][0])];
+    if (info.nbytes > 0) std::memcpy(impl.storage->data, info.owned->data, info.nbytes);
+  }
+
+  bool frozen_changed() const {
+    for (size_t k = 0; k < g_->frozen.size(); ++k) {
+      auto s = g_->buffers[static_cast<size_t>(g_->frozen[k])].captured.lock();
+      if (!s || s->version.load() != frozen_versions_[k]) return true;
+    }
+    return false;
+  }
+
+  void run_folded() {
+    GraphImpl& g = *g_;
+    for (size_t k = 0; k < g.nodes.size(); ++k)
+      if (g.nodes[k].folded) run_kernel(calls_[k]);
+    for (size_t k = 0; k < g.frozen.size(); ++k) {
+      auto s = g.buffers[static_cast<size_t>(g.frozen[k])].captured.lock();
+      frozen_versions_[k] = s ? s->version.load() : 0;
+    }
+    folded_run_ = true;
+  }
+
+  std::shared_ptr<GraphImpl> g_;
+  bool plan_;
+  std::shared_ptr<Storage> arena_;
+  std::vector<std::shared_ptr<Storage>> storages_;
+  std::vector<std::shared_ptr<TensorImpl>> impls_;
+  std::vector<std::vector<int>> by_buffer_;
+  std::vector<int> dynamic_;  // buffers bound at each replay
+  std::vector<int> restore_;  // buffers whose host-filled bytes are restored before first use
+  std::vector<KernelCall> calls_;
+  std::vector<std::vector<Tensor>> check_args_;
+  std::vector<uint64_t> frozen_versions_;
+  bool folded_run_ = false;
+};
+
+namespace {
+
+struct ArgShapes {
+  std::vector<Shape> sizes, strides;
+  bool operator==(const ArgShapes&) const = default;
+};
+
+ArgShapes signature_of(const std::vector<Tensor>& args) {
+  ArgShapes s;
+  for (const Tensor& a : args) {
+    s.sizes.push_back(a.sizes());
+    s.strides.push_back(a.strides());
+  }
+  return s;
+}
+
+}  // namespace
+
+struct Compiler::State {
+  struct Entry {
+    ArgShapes key;
+    std::shared_ptr<GraphImpl> graph;
+    std::unique_ptr<Executor> exec;
+    size_t last_hash = 0;
+    bool has_last = false;
+    int recordings = 0;
+  };
+  Fn fn;
+  CompileOptions options;
+  std::list<Entry> cache;  // most recently used first
+  std::vector<std::pair<DType, Device>> first;  // the first capture's argument dtypes and devices
+  CompileStats stats;
+  std::shared_ptr<const Graph> last_graph;
+  std::mutex mu;
+};
+
+Compiler::Compiler(Fn fn, CompileOptions options) : state_(std::make_unique<State>()) {
+  LOOM_CHECK(options.cache_size >= 1, "compile: cache_size must be at least 1, got ", options.cache_size);
+  LOOM_CHECK(options.max_recordings >= 1, "compile: max_recordings must be at least 1, got ", options.max_recordings);
+  state_->fn = std::move(fn);
+  state_->options = options;
+}
+
+Compiler::~Compiler() = default;
+
+std::vector<Tensor> Compiler::call(const std::vector<Tensor>& args) {
+  State& st = *state_;
+  // Inside another capture: run inline, so the outer recording sees the kernels.
+  if (capture::active() != nullptr) return st.fn(args);
+  std::lock_guard<std::mutex> lock(st.mu);
+  ++st.stats.calls;
+  for (size_t a = 0; a < args.size(); ++a) LOOM_CHECK(args[a].defined(), "compile: argument ", a, " is an undefined tensor");
+  if (st.first.empty()) {
+    for (const Tensor& a : args) st.first.emplace_back(a.dtype(), a.device());
+  } else {
+    for (size_t a = 0; a < args.size(); ++a)
+      LOOM_CHECK(args[a].dtype() == st.first[a].first && args[a].device() == st.first[a].second, "compile: argument ",
+                 a, " is ", dtype_name(args[a].dtype()), " on ", args[a].device().str(), " but the function was captured with ",
+                 dtype_name(st.first[a].first), " on ", st.first[a].second.str(),
+                 "; a compiled function records a new graph for new shapes, not for new dtypes or devices");
+  }
+  const ArgShapes key = signature_of(args);
+  auto it = std::find_if(st.cache.begin(), st.cache.end(), [&](const State::Entry& e) { return e.key == key; });
+  if (it == st.cache.end()) {
+    if (static_cast<int>(st.cache.size()) >= st.options.cache_size) st.cache.pop_back();
+    st.cache.push_front(State::Entry{key, nullptr, nullptr, 0, false, 0});
+    it = st.cache.begin();
+  } else if (it != st.cache.begin()) {
+    st.cache.splice(st.cache.begin(), st.cache, it);
+    it = st.cache.begin();
+  }
+  State::Entry& e = *it;
+  if (e.exec && e.exec->state_alive() && e.exec->aliasing_matches(args) && e.graph->threads == get_num_threads()) {
+    ++st.stats.replays;
+    st.last_graph = std::make_shared<Graph>(e.graph);
+    return e.exec->run(args);
+  }
+  e.exec.reset();
+
+  // Record: run the step eagerly under a recorder.
+  const CpuAllocatorStats before = cpu_allocator_stats();
+  cpu_reset_peak_stats();
+  Recorder rec(args);
+  std::vector<Tensor> outs;
+  {
+    capture::ActiveGuard guard(&rec);
+    outs = st.fn(args);
+  }
+  const size_t eager_peak = cpu_allocator_stats().peak_bytes_in_use - before.bytes_in_use;
+  std::shared_ptr<GraphImpl> g = rec.finish(outs);
+  ++st.stats.recordings;
+  ++e.recordings;
+  const size_t hash = g->structure_hash();
+  const bool new_state = std::any_of(g->buffers.begin(), g->buffers.end(), [](const BufferInfo& b) {
+    return b.kind == BufferKind::NewState && b.first >= 0;
+  });
+  const bool settled = !new_state || (e.has_last && e.last_hash == hash);
+  e.last_hash = hash;
+  e.has_last = true;
+  if (!settled) {
+    LOOM_CHECK(e.recordings < st.options.max_recordings, "compile: the step did not settle: each of its first ",
+               e.recordings, " calls created tensors that outlive it (new persistent state) or ran different "
+               "kernels; a replay cannot allocate persistent state mid-step. Create state before compiling, or "
+               "keep the step the same from call to call");
+    st.last_graph = std::make_shared<Graph>(g);
+    return outs;
+  }
+  if (st.options.optimize) {
+    eliminate_dead_code(*g);
+    remove_noop_copies(*g);
+    fold_constants(*g);
+  }
+  compute_liveness(*g);
+  plan_memory(*g, st.options.plan_memory);
+  g->plan.eager_peak_bytes = eager_peak;
+  e.graph = g;
+  e.exec = std::make_unique<Executor>(g, st.options.plan_memory);
+  st.stats.graphs = static_cast<int64_t>(st.cache.size());
+  st.last_graph = std::make_shared<Graph>(g);
+  return outs;
+}
+
+std::shared_ptr<const Graph> Compiler::graph() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->last_graph;
+}
+
+CompileStats Compiler::stats() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  CompileStats s = state_->stats;
+  s.graphs = static_cast<int64_t>(std::count_if(state_->cache.begin(), state_->cache.end(),
+                                                [](const State::Entry& e) { return e.exec != nullptr; }));
+  return s;
+}
+
+}  // namespace detail
+
+Graph::Graph(std::shared_ptr<detail::GraphImpl> impl) : impl_(std::move(impl)) {}
+int64_t Graph::num_nodes() const { return static_cast<int64_t>(impl_->nodes.size()); }
+int64_t Graph::num_values() const { return static_cast<int64_t>(impl_->values.size()); }
+std::vector<std::string> Graph::ops() const {
+  std::vector<std::string> out;
+  for (const auto& n : impl_->nodes) out.push_back(n.name());
+  return out;
+}
+MemoryPlan Graph::memory_plan() const { return impl_->plan; }
+std::string Graph::str() const { return impl_->str(); }
+void Graph::print(std::ostream& os) const { os << impl_->str(); }
+void Graph::print() const { print(std::cout); }
+std::string Graph::to_dot() const { return impl_->dot(); }
+void Graph::save_dot(const std::string& path) const {
+  const std::string dot = impl_->dot();
+  io::write_file_atomic(path, dot.data(), dot.size());
+}
+
+}  // namespace loom::jit

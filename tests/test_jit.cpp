@@ -1,0 +1,365 @@
+// loom::compile: replay equals eager for every model's training step, the
+// guards, host reads refused, the planner never overlaps live buffers, the
+// printout and DOT export, and memory stays flat over many replays.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+
+#include "jit/graph.h"
+#include "loom/loom.h"
+#include "test_util.h"
+
+using namespace loom;
+using loom::test::error_of;
+
+namespace {
+
+// Bitwise equality of two tensors of one dtype.
+::testing::AssertionResult same_bits(const Tensor& a, const Tensor& b) {
+  if (a.sizes() != b.sizes() || a.dtype() != b.dtype())
+    return ::testing::AssertionFailure() << "shape/dtype " << shape_str(a.sizes()) << " vs " << shape_str(b.sizes());
+  Tensor x = a.contiguous(), y = b.contiguous();
+  if (std::memcmp(x.raw_data_ptr(), y.raw_data_ptr(), x.nbytes()) != 0) {
+    const double d = (x.to(kFloat64) - y.to(kFloat64)).abs().max().item<double>();
+    return ::testing::AssertionFailure() << "values differ (max abs diff " << d << ") for shape " << shape_str(a.sizes());
+  }
+  return ::testing::AssertionSuccess();
+}
+
+void expect_same_state(const nn::Module& a, const nn::Module& b) {
+  StateDict sa = a.state_dict(), sb = b.state_dict();
+  ASSERT_EQ(sa.size(), sb.size());
+  for (size_t k = 0; k < sa.size(); ++k) EXPECT_TRUE(same_bits(sa[k].second, sb[k].second)) << sa[k].first;
+}
+
+// Runs `steps` steps eagerly on (model_a, step_a) and compiled on
+// (model_b, step_b) with the same batches and seeds; after each, the losses
+// and every parameter and buffer agree bitwise.
+template <class Step, class Batch, class Before>
+void replay_matches_eager(nn::Module& a, nn::Module& b, Step step_a, Step step_b, Batch batch, int steps,
+                          Before before_step, int64_t min_replays = 1) {
+  auto compiled = loom::compile(step_b);
+  for (int k = 0; k < steps; ++k) {
+    auto [x, y] = batch(k);
+    before_step(k);
+    manual_seed(1000 + static_cast<uint64_t>(k));
+    Tensor la = step_a(x, y);
+    manual_seed(1000 + static_cast<uint64_t>(k));
+    Tensor lb = compiled(x, y);
+    EXPECT_TRUE(same_bits(la.detach(), lb.detach())) << "loss at step " << k;
+    expect_same_state(a, b);
+  }
+  EXPECT_GE(compiled.stats().replays, min_replays);
+  ASSERT_NE(compiled.graph(), nullptr);
+  EXPECT_GT(compiled.graph()->num_nodes(), 0);
+}
+
+void copy_params(nn::Module& from, nn::Module& to) { to.load_state_dict(from.state_dict()); }
+
+}  // namespace
+
+TEST(Compile, MlpSgdMomentumReplayEqualsEager) {
+  manual_seed(1);
+  nn::Sequential a = models::mlp(20, {32, 16}, 5), b = models::mlp(20, {32, 16}, 5);
+  copy_params(*a, *b);
+  optim::SGD oa(a->parameters(), optim::SGDOptions(0.1).momentum(0.9));
+  optim::SGD ob(b->parameters(), optim::SGDOptions(0.1).momentum(0.9));
+  auto make_step = [](nn::Sequential m, optim::SGD& opt) {
+    return std::function<Tensor(const Tensor&, const Tensor&)>([m, &opt](const Tensor& x, const Tensor& y) {
+      opt.zero_grad();
+      Tensor loss = nn::functional::cross_entropy(m->forward(x), y);
+      loss.backward();
+      opt.step();
+      return loss;
+    });
+  };
+  auto batch = [](int k) {
+    Generator g(static_cast<uint64_t>(k));
+    return std::make_pair(randn({8, 20}, {}, g), randint(0, 5, {8}, {}, g));
+  };
+  replay_matches_eager(*a, *b, make_step(a, oa), make_step(b, ob), batch, 6, [](int) {}, 3);
+}
+
+TEST(Compile, CnnWithBatchNormRunningStats) {
+  manual_seed(2);
+  nn::Sequential a = models::cnn(1, 10), b = models::cnn(1, 10);
+  copy_params(*a, *b);
+  optim::Adam oa(a->parameters(), optim::AdamOptions(1e-3));
+  optim::Adam ob(b->parameters(), optim::AdamOptions(1e-3));
+  auto make_step = [](nn::Sequential m, optim::Adam& opt) {
+    return std::function<Tensor(const Tensor&, const Tensor&)>([m, &opt](const Tensor& x, const Tensor& y) {
+      opt.zero_grad();
+      Tensor loss = nn::functional::cross_entropy(m->forward(x), y);
+      loss.backward();
+      opt.step();
+      return loss;
+    });
+  };
+  auto batch = [](int k) {
+    Generator g(static_cast<uint64_t>(k) + 7);
+    return std::make_pair(randn({4, 1, 28, 28}, {}, g), randint(0, 10, {4}, {}, g));
+  };
+  replay_matches_eager(*a, *b, make_step(a, oa), make_step(b, ob), batch, 5, [](int) {}, 2);
+}
+
+TEST(Compile, ResNet9) {
+  manual_seed(3);
+  nn::Sequential a = models::resnet9(1, 10), b = models::resnet9(1, 10);
+  copy_params(*a, *b);
+  optim::SGD oa(a->parameters(), optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-4));
+  optim::SGD ob(b->parameters(), optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-4));
+  auto make_step = [](nn::Sequential m, optim::SGD& opt) {
+    return std::function<Tensor(const Tensor&, const Tensor&)>([m, &opt](const Tensor& x, const Tensor& y) {
+      opt.zero_grad();
+      Tensor loss = nn::functional::cross_entropy(m->forward(x), y);
+      loss.backward();
+      opt.step();
+      return loss;
+    });
+  };
+  auto batch = [](int k) {
+    Generator g(static_cast<uint64_t>(k) + 11);
+    return std::make_pair(randn({2, 1, 28, 28}, {}, g), randint(0, 10, {2}, {}, g));
+  };
+  replay_matches_eager(*a, *b, make_step(a, oa), make_step(b, ob), batch, 4, [](int) {}, 1);
+}
+
+TEST(Compile, GptWithDropoutAndChangingLearningRate) {
+  models::GPTConfig cfg;
+  cfg.n_layer = 2;
+  cfg.n_embd = 32;
+  cfg.n_head = 4;
+  cfg.block_size = 16;
+  cfg.vocab_size = 40;
+  cfg.dropout = 0.1;
+  manual_seed(4);
+  models::GPT a(cfg), b(cfg);
+  copy_params(*a, *b);
+  optim::AdamW oa(a->parameters(), optim::AdamWOptions(1e-3));
+  optim::AdamW ob(b->parameters(), optim::AdamWOptions(1e-3));
+  auto make_step = [](models::GPT m, optim::AdamW& opt) {
+    return std::function<Tensor(const Tensor&, const Tensor&)>([m, &opt](const Tensor& x, const Tensor& y) {
+      opt.zero_grad();
+      Tensor loss = m->loss(x, y);
+      loss.backward();
+      nn::utils::clip_grad_norm_tensor_(m->parameters(), 1.0);
+      opt.step();
+      return loss;
+    });
+  };
+  auto batch = [](int k) {
+    Generator g(static_cast<uint64_t>(k) + 13);
+    return std::make_pair(randint(0, 40, {3, 16}, {}, g), randint(0, 40, {3, 16}, {}, g));
+  };
+  // A learning rate that changes every step, set outside the step as a
+  // scheduler sets it.
+  auto set_lr = [&](int k) {
+    const double lr = 1e-3 * (1.0 + 0.5 * k);
+    oa.param_groups()[0].options().set_lr(lr);
+    ob.param_groups()[0].options().set_lr(lr);
+  };
+  replay_matches_eager(*a, *b, make_step(a, oa), make_step(b, ob), batch, 7, set_lr, 3);
+}
+
+TEST(Compile, LstmLanguageModel) {
+  models::LSTMLMConfig cfg;
+  cfg.vocab_size = 30;
+  cfg.hidden = 24;
+  cfg.layers = 2;
+  cfg.dropout = 0.2;
+  manual_seed(5);
+  models::LSTMLM a(cfg), b(cfg);
+  copy_params(*a, *b);
+  optim::Adam oa(a->parameters(), optim::AdamOptions(2e-3));
+  optim::Adam ob(b->parameters(), optim::AdamOptions(2e-3));
+  auto make_step = [](models::LSTMLM m, optim::Adam& opt) {
+    return std::function<Tensor(const Tensor&, const Tensor&)>([m, &opt](const Tensor& x, const Tensor& y) {
+      opt.zero_grad();
+      Tensor loss = m->loss(x, y);
+      loss.backward();
+      opt.step();
+      return loss;
+    });
+  };
+  auto batch = [](int k) {
+    Generator g(static_cast<uint64_t>(k) + 17);
+    return std::make_pair(randint(0, 30, {2, 10}, {}, g), randint(0, 30, {2, 10}, {}, g));
+  };
+  replay_matches_eager(*a, *b, make_step(a, oa), make_step(b, ob), batch, 6, [](int) {}, 2);
+}
+
+TEST(Compile, NewShapeRecordsANewGraphAndWrongDtypeIsAnError) {
+  manual_seed(6);
+  nn::Linear lin(8, 3);
+  auto f = loom::compile([&](const Tensor& x) {
+    NoGradGuard ng;
+    return relu(lin->forward(x));
+  });
+  Tensor x4 = randn({4, 8}), x2 = randn({2, 8});
+  for (int k = 0; k < 3; ++k) {
+    EXPECT_TRUE(same_bits(f(x4), relu(lin->forward(x4)).detach()));
+    EXPECT_TRUE(same_bits(f(x2), relu(lin->forward(x2)).detach()));
+  }
+  EXPECT_EQ(f.stats().graphs, 2);
+  EXPECT_EQ(f.stats().recordings, 2);
+  EXPECT_EQ(f.stats().replays, 4);
+  EXPECT_ERROR_HAS(f(randn({4, 8}, kFloat64)), "argument 0 is float64");
+}
+
+TEST(Compile, HostReadsInsideTheStepAreRefused) {
+  nn::Linear lin(4, 2);
+  auto f = loom::compile([&](const Tensor& x) {
+    Tensor y = lin->forward(x).sum();
+    if (y.item<double>() > 0) return y * 2.0;  // data-dependent branching
+    return y;
+  });
+  EXPECT_ERROR_HAS(f(randn({3, 4})), "compile: item reads or writes a tensor's value on the host");
+  auto g = loom::compile([&](const Tensor& x) {
+    Tensor y = x * 2.0;
+    std::ostringstream os;
+    os << y;
+    return y;
+  });
+  EXPECT_ERROR_HAS(g(randn({3})), "compile: print");
+}
+
+TEST(Compile, UnfusedOptimizerIsRefused) {
+  nn::Linear lin(4, 2);
+  optim::RMSprop opt(lin->parameters(), optim::RMSpropOptions(0.01));
+  auto step = loom::compile([&](const Tensor& x) {
+    opt.zero_grad();
+    Tensor loss = lin->forward(x).pow(2).mean();
+    loss.backward();
+    opt.step();
+    return loss;
+  });
+  EXPECT_ERROR_HAS(step(randn({3, 4})), "compile: RMSprop its per-parameter update");
+}
+
+TEST(Compile, InferenceGraphFoldsConstantsAndMatchesEager) {
+  manual_seed(7);
+  nn::Sequential m = models::mlp(6, {12}, 4);
+  m->eval();
+  auto f = loom::compile([&](const Tensor& x) {
+    NoGradGuard ng;
+    // A constant built on the host and an op on it alone: folded.
+    Tensor scale = tensor({1.0, 2.0, 3.0, 4.0}).to(kFloat32) * 0.5;
+    return m->forward(x) * scale;
+  });
+  Tensor x = randn({5, 6});
+  Tensor expect;
+  {
+    NoGradGuard ng;
+    expect = m->forward(x) * (tensor({1.0, 2.0, 3.0, 4.0}).to(kFloat32) * 0.5);
+  }
+  for (int k = 0; k < 3; ++k) EXPECT_TRUE(same_bits(f(x), expect));
+  const auto ops = f.graph()->ops();
+  EXPECT_NE(std::find(ops.begin(), ops.end(), "Linear"), ops.end());
+  const std::string text = f.graph()->str();
+  EXPECT_NE(text.find("folded"), std::string::npos) << text;
+  // Writing a frozen parameter outside the step refolds.
+  {
+    NoGradGuard ng;
+    m->parameters()[0].mul_(2.0);
+    expect = m->forward(x) * (tensor({1.0, 2.0, 3.0, 4.0}).to(kFloat32) * 0.5);
+  }
+  EXPECT_TRUE(same_bits(f(x), expect));
+}
+
+TEST(Compile, PrintoutAndDot) {
+  nn::Linear lin(8, 3);
+  auto f = loom::compile([&](const Tensor& x) {
+    NoGradGuard ng;
+    return relu(lin->forward(x)) + 1.0;
+  });
+  Tensor x = randn({4, 8});
+  f(x);
+  f(x);
+  const auto g = f.graph();
+  const std::string text = g->str();
+  EXPECT_NE(text.find("= arg 0"), std::string::npos) << text;
+  EXPECT_NE(text.find("f32[4,3] = Linear(%0"), std::string::npos) << text;
+  EXPECT_NE(text.find("Relu("), std::string::npos) << text;
+  EXPECT_NE(text.find("return (%"), std::string::npos) << text;
+  const std::string dot = g->to_dot();
+  EXPECT_EQ(dot.rfind("digraph loom {", 0), 0u);
+  EXPECT_NE(dot.find("label=\"Linear\""), std::string::npos) << dot;
+  EXPECT_NE(dot.find("output 0"), std::string::npos) << dot;
+  EXPECT_EQ(dot.back(), '\n');
+}
+
+TEST(Compile, ThousandReplaysKeepMemoryFlat) {
+  manual_seed(8);
+  nn::Sequential m = models::mlp(16, {32}, 4);
+  optim::SGD opt(m->parameters(), optim::SGDOptions(0.01));
+  auto step = loom::compile([&](const Tensor& x, const Tensor& y) {
+    opt.zero_grad();
+    Tensor loss = nn::functional::cross_entropy(m->forward(x), y);
+    loss.backward();
+    opt.step();
+    return loss;
+  });
+  Tensor x = randn({8, 16}), y = randint(0, 4, {8});
+  for (int k = 0; k < 5; ++k) step(x, y);
+  const size_t before = cpu_allocator_stats().bytes_in_use;
+  for (int k = 0; k < 1000; ++k) step(x, y);
+  EXPECT_EQ(cpu_allocator_stats().bytes_in_use, before);
+  EXPECT_GE(step.stats().replays, 1000);
+  const jit::MemoryPlan plan = step.graph()->memory_plan();
+  EXPECT_GE(plan.arena_bytes, plan.lower_bound_bytes);
+  EXPECT_GT(plan.arena_bytes, 0u);
+}
+
+TEST(Compile, RandomDrawsMatchEagerAfterTheSameSeed) {
+  auto f = loom::compile([](const Tensor& x) {
+    NoGradGuard ng;
+    return nn::functional::dropout(x, 0.5, true) + rand({4});
+  });
+  Tensor x = ones({4});
+  for (int k = 0; k < 4; ++k) {
+    manual_seed(50 + static_cast<uint64_t>(k));
+    Tensor got = f(x);
+    const RngState after = get_rng_state();
+    manual_seed(50 + static_cast<uint64_t>(k));
+    Tensor want;
+    {
+      NoGradGuard ng;
+      want = nn::functional::dropout(x, 0.5, true) + rand({4});
+    }
+    EXPECT_TRUE(same_bits(got, want)) << "call " << k;
+    EXPECT_EQ(get_rng_state().offset, after.offset);
+  }
+}
+
+// The planner's offsets, on random interval sets: two buffers live at the
+// same node never overlap, and the arena is at least the lower bound.
+TEST(Planner, NeverOverlapsLiveBuffersOnRandomGraphs) {
+  std::mt19937 rng(42);
+  for (int trial = 0; trial < 300; ++trial) {
+    const int nodes = 1 + static_cast<int>(rng() % 40), count = static_cast<int>(rng() % 60);
+    std::vector<jit::detail::Interval> iv;
+    for (int k = 0; k < count; ++k) {
+      const int a = static_cast<int>(rng() % static_cast<unsigned>(nodes));
+      const int b = a + static_cast<int>(rng() % static_cast<unsigned>(nodes - a));
+      iv.push_back({a, b, static_cast<size_t>(rng() % 5000)});
+    }
+    std::vector<int64_t> off;
+    const size_t arena = jit::detail::assign_offsets(iv, off);
+    const size_t bound = jit::detail::liveness_lower_bound(iv);
+    EXPECT_GE(arena, bound);
+    for (int p = 0; p < count; ++p) {
+      const auto up = static_cast<size_t>(p);
+      const size_t pe = static_cast<size_t>(off[up]) + std::max<size_t>(iv[up].bytes, 1);
+      EXPECT_LE(pe, arena);
+      EXPECT_EQ(off[up] % 64, 0);
+      for (int q = p + 1; q < count; ++q) {
+        const auto uq = static_cast<size_t>(q);
+        if (iv[up].last < iv[uq].first || iv[uq].last < iv[up].first) continue;
+        const size_t qe = static_cast<size_t>(off[uq]) + std::max<size_t>(iv[uq].bytes, 1);
+        EXPECT_TRUE(pe <= static_cast<size_t>(off[uq]) || qe <= static_cast<size_t>(off[up]))
+            << "trial " << trial << ": buffers " << p << " and " << q << " overlap";
+      }
+    }
+  }
+}
