@@ -363,3 +363,62 @@ TEST(Planner, NeverOverlapsLiveBuffersOnRandomGraphs) {
     }
   }
 }
+
+// Recomputation (cheap ops by default, segments when asked) keeps the
+// step's results bitwise and shrinks the arena.
+TEST(Compile, RecomputedActivationsGiveTheSameStepAndASmallerArena) {
+  models::GPTConfig cfg;
+  cfg.n_layer = 3;
+  cfg.n_embd = 32;
+  cfg.n_head = 4;
+  cfg.block_size = 16;
+  cfg.vocab_size = 40;
+  cfg.dropout = 0.1;
+  auto batch = [](int k) {
+    Generator g(static_cast<uint64_t>(k) + 19);
+    return std::make_pair(randint(0, 40, {4, 16}, {}, g), randint(0, 40, {4, 16}, {}, g));
+  };
+  size_t arena[3] = {};
+  int64_t copies[3] = {};
+  const int segment_options[3] = {0, 0, -1};
+  const bool cheap_options[3] = {false, true, true};
+  for (int variant = 0; variant < 3; ++variant) {
+    manual_seed(4);
+    models::GPT a(cfg), b(cfg);
+    copy_params(*a, *b);
+    optim::AdamW oa(a->parameters(), optim::AdamWOptions(1e-3));
+    optim::AdamW ob(b->parameters(), optim::AdamWOptions(1e-3));
+    auto make_step = [](models::GPT m, optim::AdamW& opt) {
+      return [m, &opt](const Tensor& x, const Tensor& y) {
+        opt.zero_grad();
+        Tensor loss = m->loss(x, y);
+        loss.backward();
+        opt.step();
+        return loss;
+      };
+    };
+    jit::CompileOptions o;
+    o.recompute_cheap = cheap_options[variant];
+    o.checkpoint_segments = segment_options[variant];
+    auto compiled = loom::compile(make_step(b, ob), o);
+    auto eager = make_step(a, oa);
+    for (int k = 0; k < 5; ++k) {
+      auto [x, y] = batch(k);
+      manual_seed(77 + static_cast<uint64_t>(k));
+      Tensor la = eager(x, y);
+      manual_seed(77 + static_cast<uint64_t>(k));
+      Tensor lb = compiled(x, y);
+      EXPECT_TRUE(same_bits(la.detach(), lb.detach())) << "variant " << variant << " step " << k;
+      expect_same_state(*a, *b);
+    }
+    EXPECT_GE(compiled.stats().replays, 2);
+    const jit::MemoryPlan plan = compiled.graph()->memory_plan();
+    arena[variant] = plan.arena_bytes;
+    copies[variant] = plan.recomputed_nodes;
+  }
+  EXPECT_EQ(copies[0], 0);
+  EXPECT_GT(copies[1], 0);
+  EXPECT_GT(copies[2], copies[1]);
+  EXPECT_LT(arena[1], arena[0]);
+  EXPECT_LT(arena[2], arena[1]);
+}

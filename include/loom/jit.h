@@ -65,6 +65,8 @@ struct MemoryPlan {
   size_t eager_peak_bytes = 0;   // the most bytes the eager run that captured it had in use beyond its start
   int64_t buffers_in_arena = 0;
   int64_t buffers_in_place = 0;  // outputs that took over their dying input's buffer
+  int64_t recomputed_nodes = 0;  // forward nodes copied into the backward (Note [Recomputing activations])
+  int segments = 0;              // checkpointed segments (0: none)
 };
 
 // The captured step: values (a view of a buffer: dtype, sizes, strides,
@@ -102,6 +104,17 @@ struct CompileOptions {
   // How many eager recordings a step may take before its structure settles
   // (the first steps create optimizer state and gradients).
   int max_recordings = 4;
+  // Recompute in the backward the activations that cheap forward kernels
+  // (elementwise, normalization) produce from values it keeps anyway,
+  // instead of keeping them (Note [Recomputing activations]).
+  bool recompute_cheap = true;
+  // Activation checkpointing: cut the forward into this many segments and
+  // keep only the buffers that cross the cuts; -1: sqrt(GEMM-like nodes);
+  // 0: off.
+  int checkpoint_segments = 0;
+  // With checkpointing: raise the number of segments until the planned
+  // arena (intermediates and workspaces) fits in this many bytes (0: no budget).
+  size_t memory_budget_bytes = 0;
 };
 
 struct CompileStats {

@@ -16,6 +16,7 @@
 #include <unordered_set>
 
 #include "autograd/node.h"
+#include "core/capture.h"
 #include "loom/autograd.h"
 #include "loom/ops.h"
 
@@ -51,6 +52,7 @@ void apply_hooks(const std::vector<std::pair<int64_t, Hook>>& hooks, Tensor& g) 
 TensorList run_backward(const TensorList& roots, const TensorList& root_grads, bool keep_graph,
                         bool create_graph, const TensorList& inputs, bool allow_unused) {
   const char* api = inputs.empty() ? "backward" : "autograd::grad";
+  if (capture::Recorder* r = capture::active()) r->on_backward();
   LOOM_CHECK(root_grads.empty() || root_grads.size() == roots.size(), api, ": got ", roots.size(),
              " outputs but ", root_grads.size(), " gradients");
 

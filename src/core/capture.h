@@ -54,6 +54,9 @@ class Recorder {
   // it runs now, and again at each replay after the kernels before it.
   virtual void on_host_check(const std::vector<Tensor>& values,
                              std::function<void(const std::vector<Tensor>&)> check) = 0;
+  // A backward pass starts (the autograd engine): the nodes recorded from
+  // here on are the backward's, which the recompute pass needs to know.
+  virtual void on_backward() = 0;
   // Refuses what a replay cannot repeat (names `what` and says why).
   [[noreturn]] virtual void refuse(const char* what, const char* why) = 0;
 };

@@ -326,6 +326,28 @@ ArgShapes signature_of(const std::vector<Tensor>& args) {
 
 }  // namespace
 
+// The recompute pass (with a budget: more segments until the arena fits),
+// then the memory plan.
+std::shared_ptr<GraphImpl> recompute_and_plan(std::shared_ptr<GraphImpl> g, const CompileOptions& o) {
+  auto attempt = [&](int segments) {
+    auto c = std::make_shared<GraphImpl>(*g);
+    int64_t copies = 0;
+    if (segments != 0) copies += recompute_segments(*c, segments);
+    if (o.recompute_cheap) copies += recompute_cheap(*c);
+    plan_memory(*c, o.plan_memory);
+    c->plan.recomputed_nodes = copies;
+    return c;
+  };
+  std::shared_ptr<GraphImpl> best = attempt(o.checkpoint_segments);
+  if (o.checkpoint_segments == 0 || o.memory_budget_bytes == 0) return best;
+  for (int s = std::max(2, best->plan.segments + 1); best->plan.arena_bytes > o.memory_budget_bytes; ++s) {
+    std::shared_ptr<GraphImpl> next = attempt(s);
+    if (next->plan.segments < s) break;  // every heavy node is its own segment already
+    best = next;
+  }
+  return best;
+}
+
 struct Compiler::State {
   struct Entry {
     ArgShapes key;
@@ -421,7 +443,7 @@ std::vector<Tensor> Compiler::call(const std::vector<Tensor>& args) {
     fold_constants(*g);
   }
   compute_liveness(*g);
-  plan_memory(*g, st.options.plan_memory);
+  g = recompute_and_plan(g, st.options);
   g->plan.eager_peak_bytes = eager_peak;
   e.graph = g;
   e.exec = std::make_unique<Executor>(g, st.options.plan_memory);

@@ -1,6 +1,7 @@
 #include "jit/graph.h"
 
 #include <algorithm>
+#include <map>
 #include <sstream>
 
 
@@ -114,6 +115,7 @@ std::string GraphImpl::str() const {
   os << "  return (";
   for (size_t o = 0; o < outputs.size(); ++o) os << (o ? ", " : "") << "%" << outputs[o];
   os << ")\n";
+  os << peak_str();
   return os.str();
 }
 
@@ -163,6 +165,52 @@ std::string GraphImpl::dot() const {
     if (from >= 0) os << "  n" << from << " -> out" << o << ";\n";
   }
   os << "}\n";
+  return os.str();
+}
+
+std::string GraphImpl::peak_str() const {
+  // The node where the most intermediate bytes are live, and what they are.
+  std::vector<int64_t> live(nodes.size() + 1, 0);
+  for (const BufferInfo& b : buffers) {
+    if (b.first < 0 || (b.kind != BufferKind::Intermediate && b.kind != BufferKind::Workspace)) continue;
+    live[static_cast<size_t>(b.first)] += static_cast<int64_t>(b.nbytes);
+    live[static_cast<size_t>(b.last) + 1] -= static_cast<int64_t>(b.nbytes);
+  }
+  int64_t run = 0, peak = 0;
+  int at = -1;
+  for (size_t k = 0; k < nodes.size(); ++k) {
+    run += live[k];
+    if (run > peak) {
+      peak = run;
+      at = static_cast<int>(k);
+    }
+  }
+  if (at < 0) return "";
+  // The op that first wrote each buffer live there.
+  std::vector<std::pair<size_t, std::string>> held;
+  for (size_t b = 0; b < buffers.size(); ++b) {
+    const BufferInfo& info = buffers[b];
+    if (info.first < 0 || info.first > at || info.last < at) continue;
+    if (info.kind != BufferKind::Intermediate && info.kind != BufferKind::Workspace) continue;
+    std::string who = info.kind == BufferKind::Workspace ? "workspace" : "?";
+    for (int k = info.first; k <= info.last && who == "?"; ++k)
+      for (int w : writes(nodes[static_cast<size_t>(k)]))
+        if (w == static_cast<int>(b)) who = nodes[static_cast<size_t>(k)].name() + (nodes[static_cast<size_t>(k)].backward ? " (backward)" : "");
+    held.emplace_back(info.nbytes, who);
+  }
+  std::map<std::string, std::pair<size_t, int>> by_op;
+  for (const auto& [bytes, who] : held) {
+    by_op[who].first += bytes;
+    ++by_op[who].second;
+  }
+  std::vector<std::pair<size_t, std::string>> rows;
+  for (const auto& [who, v] : by_op) rows.emplace_back(v.first, who + " x" + std::to_string(v.second));
+  std::sort(rows.rbegin(), rows.rend());
+  std::ostringstream os;
+  os << "  # peak: " << peak << " intermediate bytes live at node " << at << " (" << nodes[static_cast<size_t>(at)].name()
+     << "), written by:";
+  for (const auto& [bytes, what] : rows) os << " " << what << " " << bytes << "B;";
+  os << "\n";
   return os.str();
 }
 

@@ -81,6 +81,8 @@ struct NodeInfo {
   std::function<capture::Hyperparameters()> hyper;  // fused optimizers: read before each replay
   std::function<void(const std::vector<Tensor>&)> check;  // HostCheck
   bool folded = false;   // constant folding: runs once, not at each replay
+  bool backward = false; // recorded after a backward pass began (forward nodes come before)
+  bool recompute = false;  // a copy of a forward node, run again before the backward needs its outputs
   std::string name() const;
 };
 
@@ -107,6 +109,8 @@ struct GraphImpl {
   std::vector<int> writes(const NodeInfo& n) const;
   std::string value_str(int v) const;  // "%3 f32[16,128]"
   std::string str() const;
+  // Where the intermediates peak, and which ops wrote what is live there.
+  std::string peak_str() const;
   std::string dot() const;
   // A hash of the structure (ops, geometry, buffer kinds; not the values of
   // scalars that change between steps): two recordings of a settled step agree.
@@ -124,6 +128,14 @@ int remove_noop_copies(GraphImpl& g);
 // writes (frozen parameters in an inference graph), and turns what they
 // produce into Constants; returns how many nodes were folded.
 int fold_constants(GraphImpl& g);
+// The recompute pass (src/jit/remat.cpp, Note [Recomputing activations]).
+// Copies cheap producers of activations to the backward's first use; returns
+// how many nodes it inserted.
+int recompute_cheap(GraphImpl& g);
+// Checkpoints the forward in `segments` runs (<= 0: sqrt of its heavy nodes)
+// and recomputes each run's activations in the backward; returns how many
+// nodes it inserted.
+int recompute_segments(GraphImpl& g, int segments);
 // Recomputes first/last use of every buffer from the nodes.
 void compute_liveness(GraphImpl& g);
 

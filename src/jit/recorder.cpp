@@ -146,6 +146,7 @@ void Recorder::on_kernel(const KernelCall& call) {
   }
   if (pending_hyper_ && (call.op == OpKind::FusedAdam || call.op == OpKind::FusedSgd)) n.hyper = std::move(pending_hyper_);
   pending_hyper_ = nullptr;
+  n.backward = in_backward_;
   g_->nodes.push_back(std::move(n));
 }
 
@@ -180,8 +181,11 @@ void Recorder::on_host_check(const std::vector<Tensor>& values,
     check(values);
   }
   n.check = std::move(check);
+  n.backward = in_backward_;
   g_->nodes.push_back(std::move(n));
 }
+
+void Recorder::on_backward() { in_backward_ = true; }
 
 void Recorder::refuse(const char* what, const char* why) { LOOM_ERROR("compile: ", what, " ", why); }
 

@@ -22,6 +22,7 @@ class Recorder final : public capture::Recorder {
   void bind_hyperparameters(std::function<capture::Hyperparameters()> source) override;
   void on_host_check(const std::vector<Tensor>& values,
                      std::function<void(const std::vector<Tensor>&)> check) override;
+  void on_backward() override;
   [[noreturn]] void refuse(const char* what, const char* why) override;
 
   // Classifies what survived the step (outputs, new state) and returns the
@@ -41,6 +42,7 @@ class Recorder final : public capture::Recorder {
   std::unordered_map<const Storage*, Known> known_;
   std::map<std::tuple<int, int, Shape, Shape, int64_t>, int> values_;
   std::function<capture::Hyperparameters()> pending_hyper_;
+  bool in_backward_ = false;
 };
 
 }  // namespace loom::jit::detail
