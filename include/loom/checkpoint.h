@@ -9,8 +9,10 @@
 // inputs and every parameter fn uses (accumulated into .grad exactly as
 // without checkpointing, bit for bit); only the tensors its backward formulas
 // would keep are dropped. Backward recomputes them by running fn again on the
-// same inputs with the random-number state of the forward pass, so dropout
-// draws the same masks; the global stream then continues where it was.
+// same inputs with the global random-number state of the forward pass, so
+// dropout draws the same masks; the global stream then continues where it
+// was. A Generator passed explicitly inside fn is not replayed: keep random
+// ops on such streams outside the region.
 // Note [Activation checkpointing] in src/autograd/checkpoint.cpp.
 //
 // fn must run the same ops on every call with the same inputs: it may not
