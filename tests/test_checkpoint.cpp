@@ -303,3 +303,16 @@ TEST(Checkpoint, ParameterWrittenInPlaceBeforeBackwardIsAnError) {
   }
   EXPECT_TRUE(throws_with([&] { y.sum().backward(); }, {"modified by an inplace operation", "expected version"}));
 }
+
+TEST(Checkpoint, NestedRegionsBitwiseEqualPlain) {
+  manual_seed(0);
+  nn::Sequential inner = make_mlp(16, 2, 0.2);
+  nn::Linear head(16, 16);
+  Tensor x = randn({4, 16});
+  nn::Sequential all(inner, head);  // one module, so run() collects both
+  auto plain = [&](const Tensor& h) { return head(inner(h)).tanh(); };
+  auto inner_region = [&](const Tensor& b) { return inner(b); };
+  auto outer_region = [&](const Tensor& a) { return head(checkpoint(inner_region, a)).tanh(); };
+  auto nested = [&](const Tensor& h) { return checkpoint(outer_region, h); };
+  expect_same_grads(run(*all, plain, x, 11), run(*all, nested, x, 11));
+}
