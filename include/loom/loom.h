@@ -3,6 +3,7 @@
 
 #include "loom/allocator.h"
 #include "loom/autograd.h"
+#include "loom/checkpoint.h"
 #include "loom/device.h"
 #include "loom/dtype.h"
 #include "loom/error.h"

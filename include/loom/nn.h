@@ -2,6 +2,7 @@
 #pragma once
 #include "loom/nn/module.h"
 #include "loom/nn/activation.h"
+#include "loom/nn/checkpoint.h"
 #include "loom/nn/container.h"
 #include "loom/nn/conv.h"
 #include "loom/nn/dropout.h"

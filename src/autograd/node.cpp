@@ -9,7 +9,20 @@ namespace loom::autograd {
 
 namespace {
 std::atomic<uint64_t> g_next_sequence_nr{0};
+thread_local SavedTensorSink* t_saved_tensor_sink = nullptr;
+
+[[noreturn]] void throw_modified_in_place(const Tensor& t, uint64_t now, uint64_t expected,
+                                          const std::string& owner_name) {
+  LOOM_ERROR("one of the tensors needed for gradient computation has been modified by an inplace "
+             "operation: a tensor of shape ", shape_str(t.sizes()), " and dtype ", dtype_name(t.dtype()),
+             " saved by ", owner_name, " is at version ", now, "; expected version ", expected, " instead");
 }
+}  // namespace
+
+SavedTensorSinkGuard::SavedTensorSinkGuard(SavedTensorSink* sink) : prev_(t_saved_tensor_sink) {
+  t_saved_tensor_sink = sink;
+}
+SavedTensorSinkGuard::~SavedTensorSinkGuard() { t_saved_tensor_sink = prev_; }
 
 Node::Node() : sequence_nr(g_next_sequence_nr.fetch_add(1, std::memory_order_relaxed)) {}
 
@@ -31,17 +44,38 @@ SavedTensor::SavedTensor(const Tensor& t, bool is_output) {
   }
 }
 
+SavedTensor SavedTensor::deferred(const Tensor& t, std::shared_ptr<Recomputer> recomputer, size_t index) {
+  SavedTensor s;
+  s.version_ = t._version();
+  s.recomputer_ = std::move(recomputer);
+  s.recompute_index_ = index;
+  s.watched_storage_ = t.unsafe_impl()->storage;
+  return s;
+}
+
+void SavedTensor::release() {
+  if (recomputer_ && !released_) recomputer_->release(recompute_index_);
+  data_ = Tensor();
+  recomputer_ = nullptr;
+  released_ = true;
+}
+
 Tensor SavedTensor::unpack(const std::shared_ptr<Node>& owner, const std::string& owner_name) const {
   LOOM_CHECK(!released_, owner_name,
              ": trying to backward through the graph a second time (or to use saved tensors after they "
              "were freed). Saved tensors are freed after backward; pass retain_graph=true to the first "
              "backward if you need to run it again.");
+  if (recomputer_) {
+    Tensor t = recomputer_->unpack(recompute_index_, owner, owner_name);
+    // A tensor that died after the forward pass cannot have been written since.
+    if (std::shared_ptr<Storage> s = watched_storage_.lock()) {
+      const uint64_t now = s->version.load(std::memory_order_relaxed);
+      if (now != version_) throw_modified_in_place(t, now, version_, owner_name);
+    }
+    return t;
+  }
   if (!data_.defined()) return Tensor();
-  LOOM_CHECK(data_._version() == version_,
-             "one of the tensors needed for gradient computation has been modified by an inplace "
-             "operation: a tensor of shape ", shape_str(data_.sizes()), " and dtype ",
-             dtype_name(data_.dtype()), " saved by ", owner_name, " is at version ", data_._version(),
-             "; expected version ", version_, " instead");
+  if (data_._version() != version_) throw_modified_in_place(data_, data_._version(), version_, owner_name);
   if (!is_output_) return data_;
   const TensorImpl* src = data_.unsafe_impl();
   Tensor t = make_alias(data_, src->sizes, src->strides, src->offset);
@@ -56,12 +90,14 @@ Tensor SavedTensor::unpack(const std::shared_ptr<Node>& owner, const std::string
 // ---- FunctionNode ----
 
 size_t FunctionNode::save(const Tensor& t) {
-  saved_.emplace_back(t, false);
+  if (t_saved_tensor_sink && t.defined()) saved_.push_back(t_saved_tensor_sink->on_save(t, false));
+  else saved_.emplace_back(t, false);
   return saved_.size() - 1;
 }
 
 size_t FunctionNode::save_output(const Tensor& t) {
-  saved_.emplace_back(t, true);
+  if (t_saved_tensor_sink && t.defined()) saved_.push_back(t_saved_tensor_sink->on_save(t, true));
+  else saved_.emplace_back(t, true);
   return saved_.size() - 1;
 }
 

@@ -59,6 +59,16 @@ struct Node : std::enable_shared_from_this<Node> {
   uint64_t sequence_nr;  // creation order: later nodes run first among ready ones
 };
 
+// Gives back, in backward, the tensors a checkpointed region dropped in its
+// forward pass (loom::checkpoint, Note [Activation checkpointing] in
+// src/autograd/checkpoint.cpp). `index` numbers the region's saves in order.
+class Recomputer {
+ public:
+  virtual ~Recomputer() = default;
+  virtual Tensor unpack(size_t index, const std::shared_ptr<Node>& owner, const std::string& owner_name) = 0;
+  virtual void release(size_t index) = 0;
+};
+
 // A tensor saved for backward. Saving an op's own output would make a cycle
 // (output -> grad_fn -> saved output), so outputs are saved without history
 // and re-attached to the node when unpacked.
@@ -66,11 +76,15 @@ class SavedTensor {
  public:
   SavedTensor() = default;
   SavedTensor(const Tensor& t, bool is_output);
+  // A save that keeps no data: `recomputer` gives it back on unpack. The
+  // version of t's storage is still checked, so an in-place write to a
+  // tensor that is alive fails as it would without checkpointing.
+  static SavedTensor deferred(const Tensor& t, std::shared_ptr<Recomputer> recomputer, size_t index);
   // Throws if the tensor was modified in place since it was saved, or if it
   // was released by an earlier backward.
   Tensor unpack(const std::shared_ptr<Node>& owner, const std::string& owner_name) const;
-  void release() { data_ = Tensor(); released_ = true; }
-  bool defined() const { return data_.defined() || released_; }
+  void release();
+  bool defined() const { return data_.defined() || released_ || recomputer_ != nullptr; }
 
  private:
   Tensor data_;
@@ -79,6 +93,31 @@ class SavedTensor {
   bool released_ = false;
   uint32_t output_nr_ = 0;
   bool requires_grad_ = false;
+  // Deferred saves only: the storage is watched, not kept.
+  std::shared_ptr<Recomputer> recomputer_;
+  size_t recompute_index_ = 0;
+  std::weak_ptr<Storage> watched_storage_;
+};
+
+// Where FunctionNode::save and save_output send defined tensors while a sink
+// is installed on this thread (loom::checkpoint's regions); the sink returns
+// what the node keeps instead.
+class SavedTensorSink {
+ public:
+  virtual ~SavedTensorSink() = default;
+  virtual SavedTensor on_save(const Tensor& t, bool is_output) = 0;
+};
+
+// Installs a sink for its scope; sinks nest, the innermost takes the saves.
+class SavedTensorSinkGuard {
+ public:
+  explicit SavedTensorSinkGuard(SavedTensorSink* sink);
+  ~SavedTensorSinkGuard();
+  SavedTensorSinkGuard(const SavedTensorSinkGuard&) = delete;
+  SavedTensorSinkGuard& operator=(const SavedTensorSinkGuard&) = delete;
+
+ private:
+  SavedTensorSink* prev_;
 };
 
 class FunctionNode;

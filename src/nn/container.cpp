@@ -52,13 +52,17 @@ std::shared_ptr<Module> SequentialImpl::at(int64_t index) const {
 // description, and a module that wants its own forward derives from Module
 // (and stays opaque). The plan is made on every call, since a child's
 // settings (GELU's approximate) are public and may change between calls.
-Tensor SequentialImpl::forward(const Tensor& input) {
+Tensor SequentialImpl::forward(const Tensor& input) { return forward_range(input, 0, modules_.size()); }
+
+Tensor SequentialImpl::forward_range(const Tensor& input, size_t begin, size_t end) {
+  LOOM_CHECK(begin <= end && end <= modules_.size(), "Sequential: forward_range [", begin, ", ", end,
+             ") is not a range of its ", modules_.size(), " children");
   std::vector<FusionStep> steps;
-  steps.reserve(modules_.size());
-  for (const auto& m : modules_) steps.push_back(m->fusion_step());
+  steps.reserve(end - begin);
+  for (size_t k = begin; k < end; ++k) steps.push_back(modules_[k]->fusion_step());
   Tensor x = input;
   for (const FusionRun& run : plan_fusion(steps)) {
-    const size_t i = run.first;
+    const size_t i = begin + run.first;
     try {
       if (run.count == 2) {
         // Runs of two start with a child described as a Linear: a LinearImpl,

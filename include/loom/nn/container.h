@@ -72,6 +72,9 @@ class SequentialImpl : public Module {
   explicit SequentialImpl(const std::vector<NamedModule>& named);
 
   Tensor forward(const Tensor& input) override;
+  // Runs children [begin, end) only, fused as forward fuses them: forward is
+  // forward_range(input, 0, size()) (nn::checkpoint_sequential's segments).
+  Tensor forward_range(const Tensor& input, size_t begin, size_t end);
 
   // Appends a child named by its position ("3").
   template <detail::AnyModule M>

@@ -1,0 +1,170 @@
+// loom::checkpoint: activation checkpointing in the eager autograd.
+//
+// Note [Activation checkpointing]
+// A checkpointed region records its autograd graph as any other code does;
+// what it changes is which tensors that graph keeps. While fn runs in the
+// forward pass, a SavedTensorSink (src/autograd/node.h) takes every tensor
+// the region's ops save for backward and hands the node a deferred save
+// instead: an index into the region's CheckpointFrame and a watch on the
+// tensor's storage version, but no data. Intermediate activations are then
+// owned by nothing and freed as soon as the forward pass moves on; the frame
+// keeps only fn, the inputs and the random-number state.
+//
+// In backward, the first node of the region to unpack a saved tensor makes
+// the frame recompute: fn runs again on detached copies of the inputs (each
+// requiring grad where the original did), with grad mode on, so every op
+// makes the same nodes and the same saves in the same order; a second sink
+// collects those saves. Their data is what the original nodes unpack, by
+// index. The recomputation's own graph is thrown away, so backward runs the
+// ORIGINAL graph: the same nodes in the same order, edges to the same
+// parameters' AccumulateGrad, gradients summed in the same order. That is
+// why the gradients equal those without checkpointing bit for bit, also for
+// a parameter used inside and outside the region and for autograd::grad
+// (unlike PyTorch's reentrant form, which runs a nested backward).
+//
+// RNG replay rule: the frame stores the global generator's state
+// (get_rng_state) before fn's forward; the recomputation sets it, runs fn,
+// and puts back the state backward found, so dropout inside fn draws the same
+// masks and the stream after backward is the same as without checkpointing.
+//
+// A recomputed tensor is freed when the node that saved it releases its
+// saves (after its backward, unless retain_graph), so the peak in backward
+// is one region's activations at a time. Saves of inputs and parameters are
+// dropped too: they stay alive anyway, and one rule for every save keeps the
+// indices of the two passes aligned.
+#include "loom/checkpoint.h"
+
+#include <memory>
+
+#include "autograd/node.h"
+#include "loom/autograd.h"
+#include "loom/ops.h"
+
+namespace loom {
+
+namespace {
+
+using autograd::Node;
+using autograd::SavedTensor;
+
+class CheckpointFrame : public autograd::Recomputer {
+ public:
+  CheckpointFrame(CheckpointFn fn, const std::vector<Tensor>& inputs)
+      : fn_(std::move(fn)), inputs_(inputs), rng_(get_rng_state()) {
+    input_versions_.reserve(inputs_.size());
+    for (const Tensor& t : inputs_) input_versions_.push_back(t.defined() ? t._version() : 0);
+  }
+
+  // The forward pass: every save becomes a deferred one with the next index.
+  class Dropper : public autograd::SavedTensorSink {
+   public:
+    explicit Dropper(std::shared_ptr<CheckpointFrame> frame) : frame_(std::move(frame)) {}
+    SavedTensor on_save(const Tensor& t, bool) override {
+      return SavedTensor::deferred(t, frame_, frame_->forward_saves_++);
+    }
+
+   private:
+    std::shared_ptr<CheckpointFrame> frame_;
+  };
+
+  Tensor run_forward() { return fn_(inputs_); }
+
+  Tensor unpack(size_t index, const std::shared_ptr<Node>& owner, const std::string& owner_name) override {
+    LOOM_CHECK(!is_grad_enabled(), "checkpoint: ", owner_name,
+               " is inside a checkpointed region, and backward with create_graph=true cannot go through "
+               "one: its recomputed activations carry no history back to the region's inputs; run that "
+               "region without loom::checkpoint to take higher-order gradients");
+    if (!recomputed_) recompute();
+    LOOM_ASSERT(index < saves_.size(), "checkpoint: save ", index, " of ", saves_.size());
+    return saves_[index].unpack(owner, owner_name);
+  }
+
+  void release(size_t index) override {
+    if (index < saves_.size()) saves_[index].release();
+  }
+
+ private:
+  // The backward pass: keeps what the recomputation's ops save, in order.
+  class Collector : public autograd::SavedTensorSink {
+   public:
+    explicit Collector(std::vector<SavedTensor>& out) : out_(out) {}
+    SavedTensor on_save(const Tensor& t, bool is_output) override {
+      // Outputs are kept without history already; an input is detached so
+      // the recomputation's graph behind it can be freed.
+      out_.emplace_back(is_output ? t : t.detach(), is_output);
+      return SavedTensor();
+    }
+
+   private:
+    std::vector<SavedTensor>& out_;
+  };
+
+  // Restores the generator even when fn throws.
+  struct RngRestore {
+    RngState state = get_rng_state();
+    ~RngRestore() { set_rng_state(state); }
+  };
+
+  void recompute() {
+    std::vector<Tensor> detached;
+    detached.reserve(inputs_.size());
+    for (size_t k = 0; k < inputs_.size(); ++k) {
+      const Tensor& x = inputs_[k];
+      if (!x.defined()) {
+        detached.push_back(x);
+        continue;
+      }
+      LOOM_CHECK(x._version() == input_versions_[k], "checkpoint: input ", k, " (shape ",
+                 shape_str(x.sizes()), ") was modified by an inplace operation after the forward pass "
+                 "(version ", x._version(), ", expected ", input_versions_[k],
+                 "); the recomputation in backward needs its original values");
+      Tensor d = x.detach();
+      if (x.requires_grad()) d.requires_grad_(true);
+      detached.push_back(std::move(d));
+    }
+    std::vector<SavedTensor> saves;
+    {
+      RngRestore restore;
+      set_rng_state(rng_);
+      Collector collector(saves);
+      autograd::SavedTensorSinkGuard sink(&collector);
+      AutoGradMode grad_on(true);
+      fn_(detached);
+    }
+    LOOM_CHECK(saves.size() == forward_saves_, "checkpoint: recomputing fn in backward saved ", saves.size(),
+               " tensors for backward, but its forward pass saved ", forward_saves_,
+               "; fn must run the same ops on every call (no branching on values or on the call count)");
+    saves_ = std::move(saves);
+    recomputed_ = true;
+  }
+
+  CheckpointFn fn_;
+  std::vector<Tensor> inputs_;
+  std::vector<uint64_t> input_versions_;
+  RngState rng_;  // the global generator when the forward pass began
+  size_t forward_saves_ = 0;
+  bool recomputed_ = false;
+  std::vector<SavedTensor> saves_;  // the recomputation's, by forward index
+};
+
+}  // namespace
+
+Tensor checkpoint(CheckpointFn fn, const std::vector<Tensor>& inputs) {
+  LOOM_CHECK(fn != nullptr, "checkpoint: fn is empty");
+  // Nothing would be saved: no graph is recorded.
+  if (!is_grad_enabled()) return fn(inputs);
+  auto frame = std::make_shared<CheckpointFrame>(std::move(fn), inputs);
+  CheckpointFrame::Dropper dropper(frame);
+  autograd::SavedTensorSinkGuard sink(&dropper);
+  Tensor out = frame->run_forward();
+  LOOM_CHECK(out.defined(), "checkpoint: fn returned an undefined tensor");
+  return out;
+}
+
+Tensor checkpoint(std::function<Tensor(const Tensor&)> fn, const Tensor& input) {
+  LOOM_CHECK(fn != nullptr, "checkpoint: fn is empty");
+  return checkpoint(CheckpointFn([fn = std::move(fn)](const std::vector<Tensor>& xs) { return fn(xs[0]); }),
+                    std::vector<Tensor>{input});
+}
+
+}  // namespace loom

@@ -1,0 +1,318 @@
+// Activation checkpointing: loom::checkpoint and nn::checkpoint_sequential
+// give the gradients of plain backward bit for bit (inputs and parameters,
+// dropout included), keep less memory, and fail clearly where they cannot work.
+#include <gtest/gtest.h>
+#include <loom/loom.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "test_util.h"
+
+using namespace loom;
+using loom::test::error_of;
+using loom::test::throws_with;
+
+namespace {
+
+// Same dtype, shape and bytes (stricter than equal(): -0 vs 0, NaN payloads).
+::testing::AssertionResult bitwise_equal(const Tensor& a, const Tensor& b) {
+  if (!a.defined() || !b.defined())
+    return a.defined() == b.defined() ? ::testing::AssertionSuccess()
+                                      : ::testing::AssertionFailure() << "one tensor is undefined";
+  if (a.dtype() != b.dtype() || a.sizes() != b.sizes())
+    return ::testing::AssertionFailure() << "dtype or shape differs";
+  Tensor ca = a.contiguous(), cb = b.contiguous();
+  const size_t n = static_cast<size_t>(a.numel()) * element_size(a.dtype());
+  if (std::memcmp(ca.raw_data_ptr(), cb.raw_data_ptr(), n) != 0)
+    return ::testing::AssertionFailure() << "bytes differ, max |a - b| = "
+                                         << (ca.to(kFloat64) - cb.to(kFloat64)).abs().max().item<double>();
+  return ::testing::AssertionSuccess();
+}
+
+// An MLP of Linear/GELU blocks, optionally with dropout after each GELU.
+nn::Sequential make_mlp(int64_t width, int64_t depth, double dropout = 0.0) {
+  nn::Sequential seq;
+  for (int64_t k = 0; k < depth; ++k) {
+    seq->push_back(nn::Linear(width, width));
+    seq->push_back(nn::GELU());
+    if (dropout > 0) seq->push_back(nn::Dropout(dropout));
+  }
+  return seq;
+}
+
+// The gradients one backward leaves: the input's, then every parameter's.
+struct Grads {
+  std::vector<Tensor> all;
+  Tensor out;
+};
+
+// Runs forward(x) and backward of a weighted sum from seed `seed`, with the
+// module's grads cleared first; returns the input and parameter gradients.
+Grads run(nn::Module& m, const std::function<Tensor(const Tensor&)>& forward, const Tensor& x0, uint64_t seed) {
+  m.zero_grad();
+  manual_seed(seed);
+  Tensor x = x0.detach().clone().requires_grad_(true);
+  Tensor y = forward(x);
+  Tensor w = linspace(-1.0, 1.0, y.numel()).reshape(y.sizes());
+  (y * w).sum().backward();
+  Grads g;
+  g.out = y.detach();
+  g.all.push_back(x.grad());
+  for (const Tensor& p : m.parameters()) g.all.push_back(p.grad());
+  return g;
+}
+
+void expect_same_grads(const Grads& plain, const Grads& ckpt) {
+  EXPECT_TRUE(bitwise_equal(plain.out, ckpt.out)) << "forward output";
+  ASSERT_EQ(plain.all.size(), ckpt.all.size());
+  for (size_t k = 0; k < plain.all.size(); ++k) {
+    ASSERT_TRUE(plain.all[k].defined()) << "gradient " << k;
+    EXPECT_TRUE(bitwise_equal(plain.all[k], ckpt.all[k])) << "gradient " << k << " (0 = input)";
+  }
+}
+
+}  // namespace
+
+TEST(Checkpoint, MlpGradientsBitwiseEqualPlain) {
+  manual_seed(0);
+  nn::Sequential mlp = make_mlp(32, 3);
+  Tensor x = randn({8, 32});
+  Grads plain = run(*mlp, [&](const Tensor& h) { return mlp(h); }, x, 1);
+  Grads ckpt = run(*mlp, [&](const Tensor& h) { return checkpoint([&](const Tensor& t) { return mlp(t); }, h); },
+                   x, 1);
+  expect_same_grads(plain, ckpt);
+}
+
+TEST(Checkpoint, DropoutMasksReplayAndStreamContinues) {
+  manual_seed(0);
+  nn::Sequential mlp = make_mlp(32, 3, 0.3);
+  Tensor x = randn({8, 32});
+  Grads plain = run(*mlp, [&](const Tensor& h) { return mlp(h); }, x, 7);
+  const RngState after_plain = get_rng_state();
+  Tensor next_plain = rand({16});
+  Grads ckpt = run(*mlp, [&](const Tensor& h) { return checkpoint([&](const Tensor& t) { return mlp(t); }, h); },
+                   x, 7);
+  const RngState after_ckpt = get_rng_state();
+  Tensor next_ckpt = rand({16});
+  expect_same_grads(plain, ckpt);
+  // Backward's recomputation put the generator back: the stream goes on as
+  // without checkpointing.
+  EXPECT_EQ(after_plain.seed, after_ckpt.seed);
+  EXPECT_EQ(after_plain.offset, after_ckpt.offset);
+  EXPECT_TRUE(bitwise_equal(next_plain, next_ckpt));
+}
+
+TEST(Checkpoint, SequentialSegmentsBitwiseEqualPlain) {
+  for (double p : {0.0, 0.25}) {
+    manual_seed(0);
+    nn::Sequential mlp = make_mlp(24, 4, p);
+    Tensor x = randn({6, 24});
+    Grads plain = run(*mlp, [&](const Tensor& h) { return mlp(h); }, x, 3);
+    for (int64_t segments : {1, 2, 4}) {
+      SCOPED_TRACE("dropout " + std::to_string(p) + ", segments " + std::to_string(segments));
+      Grads ckpt = run(*mlp, [&](const Tensor& h) { return nn::checkpoint_sequential(mlp, segments, h); }, x, 3);
+      expect_same_grads(plain, ckpt);
+    }
+  }
+}
+
+TEST(Checkpoint, ParameterUsedInsideAndOutsideAccumulatesInPlainOrder) {
+  // One Linear used twice inside the region and once after it: three
+  // contributions to its .grad, summed in the order plain backward sums them.
+  manual_seed(0);
+  nn::Linear fc(16, 16);
+  Tensor x = randn({5, 16});
+  auto body = [&](const Tensor& h) { return gelu(fc(tanh(fc(h)))); };
+  auto plain = [&](const Tensor& h) { return fc(body(h)) * 0.5; };
+  auto ckpt = [&](const Tensor& h) { return fc(checkpoint(body, h)) * 0.5; };
+  expect_same_grads(run(*fc, plain, x, 5), run(*fc, ckpt, x, 5));
+
+  // On top of a .grad an earlier backward left (gradient accumulation).
+  auto twice = [&](const std::function<Tensor(const Tensor&)>& forward) {
+    fc->zero_grad();
+    Tensor x1 = x.detach().clone().requires_grad_(true);
+    forward(x1).sum().backward();
+    (forward(x1) * 0.25).sum().backward();
+    return std::vector<Tensor>{x1.grad(), fc->weight.grad().clone(), fc->bias.grad().clone()};
+  };
+  std::vector<Tensor> a = twice(plain), b = twice(ckpt);
+  for (size_t k = 0; k < a.size(); ++k) EXPECT_TRUE(bitwise_equal(a[k], b[k])) << k;
+}
+
+TEST(Checkpoint, SeveralInputsSomeWithoutGrad) {
+  manual_seed(0);
+  nn::Linear fc(8, 8);
+  Tensor a0 = randn({4, 8}), m = randn({4, 8});  // m needs no gradient
+  auto f = [&](const Tensor& a, const Tensor& mask) { return sigmoid(fc(a) * mask) + a; };
+  auto grads_of = [&](const std::function<Tensor(const Tensor&)>& forward) {
+    fc->zero_grad();
+    Tensor a = a0.clone().requires_grad_(true);
+    forward(a).sum().backward();
+    return std::vector<Tensor>{a.grad(), fc->weight.grad(), fc->bias.grad()};
+  };
+  std::vector<Tensor> plain = grads_of([&](const Tensor& a) { return f(a, m); });
+  std::vector<Tensor> variadic = grads_of([&](const Tensor& a) { return checkpoint(f, a, m); });
+  std::vector<Tensor> list = grads_of([&](const Tensor& a) {
+    return checkpoint([&](const std::vector<Tensor>& xs) { return f(xs[0], xs[1]); }, {a, m});
+  });
+  for (size_t k = 0; k < plain.size(); ++k) {
+    EXPECT_TRUE(bitwise_equal(plain[k], variadic[k])) << k;
+    EXPECT_TRUE(bitwise_equal(plain[k], list[k])) << k;
+  }
+  EXPECT_FALSE(m.grad().defined());
+}
+
+TEST(Checkpoint, AutogradGradReachesParametersInside) {
+  manual_seed(0);
+  nn::Sequential mlp = make_mlp(16, 2);
+  Tensor x = randn({4, 16}).requires_grad_(true);
+  std::vector<Tensor> wrt = mlp->parameters();
+  wrt.push_back(x);
+  std::vector<Tensor> plain = autograd::grad({mlp(x).sum()}, wrt);
+  std::vector<Tensor> ckpt = autograd::grad({nn::checkpoint_sequential(mlp, 2, x).sum()}, wrt);
+  ASSERT_EQ(plain.size(), ckpt.size());
+  for (size_t k = 0; k < plain.size(); ++k) EXPECT_TRUE(bitwise_equal(plain[k], ckpt[k])) << k;
+  for (const Tensor& p : mlp->parameters()) EXPECT_FALSE(p.grad().defined());  // grad() accumulates nothing
+}
+
+TEST(Checkpoint, NoGradJustRunsFn) {
+  manual_seed(0);
+  nn::Linear fc(4, 4);
+  Tensor x = randn({2, 4}).requires_grad_(true);
+  int calls = 0;
+  Tensor y;
+  {
+    NoGradGuard no_grad;
+    y = checkpoint([&](const Tensor& h) { ++calls; return fc(h); }, x);
+  }
+  EXPECT_EQ(calls, 1);
+  EXPECT_FALSE(y.requires_grad());
+  EXPECT_TRUE(bitwise_equal(y, fc(x).detach()));
+  // Nothing requires grad: no graph, and fn runs once.
+  Tensor z = randn({2, 3});
+  Tensor w = checkpoint([&](const Tensor& h) { ++calls; return h.exp(); }, z);
+  EXPECT_EQ(calls, 2);
+  EXPECT_FALSE(w.requires_grad());
+}
+
+TEST(Checkpoint, RecomputesOnceInBackward) {
+  manual_seed(0);
+  nn::Linear fc(4, 4);
+  Tensor x = randn({2, 4}).requires_grad_(true);
+  int calls = 0;
+  Tensor y = checkpoint([&](const Tensor& h) { ++calls; return gelu(fc(h)).exp(); }, x);
+  EXPECT_EQ(calls, 1);
+  y.sum().backward();
+  EXPECT_EQ(calls, 2);
+}
+
+TEST(Checkpoint, SecondBackwardNeedsRetainGraph) {
+  manual_seed(0);
+  nn::Linear fc(4, 4);
+  Tensor x = randn({2, 4}).requires_grad_(true);
+  auto f = [&](const Tensor& h) { return gelu(fc(h)); };
+  Tensor y = checkpoint(f, x).sum();
+  y.backward();
+  EXPECT_TRUE(throws_with([&] { y.backward(); }, {"backward through the graph a second time", "retain_graph"}));
+
+  // With retain_graph both backwards run and add up as without checkpointing.
+  Tensor xa = x.detach().clone().requires_grad_(true), xb = x.detach().clone().requires_grad_(true);
+  Tensor ya = f(xa).sum(), yb = checkpoint(f, xb).sum();
+  ya.backward({}, true);
+  ya.backward();
+  yb.backward({}, true);
+  yb.backward();
+  EXPECT_TRUE(bitwise_equal(xa.grad(), xb.grad()));
+}
+
+TEST(Checkpoint, CreateGraphIsAnError) {
+  manual_seed(0);
+  Tensor x = randn({3}).requires_grad_(true);
+  Tensor y = checkpoint([](const Tensor& h) { return (h * h).tanh(); }, x).sum();
+  EXPECT_TRUE(throws_with([&] { autograd::grad({y}, {x}, {}, std::nullopt, /*create_graph=*/true); },
+                          {"checkpoint", "create_graph=true"}));
+}
+
+TEST(Checkpoint, InputWrittenInPlaceAfterForwardIsAnError) {
+  manual_seed(0);
+  nn::Linear fc(4, 4);
+  Tensor x = randn({2, 4});
+  Tensor y = checkpoint([&](const Tensor& h) { return gelu(fc(h)); }, x);
+  x.add_(1.0);
+  EXPECT_TRUE(throws_with([&] { y.sum().backward(); }, {"checkpoint", "input 0", "inplace"}));
+}
+
+TEST(Checkpoint, FnThatChangesBetweenCallsIsAnError) {
+  manual_seed(0);
+  Tensor x = randn({3}).requires_grad_(true);
+  int calls = 0;
+  Tensor y = checkpoint([&](const Tensor& h) { return ++calls == 1 ? h.exp() : h.exp().exp(); }, x);
+  EXPECT_TRUE(throws_with([&] { y.sum().backward(); }, {"checkpoint", "same ops"}));
+}
+
+TEST(Checkpoint, SequentialBadSegmentsAreErrors) {
+  nn::Sequential mlp = make_mlp(4, 2);  // 4 children
+  Tensor x = randn({2, 4});
+  EXPECT_TRUE(throws_with([&] { nn::checkpoint_sequential(mlp, 0, x); },
+                          {"checkpoint_sequential", "segments", "[1, 4]", "got 0"}));
+  EXPECT_TRUE(throws_with([&] { nn::checkpoint_sequential(mlp, 5, x); }, {"checkpoint_sequential", "got 5"}));
+  nn::Sequential empty;
+  EXPECT_TRUE(throws_with([&] { nn::checkpoint_sequential(empty, 1, x); }, {"checkpoint_sequential", "[1, 0]"}));
+  // Segments that do not divide the children: the last takes the rest.
+  Tensor xr = x.clone().requires_grad_(true);
+  EXPECT_NO_THROW(nn::checkpoint_sequential(mlp, 3, xr).sum().backward());
+  EXPECT_TRUE(xr.grad().defined());
+}
+
+// Peak bytes in use over forward + backward of a 32-layer MLP, measured from
+// the bytes in use before forward (parameters and their .grad already
+// allocated by a warm-up, so only activations and transients count).
+size_t peak_activation_bytes(nn::Sequential& mlp, const Tensor& x, int64_t segments) {
+  auto step = [&] {
+    Tensor y = segments == 0 ? mlp(x) : nn::checkpoint_sequential(mlp, segments, x);
+    y.sum().backward();
+  };
+  step();  // .grad buffers exist from here on
+  const size_t before = cpu_allocator_stats().bytes_in_use;
+  cpu_reset_peak_stats();
+  step();
+  return cpu_allocator_stats().peak_bytes_in_use - before;
+}
+
+TEST(Checkpoint, SequentialSqrtSegmentsLowerPeakMemory) {
+  manual_seed(0);
+  nn::Sequential mlp = make_mlp(256, 32);  // 64 children
+  Tensor x = randn({64, 256});
+  const size_t plain = peak_activation_bytes(mlp, x, 0);
+  const size_t ckpt = peak_activation_bytes(mlp, x, 8);  // sqrt(64)
+  const double ratio = static_cast<double>(ckpt) / static_cast<double>(plain);
+  std::printf("peak above parameters: plain %zu bytes, 8 segments %zu bytes (%.3fx)\n", plain, ckpt, ratio);
+  EXPECT_LT(ratio, 0.6);
+}
+
+TEST(Checkpoint, ParameterWrittenInPlaceBeforeBackwardIsAnError) {
+  // As without checkpointing: a dropped save still watches its tensor's version.
+  manual_seed(0);
+  nn::Linear fc(4, 4);
+  Tensor x = randn({2, 4}).requires_grad_(true);
+  Tensor y = checkpoint([&](const Tensor& h) { return gelu(fc(h)); }, x);
+  {
+    NoGradGuard no_grad;
+    fc->weight.mul_(0.5);
+  }
+  EXPECT_TRUE(throws_with([&] { y.sum().backward(); }, {"modified by an inplace operation", "expected version"}));
+}
+
+TEST(Checkpoint, NestedRegionsBitwiseEqualPlain) {
+  manual_seed(0);
+  nn::Sequential inner = make_mlp(16, 2, 0.2);
+  nn::Linear head(16, 16);
+  Tensor x = randn({4, 16});
+  nn::Sequential all(inner, head);  // one module, so run() collects both
+  auto plain = [&](const Tensor& h) { return head(inner(h)).tanh(); };
+  auto inner_region = [&](const Tensor& b) { return inner(b); };
+  auto outer_region = [&](const Tensor& a) { return head(checkpoint(inner_region, a)).tanh(); };
+  auto nested = [&](const Tensor& h) { return checkpoint(outer_region, h); };
+  expect_same_grads(run(*all, plain, x, 11), run(*all, nested, x, 11));
+}
