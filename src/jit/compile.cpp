@@ -24,15 +24,31 @@
 // (a model that was destroyed, or gradients dropped by zero_grad outside the
 // step, record the step again).
 //
+// Under AddressSanitizer (the test_jit_asan build), a replay poisons the
+// whole arena and unpoisons each planned buffer for exactly the nodes it is
+// live at, so a kernel that touches bytes the plan gave to another buffer
+// (or a liveness interval that ends too early) is a report, not a silent
+// overwrite (Note [Static memory planning]).
+//
 // Per replay, before the kernels: each random draw reserves fresh counters
 // from its generator (the same generator, the same count as eager
 // execution), and fused optimizer calls read their hyperparameters.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <iostream>
 #include <list>
 #include <mutex>
 #include <sstream>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define LOOM_ARENA_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define LOOM_ARENA_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define LOOM_ARENA_POISON(p, n) ((void)(p), (void)(n))
+#define LOOM_ARENA_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 
 #include "core/allocator.h"
 #include "jit/graph.h"
@@ -126,6 +142,16 @@ class Executor {
         c.workspace = {static_cast<char*>(arena_->data) + w.arena_offset, w.nbytes};
       }
     }
+    // The planned buffers that become live at / die after each node.
+    live_from_.resize(g_ref.nodes.size());
+    live_to_.resize(g_ref.nodes.size());
+    if (plan_)
+      for (size_t b = 0; b < g_ref.buffers.size(); ++b) {
+        const BufferInfo& info = g_ref.buffers[b];
+        if (info.first < 0 || info.arena_offset < 0) continue;
+        live_from_[static_cast<size_t>(info.first)].push_back(static_cast<int>(b));
+        live_to_[static_cast<size_t>(info.last)].push_back(static_cast<int>(b));
+      }
     for (int b : g_ref.frozen) {
       auto s = g_ref.buffers[static_cast<size_t>(b)].captured.lock();
       frozen_versions_.push_back(s ? s->version.load() : 0);
@@ -212,20 +238,20 @@ class Executor {
     }
     size_t check = 0;
     std::vector<char> restored(g.buffers.size(), 0);
+    if (arena_) LOOM_ARENA_POISON(arena_->data, arena_->nbytes);
     for (size_t k = 0; k < g.nodes.size(); ++k) {
       const NodeInfo& n = g.nodes[k];
+      for (int b : live_from_[k]) LOOM_ARENA_UNPOISON(storages_[static_cast<size_t>(b)]->data, g.buffers[static_cast<size_t>(b)].nbytes);
       for (int b : restore_)
         if (!restored[static_cast<size_t>(b)] && g.buffers[static_cast<size_t>(b)].first == static_cast<int>(k)) {
           restore(b);
           restored[static_cast<size_t>(b)] = 1;
         }
-      if (n.kind == NodeKind::HostCheck) {
-        n.check(check_args_[check++]);
-        continue;
-      }
-      if (n.folded) continue;
-      run_kernel(calls_[k]);
+      if (n.kind == NodeKind::HostCheck) n.check(check_args_[check++]);
+      else if (!n.folded) run_kernel(calls_[k]);
+      for (int b : live_to_[k]) LOOM_ARENA_POISON(storages_[static_cast<size_t>(b)]->data, g.buffers[static_cast<size_t>(b)].nbytes);
     }
+    if (arena_) LOOM_ARENA_UNPOISON(arena_->data, arena_->nbytes);
     // Written state sees its version move, as an in-place op would move it.
     for (int b : dynamic_) {
       const BufferInfo& info = g.buffers[static_cast<size_t>(b)];
@@ -305,6 +331,7 @@ class Executor {
   std::vector<KernelCall> calls_;
   std::vector<std::vector<Tensor>> check_args_;
   std::vector<uint64_t> frozen_versions_;
+  std::vector<std::vector<int>> live_from_, live_to_;  // arena buffers by first / last node
   bool folded_run_ = false;
 };
 
@@ -339,6 +366,16 @@ std::shared_ptr<GraphImpl> recompute_and_plan(std::shared_ptr<GraphImpl> g, cons
     return c;
   };
   std::shared_ptr<GraphImpl> best = attempt(o.checkpoint_segments);
+  if (o.checkpoint_segments < 0 && best->plan.segments > 0) {
+    // Automatic: sqrt(heavy nodes) segments and a few counts around it,
+    // and every heavy node its own segment; the smallest arena wins.
+    const double root = best->plan.segments;
+    for (double f : {0.5, 0.7, 1.4, 2.0, 1e9}) {
+      const int s = std::max(2, static_cast<int>(std::lround(std::min(root * f, 1e6))));
+      std::shared_ptr<GraphImpl> c = attempt(s);
+      if (c->plan.arena_bytes < best->plan.arena_bytes) best = c;
+    }
+  }
   if (o.checkpoint_segments == 0 || o.memory_budget_bytes == 0) return best;
   for (int s = std::max(2, best->plan.segments + 1); best->plan.arena_bytes > o.memory_budget_bytes; ++s) {
     std::shared_ptr<GraphImpl> next = attempt(s);
@@ -447,6 +484,9 @@ std::vector<Tensor> Compiler::call(const std::vector<Tensor>& args) {
   g->plan.eager_peak_bytes = eager_peak;
   e.graph = g;
   e.exec = std::make_unique<Executor>(g, st.options.plan_memory);
+  // The eager recordings freed their intermediates into the CPU cache; the
+  // replays use the arena instead, so give those blocks back to the system.
+  cpu_empty_cache();
   st.stats.graphs = static_cast<int64_t>(st.cache.size());
   st.last_graph = std::make_shared<Graph>(g);
   return outs;

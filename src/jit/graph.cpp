@@ -211,6 +211,26 @@ std::string GraphImpl::peak_str() const {
      << "), written by:";
   for (const auto& [bytes, what] : rows) os << " " << what << " " << bytes << "B;";
   os << "\n";
+  // The largest of them, with the node that needs each next.
+  std::vector<std::pair<size_t, int>> big;
+  for (size_t b = 0; b < buffers.size(); ++b) {
+    const BufferInfo& info = buffers[b];
+    if (info.first < 0 || info.first > at || info.last < at || info.kind != BufferKind::Intermediate) continue;
+    big.emplace_back(info.nbytes, static_cast<int>(b));
+  }
+  std::sort(big.rbegin(), big.rend());
+  if (big.size() > 8) big.resize(8);
+  for (const auto& [bytes, b] : big) {
+    int next = -1;
+    for (size_t k = static_cast<size_t>(at) + 1; k < nodes.size() && next < 0; ++k) {
+      for (int r : reads(nodes[k])) next = r == b ? static_cast<int>(k) : next;
+      for (int w : writes(nodes[k])) next = w == b ? static_cast<int>(k) : next;
+    }
+    os << "  #   " << bytes << "B buffer " << b << ", live nodes " << buffers[static_cast<size_t>(b)].first << ".."
+       << buffers[static_cast<size_t>(b)].last;
+    if (next >= 0) os << ", next used by node " << next << " (" << nodes[static_cast<size_t>(next)].name() << ")";
+    os << "\n";
+  }
   return os.str();
 }
 

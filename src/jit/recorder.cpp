@@ -156,11 +156,9 @@ void Recorder::on_host_access(const TensorImpl& impl, const char* what) {
   // Host code may fill a tensor it just made; any other access reads or
   // writes a value the replay would not see again.
   if (info.alloc_node >= 0 && !info.kernel_touched) return;
-  std::string why = "reads or writes a tensor's value on the host (shape " + shape_str(impl.sizes) +
-                    ", dtype " + dtype_name(impl.dtype) +
-                    "); a replay runs only the recorded kernels, so the value it sees would be frozen at capture. "
-                    "Read values after the compiled call (it returns tensors), not inside it";
-  refuse(what, why.c_str());
+  LOOM_ERROR("compile: ", what, " reads or writes a tensor's value on the host (shape ", shape_str(impl.sizes),
+             ", dtype ", dtype_name(impl.dtype), "); a replay runs only the recorded kernels, so the value it sees "
+             "would be frozen at capture. Read values after the compiled call (it returns tensors), not inside it");
 }
 
 void Recorder::on_rng(const Generator& generator, uint64_t n, uint64_t seed, uint64_t offset) {

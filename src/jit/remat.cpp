@@ -155,13 +155,20 @@ struct Rewriter {
     return {nodes.begin(), nodes.end()};
   }
 
-  // Copies `nodes` (forward, ascending) to just before node t, onto fresh
-  // buffers, and points every use at or after t of what they write at the
-  // copies. Returns how many nodes were inserted.
+  // Copies the forward nodes `nodes` (ascending) to just before node t.
   int insert_copies(const std::vector<int>& nodes, int t) {
+    std::vector<NodeInfo> block;
+    for (int k : nodes) block.push_back(g.nodes[static_cast<size_t>(k)]);
+    return insert_block(std::move(block), t);
+  }
+
+  // Puts `block` (nodes that rewrite forward values) just before node t,
+  // onto fresh buffers, and points every use at or after t of what they
+  // write at the fresh ones. Returns how many nodes were inserted.
+  int insert_block(std::vector<NodeInfo> block, int t) {
     std::map<int, int> buf_map;  // original buffer -> its copy
-    for (int k : nodes)
-      for (int b : g.writes(g.nodes[static_cast<size_t>(k)]))
+    for (const NodeInfo& n : block)
+      for (int b : g.writes(n))
         if (!buf_map.count(b)) {
           BufferInfo copy = g.buffers[static_cast<size_t>(b)];
           copy.captured.reset();
@@ -184,9 +191,7 @@ struct Rewriter {
       val_map[v] = id;
       return id;
     };
-    std::vector<NodeInfo> block;
-    for (int k : nodes) {
-      NodeInfo n = g.nodes[static_cast<size_t>(k)];
+    for (NodeInfo& n : block) {
       for (int& v : n.in) v = remap(v);
       for (int& v : n.out) v = remap(v);
       if (n.workspace >= 0) {
@@ -197,7 +202,6 @@ struct Rewriter {
       }
       n.recompute = true;
       n.backward = true;
-      block.push_back(std::move(n));
     }
     for (size_t k = static_cast<size_t>(t); k < g.nodes.size(); ++k) {
       for (int& v : g.nodes[k].in) v = remap(v);
@@ -224,7 +228,26 @@ int recompute_cheap(GraphImpl& g) {
     const auto& ws = r.writers[static_cast<size_t>(b)];
     if (ws.size() != 1) continue;
     const NodeInfo& p = g.nodes[static_cast<size_t>(ws[0])];
-    if (p.kind != NodeKind::Kernel || !cheap(p.op)) continue;
+    if (p.kind != NodeKind::Kernel) continue;
+    // A GEMM's activation epilogue: its output is, bit for bit, the
+    // activation's own kernel applied to the pre-activation output (ops.def),
+    // which the activation's backward keeps anyway.
+    if (p.op == OpKind::Linear && p.out.size() == 2 && g.values[static_cast<size_t>(p.out[0])].buffer == b &&
+        p.i[0] >= 1 && p.i[0] <= 3) {
+      const int pre = p.out[1];
+      const BufferInfo& pb = g.buffers[static_cast<size_t>(g.values[static_cast<size_t>(pre)].buffer)];
+      if (pb.kind == BufferKind::Intermediate && !pb.owned && pb.last >= t &&
+          !r.written_between(g.values[static_cast<size_t>(pre)].buffer, ws[0], t)) {
+        NodeInfo act;
+        act.kind = NodeKind::Kernel;
+        act.op = p.i[0] == 1 ? OpKind::Relu : p.i[0] == 2 ? OpKind::Gelu : OpKind::GeluTanh;
+        act.in = {pre};
+        act.out = {p.out[0]};
+        inserted += r.insert_block({std::move(act)}, t);
+      }
+      continue;
+    }
+    if (!cheap(p.op)) continue;
     std::vector<int> nodes = r.closure({b}, t, [](int) { return false; }, [](int) { return false; });
     if (nodes.size() != 1) continue;
     inserted += r.insert_copies(nodes, t);

@@ -10,6 +10,7 @@
 
 #include "loom/splitmix64.h"
 #include "loom/autograd.h"
+#include "loom/checkpoint.h"
 #include "loom/error.h"
 #include "loom/nn/functional.h"
 #include "loom/nn/init.h"
@@ -154,7 +155,13 @@ Tensor GPTImpl::forward(const Tensor& idx_in) {
   const int64_t t = idx.size(1);
   LOOM_CHECK(t <= config.block_size, "GPT: sequence of length ", t, " is longer than block_size ", config.block_size);
   Tensor x = drop(wte(idx) + wpe(arange(t, kInt64)));
-  for (size_t i = 0; i < h->size(); ++i) x = h->at<BlockImpl>(static_cast<int64_t>(i)).forward(x);
+  for (size_t i = 0; i < h->size(); ++i) {
+    BlockImpl& block = h->at<BlockImpl>(static_cast<int64_t>(i));
+    if (checkpoint_activations_ && is_grad_enabled())
+      x = loom::checkpoint([&block](const Tensor& in) { return block.forward(in); }, x);
+    else
+      x = block.forward(x);
+  }
   x = ln_f(x);
   return config.tie_weights ? F::linear(x, wte->weight) : lm_head(x);
 }

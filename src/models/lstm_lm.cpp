@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "loom/autograd.h"
+#include "loom/checkpoint.h"
 #include "loom/error.h"
 #include "loom/nn/functional.h"
 
@@ -37,6 +38,15 @@ LSTMLMImpl::LSTMLMImpl(const LSTMLMConfig& cfg) : Module("LSTMLM"), config(cfg) 
 }
 
 Tensor LSTMLMImpl::forward(const Tensor& idx) {
+  if (checkpoint_activations_ && is_grad_enabled()) {
+    Tensor out = loom::checkpoint(
+        [this](const Tensor& x) {
+          nn::LSTMState fresh;
+          return lstm(x, fresh).first;
+        },
+        embed(as_batch(idx, "LSTMLM")));
+    return head(out);
+  }
   nn::LSTMState state;
   return forward(idx, state);
 }

@@ -83,6 +83,10 @@ const TrainFlag kTrainFlags[] = {
     {"--threads", kAll, nullptr},
     {"--out", kAll, nullptr},
     {"--metrics", kAll, nullptr},
+    {"--compile", kAll, nullptr},
+    {"--checkpoint-activations", kAll, nullptr},
+    {"--memory-budget-mb", kAll, nullptr},
+    {"--dump-graph", kAll, nullptr},
     {"--hidden", kMlp, "only the mlp has hidden layer widths (cnn and resnet9 have fixed sizes; gpt and lstm take "
                        "--layers and --d-model)"},
     {"--data-dir", kImage, "it is the Fashion-MNIST folder; a language model reads --dataset text:PATH"},

@@ -22,6 +22,8 @@
 
 #include <loom/loom.h>
 
+#include "graph_options.h"
+
 namespace loom::cli {
 
 struct LmOptions {
@@ -47,6 +49,7 @@ struct LmOptions {
   int threads = 0;
   std::string out = "runs/gpt.safetensors";  // "" for none; main.cpp's default is runs/<model>.safetensors
   std::string metrics;                 // .csv: step,train_loss,val_loss,seconds
+  GraphOptions graph;                  // --compile, --checkpoint-activations, ...
 };
 
 struct LmPoint {

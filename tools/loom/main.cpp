@@ -157,6 +157,15 @@ int main(int argc, char** argv) {
   train->add_option("--grad-clip", lopts.grad_clip, "gpt/lstm: max gradient norm (0: off)")
       ->check(loom::cli::non_negative_number())
       ->capture_default_str();
+  train->add_flag("--compile", topts.graph.compile,
+                  "Capture the training step once and replay it (loom::compile): one planned arena, no per-op dispatch");
+  train->add_flag("--checkpoint-activations", topts.graph.checkpoint_activations,
+                  "Recompute activations in the backward instead of keeping them (eager: loom::checkpoint regions; "
+                  "with --compile: the recompute pass, sqrt(N) segments)");
+  train->add_option("--memory-budget-mb", topts.graph.memory_budget_mb,
+                    "With --compile --checkpoint-activations: more segments until the step's arena fits (0: sqrt(N))")
+      ->check(loom::cli::non_negative_number());
+  train->add_option("--dump-graph", topts.graph.dump_graph, "With --compile: write the step's graph as Graphviz DOT");
 
   // ---- loom eval ----
   std::string eval_file, eval_dir = loom::cli::kFashionMnistDir;
@@ -255,6 +264,7 @@ int main(int argc, char** argv) {
       lopts.threads = topts.threads;
       lopts.out = topts.out;
       lopts.metrics = topts.metrics;
+      lopts.graph = topts.graph;
       loom::cli::train_lm(lopts, std::cout);
     } else if (train->parsed()) {
       loom::cli::train(topts, std::cout, loom::cli::is_terminal(STDOUT_FILENO));

@@ -12,6 +12,7 @@
 #include <loom/loom.h>
 
 #include "checkpoint.h"
+#include "graph_options.h"
 #include "metrics.h"
 #include "model_config.h"
 
@@ -39,6 +40,7 @@ struct TrainOptions : TrainSettings {
   std::string resume;                    // checkpoint to continue from
   std::string metrics;                   // .csv or .jsonl file; "" for none
   int64_t test_limit = 0;  // evaluate on the first N test images (0: all)
+  GraphOptions graph;      // --compile, --checkpoint-activations, ... (not part of a checkpoint's settings)
 };
 
 // The options that must agree with a checkpoint to resume from it, and back.

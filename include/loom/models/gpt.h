@@ -118,6 +118,11 @@ class GPTImpl : public nn::Module {
   Tensor generate(const Tensor& idx, int64_t max_new_tokens, const GenerateOptions& options = {});
   void reset_parameters();
   std::string extra_repr() const override;
+  // Activation checkpointing: each block's activations are dropped after
+  // the forward and recomputed in the backward (loom::checkpoint), so
+  // training keeps one block's activations at a time.
+  void set_checkpoint_activations(bool on) { checkpoint_activations_ = on; }
+  bool checkpoint_activations() const { return checkpoint_activations_; }
 
   GPTConfig config;
   nn::ModuleDict transformer{nullptr};  // wte, wpe, drop, h (ModuleList of Block), ln_f
@@ -126,6 +131,8 @@ class GPTImpl : public nn::Module {
   nn::ModuleList h{nullptr};
   nn::LayerNorm ln_f{nullptr};
   nn::Linear lm_head{nullptr};  // null with tie_weights
+ private:
+  bool checkpoint_activations_ = false;
 };
 LOOM_MODULE(GPT);
 

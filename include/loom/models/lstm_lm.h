@@ -39,11 +39,18 @@ class LSTMLMImpl : public nn::Module {
   // history conditions every token (no context limit). use_cache is ignored.
   Tensor generate(const Tensor& idx, int64_t max_new_tokens, const GenerateOptions& options = {});
   std::string extra_repr() const override;
+  // Activation checkpointing: the LSTM's gate activations are dropped after
+  // the forward and recomputed in the backward (loom::checkpoint around the
+  // stateless forward's LSTM).
+  void set_checkpoint_activations(bool on) { checkpoint_activations_ = on; }
+  bool checkpoint_activations() const { return checkpoint_activations_; }
 
   LSTMLMConfig config;
   nn::Embedding embed{nullptr};
   nn::LSTM lstm{nullptr};
   nn::Linear head{nullptr};
+ private:
+  bool checkpoint_activations_ = false;
 };
 LOOM_MODULE(LSTMLM);
 
