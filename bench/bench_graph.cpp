@@ -8,7 +8,8 @@
 // Memory: peak_bytes is the CPU allocator's peak bytes in use over a steady
 // step (everything alive: parameters, gradients, optimizer state, the
 // compiled graph's arena, activations); activation_bytes is that minus the
-// persistent bytes (parameters + gradients + optimizer state); rss_bytes is
+// persistent bytes (parameters + gradients + optimizer state; the steps
+// zero their gradients in place, so those stay allocated); rss_bytes is
 // the resident high-water mark over the step minus the resident set before
 // it, with the cache emptied first (torch_graph.py measures torch the same
 // way). Times are per-rep wall times of one step; run.py takes medians.
@@ -59,10 +60,10 @@ struct StepStats {
   int64_t peak_bytes = 0, activation_bytes = 0, rss_bytes = 0;
 };
 
-// Warm-up (recording and settling for a compiled step), one measured step
-// for memory, then `reps` timed steps.
+// Warm-up (recording and settling for a compiled step: three calls), one
+// measured step for memory, then `reps` timed steps.
 StepStats measure(const Step& step, const Tensor& x, const Tensor& y, int reps, int64_t persistent) {
-  for (int k = 0; k < 4; ++k) step(x, y);
+  for (int k = 0; k < 3; ++k) step(x, y);
   StepStats s;
   cpu_empty_cache();
   reset_peak_resident();
@@ -106,9 +107,12 @@ int64_t persistent_bytes(const std::vector<Tensor>& params, int moments) {
   return b;
 }
 
+// zero_grad(set_to_none = false): the gradients stay allocated between
+// steps, so parameters + gradients + optimizer state are in use all along
+// and peak - persistent is the step's own memory, eager and compiled alike.
 Step train_step(std::function<Tensor(const Tensor&, const Tensor&)> loss_fn, optim::Optimizer& opt) {
   return [loss_fn, &opt](const Tensor& x, const Tensor& y) {
-    opt.zero_grad();
+    opt.zero_grad(false);
     Tensor loss = loss_fn(x, y);
     loss.backward();
     opt.step();

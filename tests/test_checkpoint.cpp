@@ -316,3 +316,31 @@ TEST(Checkpoint, NestedRegionsBitwiseEqualPlain) {
   auto nested = [&](const Tensor& h) { return checkpoint(outer_region, h); };
   expect_same_grads(run(*all, plain, x, 11), run(*all, nested, x, 11));
 }
+
+// BatchNorm inside a region: the recomputation normalizes with the batch's
+// statistics again but updates the running ones (and the batch count) only
+// once, in the forward; gradients and buffers equal the plain step's.
+TEST(Checkpoint, BatchNormRunningStatisticsUpdateOnce) {
+  auto make = [] {
+    manual_seed(11);
+    nn::Sequential s;
+    s->push_back(nn::Conv2d(2, 4, 3, {.padding = {1}}));
+    s->push_back(nn::BatchNorm2d(4));
+    s->push_back(nn::ReLU());
+    s->push_back(nn::Conv2d(4, 4, 3, {.padding = {1}}));
+    s->push_back(nn::BatchNorm2d(4));
+    return s;
+  };
+  nn::Sequential plain = make(), ckpt = make();
+  Tensor x = randn({3, 2, 5, 5});
+  for (int step = 0; step < 2; ++step) {
+    plain->forward(x).square().sum().backward();
+    nn::checkpoint_sequential(ckpt, 2, x).square().sum().backward();
+  }
+  EXPECT_FALSE(checkpoint_recomputing());
+  const StateDict a = plain->state_dict(), b = ckpt->state_dict();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t k = 0; k < a.size(); ++k) EXPECT_TRUE(bitwise_equal(a[k].second, b[k].second)) << a[k].first;
+  const auto pa = plain->parameters(), pb = ckpt->parameters();
+  for (size_t k = 0; k < pa.size(); ++k) EXPECT_TRUE(bitwise_equal(pa[k].grad(), pb[k].grad())) << "grad " << k;
+}

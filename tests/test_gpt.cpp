@@ -350,3 +350,48 @@ TEST(LanguageModelCommand, TrainsSavesAndGenerates) {
 }
 
 }  // namespace
+
+// `loom train --compile` (and --checkpoint-activations, eager and compiled)
+// ends with the weights of eager training, for both language models, with
+// dropout and the cosine schedule's learning rate changing every step.
+TEST(LanguageModelCommand, CompiledAndCheckpointedTrainingGiveTheEagerWeights) {
+  const auto dir = std::filesystem::temp_directory_path() / ("loom_lmc_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string text_file = (dir / "corpus.txt").string();
+  {
+    std::ofstream f(text_file);
+    for (int i = 0; i < 100; ++i) f << "the cat sat on the mat. ";
+  }
+  for (const std::string kind : {"gpt", "lstm"}) {
+    SCOPED_TRACE(kind);
+    loom::cli::LmOptions o;
+    o.model = kind;
+    o.text = text_file;
+    o.layers = 2;
+    o.d_model = 32;
+    o.heads = 2;
+    o.context = 16;
+    o.batch_size = 4;
+    o.max_steps = 12;
+    o.eval_every = 6;
+    o.eval_batches = 1;
+    o.dropout = 0.1;
+    o.out = "";
+    std::vector<loom::nn::StateDict> states;
+    for (int mode = 0; mode < 4; ++mode) {
+      o.graph.compile = mode == 1 || mode == 3;
+      o.graph.checkpoint_activations = mode >= 2;
+      std::ostringstream log;
+      const auto r = loom::cli::train_lm(o, log);
+      states.push_back(r.model->state_dict());
+      if (o.graph.compile) EXPECT_NE(log.str().find("compiled step:"), std::string::npos) << log.str();
+    }
+    for (int mode = 1; mode < 4; ++mode) {
+      ASSERT_EQ(states[0].size(), states[static_cast<size_t>(mode)].size());
+      for (size_t k = 0; k < states[0].size(); ++k)
+        EXPECT_TRUE(states[0][k].second.equal(states[static_cast<size_t>(mode)][k].second))
+            << "mode " << mode << ": " << states[0][k].first;
+    }
+  }
+  std::filesystem::remove_all(dir);
+}

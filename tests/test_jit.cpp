@@ -422,3 +422,47 @@ TEST(Compile, RecomputedActivationsGiveTheSameStepAndASmallerArena) {
   EXPECT_LT(arena[1], arena[0]);
   EXPECT_LT(arena[2], arena[1]);
 }
+
+// Gradients dropped outside the step (zero_grad() between calls): the state
+// the graph writes is gone, so the step records again, and stays right.
+TEST(Compile, StateDroppedOutsideTheStepRecordsAgain) {
+  manual_seed(9);
+  nn::Sequential a = models::mlp(6, {8}, 3), b = models::mlp(6, {8}, 3);
+  copy_params(*a, *b);
+  optim::SGD oa(a->parameters(), optim::SGDOptions(0.1)), ob(b->parameters(), optim::SGDOptions(0.1));
+  auto make_step = [](nn::Sequential m, optim::SGD& opt) {
+    return [m, &opt](const Tensor& x, const Tensor& y) {
+      Tensor loss = nn::functional::cross_entropy(m->forward(x), y);
+      loss.backward();
+      opt.step();
+      return loss;
+    };
+  };
+  auto eager = make_step(a, oa);
+  auto compiled = loom::compile(make_step(b, ob));
+  Tensor x = randn({4, 6}), y = randint(0, 3, {4});
+  for (int k = 0; k < 8; ++k) {
+    // The gradients are freed between steps (set_to_none), outside the step.
+    oa.zero_grad();
+    ob.zero_grad();
+    EXPECT_TRUE(same_bits(eager(x, y).detach(), compiled(x, y).detach())) << k;
+    expect_same_state(*a, *b);
+  }
+  // Every call finds its gradients gone: nothing is replayed, nothing is wrong.
+  EXPECT_EQ(compiled.stats().replays, 0);
+}
+
+// A step that makes new persistent state at every call cannot settle.
+TEST(Compile, StateCreatedAtEveryCallIsAnError) {
+  std::vector<Tensor> kept;
+  auto f = loom::compile([&](const Tensor& x) {
+    kept.push_back(x * 2.0);  // a new tensor outlives every call
+    return x + 1.0;
+  });
+  Tensor x = randn({3});
+  EXPECT_ERROR_HAS(
+      {
+        for (int k = 0; k < 6; ++k) f(x);
+      },
+      "compile: the step allocates persistent state mid-step");
+}

@@ -36,6 +36,7 @@ namespace fs = std::filesystem;
 using namespace loom;
 using cli::TrainOptions;
 using loom::test::throws_with;
+using loom::test::error_of;
 
 bool have_dataset() {
   return fs::exists(fs::path(cli::kFashionMnistDir) / "train-images-idx3-ubyte.gz") &&
@@ -784,3 +785,57 @@ TEST(LoomCli, NumericFlagErrorsSayWhatIsExpected) {
 }
 
 }  // namespace
+
+// ---- --compile and --checkpoint-activations: the same weights as eager training ----
+
+TEST(TrainCompile, EveryImageModelEndsWithTheWeightsOfEagerTraining) {
+  SKIP_WITHOUT_DATASET();
+  TempDir dir;
+  for (const std::string model : {"mlp", "cnn", "resnet9"}) {
+    SCOPED_TRACE(model);
+    TrainOptions o = tiny_options(dir);
+    o.model.name = model;
+    o.epochs = 1;
+    o.train_limit = model == "mlp" ? 1000 : 120;  // the last batch is smaller: a second graph
+    o.batch_size = model == "mlp" ? 64 : 16;
+    o.test_limit = 50;
+    o.optimizer = model == "resnet9" ? "sgd" : "adamw";
+    o.momentum = model == "resnet9" ? 0.9 : 0.0;
+    o.out = "";
+    std::ostringstream l1, l2, l3, l4;
+    const cli::TrainResult eager = cli::train(o, l1, false);
+    o.graph.compile = true;
+    o.graph.dump_graph = dir.file(model + ".dot");
+    const cli::TrainResult compiled = cli::train(o, l2, false);
+    {
+      SCOPED_TRACE("--compile");
+      expect_same_state(eager.model->state_dict(), compiled.model->state_dict());
+    }
+    EXPECT_NE(l2.str().find("compiled step:"), std::string::npos) << l2.str();
+    EXPECT_EQ(read_file(o.graph.dump_graph).rfind("digraph loom {", 0), 0u);
+    o.graph.checkpoint_activations = true;
+    o.graph.dump_graph = "";
+    const cli::TrainResult recomputed = cli::train(o, l3, false);
+    {
+      SCOPED_TRACE("--compile --checkpoint-activations");
+      expect_same_state(eager.model->state_dict(), recomputed.model->state_dict());
+    }
+    EXPECT_NE(l3.str().find("checkpointed segments"), std::string::npos) << l3.str();
+    o.graph.compile = false;
+    const cli::TrainResult checkpointed = cli::train(o, l4, false);
+    {
+      SCOPED_TRACE("--checkpoint-activations");
+      expect_same_state(eager.model->state_dict(), checkpointed.model->state_dict());
+    }
+  }
+}
+
+TEST(TrainCompile, GraphFlagsThatNeedOthersAreRefused) {
+  TrainOptions o;
+  o.graph.dump_graph = "x.dot";
+  EXPECT_ERROR_HAS(cli::check_graph_options(o.graph), "--dump-graph writes the compiled step's graph: add --compile");
+  o.graph = {};
+  o.graph.memory_budget_mb = 10;
+  o.graph.compile = true;
+  EXPECT_ERROR_HAS(cli::check_graph_options(o.graph), "--memory-budget-mb is the compiled recompute pass's budget");
+}

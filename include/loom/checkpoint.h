@@ -37,6 +37,12 @@ using CheckpointFn = std::function<Tensor(const std::vector<Tensor>&)>;
 // Runs fn(inputs) as a checkpointed region and returns its output.
 Tensor checkpoint(CheckpointFn fn, const std::vector<Tensor>& inputs);
 
+// True while a checkpointed region's fn runs again in backward. Code with
+// side effects beyond its output skips them then, so that a checkpointed
+// step has them once: BatchNorm updates its running statistics (and its
+// batch count) in the forward only, not in the recomputation.
+bool checkpoint_recomputing();
+
 // One input: checkpoint(f, x).
 Tensor checkpoint(std::function<Tensor(const Tensor&)> fn, const Tensor& input);
 

@@ -179,7 +179,8 @@ class Compiled {
     std::vector<Tensor> out = core_->call(std::vector<Tensor>{Tensor(args)...});
     if constexpr (!std::is_void_v<R>) return detail::Returns<R>::unpack(std::move(out));
   }
-  // The graph of the most recent call (null before the first recording).
+  // The graph the most recent call replayed or settled into (before any has:
+  // the first recording, unplanned; null before the first call).
   std::shared_ptr<const Graph> graph() const { return core_->graph(); }
   CompileStats stats() const { return core_->stats(); }
 

@@ -43,6 +43,12 @@
 namespace loom {
 
 namespace {
+thread_local bool tl_recomputing = false;
+}  // namespace
+
+bool checkpoint_recomputing() { return tl_recomputing; }
+
+namespace {
 
 using autograd::Node;
 using autograd::SavedTensor;
@@ -105,6 +111,13 @@ class CheckpointFrame : public autograd::Recomputer {
     ~RngRestore() { set_rng_state(state); }
   };
 
+  // Marks the recomputation for checkpoint_recomputing() (restored on throw).
+  struct Recomputing {
+    bool before = tl_recomputing;
+    Recomputing() { tl_recomputing = true; }
+    ~Recomputing() { tl_recomputing = before; }
+  };
+
   void recompute() {
     std::vector<Tensor> detached;
     detached.reserve(inputs_.size());
@@ -125,6 +138,7 @@ class CheckpointFrame : public autograd::Recomputer {
     std::vector<SavedTensor> saves;
     {
       RngRestore restore;
+      Recomputing recomputing;
       set_rng_state(rng_);
       Collector collector(saves);
       autograd::SavedTensorSinkGuard sink(&collector);

@@ -142,6 +142,9 @@ class Executor {
         c.workspace = {static_cast<char*>(arena_->data) + w.arena_offset, w.nbytes};
       }
     }
+    // Host-filled bytes go back into their buffer before its first node.
+    restore_at_.resize(g_ref.nodes.size());
+    for (int b : restore_) restore_at_[static_cast<size_t>(g_ref.buffers[static_cast<size_t>(b)].first)].push_back(b);
     // The planned buffers that become live at / die after each node.
     live_from_.resize(g_ref.nodes.size());
     live_to_.resize(g_ref.nodes.size());
@@ -237,16 +240,11 @@ class Executor {
       if (n.hyper) refresh(c, n.hyper());
     }
     size_t check = 0;
-    std::vector<char> restored(g.buffers.size(), 0);
     if (arena_) LOOM_ARENA_POISON(arena_->data, arena_->nbytes);
     for (size_t k = 0; k < g.nodes.size(); ++k) {
       const NodeInfo& n = g.nodes[k];
       for (int b : live_from_[k]) LOOM_ARENA_UNPOISON(storages_[static_cast<size_t>(b)]->data, g.buffers[static_cast<size_t>(b)].nbytes);
-      for (int b : restore_)
-        if (!restored[static_cast<size_t>(b)] && g.buffers[static_cast<size_t>(b)].first == static_cast<int>(k)) {
-          restore(b);
-          restored[static_cast<size_t>(b)] = 1;
-        }
+      for (int b : restore_at_[k]) restore(b);
       if (n.kind == NodeKind::HostCheck) n.check(check_args_[check++]);
       else if (!n.folded) run_kernel(calls_[k]);
       for (int b : live_to_[k]) LOOM_ARENA_POISON(storages_[static_cast<size_t>(b)]->data, g.buffers[static_cast<size_t>(b)].nbytes);
@@ -332,6 +330,7 @@ class Executor {
   std::vector<std::vector<Tensor>> check_args_;
   std::vector<uint64_t> frozen_versions_;
   std::vector<std::vector<int>> live_from_, live_to_;  // arena buffers by first / last node
+  std::vector<std::vector<int>> restore_at_;          // restore_ by first node
   bool folded_run_ = false;
 };
 
@@ -393,6 +392,8 @@ struct Compiler::State {
     size_t last_hash = 0;
     bool has_last = false;
     int recordings = 0;
+    std::vector<std::weak_ptr<Storage>> last_new_state;  // what the previous recording created and kept
+    std::shared_ptr<const Graph> view;  // graph's public handle, made once
   };
   Fn fn;
   CompileOptions options;
@@ -432,7 +433,7 @@ std::vector<Tensor> Compiler::call(const std::vector<Tensor>& args) {
   auto it = std::find_if(st.cache.begin(), st.cache.end(), [&](const State::Entry& e) { return e.key == key; });
   if (it == st.cache.end()) {
     if (static_cast<int>(st.cache.size()) >= st.options.cache_size) st.cache.pop_back();
-    st.cache.push_front(State::Entry{key, nullptr, nullptr, 0, false, 0});
+    st.cache.push_front(State::Entry{key, nullptr, nullptr, 0, false, 0, {}, nullptr});
     it = st.cache.begin();
   } else if (it != st.cache.begin()) {
     st.cache.splice(st.cache.begin(), st.cache, it);
@@ -441,7 +442,7 @@ std::vector<Tensor> Compiler::call(const std::vector<Tensor>& args) {
   State::Entry& e = *it;
   if (e.exec && e.exec->state_alive() && e.exec->aliasing_matches(args) && e.graph->threads == get_num_threads()) {
     ++st.stats.replays;
-    st.last_graph = std::make_shared<Graph>(e.graph);
+    st.last_graph = e.view;
     return e.exec->run(args);
   }
   e.exec.reset();
@@ -464,6 +465,23 @@ std::vector<Tensor> Compiler::call(const std::vector<Tensor>& args) {
     return b.kind == BufferKind::NewState && b.first >= 0;
   });
   const bool settled = !new_state || (e.has_last && e.last_hash == hash);
+  if (settled && new_state) {
+    // A steady step replaces what it keeps (backward's new gradients
+    // replace those zero_grad dropped): the previous recording's new state
+    // must be gone. Still alive, it piles up, call after call.
+    size_t alive = 0, bytes = 0;
+    for (const auto& w : e.last_new_state)
+      if (auto s = w.lock()) {
+        ++alive;
+        bytes += s->nbytes;
+      }
+    LOOM_CHECK(alive == 0, "compile: the step allocates persistent state mid-step: each call creates ", alive,
+               " tensors (", bytes, " bytes) that outlive it and are kept, so a replay, which allocates nothing, "
+               "cannot repeat it. Create such state before the compiled call, or return it as an output");
+  }
+  e.last_new_state.clear();
+  for (const BufferInfo& b : g->buffers)
+    if (b.kind == BufferKind::NewState && b.first >= 0) e.last_new_state.push_back(b.captured);
   e.last_hash = hash;
   e.has_last = true;
   if (!settled) {
@@ -471,7 +489,8 @@ std::vector<Tensor> Compiler::call(const std::vector<Tensor>& args) {
                e.recordings, " calls created tensors that outlive it (new persistent state) or ran different "
                "kernels; a replay cannot allocate persistent state mid-step. Create state before compiling, or "
                "keep the step the same from call to call");
-    st.last_graph = std::make_shared<Graph>(g);
+    // Shown until a graph settles (the last settled one stays the answer).
+    if (!st.last_graph) st.last_graph = std::make_shared<Graph>(g);
     return outs;
   }
   if (st.options.optimize) {
@@ -488,7 +507,8 @@ std::vector<Tensor> Compiler::call(const std::vector<Tensor>& args) {
   // replays use the arena instead, so give those blocks back to the system.
   cpu_empty_cache();
   st.stats.graphs = static_cast<int64_t>(st.cache.size());
-  st.last_graph = std::make_shared<Graph>(g);
+  e.view = std::make_shared<Graph>(g);
+  st.last_graph = e.view;
   return outs;
 }
 

@@ -1,6 +1,7 @@
 #include "loom/nn/normalization.h"
 
 #include "loom/autograd.h"
+#include "loom/checkpoint.h"
 #include "loom/nn/functional.h"
 #include "loom/nn/init.h"
 #include "loom/ops.h"
@@ -116,7 +117,11 @@ Tensor BatchNormImplBase::forward(const Tensor& input) {
              " channels at dim 1 (num_features), got shape ", shape_str(input.sizes()));
   // The update factor: momentum, or 1/k on the k-th batch for a cumulative average.
   double factor = 0.0;
-  if (is_training() && track_running_stats) {
+  // A checkpointed region's recomputation (loom::checkpoint) normalizes with
+  // the batch's statistics again but leaves the running ones alone: the
+  // forward updated them already.
+  const bool recomputing = checkpoint_recomputing();
+  if (is_training() && track_running_stats && !recomputing) {
     {
       NoGradGuard ng;
       num_batches_tracked.add_(1);
@@ -124,6 +129,7 @@ Tensor BatchNormImplBase::forward(const Tensor& input) {
     factor = momentum ? *momentum : 1.0 / static_cast<double>(num_batches_tracked.item<int64_t>());
   }
   // Batch statistics in training; running ones in eval when they are tracked.
+  if (is_training() && recomputing) return functional::batch_norm(input, Tensor(), Tensor(), weight, bias, true, 0.0, eps);
   return functional::batch_norm(input, running_mean, running_var, weight, bias,
                                 is_training() || !track_running_stats, factor, eps);
 }
