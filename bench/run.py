@@ -147,7 +147,8 @@ WORKLOADS = [
     Workload("dispatch_add", "dispatch add[10]", "dispatch", source="dispatch", min_speedup=2.0),
     Workload("dispatch_add_autograd", "dispatch add[10] autograd", "dispatch", source="dispatch", min_speedup=2.0),
     # The graph layer (issue 16): bench_graph, one process for all the rows
-    # selected, and torch_graph.py beside the GPT step. Targets: GRAPH_TARGETS.
+    # selected, and torch_graph.py beside the GPT step. Targets: COMPILED_PEAK
+    # and the bars after it (Note [The graph group]).
     Workload("graph_gpt_step", "GPT step 16x128 (4L d256)", "graph", source="graph", part="gpt"),
     Workload("graph_mlp_deep", "deep MLP 1024 wide, batch 256", "graph", source="graph", part="mlp_deep"),
     Workload("graph_planner", "planner: arena / lower bound", "graph", source="graph", part="planner"),
@@ -397,6 +398,8 @@ MLP_SLOPE = 0.6  # deep MLP, sqrt(N) segments: log-log slope of activation bytes
 MLP_TIME = 1.4  # ... and step time <= 1.4x eager's at every N (the worst N is judged)
 PLANNER_RATIO = 1.10  # arena <= 1.10x the liveness lower bound, on every model
 REPLAY_SPEEDUP = 2.0  # dispatch-bound step: eager time / replay time >= 2
+# bench_graph's --only names (Workload.part) and the keys of its JSON they fill.
+PART_KEYS = {"gpt": "gpt_step", "mlp_deep": "mlp_deep", "planner": "planner", "dispatch": "dispatch"}
 
 
 def run_graph(args, parts):
@@ -434,7 +437,7 @@ def collect_graph(args, graph, res, meta):
     if data and data.get("threads") != args.threads:
         log(f"  warning: bench_graph ran {data.get('threads')} threads, not {args.threads}")
     for w in graph:
-        res[w.key]["loom"] = data.get({"gpt": "gpt_step"}.get(w.part, w.part))
+        res[w.key]["loom"] = data.get(PART_KEYS[w.part])
     if "graph_gpt_step" in res:
         log("[graph] torch (installed): torch_graph.py, GPT step eager and checkpointed")
         data = run_torch_graph(args) or {}
@@ -683,11 +686,11 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def graph_check(target, value, bar, at_most=True):
-    """One target of a graph row: `value` (a ratio) against `bar`, from
-    below (at_most) or from above."""
+def graph_check(target, value, bar, at_most=True, unit="x"):
+    """One target of a graph row: `value` (a ratio, or a slope with unit
+    "") against `bar`, from below (at_most) or from above."""
     met = None if value is None else (value <= bar if at_most else value >= bar)
-    return {"target": target, "value": value, "bar": bar, "at_most": at_most, "met": met}
+    return {"target": target, "value": value, "bar": bar, "at_most": at_most, "unit": unit, "met": met}
 
 
 def loglog_slope(ns, ys):
@@ -702,7 +705,8 @@ def loglog_slope(ns, ys):
 
 def evaluate_graph(w, r):
     """A "graph" row: the raw numbers of both sides, the medians and ratios
-    derived from them, and "checks", one per target (GRAPH targets above)."""
+    derived from them, and "checks", one per target (COMPILED_PEAK and the
+    bars after it)."""
     loom, torch_side = r.get("loom") or {}, r.get("torch") or {}
     row = {"loom": loom, "torch": torch_side}
     checks = []
@@ -736,7 +740,7 @@ def evaluate_graph(w, r):
             row["time_ratio"][m] = ratios
             worst = None if not ratios or None in ratios else max(ratios)
             name = m.replace("_", " ")
-            checks.append(graph_check(f"{name} slope <= {MLP_SLOPE:g}", row["slope"][m], MLP_SLOPE))
+            checks.append(graph_check(f"{name} slope <= {MLP_SLOPE:g}", row["slope"][m], MLP_SLOPE, unit=""))
             checks.append(graph_check(f"{name} time <= {MLP_TIME:g}x eager (worst N)", worst, MLP_TIME))
     elif w.part == "planner":
         row["ratio"] = {model: ratio(p.get("arena_bytes"), p.get("lower_bound_bytes")) for model, p in loom.items()}
@@ -883,13 +887,13 @@ def print_main_rows(selected, rows):
               "call (blocks above 32 MiB skip malloc's reuse); loom's caching allocator reuses its block.")
 
 
-def ratio_text(value, at_most=True):
+def ratio_text(value, at_most=True, unit="x"):
     """"0.58x", rounded away from the bar's side: up for a bar from below,
     down for one from above, so a shown 0.60x never sits next to a missed
     0.6x target (as the main table's speedups, which are truncated)."""
     if value is None:
         return "n/a"
-    return f"{round_from_bar(value, at_most):.2f}x"
+    return f"{round_from_bar(value, at_most):.2f}{unit}"
 
 
 def round_from_bar(value, at_most=True):
@@ -904,9 +908,7 @@ def mib(n):
 def print_checks(checks, indent="  "):
     for c in checks:
         met = {True: "met", False: "MISSED", None: "?"}[c["met"]]
-        value = ratio_text(c["value"], c["at_most"])
-        if "slope" in c["target"]:
-            value = "n/a" if c["value"] is None else f"{round_from_bar(c['value']):.2f}"
+        value = ratio_text(c["value"], c["at_most"], c["unit"])
         print(f"{indent}{'target: ' + c['target']:<62}{value:>9}  {met}")
 
 
@@ -916,7 +918,8 @@ def print_graph(args, selected, rows, meta):
     print()
     threads = meta.get("graph_threads")
     print(f"graph layer: bench_graph (loom, {threads if threads is not None else '?'} threads) and torch_graph.py "
-          f"(PyTorch as installed, {args.threads} threads); step times are medians of {args.graph_reps} steps")
+          f"(PyTorch as installed, {args.threads} threads); step times: medians of {args.graph_reps} steps "
+          f"(deep MLP: {max(1, args.graph_reps // 2)} per N)")
     print("-" * 100)
     for w in selected:
         row = rows[w.key]
@@ -954,13 +957,14 @@ def print_graph(args, selected, rows, meta):
                 act = (loom.get(m) or {}).get("activation_bytes") or []
                 slope = (row.get("slope") or {}).get(m)
                 print(f"  {'act MiB ' + m.replace('_', ' '):<36}" + "".join(f"{mib(a):>9}" for a in act) +
-                      f"{'n/a' if slope is None else f'{slope:.2f}':>9}")
+                      f"{ratio_text(slope, unit=''):>9}")
             for m in MLP_MODES:
                 times = (loom.get(m) or {}).get("ms") or []
                 print(f"  {'step ' + m.replace('_', ' '):<36}" + "".join(f"{fmt_time(t / 1e3):>9}" for t in times))
             for m in CHECKPOINT_MODES:
                 ratios = (row.get("time_ratio") or {}).get(m) or []
-                print(f"  {'time / eager: ' + m.replace('_', ' '):<36}" + "".join(f"{ratio_text(r):>9}" for r in ratios))
+                print(f"  {'time / eager: ' + m.replace('_', ' '):<36}" +
+                      "".join(f"{ratio_text(r):>9}" for r in ratios))
         elif w.part == "planner":
             print(f"{w.desc:<38}{'arena MiB':>10}{'bound MiB':>10}{'ratio':>9}")
             for model, p in loom.items():
