@@ -384,6 +384,14 @@ def run_torch_dispatch(args):
 # torch_graph.py runs once after it, beside the GPT step only, as installed
 # (no OPENBLAS_CORETYPE probe: no target here is against torch). loom takes
 # its thread count from OMP_NUM_THREADS (get_num_threads' default).
+# Both sides run with glibc's mmap threshold fixed at 64 KiB
+# (MALLOC_MMAP_THRESHOLD_), as torch_ops.py's attention memory row: a freed
+# block then goes back to the kernel, so "resident set before the step"
+# holds no freed heap that the step reuses unseen. Under glibc's growing
+# default, loom's blocks freed by cpu_empty_cache stayed in the heap and the
+# eager checkpointed GPT step read 0.1 MiB of resident growth against 87 MiB
+# with the fixed threshold; its step time moved within noise (the caching
+# allocator reuses its blocks, so a steady step calls malloc little).
 
 GPT_MODES = ("eager", "compiled", "eager_checkpoint", "compiled_checkpoint")
 TORCH_GPT_MODES = ("eager", "checkpoint")
@@ -410,7 +418,8 @@ def run_graph(args, parts):
         os.remove(out)  # a stale file must not pass for this run's numbers
     cmd = [args.graph_bin, "--json", out, "--reps", str(args.graph_reps), "--only", ",".join(parts)]
     try:
-        proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+        proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+                                            MALLOC_MMAP_THRESHOLD_=str(64 << 10)))
     except OSError as e:
         log(f"  cannot run {args.graph_bin}: {e}")
         return None
@@ -977,14 +986,15 @@ def print_graph(args, selected, rows, meta):
                   f"(MLP 784-128-10, batch 1, SGD)")
         print_checks(row.get("checks") or [])
         print()
-    print("peak: loom's allocator peak bytes in use over one steady step (everything alive); act: that peak minus\n"
-          "the persistent bytes; RSS: resident high-water mark over the step minus the resident set before it\n"
-          "(loom: its cache emptied first; torch: in a fresh process with glibc's mmap threshold at 64 KiB, as the\n"
-          "attention memory row). Checkpointed: eager checkpoint is loom::checkpoint per block (GPT) and\n"
-          "nn::checkpoint_sequential with sqrt(N) segments (deep MLP); compiled checkpoint is the compiler's\n"
-          "recompute pass; torch checkpoint is torch.utils.checkpoint (non-reentrant) around every block. The deep\n"
-          "MLP's slope is the least-squares fit of log activation bytes on log N; its time target is judged at\n"
-          "the worst N. Planner: the compiled training step's arena against the peak of summed live bytes.")
+    print("peak: loom's allocator peak bytes in use over one steady step (everything alive); act: that peak\n"
+          "minus the persistent bytes; RSS: resident high-water mark over the step minus the resident set before\n"
+          "it, glibc's mmap threshold at 64 KiB on both sides (loom: its cache emptied first; a compiled step's\n"
+          "arena is resident before it, so a replay reads about 0; torch: in a fresh process). Checkpointed:\n"
+          "eager checkpoint is loom::checkpoint per block (GPT) and nn::checkpoint_sequential with sqrt(N)\n"
+          "segments (deep MLP); compiled checkpoint is the compiler's recompute pass; torch checkpoint is\n"
+          "torch.utils.checkpoint (non-reentrant) around every block. The deep MLP's slope is the least-squares\n"
+          "fit of log activation bytes on log N; its time target is judged at the worst N. Planner: the compiled\n"
+          "training step's arena against the peak of summed live bytes.")
 
 
 def main():
