@@ -59,11 +59,12 @@ build: configure
 test: build
 	cd $(BUILD_DIR) && ctest $(CTEST_ARGS)
 
-# Builds loom's benchmarks, the libtorch dispatch reference and the `loom`
-# command (for the MLP and CNN epochs), then bench/run.py runs them against PyTorch on
-# BENCH_THREADS threads and prints the table; raw numbers go to
-# $(BENCH_DIR)/bench_results.json. BENCH_ARGS passes more flags to run.py,
-# e.g. make bench BENCH_ARGS="--only sgemm,dispatch".
+# Builds loom's benchmarks (bench_ops, bench_graph), the libtorch dispatch
+# reference and the `loom` command (for the MLP and CNN epochs), then
+# bench/run.py runs them against PyTorch on BENCH_THREADS threads and prints
+# the table; raw numbers go to $(BENCH_DIR)/bench_results.json. BENCH_ARGS
+# passes more flags to run.py, e.g. make bench BENCH_ARGS="--only sgemm,dispatch"
+# or BENCH_ARGS="--only graph" (compiled and checkpointed steps).
 BENCH_THREADS ?= $(JOBS)
 BENCH_ARGS    ?=
 

@@ -8,6 +8,11 @@ epochs of training the Fashion-MNIST MLP and CNN (`loom train` against
 torch_train.py), then prints medians, rates and speedups, and writes the raw
 numbers as JSON.
 
+The "graph" group runs bench_graph (compiled and checkpointed training steps,
+the memory planner, the replay of a dispatch-bound step) and torch_graph.py
+(the same GPT step in PyTorch, eager and with torch.utils.checkpoint) and
+prints a section of its own (see print_graph).
+
 PyTorch runs twice (Note [PyTorch as installed and tuned]): "installed" with
 OPENBLAS_CORETYPE taken out of the environment, so OpenBLAS picks its kernels
 from CPUID as on a fresh machine; "tuned" with the OPENBLAS_CORETYPE that
@@ -20,6 +25,7 @@ speedup = torch time / loom time: above 1, loom is faster.
     python3 bench/run.py --only sgemm,dispatch  # groups or workload names
     python3 bench/run.py --only conv,cnn_epoch
     python3 bench/run.py --only seq             # attention, LSTM, GPT
+    python3 bench/run.py --only graph           # compiled and checkpointed steps
 """
 import argparse
 import csv
@@ -44,7 +50,9 @@ class Workload:
     torch_ops.py), "ref" (bench_ops only: a machine reference), "dispatch"
     (bench_ops against torch_dispatch), "epoch" (loom train against
     torch_train.py, the model named by `model`), "mem" (peak memory, not
-    time: one run of bench_ops and of torch_ops.py, see collect_memory).
+    time: one run of bench_ops and of torch_ops.py, see collect_memory),
+    "graph" (bench_graph against torch_graph.py; its own section, see
+    print_graph; `part` is bench_graph's --only name for the row).
     `flops` / `bytes` / `tokens` per call give the rate columns.
     `ref` names the machine reference the row is measured against (the FMA
     peak, the STREAM loop): it runs in the same bench_ops process, next to
@@ -53,8 +61,9 @@ class Workload:
     --repetitions for a row whose calls take a second or more."""
 
     def __init__(self, key, desc, group, source="ops", flops=None, bytes=None, ref=None, min_speedup=None,
-                 model=None, tokens=None, repetitions=None):
+                 model=None, tokens=None, repetitions=None, part=None):
         self.key, self.desc, self.group, self.source = key, desc, group, source
+        self.part = part
         self.flops, self.bytes, self.ref, self.min_speedup = flops, bytes, ref, min_speedup
         self.model, self.tokens, self.repetitions = model, tokens, repetitions
 
@@ -137,6 +146,13 @@ WORKLOADS = [
     # loom time <= 0.5 x libtorch C++ time, i.e. speedup >= 2.
     Workload("dispatch_add", "dispatch add[10]", "dispatch", source="dispatch", min_speedup=2.0),
     Workload("dispatch_add_autograd", "dispatch add[10] autograd", "dispatch", source="dispatch", min_speedup=2.0),
+    # The graph layer (issue 16): bench_graph, one process for all the rows
+    # selected, and torch_graph.py beside the GPT step. Targets: COMPILED_PEAK
+    # and the bars after it (Note [The graph group]).
+    Workload("graph_gpt_step", "GPT step 16x128 (4L d256)", "graph", source="graph", part="gpt"),
+    Workload("graph_mlp_deep", "deep MLP 1024 wide, batch 256", "graph", source="graph", part="mlp_deep"),
+    Workload("graph_planner", "planner: arena / lower bound", "graph", source="graph", part="planner"),
+    Workload("graph_dispatch", "dispatch-bound step replay", "graph", source="graph", part="dispatch"),
 ]
 BY_KEY = {w.key: w for w in WORKLOADS}
 GROUPS = list(dict.fromkeys(w.group for w in WORKLOADS))
@@ -358,6 +374,86 @@ def run_torch_dispatch(args):
     return run_json(cmd, what="torch_dispatch") or {}
 
 
+# ---- the graph layer ----
+# Note [The graph group]
+# bench_graph is one plain executable (not Google Benchmark) that measures
+# every mode of a row in one process: eager, compiled (loom::compile),
+# checkpointed, each after its own warm-up, with per-step times and the
+# allocator's and the resident set's peaks (bench_graph.cpp's header says
+# how). Its rows compare loom with loom, so they need no turns with torch;
+# torch_graph.py runs once after it, beside the GPT step only, as installed
+# (no OPENBLAS_CORETYPE probe: no target here is against torch). loom takes
+# its thread count from OMP_NUM_THREADS (get_num_threads' default).
+# Both sides run with glibc's mmap threshold fixed at 64 KiB
+# (MALLOC_MMAP_THRESHOLD_), as torch_ops.py's attention memory row: a freed
+# block then goes back to the kernel, so "resident set before the step"
+# holds no freed heap that the step reuses unseen. Under glibc's growing
+# default, loom's blocks freed by cpu_empty_cache stayed in the heap and the
+# eager checkpointed GPT step read 0.1 MiB of resident growth against 87 MiB
+# with the fixed threshold; its step time moved within noise (the caching
+# allocator reuses its blocks, so a steady step calls malloc little).
+
+GPT_MODES = ("eager", "compiled", "eager_checkpoint", "compiled_checkpoint")
+TORCH_GPT_MODES = ("eager", "checkpoint")
+MLP_MODES = ("eager", "eager_checkpoint", "compiled_checkpoint")
+CHECKPOINT_MODES = ("eager_checkpoint", "compiled_checkpoint")
+# Issue 16's numbers; every one a bar on a ratio (see evaluate_graph).
+COMPILED_PEAK = 0.6  # compiled GPT step: allocator peak <= 0.6x eager loom's
+COMPILED_TIME = 1.0  # ... and step time <= 1.0x eager's (a replay is never slower)
+CHECKPOINT_ACTIVATIONS = 0.35  # checkpointed GPT step: activation bytes <= 0.35x eager's
+CHECKPOINT_TIME = 1.35  # ... and step time <= 1.35x eager's
+MLP_SLOPE = 0.6  # deep MLP, sqrt(N) segments: log-log slope of activation bytes against N
+MLP_TIME = 1.4  # ... and step time <= 1.4x eager's at every N (the worst N is judged)
+PLANNER_RATIO = 1.10  # arena <= 1.10x the liveness lower bound, on every model
+REPLAY_SPEEDUP = 2.0  # dispatch-bound step: eager time / replay time >= 2
+# bench_graph's --only names (Workload.part) and the keys of its JSON they fill.
+PART_KEYS = {"gpt": "gpt_step", "mlp_deep": "mlp_deep", "planner": "planner", "dispatch": "dispatch"}
+
+
+def run_graph(args, parts):
+    """bench_graph's JSON for `parts` (its --only names), or None. Its
+    progress lines go to our stderr as they come: a full run takes minutes."""
+    out = os.path.join(args.work_dir, "bench_graph.json")
+    if os.path.exists(out):
+        os.remove(out)  # a stale file must not pass for this run's numbers
+    cmd = [args.graph_bin, "--json", out, "--reps", str(args.graph_reps), "--only", ",".join(parts)]
+    try:
+        proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+                                            MALLOC_MMAP_THRESHOLD_=str(64 << 10)))
+    except OSError as e:
+        log(f"  cannot run {args.graph_bin}: {e}")
+        return None
+    if proc.returncode != 0 or not os.path.exists(out):
+        log(f"  bench_graph failed (exit {proc.returncode})")
+        return None
+    with open(out) as f:
+        return json.load(f)
+
+
+def run_torch_graph(args):
+    """torch_graph.py's JSON (the GPT step, eager and checkpointed), as installed."""
+    cmd = [args.python, os.path.join(HERE, "torch_graph.py"), "--threads", str(args.threads),
+           "--reps", str(args.graph_reps)]
+    return run_json(cmd, env=torch_env(args, None), what="torch_graph.py")
+
+
+def collect_graph(args, graph, res, meta):
+    """The "graph" rows: one bench_graph run for all of them, then
+    torch_graph.py when the GPT step is among them (Note [The graph group])."""
+    log(f"[graph] loom: bench_graph --only {','.join(w.part for w in graph)} --reps {args.graph_reps}")
+    data = run_graph(args, [w.part for w in graph]) or {}
+    meta["graph_threads"] = data.get("threads")
+    if data and data.get("threads") != args.threads:
+        log(f"  warning: bench_graph ran {data.get('threads')} threads, not {args.threads}")
+    for w in graph:
+        res[w.key]["loom"] = data.get(PART_KEYS[w.part])
+    if "graph_gpt_step" in res:
+        log("[graph] torch (installed): torch_graph.py, GPT step eager and checkpointed")
+        data = run_torch_graph(args) or {}
+        meta["torch"] = meta["torch"] or data.get("torch")
+        res["graph_gpt_step"]["torch"] = data.get("gpt_step")
+
+
 # ---- the runs ----
 
 def merge(res, key, side, entry):
@@ -458,6 +554,10 @@ def collect(args, selected):
             for key, entry in data.get("results", {}).items():
                 merge(res, key, "torch_installed", entry)
 
+    graph = [w for w in selected if w.source == "graph"]
+    if graph:
+        collect_graph(args, graph, res, meta)
+
     # An epoch is long enough to average out short bursts: one run of
     # --epochs epochs on each side.
     for w in (w for w in selected if w.source == "epoch"):
@@ -536,6 +636,9 @@ def evaluate(selected, res):
     rows = {}
     for w in selected:
         r = res[w.key]
+        if w.source == "graph":
+            rows[w.key] = evaluate_graph(w, r)
+            continue
         lt = median_of(r.get("loom"))
         # Note [References under load]
         peak = (res.get("peak_fma", {}).get("loom") or {}).get("best_flops_per_s") if w.ref == "peak_fma" else None
@@ -584,6 +687,89 @@ def evaluate(selected, res):
     return rows
 
 
+def median_or_none(values):
+    return statistics.median(values) if values else None
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def graph_check(target, value, bar, at_most=True, unit="x"):
+    """One target of a graph row: `value` (a ratio, or a slope with unit
+    "") against `bar`, from below (at_most) or from above."""
+    met = None if value is None else (value <= bar if at_most else value >= bar)
+    return {"target": target, "value": value, "bar": bar, "at_most": at_most, "unit": unit, "met": met}
+
+
+def loglog_slope(ns, ys):
+    """Least-squares slope of log y against log n: the exponent of y ~ n^k.
+    None without two points or with a y <= 0 (nothing to take a log of)."""
+    if not ns or not ys or len(ns) != len(ys) or len(ns) < 2 or any(y is None or y <= 0 for y in ys):
+        return None
+    xs, ls = [math.log(n) for n in ns], [math.log(y) for y in ys]
+    mx, ml = statistics.fmean(xs), statistics.fmean(ls)
+    return sum((x - mx) * (l - ml) for x, l in zip(xs, ls)) / sum((x - mx) ** 2 for x in xs)
+
+
+def evaluate_graph(w, r):
+    """A "graph" row: the raw numbers of both sides, the medians and ratios
+    derived from them, and "checks", one per target (COMPILED_PEAK and the
+    bars after it)."""
+    loom, torch_side = r.get("loom") or {}, r.get("torch") or {}
+    row = {"loom": loom, "torch": torch_side}
+    checks = []
+    if w.part == "gpt":
+        ms = {m: median_or_none((loom.get(m) or {}).get("ms")) for m in GPT_MODES}
+        ms.update({f"torch_{m}": median_or_none((torch_side.get(m) or {}).get("ms")) for m in TORCH_GPT_MODES})
+        row["median_ms"] = ms
+
+        def field(m, f):
+            return (loom.get(m) or {}).get(f)
+
+        checks.append(graph_check(f"compiled peak <= {COMPILED_PEAK:g}x eager",
+                                  ratio(field("compiled", "peak_bytes"), field("eager", "peak_bytes")), COMPILED_PEAK))
+        checks.append(graph_check(f"compiled time <= {COMPILED_TIME:g}x eager",
+                                  ratio(ms["compiled"], ms["eager"]), COMPILED_TIME))
+        for m in CHECKPOINT_MODES:
+            name = m.replace("_", " ")
+            checks.append(graph_check(
+                f"{name} activations <= {CHECKPOINT_ACTIVATIONS:g}x eager",
+                ratio(field(m, "activation_bytes"), field("eager", "activation_bytes")), CHECKPOINT_ACTIVATIONS))
+            checks.append(graph_check(f"{name} time <= {CHECKPOINT_TIME:g}x eager",
+                                      ratio(ms[m], ms["eager"]), CHECKPOINT_TIME))
+    elif w.part == "mlp_deep":
+        ns = loom.get("N") or []
+        row["slope"] = {m: loglog_slope(ns, (loom.get(m) or {}).get("activation_bytes")) for m in MLP_MODES}
+        eager_ms = (loom.get("eager") or {}).get("ms") or []
+        row["time_ratio"] = {}
+        for m in CHECKPOINT_MODES:
+            mode_ms = (loom.get(m) or {}).get("ms") or []
+            ratios = [ratio(t, e) for t, e in zip(mode_ms, eager_ms)] if len(mode_ms) == len(eager_ms) else []
+            row["time_ratio"][m] = ratios
+            worst = None if not ratios or None in ratios else max(ratios)
+            name = m.replace("_", " ")
+            checks.append(graph_check(f"{name} slope <= {MLP_SLOPE:g}", row["slope"][m], MLP_SLOPE, unit=""))
+            checks.append(graph_check(f"{name} time <= {MLP_TIME:g}x eager (worst N)", worst, MLP_TIME))
+    elif w.part == "planner":
+        row["ratio"] = {model: ratio(p.get("arena_bytes"), p.get("lower_bound_bytes")) for model, p in loom.items()}
+        checks += [graph_check(f"{model} arena <= {PLANNER_RATIO:.2f}x bound", v, PLANNER_RATIO)
+                   for model, v in row["ratio"].items()]
+        if not loom:
+            checks.append(graph_check(f"arena <= {PLANNER_RATIO:.2f}x bound", None, PLANNER_RATIO))
+    elif w.part == "dispatch":
+        row["eager_us"] = median_or_none(loom.get("eager_us"))
+        row["replay_us"] = median_or_none(loom.get("replay_us"))
+        row["speedup"] = ratio(row["eager_us"], row["replay_us"])
+        checks.append(graph_check(f"replay >= {REPLAY_SPEEDUP:g}x faster", row["speedup"], REPLAY_SPEEDUP,
+                                  at_most=False))
+    row["checks"] = checks
+    row["target"] = "; ".join(c["target"] for c in checks)
+    mets = [c["met"] for c in checks]
+    row["met"] = False if False in mets else (None if None in mets else True)
+    return row
+
+
 def speedup_target_text(min_speedup):
     """">=2.5x"; a bar set as a time ratio (1 / 0.7) reads as one: "time<=0.7x"."""
     text = f"{min_speedup:g}"
@@ -622,8 +808,12 @@ def rate_text(w, row):
 def print_table(args, selected, rows, meta):
     installed = meta.get("openblas_installed") or "?"
     tuned = meta.get("coretype_tuned")
-    print(f"threads: {args.threads}   medians of {args.rounds} rounds x {args.repetitions} repetitions "
-          f"(>= {args.min_time} s each), epochs: {args.epochs} per run   torch {meta.get('torch') or 'n/a'}")
+    table = [w for w in selected if w.source != "graph"]
+    if table:
+        print(f"threads: {args.threads}   medians of {args.rounds} rounds x {args.repetitions} repetitions "
+              f"(>= {args.min_time} s each), epochs: {args.epochs} per run   torch {meta.get('torch') or 'n/a'}")
+    else:
+        print(f"threads: {args.threads}   torch {meta.get('torch') or 'n/a'}")
     load = os.getloadavg()[0]
     if meta["loadavg"][0] > BUSY_LOAD or load > args.threads + BUSY_LOAD:
         print(f"warning: the machine was busy (load average {meta['loadavg'][0]:.2f} before the run, {load:.2f} "
@@ -633,6 +823,32 @@ def print_table(args, selected, rows, meta):
         probe = ", ".join(f"{k} {fmt_time(v)}" for k, v in meta["coretype_probe_s"].items())
         print(f"OpenBLAS: as installed it runs {installed} kernels; tuned: OPENBLAS_CORETYPE={tuned} "
               f"(torch {PROBE_WORKLOAD}: {probe})")
+    if table:
+        print_main_rows(table, rows)
+    graph = [w for w in selected if w.source == "graph"]
+    if graph:
+        print_graph(args, graph, rows, meta)
+    for w in (w for w in selected if w.source == "epoch"):
+        r = rows[w.key]
+        accs = [f"{side} {r[side]['test_acc']:.2%}" for side in ("loom", "torch_installed", "torch_tuned")
+                if r.get(side) and "test_acc" in r[side]]
+        if accs:
+            print(f"{w.model.upper()} test accuracy after {args.epochs} epochs: " + ", ".join(accs))
+    # A graph row holds several targets, each counted on its own.
+    targets = []
+    for w in selected:
+        row = rows[w.key]
+        if "checks" in row:
+            targets += [(f"{w.key} ({c['target']})", c["met"]) for c in row["checks"]]
+        elif "met" in row:
+            targets.append((w.key, row["met"]))
+    missed = [name for name, met in targets if met is not True]
+    print(f"targets: {len(targets) - len(missed)}/{len(targets)} met" +
+          (f"; missed or unknown: {', '.join(missed)}" if missed else ""))
+
+
+def print_main_rows(selected, rows):
+    """The side-by-side table of every row but the graph group's."""
     header = (f"{'workload':<27}{'loom':>10}{'torch':>10}{'tuned':>10}{'speedup':>9}  "
               f"{'rate: loom | best torch':<36}{'target':<22}{'':<6}")
     print(header)
@@ -678,26 +894,120 @@ def print_table(args, selected, rows, meta):
     if rows.get("add_f32", {}).get("torch_best_s"):
         print("add 2^24: each torch a + b allocates 64 MiB, which glibc maps fresh and the kernel faults in on every\n"
               "call (blocks above 32 MiB skip malloc's reuse); loom's caching allocator reuses its block.")
-    for w in (w for w in selected if w.source == "epoch"):
-        r = rows[w.key]
-        accs = [f"{side} {r[side]['test_acc']:.2%}" for side in ("loom", "torch_installed", "torch_tuned")
-                if r.get(side) and "test_acc" in r[side]]
-        if accs:
-            print(f"{w.model.upper()} test accuracy after {args.epochs} epochs: " + ", ".join(accs))
-    targets = [w.key for w in selected if "met" in rows[w.key]]
-    missed = [k for k in targets if rows[k]["met"] is not True]
-    print(f"targets: {len(targets) - len(missed)}/{len(targets)} met" +
-          (f"; missed or unknown: {', '.join(missed)}" if missed else ""))
+
+
+def ratio_text(value, at_most=True, unit="x"):
+    """"0.58x", rounded away from the bar's side: up for a bar from below,
+    down for one from above, so a shown 0.60x never sits next to a missed
+    0.6x target (as the main table's speedups, which are truncated)."""
+    if value is None:
+        return "n/a"
+    return f"{round_from_bar(value, at_most):.2f}{unit}"
+
+
+def round_from_bar(value, at_most=True):
+    # round() first: 110 / 100 is 1.1000000000000001, which must show as 1.10.
+    return (math.ceil if at_most else math.floor)(round(value * 100, 6)) / 100
+
+
+def mib(n):
+    return "n/a" if n is None else f"{n / 2**20:.1f}"
+
+
+def print_checks(checks, indent="  "):
+    for c in checks:
+        met = {True: "met", False: "MISSED", None: "?"}[c["met"]]
+        value = ratio_text(c["value"], c["at_most"], c["unit"])
+        print(f"{indent}{'target: ' + c['target']:<62}{value:>9}  {met}")
+
+
+def print_graph(args, selected, rows, meta):
+    """The graph group's section (Note [The graph group]): one block per row,
+    its numbers, then each of its targets with the measured ratio."""
+    print()
+    threads = meta.get("graph_threads")
+    print(f"graph layer: bench_graph (loom, {threads if threads is not None else '?'} threads) and torch_graph.py "
+          f"(PyTorch as installed, {args.threads} threads); step times: medians of {args.graph_reps} steps "
+          f"(deep MLP: {max(1, args.graph_reps // 2)} per N)")
+    print("-" * 100)
+    for w in selected:
+        row = rows[w.key]
+        loom = row.get("loom") or {}
+        if w.part == "gpt":
+            print(f"{w.desc:<38}{'step':>10}{'peak MiB':>10}{'act MiB':>10}{'RSS MiB':>10}  vs eager")
+            ms = row.get("median_ms") or {}
+            eager = loom.get("eager") or {}
+            for m in GPT_MODES:
+                side = loom.get(m) or {}
+                t = ms.get(m)
+                vs = ""
+                if m != "eager" and side:
+                    vs = (f"time {ratio_text(ratio(t, ms.get('eager')))}, peak "
+                          f"{ratio_text(ratio(side.get('peak_bytes'), eager.get('peak_bytes')))}, activations "
+                          f"{ratio_text(ratio(side.get('activation_bytes'), eager.get('activation_bytes')))}")
+                print(f"  {'loom ' + m.replace('_', ' '):<36}{fmt_time(t / 1e3 if t else None):>10}"
+                      f"{mib(side.get('peak_bytes')):>10}{mib(side.get('activation_bytes')):>10}"
+                      f"{mib(side.get('rss_bytes')):>10}  {vs}")
+            torch_side = row.get("torch") or {}
+            for m in TORCH_GPT_MODES:
+                side = torch_side.get(m) or {}
+                t = ms.get(f"torch_{m}")
+                vs = ""
+                if m != "eager" and side:
+                    rss = ratio(side.get("rss_bytes"), (torch_side.get("eager") or {}).get("rss_bytes"))
+                    vs = f"time {ratio_text(ratio(t, ms.get('torch_eager')))}, RSS {ratio_text(rss)} (torch eager's)"
+                print(f"  {'torch ' + m:<36}{fmt_time(t / 1e3 if t else None):>10}{'-':>10}{'-':>10}"
+                      f"{mib(side.get('rss_bytes')):>10}  {vs}")
+            print(f"  persistent (parameters, gradients, AdamW moments): {mib(loom.get('persistent_bytes'))} MiB")
+        elif w.part == "mlp_deep":
+            ns = loom.get("N") or []
+            print(f"{w.desc:<38}" + "".join(f"{'N=' + str(n):>9}" for n in ns) + f"{'slope':>9}")
+            for m in MLP_MODES:
+                act = (loom.get(m) or {}).get("activation_bytes") or []
+                slope = (row.get("slope") or {}).get(m)
+                print(f"  {'act MiB ' + m.replace('_', ' '):<36}" + "".join(f"{mib(a):>9}" for a in act) +
+                      f"{ratio_text(slope, unit=''):>9}")
+            for m in MLP_MODES:
+                times = (loom.get(m) or {}).get("ms") or []
+                print(f"  {'step ' + m.replace('_', ' '):<36}" + "".join(f"{fmt_time(t / 1e3):>9}" for t in times))
+            for m in CHECKPOINT_MODES:
+                ratios = (row.get("time_ratio") or {}).get(m) or []
+                print(f"  {'time / eager: ' + m.replace('_', ' '):<36}" +
+                      "".join(f"{ratio_text(r):>9}" for r in ratios))
+        elif w.part == "planner":
+            print(f"{w.desc:<38}{'arena MiB':>10}{'bound MiB':>10}{'ratio':>9}")
+            for model, p in loom.items():
+                print(f"  {model:<36}{mib(p.get('arena_bytes')):>10}{mib(p.get('lower_bound_bytes')):>10}"
+                      f"{ratio_text((row.get('ratio') or {}).get(model)):>9}")
+        elif w.part == "dispatch":
+            eager_us, replay_us = row.get("eager_us"), row.get("replay_us")
+            print(f"{w.desc:<38}eager {fmt_time(eager_us / 1e6 if eager_us else None)}, "
+                  f"replay {fmt_time(replay_us / 1e6 if replay_us else None)} per step "
+                  f"(MLP 784-128-10, batch 1, SGD)")
+        print_checks(row.get("checks") or [])
+        print()
+    print("peak: loom's allocator peak bytes in use over one steady step (everything alive); act: that peak\n"
+          "minus the persistent bytes; RSS: resident high-water mark over the step minus the resident set before\n"
+          "it, glibc's mmap threshold at 64 KiB on both sides (loom: its cache emptied first; a compiled step's\n"
+          "arena is resident before it, so a replay reads about 0; torch: in a fresh process). Checkpointed:\n"
+          "eager checkpoint is loom::checkpoint per block (GPT) and nn::checkpoint_sequential with sqrt(N)\n"
+          "segments (deep MLP); compiled checkpoint is the compiler's recompute pass; torch checkpoint is\n"
+          "torch.utils.checkpoint (non-reentrant) around every block. The deep MLP's slope is the least-squares\n"
+          "fit of log activation bytes on log N; its time target is judged at the worst N. Planner: the compiled\n"
+          "training step's arena against the peak of summed live bytes.")
 
 
 def main():
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--build-dir", default=os.path.join(ROOT, "build-bench"),
-                   help="where bench/bench_ops, bench/torch_dispatch and loom were built")
+                   help="where bench/bench_ops, bench/bench_graph, bench/torch_dispatch and loom were built")
     p.add_argument("--bench-bin", help="default: BUILD_DIR/bench/bench_ops")
     p.add_argument("--dispatch-bin", help="default: BUILD_DIR/bench/torch_dispatch")
     p.add_argument("--loom-bin", help="default: BUILD_DIR/loom")
+    p.add_argument("--graph-bin", help="default: BUILD_DIR/bench/bench_graph")
+    p.add_argument("--graph-reps", type=int, default=5,
+                   help="timed steps of each mode in the graph group (bench_graph and torch_graph.py --reps)")
     p.add_argument("--python", default="/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable,
                    help="a Python that can import torch")
     p.add_argument("--threads", type=int, default=nproc)
@@ -718,14 +1028,20 @@ def main():
     args.bench_bin = args.bench_bin or os.path.join(args.build_dir, "bench", "bench_ops")
     args.dispatch_bin = args.dispatch_bin or os.path.join(args.build_dir, "bench", "torch_dispatch")
     args.loom_bin = args.loom_bin or os.path.join(args.build_dir, "loom")
+    args.graph_bin = args.graph_bin or os.path.join(args.build_dir, "bench", "bench_graph")
     args.json = args.json or os.path.join(args.build_dir, "bench_results.json")
     args.work_dir = args.build_dir
     args.coretypes = [c for c in args.coretypes.split(",") if c]
-    if not shutil.which(args.bench_bin):
-        sys.exit(f"run.py: {args.bench_bin} not found; build it with `make bench`")
+    if args.graph_reps < 1:
+        sys.exit(f"run.py: --graph-reps must be at least 1, got {args.graph_reps}")
 
     start = time.monotonic()
     selected = select(args.only)
+    # Only the programs the selected rows run must exist.
+    if any(w.source in ("ops", "ref", "mem", "dispatch") for w in selected) and not shutil.which(args.bench_bin):
+        sys.exit(f"run.py: {args.bench_bin} not found; build it with `make bench`")
+    if any(w.source == "graph" for w in selected) and not shutil.which(args.graph_bin):
+        sys.exit(f"run.py: {args.graph_bin} not found; build it with `make bench`")
     res, meta = collect(args, selected)
     rows = evaluate(selected, res)
     wall = time.monotonic() - start
@@ -734,7 +1050,7 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"threads": args.threads, "rounds": args.rounds, "repetitions": args.repetitions,
-                   "min_time_s": args.min_time,
+                   "min_time_s": args.min_time, "graph_reps": args.graph_reps,
                    "epochs": args.epochs, "meta": meta, "wall_s": wall, "workloads": rows}, f, indent=1)
     print(f"raw results: {args.json}")
 
