@@ -36,8 +36,8 @@ void expect_same_state(const nn::Module& a, const nn::Module& b) {
 // Runs `steps` steps eagerly on (model_a, step_a) and compiled on
 // (model_b, step_b) with the same batches and seeds; after each, the losses
 // and every parameter and buffer agree bitwise.
-template <class Step, class Batch, class Before>
-void replay_matches_eager(nn::Module& a, nn::Module& b, Step step_a, Step step_b, Batch batch, int steps,
+template <class StepFn, class Batch, class Before>
+void replay_matches_eager(nn::Module& a, nn::Module& b, StepFn step_a, StepFn step_b, Batch batch, int steps,
                           Before before_step, int64_t min_replays = 1) {
   auto compiled = loom::compile(step_b);
   for (int k = 0; k < steps; ++k) {
@@ -57,6 +57,47 @@ void replay_matches_eager(nn::Module& a, nn::Module& b, Step step_a, Step step_b
 
 void copy_params(nn::Module& from, nn::Module& to) { to.load_state_dict(from.state_dict()); }
 
+using Step = std::function<Tensor(const Tensor&, const Tensor&)>;
+
+// A training step of `m` with `opt`: zero_grad, loss, backward, clip (when
+// clip > 0), step. `loss_of(m, x, y)` gives the loss.
+template <class M, class Opt, class LossOf>
+Step training_step(M m, Opt& opt, LossOf loss_of, double clip = 0) {
+  return [m, &opt, loss_of, clip](const Tensor& x, const Tensor& y) {
+    opt.zero_grad();
+    Tensor loss = loss_of(m, x, y);
+    loss.backward();
+    if (clip > 0) nn::utils::clip_grad_norm_tensor_(m->parameters(), clip);
+    opt.step();
+    return loss;
+  };
+}
+const auto classify = [](const nn::Sequential& m, const Tensor& x, const Tensor& y) {
+  return nn::functional::cross_entropy(m->forward(x), y);
+};
+const auto language_model = [](const auto& m, const Tensor& x, const Tensor& y) { return m->loss(x, y); };
+
+// Batch k: inputs of `shape` (token ids below `vocab` when vocab > 0, else
+// normal noise) and class targets below `classes`, drawn from Generator(seed + k).
+auto batches(Shape shape, int64_t vocab, int64_t classes, Shape target_shape, uint64_t seed) {
+  return [=](int k) {
+    Generator g(seed + static_cast<uint64_t>(k));
+    Tensor x = vocab > 0 ? randint(0, vocab, shape, {}, g) : randn(shape, {}, g);
+    return std::make_pair(x, randint(0, classes, target_shape, {}, g));
+  };
+}
+
+models::GPTConfig tiny_gpt(int64_t layers) {
+  models::GPTConfig cfg;
+  cfg.n_layer = layers;
+  cfg.n_embd = 32;
+  cfg.n_head = 4;
+  cfg.block_size = 16;
+  cfg.vocab_size = 40;
+  cfg.dropout = 0.1;
+  return cfg;
+}
+
 }  // namespace
 
 TEST(Compile, MlpSgdMomentumReplayEqualsEager) {
@@ -65,20 +106,8 @@ TEST(Compile, MlpSgdMomentumReplayEqualsEager) {
   copy_params(*a, *b);
   optim::SGD oa(a->parameters(), optim::SGDOptions(0.1).momentum(0.9));
   optim::SGD ob(b->parameters(), optim::SGDOptions(0.1).momentum(0.9));
-  auto make_step = [](nn::Sequential m, optim::SGD& opt) {
-    return std::function<Tensor(const Tensor&, const Tensor&)>([m, &opt](const Tensor& x, const Tensor& y) {
-      opt.zero_grad();
-      Tensor loss = nn::functional::cross_entropy(m->forward(x), y);
-      loss.backward();
-      opt.step();
-      return loss;
-    });
-  };
-  auto batch = [](int k) {
-    Generator g(static_cast<uint64_t>(k));
-    return std::make_pair(randn({8, 20}, {}, g), randint(0, 5, {8}, {}, g));
-  };
-  replay_matches_eager(*a, *b, make_step(a, oa), make_step(b, ob), batch, 6, [](int) {}, 3);
+  replay_matches_eager(*a, *b, training_step(a, oa, classify), training_step(b, ob, classify),
+                       batches({8, 20}, 0, 5, {8}, 0), 6, [](int) {}, 3);
 }
 
 TEST(Compile, CnnWithBatchNormRunningStats) {
@@ -87,20 +116,8 @@ TEST(Compile, CnnWithBatchNormRunningStats) {
   copy_params(*a, *b);
   optim::Adam oa(a->parameters(), optim::AdamOptions(1e-3));
   optim::Adam ob(b->parameters(), optim::AdamOptions(1e-3));
-  auto make_step = [](nn::Sequential m, optim::Adam& opt) {
-    return std::function<Tensor(const Tensor&, const Tensor&)>([m, &opt](const Tensor& x, const Tensor& y) {
-      opt.zero_grad();
-      Tensor loss = nn::functional::cross_entropy(m->forward(x), y);
-      loss.backward();
-      opt.step();
-      return loss;
-    });
-  };
-  auto batch = [](int k) {
-    Generator g(static_cast<uint64_t>(k) + 7);
-    return std::make_pair(randn({4, 1, 28, 28}, {}, g), randint(0, 10, {4}, {}, g));
-  };
-  replay_matches_eager(*a, *b, make_step(a, oa), make_step(b, ob), batch, 5, [](int) {}, 2);
+  replay_matches_eager(*a, *b, training_step(a, oa, classify), training_step(b, ob, classify),
+                       batches({4, 1, 28, 28}, 0, 10, {4}, 7), 5, [](int) {}, 2);
 }
 
 TEST(Compile, ResNet9) {
@@ -109,49 +126,16 @@ TEST(Compile, ResNet9) {
   copy_params(*a, *b);
   optim::SGD oa(a->parameters(), optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-4));
   optim::SGD ob(b->parameters(), optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-4));
-  auto make_step = [](nn::Sequential m, optim::SGD& opt) {
-    return std::function<Tensor(const Tensor&, const Tensor&)>([m, &opt](const Tensor& x, const Tensor& y) {
-      opt.zero_grad();
-      Tensor loss = nn::functional::cross_entropy(m->forward(x), y);
-      loss.backward();
-      opt.step();
-      return loss;
-    });
-  };
-  auto batch = [](int k) {
-    Generator g(static_cast<uint64_t>(k) + 11);
-    return std::make_pair(randn({2, 1, 28, 28}, {}, g), randint(0, 10, {2}, {}, g));
-  };
-  replay_matches_eager(*a, *b, make_step(a, oa), make_step(b, ob), batch, 4, [](int) {}, 1);
+  replay_matches_eager(*a, *b, training_step(a, oa, classify), training_step(b, ob, classify),
+                       batches({2, 1, 28, 28}, 0, 10, {2}, 11), 4, [](int) {}, 1);
 }
 
 TEST(Compile, GptWithDropoutAndChangingLearningRate) {
-  models::GPTConfig cfg;
-  cfg.n_layer = 2;
-  cfg.n_embd = 32;
-  cfg.n_head = 4;
-  cfg.block_size = 16;
-  cfg.vocab_size = 40;
-  cfg.dropout = 0.1;
   manual_seed(4);
-  models::GPT a(cfg), b(cfg);
+  models::GPT a(tiny_gpt(2)), b(tiny_gpt(2));
   copy_params(*a, *b);
   optim::AdamW oa(a->parameters(), optim::AdamWOptions(1e-3));
   optim::AdamW ob(b->parameters(), optim::AdamWOptions(1e-3));
-  auto make_step = [](models::GPT m, optim::AdamW& opt) {
-    return std::function<Tensor(const Tensor&, const Tensor&)>([m, &opt](const Tensor& x, const Tensor& y) {
-      opt.zero_grad();
-      Tensor loss = m->loss(x, y);
-      loss.backward();
-      nn::utils::clip_grad_norm_tensor_(m->parameters(), 1.0);
-      opt.step();
-      return loss;
-    });
-  };
-  auto batch = [](int k) {
-    Generator g(static_cast<uint64_t>(k) + 13);
-    return std::make_pair(randint(0, 40, {3, 16}, {}, g), randint(0, 40, {3, 16}, {}, g));
-  };
   // A learning rate that changes every step, set outside the step as a
   // scheduler sets it.
   auto set_lr = [&](int k) {
@@ -159,7 +143,8 @@ TEST(Compile, GptWithDropoutAndChangingLearningRate) {
     oa.param_groups()[0].options().set_lr(lr);
     ob.param_groups()[0].options().set_lr(lr);
   };
-  replay_matches_eager(*a, *b, make_step(a, oa), make_step(b, ob), batch, 7, set_lr, 3);
+  replay_matches_eager(*a, *b, training_step(a, oa, language_model, 1.0), training_step(b, ob, language_model, 1.0),
+                       batches({3, 16}, 40, 40, {3, 16}, 13), 7, set_lr, 3);
 }
 
 TEST(Compile, LstmLanguageModel) {
@@ -173,20 +158,8 @@ TEST(Compile, LstmLanguageModel) {
   copy_params(*a, *b);
   optim::Adam oa(a->parameters(), optim::AdamOptions(2e-3));
   optim::Adam ob(b->parameters(), optim::AdamOptions(2e-3));
-  auto make_step = [](models::LSTMLM m, optim::Adam& opt) {
-    return std::function<Tensor(const Tensor&, const Tensor&)>([m, &opt](const Tensor& x, const Tensor& y) {
-      opt.zero_grad();
-      Tensor loss = m->loss(x, y);
-      loss.backward();
-      opt.step();
-      return loss;
-    });
-  };
-  auto batch = [](int k) {
-    Generator g(static_cast<uint64_t>(k) + 17);
-    return std::make_pair(randint(0, 30, {2, 10}, {}, g), randint(0, 30, {2, 10}, {}, g));
-  };
-  replay_matches_eager(*a, *b, make_step(a, oa), make_step(b, ob), batch, 6, [](int) {}, 2);
+  replay_matches_eager(*a, *b, training_step(a, oa, language_model), training_step(b, ob, language_model),
+                       batches({2, 10}, 30, 30, {2, 10}, 17), 6, [](int) {}, 2);
 }
 
 TEST(Compile, NewShapeRecordsANewGraphAndWrongDtypeIsAnError) {
@@ -367,17 +340,8 @@ TEST(Planner, NeverOverlapsLiveBuffersOnRandomGraphs) {
 // Recomputation (cheap ops by default, segments when asked) keeps the
 // step's results bitwise and shrinks the arena.
 TEST(Compile, RecomputedActivationsGiveTheSameStepAndASmallerArena) {
-  models::GPTConfig cfg;
-  cfg.n_layer = 3;
-  cfg.n_embd = 32;
-  cfg.n_head = 4;
-  cfg.block_size = 16;
-  cfg.vocab_size = 40;
-  cfg.dropout = 0.1;
-  auto batch = [](int k) {
-    Generator g(static_cast<uint64_t>(k) + 19);
-    return std::make_pair(randint(0, 40, {4, 16}, {}, g), randint(0, 40, {4, 16}, {}, g));
-  };
+  const models::GPTConfig cfg = tiny_gpt(3);
+  auto batch = batches({4, 16}, 40, 40, {4, 16}, 19);
   size_t arena[3] = {};
   int64_t copies[3] = {};
   const int segment_options[3] = {0, 0, -1};
@@ -388,20 +352,11 @@ TEST(Compile, RecomputedActivationsGiveTheSameStepAndASmallerArena) {
     copy_params(*a, *b);
     optim::AdamW oa(a->parameters(), optim::AdamWOptions(1e-3));
     optim::AdamW ob(b->parameters(), optim::AdamWOptions(1e-3));
-    auto make_step = [](models::GPT m, optim::AdamW& opt) {
-      return [m, &opt](const Tensor& x, const Tensor& y) {
-        opt.zero_grad();
-        Tensor loss = m->loss(x, y);
-        loss.backward();
-        opt.step();
-        return loss;
-      };
-    };
     jit::CompileOptions o;
     o.recompute_cheap = cheap_options[variant];
     o.checkpoint_segments = segment_options[variant];
-    auto compiled = loom::compile(make_step(b, ob), o);
-    auto eager = make_step(a, oa);
+    auto compiled = loom::compile(training_step(b, ob, language_model), o);
+    Step eager = training_step(a, oa, language_model);
     for (int k = 0; k < 5; ++k) {
       auto [x, y] = batch(k);
       manual_seed(77 + static_cast<uint64_t>(k));
@@ -430,9 +385,10 @@ TEST(Compile, StateDroppedOutsideTheStepRecordsAgain) {
   nn::Sequential a = models::mlp(6, {8}, 3), b = models::mlp(6, {8}, 3);
   copy_params(*a, *b);
   optim::SGD oa(a->parameters(), optim::SGDOptions(0.1)), ob(b->parameters(), optim::SGDOptions(0.1));
+  // zero_grad is outside the step here.
   auto make_step = [](nn::Sequential m, optim::SGD& opt) {
     return [m, &opt](const Tensor& x, const Tensor& y) {
-      Tensor loss = nn::functional::cross_entropy(m->forward(x), y);
+      Tensor loss = classify(m, x, y);
       loss.backward();
       opt.step();
       return loss;

@@ -27,24 +27,35 @@ jit::CompileOptions compile_options(const GraphOptions& o) {
   return c;
 }
 
-void report_graph(const GraphOptions& o, const std::shared_ptr<const jit::Graph>& graph, const jit::CompileStats& stats,
-                  bool& done, std::ostream& log) {
-  if (done || stats.graphs == 0 || graph == nullptr) return;
-  done = true;
-  if (o.dump_graph.empty()) return;
-  graph->save_dot(o.dump_graph);
-  log << "wrote the compiled step's graph (" << graph->num_nodes() << " nodes) to " << o.dump_graph << "\n" << std::flush;
+TrainStep::TrainStep(Fn fn, const GraphOptions& o, std::ostream& log)
+    : fn_(fn), o_(o), log_(log), compiled_(loom::compile(std::move(fn), compile_options(o))) {
+  check_graph_options(o);
 }
 
-void report_compiled_run(const std::shared_ptr<const jit::Graph>& graph, const jit::CompileStats& stats, std::ostream& log) {
-  if (graph == nullptr) return;
+Tensor TrainStep::operator()(const Tensor& x, const Tensor& y) {
+  if (!o_.compile) return fn_(x, y);
+  Tensor loss = compiled_(x, y);
+  if (!dumped_ && !o_.dump_graph.empty() && compiled_.stats().graphs > 0) {
+    dumped_ = true;
+    const auto graph = compiled_.graph();
+    graph->save_dot(o_.dump_graph);
+    log_ << "wrote the compiled step's graph (" << graph->num_nodes() << " nodes) to " << o_.dump_graph << "\n"
+         << std::flush;
+  }
+  return loss;
+}
+
+void TrainStep::report() const {
+  const auto graph = compiled_.graph();
+  if (!o_.compile || graph == nullptr) return;
+  const jit::CompileStats stats = compiled_.stats();
   const jit::MemoryPlan p = graph->memory_plan();
-  log << "compiled step: " << stats.recordings << " recorded, " << stats.replays << " replayed; " << graph->num_nodes()
-      << " kernels, arena " << mb(p.arena_bytes) << " (lower bound " << mb(p.lower_bound_bytes) << ", eager peak "
-      << mb(p.eager_peak_bytes) << ")";
-  if (p.recomputed_nodes > 0) log << ", " << p.recomputed_nodes << " kernels recomputed";
-  if (p.segments > 0) log << " in " << p.segments << " checkpointed segments";
-  log << "\n" << std::flush;
+  log_ << "compiled step: " << stats.recordings << " recorded, " << stats.replays << " replayed; " << graph->num_nodes()
+       << " kernels, arena " << mb(p.arena_bytes) << " (lower bound " << mb(p.lower_bound_bytes) << ", eager peak "
+       << mb(p.eager_peak_bytes) << ")";
+  if (p.recomputed_nodes > 0) log_ << ", " << p.recomputed_nodes << " kernels recomputed";
+  if (p.segments > 0) log_ << " in " << p.segments << " checkpointed segments";
+  log_ << "\n" << std::flush;
 }
 
 }  // namespace loom::cli

@@ -2,6 +2,7 @@
 // --memory-budget-mb, --dump-graph (every model).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <ostream>
 #include <string>
@@ -21,11 +22,24 @@ struct GraphOptions {
 void check_graph_options(const GraphOptions& o);
 // The compile options the flags ask for.
 jit::CompileOptions compile_options(const GraphOptions& o);
-// Once the compiled step has settled into a graph: writes --dump-graph (once)
-// and says so. `done` remembers that it did.
-void report_graph(const GraphOptions& o, const std::shared_ptr<const jit::Graph>& graph, const jit::CompileStats& stats,
-                  bool& done, std::ostream& log);
-// The last line of a compiled run: replays, the graph and its memory plan.
-void report_compiled_run(const std::shared_ptr<const jit::Graph>& graph, const jit::CompileStats& stats, std::ostream& log);
+
+// A training step (inputs, targets) -> loss, run eagerly or, with
+// --compile, through loom::compile; writes --dump-graph once the compiled
+// step has settled into a graph.
+class TrainStep {
+ public:
+  using Fn = std::function<Tensor(const Tensor&, const Tensor&)>;
+  TrainStep(Fn fn, const GraphOptions& o, std::ostream& log);
+  Tensor operator()(const Tensor& x, const Tensor& y);
+  // The last line of a compiled run: replays, the graph and its memory plan.
+  void report() const;
+
+ private:
+  Fn fn_;
+  GraphOptions o_;
+  std::ostream& log_;
+  jit::Compiled<Tensor, 2> compiled_;
+  bool dumped_ = false;
+};
 
 }  // namespace loom::cli

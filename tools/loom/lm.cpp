@@ -113,33 +113,26 @@ LmResult train_lm(const LmOptions& o, std::ostream& log) {
   double train_seconds = 0, loss_sum = 0;
   int64_t loss_count = 0;
   const std::vector<Tensor> params = model.parameters();
-  check_graph_options(o.graph);
   // Eager checkpointing: each GPT block (the LSTM) is a loom::checkpoint
   // region; compiled, the recompute pass does it instead.
   if (o.graph.checkpoint_activations && !o.graph.compile) {
     if (o.model == "gpt") static_cast<models::GPTImpl&>(model).set_checkpoint_activations(true);
     else static_cast<models::LSTMLMImpl&>(model).set_checkpoint_activations(true);
   }
-  auto train_step = [&](const Tensor& x, const Tensor& y) {
-    Tensor loss = lm_loss(model, o.model, x, y);
-    opt.zero_grad();
-    loss.backward();
-    if (o.grad_clip > 0) nn::utils::clip_grad_norm_tensor_(params, o.grad_clip);
-    opt.step();
-    return loss;
-  };
-  auto compiled = loom::compile(train_step, compile_options(o.graph));
-  bool graph_reported = false;
+  TrainStep train_step(
+      [&](const Tensor& x, const Tensor& y) {
+        Tensor loss = lm_loss(model, o.model, x, y);
+        opt.zero_grad();
+        loss.backward();
+        if (o.grad_clip > 0) nn::utils::clip_grad_norm_tensor_(params, o.grad_clip);
+        opt.step();
+        return loss;
+      },
+      o.graph, log);
   for (int64_t step = 1; step <= o.max_steps; ++step) {
     const auto t0 = Clock::now();
     const data::Batch batch = train_windows.random_batch(o.batch_size, o.seed, step);  // (B, T) each
-    Tensor loss;
-    if (o.graph.compile) {
-      loss = compiled(batch.data, batch.target);
-      report_graph(o.graph, compiled.graph(), compiled.stats(), graph_reported, log);
-    } else {
-      loss = train_step(batch.data, batch.target);
-    }
+    Tensor loss = train_step(batch.data, batch.target);
     if (sched) sched->step();
     loss_sum += loss.item<double>();
     ++loss_count;
@@ -166,7 +159,7 @@ LmResult train_lm(const LmOptions& o, std::ostream& log) {
         << (o.out.empty() ? "" : ", saved " + o.out) << "\n"
         << std::flush;
   }
-  if (o.graph.compile) report_compiled_run(compiled.graph(), compiled.stats(), log);
+  train_step.report();
   return result;
 }
 

@@ -201,7 +201,6 @@ TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive)
   }
   log << std::flush;
 
-  check_graph_options(opts.graph);
   // One training step: forward (checkpointed in sqrt(N) segments when asked,
   // unless the compiled recompute pass does it), loss, backward, update.
   const bool eager_checkpoint = opts.graph.checkpoint_activations && !opts.graph.compile;
@@ -213,16 +212,16 @@ TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive)
   }
   const int64_t segments =
       eager_checkpoint ? std::max<int64_t>(1, std::llround(std::sqrt(static_cast<double>(chain->size())))) : 0;
-  auto step = [&](const Tensor& x, const Tensor& y) {
-    Tensor logits = eager_checkpoint ? nn::checkpoint_sequential(chain, segments, x) : model.forward(x);  // (B, 10)
-    Tensor loss = F::cross_entropy(logits, y);
-    optimizer->zero_grad();
-    loss.backward();
-    optimizer->step();
-    return loss;
-  };
-  auto compiled = loom::compile(step, compile_options(opts.graph));
-  bool graph_reported = false;
+  TrainStep step(
+      [&](const Tensor& x, const Tensor& y) {
+        Tensor logits = eager_checkpoint ? nn::checkpoint_sequential(chain, segments, x) : model.forward(x);  // (B, 10)
+        Tensor loss = F::cross_entropy(logits, y);
+        optimizer->zero_grad();
+        loss.backward();
+        optimizer->step();
+        return loss;
+      },
+      opts.graph, log);
 
   const int width = interactive ? terminal_width() : 80;
   double train_seconds = 0;
@@ -233,13 +232,7 @@ TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive)
     double loss_sum = 0;
     int64_t batches = 0, samples = 0;
     for (data::Batch& b : loader) {
-      Tensor loss;
-      if (opts.graph.compile) {
-        loss = compiled(b.data, b.target);
-        report_graph(opts.graph, compiled.graph(), compiled.stats(), graph_reported, log);
-      } else {
-        loss = step(b.data, b.target);
-      }
+      Tensor loss = step(b.data, b.target);
       if (scheduler) scheduler->step();
       loss_sum += loss.item<double>();
       samples += b.target.size(0);
@@ -267,7 +260,7 @@ TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive)
         << (opts.out.empty() ? "" : ", saved " + opts.out) << "\n"
         << std::flush;
   }
-  if (opts.graph.compile) report_compiled_run(compiled.graph(), compiled.stats(), log);
+  step.report();
   const auto& last = result.history.back();
   log << "test accuracy " << percent(last.test_acc) << " after " << result.last_epoch
       << (result.last_epoch == 1 ? " epoch (" : " epochs (")
