@@ -338,8 +338,15 @@ namespace {
 
 struct ArgShapes {
   std::vector<Shape> sizes, strides;
-  bool operator==(const ArgShapes&) const = default;
 };
+
+// Do `args` have the shapes and strides of `key`? (No copy on the replay path.)
+bool matches(const ArgShapes& key, const std::vector<Tensor>& args) {
+  if (key.sizes.size() != args.size()) return false;
+  for (size_t a = 0; a < args.size(); ++a)
+    if (key.sizes[a] != args[a].sizes() || key.strides[a] != args[a].strides()) return false;
+  return true;
+}
 
 ArgShapes signature_of(const std::vector<Tensor>& args) {
   ArgShapes s;
@@ -429,11 +436,10 @@ std::vector<Tensor> Compiler::call(const std::vector<Tensor>& args) {
                  dtype_name(st.first[a].first), " on ", st.first[a].second.str(),
                  "; a compiled function records a new graph for new shapes, not for new dtypes or devices");
   }
-  const ArgShapes key = signature_of(args);
-  auto it = std::find_if(st.cache.begin(), st.cache.end(), [&](const State::Entry& e) { return e.key == key; });
+  auto it = std::find_if(st.cache.begin(), st.cache.end(), [&](const State::Entry& e) { return matches(e.key, args); });
   if (it == st.cache.end()) {
     if (static_cast<int>(st.cache.size()) >= st.options.cache_size) st.cache.pop_back();
-    st.cache.push_front(State::Entry{key, nullptr, nullptr, 0, false, 0, {}, nullptr});
+    st.cache.push_front(State::Entry{signature_of(args), nullptr, nullptr, 0, false, 0, {}, nullptr});
     it = st.cache.begin();
   } else if (it != st.cache.begin()) {
     st.cache.splice(st.cache.begin(), st.cache, it);
