@@ -305,20 +305,33 @@ void gemm_serial(const GemmKernel& g, int64_t m, int64_t n, int64_t k, ConstView
 }
 
 // Note [GEMM without packing] (cpu_gemm.h): which products skip packing.
-// Measured on this project's machine (AVX2, AMD EPYC), per product:
-// kUnpackedRows, kUnpackedDepth below. Tests turn the path off
-// (testing::set_gemm_unpacked) to compare it with the packed one bit for bit.
-constexpr int64_t kUnpackedRows = 4;
-constexpr int64_t kUnpackedDepth = 4;
+// Measured on this project's machine (AVX2, AMD EPYC, one thread; packed vs
+// unpacked microseconds, noisy: the machine is shared):
+//  - few rows: 1..4 rows by 784x128 took 16-35 vs 21-38 us (B row-major) and
+//    19-30 vs 31-43 us (B = W^T); still ahead up to 16 rows there, but a row
+//    group past the first reads B again, and with B of 2048x2048 (16 MiB)
+//    the unpacked path lost 2-2.6x (each depth of a strip is a new page,
+//    the packed path's depth blocks stay in the TLB). So: at most
+//    kGemmRowsMax rows (B read once) and B at most 1 MiB.
+//  - little depth (outer products, a batch-1 weight gradient 128x1 @ 1x784:
+//    26 vs 56 us): B's rows contiguous, depth <= 4 (1024x1024, depth 4: 483
+//    vs 1043 us; depth 8 still ahead); B = W^T transposes per row group, so
+//    only depth 1 (512x512: 62 vs 124 us; even at depth 4).
+// Tests turn the path off (testing::set_gemm_unpacked) to compare it with the
+// packed one bit for bit.
+constexpr int64_t kUnpackedMaxB = int64_t{1} << 18;  // floats of B
+constexpr int64_t kUnpackedDepthRowsB = 4;
 std::atomic<bool> g_unpacked_enabled{true};
 
 // Whether sgemm runs this product (one batch item's strides) without
-// packing: few rows or little depth, and B with contiguous rows or columns
-// (or one row, whose row stride is never stepped).
-bool use_unpacked(int64_t m, int64_t k, const SgemmInput& b) {
+// packing: few rows and a B that fits in L2, or little depth; B with
+// contiguous rows or columns (or one row, whose row stride is never stepped).
+bool use_unpacked(int64_t m, int64_t n, int64_t k, const SgemmInput& b) {
   if (!g_unpacked_enabled.load(std::memory_order_relaxed)) return false;
-  if (m > kUnpackedRows && k > kUnpackedDepth) return false;
-  return b.cs == 1 || b.rs == 1 || k == 1;
+  const bool rows_b = b.cs == 1, cols_b = b.rs == 1 || k == 1;
+  if (!rows_b && !cols_b) return false;
+  if (m <= kGemmRowsMax && k * n <= kUnpackedMaxB) return true;
+  return k == 1 || (rows_b && k <= kUnpackedDepthRowsB);
 }
 
 // c (m, n) = a (m, k) @ b (k, n), k > 0, with g.rows (use_unpacked said
@@ -485,7 +498,7 @@ void sgemm(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k, SgemmInp
   // space of thread `slot`.
   // Note [GEMM without packing]: decided per product from B's strides (a
   // batch's items share them); the packing space is then unused.
-  const bool unpacked = use_unpacked(m, k, b);
+  const bool unpacked = use_unpacked(m, n, k, b);
   auto run = [&](int64_t bi, int64_t i0, int64_t i1, int64_t j0, int64_t j1, int slot) {
     if (unpacked) {
       gemm_unpacked(g, i1 - i0, j1 - j0, k, ConstView{a.data + bi * a.bs + i0 * a.rs, a.rs, a.cs},
