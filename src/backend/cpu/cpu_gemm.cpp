@@ -401,7 +401,10 @@ constexpr double kParallelMinWork = 1 << 20;
 // thread one block of A and one of B for the largest rectangle it computes,
 // each starting on a 64-byte line, and the bias as the tiles read it
 // (contiguous) when it is strided. One plan gives both the size a caller asks
-// for (sgemm_workspace_floats) and the layout sgemm uses.
+// for (sgemm_workspace_floats) and the layout sgemm uses. The unpacked path
+// (Note [GEMM without packing] in cpu_gemm.h) packs nothing, but whether it
+// runs depends on B's strides, which the size query does not see, so the
+// size stays the packed plan's: a bound on what either path uses.
 struct GemmPlan {
   int threads = 1;
   bool by_item = false;

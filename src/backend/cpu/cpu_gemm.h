@@ -17,6 +17,9 @@
 // a[k * MR + r] (row r of the panel at depth k), a packed B panel b[k * NR + j];
 // rows and columns past the edge of the matrix are zero.
 //
+// Products of few rows or little depth skip packing (Note [GEMM without
+// packing] below).
+//
 // Threads split C into rectangles of whole tiles (or a batch into whole
 // items), and each thread packs what its rectangle needs into its own part
 // of the caller's packing space, so no thread waits for another inside a
@@ -170,7 +173,9 @@ using GemmPackFn = void (*)(const float* src, int64_t line_stride, int64_t step,
 // an axpy) or contiguous columns (b_rs == 1: W^T; 8x8 blocks of B are
 // transposed in registers, so the lanes are still columns of C). Each element
 // is the chain of Note [GEMM summation order] over the whole depth at once,
-// so the result is bit for bit the packed path's, whichever path runs.
+// so the result is bit for bit the packed path's, whichever path runs. The
+// AVX-512 path runs the AVX2 path's 8-lane body (cpu_gemm_rows_body.h).
+// Which products qualify was measured: see use_unpacked in cpu_gemm.cpp.
 // Plain aggregate: see Note [GEMM design] on the ISA files.
 struct GemmRows {
   int64_t k;
