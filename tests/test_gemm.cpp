@@ -402,6 +402,87 @@ TEST(Gemm, ResultsDoNotDependOnTheThreadCount) {
   }
 }
 
+// ---- the unpacked path (Note [GEMM without packing]) ----
+
+// Restores sgemm's unpacked path after a test turns it off.
+struct UnpackedGuard {
+  ~UnpackedGuard() { loom::cpu::testing::set_gemm_unpacked(true); }
+};
+
+// Few rows or little depth: the products that skip packing, on odd sizes
+// around its vector widths, with A, B and C in every layout the path reads
+// (B with contiguous rows, contiguous columns, neither, or broadcast).
+TEST(Gemm, UnpackedPathOddSizesAndLayouts) {
+  const int64_t shapes[][3] = {  // m, n, k
+      {1, 1, 1},  {1, 7, 9},   {1, 8, 8},   {1, 9, 17},   {1, 33, 100}, {1, 300, 7}, {2, 17, 5},  {2, 16, 33},
+      {3, 15, 2}, {3, 70, 31}, {4, 9, 65},  {4, 263, 12}, {5, 31, 3},   {9, 37, 1},  {130, 33, 1}, {40, 70, 4},
+      {7, 3, 2},  {1, 257, 256}};
+  const Layout a_layouts[] = {Layout::Contiguous, Layout::Transposed, Layout::Holes, Layout::BroadcastRows};
+  const Layout b_layouts[] = {Layout::Contiguous, Layout::Transposed, Layout::Holes, Layout::BroadcastRows,
+                              Layout::BroadcastCols};
+  for (GemmIsa isa : runnable_isas()) {
+    for (const auto& s : shapes) {
+      for (Layout la : a_layouts) {
+        for (Layout lb : b_layouts) {
+          SCOPED_TRACE(trace(isa, 2, s[0], s[1], s[2]) + " A " + layout_name(la) + ", B " + layout_name(lb));
+          const Strided a = make_input(2, s[0], s[2], la, normal);
+          const Strided b = make_input(2, s[2], s[1], lb, normal);
+          check_product(isa, a, b, Layout::Contiguous);
+        }
+      }
+      for (Layout lc : kOutputLayouts) {
+        SCOPED_TRACE(trace(isa, 1, s[0], s[1], s[2]) + " C " + layout_name(lc));
+        const Strided a = make_input(1, s[0], s[2], Layout::Transposed, normal);
+        const Strided b = make_input(1, s[2], s[1], Layout::Transposed, normal);
+        check_product(isa, a, b, lc);
+      }
+    }
+  }
+}
+
+// The unpacked path gives the packed path's bits (Note [GEMM summation
+// order] holds whatever M is, so a batch-1 Linear matches a row of a larger
+// batch), with the epilogue (strided bias, relu), on every ISA, the portable
+// one included, on one thread and two.
+TEST(Gemm, UnpackedPathGivesThePackedBits) {
+  UnpackedGuard unpacked_guard;
+  ThreadCountGuard thread_guard;
+  const int64_t cases[][4] = {  // batch, m, n, k
+      {1, 1, 128, 784}, {1, 128, 784, 1}, {1, 1, 10, 128}, {1, 3, 45, 19}, {2, 4, 33, 3},
+      {3, 2, 100, 70},  {1, 1, 1500, 1400}, {1, 600, 900, 2}, {1, 3, 5, 3000}};
+  for (GemmIsa isa : runnable_isas()) {
+    for (const auto& s : cases) {
+      for (Layout lb : {Layout::Contiguous, Layout::Transposed}) {
+        for (bool epilogue : {false, true}) {
+          SCOPED_TRACE(trace(isa, s[0], s[1], s[2], s[3]) + " B " + layout_name(lb) +
+                       (epilogue ? ", bias + relu" : ""));
+          const Strided a = make_input(s[0], s[1], s[3], Layout::Contiguous, normal);
+          const Strided b = make_input(s[0], s[3], s[2], lb, normal);
+          std::vector<float> bias(static_cast<size_t>(2 * s[2]));
+          for (float& x : bias) x = normal();
+          const loom::cpu::SgemmEpilogue ep{bias.data(), 2, true, nullptr, nullptr};
+          std::vector<std::vector<float>> results;
+          for (bool unpacked : {false, true}) {
+            for (int threads : {1, 2}) {
+              loom::cpu::testing::set_gemm_unpacked(unpacked);
+              loom::set_num_threads(threads);
+              Strided c(s[0], s[1], s[2], Layout::Contiguous, 0.0f);
+              loom::cpu::sgemm(isa, s[0], s[1], s[2], s[3], a.in(), b.in(), c.out(), epilogue ? &ep : nullptr);
+              results.push_back(c.buf);
+            }
+          }
+          for (size_t r = 1; r < results.size(); ++r) {
+            int64_t differ = 0;
+            for (size_t x = 0; x < results[0].size(); ++x) differ += !same_value(results[r][x], results[0][x]);
+            EXPECT_EQ(differ, 0) << "run " << r << " (unpacked " << (r >= 2) << ", threads " << r % 2 + 1
+                                 << ") differs from the packed path on one thread";
+          }
+        }
+      }
+    }
+  }
+}
+
 // ---- ISA selection ----
 
 TEST(Gemm, LoomCpuIsaSelectsAPathAtMostTheBest) {

@@ -4,6 +4,7 @@
 #include "backend/cpu/cpu_gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -70,12 +71,37 @@ void portable_pack(const float* src, int64_t line_stride, int64_t step, int h, i
   }
 }
 
+// See GemmRows (cpu_gemm.h): strips of kPortableNr columns, each element the
+// portable tile's chain (acc = acc + a * b over k in order, from 0).
+void portable_rows(const GemmRows& t) {
+  for (int r = 0; r < t.rows; ++r) {
+    const float* a = t.a + r * t.a_rs;
+    for (int64_t j0 = 0; j0 < t.cols; j0 += kPortableNr) {
+      const int w = static_cast<int>(std::min<int64_t>(kPortableNr, t.cols - j0));
+      float acc[kPortableNr] = {};
+      const float* b = t.b + j0 * t.b_cs;
+      for (int64_t p = 0; p < t.k; ++p) {
+        const float ap = a[p * t.a_cs];
+        for (int j = 0; j < w; ++j) acc[j] += ap * b[j * t.b_cs];
+        b += t.b_rs;
+      }
+      // Note [GEMM epilogue]: bias, then relu (x < 0 ? 0 : x keeps NaN and -0).
+      if (t.bias != nullptr)
+        for (int j = 0; j < w; ++j) acc[j] += t.bias[j0 + j];
+      if (t.relu)
+        for (int j = 0; j < w; ++j) acc[j] = acc[j] < 0.0f ? 0.0f : acc[j];
+      float* c = t.c + r * t.c_rs + j0 * t.c_cs;
+      for (int j = 0; j < w; ++j) c[j * t.c_cs] = acc[j];
+    }
+  }
+}
+
 }  // namespace
 
 GemmKernel gemm_kernel_portable() {
   // The blocks of the AVX2 kernel, scaled to this tile.
   return GemmKernel{kPortableMr, kPortableNr, /*mc=*/kPortableMr * 48, /*kc=*/256, /*nc=*/kPortableNr * 32,
-                    &portable_tile, &portable_pack};
+                    &portable_tile, &portable_pack, &portable_rows};
 }
 
 // ---------------------------------------------------------------- driver
@@ -278,6 +304,68 @@ void gemm_serial(const GemmKernel& g, int64_t m, int64_t n, int64_t k, ConstView
   }
 }
 
+// Note [GEMM without packing] (cpu_gemm.h): which products skip packing.
+// Measured on this project's machine (AVX2, AMD EPYC, one thread; packed vs
+// unpacked microseconds, noisy: the machine is shared):
+//  - few rows: 1..4 rows by 784x128 took 16-35 vs 21-38 us (B row-major) and
+//    19-30 vs 31-43 us (B = W^T); still ahead up to 16 rows there, but a row
+//    group past the first reads B again, and with B of 2048x2048 (16 MiB)
+//    the unpacked path lost 2-2.6x (each depth of a strip is a new page,
+//    the packed path's depth blocks stay in the TLB). So: at most
+//    kGemmRowsMax rows (B read once) and B at most 1 MiB.
+//  - little depth (outer products, a batch-1 weight gradient 128x1 @ 1x784:
+//    26 vs 56 us): B's rows contiguous, depth <= 4 (1024x1024, depth 4: 483
+//    vs 1043 us; depth 8 still ahead); B = W^T transposes per row group, so
+//    only depth 1 (512x512: 62 vs 124 us; even at depth 4).
+// Tests turn the path off (testing::set_gemm_unpacked) to compare it with the
+// packed one bit for bit.
+constexpr int64_t kUnpackedMaxB = int64_t{1} << 18;  // floats of B
+constexpr int64_t kUnpackedDepthRowsB = 4;
+std::atomic<bool> g_unpacked_enabled{true};
+
+// Whether sgemm runs this product (one batch item's strides) without
+// packing: few rows and a B that fits in L2, or little depth; B with
+// contiguous rows or columns (or one row, whose row stride is never stepped).
+bool use_unpacked(int64_t m, int64_t n, int64_t k, const SgemmInput& b) {
+  if (!g_unpacked_enabled.load(std::memory_order_relaxed)) return false;
+  const bool rows_b = b.cs == 1, cols_b = b.rs == 1 || k == 1;
+  if (!rows_b && !cols_b) return false;
+  if (m <= kGemmRowsMax && k * n <= kUnpackedMaxB) return true;
+  return k == 1 || (rows_b && k <= kUnpackedDepthRowsB);
+}
+
+// c (m, n) = a (m, k) @ b (k, n), k > 0, with g.rows (use_unpacked said
+// yes): groups of kGemmRowsMax rows by strips of kPostCols columns, each
+// strip's `post` run while it is in cache.
+void gemm_unpacked(const GemmKernel& g, int64_t m, int64_t n, int64_t k, ConstView a, ConstView b, View c,
+                   const Epilogue& ep) {
+  // One row of B: its row stride is never stepped, so a strided row reads
+  // as contiguous columns (b_rs == 1) when its columns are not contiguous.
+  const int64_t b_rs = k == 1 && b.cs != 1 ? 1 : b.rs;
+  for (int64_t js = 0; js < n; js += kPostCols) {
+    const int64_t je = std::min(n, js + kPostCols);
+    for (int64_t i = 0; i < m; i += kGemmRowsMax) {
+      GemmRows t;
+      t.k = k;
+      t.a = a.data + i * a.rs;
+      t.a_rs = a.rs;
+      t.a_cs = a.cs;
+      t.b = b.data + js * b.cs;
+      t.b_rs = b_rs;
+      t.b_cs = b.cs;
+      t.c = c.data + i * c.rs + js * c.cs;
+      t.c_rs = c.rs;
+      t.c_cs = c.cs;
+      t.rows = static_cast<int>(std::min<int64_t>(kGemmRowsMax, m - i));
+      t.cols = je - js;
+      t.bias = ep.bias != nullptr ? ep.bias + js : nullptr;
+      t.relu = ep.relu;
+      g.rows(t);
+    }
+    if (ep.post != nullptr) ep.post(ep.post_ctx, c.data + js * c.cs, c.rs, c.cs, m, je - js);
+  }
+}
+
 // How the threads share one product's output: a grid of tm x tn rectangles
 // of whole tiles, one per thread. A thread packs the rows of A and the
 // columns of B its rectangle needs by itself, so threads never wait for one
@@ -313,7 +401,10 @@ constexpr double kParallelMinWork = 1 << 20;
 // thread one block of A and one of B for the largest rectangle it computes,
 // each starting on a 64-byte line, and the bias as the tiles read it
 // (contiguous) when it is strided. One plan gives both the size a caller asks
-// for (sgemm_workspace_floats) and the layout sgemm uses.
+// for (sgemm_workspace_floats) and the layout sgemm uses. The unpacked path
+// (Note [GEMM without packing] in cpu_gemm.h) packs nothing, but whether it
+// runs depends on B's strides, which the size query does not see, so the
+// size stays the packed plan's: a bound on what either path uses.
 struct GemmPlan {
   int threads = 1;
   bool by_item = false;
@@ -408,7 +499,17 @@ void sgemm(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k, SgemmInp
 
   // Rows [i0, i1) x columns [j0, j1) of batch item bi, with the packing
   // space of thread `slot`.
+  // Note [GEMM without packing]: decided per product from B's strides (a
+  // batch's items share them); the packing space is then unused.
+  const bool unpacked = use_unpacked(m, n, k, b);
   auto run = [&](int64_t bi, int64_t i0, int64_t i1, int64_t j0, int64_t j1, int slot) {
+    if (unpacked) {
+      gemm_unpacked(g, i1 - i0, j1 - j0, k, ConstView{a.data + bi * a.bs + i0 * a.rs, a.rs, a.cs},
+                    ConstView{b.data + bi * b.bs + j0 * b.cs, b.rs, b.cs},
+                    View{c.data + bi * c.bs + i0 * c.rs + j0 * c.cs, c.rs, c.cs},
+                    Epilogue{ep.bias != nullptr ? ep.bias + j0 : nullptr, ep.relu, ep.post, ep.post_ctx});
+      return;
+    }
     float* ap = pack + per_thread * static_cast<size_t>(slot);
     gemm_serial(g, i1 - i0, j1 - j0, k, ConstView{a.data + bi * a.bs + i0 * a.rs, a.rs, a.cs},
                 ConstView{b.data + bi * b.bs + j0 * b.cs, b.rs, b.cs},
@@ -424,6 +525,22 @@ void sgemm(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k, SgemmInp
   parallel_team(threads, [&](int id, int team) {
     if (by_item) {
       for (int64_t bi = id; bi < batch; bi += team) run(bi, 0, m, 0, n, id);
+    } else if (unpacked) {
+      // Strips of 16 columns (or groups of kGemmRowsMax rows, when the
+      // columns are too few to go round), dealt out evenly.
+      const int64_t col_units = ceil_div(n, 16), row_units = ceil_div(m, kGemmRowsMax);
+      const bool by_cols = col_units >= threads || col_units >= row_units;
+      const int64_t units = by_cols ? col_units : row_units;
+      for (int part = id; part < threads; part += team) {
+        const int64_t u0 = units * part / threads, u1 = units * (part + 1) / threads;
+        if (u0 == u1) continue;
+        for (int64_t bi = 0; bi < batch; ++bi) {
+          if (by_cols)
+            run(bi, 0, m, u0 * 16, std::min(n, u1 * 16), id);
+          else
+            run(bi, u0 * kGemmRowsMax, std::min(m, u1 * kGemmRowsMax), 0, n, id);
+        }
+      }
     } else {
       for (int rect = id; rect < threads; rect += team) {
         // Rectangle (ti, tj): tile rows [m_tiles ti / tm, m_tiles (ti + 1) / tm), likewise for columns.
@@ -435,5 +552,7 @@ void sgemm(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k, SgemmInp
     }
   });
 }
+
+void testing::set_gemm_unpacked(bool on) { g_unpacked_enabled.store(on, std::memory_order_relaxed); }
 
 }  // namespace loom::cpu

@@ -17,6 +17,9 @@
 // a[k * MR + r] (row r of the panel at depth k), a packed B panel b[k * NR + j];
 // rows and columns past the edge of the matrix are zero.
 //
+// Products of few rows or little depth skip packing (Note [GEMM without
+// packing] below).
+//
 // Threads split C into rectangles of whole tiles (or a batch into whole
 // items), and each thread packs what its rectangle needs into its own part
 // of the caller's packing space, so no thread waits for another inside a
@@ -160,12 +163,44 @@ struct GemmTile {
 using GemmPackFn = void (*)(const float* src, int64_t line_stride, int64_t step, int h, int64_t kc, int w,
                             float* dst);
 
+// Note [GEMM without packing]
+// A product of few rows (a batch-1 Linear: x (1, K) @ W^T, its backward
+// g (1, N) @ W) or of depth 1 (the outer product of a batch-1 weight
+// gradient) does too little work per element of B for packing to pay: for
+// M = 1 packing a 784x128 weight cost as much as the product. The driver then
+// runs the ISA's `rows` kernel on A and B where they are, for B with
+// contiguous rows (b_cs == 1: each depth adds a[r][p] times a row of B,
+// an axpy) or contiguous columns (b_rs == 1: W^T; 8x8 blocks of B are
+// transposed in registers, so the lanes are still columns of C). Each element
+// is the chain of Note [GEMM summation order] over the whole depth at once,
+// so the result is bit for bit the packed path's, whichever path runs. The
+// AVX-512 path runs the AVX2 path's 8-lane body (cpu_gemm_rows_body.h).
+// Which products qualify was measured: see use_unpacked in cpu_gemm.cpp.
+// Plain aggregate: see Note [GEMM design] on the ISA files.
+struct GemmRows {
+  int64_t k;
+  const float* a;  // a[r * a_rs + p * a_cs], r < rows, p < k
+  int64_t a_rs, a_cs;
+  const float* b;  // b[p * b_rs + j * b_cs], j < cols; b_cs == 1 or b_rs == 1
+  int64_t b_rs, b_cs;
+  float* c;  // c[r * c_rs + j * c_cs]
+  int64_t c_rs, c_cs;
+  int rows;  // 1..kGemmRowsMax
+  int64_t cols;
+  const float* bias;  // null: none; bias[j], contiguous
+  bool relu;
+};
+
+// The most rows one call of a `rows` kernel takes.
+constexpr int kGemmRowsMax = 4;
+
 // An ISA's micro-kernel, its packing, and the block sizes the driver uses.
 struct GemmKernel {
   int mr, nr;           // register tile (rows of A, columns of B)
   int64_t mc, kc, nc;   // cache blocks: mc a multiple of mr, nc of nr
   void (*tile)(const GemmTile& t);
   GemmPackFn pack;
+  void (*rows)(const GemmRows& t);  // Note [GEMM without packing]
 };
 
 // The kernel sgemm uses for `isa` (capped at gemm_best_isa()).

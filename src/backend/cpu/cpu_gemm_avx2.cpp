@@ -18,9 +18,9 @@ constexpr int kMr = 6;
 constexpr int kNv = 2;
 constexpr int kNr = 8 * kNv;
 
-// Lane masks for maskload/maskstore: the 8 ints from &kLaneMask[8 - n] turn
-// on the first n lanes.
-alignas(64) constexpr int kLaneMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+// kLaneMask, lanes8, transpose8 and the `rows` kernel (Note [GEMM
+// without packing] in cpu_gemm.h).
+#include "backend/cpu/cpu_gemm_rows_body.h"
 
 // C tile (R rows, V vectors; the last vector masked to its real lanes) of a
 // tile whose columns are contiguous (cs == 1).
@@ -128,54 +128,35 @@ void tile(const GemmTile& t) {
 
 // ---- packing ----
 
-// Transposes the 8 x 8 block r[0..7] (r[i] is row i) in registers: pairs of
-// rows interleave, then pairs of pairs, then 128-bit halves.
-inline void transpose8(__m256 r[8]) {
-  __m256 t[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);      // per 128-bit half: a0 b0 a1 b1
-    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);  //                   a2 b2 a3 b3
-  }
-  for (int i = 0; i < 8; i += 4) {
-    // Per half H, r[i + c] = rows i..i+3 at column c + 4 H.
-    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
-    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
-  }
-  for (int c = 0; c < 4; ++c) {
-    t[c] = _mm256_permute2f128_ps(r[c], r[4 + c], 0x20);      // low halves: column c
-    t[c + 4] = _mm256_permute2f128_ps(r[c], r[4 + c], 0x31);  // high halves: column c + 4
-  }
-  for (int i = 0; i < 8; ++i) r[i] = t[i];
-}
-
-inline __m256i lanes_mask(int64_t n) {
-  const int64_t on = n < 0 ? 0 : (n > 8 ? 8 : n);
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask + 8 - on));
-}
-
 // See GemmPackFn (cpu_gemm.h). Lines go 8 at a time (one vector of dst).
 void pack(const float* src, int64_t line_stride, int64_t step, int h, int64_t kc, int w, float* dst) {
   for (int g = 0; g < w; g += 8) {
     const int lines = h - g < 0 ? 0 : (h - g > 8 ? 8 : h - g);  // real lines in this group
-    const __m256i store = lanes_mask(w - g);
+    const __m256i store = lanes8(w - g);
     if (step == 1) {
       // Transpose: each line is contiguous along the depth.
       for (int64_t p0 = 0; p0 < kc; p0 += 8) {
         const int64_t depth = kc - p0 < 8 ? kc - p0 : 8;
-        const __m256i load = lanes_mask(depth);
+        const __m256i load = lanes8(depth);
         __m256 r[8];
         for (int i = 0; i < 8; ++i)
           r[i] = i < lines ? _mm256_maskload_ps(src + (g + i) * line_stride + p0, load) : _mm256_setzero_ps();
         transpose8(r);
-        for (int64_t c = 0; c < depth; ++c) _mm256_maskstore_ps(dst + (p0 + c) * w + g, store, r[c]);
+        // A masked store is slow on AMD's CPUs (it was most of the time of
+        // packing a 784x128 W^T): whole vectors store plainly.
+        if (w - g >= 8)
+          for (int64_t c = 0; c < depth; ++c) _mm256_storeu_ps(dst + (p0 + c) * w + g, r[c]);
+        else
+          for (int64_t c = 0; c < depth; ++c) _mm256_maskstore_ps(dst + (p0 + c) * w + g, store, r[c]);
       }
     } else if (line_stride == 1) {
       // Copy: the lines of one depth are contiguous.
-      const __m256i load = lanes_mask(lines);
-      for (int64_t p = 0; p < kc; ++p)
-        _mm256_maskstore_ps(dst + p * w + g, store, _mm256_maskload_ps(src + p * step + g, load));
+      const __m256i load = lanes8(lines);
+      if (w - g >= 8)
+        for (int64_t p = 0; p < kc; ++p) _mm256_storeu_ps(dst + p * w + g, _mm256_maskload_ps(src + p * step + g, load));
+      else
+        for (int64_t p = 0; p < kc; ++p)
+          _mm256_maskstore_ps(dst + p * w + g, store, _mm256_maskload_ps(src + p * step + g, load));
     } else {
       const int end = g + 8 < w ? g + 8 : w;
       for (int64_t p = 0; p < kc; ++p)
@@ -189,7 +170,7 @@ void pack(const float* src, int64_t line_stride, int64_t step, int h, int64_t kc
 GemmKernel gemm_kernel_avx2() {
   // Defaults only: gemm_kernel() sets kc, mc and nc from the caches of the
   // CPU it runs on (Note [GEMM block sizes] in cpu_gemm.cpp).
-  return GemmKernel{kMr, kNr, /*mc=*/kMr * 32, /*kc=*/256, /*nc=*/kNr * 16, &tile, &pack};
+  return GemmKernel{kMr, kNr, /*mc=*/kMr * 32, /*kc=*/256, /*nc=*/kNr * 16, &tile, &pack, &rows};
 }
 
 }  // namespace loom::cpu

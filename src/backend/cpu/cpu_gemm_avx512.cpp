@@ -18,6 +18,10 @@
 namespace loom::cpu {
 namespace {
 
+// The `rows` kernel (Note [GEMM without packing] in cpu_gemm.h), shared with
+// the AVX2 path.
+#include "backend/cpu/cpu_gemm_rows_body.h"
+
 // The register tile: kMr rows of C by kNv vectors of 16 floats. The
 // accumulators take kMr * kNv = 28 of the 32 zmm registers; the B row (2)
 // and the broadcast A value (1) take 3 more.
@@ -199,7 +203,7 @@ void pack(const float* src, int64_t line_stride, int64_t step, int h, int64_t kc
 GemmKernel gemm_kernel_avx512() {
   // Defaults only: gemm_kernel() sets kc, mc and nc from the caches of the
   // CPU it runs on (Note [GEMM block sizes] in cpu_gemm.cpp).
-  return GemmKernel{kMr, kNr, /*mc=*/kMr * 16, /*kc=*/256, /*nc=*/kNr * 16, &tile, &pack};
+  return GemmKernel{kMr, kNr, /*mc=*/kMr * 16, /*kc=*/256, /*nc=*/kNr * 16, &tile, &pack, &rows};
 }
 
 }  // namespace loom::cpu

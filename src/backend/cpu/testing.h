@@ -30,6 +30,11 @@ namespace loom::cpu::testing {
 // cpu_gemm.h). An unknown value throws loom::Error. Defined in cpu_gemm.cpp.
 void gemm_reload_isa();
 
+// Turns sgemm's unpacked path for few rows or little depth off (false) or
+// back on, so a test can compare it with the packed path (Note [GEMM without
+// packing] in cpu_gemm.h). Defined in cpu_gemm.cpp.
+void set_gemm_unpacked(bool on);
+
 // Turns the kernels' vectorized fast paths off (false) or back on, so a test
 // can run the reference kernels through the same entry points and compare
 // (Note [Vectorized CPU kernels] in cpu_vec.h). Defined in cpu_vec.cpp.
