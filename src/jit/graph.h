@@ -120,9 +120,10 @@ struct GraphImpl {
 // Passes (src/jit/passes.cpp), in the order compile runs them.
 // Removes nodes whose writes nobody reads (intermediates only); returns how many.
 int eliminate_dead_code(GraphImpl& g);
-// Removes copies from a value onto itself, and copies into a fresh
-// intermediate from one that dies there (the copy's output takes over its
-// input's buffer); returns how many.
+// Removes copies from a value onto itself, copies into a fresh intermediate
+// from one that dies there (the copy's output takes over its input's
+// buffer), and copies that overwrite state whole from such an intermediate
+// (its writer writes the state instead); returns how many.
 int remove_noop_copies(GraphImpl& g);
 // Runs, once, the nodes that read only constants and State the graph never
 // writes (frozen parameters in an inference graph), and turns what they

@@ -9,10 +9,13 @@
 //   need none). Host checks and writes to inputs, state and outputs are
 //   always kept. A dropped random node's draw is still reserved at replay,
 //   so the generator advances as eager execution advances it.
-// - No-op copies: a Copy of a value onto itself is dropped, and a Copy into
-//   a fresh intermediate from an intermediate that dies at the copy (same
+// - No-op copies: a Copy of a value onto itself is dropped; a Copy into a
+//   fresh intermediate from an intermediate that dies at the copy (same
 //   dtype, whole contiguous buffers) is dropped by letting the output take
-//   over the input's buffer.
+//   over the input's buffer; and a Copy that overwrites state whole from
+//   such an intermediate (the gradient backward assigns to a parameter whose
+//   .grad was set to none) is dropped by letting the intermediate's only
+//   writer write the state directly.
 // - Constant folding: a node that reads only constants and state that the
 //   graph never writes (the frozen parameters of an inference graph), and
 //   writes only intermediates that nothing else writes, is run once when
@@ -77,32 +80,60 @@ int eliminate_dead_code(GraphImpl& g) {
 
 int remove_noop_copies(GraphImpl& g) {
   compute_liveness(g);
-  int removed = 0;
-  std::vector<NodeInfo> kept;
+  std::vector<bool> drop(g.nodes.size(), false);
+  auto uses = [&](const NodeInfo& n, int b) {
+    for (int r : g.reads(n)) if (r == b) return true;
+    for (int w : g.writes(n)) if (w == b) return true;
+    return n.workspace == b;
+  };
   for (size_t k = 0; k < g.nodes.size(); ++k) {
-    NodeInfo& n = g.nodes[k];
-    bool drop = false;
-    if (n.kind == NodeKind::Kernel && n.op == OpKind::Copy) {
-      const int src = n.in[0], dst = n.out[0];
-      if (src == dst) {
-        drop = true;
-      } else {
-        const ValueInfo& s = g.values[static_cast<size_t>(src)];
-        const ValueInfo& d = g.values[static_cast<size_t>(dst)];
-        const BufferInfo& sb = g.buffers[static_cast<size_t>(s.buffer)];
-        const BufferInfo& db = g.buffers[static_cast<size_t>(d.buffer)];
-        const int ki = static_cast<int>(k);
-        drop = s.buffer != d.buffer && sb.kind == BufferKind::Intermediate && db.kind == BufferKind::Intermediate &&
-               sb.last == ki && db.first == ki && s.dtype == d.dtype && s.sizes == d.sizes && !sb.owned &&
-               whole_contiguous(g, src) && whole_contiguous(g, dst);
-        if (drop) {
-          rename_buffer(g, d.buffer, s.buffer);
-          compute_liveness(g);
-        }
-      }
+    const NodeInfo& n = g.nodes[k];
+    if (n.kind != NodeKind::Kernel || n.op != OpKind::Copy) continue;
+    const int src = n.in[0], dst = n.out[0];
+    if (src == dst) {
+      drop[k] = true;
+      continue;
     }
-    if (drop) ++removed;
-    else kept.push_back(std::move(n));
+    const ValueInfo& s = g.values[static_cast<size_t>(src)];
+    const ValueInfo& d = g.values[static_cast<size_t>(dst)];
+    const int sbuf = s.buffer, dbuf = d.buffer;
+    const BufferInfo& sb = g.buffers[static_cast<size_t>(sbuf)];
+    const BufferInfo& db = g.buffers[static_cast<size_t>(dbuf)];
+    const int ki = static_cast<int>(k);
+    if (sbuf == dbuf || sb.kind != BufferKind::Intermediate || sb.owned || sb.last != ki || s.dtype != d.dtype ||
+        s.sizes != d.sizes || !whole_contiguous(g, src) || !whole_contiguous(g, dst))
+      continue;
+    if (db.kind == BufferKind::Intermediate && db.first == ki) {
+      // Into a fresh intermediate: the output takes over the input's buffer.
+      rename_buffer(g, dbuf, sbuf);
+      drop[k] = true;
+    } else if ((db.kind == BufferKind::State || db.kind == BufferKind::NewState) && !db.owned) {
+      // Into state it overwrites whole (a gradient backward assigns): the
+      // node that wrote the input writes the state instead, when that is
+      // the input's only writer and nothing touches the state in between.
+      int writer = -1, writers = 0;
+      for (int j = sb.first; j < ki; ++j)
+        for (int w : g.writes(g.nodes[static_cast<size_t>(j)]))
+          if (w == sbuf) {
+            writer = j;
+            ++writers;
+          }
+      if (writers != 1 || writer != sb.first || g.nodes[static_cast<size_t>(writer)].folded) continue;
+      bool touched = false;
+      for (int j = writer; j < ki && !touched; ++j) touched = uses(g.nodes[static_cast<size_t>(j)], dbuf);
+      if (touched) continue;
+      rename_buffer(g, sbuf, dbuf);
+      drop[k] = true;
+    } else {
+      continue;
+    }
+    compute_liveness(g);
+  }
+  std::vector<NodeInfo> kept;
+  int removed = 0;
+  for (size_t k = 0; k < g.nodes.size(); ++k) {
+    if (drop[k]) ++removed;
+    else kept.push_back(std::move(g.nodes[k]));
   }
   g.nodes = std::move(kept);
   compute_liveness(g);
