@@ -273,14 +273,18 @@ TEST(GPT, ConfigJsonAndErrors) {
 // `loom train --model gpt|lstm --dataset text:PATH`, then `loom generate`:
 // the loss falls on a small text, the checkpoint rebuilds the model, and
 // generation with the KV cache writes what recomputation writes.
-TEST(LanguageModelCommand, TrainsSavesAndGenerates) {
-  const auto dir = std::filesystem::temp_directory_path() / ("loom_lm_" + std::to_string(::getpid()));
+// A fresh folder holding corpus.txt: `repeats` copies of one sentence.
+static std::filesystem::path corpus_dir(const std::string& prefix, int repeats) {
+  const auto dir = std::filesystem::temp_directory_path() / (prefix + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
+  std::ofstream f(dir / "corpus.txt");
+  for (int i = 0; i < repeats; ++i) f << "the cat sat on the mat. ";
+  return dir;
+}
+
+TEST(LanguageModelCommand, TrainsSavesAndGenerates) {
+  const auto dir = corpus_dir("loom_lm_", 300);
   const std::string text_file = (dir / "corpus.txt").string();
-  {
-    std::ofstream f(text_file);
-    for (int i = 0; i < 300; ++i) f << "the cat sat on the mat. ";
-  }
   for (const std::string kind : {"gpt", "lstm"}) {
     SCOPED_TRACE(kind);
     loom::cli::LmOptions o;
@@ -355,13 +359,8 @@ TEST(LanguageModelCommand, TrainsSavesAndGenerates) {
 // ends with the weights of eager training, for both language models, with
 // dropout and the cosine schedule's learning rate changing every step.
 TEST(LanguageModelCommand, CompiledAndCheckpointedTrainingGiveTheEagerWeights) {
-  const auto dir = std::filesystem::temp_directory_path() / ("loom_lmc_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
+  const auto dir = corpus_dir("loom_lmc_", 100);
   const std::string text_file = (dir / "corpus.txt").string();
-  {
-    std::ofstream f(text_file);
-    for (int i = 0; i < 100; ++i) f << "the cat sat on the mat. ";
-  }
   for (const std::string kind : {"gpt", "lstm"}) {
     SCOPED_TRACE(kind);
     loom::cli::LmOptions o;
@@ -384,7 +383,9 @@ TEST(LanguageModelCommand, CompiledAndCheckpointedTrainingGiveTheEagerWeights) {
       std::ostringstream log;
       const auto r = loom::cli::train_lm(o, log);
       states.push_back(r.model->state_dict());
-      if (o.graph.compile) EXPECT_NE(log.str().find("compiled step:"), std::string::npos) << log.str();
+      if (o.graph.compile) {
+        EXPECT_NE(log.str().find("compiled step:"), std::string::npos) << log.str();
+      }
     }
     for (int mode = 1; mode < 4; ++mode) {
       ASSERT_EQ(states[0].size(), states[static_cast<size_t>(mode)].size());

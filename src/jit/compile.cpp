@@ -164,9 +164,10 @@ class Executor {
 
   // False when a state tensor the graph writes or reads has died.
   bool state_alive() const {
-    for (const BufferInfo& b : g_->buffers)
-      if (b.first >= 0 && (b.kind == BufferKind::State || b.kind == BufferKind::NewState) && b.captured.expired())
-        return false;
+    for (int b : dynamic_) {  // the buffers bound per replay, state among them
+      const BufferInfo& info = g_->buffers[static_cast<size_t>(b)];
+      if ((info.kind == BufferKind::State || info.kind == BufferKind::NewState) && info.captured.expired()) return false;
+    }
     return true;
   }
 

@@ -64,20 +64,7 @@ void tile_kernel(const GemmTile& t) {
     b += t.b_step;
   }
 
-  // Note [GEMM epilogue]: bias, then relu (x < 0 ? 0 : x keeps NaN and -0).
-  if (t.bias != nullptr) {
-    __m256 bias[V];
-    for (int v = 0; v < V - 1; ++v) bias[v] = _mm256_loadu_ps(t.bias + 8 * v);
-    bias[V - 1] = _mm256_maskload_ps(t.bias + 8 * (V - 1), last);
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) acc[r][v] = _mm256_add_ps(acc[r][v], bias[v]);
-  }
-  if (t.relu) {
-    const __m256 zero = _mm256_setzero_ps();
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v)
-        acc[r][v] = _mm256_blendv_ps(acc[r][v], zero, _mm256_cmp_ps(acc[r][v], zero, _CMP_LT_OQ));
-  }
+  epilogue8<R, V>(acc, t.bias, last, t.relu);  // Note [GEMM epilogue]
 
   for (int r = 0; r < R; ++r) {
     for (int v = 0; v < V - 1; ++v) _mm256_storeu_ps(c + r * rs + 8 * v, acc[r][v]);

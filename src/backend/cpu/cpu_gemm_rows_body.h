@@ -41,25 +41,34 @@ inline void transpose8(__m256 r[8]) {
   for (int i = 0; i < 8; ++i) r[i] = t[i];
 }
 
+// Note [GEMM epilogue]'s register part on R x V accumulators of 8 lanes:
+// bias (V vectors from `bias`, the last one masked by `last`; none when
+// null), then relu (x < 0 ? 0 : x keeps NaN and -0). The AVX2 tile kernel
+// and the rows kernel share it, so their bits agree by construction.
+template <int R, int V>
+inline void epilogue8(__m256 (&acc)[R][V], const float* bias, __m256i last, bool relu) {
+  if (bias != nullptr) {
+    __m256 b[V];
+    for (int v = 0; v < V - 1; ++v) b[v] = _mm256_loadu_ps(bias + 8 * v);
+    b[V - 1] = _mm256_maskload_ps(bias + 8 * (V - 1), last);
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm256_add_ps(acc[r][v], b[v]);
+  }
+  if (relu) {
+    const __m256 zero = _mm256_setzero_ps();
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v)
+        acc[r][v] = _mm256_blendv_ps(acc[r][v], zero, _mm256_cmp_ps(acc[r][v], zero, _CMP_LT_OQ));
+  }
+}
+
 // The end of a strip: acc[r][v] holds rows r of columns j + 8 v .. of C,
 // the last vector with `tail` (1..8) real lanes. Note [GEMM epilogue]'s
 // register part as the tile kernels do it (bias, then relu), then the store.
 template <int R, int V>
 void rows_store(const GemmRows& t, __m256 (&acc)[R][V], int64_t j, int tail) {
   const __m256i last = lanes8(tail);
-  if (t.bias != nullptr) {
-    __m256 bias[V];
-    for (int v = 0; v < V - 1; ++v) bias[v] = _mm256_loadu_ps(t.bias + j + 8 * v);
-    bias[V - 1] = _mm256_maskload_ps(t.bias + j + 8 * (V - 1), last);
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) acc[r][v] = _mm256_add_ps(acc[r][v], bias[v]);
-  }
-  if (t.relu) {
-    const __m256 zero = _mm256_setzero_ps();
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v)
-        acc[r][v] = _mm256_blendv_ps(acc[r][v], zero, _mm256_cmp_ps(acc[r][v], zero, _CMP_LT_OQ));
-  }
+  epilogue8<R, V>(acc, t.bias != nullptr ? t.bias + j : nullptr, last, t.relu);
   if (t.c_cs == 1) {
     for (int r = 0; r < R; ++r) {
       float* c = t.c + r * t.c_rs + j;
