@@ -12,7 +12,9 @@
 // zero their gradients in place, so those stay allocated); rss_bytes is
 // the resident high-water mark over the step minus the resident set before
 // it, with the cache emptied first (torch_graph.py measures torch the same
-// way). Times are per-rep wall times of one step; run.py takes medians.
+// way). Memory is measured with one mode alive at a time; times come from
+// rounds that run one step of every mode of a row in turn, so the shared
+// machine's load lands on all modes alike. run.py takes medians.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -20,6 +22,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <string>
@@ -60,9 +63,10 @@ struct StepStats {
   int64_t peak_bytes = 0, activation_bytes = 0, rss_bytes = 0;
 };
 
-// Warm-up (recording and settling for a compiled step: three calls), one
-// measured step for memory, then `reps` timed steps.
-StepStats measure(const Step& step, const Tensor& x, const Tensor& y, int reps, int64_t persistent) {
+// Warm-up (recording and settling for a compiled step: three calls), then
+// one measured step for memory. The step runs alone in the process (every
+// other mode's model and graph are gone), so the peaks are its own.
+StepStats measure_memory(const Step& step, const Tensor& x, const Tensor& y, int64_t persistent) {
   for (int k = 0; k < 3; ++k) step(x, y);
   StepStats s;
   cpu_empty_cache();
@@ -73,12 +77,23 @@ StepStats measure(const Step& step, const Tensor& x, const Tensor& y, int reps, 
   s.peak_bytes = static_cast<int64_t>(cpu_allocator_stats().peak_bytes_in_use);
   s.activation_bytes = s.peak_bytes - persistent;
   s.rss_bytes = std::max<int64_t>(0, peak_resident_bytes() - rss_before);
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = Clock::now();
-    step(x, y);
-    s.ms.push_back(ms_since(t0));
-  }
   return s;
+}
+
+// Step times of several modes side by side: each warms up, then `reps`
+// rounds run one step of every mode in turn, so a change in the machine's
+// load (it is shared) lands on all of them alike. times[m] gets mode m's.
+void measure_times(const std::vector<Step>& steps, const Tensor& x, const Tensor& y, int reps,
+                   std::vector<std::vector<double>>& times) {
+  times.assign(steps.size(), {});
+  for (const Step& step : steps)
+    for (int k = 0; k < 3; ++k) step(x, y);
+  for (int r = 0; r < reps; ++r)
+    for (size_t m = 0; m < steps.size(); ++m) {
+      const auto t0 = Clock::now();
+      steps[m](x, y);
+      times[m].push_back(ms_since(t0));
+    }
 }
 
 std::string json_list(const std::vector<double>& v) {
@@ -121,33 +136,59 @@ Step train_step(std::function<Tensor(const Tensor&, const Tensor&)> loss_fn, opt
 }
 
 // The GPT of bench_ops's gpt_step: 4 layers, d_model 256, 4 heads, context
-// 128, vocabulary 96, no dropout; batch 16; AdamW 3e-4.
+// 128, vocabulary 96, no dropout; batch 16; AdamW 3e-4. Memory is measured
+// with one mode alive at a time, then the times of all four side by side.
 std::string bench_gpt(int reps) {
-  std::ostringstream os;
-  os << "{";
   const char* modes[] = {"eager", "compiled", "eager_checkpoint", "compiled_checkpoint"};
+  constexpr int kModes = 4;
+  struct Mode {
+    models::GPT gpt{nullptr};
+    std::unique_ptr<optim::AdamW> opt;
+    Step step;
+  };
   int64_t persistent = 0;
-  for (int m = 0; m < 4; ++m) {
+  // Mode m from the same seed: the same weights and batch for every mode.
+  auto make = [&](int m, Tensor& x, Tensor& y) {
     manual_seed(0);
-    models::GPT gpt(models::GPTConfig{
+    Mode mode;
+    mode.gpt = models::GPT(models::GPTConfig{
         .n_layer = 4, .n_embd = 256, .n_head = 4, .block_size = 128, .vocab_size = 96, .dropout = 0.0});
-    gpt->set_checkpoint_activations(m == 2);
-    optim::AdamW opt(gpt->parameters(), optim::AdamWOptions(3e-4));
-    persistent = persistent_bytes(gpt->parameters(), 2);
-    Tensor x = randint(96, {16, 128}), y = randint(96, {16, 128});
-    Step eager = train_step([gpt](const Tensor& a, const Tensor& b) { return gpt->loss(a, b); }, opt);
-    StepStats s;
+    mode.gpt->set_checkpoint_activations(m == 2);
+    mode.opt = std::make_unique<optim::AdamW>(mode.gpt->parameters(), optim::AdamWOptions(3e-4));
+    persistent = persistent_bytes(mode.gpt->parameters(), 2);
+    x = randint(96, {16, 128});
+    y = randint(96, {16, 128});
+    models::GPT gpt = mode.gpt;
+    mode.step = train_step([gpt](const Tensor& a, const Tensor& b) { return gpt->loss(a, b); }, *mode.opt);
     if (m == 1 || m == 3) {
       jit::CompileOptions o;
       if (m == 3) o.checkpoint_segments = -1;
-      auto compiled = loom::compile(eager, o);
-      s = measure([&](const Tensor& a, const Tensor& b) { return compiled(a, b); }, x, y, reps, persistent);
-    } else {
-      s = measure(eager, x, y, reps, persistent);
+      auto compiled = std::make_shared<decltype(loom::compile(mode.step, o))>(loom::compile(mode.step, o));
+      mode.step = [compiled](const Tensor& a, const Tensor& b) { return (*compiled)(a, b); };
     }
-    os << "\"" << modes[m] << "\": " << json_stats(s) << ", ";
-    std::fprintf(stderr, "gpt_step %s: %.1f ms (first rep), activations %.1f MB\n", modes[m], s.ms.empty() ? 0.0 : s.ms[0],
-                 static_cast<double>(s.activation_bytes) / 1e6);
+    return mode;
+  };
+  Tensor x, y;
+  StepStats stats[kModes];
+  for (int m = 0; m < kModes; ++m) {
+    Mode mode = make(m, x, y);
+    stats[m] = measure_memory(mode.step, x, y, persistent);
+    std::fprintf(stderr, "gpt_step %s: activations %.1f MB\n", modes[m], static_cast<double>(stats[m].activation_bytes) / 1e6);
+  }
+  std::vector<Mode> all;
+  std::vector<Step> steps;
+  for (int m = 0; m < kModes; ++m) {
+    all.push_back(make(m, x, y));
+    steps.push_back(all.back().step);
+  }
+  std::vector<std::vector<double>> times;
+  measure_times(steps, x, y, reps, times);
+  std::ostringstream os;
+  os << "{";
+  for (int m = 0; m < kModes; ++m) {
+    stats[m].ms = times[m];
+    os << "\"" << modes[m] << "\": " << json_stats(stats[m]) << ", ";
+    std::fprintf(stderr, "gpt_step %s: %.1f ms (first round)\n", modes[m], times[m][0]);
   }
   os << "\"persistent_bytes\": " << persistent << "}";
   return os.str();
@@ -163,43 +204,68 @@ nn::Sequential deep_mlp(int n) {
   return s;
 }
 
+// Per N: each mode's memory alone, then the three modes' times side by side.
 std::string bench_mlp_deep(int reps) {
   const std::vector<int> sizes = {16, 32, 64, 128, 256};
   const char* modes[] = {"eager", "eager_checkpoint", "compiled_checkpoint"};
-  std::ostringstream os;
-  os << "{\"N\": [16, 32, 64, 128, 256]";
-  for (int m = 0; m < 3; ++m) {
-    std::vector<double> ms;
-    std::vector<int64_t> act;
-    for (int n : sizes) {
+  constexpr int kModes = 3;
+  std::vector<double> ms[kModes];
+  std::vector<int64_t> act[kModes];
+  for (int n : sizes) {
+    const int64_t segments = std::max<int64_t>(1, std::lround(std::sqrt(static_cast<double>(n))));
+    int64_t persistent = 0;
+    struct Mode {
+      nn::Sequential net{nullptr};
+      std::unique_ptr<optim::SGD> opt;
+      Step step;
+    };
+    auto make = [&](int m, Tensor& x, Tensor& y) {
       manual_seed(0);
-      nn::Sequential net = deep_mlp(n);
-      optim::SGD opt(net->parameters(), optim::SGDOptions(0.01));
-      const int64_t persistent = persistent_bytes(net->parameters(), 0);
-      const int64_t segments = std::max<int64_t>(1, std::lround(std::sqrt(static_cast<double>(n))));
-      Tensor x = randn({256, 1024}), y = randn({256, 1024});
+      Mode mode;
+      mode.net = deep_mlp(n);
+      mode.opt = std::make_unique<optim::SGD>(mode.net->parameters(), optim::SGDOptions(0.01));
+      persistent = persistent_bytes(mode.net->parameters(), 0);
+      x = randn({256, 1024});
+      y = randn({256, 1024});
+      nn::Sequential net = mode.net;
       auto loss_fn = [net, m, segments](const Tensor& a, const Tensor& b) {
         Tensor out = m == 1 ? nn::checkpoint_sequential(net, segments, a) : net->forward(a);
         return F::mse_loss(out, b);
       };
-      Step eager = train_step(loss_fn, opt);
-      StepStats s;
+      mode.step = train_step(loss_fn, *mode.opt);
       if (m == 2) {
         jit::CompileOptions o;
         o.checkpoint_segments = static_cast<int>(segments);
-        auto compiled = loom::compile(eager, o);
-        s = measure([&](const Tensor& a, const Tensor& b) { return compiled(a, b); }, x, y, reps, persistent);
-      } else {
-        s = measure(eager, x, y, reps, persistent);
+        auto compiled = std::make_shared<decltype(loom::compile(mode.step, o))>(loom::compile(mode.step, o));
+        mode.step = [compiled](const Tensor& a, const Tensor& b) { return (*compiled)(a, b); };
       }
-      std::sort(s.ms.begin(), s.ms.end());
-      ms.push_back(s.ms[s.ms.size() / 2]);
-      act.push_back(s.activation_bytes);
-      std::fprintf(stderr, "mlp_deep %s N=%d: %.1f ms, activations %.1f MB\n", modes[m], n, ms.back(),
-                   static_cast<double>(act.back()) / 1e6);
+      return mode;
+    };
+    Tensor x, y;
+    for (int m = 0; m < kModes; ++m) {
+      Mode mode = make(m, x, y);
+      act[m].push_back(measure_memory(mode.step, x, y, persistent).activation_bytes);
     }
-    os << ", \"" << modes[m] << "\": {\"ms\": " << json_list(ms) << ", \"activation_bytes\": " << json_list(act) << "}";
+    std::vector<Mode> all;
+    std::vector<Step> steps;
+    for (int m = 0; m < kModes; ++m) {
+      all.push_back(make(m, x, y));
+      steps.push_back(all.back().step);
+    }
+    std::vector<std::vector<double>> times;
+    measure_times(steps, x, y, reps, times);
+    for (int m = 0; m < kModes; ++m) {
+      std::sort(times[m].begin(), times[m].end());
+      ms[m].push_back(times[m][times[m].size() / 2]);
+      std::fprintf(stderr, "mlp_deep %s N=%d: %.1f ms, activations %.1f MB\n", modes[m], n, ms[m].back(),
+                   static_cast<double>(act[m].back()) / 1e6);
+    }
   }
+  std::ostringstream os;
+  os << "{\"N\": [16, 32, 64, 128, 256]";
+  for (int m = 0; m < kModes; ++m)
+    os << ", \"" << modes[m] << "\": {\"ms\": " << json_list(ms[m]) << ", \"activation_bytes\": " << json_list(act[m])
+       << "}";
   return os.str() + "}";
 }
 

@@ -247,8 +247,61 @@ TEST(Checkpoint, FnThatChangesBetweenCallsIsAnError) {
   manual_seed(0);
   Tensor x = randn({3}).requires_grad_(true);
   int calls = 0;
-  Tensor y = checkpoint([&](const Tensor& h) { return ++calls == 1 ? h.exp() : h.exp().exp(); }, x);
-  EXPECT_TRUE(throws_with([&] { y.sum().backward(); }, {"checkpoint", "same ops"}));
+  // Fewer saves in the recomputation.
+  Tensor y = checkpoint([&](const Tensor& h) { return ++calls == 1 ? h.exp().exp() : h.exp(); }, x);
+  EXPECT_TRUE(throws_with([&] { y.sum().backward(); }, {"checkpoint", "saved 2 tensors", "saved 4", "same ops"}));
+  // A save of another shape.
+  calls = 0;
+  Tensor z = checkpoint([&](const Tensor& h) { return ++calls == 1 ? h.exp() : cat({h, h}).exp(); }, x);
+  EXPECT_TRUE(throws_with([&] { z.sum().backward(); }, {"checkpoint", "save 0", "[6]", "[3]", "same ops"}));
+  // More saves: the recomputation stops at the forward's last one (early
+  // stop), so what follows never runs and the gradient is the plain one.
+  calls = 0;
+  Tensor w = checkpoint([&](const Tensor& h) { return ++calls == 1 ? h.exp() : h.exp().exp(); }, x);
+  w.sum().backward();
+  EXPECT_TRUE(allclose(x.grad(), x.exp(), 0.0, 0.0));
+}
+
+// Early stop: a region that ends in a Linear recomputes everything up to
+// that Linear's saved inputs and skips its GEMM. The kernels are counted on
+// the recorded graph of the step (no passes, so it holds every launch).
+TEST(Checkpoint, RecomputationStopsAtItsLastSave) {
+  manual_seed(0);
+  nn::Linear a(8, 16), b(16, 4);
+  auto region = [&](const Tensor& h) { return b(relu(a(h))); };
+  auto linear_launches = [&](bool checkpointed) {
+    jit::CompileOptions o;
+    o.optimize = false;
+    o.recompute_cheap = false;
+    auto step = loom::compile(
+        [&](const Tensor& x) {
+          Tensor y = checkpointed ? checkpoint(region, x) : region(x);
+          y.sum().backward();
+          return y;
+        },
+        o);
+    step(randn({5, 8}).requires_grad_(true));
+    const std::string text = step.graph()->str();
+    int64_t n = 0;
+    for (size_t at = text.find("= Linear("); at != std::string::npos; at = text.find("= Linear(", at + 1)) ++n;
+    return n;
+  };
+  // The backward's own products are mm/bmm, not Linear.
+  EXPECT_EQ(linear_launches(false), 2);
+  EXPECT_EQ(linear_launches(true), 3);  // a and b, then a again: b is not recomputed
+
+  Tensor x = randn({5, 8}).requires_grad_(true);
+  Tensor plain_x = x.detach().requires_grad_(true);
+  a->zero_grad();
+  b->zero_grad();
+  region(plain_x).sum().backward();
+  Tensor ga = a->weight.grad().clone(), gb = b->weight.grad().clone();
+  a->zero_grad();
+  b->zero_grad();
+  checkpoint(region, x).sum().backward();
+  EXPECT_TRUE(allclose(a->weight.grad(), ga, 0.0, 0.0));
+  EXPECT_TRUE(allclose(b->weight.grad(), gb, 0.0, 0.0));
+  EXPECT_TRUE(allclose(x.grad(), plain_x.grad(), 0.0, 0.0));
 }
 
 TEST(Checkpoint, SequentialBadSegmentsAreErrors) {

@@ -27,6 +27,12 @@
 // and puts back the state backward found, so dropout inside fn draws the same
 // masks and the stream after backward is the same as without checkpointing.
 //
+// Early stop (as PyTorch's non-reentrant checkpoint): the recomputation
+// ends at its last save (the Collector throws, recompute catches), so what
+// fn computes after that never runs. Ops save their inputs before their
+// kernel where it is cheap to (Linear), so a region ending in a projection,
+// as both halves of a GPT block do, skips that GEMM.
+//
 // A recomputed tensor is freed when the node that saved it releases its
 // saves (after its backward, unless retain_graph), so the peak in backward
 // is one region's activations at a time. Saves of inputs and parameters are
@@ -66,7 +72,8 @@ class CheckpointFrame : public autograd::Recomputer {
    public:
     explicit Dropper(std::shared_ptr<CheckpointFrame> frame) : frame_(std::move(frame)) {}
     SavedTensor on_save(const Tensor& t, bool) override {
-      return SavedTensor::deferred(t, frame_, frame_->forward_saves_++);
+      frame_->forward_saves_.push_back({Shape(t.sizes().begin(), t.sizes().end()), t.dtype()});
+      return SavedTensor::deferred(t, frame_, frame_->forward_saves_.size() - 1);
     }
 
    private:
@@ -90,19 +97,37 @@ class CheckpointFrame : public autograd::Recomputer {
   }
 
  private:
-  // The backward pass: keeps what the recomputation's ops save, in order.
+  struct SaveGeometry {
+    Shape shape;
+    DType dtype;
+  };
+
+  // Thrown by the Collector once it holds every save: ends fn early.
+  struct StopRecomputation {};
+
+  // The backward pass: keeps what the recomputation's ops save, in order,
+  // and stops fn at the last one (early stop).
   class Collector : public autograd::SavedTensorSink {
    public:
-    explicit Collector(std::vector<SavedTensor>& out) : out_(out) {}
+    Collector(std::vector<SavedTensor>& out, const std::vector<SaveGeometry>& expected)
+        : out_(out), expected_(expected) {}
     SavedTensor on_save(const Tensor& t, bool is_output) override {
+      const size_t k = out_.size();
+      const SaveGeometry& e = expected_[k];
+      LOOM_CHECK(t.sizes() == e.shape && t.dtype() == e.dtype, "checkpoint: recomputing fn in backward saved ",
+                 dtype_name(t.dtype()), shape_str(t.sizes()), " as save ", k, " for backward, where its forward pass saved ",
+                 dtype_name(e.dtype), shape_str(e.shape),
+                 "; fn must run the same ops on every call (no branching on values or on the call count)");
       // Outputs are kept without history already; an input is detached so
       // the recomputation's graph behind it can be freed.
       out_.emplace_back(is_output ? t : t.detach(), is_output);
+      if (out_.size() == expected_.size()) throw StopRecomputation{};
       return SavedTensor();
     }
 
    private:
     std::vector<SavedTensor>& out_;
+    const std::vector<SaveGeometry>& expected_;
   };
 
   // Restores the generator even when fn throws.
@@ -140,13 +165,16 @@ class CheckpointFrame : public autograd::Recomputer {
       RngRestore restore;
       Recomputing recomputing;
       set_rng_state(rng_);
-      Collector collector(saves);
+      Collector collector(saves, forward_saves_);
       autograd::SavedTensorSinkGuard sink(&collector);
       AutoGradMode grad_on(true);
-      fn_(detached);
+      try {
+        fn_(detached);
+      } catch (const StopRecomputation&) {
+      }
     }
-    LOOM_CHECK(saves.size() == forward_saves_, "checkpoint: recomputing fn in backward saved ", saves.size(),
-               " tensors for backward, but its forward pass saved ", forward_saves_,
+    LOOM_CHECK(saves.size() == forward_saves_.size(), "checkpoint: recomputing fn in backward saved ", saves.size(),
+               " tensors for backward, but its forward pass saved ", forward_saves_.size(),
                "; fn must run the same ops on every call (no branching on values or on the call count)");
     saves_ = std::move(saves);
     recomputed_ = true;
@@ -156,7 +184,7 @@ class CheckpointFrame : public autograd::Recomputer {
   std::vector<Tensor> inputs_;
   std::vector<uint64_t> input_versions_;
   RngState rng_;  // the global generator when the forward pass began
-  size_t forward_saves_ = 0;
+  std::vector<SaveGeometry> forward_saves_;  // what the forward pass saved, in order
   bool recomputed_ = false;
   std::vector<SavedTensor> saves_;  // the recomputation's, by forward index
 };

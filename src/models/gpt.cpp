@@ -101,6 +101,14 @@ Tensor BlockImpl::forward(const Tensor& x) {
   return h + mlp(ln_2(h));
 }
 
+// Each half is its own region: backward then holds one half's recomputed
+// activations at a time (the MLP's 4 d_model-wide ones are the largest),
+// for one more saved stream per block, and the same recomputation.
+Tensor BlockImpl::forward_checkpointed(const Tensor& x) {
+  const Tensor h = x + loom::checkpoint([this](const Tensor& in) { return attn(ln_1(in)); }, x);
+  return h + loom::checkpoint([this](const Tensor& in) { return mlp(ln_2(in)); }, h);
+}
+
 Tensor BlockImpl::forward(const Tensor& x, KVCache& cache, size_t layer) {
   const Tensor h = x + attn->forward(ln_1(x), cache, layer);
   return h + mlp(ln_2(h));
@@ -158,7 +166,7 @@ Tensor GPTImpl::forward(const Tensor& idx_in) {
   for (size_t i = 0; i < h->size(); ++i) {
     BlockImpl& block = h->at<BlockImpl>(static_cast<int64_t>(i));
     if (checkpoint_activations_ && is_grad_enabled())
-      x = loom::checkpoint([&block](const Tensor& in) { return block.forward(in); }, x);
+      x = block.forward_checkpointed(x);
     else
       x = block.forward(x);
   }

@@ -207,16 +207,6 @@ Tensor linear(const Tensor& input, const Tensor& weight, const Tensor& bias, Lin
   out_shape.push_back(n);
   const Tensor x = input.reshape({m, k});
 
-  const bool record = autograd::compute_requires_grad(operands);
-  Tensor out = make_tensor({m, n}, input.dtype(), input.device());
-  Tensor pre = record && gelu ? make_tensor({m, n}, input.dtype(), input.device()) : Tensor();
-  if (out.numel() > 0) {
-    if (pre.defined())
-      ops::launch(OpKind::Linear, {&x, &weight, &bias}, {&out, &pre}, {}, {static_cast<int64_t>(activation)});
-    else
-      ops::launch(OpKind::Linear, {&x, &weight, &bias}, {&out}, {}, {static_cast<int64_t>(activation)});
-  }
-
   auto node = autograd::make_node(
       "LinearBackward", {x, weight, bias}, [activation](FunctionNode& ctx, const TensorList& g) {
         const Tensor xs = ctx.saved(0), ws = ctx.saved(1), bs = ctx.saved(2);
@@ -240,11 +230,24 @@ Tensor linear(const Tensor& input, const Tensor& weight, const Tensor& bias, Lin
         if (ctx.needs_input_grad(2)) r[2] = sum(gz, {0});      // (N)
         return r;
       });
+  // The inputs are saved before the kernel runs, as PyTorch's autograd
+  // does: a checkpoint recomputation that has all its saves once these are
+  // taken stops here, without the GEMM (Note [Activation checkpointing]).
   if (node) {
-    autograd::set_history(out, node);
     node->save(x);
     node->save(weight);
     node->save(bias);
+  }
+  Tensor out = make_tensor({m, n}, input.dtype(), input.device());
+  Tensor pre = node && gelu ? make_tensor({m, n}, input.dtype(), input.device()) : Tensor();
+  if (out.numel() > 0) {
+    if (pre.defined())
+      ops::launch(OpKind::Linear, {&x, &weight, &bias}, {&out, &pre}, {}, {static_cast<int64_t>(activation)});
+    else
+      ops::launch(OpKind::Linear, {&x, &weight, &bias}, {&out}, {}, {static_cast<int64_t>(activation)});
+  }
+  if (node) {
+    autograd::set_history(out, node);
     if (activation == LinearActivation::Relu) node->save_output(out);
     if (gelu) node->save(pre);
   }

@@ -93,6 +93,8 @@ class BlockImpl : public nn::Module {
   explicit BlockImpl(const GPTConfig& cfg);
   Tensor forward(const Tensor& x) override;
   Tensor forward(const Tensor& x, KVCache& cache, size_t layer);
+  // forward with the attention and the MLP half each in a loom::checkpoint.
+  Tensor forward_checkpointed(const Tensor& x);
 
   nn::LayerNorm ln_1{nullptr}, ln_2{nullptr};
   CausalSelfAttention attn{nullptr};
@@ -119,8 +121,9 @@ class GPTImpl : public nn::Module {
   void reset_parameters();
   std::string extra_repr() const override;
   // Activation checkpointing: each block's activations are dropped after
-  // the forward and recomputed in the backward (loom::checkpoint), so
-  // training keeps one block's activations at a time.
+  // the forward and recomputed in the backward (loom::checkpoint on each
+  // half of a block), so training keeps one half-block's activations at a
+  // time.
   void set_checkpoint_activations(bool on) { checkpoint_activations_ = on; }
   bool checkpoint_activations() const { return checkpoint_activations_; }
 
