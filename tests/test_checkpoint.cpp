@@ -262,33 +262,35 @@ TEST(Checkpoint, FnThatChangesBetweenCallsIsAnError) {
   EXPECT_TRUE(allclose(x.grad(), x.exp(), 0.0, 0.0));
 }
 
+// Launches of kernel `op` in one forward + backward of `forward` (x: 5 x 8),
+// counted on the recorded graph of the step (no passes, so it holds every
+// launch; the backward's own products are mm/bmm, not Linear).
+int64_t launches(const std::string& op, const std::function<Tensor(const Tensor&)>& forward) {
+  jit::CompileOptions o;
+  o.optimize = false;
+  o.recompute_cheap = false;
+  auto step = loom::compile(
+      [&](const Tensor& x) {
+        Tensor y = forward(x);
+        y.sum().backward();
+        return y;
+      },
+      o);
+  step(randn({5, 8}).requires_grad_(true));
+  const std::string text = step.graph()->str(), call = "= " + op + "(";
+  int64_t n = 0;
+  for (size_t at = text.find(call); at != std::string::npos; at = text.find(call, at + 1)) ++n;
+  return n;
+}
+
 // Early stop: a region that ends in a Linear recomputes everything up to
-// that Linear's saved inputs and skips its GEMM. The kernels are counted on
-// the recorded graph of the step (no passes, so it holds every launch).
+// that Linear's saved inputs and skips its GEMM.
 TEST(Checkpoint, RecomputationStopsAtItsLastSave) {
   manual_seed(0);
   nn::Linear a(8, 16), b(16, 4);
   auto region = [&](const Tensor& h) { return b(relu(a(h))); };
-  auto linear_launches = [&](bool checkpointed) {
-    jit::CompileOptions o;
-    o.optimize = false;
-    o.recompute_cheap = false;
-    auto step = loom::compile(
-        [&](const Tensor& x) {
-          Tensor y = checkpointed ? checkpoint(region, x) : region(x);
-          y.sum().backward();
-          return y;
-        },
-        o);
-    step(randn({5, 8}).requires_grad_(true));
-    const std::string text = step.graph()->str();
-    int64_t n = 0;
-    for (size_t at = text.find("= Linear("); at != std::string::npos; at = text.find("= Linear(", at + 1)) ++n;
-    return n;
-  };
-  // The backward's own products are mm/bmm, not Linear.
-  EXPECT_EQ(linear_launches(false), 2);
-  EXPECT_EQ(linear_launches(true), 3);  // a and b, then a again: b is not recomputed
+  EXPECT_EQ(launches("Linear", region), 2);
+  EXPECT_EQ(launches("Linear", [&](const Tensor& x) { return checkpoint(region, x); }), 3);  // a, b, then a again
 
   Tensor x = randn({5, 8}).requires_grad_(true);
   Tensor plain_x = x.detach().requires_grad_(true);
@@ -301,6 +303,35 @@ TEST(Checkpoint, RecomputationStopsAtItsLastSave) {
   checkpoint(region, x).sum().backward();
   EXPECT_TRUE(allclose(a->weight.grad(), ga, 0.0, 0.0));
   EXPECT_TRUE(allclose(b->weight.grad(), gb, 0.0, 0.0));
+  EXPECT_TRUE(allclose(x.grad(), plain_x.grad(), 0.0, 0.0));
+}
+
+// A save that is the region's output (a final ReLU saves its output) is
+// kept from the output: a segment of Linear + ReLU layers recomputes all
+// but its last layer, and the gradients stay the plain ones.
+TEST(Checkpoint, SavesOfTheRegionOutputAreNotRecomputed) {
+  manual_seed(0);
+  nn::Sequential seq;
+  for (int k = 0; k < 4; ++k) {
+    seq->push_back(nn::Linear(8, 8));
+    seq->push_back(nn::ReLU());
+  }
+  // Two segments: the first (layers 1-2) is checkpointed, the last runs plainly.
+  EXPECT_EQ(launches("Linear", [&](const Tensor& x) { return seq->forward(x); }), 4);
+  EXPECT_EQ(launches("Linear", [&](const Tensor& x) { return nn::checkpoint_sequential(seq, 2, x); }), 5);
+  // A region whose only saves are of its output recomputes nothing.
+  EXPECT_EQ(launches("Relu", [&](const Tensor& x) { return checkpoint([](const Tensor& h) { return relu(h); }, x); }), 1);
+
+  Tensor x = randn({5, 8}).requires_grad_(true);
+  Tensor plain_x = x.detach().requires_grad_(true);
+  seq->zero_grad();
+  seq->forward(plain_x).sum().backward();
+  std::vector<Tensor> plain;
+  for (const Tensor& p : seq->parameters()) plain.push_back(p.grad().clone());
+  seq->zero_grad();
+  nn::checkpoint_sequential(seq, 2, x).sum().backward();
+  const std::vector<Tensor> params = seq->parameters();
+  for (size_t k = 0; k < params.size(); ++k) EXPECT_TRUE(allclose(params[k].grad(), plain[k], 0.0, 0.0)) << k;
   EXPECT_TRUE(allclose(x.grad(), plain_x.grad(), 0.0, 0.0));
 }
 

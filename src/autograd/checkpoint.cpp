@@ -31,7 +31,11 @@
 // ends at its last save (the Collector throws, recompute catches), so what
 // fn computes after that never runs. Ops save their inputs before their
 // kernel where it is cheap to (Linear), so a region ending in a projection,
-// as both halves of a GPT block do, skips that GEMM.
+// as both halves of a GPT block do, skips that GEMM. Saves that are the
+// region's output itself (a final ReLU saves its output) are kept from the
+// output instead (hold_output), so the recomputation stops before the op
+// that made it: a checkpoint_sequential segment of Linear + ReLU layers
+// recomputes all but its last layer.
 //
 // A recomputed tensor is freed when the node that saved it releases its
 // saves (after its backward, unless retain_graph), so the peak in backward
@@ -71,8 +75,11 @@ class CheckpointFrame : public autograd::Recomputer {
   class Dropper : public autograd::SavedTensorSink {
    public:
     explicit Dropper(std::shared_ptr<CheckpointFrame> frame) : frame_(std::move(frame)) {}
-    SavedTensor on_save(const Tensor& t, bool) override {
-      frame_->forward_saves_.push_back({Shape(t.sizes().begin(), t.sizes().end()), t.dtype()});
+    SavedTensor on_save(const Tensor& t, bool is_output) override {
+      const TensorImpl* impl = t.unsafe_impl();
+      const autograd::AutogradMeta* meta = autograd::autograd_meta_if(t);
+      frame_->forward_saves_.push_back({impl->sizes, impl->dtype, is_output, impl->storage, impl->strides, impl->offset,
+                                        t._version(), meta ? meta->output_nr : 0, t.requires_grad()});
       return SavedTensor::deferred(t, frame_, frame_->forward_saves_.size() - 1);
     }
 
@@ -82,11 +89,32 @@ class CheckpointFrame : public autograd::Recomputer {
 
   Tensor run_forward() { return fn_(inputs_); }
 
+  // After the forward pass: the saves that are fn's output itself (the same
+  // storage, geometry and version; `out` may be a view of the saved tensor,
+  // as a reshape to the same shape returns) are kept from `out` rather than
+  // recomputed. The frame then holds the output, which whatever follows the
+  // region usually holds anyway (checkpoint_sequential's next segment).
+  void hold_output(const Tensor& out) {
+    const TensorImpl* o = out.unsafe_impl();
+    held_.assign(forward_saves_.size(), SavedTensor());
+    is_held_.assign(forward_saves_.size(), false);
+    for (size_t k = 0; k < forward_saves_.size(); ++k) {
+      const ForwardSave& f = forward_saves_[k];
+      if (f.storage.lock() != o->storage || f.shape != o->sizes || f.strides != o->strides || f.offset != o->offset ||
+          f.version != out._version())
+        continue;
+      // An input save is detached, as the Collector's: no cycle through the node.
+      held_[k] = f.is_output ? SavedTensor::output_as(out, f.output_nr, f.requires_grad) : SavedTensor(out.detach(), false);
+      is_held_[k] = true;
+    }
+  }
+
   Tensor unpack(size_t index, const std::shared_ptr<Node>& owner, const std::string& owner_name) override {
     LOOM_CHECK(!is_grad_enabled(), "checkpoint: ", owner_name,
                " is inside a checkpointed region, and backward with create_graph=true cannot go through "
                "one: its recomputed activations carry no history back to the region's inputs; run that "
                "region without loom::checkpoint to take higher-order gradients");
+    if (index < is_held_.size() && is_held_[index] && !recomputed_) return held_[index].unpack(owner, owner_name);
     if (!recomputed_) recompute();
     LOOM_ASSERT(index < saves_.size(), "checkpoint: save ", index, " of ", saves_.size());
     return saves_[index].unpack(owner, owner_name);
@@ -94,12 +122,22 @@ class CheckpointFrame : public autograd::Recomputer {
 
   void release(size_t index) override {
     if (index < saves_.size()) saves_[index].release();
+    if (index < held_.size()) held_[index].release();
   }
 
  private:
-  struct SaveGeometry {
+  // What the forward pass saved: its geometry (checked against the
+  // recomputation's) and its identity (for hold_output).
+  struct ForwardSave {
     Shape shape;
     DType dtype;
+    bool is_output;
+    std::weak_ptr<Storage> storage;  // weak: a dead save's storage never matches
+    Shape strides;
+    int64_t offset;
+    uint64_t version;
+    uint32_t output_nr;  // an output's number and requires_grad, for output_as
+    bool requires_grad;
   };
 
   // Thrown by the Collector once it holds every save: ends fn early.
@@ -109,11 +147,11 @@ class CheckpointFrame : public autograd::Recomputer {
   // and stops fn at the last one (early stop).
   class Collector : public autograd::SavedTensorSink {
    public:
-    Collector(std::vector<SavedTensor>& out, const std::vector<SaveGeometry>& expected)
-        : out_(out), expected_(expected) {}
+    Collector(std::vector<SavedTensor>& out, const std::vector<ForwardSave>& expected, size_t stop)
+        : out_(out), expected_(expected), stop_(stop) {}
     SavedTensor on_save(const Tensor& t, bool is_output) override {
       const size_t k = out_.size();
-      const SaveGeometry& e = expected_[k];
+      const ForwardSave& e = expected_[k];
       LOOM_CHECK(t.sizes() == e.shape && t.dtype() == e.dtype, "checkpoint: recomputing fn in backward saved ",
                  dtype_name(t.dtype()), shape_str(t.sizes()), " as save ", k, " for backward, where its forward pass saved ",
                  dtype_name(e.dtype), shape_str(e.shape),
@@ -121,13 +159,14 @@ class CheckpointFrame : public autograd::Recomputer {
       // Outputs are kept without history already; an input is detached so
       // the recomputation's graph behind it can be freed.
       out_.emplace_back(is_output ? t : t.detach(), is_output);
-      if (out_.size() == expected_.size()) throw StopRecomputation{};
+      if (out_.size() == stop_) throw StopRecomputation{};
       return SavedTensor();
     }
 
    private:
     std::vector<SavedTensor>& out_;
-    const std::vector<SaveGeometry>& expected_;
+    const std::vector<ForwardSave>& expected_;
+    size_t stop_;
   };
 
   // Restores the generator even when fn throws.
@@ -160,12 +199,15 @@ class CheckpointFrame : public autograd::Recomputer {
       if (x.requires_grad()) d.requires_grad_(true);
       detached.push_back(std::move(d));
     }
+    // The recomputation stops after the last save that is not held.
+    size_t stop = forward_saves_.size();
+    while (stop > 0 && is_held_[stop - 1]) --stop;
     std::vector<SavedTensor> saves;
-    {
+    if (stop > 0) {
       RngRestore restore;
       Recomputing recomputing;
       set_rng_state(rng_);
-      Collector collector(saves, forward_saves_);
+      Collector collector(saves, forward_saves_, stop);
       autograd::SavedTensorSinkGuard sink(&collector);
       AutoGradMode grad_on(true);
       try {
@@ -173,9 +215,13 @@ class CheckpointFrame : public autograd::Recomputer {
       } catch (const StopRecomputation&) {
       }
     }
-    LOOM_CHECK(saves.size() == forward_saves_.size(), "checkpoint: recomputing fn in backward saved ", saves.size(),
+    LOOM_CHECK(saves.size() == stop, "checkpoint: recomputing fn in backward saved ", saves.size(),
                " tensors for backward, but its forward pass saved ", forward_saves_.size(),
                "; fn must run the same ops on every call (no branching on values or on the call count)");
+    // Held saves replace their recomputed twins, which are freed now.
+    saves.resize(forward_saves_.size());
+    for (size_t k = 0; k < saves.size(); ++k)
+      if (is_held_[k]) saves[k] = std::move(held_[k]);
     saves_ = std::move(saves);
     recomputed_ = true;
   }
@@ -184,7 +230,9 @@ class CheckpointFrame : public autograd::Recomputer {
   std::vector<Tensor> inputs_;
   std::vector<uint64_t> input_versions_;
   RngState rng_;  // the global generator when the forward pass began
-  std::vector<SaveGeometry> forward_saves_;  // what the forward pass saved, in order
+  std::vector<ForwardSave> forward_saves_;  // what the forward pass saved, in order
+  std::vector<SavedTensor> held_;  // by index: the saves hold_output kept
+  std::vector<bool> is_held_;
   bool recomputed_ = false;
   std::vector<SavedTensor> saves_;  // the recomputation's, by forward index
 };
@@ -200,6 +248,7 @@ Tensor checkpoint(CheckpointFn fn, const std::vector<Tensor>& inputs) {
   autograd::SavedTensorSinkGuard sink(&dropper);
   Tensor out = frame->run_forward();
   LOOM_CHECK(out.defined(), "checkpoint: fn returned an undefined tensor");
+  frame->hold_output(out);
   return out;
 }
 

@@ -53,6 +53,13 @@ SavedTensor SavedTensor::deferred(const Tensor& t, std::shared_ptr<Recomputer> r
   return s;
 }
 
+SavedTensor SavedTensor::output_as(const Tensor& data, uint32_t output_nr, bool requires_grad) {
+  SavedTensor s(data, true);
+  s.output_nr_ = output_nr;
+  s.requires_grad_ = requires_grad;
+  return s;
+}
+
 void SavedTensor::release() {
   if (recomputer_ && !released_) recomputer_->release(recompute_index_);
   data_ = Tensor();

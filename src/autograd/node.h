@@ -80,6 +80,9 @@ class SavedTensor {
   // version of t's storage is still checked, so an in-place write to a
   // tensor that is alive fails as it would without checkpointing.
   static SavedTensor deferred(const Tensor& t, std::shared_ptr<Recomputer> recomputer, size_t index);
+  // An op's saved output, kept as `data` (the same values, another tensor:
+  // a view of it with the same geometry) for output `output_nr` of its node.
+  static SavedTensor output_as(const Tensor& data, uint32_t output_nr, bool requires_grad);
   // Throws if the tensor was modified in place since it was saved, or if it
   // was released by an earlier backward.
   Tensor unpack(const std::shared_ptr<Node>& owner, const std::string& owner_name) const;
