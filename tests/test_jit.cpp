@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <random>
+#include <sstream>
 
 #include "jit/graph.h"
 #include "loom/loom.h"
@@ -59,12 +60,12 @@ void copy_params(nn::Module& from, nn::Module& to) { to.load_state_dict(from.sta
 
 using Step = std::function<Tensor(const Tensor&, const Tensor&)>;
 
-// A training step of `m` with `opt`: zero_grad, loss, backward, clip (when
-// clip > 0), step. `loss_of(m, x, y)` gives the loss.
+// A training step of `m` with `opt`: zero_grad(set_to_none), loss,
+// backward, clip (when clip > 0), step. `loss_of(m, x, y)` gives the loss.
 template <class M, class Opt, class LossOf>
-Step training_step(M m, Opt& opt, LossOf loss_of, double clip = 0) {
-  return [m, &opt, loss_of, clip](const Tensor& x, const Tensor& y) {
-    opt.zero_grad();
+Step training_step(M m, Opt& opt, LossOf loss_of, double clip = 0, bool set_to_none = true) {
+  return [m, &opt, loss_of, clip, set_to_none](const Tensor& x, const Tensor& y) {
+    opt.zero_grad(set_to_none);
     Tensor loss = loss_of(m, x, y);
     loss.backward();
     if (clip > 0) nn::utils::clip_grad_norm_tensor_(m->parameters(), clip);
@@ -108,6 +109,31 @@ TEST(Compile, MlpSgdMomentumReplayEqualsEager) {
   optim::SGD ob(b->parameters(), optim::SGDOptions(0.1).momentum(0.9));
   replay_matches_eager(*a, *b, training_step(a, oa, classify), training_step(b, ob, classify),
                        batches({8, 20}, 0, 5, {8}, 0), 6, [](int) {}, 3);
+}
+
+// zero_grad(false) zeroes the gradients in place and backward adds to them:
+// the graph forwards the zeros (Note [Graph passes]), so each gradient is
+// written once, by the Add, and the bits stay eager's (a product can hold
+// -0, which the Add of the zeros turns into +0 as eager's accumulation does).
+TEST(Compile, GradientsZeroedInPlaceAreWrittenOnceByTheAccumulation) {
+  manual_seed(2);
+  nn::Sequential a = models::mlp(20, {32, 16}, 5), b = models::mlp(20, {32, 16}, 5);
+  copy_params(*a, *b);
+  optim::SGD oa(a->parameters(), optim::SGDOptions(0.1).momentum(0.9));
+  optim::SGD ob(b->parameters(), optim::SGDOptions(0.1).momentum(0.9));
+  replay_matches_eager(*a, *b, training_step(a, oa, classify, 0, false), training_step(b, ob, classify, 0, false),
+                       batches({8, 20}, 0, 5, {8}, 3), 6, [](int) {}, 3);
+  auto compiled = loom::compile(training_step(b, ob, classify, 0, false));
+  Tensor x = randn({8, 20}), y = randint(5, {8});
+  for (int k = 0; k < 3; ++k) compiled(x, y);
+  std::istringstream lines(compiled.graph()->str());
+  int adds_into_state = 0;
+  for (std::string line; std::getline(lines, line);) {
+    const bool into_state = line.size() >= 7 && line.compare(line.size() - 7, 7, "# state") == 0;
+    EXPECT_FALSE(into_state && line.find("= Copy(") != std::string::npos) << line;
+    if (into_state && line.find("= Add(") != std::string::npos) ++adds_into_state;
+  }
+  EXPECT_EQ(adds_into_state, 6);  // 3 weights, 3 biases
 }
 
 TEST(Compile, CnnWithBatchNormRunningStats) {

@@ -502,6 +502,7 @@ std::vector<Tensor> Compiler::call(const std::vector<Tensor>& args) {
   }
   if (st.options.optimize) {
     eliminate_dead_code(*g);
+    forward_zero_fills(*g);
     remove_noop_copies(*g);
     fold_constants(*g);
   }

@@ -120,6 +120,10 @@ struct GraphImpl {
 // Passes (src/jit/passes.cpp), in the order compile runs them.
 // Removes nodes whose writes nobody reads (intermediates only); returns how many.
 int eliminate_dead_code(GraphImpl& g);
+// Lets an Add that reads state right after a Copy filled it with +0 from a
+// Fill read the zeros instead, and drops the fill when a Copy then
+// overwrites the state whole; returns how many Adds it rewrote.
+int forward_zero_fills(GraphImpl& g);
 // Removes copies from a value onto itself, copies into a fresh intermediate
 // from one that dies there (the copy's output takes over its input's
 // buffer), and copies that overwrite state whole from such an intermediate

@@ -16,6 +16,12 @@
 //   such an intermediate (the gradient backward assigns to a parameter whose
 //   .grad was set to none) is dropped by letting the intermediate's only
 //   writer write the state directly.
+// - Zero fills forwarded: zero_grad(false) fills a gradient with +0 from a
+//   Fill, and backward's accumulation then adds to it. The Add reads the
+//   fill's source (the same zeros, broadcast) instead of the gradient, so
+//   the fill, now overwritten before anything reads it, is dropped, and the
+//   copy of the sum into the gradient goes too (below): the Add writes the
+//   gradient. The Add reads the same values, so the bits are eager's.
 // - Constant folding: a node that reads only constants and state that the
 //   graph never writes (the frozen parameters of an inference graph), and
 //   writes only intermediates that nothing else writes, is run once when
@@ -23,6 +29,7 @@
 //   becomes a constant. The versions of the frozen state are checked at
 //   each replay, and the folded nodes run again if host code wrote it.
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "jit/graph.h"
@@ -76,6 +83,71 @@ int eliminate_dead_code(GraphImpl& g) {
   g.nodes = std::move(kept);
   compute_liveness(g);
   return removed;
+}
+
+int forward_zero_fills(GraphImpl& g) {
+  std::vector<int> writers(g.buffers.size(), 0), fill(g.buffers.size(), -1);
+  for (size_t k = 0; k < g.nodes.size(); ++k)
+    for (int b : g.writes(g.nodes[k])) {
+      ++writers[static_cast<size_t>(b)];
+      if (g.nodes[k].kind == NodeKind::Kernel && g.nodes[k].op == OpKind::Fill) fill[static_cast<size_t>(b)] = static_cast<int>(k);
+    }
+  // +0.0 in a floating-point buffer that one Fill writes and nothing else.
+  auto positive_zero = [&](int v) {
+    const ValueInfo& x = g.values[static_cast<size_t>(v)];
+    const auto b = static_cast<size_t>(x.buffer);
+    if (writers[b] != 1 || fill[b] < 0 || !is_floating_point(x.dtype)) return false;
+    const NodeInfo& f = g.nodes[static_cast<size_t>(fill[b])];
+    return f.f[0] == 0.0 && !std::signbit(f.f[0]);
+  };
+  auto on = [&](int v, int buffer) { return v >= 0 && g.values[static_cast<size_t>(v)].buffer == buffer; };
+  // The next node after k that reads or writes `buffer` (-1: none).
+  auto next_use = [&](size_t k, int buffer) {
+    for (size_t j = k + 1; j < g.nodes.size(); ++j) {
+      const NodeInfo& n = g.nodes[j];
+      for (int v : n.in) if (on(v, buffer)) return static_cast<int>(j);
+      for (int v : n.out) if (on(v, buffer)) return static_cast<int>(j);
+      if (n.workspace == buffer) return static_cast<int>(j);
+    }
+    return -1;
+  };
+  std::vector<bool> drop(g.nodes.size(), false);
+  int rewritten = 0;
+  for (size_t k = 0; k < g.nodes.size(); ++k) {
+    const NodeInfo& fill_copy = g.nodes[k];
+    if (fill_copy.kind != NodeKind::Kernel || fill_copy.op != OpKind::Copy) continue;
+    const int zeros = fill_copy.in[0], dst = fill_copy.out[0];
+    const ValueInfo& d = g.values[static_cast<size_t>(dst)];
+    const BufferKind kind = g.buffers[static_cast<size_t>(d.buffer)].kind;
+    if ((kind != BufferKind::State && kind != BufferKind::NewState) || !whole_contiguous(g, dst) ||
+        !positive_zero(zeros) || g.values[static_cast<size_t>(zeros)].dtype != d.dtype)
+      continue;
+    const int j = next_use(k, d.buffer);
+    if (j < 0) continue;
+    NodeInfo& add = g.nodes[static_cast<size_t>(j)];
+    if (add.kind != NodeKind::Kernel || add.op != OpKind::Add || on(add.out[0], d.buffer)) continue;
+    // The operand that reads the state whole, as the zeros it holds (the
+    // Copy's own source, already expanded to the state's shape).
+    const int t = on(add.in[0], d.buffer) ? 0 : 1;
+    if (on(add.in[1 - t], d.buffer) || !whole_contiguous(g, add.in[static_cast<size_t>(t)]) ||
+        g.values[static_cast<size_t>(add.in[static_cast<size_t>(t)])].sizes != d.sizes)
+      continue;
+    add.in[static_cast<size_t>(t)] = zeros;
+    ++rewritten;
+    // The zero fill is dead when a Copy next overwrites the state whole.
+    const int w = next_use(k, d.buffer);
+    if (w < 0) continue;
+    const NodeInfo& over = g.nodes[static_cast<size_t>(w)];
+    if (over.kind == NodeKind::Kernel && over.op == OpKind::Copy && on(over.out[0], d.buffer) &&
+        whole_contiguous(g, over.out[0]) && !on(over.in[0], d.buffer))
+      drop[k] = true;
+  }
+  std::vector<NodeInfo> kept;
+  for (size_t k = 0; k < g.nodes.size(); ++k)
+    if (!drop[k]) kept.push_back(std::move(g.nodes[k]));
+  g.nodes = std::move(kept);
+  compute_liveness(g);
+  return rewritten;
 }
 
 int remove_noop_copies(GraphImpl& g) {
