@@ -63,11 +63,15 @@ struct StepStats {
   int64_t peak_bytes = 0, activation_bytes = 0, rss_bytes = 0;
 };
 
-// Warm-up (recording and settling for a compiled step: three calls), then
-// one measured step for memory. The step runs alone in the process (every
-// other mode's model and graph are gone), so the peaks are its own.
-StepStats measure_memory(const Step& step, const Tensor& x, const Tensor& y, int64_t persistent) {
-  for (int k = 0; k < 3; ++k) step(x, y);
+// Warm-up calls before a mode is measured: a compiled step records and
+// settles in three; an eager one allocates its gradients in the first.
+int warmups(bool compiled) { return compiled ? 3 : 1; }
+
+// Warm-up, then one measured step for memory. The step runs alone in the
+// process (every other mode's model and graph are gone), so the peaks are
+// its own.
+StepStats measure_memory(const Step& step, bool compiled, const Tensor& x, const Tensor& y, int64_t persistent) {
+  for (int k = 0; k < warmups(compiled); ++k) step(x, y);
   StepStats s;
   cpu_empty_cache();
   reset_peak_resident();
@@ -83,11 +87,11 @@ StepStats measure_memory(const Step& step, const Tensor& x, const Tensor& y, int
 // Step times of several modes side by side: each warms up, then `reps`
 // rounds run one step of every mode in turn, so a change in the machine's
 // load (it is shared) lands on all of them alike. times[m] gets mode m's.
-void measure_times(const std::vector<Step>& steps, const Tensor& x, const Tensor& y, int reps,
-                   std::vector<std::vector<double>>& times) {
+void measure_times(const std::vector<Step>& steps, const std::vector<bool>& compiled, const Tensor& x, const Tensor& y,
+                   int reps, std::vector<std::vector<double>>& times) {
   times.assign(steps.size(), {});
-  for (const Step& step : steps)
-    for (int k = 0; k < 3; ++k) step(x, y);
+  for (size_t m = 0; m < steps.size(); ++m)
+    for (int k = 0; k < warmups(compiled[m]); ++k) steps[m](x, y);
   for (int r = 0; r < reps; ++r)
     for (size_t m = 0; m < steps.size(); ++m) {
       const auto t0 = Clock::now();
@@ -172,7 +176,7 @@ std::string bench_gpt(int reps) {
   StepStats stats[kModes];
   for (int m = 0; m < kModes; ++m) {
     Mode mode = make(m, x, y);
-    stats[m] = measure_memory(mode.step, x, y, persistent);
+    stats[m] = measure_memory(mode.step, m == 1 || m == 3, x, y, persistent);
     std::fprintf(stderr, "gpt_step %s: activations %.1f MB\n", modes[m], static_cast<double>(stats[m].activation_bytes) / 1e6);
   }
   std::vector<Mode> all;
@@ -182,7 +186,7 @@ std::string bench_gpt(int reps) {
     steps.push_back(all.back().step);
   }
   std::vector<std::vector<double>> times;
-  measure_times(steps, x, y, reps, times);
+  measure_times(steps, {false, true, false, true}, x, y, reps, times);
   std::ostringstream os;
   os << "{";
   for (int m = 0; m < kModes; ++m) {
@@ -244,7 +248,7 @@ std::string bench_mlp_deep(int reps) {
     Tensor x, y;
     for (int m = 0; m < kModes; ++m) {
       Mode mode = make(m, x, y);
-      act[m].push_back(measure_memory(mode.step, x, y, persistent).activation_bytes);
+      act[m].push_back(measure_memory(mode.step, m == 2, x, y, persistent).activation_bytes);
     }
     std::vector<Mode> all;
     std::vector<Step> steps;
@@ -253,7 +257,7 @@ std::string bench_mlp_deep(int reps) {
       steps.push_back(all.back().step);
     }
     std::vector<std::vector<double>> times;
-    measure_times(steps, x, y, reps, times);
+    measure_times(steps, {false, false, true}, x, y, reps, times);
     for (int m = 0; m < kModes; ++m) {
       std::sort(times[m].begin(), times[m].end());
       ms[m].push_back(times[m][times[m].size() / 2]);
@@ -394,7 +398,7 @@ int main(int argc, char** argv) {
     std::ostringstream os;
     os << "{\"threads\": " << get_num_threads();
     if (want("gpt")) os << ",\n \"gpt_step\": " << bench_gpt(reps);
-    if (want("mlp_deep")) os << ",\n \"mlp_deep\": " << bench_mlp_deep(std::max(1, reps / 2));
+    if (want("mlp_deep")) os << ",\n \"mlp_deep\": " << bench_mlp_deep(std::max(3, reps / 2));
     if (want("planner")) os << ",\n \"planner\": " << bench_planner();
     if (want("dispatch")) os << ",\n \"dispatch\": " << bench_dispatch(reps);
     os << "}\n";

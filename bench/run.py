@@ -928,7 +928,7 @@ def print_graph(args, selected, rows, meta):
     threads = meta.get("graph_threads")
     print(f"graph layer: bench_graph (loom, {threads if threads is not None else '?'} threads) and torch_graph.py "
           f"(PyTorch as installed, {args.threads} threads); step times: medians of {args.graph_reps} steps "
-          f"(deep MLP: {max(1, args.graph_reps // 2)} per N)")
+          f"(deep MLP: {max(3, args.graph_reps // 2)} per N), the modes of a row in alternating rounds")
     print("-" * 100)
     for w in selected:
         row = rows[w.key]
@@ -990,7 +990,7 @@ def print_graph(args, selected, rows, meta):
           "minus the persistent bytes; RSS: resident high-water mark over the step minus the resident set before\n"
           "it, glibc's mmap threshold at 64 KiB on both sides (loom: its cache emptied first; a compiled step's\n"
           "arena is resident before it, so a replay reads about 0; torch: in a fresh process). Checkpointed:\n"
-          "eager checkpoint is loom::checkpoint per block (GPT) and nn::checkpoint_sequential with sqrt(N)\n"
+          "eager checkpoint is loom::checkpoint per half-block (GPT) and nn::checkpoint_sequential with sqrt(N)\n"
           "segments (deep MLP); compiled checkpoint is the compiler's recompute pass; torch checkpoint is\n"
           "torch.utils.checkpoint (non-reentrant) around every block. The deep MLP's slope is the least-squares\n"
           "fit of log activation bytes on log N; its time target is judged at the worst N. Planner: the compiled\n"
@@ -1006,7 +1006,7 @@ def main():
     p.add_argument("--dispatch-bin", help="default: BUILD_DIR/bench/torch_dispatch")
     p.add_argument("--loom-bin", help="default: BUILD_DIR/loom")
     p.add_argument("--graph-bin", help="default: BUILD_DIR/bench/bench_graph")
-    p.add_argument("--graph-reps", type=int, default=5,
+    p.add_argument("--graph-reps", type=int, default=7,
                    help="timed steps of each mode in the graph group (bench_graph and torch_graph.py --reps)")
     p.add_argument("--python", default="/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable,
                    help="a Python that can import torch")

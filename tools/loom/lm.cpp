@@ -113,7 +113,7 @@ LmResult train_lm(const LmOptions& o, std::ostream& log) {
   double train_seconds = 0, loss_sum = 0;
   int64_t loss_count = 0;
   const std::vector<Tensor> params = model.parameters();
-  // Eager checkpointing: each GPT block (the LSTM) is a loom::checkpoint
+  // Eager checkpointing: each GPT half-block (the LSTM) is a loom::checkpoint
   // region; compiled, the recompute pass does it instead.
   if (o.graph.checkpoint_activations && !o.graph.compile) {
     if (o.model == "gpt") static_cast<models::GPTImpl&>(model).set_checkpoint_activations(true);
