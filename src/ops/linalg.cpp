@@ -224,9 +224,12 @@ Tensor linear(const Tensor& input, const Tensor& weight, const Tensor& bias, Lin
             break;
           }
         }
+        // The weight's gradient first: it is the input's last use here, so
+        // a compiled step whose input was recomputed for it (GELU's output)
+        // frees it before the input's gradient is allocated.
         TensorList r(3);
-        if (ctx.needs_input_grad(0)) r[0] = mm(gz, ws);        // (M, N) @ (N, K)
         if (ctx.needs_input_grad(1)) r[1] = mm(gz.t(), xs);    // (N, M) @ (M, K)
+        if (ctx.needs_input_grad(0)) r[0] = mm(gz, ws);        // (M, N) @ (N, K)
         if (ctx.needs_input_grad(2)) r[2] = sum(gz, {0});      // (N)
         return r;
       });
