@@ -9,10 +9,10 @@
 // inputs and every parameter fn uses (accumulated into .grad exactly as
 // without checkpointing, bit for bit); only the tensors its backward formulas
 // would keep are dropped. Backward recomputes them by running fn again on the
-// same inputs with the global random-number state of the forward pass, so
-// dropout draws the same masks; the global stream then continues where it
-// was. A Generator passed explicitly inside fn is not replayed: keep random
-// ops on such streams outside the region.
+// same inputs with the random-number state of the forward pass (the global
+// stream's, and that of every Generator fn draws from explicitly), so
+// dropout draws the same masks; each stream then continues where it was.
+// The recomputation stops at the last tensor backward needs (early stop).
 // Note [Activation checkpointing] in src/autograd/checkpoint.cpp.
 //
 // fn must run the same ops on every call with the same inputs: it may not

@@ -23,9 +23,12 @@
 // (unlike PyTorch's reentrant form, which runs a nested backward).
 //
 // RNG replay rule: the frame stores the global generator's state
-// (get_rng_state) before fn's forward; the recomputation sets it, runs fn,
-// and puts back the state backward found, so dropout inside fn draws the same
-// masks and the stream after backward is the same as without checkpointing.
+// (get_rng_state) before fn's forward, and, for each explicit Generator fn
+// draws from, its state at the first draw (an RngWatcher sees every
+// reservation while the forward runs); the recomputation sets them all, runs
+// fn, and puts back the states backward found, so dropout inside fn draws
+// the same masks and every stream after backward is the same as without
+// checkpointing.
 //
 // Early stop (as PyTorch's non-reentrant checkpoint): the recomputation
 // ends at its last save (the Collector throws, recompute catches), so what
@@ -47,6 +50,7 @@
 #include <memory>
 
 #include "autograd/node.h"
+#include "core/generator.h"
 #include "loom/autograd.h"
 #include "loom/ops.h"
 
@@ -85,6 +89,21 @@ class CheckpointFrame : public autograd::Recomputer {
 
    private:
     std::shared_ptr<CheckpointFrame> frame_;
+  };
+
+  // The forward pass: the first state of each explicit generator fn draws from.
+  class GeneratorWatcher : public RngWatcher {
+   public:
+    explicit GeneratorWatcher(CheckpointFrame& frame) : frame_(frame) {}
+    void on_reserve(const Generator* g, const RngState& before) override {
+      if (g == nullptr || *g == default_generator()) return;  // the global stream: rng_
+      for (const auto& seen : frame_.generators_)
+        if (seen.first == *g) return;
+      frame_.generators_.emplace_back(*g, before);
+    }
+
+   private:
+    CheckpointFrame& frame_;
   };
 
   Tensor run_forward() { return fn_(inputs_); }
@@ -169,10 +188,22 @@ class CheckpointFrame : public autograd::Recomputer {
     size_t stop_;
   };
 
-  // Restores the generator even when fn throws.
-  struct RngRestore {
-    RngState state = get_rng_state();
-    ~RngRestore() { set_rng_state(state); }
+  // Sets the generators to the forward's states, and puts back the states
+  // found even when fn throws (or stops early).
+  struct RngReplay {
+    explicit RngReplay(const CheckpointFrame& frame) : global(get_rng_state()) {
+      set_rng_state(frame.rng_);
+      for (const auto& [g, state] : frame.generators_) {
+        found.emplace_back(g, g.get_state());
+        Generator(g).set_state(state);
+      }
+    }
+    ~RngReplay() {
+      set_rng_state(global);
+      for (auto& [g, state] : found) g.set_state(state);
+    }
+    RngState global;
+    std::vector<std::pair<Generator, RngState>> found;
   };
 
   // Marks the recomputation for checkpoint_recomputing() (restored on throw).
@@ -204,9 +235,8 @@ class CheckpointFrame : public autograd::Recomputer {
     while (stop > 0 && is_held_[stop - 1]) --stop;
     std::vector<SavedTensor> saves;
     if (stop > 0) {
-      RngRestore restore;
+      RngReplay replay(*this);
       Recomputing recomputing;
-      set_rng_state(rng_);
       Collector collector(saves, forward_saves_, stop);
       autograd::SavedTensorSinkGuard sink(&collector);
       AutoGradMode grad_on(true);
@@ -230,6 +260,7 @@ class CheckpointFrame : public autograd::Recomputer {
   std::vector<Tensor> inputs_;
   std::vector<uint64_t> input_versions_;
   RngState rng_;  // the global generator when the forward pass began
+  std::vector<std::pair<Generator, RngState>> generators_;  // explicit ones: state at their first draw
   std::vector<ForwardSave> forward_saves_;  // what the forward pass saved, in order
   std::vector<SavedTensor> held_;  // by index: the saves hold_output kept
   std::vector<bool> is_held_;
@@ -246,6 +277,8 @@ Tensor checkpoint(CheckpointFn fn, const std::vector<Tensor>& inputs) {
   auto frame = std::make_shared<CheckpointFrame>(std::move(fn), inputs);
   CheckpointFrame::Dropper dropper(frame);
   autograd::SavedTensorSinkGuard sink(&dropper);
+  CheckpointFrame::GeneratorWatcher watcher(*frame);
+  RngWatchGuard watch(&watcher);
   Tensor out = frame->run_forward();
   LOOM_CHECK(out.defined(), "checkpoint: fn returned an undefined tensor");
   frame->hold_output(out);

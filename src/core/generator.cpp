@@ -1,5 +1,7 @@
 #include "core/generator.h"
 
+#include <vector>
+
 #include "core/capture.h"
 
 namespace loom {
@@ -53,10 +55,18 @@ RngState Generator::philox_reserve(uint64_t n) const { return reserve(*state_, n
 
 Generator default_generator() { return Generator(global_handle()); }
 
+namespace {
+thread_local std::vector<RngWatcher*> t_watchers;  // installed on this thread, innermost last
+}  // namespace
+
+RngWatchGuard::RngWatchGuard(RngWatcher* watcher) { t_watchers.push_back(watcher); }
+RngWatchGuard::~RngWatchGuard() { t_watchers.pop_back(); }
+
 std::pair<uint64_t, uint64_t> philox_reserve(uint64_t n, const std::optional<Generator>& generator) {
   // The global stream is reached without a handle: no reference count to
   // touch on every random op that uses the default.
   const RngState s = generator ? generator->philox_reserve(n) : reserve(*global_handle(), n);
+  for (RngWatcher* w : t_watchers) w->on_reserve(generator ? &*generator : nullptr, s);
   // A capture replays the reservation at each replay (Note [Capture hooks]).
   if (capture::Recorder* r = capture::active()) r->on_rng(generator ? *generator : default_generator(), n, s.seed, s.offset);
   return {s.seed, s.offset};

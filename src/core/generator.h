@@ -38,4 +38,23 @@ struct GeneratorState {
 // Philox round yields). Thread-safe.
 std::pair<uint64_t, uint64_t> philox_reserve(uint64_t n, const std::optional<Generator>& generator = std::nullopt);
 
+// Sees every reservation made on this thread while installed: `before` is
+// the stream's state the reservation starts from. loom::checkpoint's forward
+// pass installs one to learn which explicit generators its region draws from
+// (src/autograd/checkpoint.cpp). Watchers nest: every installed one sees
+// each reservation.
+class RngWatcher {
+ public:
+  virtual ~RngWatcher() = default;
+  // `generator` is null for the global stream.
+  virtual void on_reserve(const Generator* generator, const RngState& before) = 0;
+};
+class RngWatchGuard {
+ public:
+  explicit RngWatchGuard(RngWatcher* watcher);
+  ~RngWatchGuard();
+  RngWatchGuard(const RngWatchGuard&) = delete;
+  RngWatchGuard& operator=(const RngWatchGuard&) = delete;
+};
+
 }  // namespace loom
