@@ -70,7 +70,8 @@ int warmups(bool compiled) { return compiled ? 3 : 1; }
 // Warm-up, then one measured step for memory. The step runs alone in the
 // process (every other mode's model and graph are gone), so the peaks are
 // its own.
-StepStats measure_memory(const Step& step, bool compiled, const Tensor& x, const Tensor& y, int64_t persistent) {
+// The caller sets activation_bytes (it knows the persistent bytes).
+StepStats measure_memory(const Step& step, bool compiled, const Tensor& x, const Tensor& y) {
   for (int k = 0; k < warmups(compiled); ++k) step(x, y);
   StepStats s;
   cpu_empty_cache();
@@ -79,7 +80,6 @@ StepStats measure_memory(const Step& step, bool compiled, const Tensor& x, const
   cpu_reset_peak_stats();
   step(x, y);
   s.peak_bytes = static_cast<int64_t>(cpu_allocator_stats().peak_bytes_in_use);
-  s.activation_bytes = s.peak_bytes - persistent;
   s.rss_bytes = std::max<int64_t>(0, peak_resident_bytes() - rss_before);
   return s;
 }
@@ -98,6 +98,28 @@ void measure_times(const std::vector<Step>& steps, const std::vector<bool>& comp
       steps[m](x, y);
       times[m].push_back(ms_since(t0));
     }
+}
+
+// A row's modes: make(m, x, y) builds mode m (a struct with .step) and
+// sets the batch. Each mode's memory is measured with it alone, then the
+// times of all of them side by side (measure_times).
+template <class Make>
+void measure_modes(Make make, const std::vector<bool>& compiled, int reps, std::vector<StepStats>& memory,
+                   std::vector<std::vector<double>>& times) {
+  const size_t modes = compiled.size();
+  Tensor x, y;
+  memory.clear();
+  for (size_t m = 0; m < modes; ++m) {
+    auto mode = make(static_cast<int>(m), x, y);
+    memory.push_back(measure_memory(mode.step, compiled[m], x, y));
+  }
+  std::vector<decltype(make(0, x, y))> all;
+  std::vector<Step> steps;
+  for (size_t m = 0; m < modes; ++m) {
+    all.push_back(make(static_cast<int>(m), x, y));
+    steps.push_back(all.back().step);
+  }
+  measure_times(steps, compiled, x, y, reps, times);
 }
 
 std::string json_list(const std::vector<double>& v) {
@@ -172,24 +194,14 @@ std::string bench_gpt(int reps) {
     }
     return mode;
   };
-  Tensor x, y;
-  StepStats stats[kModes];
-  for (int m = 0; m < kModes; ++m) {
-    Mode mode = make(m, x, y);
-    stats[m] = measure_memory(mode.step, m == 1 || m == 3, x, y, persistent);
-    std::fprintf(stderr, "gpt_step %s: activations %.1f MB\n", modes[m], static_cast<double>(stats[m].activation_bytes) / 1e6);
-  }
-  std::vector<Mode> all;
-  std::vector<Step> steps;
-  for (int m = 0; m < kModes; ++m) {
-    all.push_back(make(m, x, y));
-    steps.push_back(all.back().step);
-  }
+  std::vector<StepStats> stats;
   std::vector<std::vector<double>> times;
-  measure_times(steps, {false, true, false, true}, x, y, reps, times);
+  measure_modes(make, {false, true, false, true}, reps, stats, times);
   std::ostringstream os;
   os << "{";
   for (int m = 0; m < kModes; ++m) {
+    stats[m].activation_bytes = stats[m].peak_bytes - persistent;
+    std::fprintf(stderr, "gpt_step %s: activations %.1f MB\n", modes[m], static_cast<double>(stats[m].activation_bytes) / 1e6);
     stats[m].ms = times[m];
     os << "\"" << modes[m] << "\": " << json_stats(stats[m]) << ", ";
     std::fprintf(stderr, "gpt_step %s: %.1f ms (first round)\n", modes[m], times[m][0]);
@@ -245,19 +257,10 @@ std::string bench_mlp_deep(int reps) {
       }
       return mode;
     };
-    Tensor x, y;
-    for (int m = 0; m < kModes; ++m) {
-      Mode mode = make(m, x, y);
-      act[m].push_back(measure_memory(mode.step, m == 2, x, y, persistent).activation_bytes);
-    }
-    std::vector<Mode> all;
-    std::vector<Step> steps;
-    for (int m = 0; m < kModes; ++m) {
-      all.push_back(make(m, x, y));
-      steps.push_back(all.back().step);
-    }
+    std::vector<StepStats> memory;
     std::vector<std::vector<double>> times;
-    measure_times(steps, {false, false, true}, x, y, reps, times);
+    measure_modes(make, {false, false, true}, reps, memory, times);
+    for (int m = 0; m < kModes; ++m) act[m].push_back(memory[static_cast<size_t>(m)].peak_bytes - persistent);
     // Each round's ratio to eager's step of the same round, then their median.
     for (int m = 0; m < kModes; ++m) {
       std::vector<double> r;
