@@ -15,7 +15,8 @@ CTEST_ARGS ?= --output-on-failure --no-tests=error -j$(JOBS)
 PYTHON     ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 
 DEPS       := build-essential cmake libgtest-dev libgmock-dev libbenchmark-dev libomp-dev zlib1g-dev \
-              nlohmann-json3-dev libcli11-dev libpng-dev dataset-fashion-mnist fortunes
+              nlohmann-json3-dev libcli11-dev libpng-dev dataset-fashion-mnist fortunes \
+              openmpi-bin libopenmpi-dev
 BENCH_DEPS := python3 python3-torch libtorch-dev libopenblas0-pthread
 
 # $(call ensure_packages,pkgs): installs the Debian packages in `pkgs` that
