@@ -598,4 +598,45 @@ TEST(TrainingLoop, ThousandStepsMemoryFlatAndLossDecreases) {
   EXPECT_NEAR(b.item<double>(), 0.5, 1e-3);
 }
 
+TEST(Hooks, PostAccumulateGradHookSeesTheAccumulatedGradient) {
+  Tensor w = ones({3}).requires_grad_();
+  std::vector<float> seen;
+  int calls = 0;
+  const int64_t h = w.register_post_accumulate_grad_hook([&](const Tensor& p) {
+    ++calls;
+    seen = p.grad().to_vector<float>();
+  });
+  (w * 2).sum().backward();
+  (w * 3).sum().backward();  // accumulates: the hook sees 2 + 3
+  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(seen, std::vector<float>({5, 5, 5}));
+  w.remove_hook(h);
+  (w * 1).sum().backward();
+  EXPECT_EQ(calls, 2);
+  Tensor y = w * 2;  // not a leaf
+  EXPECT_THROW(y.register_post_accumulate_grad_hook([](const Tensor&) {}), Error);
+}
+
+TEST(Hooks, QueuedCallbackRunsOnceAfterEveryGradientIsAccumulated) {
+  Tensor a = ones({2}).requires_grad_(), b = ones({2}).requires_grad_();
+  std::vector<std::string> events;
+  int queued = 0;
+  auto hook = [&](const char* name) {
+    return [&, name](const Tensor&) {
+      events.push_back(name);
+      if (queued++ == 0)
+        autograd::queue_callback([&] {
+          events.push_back("callback");
+          EXPECT_TRUE(a.grad().defined() && b.grad().defined());
+        });
+    };
+  };
+  a.register_post_accumulate_grad_hook(hook("a"));
+  b.register_post_accumulate_grad_hook(hook("b"));
+  ((a * b).sum() * 2).backward();
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events.back(), "callback");
+  EXPECT_THROW(autograd::queue_callback([] {}), Error);  // no backward running
+}
+
 }  // namespace

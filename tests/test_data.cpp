@@ -1,6 +1,7 @@
 // loom::data: datasets, the IDX reader (on files written here, and on the
-// real Fashion-MNIST when installed), transforms and the DataLoader.
+// real Fashion-MNIST when installed), transforms, the DataLoader and samplers.
 #include <gtest/gtest.h>
+#include <loom/distributed.h>
 #include <loom/loom.h>
 #include <unistd.h>
 
@@ -809,6 +810,259 @@ TEST(DataLoader, CollateChecksThatExamplesMatch) {
   Tensor t = arange(6).view({2, 3}).t();  // (3, 2)
   Batch c = collate({{t, Tensor()}});
   EXPECT_EQ(c.data.to_vector<int64_t>(), (std::vector<int64_t>{0, 3, 1, 4, 2, 5}));
+}
+
+// ---- samplers ----
+//
+// PyTorch's DistributedSampler (torch/utils/data/distributed.py), the
+// reference these tests follow:
+//   num_samples = ceil((N - R) / R) if drop_last and N % R else ceil(N / R)
+//   total_size = num_samples * R
+//   indices = randperm(N, generator seeded seed + epoch) if shuffle else range(N)
+//   if not drop_last: indices += (indices * ceil(pad / N))[:pad]   # pad = total_size - N
+//   else: indices = indices[:total_size]
+//   return indices[rank:total_size:R]
+// loom keys the permutation by (seed, epoch) through SampleGenerator instead
+// of torch's generator, so the orders differ from torch's but the structure
+// is the same.
+
+// Every rank's indices of one epoch, rank by rank.
+std::vector<std::vector<int64_t>> all_ranks(int64_t n, int replicas, int64_t epoch, bool shuffle, uint64_t seed,
+                                            bool drop_last) {
+  std::vector<std::vector<int64_t>> out;
+  for (int r = 0; r < replicas; ++r)
+    out.push_back(DistributedSampler(n, replicas, r, shuffle, seed, drop_last).indices(epoch));
+  return out;
+}
+
+// The list the ranks took their strides of: position r + k R is rank r's k-th.
+std::vector<int64_t> interleave(const std::vector<std::vector<int64_t>>& ranks) {
+  std::vector<int64_t> out;
+  for (size_t k = 0; k < ranks[0].size(); ++k)
+    for (const auto& r : ranks) out.push_back(r[k]);
+  return out;
+}
+
+TEST(DistributedSampler, PaddingRepeatsTheFirstIndicesOfThePermutation) {
+  // N = 10, R = 4: total_size 12, 3 samples per rank, padded with perm[0..2).
+  const std::vector<int64_t> perm = SampleGenerator::for_shuffle(7, 2).permutation(10);
+  const auto ranks = all_ranks(10, 4, /*epoch=*/2, /*shuffle=*/true, /*seed=*/7, /*drop_last=*/false);
+  for (int r = 0; r < 4; ++r) {
+    DistributedSampler s(10, 4, r, true, 7);
+    EXPECT_EQ(s.size(), 3);
+    EXPECT_EQ(s.total_size(), 12);
+    ASSERT_EQ(ranks[r].size(), 3u);
+  }
+  std::vector<int64_t> padded = perm;
+  padded.push_back(perm[0]);
+  padded.push_back(perm[1]);
+  EXPECT_EQ(interleave(ranks), padded) << "rank r takes padded[r], padded[r + 4], padded[r + 8]";
+  // Together the ranks cover the dataset; exactly perm[0] and perm[1] twice.
+  std::vector<int64_t> count(10, 0);
+  for (const auto& r : ranks)
+    for (int64_t i : r) count[static_cast<size_t>(i)]++;
+  for (int64_t i = 0; i < 10; ++i) {
+    const bool repeated = i == perm[0] || i == perm[1];
+    EXPECT_EQ(count[static_cast<size_t>(i)], repeated ? 2 : 1) << "index " << i;
+  }
+  // Padding longer than the list cycles through it again: N = 2, R = 7 pads
+  // 0 1 to 0 1 0 1 0 1 0 (torch: indices * ceil(5 / 2), cut to 5).
+  EXPECT_EQ(interleave(all_ranks(2, 7, 0, false, 0, false)), (std::vector<int64_t>{0, 1, 0, 1, 0, 1, 0}));
+  EXPECT_EQ(interleave(all_ranks(1, 3, 0, true, 0, false)), (std::vector<int64_t>{0, 0, 0}));
+}
+
+TEST(DistributedSampler, DropLastCutsTheTail) {
+  // N = 10, R = 4: floor(10 / 4) = 2 samples each, perm[8] and perm[9] skipped.
+  const std::vector<int64_t> perm = SampleGenerator::for_shuffle(3, 0).permutation(10);
+  const auto ranks = all_ranks(10, 4, 0, true, 3, /*drop_last=*/true);
+  for (const auto& r : ranks) EXPECT_EQ(r.size(), 2u);
+  EXPECT_EQ(DistributedSampler(10, 4, 1, true, 3, true).size(), 2);
+  EXPECT_EQ(DistributedSampler(10, 4, 1, true, 3, true).total_size(), 8);
+  EXPECT_EQ(interleave(ranks), std::vector<int64_t>(perm.begin(), perm.begin() + 8));
+  // An even split drops nothing; fewer examples than ranks leaves none.
+  EXPECT_EQ(interleave(all_ranks(12, 4, 0, false, 0, true)), interleave(all_ranks(12, 4, 0, false, 0, false)));
+  EXPECT_EQ(DistributedSampler(12, 4, 0, false, 0, true).size(), 3);
+  for (const auto& r : all_ranks(3, 4, 0, true, 0, true)) EXPECT_TRUE(r.empty());
+}
+
+TEST(DistributedSampler, OrderIsKeyedBySeedAndEpoch) {
+  const auto e0 = all_ranks(50, 3, 0, true, 11, false);
+  // Fresh objects, same (seed, epoch): the same indices on every rank, so the
+  // ranks agree on one permutation.
+  EXPECT_EQ(all_ranks(50, 3, 0, true, 11, false), e0);
+  DistributedSampler s(50, 3, 1, true, 11);
+  EXPECT_EQ(s.indices(0), e0[1]);
+  EXPECT_EQ(s.indices(0), s.indices(0));
+  const std::vector<int64_t> list = interleave(e0);
+  std::vector<int64_t> firsts(list.begin(), list.begin() + 50);
+  std::sort(firsts.begin(), firsts.end());
+  std::vector<int64_t> expected(50);
+  std::iota(expected.begin(), expected.end(), 0);
+  EXPECT_EQ(firsts, expected) << "the shared list starts with a permutation of 0..49";
+  EXPECT_NE(all_ranks(50, 3, 1, true, 11, false), e0) << "another epoch, another order";
+  EXPECT_NE(all_ranks(50, 3, 0, true, 12, false), e0) << "another seed, another order";
+  // One replica visits what a DataLoader with shuffle and the same seed does.
+  auto ds = rows_dataset(50);
+  DataLoader shuffled(ds, {.batch_size = 50, .shuffle = true, .seed = 11});
+  shuffled.set_epoch(4);
+  EXPECT_EQ(targets_of(*shuffled.begin()), DistributedSampler(50, 1, 0, true, 11).indices(4));
+}
+
+TEST(DistributedSampler, WithoutShuffleRanksStrideThroughTheDataset) {
+  // N = 10, R = 3: total_size 12, the list 0..9 0 1.
+  const auto ranks = all_ranks(10, 3, 0, /*shuffle=*/false, 0, false);
+  EXPECT_EQ(ranks, (std::vector<std::vector<int64_t>>{{0, 3, 6, 9}, {1, 4, 7, 0}, {2, 5, 8, 1}}));
+  EXPECT_EQ(all_ranks(10, 3, 5, false, 0, false), ranks) << "the epoch does not matter";
+  EXPECT_EQ(all_ranks(10, 3, 0, false, 0, true), (std::vector<std::vector<int64_t>>{{0, 3, 6}, {1, 4, 7}, {2, 5, 8}}));
+  EXPECT_EQ(DistributedSampler(6, 1, 0, false).indices(0), (std::vector<int64_t>{0, 1, 2, 3, 4, 5}));
+}
+
+TEST(DistributedSampler, EmptyDatasetGivesNoSamples) {
+  for (bool drop_last : {false, true})
+    for (bool shuffle : {false, true})
+      for (int r = 0; r < 3; ++r) {
+        DistributedSampler s(0, 3, r, shuffle, 0, drop_last);
+        EXPECT_EQ(s.size(), 0);
+        EXPECT_TRUE(s.indices(0).empty());
+      }
+  DataLoader loader(rows_dataset(0), {.batch_size = 2, .sampler = std::make_shared<DistributedSampler>(0, 2, 1)});
+  EXPECT_EQ(loader.size(), 0);
+  EXPECT_TRUE(loader.begin() == loader.end());
+}
+
+TEST(DistributedSampler, ReplicasAndRankFromLoomDistributed) {
+  // No process group here: world size 1, rank 0 (whatever loom::distributed says).
+  DistributedSampler s(7);
+  EXPECT_EQ(s.num_replicas(), distributed::get_world_size());
+  EXPECT_EQ(s.rank(), distributed::get_rank());
+  EXPECT_TRUE(s.shuffle());
+  EXPECT_FALSE(s.drop_last());
+  DistributedSampler half(7, {.num_replicas = 2, .shuffle = false});
+  EXPECT_EQ(half.num_replicas(), 2);
+  EXPECT_EQ(half.rank(), distributed::get_rank());
+  DistributedSampler given(7, {.num_replicas = 2, .rank = 1, .shuffle = false, .drop_last = true});
+  EXPECT_EQ(given.indices(0), (std::vector<int64_t>{1, 3, 5}));
+  EXPECT_EQ(given.seed(), 0u);
+}
+
+TEST(DistributedSampler, Errors) {
+  EXPECT_TRUE(throws_with([] { DistributedSampler(10, 4, 4); }, {"DistributedSampler", "rank 4", "num_replicas 4"}));
+  EXPECT_TRUE(throws_with([] { DistributedSampler(10, 4, -1); }, {"DistributedSampler", "rank -1", "num_replicas 4"}));
+  EXPECT_TRUE(throws_with([] { DistributedSampler(10, 0, 0); }, {"DistributedSampler", "num_replicas", "got 0"}));
+  EXPECT_TRUE(throws_with([] { DistributedSampler(-1, 2, 0); }, {"DistributedSampler", "dataset_size", "-1"}));
+  EXPECT_TRUE(throws_with([] { DistributedSampler(10, {.num_replicas = -2}); }, {"num_replicas", "-2"}));
+  if (distributed::get_world_size() == 1) {
+    EXPECT_TRUE(throws_with([] { DistributedSampler(10, {.rank = 1}); }, {"rank 1", "num_replicas 1"}));
+  }
+  EXPECT_TRUE(throws_with([] { DistributedSampler(10, 2, 0).indices(-1); }, {"indices", "epoch", "-1"}));
+}
+
+// Unlabelled data whose example i is the int64 scalar i: a batch's data is
+// the indices it was built from.
+std::shared_ptr<TensorDataset> index_dataset(int64_t n) { return std::make_shared<TensorDataset>(arange(n)); }
+
+TEST(DataLoaderSampler, VisitsTheSamplersIndicesInOrder) {
+  auto ds = index_dataset(10);
+  auto sampler = std::make_shared<DistributedSampler>(10, 4, 3, true, 5);  // 3 samples: batches of 2, then 1
+  DataLoader loader(ds, {.batch_size = 2, .sampler = sampler, .seed = 1});
+  EXPECT_EQ(loader.size(), 2);
+  for (int64_t epoch = 0; epoch < 3; ++epoch) {
+    SCOPED_TRACE("epoch " + std::to_string(epoch));
+    std::vector<int64_t> seen;
+    std::vector<int64_t> batch_sizes;
+    for (Batch& b : loader) {
+      const std::vector<int64_t> got = b.data.to_vector<int64_t>();
+      seen.insert(seen.end(), got.begin(), got.end());
+      batch_sizes.push_back(b.data.size(0));
+      EXPECT_FALSE(b.target.defined());
+    }
+    EXPECT_EQ(seen, sampler->indices(epoch)) << "the loader's epoch is the sampler's";
+    EXPECT_EQ(batch_sizes, (std::vector<int64_t>{2, 1}));
+  }
+  EXPECT_EQ(loader.epoch(), 3);
+  // set_epoch replays an epoch, as in PyTorch's sampler.set_epoch(e).
+  const std::vector<int64_t> e0 = sampler->indices(0), e1 = sampler->indices(1);
+  loader.set_epoch(1);
+  EXPECT_EQ(loader.begin()->data.to_vector<int64_t>(), std::vector<int64_t>(e1.begin(), e1.begin() + 2));
+  // The loader's drop_last still drops the short last batch.
+  DataLoader dropping(ds, {.batch_size = 2, .sampler = sampler, .drop_last = true});
+  EXPECT_EQ(dropping.size(), 1);
+  int64_t n = 0;
+  for (Batch& b : dropping) {
+    EXPECT_EQ(b.data.to_vector<int64_t>(), std::vector<int64_t>(e0.begin(), e0.begin() + 2));
+    ++n;
+  }
+  EXPECT_EQ(n, 1);
+}
+
+TEST(DataLoaderSampler, WorkerCountDoesNotChangeTheBatches) {
+  // The images test above, through rank 1 of 3 with padding (40 -> 42), random
+  // crops and flips keyed by the loader's seed.
+  manual_seed(0);
+  auto ds = std::make_shared<TensorDataset>(rand({40, 1, 6, 6}), arange(40));
+  auto sampler = std::make_shared<DistributedSampler>(40, 3, 1, true, 4);
+  Transform augment = Compose({RandomCrop(6, 2), RandomHorizontalFlip()});
+  std::vector<std::vector<Batch>> reference;
+  for (int64_t workers : {0, 1, 3}) {
+    SCOPED_TRACE("num_workers = " + std::to_string(workers));
+    DataLoader loader(ds,
+                      {.batch_size = 4, .sampler = sampler, .num_workers = workers, .seed = 9, .transform = augment});
+    std::vector<std::vector<Batch>> epochs;
+    for (int e = 0; e < 2; ++e) epochs.push_back(epoch_batches(loader));
+    if (reference.empty()) {
+      reference = epochs;
+      // The transforms did something: some example differs from its source.
+      const Batch& b = reference[0][0];
+      EXPECT_FALSE(b.data.equal(index_select(ds->data(), 0, b.target)));
+      for (int e = 0; e < 2; ++e) {
+        std::vector<int64_t> seen;
+        for (const Batch& b : epochs[e]) {
+          const auto t = targets_of(b);
+          seen.insert(seen.end(), t.begin(), t.end());
+        }
+        EXPECT_EQ(seen, sampler->indices(e));
+      }
+      continue;
+    }
+    ASSERT_EQ(epochs.size(), reference.size());
+    for (size_t e = 0; e < epochs.size(); ++e) {
+      ASSERT_EQ(epochs[e].size(), reference[e].size());
+      for (size_t k = 0; k < epochs[e].size(); ++k) {
+        EXPECT_TRUE(epochs[e][k].data.equal(reference[e][k].data)) << "epoch " << e << " batch " << k;
+        EXPECT_TRUE(epochs[e][k].target.equal(reference[e][k].target)) << "epoch " << e << " batch " << k;
+      }
+    }
+  }
+}
+
+// A sampler that returns a fixed list, whatever it claims as its size.
+class FixedSampler : public Sampler {
+ public:
+  FixedSampler(std::vector<int64_t> indices, int64_t size) : indices_(std::move(indices)), size_(size) {}
+  std::vector<int64_t> indices(int64_t) const override { return indices_; }
+  int64_t size() const override { return size_; }
+
+ private:
+  std::vector<int64_t> indices_;
+  int64_t size_;
+};
+
+TEST(DataLoaderSampler, Errors) {
+  auto ds = index_dataset(10);
+  auto sampler = std::make_shared<DistributedSampler>(10, 2, 0);
+  EXPECT_TRUE(throws_with([&] { DataLoader(ds, {.shuffle = true, .sampler = sampler}); },
+                          {"DataLoader", "sampler option is mutually exclusive with shuffle"}));
+  // A sampler for a bigger dataset reaches past this one.
+  for (int64_t workers : {0, 2}) {
+    auto past_the_end = std::make_shared<FixedSampler>(std::vector<int64_t>{1, 12, 3}, 3);
+    DataLoader loader(ds, {.batch_size = 3, .sampler = past_the_end, .num_workers = workers});
+    EXPECT_TRUE(
+        throws_with([&] { loader.begin(); }, {"DataLoader", "index 12", "position 1", "TensorDataset", "size 10"}));
+  }
+  DataLoader negative(ds, {.sampler = std::make_shared<FixedSampler>(std::vector<int64_t>{-1}, 1)});
+  EXPECT_TRUE(throws_with([&] { negative.begin(); }, {"DataLoader", "index -1"}));
+  DataLoader liar(ds, {.sampler = std::make_shared<FixedSampler>(std::vector<int64_t>{1, 2}, 3)});
+  EXPECT_TRUE(throws_with([&] { liar.begin(); }, {"DataLoader", "gave 2 indices", "size() is 3"}));
 }
 
 }  // namespace

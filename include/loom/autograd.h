@@ -1,6 +1,7 @@
 // Autograd controls: grad mode guards and loom::autograd::grad.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "loom/tensor.h"
@@ -49,6 +50,13 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
 // Runs backward from several roots at once (torch.autograd.backward).
 void backward(const std::vector<Tensor>& outputs, const std::vector<Tensor>& grad_outputs = {},
               bool retain_graph = false, bool create_graph = false);
+
+// Runs fn once the backward pass now running on this thread has finished
+// (PyTorch's Variable._execution_engine.queue_callback): after every
+// gradient is accumulated, before backward() returns. Callbacks run in the
+// order queued; one queued outside a backward pass is an error.
+// DistributedDataParallel waits for its gradient all-reduces here.
+void queue_callback(std::function<void()> fn);
 
 }  // namespace autograd
 }  // namespace loom

@@ -5,6 +5,7 @@
 #include "loom/autograd.h"
 #include "loom/checkpoint.h"
 #include "loom/device.h"
+#include "loom/distributed.h"
 #include "loom/dtype.h"
 #include "loom/error.h"
 #include "loom/fusion.h"

@@ -189,6 +189,11 @@ class Tensor {
   // return a replacement (defined) or nothing (undefined Tensor). Returns a
   // handle for remove_hook.
   int64_t register_hook(std::function<Tensor(const Tensor&)> hook) const;
+  // A hook on a leaf that runs after its gradient has been accumulated into
+  // .grad(), with the leaf itself (PyTorch's register_post_accumulate_grad_hook):
+  // how DistributedDataParallel learns that a parameter's gradient is ready.
+  // remove_hook takes its handle too.
+  int64_t register_post_accumulate_grad_hook(std::function<void(const Tensor&)> hook) const;
   void remove_hook(int64_t handle) const;
 
   // --- conversion ---

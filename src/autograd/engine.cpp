@@ -49,8 +49,10 @@ void apply_hooks(const std::vector<std::pair<int64_t, Hook>>& hooks, Tensor& g) 
 
 }  // namespace
 
-TensorList run_backward(const TensorList& roots, const TensorList& root_grads, bool keep_graph,
-                        bool create_graph, const TensorList& inputs, bool allow_unused) {
+namespace {
+
+TensorList run_backward_pass(const TensorList& roots, const TensorList& root_grads, bool keep_graph,
+                             bool create_graph, const TensorList& inputs, bool allow_unused) {
   const char* api = inputs.empty() ? "backward" : "autograd::grad";
   if (capture::Recorder* r = capture::active()) r->on_backward();
   LOOM_CHECK(root_grads.empty() || root_grads.size() == roots.size(), api, ": got ", roots.size(),
@@ -198,6 +200,47 @@ TensorList run_backward(const TensorList& roots, const TensorList& root_grads, b
     for (size_t k = 0; k < inputs.size(); ++k)
       LOOM_CHECK(results[k].defined(), "autograd::grad: input ", k,
                  " appears not to have been used in the graph; pass allow_unused=true if this is intended");
+  }
+  return results;
+}
+
+// queue_callback's callbacks, and how deep in nested backward passes (a
+// checkpoint's recomputation runs one inside another) this thread is.
+thread_local std::vector<std::function<void()>> t_callbacks;
+thread_local int t_depth = 0;
+
+}  // namespace
+
+void queue_callback(std::function<void()> fn) {
+  LOOM_CHECK(t_depth > 0, "autograd::queue_callback: no backward pass is running on this thread");
+  t_callbacks.push_back(std::move(fn));
+}
+
+TensorList run_backward(const TensorList& roots, const TensorList& root_grads, bool keep_graph,
+                        bool create_graph, const TensorList& inputs, bool allow_unused) {
+  ++t_depth;
+  TensorList results;
+  try {
+    results = run_backward_pass(roots, root_grads, keep_graph, create_graph, inputs, allow_unused);
+  } catch (...) {
+    if (--t_depth == 0) t_callbacks.clear();
+    throw;
+  }
+  if (--t_depth == 0) {
+    // The outermost pass is done: run the callbacks (they may queue more).
+    ++t_depth;
+    try {
+      for (size_t i = 0; i < t_callbacks.size(); ++i) {
+        std::function<void()> fn = std::move(t_callbacks[i]);
+        fn();
+      }
+    } catch (...) {
+      --t_depth;
+      t_callbacks.clear();
+      throw;
+    }
+    --t_depth;
+    t_callbacks.clear();
   }
   return results;
 }

@@ -142,6 +142,12 @@ TensorList AccumulateGrad::apply(TensorList&& grads) {
   } else {
     m.grad.add_(g);
   }
+  // A hook may add another; iterate over the ones present now.
+  const auto hooks = m.post_accumulate_hooks;
+  for (const auto& [handle, hook] : hooks) {
+    (void)handle;
+    hook(self);
+  }
   return {};
 }
 

@@ -166,6 +166,8 @@ struct AutogradMeta {
   bool retains_grad = false;
   std::weak_ptr<Node> grad_accumulator;  // leaves: the one AccumulateGrad
   std::vector<std::pair<int64_t, Hook>> leaf_hooks;  // leaves' hooks
+  // Leaves: run after AccumulateGrad has updated .grad().
+  std::vector<std::pair<int64_t, std::function<void(const Tensor&)>>> post_accumulate_hooks;
   // For a view made while recording: the tensor it is a view of (the root,
   // never itself a view). In-place ops on the view rebase the root's history.
   std::shared_ptr<TensorImpl> view_base;

@@ -76,7 +76,7 @@ struct DataLoader::Run {
   std::shared_ptr<Dataset> dataset;
   DataLoaderOptions options;
   int64_t epoch = 0;
-  std::vector<int64_t> order;  // dataset indices in the epoch's order
+  std::vector<int64_t> order;  // dataset indices in the epoch's order (checked to be in range)
   int64_t num_batches = 0;
 
   // Consumer side.
@@ -97,7 +97,15 @@ struct DataLoader::Run {
   Run(std::shared_ptr<Dataset> ds, const DataLoaderOptions& opts, int64_t ep, int64_t batches)
       : dataset(std::move(ds)), options(opts), epoch(ep), num_batches(batches) {
     const int64_t n = dataset->size();
-    if (options.shuffle) {
+    if (options.sampler) {
+      order = options.sampler->indices(epoch);
+      const int64_t expected = options.sampler->size();
+      LOOM_CHECK(static_cast<int64_t>(order.size()) == expected, "DataLoader: the sampler gave ", order.size(),
+                 " indices for epoch ", epoch, " but its size() is ", expected);
+      for (size_t i = 0; i < order.size(); ++i)
+        LOOM_CHECK(order[i] >= 0 && order[i] < n, "DataLoader: the sampler's index ", order[i], " (position ", i,
+                   " of epoch ", epoch, ") is out of range for ", dataset->name(), " of size ", n);
+    } else if (options.shuffle) {
       order = SampleGenerator::for_shuffle(options.seed, epoch).permutation(n);
     } else {
       order.resize(static_cast<size_t>(n));
@@ -246,6 +254,8 @@ DataLoader::DataLoader(std::shared_ptr<Dataset> dataset, DataLoaderOptions optio
   LOOM_CHECK(options_.num_workers >= 0, "DataLoader: num_workers must be non-negative, got ", options_.num_workers);
   LOOM_CHECK(options_.prefetch_factor >= 1, "DataLoader: prefetch_factor must be at least 1, got ",
              options_.prefetch_factor);
+  // As PyTorch: a sampler decides the order, so shuffle has nothing to do.
+  LOOM_CHECK(!(options_.sampler && options_.shuffle), "DataLoader: sampler option is mutually exclusive with shuffle");
 }
 
 DataLoader::~DataLoader() {
@@ -262,7 +272,7 @@ DataLoader::Iterator DataLoader::begin() {
 }
 
 int64_t DataLoader::size() const {
-  const int64_t n = dataset_->size(), b = options_.batch_size;
+  const int64_t n = options_.sampler ? options_.sampler->size() : dataset_->size(), b = options_.batch_size;
   return options_.drop_last ? n / b : (n + b - 1) / b;
 }
 

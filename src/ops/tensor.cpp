@@ -166,10 +166,16 @@ void Tensor::backward(const Tensor& gradient, bool retain_graph, bool create_gra
   autograd::run_backward({*this}, {gradient}, retain_graph || create_graph, create_graph, {}, false);
 }
 
+namespace {
+int64_t next_hook_handle() {
+  static std::atomic<int64_t> next{1};
+  return next.fetch_add(1);
+}
+}  // namespace
+
 int64_t Tensor::register_hook(std::function<Tensor(const Tensor&)> hook) const {
   LOOM_CHECK(requires_grad(), "register_hook: cannot register a hook on a tensor that doesn't require gradient");
-  static std::atomic<int64_t> next_handle{1};
-  int64_t handle = next_handle.fetch_add(1);
+  int64_t handle = next_hook_handle();
   auto& m = autograd::autograd_meta(*this);
   if (m.grad_fn) {
     auto& hooks = m.grad_fn->pre_hooks;
@@ -181,6 +187,14 @@ int64_t Tensor::register_hook(std::function<Tensor(const Tensor&)> hook) const {
   return handle;
 }
 
+int64_t Tensor::register_post_accumulate_grad_hook(std::function<void(const Tensor&)> hook) const {
+  LOOM_CHECK(requires_grad() && is_leaf(), "register_post_accumulate_grad_hook: the tensor must be a leaf that "
+             "requires grad (shape ", shape_str(sizes()), ")");
+  const int64_t handle = next_hook_handle();
+  autograd::autograd_meta(*this).post_accumulate_hooks.push_back({handle, std::move(hook)});
+  return handle;
+}
+
 void Tensor::remove_hook(int64_t handle) const {
   auto* m = impl_ ? impl_->autograd.get() : nullptr;
   if (!m) return;
@@ -188,6 +202,7 @@ void Tensor::remove_hook(int64_t handle) const {
     std::erase_if(v, [handle](const auto& p) { return p.first == handle; });
   };
   drop(m->leaf_hooks);
+  std::erase_if(m->post_accumulate_hooks, [handle](const auto& p) { return p.first == handle; });
   if (m->grad_fn)
     for (auto& v : m->grad_fn->pre_hooks) drop(v);
 }

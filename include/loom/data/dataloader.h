@@ -12,10 +12,12 @@
 //   same order as an uninterrupted one. Calling set_epoch(e) before every
 //   epoch (as with PyTorch's DistributedSampler) works the same way.
 // - Order. Without shuffle the batches cover 0..N-1 in order. With shuffle
-//   the order is a permutation keyed by (seed, epoch); random transforms are
-//   keyed by (seed, epoch, dataset index) (Note [Data randomness is keyed,
-//   not sequential]). Nothing depends on timing, so num_workers = 0, 1 or 8
-//   give bitwise the same batches.
+//   the order is a permutation keyed by (seed, epoch). With a sampler
+//   (sampler.h) the batches cover sampler->indices(epoch) in order, so the
+//   sampler, not the loader's seed, decides the order. Random transforms are
+//   keyed by (seed, epoch, dataset index) in every case (Note [Data
+//   randomness is keyed, not sequential]). Nothing depends on timing, so
+//   num_workers = 0, 1 or 8 give bitwise the same batches.
 // - Workers. With num_workers > 0, that many threads build batches ahead,
 //   at most prefetch_factor * num_workers batches beyond the one being
 //   consumed, and the loop receives them in order. An exception thrown while
@@ -40,6 +42,7 @@
 #include <vector>
 
 #include "loom/data/dataset.h"
+#include "loom/data/sampler.h"
 #include "loom/data/transforms.h"
 
 namespace loom::data {
@@ -52,6 +55,9 @@ struct Batch {
 struct DataLoaderOptions {
   int64_t batch_size = 1;
   bool shuffle = false;
+  // Visits sampler->indices(epoch) instead of 0..N-1 (e.g. a
+  // DistributedSampler); exclusive with shuffle. Null = none.
+  std::shared_ptr<Sampler> sampler = nullptr;
   // Drop the last batch when it is smaller than batch_size.
   bool drop_last = false;
   // Threads that build batches ahead; 0 builds them on the calling thread.
@@ -103,7 +109,8 @@ class DataLoader {
   Iterator begin();
   Iterator end() { return Iterator(); }
 
-  // Number of batches in an epoch: ceil(N / B), or floor(N / B) with drop_last.
+  // Number of batches in an epoch: ceil(N / B), or floor(N / B) with
+  // drop_last, where N is the sampler's size() when there is one.
   int64_t size() const;
   // The epoch the next iteration runs.
   void set_epoch(int64_t epoch);
