@@ -13,6 +13,11 @@ the memory planner, the replay of a dispatch-bound step) and torch_graph.py
 (the same GPT step in PyTorch, eager and with torch.utils.checkpoint) and
 prints a section of its own (see print_graph).
 
+The "distributed" group runs bench_distributed under mpirun (loom's all_reduce
+against plain MPI_Allreduce in the same program, DDP with and without
+overlap, weak scaling of the CNN step) and prints a section of its own (see
+print_distributed and Note [The distributed group]).
+
 PyTorch runs twice (Note [PyTorch as installed and tuned]): "installed" with
 OPENBLAS_CORETYPE taken out of the environment, so OpenBLAS picks its kernels
 from CPUID as on a fresh machine; "tuned" with the OPENBLAS_CORETYPE that
@@ -26,6 +31,7 @@ speedup = torch time / loom time: above 1, loom is faster.
     python3 bench/run.py --only conv,cnn_epoch
     python3 bench/run.py --only seq             # attention, LSTM, GPT
     python3 bench/run.py --only graph           # compiled and checkpointed steps
+    python3 bench/run.py --only distributed     # all_reduce, DDP overlap, scaling (mpirun)
 """
 import argparse
 import csv
@@ -52,7 +58,9 @@ class Workload:
     torch_train.py, the model named by `model`), "mem" (peak memory, not
     time: one run of bench_ops and of torch_ops.py, see collect_memory),
     "graph" (bench_graph against torch_graph.py; its own section, see
-    print_graph; `part` is bench_graph's --only name for the row).
+    print_graph; `part` is bench_graph's --only name for the row),
+    "distributed" (bench_distributed under mpirun, loom against MPI and
+    against itself; see print_distributed; `part` is its --only name).
     `flops` / `bytes` / `tokens` per call give the rate columns.
     `ref` names the machine reference the row is measured against (the FMA
     peak, the STREAM loop): it runs in the same bench_ops process, next to
@@ -153,6 +161,13 @@ WORKLOADS = [
     Workload("graph_mlp_deep", "deep MLP 1024 wide, batch 256", "graph", source="graph", part="mlp_deep"),
     Workload("graph_planner", "planner: arena / lower bound", "graph", source="graph", part="planner"),
     Workload("graph_dispatch", "dispatch-bound step replay", "graph", source="graph", part="dispatch"),
+    # Distributed training on this machine's cores: bench_distributed under
+    # mpirun, one run for all the rows selected. Targets: DIST_BUSBW and the
+    # bars after it (Note [The distributed group]).
+    Workload("dist_allreduce", "all_reduce against MPI_Allreduce", "distributed", source="distributed",
+             part="allreduce"),
+    Workload("dist_ddp", "DDP ResNet9 step, overlap", "distributed", source="distributed", part="ddp"),
+    Workload("dist_scaling", "CNN step weak scaling", "distributed", source="distributed", part="scaling"),
 ]
 BY_KEY = {w.key: w for w in WORKLOADS}
 GROUPS = list(dict.fromkeys(w.group for w in WORKLOADS))
@@ -458,6 +473,185 @@ def collect_graph(args, graph, res, meta):
         res["graph_gpt_step"]["torch"] = data.get("gpt_step")
 
 
+# ---- distributed training ----
+# Note [The distributed group]
+# bench_distributed is one plain executable run under mpirun (--dist-np
+# ranks, 2 by default, one loom thread each). --bind-to none: on a shared
+# 2-core machine a rank pinned to a core cannot move off one that another
+# process is using, and pinning measured no better. mpi_yield_when_idle 1
+# (--no-dist-yield drops it): Open MPI spins while it waits for a peer, and
+# with np no larger than the cores it spins without yielding; once another
+# process takes a core, two ranks share one and every handoff of a
+# collective waits out a scheduler time slice. On this machine, with
+# others' builds running, that made a 16 KiB MPI_Allreduce take 18 ms
+# instead of 15 us, at random; with yield the same runs repeat within tens
+# of percent. It applies to loom and the MPI baseline alike (one library),
+# and each rank here has two threads (loom's MPI worker beside the compute
+# thread), so a spinning worker also takes the core from backward.
+# Every number is loom against a reference in the same run, taking turns in
+# rounds (alternating the order), so a burst of load lands on both sides:
+# - all_reduce: loom's synchronous distributed::all_reduce(t, Sum) (the hop
+#   to loom's MPI worker thread and the cross-rank signature check included)
+#   against a plain MPI_Allreduce(MPI_IN_PLACE) loop on MPI_COMM_WORLD, from
+#   the main thread while loom's worker is idle (Note [Raw MPI beside loom]
+#   in bench_distributed.cpp). Bus bandwidth is nccl-tests': bytes / time x
+#   2(n-1)/n. A ratio is the median of the rounds' MPI time / loom time;
+#   the 8-byte overhead the median of the rounds' loom - MPI microseconds.
+#   A second run with Options::check off (the check is a property of the
+#   process group, fixed at init) shows what the check costs.
+# - DDP: ResNet9 at batch 64 per rank, two replicas in one process, overlap
+#   on and off, and the same buckets' all-reduces with no compute, one step
+#   of each per round. Hidden fraction = (no-overlap step - overlap step) /
+#   all-reduces alone, the median over rounds, clipped to [0, 1]; second
+#   view: 1 - DDP's own wait at backward's end with overlap / without. The
+#   buckets are --dist-bucket-cap-mb (1 MiB, PyTorch's first-bucket cap):
+#   DDP's default 25 MiB holds all of ResNet9's 1.7 MB in one bucket, which
+#   completes only when backward ends, so there would be nothing to overlap.
+# - Weak scaling: the CNN step at batch 64 per rank, rank 0 alone with no
+#   DDP (the other ranks sleep, leaving their cores free, as under -np 1)
+#   against every rank under DDP; efficiency = the median of the rounds'
+#   alone / DDP step times, which is (samples/s at n) / (n x samples/s alone).
+#   A third phase, every rank training apart at once with no communication,
+#   splits that into the cost of sharing the cores (alone / apart: on a
+#   machine others are using, n ranks get less than n cores) and DDP's own
+#   (apart / DDP).
+# Step-time differences of a few hundred microseconds on a shared machine
+# are noisy: the wait view and the per-round medians in the JSON help to
+# tell a real change from load.
+
+DIST_BUSBW = 0.9  # loom's all_reduce bus bandwidth >= 0.9x MPI's at every size from DIST_BUSBW_FROM
+DIST_BUSBW_FROM = 1 << 20
+DIST_OVERHEAD_US = 10.0  # ... and at most 10 us slower than MPI's on 8 bytes
+DIST_HIDDEN = 0.5  # DDP hides >= 50% of the all-reduce time behind backward
+DIST_EFFICIENCY = 0.85  # CNN step: samples/s at np 2 >= 0.85 x 2 x samples/s alone
+
+
+def mpirun_command(args, parts, out, check=True):
+    cmd = [args.mpirun, "--allow-run-as-root", "--oversubscribe", "--mca", "btl_vader_single_copy_mechanism",
+           "none", *(["--mca", "mpi_yield_when_idle", "1"] if args.dist_yield else []),
+           "--bind-to", args.dist_bind, "-np", str(args.dist_np), "-x", "OMP_NUM_THREADS=1",
+           args.dist_bin, "--json", out, "--reps", str(args.dist_reps), "--only", ",".join(parts),
+           "--bucket-cap-mb", f"{args.dist_bucket_cap_mb:g}"]
+    return cmd + ([] if check else ["--no-check"])
+
+
+def run_distributed(args, parts, check=True):
+    """bench_distributed's JSON for `parts` under mpirun, or None. Its
+    progress lines go to our stderr as they come."""
+    out = os.path.join(args.work_dir, "bench_distributed.json" if check else "bench_distributed_nocheck.json")
+    if os.path.exists(out):
+        os.remove(out)  # a stale file must not pass for this run's numbers
+    cmd = mpirun_command(args, parts, out, check)
+    try:
+        proc = subprocess.run(cmd, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log(f"  mpirun {os.path.basename(args.dist_bin)}: {e}")
+        return None
+    if proc.returncode != 0 or not os.path.exists(out):
+        log(f"  bench_distributed failed (exit {proc.returncode})")
+        return None
+    with open(out) as f:
+        return json.load(f)
+
+
+def collect_distributed(args, rows_wanted, res, meta):
+    """The "distributed" rows: one mpirun of bench_distributed for all of
+    them, and a second of the all_reduce part with the collective check off
+    (Note [The distributed group])."""
+    if not shutil.which(args.dist_bin) or not shutil.which(args.mpirun):
+        log(f"[distributed] {args.dist_bin} or {args.mpirun} not found (loom built without MPI? Debian: "
+            "libopenmpi-dev): no distributed rows")
+        return
+    parts = [w.part for w in rows_wanted]
+    log(f"[distributed] mpirun -np {args.dist_np} bench_distributed --only {','.join(parts)} --reps {args.dist_reps}")
+    data = run_distributed(args, parts) or {}
+    meta["dist_world_size"] = data.get("world_size")
+    meta["dist_threads"] = data.get("threads")
+    for w in rows_wanted:
+        res[w.key]["loom"] = data.get(w.part)
+    if "dist_allreduce" in res:
+        log("[distributed] again with the collective check off: bench_distributed --only allreduce --no-check")
+        res["dist_allreduce"]["nocheck"] = (run_distributed(args, ["allreduce"], check=False) or {}).get("allreduce")
+
+
+def bus_bandwidth_gbs(nbytes, us, n):
+    """nccl-tests' bus bandwidth of an all-reduce in GB/s: bytes / time x 2(n-1)/n."""
+    return nbytes / (us * 1e-6) * 2 * (n - 1) / n / 1e9 if us and n and n > 1 else None
+
+
+def allreduce_sizes(data, n):
+    """Per message size: medians, bus bandwidths, loom/MPI bandwidth ratio
+    (median of the rounds' MPI time / loom time) and loom's overhead (median
+    of the rounds' loom - MPI microseconds)."""
+    out = []
+    for i, nbytes in enumerate((data or {}).get("bytes") or []):
+        lu, mu = data["loom_us"][i], data["mpi_us"][i]
+        lm, mm = median_or_none(lu), median_or_none(mu)
+        out.append({"bytes": nbytes, "loom_us": lm, "mpi_us": mm, "loom_busbw_gbs": bus_bandwidth_gbs(nbytes, lm, n),
+                    "mpi_busbw_gbs": bus_bandwidth_gbs(nbytes, mm, n), "ratio": round_ratio(mu, lu),
+                    "overhead_us": median_or_none([a - b for a, b in zip(lu, mu)])})
+    return out
+
+
+def clip01(x):
+    return None if x is None else min(1.0, max(0.0, x))
+
+
+def evaluate_distributed(w, r, n):
+    """A "distributed" row: bench_distributed's numbers, what run.py derives
+    from them, and "checks", one per target (DIST_BUSBW and the bars after it)."""
+    loom = r.get("loom") or {}
+    row = {"loom": loom}
+    checks = []
+    if w.part == "allreduce":
+        row["nocheck"] = r.get("nocheck")
+        row["sizes"] = allreduce_sizes(loom, n)
+        row["sizes_nocheck"] = allreduce_sizes(r.get("nocheck"), n)
+        big = [s["ratio"] for s in row["sizes"] if s["bytes"] >= DIST_BUSBW_FROM]
+        worst = None if not big or None in big else min(big)
+        small = [s["overhead_us"] for s in row["sizes"] if s["bytes"] == 8]
+        checks.append(graph_check(f"bus bw >= {DIST_BUSBW:g}x MPI's at >= {DIST_BUSBW_FROM >> 20} MiB (worst size)",
+                                  worst, DIST_BUSBW, at_most=False))
+        checks.append(graph_check(f"8-byte overhead over MPI <= {DIST_OVERHEAD_US:g} us",
+                                  small[0] if small else None, DIST_OVERHEAD_US, unit=" us"))
+    elif w.part == "ddp":
+        ov, no, comm = (loom.get(k) or [] for k in ("overlap_ms", "no_overlap_ms", "comm_ms"))
+        row["median_ms"] = {k: median_or_none(loom.get(k)) for k in
+                            ("overlap_ms", "no_overlap_ms", "comm_ms", "overlap_wait_ms", "no_overlap_wait_ms")}
+        per_round = [(b - a) / c for a, b, c in zip(ov, no, comm) if c > 0]
+        row["hidden_unclipped"] = median_or_none(per_round)
+        row["hidden"] = clip01(row["hidden_unclipped"])
+        # The standard error of that median, from the rounds' spread (about
+        # 0.93 IQR / sqrt(rounds) for a normal spread): a difference of a
+        # fraction of a millisecond between two steps of tens is easily noise.
+        if len(per_round) >= 4:
+            q1, _, q3 = statistics.quantiles(per_round, n=4)
+            row["hidden_stderr"] = 0.93 * (q3 - q1) / math.sqrt(len(per_round))
+        wait_ratio = round_ratio(loom.get("overlap_wait_ms"), loom.get("no_overlap_wait_ms"))
+        row["hidden_by_wait"] = clip01(None if wait_ratio is None else 1 - wait_ratio)
+        checks.append(graph_check(f"overlap hides >= {DIST_HIDDEN:.0%} of the all-reduces (step times)",
+                                  None if row["hidden"] is None else 100 * row["hidden"], 100 * DIST_HIDDEN,
+                                  at_most=False, unit="%"))
+    elif w.part == "scaling":
+        solo, ddp = median_or_none(loom.get("solo_ms")), median_or_none(loom.get("ddp_ms"))
+        batch = loom.get("batch_per_rank", 64)
+        row["solo_samples_per_s"] = batch * 1e3 / solo if solo else None
+        row["ddp_samples_per_s"] = n * batch * 1e3 / ddp if ddp and n else None
+        row["efficiency"] = round_ratio(loom.get("solo_ms"), loom.get("ddp_ms"))
+        # Split in two: what running n processes at once costs on these
+        # cores (alone / apart), and what DDP adds to that (apart / DDP).
+        row["cores_efficiency"] = round_ratio(loom.get("solo_ms"), loom.get("apart_ms"))
+        row["ddp_efficiency"] = round_ratio(loom.get("apart_ms"), loom.get("ddp_ms"))
+        checks.append(graph_check(f"weak scaling efficiency >= {DIST_EFFICIENCY:.0%}",
+                                  None if row["efficiency"] is None else 100 * row["efficiency"],
+                                  100 * DIST_EFFICIENCY, at_most=False, unit="%"))
+    row["checks"] = checks
+    row["target"] = "; ".join(c["target"] for c in checks)
+    mets = [c["met"] for c in checks]
+    row["met"] = False if False in mets else (None if None in mets else True)
+    return row
+
+
 # ---- the runs ----
 
 def merge(res, key, side, entry):
@@ -562,6 +756,10 @@ def collect(args, selected):
     if graph:
         collect_graph(args, graph, res, meta)
 
+    dist = [w for w in selected if w.source == "distributed"]
+    if dist:
+        collect_distributed(args, dist, res, meta)
+
     # An epoch is long enough to average out short bursts: one run of
     # --epochs epochs on each side.
     for w in (w for w in selected if w.source == "epoch"):
@@ -634,7 +832,7 @@ def time_text(entry, source_has_it=True):
     return fmt_time(t) + ("*" if noisy else "")
 
 
-def evaluate(selected, res):
+def evaluate(args, selected, res):
     """Fills each row's derived numbers: best torch time, speedup, rates and
     whether its target is met. Returns the rows as dicts (the JSON)."""
     rows = {}
@@ -642,6 +840,9 @@ def evaluate(selected, res):
         r = res[w.key]
         if w.source == "graph":
             rows[w.key] = evaluate_graph(w, r)
+            continue
+        if w.source == "distributed":
+            rows[w.key] = evaluate_distributed(w, r, args.dist_np)
             continue
         lt = median_of(r.get("loom"))
         # Note [References under load]
@@ -825,7 +1026,7 @@ def rate_text(w, row):
 def print_table(args, selected, rows, meta):
     installed = meta.get("openblas_installed") or "?"
     tuned = meta.get("coretype_tuned")
-    table = [w for w in selected if w.source != "graph"]
+    table = [w for w in selected if w.source not in ("graph", "distributed")]
     if table:
         print(f"threads: {args.threads}   medians of {args.rounds} rounds x {args.repetitions} repetitions "
               f"(>= {args.min_time} s each), epochs: {args.epochs} per run   torch {meta.get('torch') or 'n/a'}")
@@ -845,6 +1046,9 @@ def print_table(args, selected, rows, meta):
     graph = [w for w in selected if w.source == "graph"]
     if graph:
         print_graph(args, graph, rows, meta)
+    dist = [w for w in selected if w.source == "distributed"]
+    if dist:
+        print_distributed(args, dist, rows, meta)
     for w in (w for w in selected if w.source == "epoch"):
         r = rows[w.key]
         accs = [f"{side} {r[side]['test_acc']:.2%}" for side in ("loom", "torch_installed", "torch_tuned")
@@ -1015,6 +1219,88 @@ def print_graph(args, selected, rows, meta):
           "training step's arena against the peak of summed live bytes.")
 
 
+def size_text(nbytes):
+    return f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{nbytes >> 10} KiB" if nbytes >= 1 << 10 else f"{nbytes} B"
+
+
+def percent(x):
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+def print_distributed(args, selected, rows, meta):
+    """The distributed group's section (Note [The distributed group]): one
+    block per row, its numbers, then each of its targets."""
+    print()
+    n = meta.get("dist_world_size") or args.dist_np
+    print(f"distributed: bench_distributed under mpirun -np {n} --bind-to {args.dist_bind}"
+          f"{' --mca mpi_yield_when_idle 1' if args.dist_yield else ''}, "
+          f"{meta.get('dist_threads') or '?'} loom thread per rank; the sides of a row take turns in up to "
+          f"{args.dist_reps} rounds\n(DDP: {16 * args.dist_reps}; fewer past a time budget), medians and medians of the "
+          "rounds' ratios")
+    print("-" * 100)
+    for w in selected:
+        row = rows[w.key]
+        loom = row.get("loom") or {}
+        if w.part == "allreduce":
+            nocheck = {s["bytes"]: s for s in row.get("sizes_nocheck") or []}
+            print(f"{w.desc + ', float32':<38}{'loom':>10}{'MPI':>10}{'busbw loom | MPI':>20}{'loom/MPI':>10}"
+                  f"{'check off':>11}")
+            for s in row.get("sizes") or []:
+                off = nocheck.get(s["bytes"], {})
+                bw = "-" if s["bytes"] < 4096 else " | ".join(
+                    "n/a" if g is None else f"{g:.2f}" for g in (s["loom_busbw_gbs"], s["mpi_busbw_gbs"]))
+                print(f"  {size_text(s['bytes']):<36}{fmt_time(s['loom_us'] and s['loom_us'] * 1e-6):>10}"
+                      f"{fmt_time(s['mpi_us'] and s['mpi_us'] * 1e-6):>10}{bw:>20}"
+                      f"{ratio_text(s['ratio'], at_most=False):>10}{ratio_text(off.get('ratio'), at_most=False):>11}")
+            over = {s["bytes"]: s["overhead_us"] for s in row.get("sizes") or []}.get(8)
+            over_off = nocheck.get(8, {}).get("overhead_us")
+            print(f"  8-byte overhead, loom - MPI: {'n/a' if over is None else f'{over:.1f} us'} "
+                  f"(check off: {'n/a' if over_off is None else f'{over_off:.1f} us'})")
+        elif w.part == "ddp":
+            ms = row.get("median_ms") or {}
+            buckets = loom.get("bucket_bytes") or []
+            layout = (f"{len(buckets)}: {', '.join(f'{b / 1024:.0f}' for b in buckets)} KiB" if buckets else "?")
+            print(f"{w.desc:<38}batch 64 per rank, AdamW, {loom.get('parameters', '?')} parameters")
+            print(f"  buckets {layout} (cap {loom.get('bucket_cap_mb', '?')} MiB; DDP's default 25 MiB cap "
+                  f"makes {loom.get('default_cap_buckets', '?')})")
+            for label, key, wait in (("step, overlap", "overlap_ms", "overlap_wait_ms"),
+                                     ("step, no overlap", "no_overlap_ms", "no_overlap_wait_ms"),
+                                     ("all-reduces alone", "comm_ms", None)):
+                t = ms.get(key)
+                wt = ms.get(wait) if wait else None
+                print(f"  {label:<36}{fmt_time(t and t * 1e-3):>10}" +
+                      (f"   wait at backward's end {fmt_time(wt * 1e-3)}" if wt is not None else ""))
+            err = row.get("hidden_stderr")
+            print(f"  hidden: (no overlap - overlap) / alone {percent(row.get('hidden'))} "
+                  f"(unclipped {percent(row.get('hidden_unclipped'))}"
+                  f"{'' if err is None else f', standard error {percent(err)}'}); "
+                  f"1 - wait with / wait without {percent(row.get('hidden_by_wait'))}")
+        elif w.part == "scaling":
+            solo, ddp = median_or_none(loom.get("solo_ms")), median_or_none(loom.get("ddp_ms"))
+            sps = row.get("solo_samples_per_s")
+            dps = row.get("ddp_samples_per_s")
+            print(f"{w.desc:<38}batch {loom.get('batch_per_rank', 64)} per rank, AdamW, "
+                  f"{loom.get('steps_per_round', '?')} steps a round")
+            print(f"  {'rank 0 alone (np 1)':<36}{fmt_time(solo and solo * 1e-3):>10}   "
+                  f"{'n/a' if sps is None else f'{sps:.0f}'} samples/s")
+            print(f"  {f'{n} ranks under DDP':<36}{fmt_time(ddp and ddp * 1e-3):>10}   "
+                  f"{'n/a' if dps is None else f'{dps:.0f}'} samples/s, efficiency {percent(row.get('efficiency'))}")
+            apart = median_or_none(loom.get("apart_ms"))
+            print(f"  {f'{n} ranks apart at once, no DDP':<36}{fmt_time(apart and apart * 1e-3):>10}   "
+                  f"alone / apart {percent(row.get('cores_efficiency'))}, apart / DDP "
+                  f"{percent(row.get('ddp_efficiency'))}")
+        print_checks(row.get("checks") or [])
+        print()
+    print("busbw: GB/s, nccl-tests' bus bandwidth (bytes / time x 2(n-1)/n); loom/MPI: loom's bandwidth over MPI's\n"
+          "(median of the rounds' MPI time / loom time); check off: the same from a second run with\n"
+          "Options::check false. DDP: hidden is the share of the all-reduces' time that overlap takes off the\n"
+          "step; the wait view compares how long backward's end waited for them. Scaling: rank 0 trains alone\n"
+          "while the other ranks sleep (an -np 1 run), then all train under DDP, then all train apart with no\n"
+          "communication; efficiency is the median of the rounds' alone / DDP step times (a step of several\n"
+          "ranks: the slowest one's), and alone / apart and apart / DDP split it into the cost of sharing the\n"
+          "cores and the cost of DDP.")
+
+
 def main():
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1026,6 +1312,18 @@ def main():
     p.add_argument("--graph-bin", help="default: BUILD_DIR/bench/bench_graph")
     p.add_argument("--graph-reps", type=int, default=11,
                    help="timed steps of each mode in the graph group (bench_graph and torch_graph.py --reps)")
+    p.add_argument("--dist-bin", help="default: BUILD_DIR/bench/bench_distributed")
+    p.add_argument("--mpirun", default="mpirun", help="Open MPI's launcher, for the distributed group")
+    p.add_argument("--dist-np", type=int, default=2, help="ranks of the distributed group's mpirun")
+    p.add_argument("--dist-reps", type=int, default=11,
+                   help="rounds of each row of the distributed group (DDP: sixteen times as many)")
+    p.add_argument("--dist-bind", default="none", choices=["none", "core"],
+                   help="mpirun --bind-to for the distributed group")
+    p.add_argument("--no-dist-yield", dest="dist_yield", action="store_false",
+                   help="run the distributed group's mpirun without --mca mpi_yield_when_idle 1 "
+                        "(Note [The distributed group])")
+    p.add_argument("--dist-bucket-cap-mb", type=float, default=1.0,
+                   help="DDP bucket cap of the distributed group's overlap row (Note [The distributed group])")
     p.add_argument("--python", default="/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable,
                    help="a Python that can import torch")
     p.add_argument("--threads", type=int, default=nproc)
@@ -1047,11 +1345,15 @@ def main():
     args.dispatch_bin = args.dispatch_bin or os.path.join(args.build_dir, "bench", "torch_dispatch")
     args.loom_bin = args.loom_bin or os.path.join(args.build_dir, "loom")
     args.graph_bin = args.graph_bin or os.path.join(args.build_dir, "bench", "bench_graph")
+    args.dist_bin = args.dist_bin or os.path.join(args.build_dir, "bench", "bench_distributed")
     args.json = args.json or os.path.join(args.build_dir, "bench_results.json")
     args.work_dir = args.build_dir
     args.coretypes = [c for c in args.coretypes.split(",") if c]
     if args.graph_reps < 1:
         sys.exit(f"run.py: --graph-reps must be at least 1, got {args.graph_reps}")
+    if args.dist_reps < 1 or args.dist_np < 2:
+        sys.exit(f"run.py: --dist-reps must be at least 1 and --dist-np at least 2, got {args.dist_reps} and "
+                 f"{args.dist_np}")
 
     start = time.monotonic()
     selected = select(args.only)
@@ -1061,14 +1363,15 @@ def main():
     if any(w.source == "graph" for w in selected) and not shutil.which(args.graph_bin):
         sys.exit(f"run.py: {args.graph_bin} not found; build it with `make bench`")
     res, meta = collect(args, selected)
-    rows = evaluate(selected, res)
+    rows = evaluate(args, selected, res)
     wall = time.monotonic() - start
     print_table(args, selected, rows, meta)
     print(f"wall time of the runs: {wall:.0f} s")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"threads": args.threads, "rounds": args.rounds, "repetitions": args.repetitions,
-                   "min_time_s": args.min_time, "graph_reps": args.graph_reps,
+                   "min_time_s": args.min_time, "graph_reps": args.graph_reps, "dist_reps": args.dist_reps,
+                   "dist_np": args.dist_np, "dist_bind": args.dist_bind, "dist_yield": args.dist_yield,
                    "epochs": args.epochs, "meta": meta, "wall_s": wall, "workloads": rows}, f, indent=1)
     print(f"raw results: {args.json}")
 

@@ -10,3 +10,4 @@
 #include "loom/optim/optimizer.h"
 #include "loom/optim/rmsprop.h"
 #include "loom/optim/sgd.h"
+#include "loom/optim/zero.h"

@@ -58,7 +58,7 @@ const std::string& meta(const std::map<std::string, std::string>& m, const std::
 
 }  // namespace
 
-LmResult train_lm(const LmOptions& o, std::ostream& log) {
+LmResult train_lm(const LmOptions& o, std::ostream& rank0_log) {
   LOOM_CHECK(o.model == "gpt" || o.model == "lstm", "train: --model '", o.model,
              "' is not a language model (known: gpt, lstm)");
   LOOM_CHECK(o.batch_size > 0 && o.max_steps > 0 && o.eval_every > 0 && o.eval_batches > 0 && o.context > 0,
@@ -68,11 +68,17 @@ LmResult train_lm(const LmOptions& o, std::ostream& log) {
   LOOM_CHECK(o.schedule == "cosine" || o.schedule == "constant", "train: unknown --schedule '", o.schedule,
              "' (known: cosine, constant)");
   if (o.threads > 0) set_num_threads(o.threads);
+  // Note [Distributed loom train]: rank 0 alone logs, evaluates and saves.
+  const Replica rep = replica();
+  std::ostream& log = rep.writer() ? rank0_log : null_stream();
+  LOOM_CHECK(!(o.dist.enabled && o.graph.compile), "train: --compile cannot be combined with --distributed: "
+             "the gradient all-reduce is a collective, which a captured step cannot replay");
+  rep.local_batch(o.batch_size, "--batch-size");
   data::TextCorpus corpus = data::load_text_corpus(o.text, o.context, o.tokenizer, o.val_fraction);
   const int64_t vocab = corpus.tokenizer->vocab_size();
   // Batches: Note [Next-token batches]; validation: a fixed spread of windows.
   const data::TextDataset train_windows(corpus.train_ids, o.context), val_windows(corpus.val_ids, o.context);
-  create_parent_folder(o.out);
+  if (rep.writer()) create_parent_folder(o.out);
 
   manual_seed(o.seed);
   LmResult result;
@@ -90,11 +96,17 @@ LmResult train_lm(const LmOptions& o, std::ostream& log) {
     metadata["loom.lm.config"] = models::lstm_lm_config_to_json(c);
   }
   nn::Module& model = *result.model;
-  optim::AdamW opt(model.parameters(), optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
+  DataParallelModel parallel(result.model, o.dist);
+  auto opt = distributed_optimizer(o.dist, model.parameters(), [&](std::vector<optim::ParamGroup> groups) {
+    return std::make_unique<optim::AdamW>(std::move(groups), optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
+  });
+  // With ZeRO-1 the gradients are averaged inside step(), so it clips there.
+  auto* zero = dynamic_cast<optim::ZeroRedundancyOptimizer*>(opt.get());
+  if (zero != nullptr) zero->set_max_grad_norm(o.grad_clip);
   std::unique_ptr<optim::LRScheduler> sched;
-  if (o.schedule == "cosine") sched = std::make_unique<optim::CosineAnnealingLR>(opt, o.max_steps);
+  if (o.schedule == "cosine") sched = std::make_unique<optim::CosineAnnealingLR>(*opt, o.max_steps);
   std::ofstream metrics;
-  if (!o.metrics.empty()) {
+  if (!o.metrics.empty() && rep.writer()) {
     const bool fresh = !std::ifstream(o.metrics).good();
     metrics.open(o.metrics, std::ios::app);
     LOOM_CHECK(metrics.good(), "train: cannot open --metrics file '", o.metrics, "'");
@@ -105,7 +117,11 @@ LmResult train_lm(const LmOptions& o, std::ostream& log) {
   log << "loom train: " << o.model << " (" << model.num_parameters() << " parameters) on " << o.text << ": "
       << corpus.num_bytes << " bytes, " << o.tokenizer << " tokenizer of " << vocab << " tokens, " << n_train
       << " train / " << corpus.val_ids.numel() << " val tokens; context " << o.context << ", batch "
-      << o.batch_size << ", adamw lr " << o.lr << (sched ? " (cosine decay)" : "") << ", " << get_num_threads()
+      << o.batch_size
+      << (rep.world > 1 ? " (" + std::to_string(o.batch_size / rep.world) + " on each of " +
+                              std::to_string(rep.world) + " ranks" + (zero ? ", ZeRO-1" : "") + ")"
+                        : "")
+      << ", adamw lr " << o.lr << (sched ? " (cosine decay)" : "") << ", " << get_num_threads()
       << " threads\n"
       << std::flush;
 
@@ -121,25 +137,27 @@ LmResult train_lm(const LmOptions& o, std::ostream& log) {
   }
   TrainStep train_step(
       [&](const Tensor& x, const Tensor& y) {
+        parallel.before_forward();
         Tensor loss = lm_loss(model, o.model, x, y);
-        opt.zero_grad();
+        opt->zero_grad();
         loss.backward();
-        if (o.grad_clip > 0) nn::utils::clip_grad_norm_tensor_(params, o.grad_clip);
-        opt.step();
+        if (o.grad_clip > 0 && zero == nullptr) nn::utils::clip_grad_norm_tensor_(params, o.grad_clip);
+        opt->step();
         return loss;
       },
       o.graph, log);
   for (int64_t step = 1; step <= o.max_steps; ++step) {
     const auto t0 = Clock::now();
     const data::Batch batch = train_windows.random_batch(o.batch_size, o.seed, step);  // (B, T) each
-    Tensor loss = train_step(batch.data, batch.target);
+    Tensor loss = train_step(rep.slice(batch.data), rep.slice(batch.target));  // this rank's rows
     if (sched) sched->step();
     loss_sum += loss.item<double>();
     ++loss_count;
     train_seconds += seconds_since(t0);
     if (step % o.eval_every != 0 && step != o.max_steps) continue;
-    LmPoint p{step, loss_sum / static_cast<double>(loss_count),
-              evaluate_lm(model, o.model, val_windows, o.batch_size, o.eval_batches * o.batch_size),
+    LmPoint p{step, rep.mean(loss_sum / static_cast<double>(loss_count)),
+              rep.writer() ? evaluate_lm(model, o.model, val_windows, o.batch_size, o.eval_batches * o.batch_size)
+                           : 0.0,
               train_seconds};
     loss_sum = 0;
     loss_count = 0;
@@ -148,7 +166,7 @@ LmResult train_lm(const LmOptions& o, std::ostream& log) {
       metrics << p.step << "," << fixed(p.train_loss, 6) << "," << fixed(p.val_loss, 6) << "," << fixed(p.seconds, 3)
               << "\n"
               << std::flush;
-    if (!o.out.empty()) {
+    if (!o.out.empty() && rep.writer()) {
       metadata["loom.lm.step"] = std::to_string(step);
       save_safetensors(o.out, model.state_dict(), metadata);
     }

@@ -23,6 +23,7 @@
 #include <loom/loom.h>
 
 #include "graph_options.h"
+#include "parallel.h"
 
 namespace loom::cli {
 
@@ -50,6 +51,7 @@ struct LmOptions {
   std::string out = "runs/gpt.safetensors";  // "" for none; main.cpp's default is runs/<model>.safetensors
   std::string metrics;                 // .csv: step,train_loss,val_loss,seconds
   GraphOptions graph;                  // --compile, --checkpoint-activations, ...
+  DistributedOptions dist;             // --distributed, --zero, --timeout
 };
 
 struct LmPoint {

@@ -166,6 +166,17 @@ int main(int argc, char** argv) {
                     "With --compile --checkpoint-activations: more segments until the step's arena fits (0: sqrt(N))")
       ->check(loom::cli::non_negative_number());
   train->add_option("--dump-graph", topts.graph.dump_graph, "With --compile: write the step's graph as Graphviz DOT");
+  train->add_flag("--distributed", topts.dist.enabled,
+                  "Run as one rank of `mpirun -np N loom train ...`: --batch-size is split over the ranks, gradients "
+                  "are averaged (DistributedDataParallel), rank 0 prints and saves (alone: one rank)");
+  train->add_flag("--zero", topts.dist.zero,
+                  "With --distributed: shard the optimizer state over the ranks (ZeRO-1) instead of all-reducing "
+                  "gradients");
+  train->add_option("--timeout", topts.dist.timeout_s,
+                    "With --distributed: seconds a rank waits for the others in a collective before the job ends with "
+                    "an error")
+      ->check(loom::cli::positive_number())
+      ->capture_default_str();
 
   // ---- loom eval ----
   std::string eval_file, eval_dir = loom::cli::kFashionMnistDir;
@@ -245,6 +256,7 @@ int main(int argc, char** argv) {
         loom::cli::take_settings_not_given(loom::cli::load_checkpoint(topts.resume).settings, topts, was_given);
       }
       loom::cli::check_train_flags(topts.model.name, topts.optimizer, given);
+      LOOM_CHECK(!topts.dist.zero || topts.dist.enabled, "train: --zero needs --distributed");
       if (!o_out->count()) topts.out = loom::cli::default_out(topts.model.name);
     }
     if (train->parsed() && (is_language_model(topts.model.name) ||
@@ -265,9 +277,14 @@ int main(int argc, char** argv) {
       lopts.out = topts.out;
       lopts.metrics = topts.metrics;
       lopts.graph = topts.graph;
+      lopts.dist = topts.dist;
+      loom::cli::start_distributed(topts.dist);
       loom::cli::train_lm(lopts, std::cout);
+      loom::cli::stop_distributed();
     } else if (train->parsed()) {
+      loom::cli::start_distributed(topts.dist);
       loom::cli::train(topts, std::cout, loom::cli::is_terminal(STDOUT_FILENO));
+      loom::cli::stop_distributed();
     } else if (eval->parsed()) {
       set_threads(eval_threads);
       auto r = loom::cli::evaluate_checkpoint(eval_file, eval_dir, eval_batch, std::cout);
@@ -292,6 +309,8 @@ int main(int argc, char** argv) {
     // loom::Error for user mistakes; anything else (std::bad_alloc, a
     // filesystem error) is reported the same way rather than aborting.
     std::cout.flush();
+    // One rank of several: end every rank now (Note [Distributed loom train]).
+    if (loom::distributed::get_world_size() > 1) loom::distributed::abort_job(std::string("error: ") + e.what());
     std::cerr << "loom: error: " << e.what() << "\n";
     return 1;
   }

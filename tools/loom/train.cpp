@@ -39,11 +39,12 @@ data::DataLoaderOptions loader_options(int64_t batch_size, const Normalization& 
   return o;
 }
 
-std::unique_ptr<optim::Optimizer> make_optimizer(const TrainSettings& s, const std::vector<Tensor>& params) {
+// The optimizer of the settings over `groups` (ZeRO-1 makes it over its shards).
+std::unique_ptr<optim::Optimizer> make_optimizer(const TrainSettings& s, std::vector<optim::ParamGroup> groups) {
   if (s.optimizer == "adamw")
-    return std::make_unique<optim::AdamW>(params, optim::AdamWOptions(s.lr).weight_decay(s.weight_decay));
+    return std::make_unique<optim::AdamW>(std::move(groups), optim::AdamWOptions(s.lr).weight_decay(s.weight_decay));
   if (s.optimizer == "sgd")
-    return std::make_unique<optim::SGD>(params,
+    return std::make_unique<optim::SGD>(std::move(groups),
                                         optim::SGDOptions(s.lr).momentum(s.momentum).weight_decay(s.weight_decay));
   LOOM_ERROR("train: unknown optimizer '", s.optimizer, "' (known: adamw, sgd)");
 }
@@ -108,7 +109,7 @@ EvalResult evaluate(nn::Module& model, std::shared_ptr<data::Dataset> test, cons
   return {loss_sum / static_cast<double>(count), static_cast<double>(correct) / static_cast<double>(count), count};
 }
 
-TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive) {
+TrainResult train(const TrainOptions& opts, std::ostream& rank0_log, bool interactive) {
   LOOM_CHECK(opts.epochs > 0, "train: --epochs must be positive, got ", opts.epochs);
   LOOM_CHECK(opts.batch_size > 0, "train: --batch-size must be positive, got ", opts.batch_size);
   LOOM_CHECK(opts.workers >= 0, "train: --workers must be >= 0, got ", opts.workers);
@@ -116,6 +117,14 @@ TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive)
   LOOM_CHECK(opts.schedule == "cosine" || opts.schedule == "constant", "train: unknown --schedule '",
              opts.schedule, "' (known: cosine, constant)");
   if (opts.threads > 0) set_num_threads(opts.threads);
+  // Note [Distributed loom train]: rank 0 alone logs, evaluates and saves.
+  const Replica rep = replica();
+  std::ostream& log = rep.writer() ? rank0_log : null_stream();
+  // mpirun hands ranks a pseudo-terminal whatever its own output is: plain lines.
+  interactive = interactive && rep.world == 1;
+  LOOM_CHECK(!(opts.dist.enabled && opts.graph.compile), "train: --compile cannot be combined with --distributed: "
+             "the gradient all-reduce is a collective, which a captured step cannot replay");
+  const int64_t local_batch = rep.local_batch(opts.batch_size, "--batch-size");
   const TrainSettings settings = settings_of(opts);
 
   // A resume is checked before anything expensive happens.
@@ -128,15 +137,15 @@ TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive)
       LOOM_ERROR("train: ", e.what());
     }
   }
-  create_parent_folder(opts.out);
+  if (rep.writer()) create_parent_folder(opts.out);
   // Open the metrics file now, so a bad path fails before the first epoch.
   std::unique_ptr<MetricsWriter> metrics;
-  if (!opts.metrics.empty()) metrics = std::make_unique<MetricsWriter>(opts.metrics);
+  if (!opts.metrics.empty() && rep.writer()) metrics = std::make_unique<MetricsWriter>(opts.metrics);
 
   auto train_set = load_split(opts.dataset, opts.data_dir, /*train=*/true, opts.train_limit);
   auto test_set = load_split(opts.dataset, opts.data_dir, /*train=*/false, opts.test_limit);
   const Normalization normalization = dataset_normalization(opts.dataset);
-  data::DataLoaderOptions loader_opts = loader_options(opts.batch_size, normalization);
+  data::DataLoaderOptions loader_opts = loader_options(local_batch, normalization);
   LOOM_CHECK(opts.random_crop >= 0, "train: --random-crop must be >= 0, got ", opts.random_crop);
   if (opts.random_crop > 0 || opts.hflip) {
     // Augmentations on the raw image, then the normalization.
@@ -150,7 +159,14 @@ TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive)
     steps.push_back(loader_opts.transform);
     loader_opts.transform = data::Compose(std::move(steps));
   }
-  loader_opts.shuffle = true;
+  if (opts.dist.enabled) {
+    // Rank r takes every N-th example of the epoch's permutation, so the N
+    // ranks' k-th batches together are the k-th global batch of one process.
+    loader_opts.sampler = std::make_shared<data::DistributedSampler>(
+        train_set->size(), rep.world, rep.rank, /*shuffle=*/true, opts.seed);
+  } else {
+    loader_opts.shuffle = true;
+  }
   loader_opts.num_workers = opts.workers;
   loader_opts.seed = opts.seed;
   data::DataLoader loader(train_set, loader_opts);
@@ -159,7 +175,10 @@ TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive)
   TrainResult result;
   result.model = make_model(opts.model);
   nn::Module& model = *result.model;
-  auto optimizer = make_optimizer(settings, model.parameters());
+  DataParallelModel parallel(result.model, opts.dist);
+  auto optimizer = distributed_optimizer(opts.dist, model.parameters(), [&](std::vector<optim::ParamGroup> groups) {
+    return make_optimizer(settings, std::move(groups));
+  });
   // Cosine decay from lr to 0, stepped after every batch (PyTorch's
   // CosineAnnealingLR with T_max = all the run's batches).
   std::unique_ptr<optim::LRScheduler> scheduler;
@@ -189,7 +208,11 @@ TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive)
         << (opts.model.hidden.empty() ? "" : join_ints(opts.model.hidden, '-') + "-") << opts.model.num_classes;
   log << " ("
       << model.num_parameters() << " parameters) on " << opts.dataset << ": " << n_train << " train / "
-      << test_set->size() << " test images, batch " << opts.batch_size << ", " << opts.optimizer << " lr "
+      << test_set->size() << " test images, batch " << opts.batch_size
+      << (rep.world > 1 ? " (" + std::to_string(local_batch) + " on each of " + std::to_string(rep.world) + " ranks" +
+                              (opts.dist.zero ? ", ZeRO-1" : "") + ")"
+                        : "")
+      << ", " << opts.optimizer << " lr "
       << opts.lr << (scheduler ? " (cosine decay)" : "") << ", " << get_num_threads() << " threads\n";
   if (!opts.resume.empty())
     log << "resuming from '" << opts.resume << "' after epoch " << resumed.epoch << "\n";
@@ -214,7 +237,13 @@ TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive)
       eager_checkpoint ? std::max<int64_t>(1, std::llround(std::sqrt(static_cast<double>(chain->size())))) : 0;
   TrainStep step(
       [&](const Tensor& x, const Tensor& y) {
-        Tensor logits = eager_checkpoint ? nn::checkpoint_sequential(chain, segments, x) : model.forward(x);  // (B, 10)
+        Tensor logits;  // (B, 10)
+        if (eager_checkpoint) {
+          parallel.before_forward();
+          logits = nn::checkpoint_sequential(chain, segments, x);
+        } else {
+          logits = parallel.forward(x);
+        }
         Tensor loss = F::cross_entropy(logits, y);
         optimizer->zero_grad();
         loss.backward();
@@ -235,7 +264,7 @@ TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive)
       Tensor loss = step(b.data, b.target);
       if (scheduler) scheduler->step();
       loss_sum += loss.item<double>();
-      samples += b.target.size(0);
+      samples += b.target.size(0) * rep.world;  // every rank's batch is the same size
       ++batches;
       progress.update(batches, loss_sum / static_cast<double>(batches), samples);
     }
@@ -243,16 +272,20 @@ TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive)
     progress.finish();
     train_seconds += seconds;
 
-    EvalResult test = evaluate(model, test_set, normalization);
-    EpochMetrics m{epoch, loss_sum / static_cast<double>(batches), test.loss, test.accuracy, seconds,
-                   static_cast<double>(samples) / seconds};
+    const double train_loss = rep.mean(loss_sum / static_cast<double>(batches));
+    EvalResult test;
+    if (rep.writer()) test = evaluate(model, test_set, normalization);
+    EpochMetrics m{epoch, train_loss, test.loss, test.accuracy, seconds, static_cast<double>(samples) / seconds};
     result.history.push_back(m);
     result.last_epoch = epoch;
     if (metrics) metrics->append(m);
-    if (!opts.out.empty())
-      save_checkpoint(opts.out, {settings, epoch, epoch * loader.size(), get_rng_state(), model.state_dict(),
-                                 optimizer->state_dict(), scheduler ? scheduler->state_dict() : nn::StateDict{},
-                                 normalization});
+    if (!opts.out.empty()) {
+      nn::StateDict optimizer_state = optimizer->state_dict();  // every rank: ZeRO-1 gathers its shards
+      if (rep.writer())
+        save_checkpoint(opts.out, {settings, epoch, epoch * loader.size(), get_rng_state(), model.state_dict(),
+                                   std::move(optimizer_state), scheduler ? scheduler->state_dict() : nn::StateDict{},
+                                   normalization});
+    }
 
     log << "epoch " << epoch << "/" << opts.epochs << ": train loss " << fixed(m.train_loss, 4) << ", test loss "
         << fixed(m.test_loss, 4) << ", test accuracy " << percent(m.test_acc) << "  (" << fixed(seconds, 1)

@@ -13,6 +13,7 @@
 
 #include "checkpoint.h"
 #include "graph_options.h"
+#include "parallel.h"
 #include "metrics.h"
 #include "model_config.h"
 
@@ -41,6 +42,7 @@ struct TrainOptions : TrainSettings {
   std::string metrics;                   // .csv or .jsonl file; "" for none
   int64_t test_limit = 0;  // evaluate on the first N test images (0: all)
   GraphOptions graph;      // --compile, --checkpoint-activations, ... (not part of a checkpoint's settings)
+  DistributedOptions dist; // --distributed, --zero, --timeout (nor is this)
 };
 
 // The options that must agree with a checkpoint to resume from it, and back.

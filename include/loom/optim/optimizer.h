@@ -188,13 +188,13 @@ class Optimizer {
   //                                        (global index, group order): "step"
   //                                        (0-dim float64), "exp_avg", ...
   // The state tensors are the optimizer's own (not copies), as PyTorch's.
-  StateDict state_dict() const;
+  virtual StateDict state_dict() const;
   // Restores hyperparameters and state (copied, cast to each parameter's
   // dtype and device) from a state_dict() of an optimizer of the same kind
   // over parameters of the same shapes in the same groups. Everything is
   // checked before anything changes: the group count, each group's size,
   // every key, every state shape; an Error names the key and the shapes.
-  void load_state_dict(const StateDict& state_dict);
+  virtual void load_state_dict(const StateDict& state_dict);
 
  protected:
   Optimizer(std::vector<ParamGroup> param_groups, std::unique_ptr<OptimizerOptions> defaults);
