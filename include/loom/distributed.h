@@ -75,8 +75,16 @@ class Work {
   // The exception the operation failed with (null while running or on success).
   std::exception_ptr exception() const;
   const std::string& description() const { return description_; }
+  // When the backend began running the operation and when it completed
+  // (steady_clock; the epoch before then): how DDP measures the
+  // communication its backward pass hides.
+  std::chrono::steady_clock::time_point started_at() const;
+  std::chrono::steady_clock::time_point finished_at() const;
 
-  // For backends: marks the work done (with an exception on failure).
+  // For backends: the operation starts running; is a thread in wait()? (a
+  // backend may poll harder then); it is done (with an exception on failure).
+  void mark_started();
+  bool has_waiter() const;
   void finish(std::exception_ptr error = nullptr);
 
  private:

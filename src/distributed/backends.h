@@ -28,6 +28,21 @@ uint64_t signature(const std::string& description);
 // first n % size pieces hold one more).
 std::vector<int64_t> split_sizes(int64_t n, int size);
 
+// Set while a synchronous free function (distributed::all_reduce without
+// async_op, ...) waits for the call it makes: a backend may then run the call
+// on the calling thread (Note [One MPI thread]).
+bool caller_waits();
+class CallerWaits {
+ public:
+  CallerWaits();
+  ~CallerWaits();
+  CallerWaits(const CallerWaits&) = delete;
+  CallerWaits& operator=(const CallerWaits&) = delete;
+
+ private:
+  bool previous_;
+};
+
 // x /= divisor, elementwise, for Avg (floating dtypes only).
 void divide_in_place(Tensor& t, int divisor);
 

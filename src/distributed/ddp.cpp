@@ -1,6 +1,7 @@
 // nn::DistributedDataParallel (Note [Gradient buckets] in loom/nn/parallel.h).
 #include "loom/nn/parallel.h"
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 
@@ -102,7 +103,10 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<Module> module,
   reducer_->ready.assign(params_.size(), 0);
 
   // Buckets: reverse registration order, one dtype each, up to the cap.
+  LOOM_CHECK(options_.first_bucket_mb > 0, "DistributedDataParallel: first_bucket_mb must be positive, got ",
+             options_.first_bucket_mb);
   const auto cap = static_cast<int64_t>(options_.bucket_cap_mb * 1024 * 1024);
+  const auto first_cap = std::min(cap, static_cast<int64_t>(options_.first_bucket_mb * 1024 * 1024));
   std::map<DType, size_t> open;  // dtype -> its bucket being filled
   std::map<DType, int64_t> open_bytes;
   std::vector<Bucket>& buckets = reducer_->buckets;
@@ -111,7 +115,7 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<Module> module,
     const Tensor& p = params_[static_cast<size_t>(i)];
     const int64_t bytes = static_cast<int64_t>(p.nbytes());
     auto it = open.find(p.dtype());
-    if (it == open.end() || open_bytes[p.dtype()] + bytes > cap) {
+    if (it == open.end() || open_bytes[p.dtype()] + bytes > (it->second == 0 ? first_cap : cap)) {
       buckets.emplace_back();
       sizes.push_back(0);
       it = open.insert_or_assign(p.dtype(), buckets.size() - 1).first;
@@ -162,6 +166,7 @@ DistributedDataParallel::~DistributedDataParallel() {
 }
 
 void DistributedDataParallel::finish_backward() {
+  const auto backward_end = std::chrono::steady_clock::now();
   Reducer& r = *reducer_;
   r.pass_active = false;
   // Parameters that got no gradient this pass.
@@ -197,14 +202,20 @@ void DistributedDataParallel::finish_backward() {
   }
   const auto start = std::chrono::steady_clock::now();
   int64_t bytes = 0;
+  double comm = 0, overlapped = 0;
   for (Bucket& b : r.buckets) {
     b.work->wait();
     bytes += static_cast<int64_t>(b.buffer.nbytes());
+    const auto s = b.work->started_at(), e = b.work->finished_at();
+    comm += std::chrono::duration<double>(e - s).count();
+    if (s < backward_end) overlapped += std::chrono::duration<double>(std::min(e, backward_end) - s).count();
   }
   if (used_work) used_work->wait();
   stats_.wait_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   stats_.buckets = static_cast<int64_t>(r.buckets.size());
   stats_.bytes = bytes;
+  stats_.comm_seconds = comm;
+  stats_.overlapped_seconds = overlapped;
   stats_.unused_parameters = static_cast<int64_t>(missing.size());
 
   // Write the averages back.

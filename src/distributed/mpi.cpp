@@ -9,6 +9,30 @@
 // Work at once and goes on computing (DDP's gradient buckets reduce while
 // backward runs); wait() blocks with the group's timeout.
 //
+// A synchronous collective (the free functions: distributed::all_reduce
+// without async_op) skips the hop when the queue is empty and the worker is
+// idle: the calling thread makes the MPI call itself, under the same mutex
+// the worker holds for each of its calls, so calls stay serialized and in
+// program order. Handing a 8-byte all-reduce to another thread and back
+// costs more than the all-reduce (tens of microseconds on two busy cores,
+// where the waiting thread and the worker compete for a core). Meanwhile the
+// idle worker is the watchdog: a call still running after the group's
+// timeout ends the job (abort_job) with an error naming the call and the
+// rank, as PyTorch's NCCL watchdog does; it cannot throw in a thread that is
+// inside MPI.
+//
+// The all-reduces of an asynchronous call (DDP's buckets, and the collective
+// check before it) are MPI_Iallreduce, which the worker tests now and then:
+// while nobody
+// waits for the Work, the worker sleeps between tests, so a bucket whose
+// peers are still computing their backward costs this rank's backward no
+// CPU (a blocking call would poll a core the whole time, and on a machine
+// with a core per rank that core is the backward's); once a thread waits in
+// Work::wait, the worker tests without sleeping. A synchronous call uses
+// the blocking forms, wherever it runs. The choice follows the call, not the
+// thread: MPI matches a blocking collective only with blocking ones, and
+// whether a call runs inline depends on each rank's own queue.
+//
 // Collectives block the worker until they finish. Point-to-point messages do
 // not: send and recv start MPI_Isend/MPI_Irecv and the worker tests them
 // between queued operations, so an exchange where both ranks send, then
@@ -118,6 +142,35 @@ int count_of(const char* op, int64_t n) {
 
 // ---- the worker (Note [One MPI thread]) ----
 
+// The asynchronous call's Work the worker is running now (null on any other
+// thread, and for a synchronous call).
+thread_local const Work* t_task = nullptr;
+
+// Tests a started nonblocking operation until it completes (Note [One MPI
+// thread]): sleeping between tests while nobody waits for the Work.
+void await_request(MPI_Request& request, const Work& work, const char* call) {
+  for (;;) {
+    int done = 0;
+    check_mpi(MPI_Test(&request, &done, MPI_STATUS_IGNORE), call);
+    if (done) return;
+    if (work.has_waiter())
+      std::this_thread::yield();
+    else
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
+// MPI_Allreduce; on the worker, MPI_Iallreduce awaited as above.
+void allreduce(const void* in, void* out, int n, MPI_Datatype type, MPI_Op op, MPI_Comm comm, const char* call) {
+  if (t_task == nullptr) {
+    check_mpi(MPI_Allreduce(in, out, n, type, op, comm), call);
+    return;
+  }
+  MPI_Request request = MPI_REQUEST_NULL;
+  check_mpi(MPI_Iallreduce(in, out, n, type, op, comm, &request), call);
+  await_request(request, *t_task, call);
+}
+
 struct Pending {  // a started point-to-point operation
   MPI_Request request;
   WorkPtr work;
@@ -127,11 +180,17 @@ struct Pending {  // a started point-to-point operation
 };
 
 struct Runtime {
-  std::mutex m;
+  std::mutex mpi;  // held around every MPI call after init (MPI_THREAD_SERIALIZED)
+  std::mutex m;    // the queue and the flags below
   std::condition_variable cv;
   std::deque<std::function<void()>> queue;
   std::atomic<int64_t> queued{0};
   bool stop = false;
+  bool busy = false;  // the worker is running a task
+  // A collective run on its caller's thread, for the watchdog.
+  std::atomic<bool> inline_active{false};
+  std::chrono::steady_clock::time_point inline_deadline;
+  std::string inline_what;
   std::thread worker;
   bool started = false;   // MPI initialized by loom (or found initialized)
   bool owns_mpi = false;  // loom called MPI_Init_thread, so it finalizes
@@ -180,23 +239,42 @@ void worker_loop() {
     for (;;) {
       if (r.queued.load(std::memory_order_acquire) > 0) break;
       if (!r.pending.empty()) {
-        poll_pending(r);
+        {
+          std::lock_guard<std::mutex> mpi(r.mpi);
+          poll_pending(r);
+        }
         std::this_thread::yield();
         continue;
       }
+      if (r.inline_active.load(std::memory_order_relaxed)) break;  // leave the core to the caller
       if (std::chrono::steady_clock::now() - idle_since > std::chrono::microseconds(50)) break;
       std::this_thread::yield();
     }
     {
       std::unique_lock<std::mutex> lock(r.m);
-      r.cv.wait(lock, [&] { return r.stop || !r.queue.empty(); });
+      // Sleep until there is work; wake now and then to watch a collective
+      // running on its caller's thread.
+      while (!r.stop && r.queue.empty()) {
+        r.cv.wait_for(lock, std::chrono::milliseconds(100));
+        if (r.inline_active.load() && std::chrono::steady_clock::now() > r.inline_deadline) {
+          const std::string what = r.inline_what;
+          lock.unlock();
+          abort_job(what);
+        }
+      }
       if (r.queue.empty()) return;  // stop, and nothing left to run
       task = std::move(r.queue.front());
       r.queue.pop_front();
       r.queued.fetch_sub(1, std::memory_order_release);
+      r.busy = true;
     }
-    task();
-    if (!r.pending.empty()) poll_pending(r);
+    {
+      std::lock_guard<std::mutex> mpi(r.mpi);
+      task();
+      if (!r.pending.empty()) poll_pending(r);
+    }
+    std::lock_guard<std::mutex> lock(r.m);
+    r.busy = false;
   }
 }
 
@@ -251,7 +329,7 @@ class MpiGroup final : public ProcessGroup, public std::enable_shared_from_this<
     std::string desc = "all_reduce(" + geometry(t) + ", " + reduce_op_name(op) + ")";
     const int n = count_of("all_reduce", t.numel());
     return submit(std::move(desc), [this, t, op, n]() mutable {
-      check_mpi(MPI_Allreduce(MPI_IN_PLACE, t.raw_data_ptr(), n, mpi_type(t.dtype()), mpi_op(op, t.dtype()), comm_),
+      allreduce(MPI_IN_PLACE, t.raw_data_ptr(), n, mpi_type(t.dtype()), mpi_op(op, t.dtype()), comm_,
                 "MPI_Allreduce");
       if (op == ReduceOp::Avg) divide_in_place(t, size());
     });
@@ -456,7 +534,7 @@ class MpiGroup final : public ProcessGroup, public std::enable_shared_from_this<
     if (!options().check || size() == 1) return;
     const auto h = static_cast<int64_t>(signature(desc));
     int64_t in[2] = {h, ~h}, out[2] = {0, 0};
-    check_mpi(MPI_Allreduce(in, out, 2, MPI_INT64_T, MPI_MAX, comm_), "MPI_Allreduce (collective check)");
+    allreduce(in, out, 2, MPI_INT64_T, MPI_MAX, comm_, "MPI_Allreduce (collective check)");
     if (out[0] == h && ~out[1] == h) return;
     constexpr int kText = 240;
     std::vector<char> mine(kText, 0), all(static_cast<size_t>(kText) * static_cast<size_t>(size()), 0);
@@ -472,17 +550,52 @@ class MpiGroup final : public ProcessGroup, public std::enable_shared_from_this<
 
   WorkPtr submit(std::string desc, std::function<void()> fn) {
     auto work = std::make_shared<Work>(desc, options().timeout);
+    const bool sync = caller_waits();
+    if (sync && run_inline(desc, fn, *work)) return work;
     // The task keeps the group alive: fn uses its communicator.
-    enqueue([self = shared_from_this(), work, desc = std::move(desc), fn = std::move(fn)] {
+    enqueue([self = shared_from_this(), work, sync, desc = std::move(desc), fn = std::move(fn)] {
+      t_task = sync ? nullptr : work.get();
       try {
+        work->mark_started();
         self->verify(desc);
         fn();
+        t_task = nullptr;
         work->finish();
       } catch (...) {
+        t_task = nullptr;
         work->finish(std::current_exception());
       }
     });
     return work;
+  }
+
+  // Runs a collective on the calling thread when nothing is queued or
+  // running (Note [One MPI thread]); false when it must be queued.
+  bool run_inline(const std::string& desc, const std::function<void()>& fn, Work& work) {
+    Runtime& r = runtime();
+    {
+      std::lock_guard<std::mutex> lock(r.m);
+      if (r.stop || r.busy || !r.queue.empty()) return false;
+      r.inline_deadline = std::chrono::steady_clock::now() + options().timeout;
+      r.inline_what = ::loom::detail::str_cat("distributed: ", desc, " on rank ", rank(), " of ", size(),
+                                              " did not complete within ", options().timeout.count() / 1000.0,
+                                              " s: another rank died, hangs, or calls collectives in another order");
+      r.inline_active.store(true);
+    }
+    std::exception_ptr error;
+    {
+      std::lock_guard<std::mutex> mpi(r.mpi);
+      try {
+        work.mark_started();
+        verify(desc);
+        fn();
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    r.inline_active.store(false);
+    work.finish(error);
+    return true;
   }
 
   WorkPtr start_p2p(std::string desc, Tensor t, int peer, int tag, bool is_send) {

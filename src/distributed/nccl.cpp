@@ -473,6 +473,7 @@ class NcclGroup final : public ProcessGroup {
     // `this` outlives the task: the destructor waits for the queue.
     worker_->post([this, work, collective, desc = std::move(desc), fn = std::move(fn)] {
       try {
+        work->mark_started();
         LOOM_CHECK(failure_.empty(), "distributed: ", desc, ": this group's NCCL communicator failed earlier (",
                    failure_, ") and cannot run more operations");
         if (collective) verify(desc);

@@ -38,6 +38,8 @@ const char* reduce_op_name(ReduceOp op) {
 // than MPI itself, and a long one costs no CPU while it runs.
 struct Work::State {
   std::atomic<bool> done{false};
+  std::atomic<int> waiters{0};
+  std::chrono::steady_clock::time_point started, finished;
   std::mutex m;
   std::condition_variable cv;
   std::exception_ptr error;
@@ -64,18 +66,42 @@ std::exception_ptr Work::exception() const {
   return state_->error;
 }
 
+void Work::mark_started() {
+  std::lock_guard<std::mutex> lock(state_->m);
+  state_->started = std::chrono::steady_clock::now();
+}
+
+std::chrono::steady_clock::time_point Work::started_at() const {
+  std::lock_guard<std::mutex> lock(state_->m);
+  return state_->started;
+}
+
+std::chrono::steady_clock::time_point Work::finished_at() const {
+  std::lock_guard<std::mutex> lock(state_->m);
+  return state_->finished;
+}
+
 void Work::finish(std::exception_ptr error) {
   {
     std::lock_guard<std::mutex> lock(state_->m);
+    state_->finished = std::chrono::steady_clock::now();
+    if (state_->started == std::chrono::steady_clock::time_point{}) state_->started = state_->finished;
     state_->error = std::move(error);
     state_->done.store(true, std::memory_order_release);
   }
   state_->cv.notify_all();
 }
 
+bool Work::has_waiter() const { return state_->waiters.load(std::memory_order_relaxed) > 0; }
+
 void Work::wait(std::chrono::milliseconds timeout) {
   if (timeout.count() < 0) timeout = timeout_;
   if (!is_completed()) {
+    struct Waiting {
+      std::atomic<int>& n;
+      explicit Waiting(std::atomic<int>& c) : n(c) { ++n; }
+      ~Waiting() { --n; }
+    } waiting(state_->waiters);
     const auto start = std::chrono::steady_clock::now();
     while (!is_completed() && std::chrono::steady_clock::now() - start < kSpin) std::this_thread::yield();
     if (!is_completed()) {
@@ -144,8 +170,14 @@ Registry& registry() {
 
 ProcessGroup& group_or_default(ProcessGroup* g) { return g ? *g : default_group(); }
 
-WorkPtr finish(WorkPtr w, bool async_op) {
-  if (!async_op) w->wait();
+// Starts a call; unless async_op, waits for it, letting the backend run it
+// on this thread (detail::CallerWaits).
+template <typename Start>
+WorkPtr call(bool async_op, Start&& start) {
+  if (async_op) return start();
+  detail::CallerWaits waits;
+  WorkPtr w = start();
+  w->wait();
   return w;
 }
 
@@ -272,31 +304,33 @@ void destroy_process_group() {
 }
 
 WorkPtr all_reduce(Tensor& tensor, ReduceOp op, ProcessGroup* group, bool async_op) {
-  return finish(group_or_default(group).all_reduce(tensor, op), async_op);
+  return call(async_op, [&] { return group_or_default(group).all_reduce(tensor, op); });
 }
 WorkPtr broadcast(Tensor& tensor, int root, ProcessGroup* group, bool async_op) {
-  return finish(group_or_default(group).broadcast(tensor, root), async_op);
+  return call(async_op, [&] { return group_or_default(group).broadcast(tensor, root); });
 }
 WorkPtr all_gather(std::vector<Tensor>& outputs, const Tensor& input, ProcessGroup* group, bool async_op) {
-  return finish(group_or_default(group).all_gather(outputs, input), async_op);
+  return call(async_op, [&] { return group_or_default(group).all_gather(outputs, input); });
 }
 WorkPtr reduce_scatter(Tensor& output, const std::vector<Tensor>& inputs, ReduceOp op, ProcessGroup* group,
                        bool async_op) {
-  return finish(group_or_default(group).reduce_scatter(output, inputs, op), async_op);
+  return call(async_op, [&] { return group_or_default(group).reduce_scatter(output, inputs, op); });
 }
 WorkPtr gather(std::vector<Tensor>& outputs, const Tensor& input, int root, ProcessGroup* group, bool async_op) {
-  return finish(group_or_default(group).gather(outputs, input, root), async_op);
+  return call(async_op, [&] { return group_or_default(group).gather(outputs, input, root); });
 }
 WorkPtr scatter(Tensor& output, const std::vector<Tensor>& inputs, int root, ProcessGroup* group, bool async_op) {
-  return finish(group_or_default(group).scatter(output, inputs, root), async_op);
+  return call(async_op, [&] { return group_or_default(group).scatter(output, inputs, root); });
 }
 WorkPtr send(const Tensor& tensor, int dst, int tag, ProcessGroup* group) {
-  return finish(group_or_default(group).send(tensor, dst, tag), false);
+  return call(false, [&] { return group_or_default(group).send(tensor, dst, tag); });
 }
 WorkPtr recv(Tensor& tensor, int src, int tag, ProcessGroup* group) {
-  return finish(group_or_default(group).recv(tensor, src, tag), false);
+  return call(false, [&] { return group_or_default(group).recv(tensor, src, tag); });
 }
-void barrier(ProcessGroup* group) { group_or_default(group).barrier()->wait(); }
+void barrier(ProcessGroup* group) {
+  call(false, [&] { return group_or_default(group).barrier(); });
+}
 
 void abort_job(const std::string& message, int code) {
   const int rank = get_rank(), world = get_world_size();
@@ -313,6 +347,14 @@ void abort_job(const std::string& message, int code) {
 // ---- checks shared by the backends ----
 
 namespace detail {
+
+namespace {
+thread_local bool t_caller_waits = false;
+}
+
+bool caller_waits() { return t_caller_waits; }
+CallerWaits::CallerWaits() : previous_(t_caller_waits) { t_caller_waits = true; }
+CallerWaits::~CallerWaits() { t_caller_waits = previous_; }
 
 void check_tensor(const char* op, const Tensor& t, const char* what) {
   if (capture::Recorder* r = capture::active())

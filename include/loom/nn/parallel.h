@@ -46,8 +46,11 @@
 namespace loom::nn {
 
 struct DistributedDataParallelOptions {
-  // A bucket holds up to this many MiB of gradients.
+  // A bucket holds up to this many MiB of gradients; the first one (the last
+  // layers' gradients, ready first) up to first_bucket_mb, so that
+  // communication starts early in backward (PyTorch's 1 MiB first bucket).
   double bucket_cap_mb = 25;
+  double first_bucket_mb = 1;
   // Allow parameters that get no gradient in a backward pass (see above).
   bool find_unused_parameters = false;
   // Broadcast rank 0's buffers (BatchNorm running statistics) at every forward.
@@ -62,8 +65,10 @@ struct DistributedDataParallelOptions {
 // What the last synchronized backward pass did (for benchmarks and logs).
 struct DistributedDataParallelStats {
   int64_t buckets = 0;
-  int64_t bytes = 0;           // gradient bytes all-reduced
-  double wait_seconds = 0;     // time backward's end waited for the all-reduces
+  int64_t bytes = 0;             // gradient bytes all-reduced
+  double wait_seconds = 0;       // time backward's end waited for the all-reduces
+  double comm_seconds = 0;       // the buckets' all-reduces, start to finish, summed
+  double overlapped_seconds = 0; // the part of comm_seconds before backward's end
   int64_t unused_parameters = 0;
 };
 
