@@ -26,7 +26,10 @@
 // ProcessGroup method returns a Work at once; the free functions wait for it
 // unless async_op is set. A Work that does not complete within the group's
 // timeout (Options::timeout, 5 minutes by default) throws a loom::Error from
-// wait(): a rank died, hangs, or calls collectives in another order.
+// wait(): a rank died, hangs, or calls collectives in another order. A
+// synchronous call may run on the calling thread (with MPI); past the
+// timeout it ends the job with that error (abort_job), since nothing can
+// interrupt a thread inside MPI.
 //
 // Collectives are checked across ranks before they run (Options::check,
 // on by default): an all_reduce of float32[1000] on one rank and float32[999]
