@@ -17,8 +17,23 @@ namespace loom::distributed::detail {
 void check_tensor(const char* op, const Tensor& t, const char* what = "tensor");
 void check_rank(const char* op, const char* what, int r, int size);
 void check_list(const char* op, const char* what, const std::vector<Tensor>& list, int size);
+// Avg needs a floating dtype.
+void check_reduce(const char* op, ReduceOp r, const Tensor& t);
 // "float32[2, 3]"
 std::string geometry(const Tensor& t);
+
+// A backend's calls check their arguments on the calling thread with these,
+// which return the text that describes the call ("all_reduce(float32[1000],
+// sum)"): errors name it, and the cross-rank check compares it.
+std::string check_all_reduce(const ProcessGroup& g, const Tensor& t, ReduceOp op);
+std::string check_broadcast(const ProcessGroup& g, const Tensor& t, int root);
+std::string check_all_gather(const ProcessGroup& g, const std::vector<Tensor>& outputs, const Tensor& input);
+std::string check_reduce_scatter(const ProcessGroup& g, const Tensor& output, const std::vector<Tensor>& inputs,
+                                 ReduceOp op);
+std::string check_gather(const ProcessGroup& g, const std::vector<Tensor>& outputs, const Tensor& input, int root);
+std::string check_scatter(const ProcessGroup& g, const Tensor& output, const std::vector<Tensor>& inputs, int root);
+std::string check_send(const ProcessGroup& g, const Tensor& t, int dst, int tag);
+std::string check_recv(const ProcessGroup& g, const Tensor& t, int src, int tag);
 // FNV-1a of a collective's description: equal on every rank when the ranks
 // agree on op, dtype, shapes and root.
 uint64_t signature(const std::string& description);

@@ -15,8 +15,7 @@ class LocalGroup final : public ProcessGroup {
 
   WorkPtr all_reduce(Tensor& t, ReduceOp op) override {
     check_tensor("all_reduce", t);
-    LOOM_CHECK(op != ReduceOp::Avg || is_floating_point(t.dtype()),
-               "distributed::all_reduce: avg needs a floating-point tensor, got ", geometry(t));
+    check_reduce("all_reduce", op, t);
     return done("all_reduce");
   }
   WorkPtr broadcast(Tensor& t, int root) override {
@@ -33,8 +32,7 @@ class LocalGroup final : public ProcessGroup {
   WorkPtr reduce_scatter(Tensor& output, const std::vector<Tensor>& inputs, ReduceOp op) override {
     check_tensor("reduce_scatter", output, "output");
     check_list("reduce_scatter", "inputs", inputs, 1);
-    LOOM_CHECK(op != ReduceOp::Avg || is_floating_point(output.dtype()),
-               "distributed::reduce_scatter: avg needs a floating-point tensor, got ", geometry(output));
+    check_reduce("reduce_scatter", op, output);
     copy("reduce_scatter", output, inputs[0]);
     return done("reduce_scatter");
   }

@@ -324,9 +324,7 @@ class MpiGroup final : public ProcessGroup, public std::enable_shared_from_this<
   MPI_Comm comm() const { return comm_; }
 
   WorkPtr all_reduce(Tensor& t, ReduceOp op) override {
-    check_tensor("all_reduce", t);
-    check_reduce("all_reduce", op, t);
-    std::string desc = "all_reduce(" + geometry(t) + ", " + reduce_op_name(op) + ")";
+    std::string desc = check_all_reduce(*this, t, op);
     const int n = count_of("all_reduce", t.numel());
     return submit(std::move(desc), [this, t, op, n]() mutable {
       allreduce(MPI_IN_PLACE, t.raw_data_ptr(), n, mpi_type(t.dtype()), mpi_op(op, t.dtype()), comm_,
@@ -336,9 +334,7 @@ class MpiGroup final : public ProcessGroup, public std::enable_shared_from_this<
   }
 
   WorkPtr broadcast(Tensor& t, int root) override {
-    check_tensor("broadcast", t);
-    check_rank("broadcast", "root", root, size());
-    std::string desc = "broadcast(" + geometry(t) + ", root " + std::to_string(root) + ")";
+    std::string desc = check_broadcast(*this, t, root);
     const int n = count_of("broadcast", t.numel());
     return submit(std::move(desc), [this, t, root, n] {
       check_mpi(MPI_Bcast(t.raw_data_ptr(), n, mpi_type(t.dtype()), root, comm_), "MPI_Bcast");
@@ -346,10 +342,7 @@ class MpiGroup final : public ProcessGroup, public std::enable_shared_from_this<
   }
 
   WorkPtr all_gather(std::vector<Tensor>& outputs, const Tensor& input) override {
-    check_tensor("all_gather", input, "input");
-    check_list("all_gather", "outputs", outputs, size());
-    check_piece("all_gather", "outputs", outputs, input);
-    std::string desc = "all_gather(" + std::string(dtype_name(input.dtype())) + ", outputs" + shapes(outputs) + ")";
+    std::string desc = check_all_gather(*this, outputs, input);
     std::vector<int> counts, displs;
     const bool direct = layout("all_gather", outputs, counts, displs);
     return submit(std::move(desc), [this, outputs, input, counts, displs, direct] {
@@ -367,12 +360,7 @@ class MpiGroup final : public ProcessGroup, public std::enable_shared_from_this<
   }
 
   WorkPtr reduce_scatter(Tensor& output, const std::vector<Tensor>& inputs, ReduceOp op) override {
-    check_tensor("reduce_scatter", output, "output");
-    check_list("reduce_scatter", "inputs", inputs, size());
-    check_piece("reduce_scatter", "inputs", inputs, output);
-    check_reduce("reduce_scatter", op, output);
-    std::string desc = "reduce_scatter(" + std::string(dtype_name(output.dtype())) + ", inputs" + shapes(inputs) +
-                       ", " + reduce_op_name(op) + ")";
+    std::string desc = check_reduce_scatter(*this, output, inputs, op);
     std::vector<int> counts, displs;
     const bool direct = layout("reduce_scatter", inputs, counts, displs);
     return submit(std::move(desc), [this, output, inputs, op, counts, displs, direct]() mutable {
@@ -397,13 +385,7 @@ class MpiGroup final : public ProcessGroup, public std::enable_shared_from_this<
   }
 
   WorkPtr gather(std::vector<Tensor>& outputs, const Tensor& input, int root) override {
-    check_tensor("gather", input, "input");
-    check_rank("gather", "root", root, size());
-    if (rank() == root) {
-      check_list("gather", "outputs", outputs, size());
-      for (const Tensor& o : outputs) same_piece("gather", "outputs", o, input);
-    }
-    std::string desc = "gather(" + geometry(input) + ", root " + std::to_string(root) + ")";
+    std::string desc = check_gather(*this, outputs, input, root);
     const int n = count_of("gather", input.numel());
     return submit(std::move(desc), [this, outputs, input, root, n] {
       const DType dt = input.dtype();
@@ -417,13 +399,7 @@ class MpiGroup final : public ProcessGroup, public std::enable_shared_from_this<
   }
 
   WorkPtr scatter(Tensor& output, const std::vector<Tensor>& inputs, int root) override {
-    check_tensor("scatter", output, "output");
-    check_rank("scatter", "root", root, size());
-    if (rank() == root) {
-      check_list("scatter", "inputs", inputs, size());
-      for (const Tensor& i : inputs) same_piece("scatter", "inputs", i, output);
-    }
-    std::string desc = "scatter(" + geometry(output) + ", root " + std::to_string(root) + ")";
+    std::string desc = check_scatter(*this, output, inputs, root);
     const int n = count_of("scatter", output.numel());
     return submit(std::move(desc), [this, output, inputs, root, n] {
       const DType dt = output.dtype();
@@ -437,22 +413,13 @@ class MpiGroup final : public ProcessGroup, public std::enable_shared_from_this<
   }
 
   WorkPtr send(const Tensor& t, int dst, int tag) override {
-    check_tensor("send", t);
-    check_rank("send", "destination", dst, size());
-    LOOM_CHECK(dst != rank(), "distributed::send: rank ", rank(), " cannot send to itself");
-    check_tag("send", tag);
-    return start_p2p("send(" + geometry(t) + ", to rank " + std::to_string(dst) + ", tag " + std::to_string(tag) + ")",
-                     t, dst, tag, /*is_send=*/true);
+    std::string desc = check_send(*this, t, dst, tag);
+    return start_p2p(std::move(desc), t, dst, tag, /*is_send=*/true);
   }
 
   WorkPtr recv(Tensor& t, int src, int tag) override {
-    check_tensor("recv", t);
-    check_rank("recv", "source", src, size());
-    LOOM_CHECK(src != rank(), "distributed::recv: rank ", rank(), " cannot receive from itself");
-    check_tag("recv", tag);
-    return start_p2p(
-        "recv(" + geometry(t) + ", from rank " + std::to_string(src) + ", tag " + std::to_string(tag) + ")", t, src,
-        tag, /*is_send=*/false);
+    std::string desc = check_recv(*this, t, src, tag);
+    return start_p2p(std::move(desc), t, src, tag, /*is_send=*/false);
   }
 
   WorkPtr barrier() override {
@@ -462,30 +429,6 @@ class MpiGroup final : public ProcessGroup, public std::enable_shared_from_this<
  private:
   MPI_Comm comm_;
 
-  static void check_reduce(const char* op, ReduceOp r, const Tensor& t) {
-    LOOM_CHECK(r != ReduceOp::Avg || is_floating_point(t.dtype()), "distributed::", op,
-               ": avg needs a floating-point tensor, got ", geometry(t));
-  }
-  static void check_tag(const char* op, int tag) {
-    LOOM_CHECK(tag >= 0 && tag <= 32767, "distributed::", op, ": tag ", tag, " is outside 0..32767");
-  }
-  void check_piece(const char* op, const char* what, const std::vector<Tensor>& list, const Tensor& mine) const {
-    for (const Tensor& t : list)
-      LOOM_CHECK(t.dtype() == mine.dtype(), "distributed::", op, ": ", what, " holds ", geometry(t), " but rank ",
-                 rank(), "'s tensor is ", geometry(mine));
-    const Tensor& own = list[static_cast<size_t>(rank())];
-    LOOM_CHECK(own.numel() == mine.numel(), "distributed::", op, ": ", what, "[", rank(), "] is ", geometry(own),
-               " but rank ", rank(), "'s tensor is ", geometry(mine));
-  }
-  static void same_piece(const char* op, const char* what, const Tensor& t, const Tensor& mine) {
-    LOOM_CHECK(t.dtype() == mine.dtype() && t.numel() == mine.numel(), "distributed::", op, ": ", what, " holds ",
-               geometry(t), " but every rank's piece is ", geometry(mine));
-  }
-  static std::string shapes(const std::vector<Tensor>& list) {
-    std::string s;
-    for (const Tensor& t : list) s += " " + shape_str(t.sizes());
-    return s;
-  }
   std::vector<int> even_displs(int n) const {
     std::vector<int> d(static_cast<size_t>(size()));
     for (int r = 0; r < size(); ++r) d[static_cast<size_t>(r)] = r * n;

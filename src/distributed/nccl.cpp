@@ -203,9 +203,7 @@ class NcclGroup final : public ProcessGroup {
   const std::shared_ptr<Worker>& worker() const { return worker_; }
 
   WorkPtr all_reduce(Tensor& t, ReduceOp op) override {
-    check_tensor("all_reduce", t);
-    check_reduce("all_reduce", op, t);
-    std::string desc = "all_reduce(" + geometry(t) + ", " + reduce_op_name(op) + ")";
+    std::string desc = check_all_reduce(*this, t, op);
     return submit(std::move(desc), /*collective=*/true, [this, t, op] {
       if (t.numel() == 0) return;
       char* d = staging(t.nbytes());
@@ -218,9 +216,7 @@ class NcclGroup final : public ProcessGroup {
   }
 
   WorkPtr broadcast(Tensor& t, int root) override {
-    check_tensor("broadcast", t);
-    check_rank("broadcast", "root", root, size());
-    std::string desc = "broadcast(" + geometry(t) + ", root " + std::to_string(root) + ")";
+    std::string desc = check_broadcast(*this, t, root);
     return submit(std::move(desc), /*collective=*/true, [this, t, root] {
       if (t.numel() == 0) return;
       char* d = staging(t.nbytes());
@@ -234,10 +230,7 @@ class NcclGroup final : public ProcessGroup {
   // outputs[r] is staged at displs[r]; equal pieces are one ncclAllGather,
   // uneven ones one ncclBroadcast per rank, fused in a group.
   WorkPtr all_gather(std::vector<Tensor>& outputs, const Tensor& input) override {
-    check_tensor("all_gather", input, "input");
-    check_list("all_gather", "outputs", outputs, size());
-    check_piece("all_gather", "outputs", outputs, input);
-    std::string desc = "all_gather(" + std::string(dtype_name(input.dtype())) + ", outputs" + shapes(outputs) + ")";
+    std::string desc = check_all_gather(*this, outputs, input);
     return submit(std::move(desc), /*collective=*/true, [this, outputs, input] {
       const ncclDataType_t type = nccl_type(input.dtype());
       const size_t es = element_size(input.dtype());
@@ -269,12 +262,7 @@ class NcclGroup final : public ProcessGroup {
   // ncclReduceScatter, uneven ones one ncclReduce per rank into that rank,
   // fused in a group. Every op works in place in the staging buffer.
   WorkPtr reduce_scatter(Tensor& output, const std::vector<Tensor>& inputs, ReduceOp op) override {
-    check_tensor("reduce_scatter", output, "output");
-    check_list("reduce_scatter", "inputs", inputs, size());
-    check_piece("reduce_scatter", "inputs", inputs, output);
-    check_reduce("reduce_scatter", op, output);
-    std::string desc = "reduce_scatter(" + std::string(dtype_name(output.dtype())) + ", inputs" + shapes(inputs) +
-                       ", " + reduce_op_name(op) + ")";
+    std::string desc = check_reduce_scatter(*this, output, inputs, op);
     return submit(std::move(desc), /*collective=*/true, [this, output, inputs, op] {
       const DType dt = output.dtype();
       const ncclDataType_t type = nccl_type(dt);
@@ -306,13 +294,7 @@ class NcclGroup final : public ProcessGroup {
 
   // Root stages rank r's piece at r * bytes and receives every other one.
   WorkPtr gather(std::vector<Tensor>& outputs, const Tensor& input, int root) override {
-    check_tensor("gather", input, "input");
-    check_rank("gather", "root", root, size());
-    if (rank() == root) {
-      check_list("gather", "outputs", outputs, size());
-      for (const Tensor& o : outputs) same_piece("gather", "outputs", o, input);
-    }
-    std::string desc = "gather(" + geometry(input) + ", root " + std::to_string(root) + ")";
+    std::string desc = check_gather(*this, outputs, input, root);
     return submit(std::move(desc), /*collective=*/true, [this, outputs, input, root] {
       if (input.numel() == 0) return;
       const ncclDataType_t type = nccl_type(input.dtype());
@@ -338,13 +320,7 @@ class NcclGroup final : public ProcessGroup {
 
   // Root stages inputs[r] at r * bytes and sends every other one.
   WorkPtr scatter(Tensor& output, const std::vector<Tensor>& inputs, int root) override {
-    check_tensor("scatter", output, "output");
-    check_rank("scatter", "root", root, size());
-    if (rank() == root) {
-      check_list("scatter", "inputs", inputs, size());
-      for (const Tensor& i : inputs) same_piece("scatter", "inputs", i, output);
-    }
-    std::string desc = "scatter(" + geometry(output) + ", root " + std::to_string(root) + ")";
+    std::string desc = check_scatter(*this, output, inputs, root);
     return submit(std::move(desc), /*collective=*/true, [this, output, inputs, root] {
       if (output.numel() == 0) return;
       const ncclDataType_t type = nccl_type(output.dtype());
@@ -370,12 +346,7 @@ class NcclGroup final : public ProcessGroup {
   }
 
   WorkPtr send(const Tensor& t, int dst, int tag) override {
-    check_tensor("send", t);
-    check_rank("send", "destination", dst, size());
-    LOOM_CHECK(dst != rank(), "distributed::send: rank ", rank(), " cannot send to itself");
-    check_tag("send", tag);
-    std::string desc =
-        "send(" + geometry(t) + ", to rank " + std::to_string(dst) + ", tag " + std::to_string(tag) + ")";
+    std::string desc = check_send(*this, t, dst, tag);
     return submit(desc, /*collective=*/false, [this, t, dst, tag, desc] {
       exchange_headers(desc, dst, MessageHeader{1, static_cast<int64_t>(t.nbytes()), tag});
       if (t.numel() == 0) return;
@@ -386,12 +357,7 @@ class NcclGroup final : public ProcessGroup {
   }
 
   WorkPtr recv(Tensor& t, int src, int tag) override {
-    check_tensor("recv", t);
-    check_rank("recv", "source", src, size());
-    LOOM_CHECK(src != rank(), "distributed::recv: rank ", rank(), " cannot receive from itself");
-    check_tag("recv", tag);
-    std::string desc =
-        "recv(" + geometry(t) + ", from rank " + std::to_string(src) + ", tag " + std::to_string(tag) + ")";
+    std::string desc = check_recv(*this, t, src, tag);
     return submit(desc, /*collective=*/false, [this, t, src, tag, desc] {
       exchange_headers(desc, src, MessageHeader{0, static_cast<int64_t>(t.nbytes()), tag});
       if (t.numel() == 0) return;
@@ -423,33 +389,6 @@ class NcclGroup final : public ProcessGroup {
 
   // ---- argument checks: the same as the MPI group's ----
 
-  static void check_reduce(const char* op, ReduceOp r, const Tensor& t) {
-    LOOM_CHECK(r != ReduceOp::Avg || is_floating_point(t.dtype()), "distributed::", op,
-               ": avg needs a floating-point tensor, got ", geometry(t));
-  }
-  static void check_tag(const char* op, int tag) {
-    LOOM_CHECK(tag >= 0 && tag <= 32767, "distributed::", op, ": tag ", tag, " is outside 0..32767");
-  }
-  void check_piece(const char* op, const char* what, const std::vector<Tensor>& list, const Tensor& mine) const {
-    for (const Tensor& t : list)
-      LOOM_CHECK(t.dtype() == mine.dtype(), "distributed::", op, ": ", what, " holds ", geometry(t), " but rank ",
-                 rank(), "'s tensor is ", geometry(mine));
-    const Tensor& own = list[static_cast<size_t>(rank())];
-    LOOM_CHECK(own.numel() == mine.numel(), "distributed::", op, ": ", what, "[", rank(), "] is ", geometry(own),
-               " but rank ", rank(), "'s tensor is ", geometry(mine));
-  }
-  static void same_piece(const char* op, const char* what, const Tensor& t, const Tensor& mine) {
-    LOOM_CHECK(t.dtype() == mine.dtype() && t.numel() == mine.numel(), "distributed::", op, ": ", what, " holds ",
-               geometry(t), " but every rank's piece is ", geometry(mine));
-  }
-  static std::string shapes(const std::vector<Tensor>& list) {
-    std::string s;
-    for (const Tensor& t : list) {
-      s += ' ';
-      s += shape_str(t.sizes());
-    }
-    return s;
-  }
 
   // ---- layout of a list in the staging buffer, in elements ----
 

@@ -378,6 +378,11 @@ void check_list(const char* op, const char* what, const std::vector<Tensor>& lis
   for (const Tensor& t : list) check_tensor(op, t, what);
 }
 
+void check_reduce(const char* op, ReduceOp r, const Tensor& t) {
+  LOOM_CHECK(r != ReduceOp::Avg || is_floating_point(t.dtype()), "distributed::", op,
+             ": avg needs a floating-point tensor, got ", geometry(t));
+}
+
 std::string geometry(const Tensor& t) {
   std::string s = dtype_name(t.dtype());
   s += shape_str(t.sizes());
@@ -391,6 +396,102 @@ uint64_t signature(const std::string& description) {
     h *= 1099511628211ull;
   }
   return h;
+}
+
+namespace {
+
+// Tags are 0..32767 (MPI's least upper bound).
+void check_tag(const char* op, int tag) {
+  LOOM_CHECK(tag >= 0 && tag <= 32767, "distributed::", op, ": tag ", tag, " is outside 0..32767");
+}
+
+void check_piece(const char* op, const char* what, const std::vector<Tensor>& list, const Tensor& mine, int rank) {
+  for (const Tensor& t : list)
+    LOOM_CHECK(t.dtype() == mine.dtype(), "distributed::", op, ": ", what, " holds ", geometry(t), " but rank ", rank,
+               "'s tensor is ", geometry(mine));
+  const Tensor& own = list[static_cast<size_t>(rank)];
+  LOOM_CHECK(own.numel() == mine.numel(), "distributed::", op, ": ", what, "[", rank, "] is ", geometry(own),
+             " but rank ", rank, "'s tensor is ", geometry(mine));
+}
+
+void same_piece(const char* op, const char* what, const Tensor& t, const Tensor& mine) {
+  LOOM_CHECK(t.dtype() == mine.dtype() && t.numel() == mine.numel(), "distributed::", op, ": ", what, " holds ",
+             geometry(t), " but every rank's piece is ", geometry(mine));
+}
+
+// " [3] [2]": a list's shapes.
+std::string shapes(const std::vector<Tensor>& list) {
+  std::string s;
+  for (const Tensor& t : list) s += " " + shape_str(t.sizes());
+  return s;
+}
+
+}  // namespace
+
+std::string check_all_reduce(const ProcessGroup& g, const Tensor& t, ReduceOp op) {
+  (void)g;
+  check_tensor("all_reduce", t);
+  check_reduce("all_reduce", op, t);
+  return "all_reduce(" + geometry(t) + ", " + reduce_op_name(op) + ")";
+}
+
+std::string check_broadcast(const ProcessGroup& g, const Tensor& t, int root) {
+  check_tensor("broadcast", t);
+  check_rank("broadcast", "root", root, g.size());
+  return "broadcast(" + geometry(t) + ", root " + std::to_string(root) + ")";
+}
+
+std::string check_all_gather(const ProcessGroup& g, const std::vector<Tensor>& outputs, const Tensor& input) {
+  check_tensor("all_gather", input, "input");
+  check_list("all_gather", "outputs", outputs, g.size());
+  check_piece("all_gather", "outputs", outputs, input, g.rank());
+  return "all_gather(" + std::string(dtype_name(input.dtype())) + ", outputs" + shapes(outputs) + ")";
+}
+
+std::string check_reduce_scatter(const ProcessGroup& g, const Tensor& output, const std::vector<Tensor>& inputs,
+                                 ReduceOp op) {
+  check_tensor("reduce_scatter", output, "output");
+  check_list("reduce_scatter", "inputs", inputs, g.size());
+  check_piece("reduce_scatter", "inputs", inputs, output, g.rank());
+  check_reduce("reduce_scatter", op, output);
+  return "reduce_scatter(" + std::string(dtype_name(output.dtype())) + ", inputs" + shapes(inputs) + ", " +
+         reduce_op_name(op) + ")";
+}
+
+std::string check_gather(const ProcessGroup& g, const std::vector<Tensor>& outputs, const Tensor& input, int root) {
+  check_tensor("gather", input, "input");
+  check_rank("gather", "root", root, g.size());
+  if (g.rank() == root) {
+    check_list("gather", "outputs", outputs, g.size());
+    for (const Tensor& o : outputs) same_piece("gather", "outputs", o, input);
+  }
+  return "gather(" + geometry(input) + ", root " + std::to_string(root) + ")";
+}
+
+std::string check_scatter(const ProcessGroup& g, const Tensor& output, const std::vector<Tensor>& inputs, int root) {
+  check_tensor("scatter", output, "output");
+  check_rank("scatter", "root", root, g.size());
+  if (g.rank() == root) {
+    check_list("scatter", "inputs", inputs, g.size());
+    for (const Tensor& i : inputs) same_piece("scatter", "inputs", i, output);
+  }
+  return "scatter(" + geometry(output) + ", root " + std::to_string(root) + ")";
+}
+
+std::string check_send(const ProcessGroup& g, const Tensor& t, int dst, int tag) {
+  check_tensor("send", t);
+  check_rank("send", "destination", dst, g.size());
+  LOOM_CHECK(dst != g.rank(), "distributed::send: rank ", g.rank(), " cannot send to itself");
+  check_tag("send", tag);
+  return "send(" + geometry(t) + ", to rank " + std::to_string(dst) + ", tag " + std::to_string(tag) + ")";
+}
+
+std::string check_recv(const ProcessGroup& g, const Tensor& t, int src, int tag) {
+  check_tensor("recv", t);
+  check_rank("recv", "source", src, g.size());
+  LOOM_CHECK(src != g.rank(), "distributed::recv: rank ", g.rank(), " cannot receive from itself");
+  check_tag("recv", tag);
+  return "recv(" + geometry(t) + ", from rank " + std::to_string(src) + ", tag " + std::to_string(tag) + ")";
 }
 
 std::vector<int64_t> split_sizes(int64_t n, int size) {
