@@ -655,6 +655,19 @@ std::vector<Batch> epoch_batches(DataLoader& loader) {
   return out;
 }
 
+// Every batch of every epoch equal, bit for bit.
+void expect_same_batches(const std::vector<std::vector<Batch>>& epochs,
+                         const std::vector<std::vector<Batch>>& reference) {
+  ASSERT_EQ(epochs.size(), reference.size());
+  for (size_t e = 0; e < epochs.size(); ++e) {
+    ASSERT_EQ(epochs[e].size(), reference[e].size());
+    for (size_t k = 0; k < epochs[e].size(); ++k) {
+      EXPECT_TRUE(epochs[e][k].data.equal(reference[e][k].data)) << "epoch " << e << " batch " << k;
+      EXPECT_TRUE(epochs[e][k].target.equal(reference[e][k].target)) << "epoch " << e << " batch " << k;
+    }
+  }
+}
+
 TEST(DataLoader, WorkerCountDoesNotChangeTheBatches) {
   // Images (40, 1, 6, 6) with random crops and flips, shuffled, 3 epochs.
   manual_seed(0);
@@ -675,14 +688,7 @@ TEST(DataLoader, WorkerCountDoesNotChangeTheBatches) {
       EXPECT_NE(reference[0][0].data.to_vector<float>(), reference[1][0].data.to_vector<float>());
       continue;
     }
-    ASSERT_EQ(epochs.size(), reference.size());
-    for (size_t e = 0; e < epochs.size(); ++e) {
-      ASSERT_EQ(epochs[e].size(), reference[e].size());
-      for (size_t k = 0; k < epochs[e].size(); ++k) {
-        EXPECT_TRUE(epochs[e][k].data.equal(reference[e][k].data)) << "epoch " << e << " batch " << k;
-        EXPECT_TRUE(epochs[e][k].target.equal(reference[e][k].target)) << "epoch " << e << " batch " << k;
-      }
-    }
+    expect_same_batches(epochs, reference);
   }
 }
 
@@ -1024,14 +1030,7 @@ TEST(DataLoaderSampler, WorkerCountDoesNotChangeTheBatches) {
       }
       continue;
     }
-    ASSERT_EQ(epochs.size(), reference.size());
-    for (size_t e = 0; e < epochs.size(); ++e) {
-      ASSERT_EQ(epochs[e].size(), reference[e].size());
-      for (size_t k = 0; k < epochs[e].size(); ++k) {
-        EXPECT_TRUE(epochs[e][k].data.equal(reference[e][k].data)) << "epoch " << e << " batch " << k;
-        EXPECT_TRUE(epochs[e][k].target.equal(reference[e][k].target)) << "epoch " << e << " batch " << k;
-      }
-    }
+    expect_same_batches(epochs, reference);
   }
 }
 

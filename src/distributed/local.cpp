@@ -14,41 +14,30 @@ class LocalGroup final : public ProcessGroup {
   explicit LocalGroup(const Options& o) : ProcessGroup("local", 0, 1, o) {}
 
   WorkPtr all_reduce(Tensor& t, ReduceOp op) override {
-    check_tensor("all_reduce", t);
-    check_reduce("all_reduce", op, t);
-    return done("all_reduce");
+    return done(check_all_reduce(*this, t, op));
   }
   WorkPtr broadcast(Tensor& t, int root) override {
-    check_tensor("broadcast", t);
-    check_rank("broadcast", "root", root, 1);
-    return done("broadcast");
+    return done(check_broadcast(*this, t, root));
   }
   WorkPtr all_gather(std::vector<Tensor>& outputs, const Tensor& input) override {
-    check_tensor("all_gather", input, "input");
-    check_list("all_gather", "outputs", outputs, 1);
+    std::string desc = check_all_gather(*this, outputs, input);
     copy("all_gather", outputs[0], input);
-    return done("all_gather");
+    return done(std::move(desc));
   }
   WorkPtr reduce_scatter(Tensor& output, const std::vector<Tensor>& inputs, ReduceOp op) override {
-    check_tensor("reduce_scatter", output, "output");
-    check_list("reduce_scatter", "inputs", inputs, 1);
-    check_reduce("reduce_scatter", op, output);
+    std::string desc = check_reduce_scatter(*this, output, inputs, op);
     copy("reduce_scatter", output, inputs[0]);
-    return done("reduce_scatter");
+    return done(std::move(desc));
   }
   WorkPtr gather(std::vector<Tensor>& outputs, const Tensor& input, int root) override {
-    check_tensor("gather", input, "input");
-    check_rank("gather", "root", root, 1);
-    check_list("gather", "outputs", outputs, 1);
+    std::string desc = check_gather(*this, outputs, input, root);
     copy("gather", outputs[0], input);
-    return done("gather");
+    return done(std::move(desc));
   }
   WorkPtr scatter(Tensor& output, const std::vector<Tensor>& inputs, int root) override {
-    check_tensor("scatter", output, "output");
-    check_rank("scatter", "root", root, 1);
-    check_list("scatter", "inputs", inputs, 1);
+    std::string desc = check_scatter(*this, output, inputs, root);
     copy("scatter", output, inputs[0]);
-    return done("scatter");
+    return done(std::move(desc));
   }
   WorkPtr send(const Tensor& t, int dst, int) override {
     check_tensor("send", t);
@@ -61,8 +50,8 @@ class LocalGroup final : public ProcessGroup {
   WorkPtr barrier() override { return done("barrier"); }
 
  private:
-  WorkPtr done(const char* op) {
-    auto w = std::make_shared<Work>(op, options().timeout);
+  WorkPtr done(std::string description) {
+    auto w = std::make_shared<Work>(std::move(description), options().timeout);
     w->finish();
     return w;
   }
