@@ -1,4 +1,4 @@
-// The `loom` command: train, eval, predict and generate (see `loom --help`).
+// The `loom` command: train, eval, predict, generate and serve (see `loom --help`).
 //
 // Flags are parsed here with CLI11; the work lives in train.cpp and lm.cpp,
 // and the flag rules (numeric checks, which flag applies to which model) in
@@ -17,6 +17,7 @@
 #include "flags.h"
 #include "lm.h"
 #include "progress.h"
+#include "serve.h"
 #include "train.h"
 
 namespace {
@@ -228,6 +229,44 @@ int main(int argc, char** argv) {
   generate->add_flag("--no-cache", gen_no_cache, "Recompute the whole context for every token (no KV cache)");
   add_threads(*generate, gen_threads);
 
+  // ---- loom serve ----
+  loom::cli::ServeOptions sopts;
+  CLI::App* serve = app.add_subcommand(
+      "serve", "Serve checkpoints over the Open Inference Protocol (KServe v2 REST) with dynamic batching");
+  serve->add_option("--model-repository", sopts.model_repository,
+                    "Folder laid out as Triton's: <repo>/<model>/<version>/model.safetensors, optional "
+                    "<repo>/<model>/config.json with batching options")
+      ->check(CLI::ExistingDirectory);
+  serve->add_option("--model", sopts.models, "NAME=FILE: serve a checkpoint of `loom train` as version 1 (repeatable)");
+  serve->add_option("--host", sopts.host, "Address to listen on")->capture_default_str();
+  serve->add_option("--port", sopts.port, "Port to listen on (0: any free port, printed at start)")
+      ->check(CLI::Range(0, 65535))
+      ->capture_default_str();
+  add_threads(*serve, sopts.threads);
+  serve->add_option("--http-threads", sopts.http_threads,
+                    "Connections served at once (a keep-alive connection holds one while open)")
+      ->check(loom::cli::positive_integer(1 << 16))
+      ->capture_default_str();
+  serve->add_option("--max-batch-size", sopts.max_batch_size,
+                    "Rows one forward pass may batch from concurrent requests (1: each request alone)")
+      ->check(loom::cli::positive_integer())
+      ->capture_default_str();
+  serve->add_option("--max-queue-delay-us", sopts.max_queue_delay_us,
+                    "Microseconds the oldest queued request may wait for a fuller batch")
+      ->check(loom::cli::non_negative_integer())
+      ->capture_default_str();
+  serve->add_option("--max-queue-size", sopts.max_queue_size,
+                    "Requests that may wait per model version; one more is answered 503 at once")
+      ->check(loom::cli::positive_integer())
+      ->capture_default_str();
+  serve->add_option("--timeout-ms", sopts.timeout_ms,
+                    "A request still queued after this many milliseconds is answered 503 (0: no limit)")
+      ->check(loom::cli::non_negative_integer())
+      ->capture_default_str();
+  serve->add_option("--max-body-mb", sopts.max_body_mb, "Largest request body, in MiB (larger: 413)")
+      ->check(loom::cli::positive_number())
+      ->capture_default_str();
+
   // Note [Flags per model]: every flag of `loom train` must have a row.
   for (const CLI::Option* opt : train->get_options()) {
     const std::string name = opt->get_name();
@@ -298,6 +337,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%lld tokens in %.2f s (%.1f tokens/s%s)\n", static_cast<long long>(g.new_tokens),
                    g.seconds, g.seconds > 0 ? static_cast<double>(g.new_tokens) / g.seconds : 0.0,
                    g.kind == "lstm" ? ", recurrent state" : greq.use_cache ? ", KV cache" : ", no cache");
+    } else if (serve->parsed()) {
+      loom::cli::serve(sopts, std::cout);
     } else if (predict->parsed()) {
       auto p = loom::cli::predict_checkpoint(pred_file, pred_dir, pred_index);
       std::printf("test image %lld: predicted %s (class %lld, p=%.3f), true %s (class %lld)%s\n",

@@ -1,0 +1,661 @@
+// The Open Inference Protocol over HTTP (cpp-httplib): routes, the model
+// registry (load, unload, versions), and the infer path from request body to
+// batcher to response.
+//
+// Note [Serving threads]
+// httplib serves each connection on one thread of its pool (http_threads) for
+// as long as the connection is kept alive, and an infer handler blocks that
+// thread until the model's batcher has answered, so concurrent requests need
+// as many HTTP threads as connections. Decoding, validation (Model::prepare)
+// and encoding run on the HTTP threads, in parallel; each model version's
+// forward runs on its batcher's thread with loom's kernels spread over the
+// shared thread pool (--threads).
+//
+// Note [Model registry]
+// Names map to loaded versions (shared_ptr<ModelVersion>). A request takes a
+// reference and keeps it to its answer, so unloading or reloading a model
+// only swaps the registry's entry: requests already inside finish on the old
+// version, whose batcher drains and stops when the last reference goes.
+// Loads run outside the registry lock (one at a time), so serving never
+// waits for a checkpoint to be read.
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <httplib.h>
+
+#include <nlohmann/json.hpp>
+
+#include "loom/error.h"
+#include "loom/serve.h"
+#include "serve/batcher.h"
+#include "serve/protocol.h"
+#include "serve/stats.h"
+
+#ifndef LOOM_VERSION_STRING
+#define LOOM_VERSION_STRING "0"
+#endif
+
+namespace loom::serve {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+constexpr const char* kHeaderLengthHeader = "Inference-Header-Content-Length";
+constexpr const char* kModelFile = "model.safetensors";
+constexpr const char* kConfigFile = "config.json";
+
+// An answer other than 200: the status and the {"error": message} body.
+struct HttpError {
+  int status;
+  std::string message;
+};
+
+int64_t ns_since(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t).count();
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(shape[i]);
+  }
+  s += ']';
+  return s;
+}
+
+void reply_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(body.dump(), "application/json");
+}
+
+void reply_error(httplib::Response& res, int status, const std::string& message) {
+  reply_json(res, status, json{{"error", message}});
+}
+
+// A model version folder name: digits only, > 0 (Triton's rule).
+std::optional<int64_t> parse_version(const std::string& s) {
+  if (s.empty() || s.size() > 18 || !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return std::nullopt;
+  const int64_t v = std::stoll(s);
+  return v > 0 ? std::optional<int64_t>(v) : std::nullopt;
+}
+
+int64_t config_int(const json& obj, const char* key, const std::string& where, int64_t fallback, int64_t min) {
+  auto it = obj.find(key);
+  if (it == obj.end()) return fallback;
+  LOOM_CHECK(it->is_number_integer() && it->get<int64_t>() >= min, where, ": \"", key, "\" must be an integer >= ",
+             min, ", got ", it->dump());
+  return it->get<int64_t>();
+}
+
+void check_keys(const json& obj, std::initializer_list<const char*> known, const std::string& where) {
+  LOOM_CHECK(obj.is_object(), where, " must be a JSON object, got ", obj.dump());
+  for (const auto& [key, value] : obj.items()) {
+    (void)value;
+    const bool ok = std::any_of(known.begin(), known.end(), [&](const char* k) { return key == k; });
+    LOOM_CHECK(ok, where, ": unknown field \"", key, "\"");
+  }
+}
+
+// <model>/config.json over the server's defaults (the BatchingOptions
+// comment in include/loom/serve.h shows the fields).
+BatchingOptions read_model_config(const fs::path& file, const std::string& model, BatchingOptions options) {
+  std::ifstream in(file);
+  LOOM_CHECK(in, "serve: cannot read ", file.string());
+  std::stringstream text;
+  text << in.rdbuf();
+  json config;
+  try {
+    config = json::parse(text.str());
+  } catch (const json::exception& e) {
+    LOOM_ERROR("serve: ", file.string(), " is not valid JSON: ", e.what());
+  }
+  const std::string where = file.string();
+  check_keys(config, {"name", "max_batch_size", "dynamic_batching"}, where);
+  if (config.contains("name"))
+    LOOM_CHECK(config["name"] == model, where, ": \"name\" is ", config["name"].dump(), " but the folder is '",
+               model, "'");
+  options.max_batch_size = config_int(config, "max_batch_size", where, options.max_batch_size, 1);
+  if (config.contains("dynamic_batching")) {
+    const json& db = config["dynamic_batching"];
+    const std::string dwhere = where + " dynamic_batching";
+    check_keys(db, {"max_queue_delay_microseconds", "default_queue_policy"}, dwhere);
+    options.max_queue_delay_us = config_int(db, "max_queue_delay_microseconds", dwhere, options.max_queue_delay_us, 0);
+    if (db.contains("default_queue_policy")) {
+      const json& qp = db["default_queue_policy"];
+      const std::string qwhere = dwhere + ".default_queue_policy";
+      check_keys(qp, {"max_queue_size", "default_timeout_microseconds"}, qwhere);
+      options.max_queue_size = config_int(qp, "max_queue_size", qwhere, options.max_queue_size, 1);
+      options.timeout_us = config_int(qp, "default_timeout_microseconds", qwhere, options.timeout_us, 0);
+    }
+  }
+  return options;
+}
+
+json specs_json(const std::vector<TensorSpec>& specs) {
+  json out = json::array();
+  for (const TensorSpec& s : specs) out.push_back({{"name", s.name}, {"datatype", s.datatype}, {"shape", s.shape}});
+  return out;
+}
+
+}  // namespace
+
+// One loaded version of a model (Note [Model registry]).
+struct ModelVersion {
+  std::string name, version, file;
+  std::shared_ptr<Model> model;
+  std::vector<TensorSpec> inputs, outputs;
+  BatchingOptions batching;
+  ModelStats stats;
+  std::unique_ptr<Batcher> batcher;  // declared last: stops before the stats it reports to go away
+
+  const TensorSpec* output(const std::string& n) const {
+    for (const TensorSpec& s : outputs)
+      if (s.name == n) return &s;
+    return nullptr;
+  }
+  std::string label() const { return "model '" + name + "' version " + version; }
+};
+
+struct ModelEntry {
+  std::map<int64_t, std::shared_ptr<ModelVersion>> versions;  // loaded ones; empty: unavailable
+  std::string reason;                                         // why it is unavailable
+};
+
+struct Server::Impl {
+  explicit Impl(ServerOptions o) : options(std::move(o)) {}
+
+  ServerOptions options;
+  httplib::Server http;
+  int port = 0;
+  std::atomic<bool> stopping{false};
+
+  std::mutex registry_mu;  // guards `models`
+  std::map<std::string, ModelEntry> models;
+  std::mutex load_mu;  // one load or unload at a time
+
+  // ---- the registry ----
+
+  // Names the repository holds (folders with at least a version folder) and
+  // the NAME=FILE models.
+  std::vector<std::string> known_models() const {
+    std::vector<std::string> names;
+    for (const auto& [name, file] : options.models) names.push_back(name);
+    if (!options.model_repository.empty()) {
+      std::error_code ec;
+      for (const auto& dir : fs::directory_iterator(options.model_repository, ec)) {
+        const std::string name = dir.path().filename().string();
+        if (dir.is_directory() && !name.empty() && name[0] != '.') names.push_back(name);
+      }
+    }
+    std::sort(names.begin(), names.end());
+    names.erase(std::unique(names.begin(), names.end()), names.end());
+    return names;
+  }
+
+  std::shared_ptr<ModelVersion> make_version(const std::string& name, int64_t version, const std::string& file,
+                                             const BatchingOptions& batching) {
+    auto mv = std::make_shared<ModelVersion>();
+    mv->name = name;
+    mv->version = std::to_string(version);
+    mv->file = file;
+    LOOM_CHECK(options.loader, "serve: the server has no model loader");
+    mv->model = options.loader(file);
+    LOOM_CHECK(mv->model, "serve: the loader returned no model for ", file);
+    mv->inputs = mv->model->inputs();
+    mv->outputs = mv->model->outputs();
+    mv->batching = batching;
+    ModelVersion* raw = mv.get();  // the batcher stops before *raw goes away
+    mv->batcher = std::make_unique<Batcher>(mv->model, batching, [raw](int64_t rows, int64_t in, int64_t inf, int64_t out) {
+      raw->stats.record_batch(rows, in, inf, out);
+    });
+    return mv;
+  }
+
+  // Reads every version of `name`; HttpError 404 when no such model exists,
+  // loom::Error when one cannot be loaded.
+  std::map<int64_t, std::shared_ptr<ModelVersion>> read_versions(const std::string& name) {
+    std::map<int64_t, std::shared_ptr<ModelVersion>> versions;
+    for (const auto& [n, file] : options.models)
+      if (n == name) {
+        versions[1] = make_version(name, 1, file, options.batching);
+        return versions;
+      }
+    const fs::path dir = options.model_repository.empty() ? fs::path() : fs::path(options.model_repository) / name;
+    std::error_code ec;
+    if (dir.empty() || name.empty() || name[0] == '.' || name.find('/') != std::string::npos ||
+        !fs::is_directory(dir, ec))
+      throw HttpError{404, "no model '" + name + "' in the model repository"};
+    BatchingOptions batching = options.batching;
+    if (fs::exists(dir / kConfigFile, ec)) batching = read_model_config(dir / kConfigFile, name, batching);
+    for (const auto& entry : fs::directory_iterator(dir, ec)) {
+      auto v = parse_version(entry.path().filename().string());
+      if (v && entry.is_directory() && fs::exists(entry.path() / kModelFile, ec))
+        versions[*v] = make_version(name, *v, (entry.path() / kModelFile).string(), batching);
+    }
+    LOOM_CHECK(!versions.empty(), "serve: model '", name, "' has no version folder (", (dir / "1").string(),
+               ") holding ", kModelFile);
+    return versions;
+  }
+
+  void load(const std::string& name) {
+    std::lock_guard<std::mutex> one_at_a_time(load_mu);
+    std::map<int64_t, std::shared_ptr<ModelVersion>> fresh;
+    try {
+      fresh = read_versions(name);
+    } catch (const Error& e) {
+      std::lock_guard<std::mutex> lock(registry_mu);
+      ModelEntry& entry = models[name];
+      if (entry.versions.empty()) entry.reason = e.what();
+      throw;
+    }
+    std::map<int64_t, std::shared_ptr<ModelVersion>> old;  // released after the lock
+    std::lock_guard<std::mutex> lock(registry_mu);
+    ModelEntry& entry = models[name];
+    old.swap(entry.versions);
+    entry.versions = std::move(fresh);
+    entry.reason.clear();
+  }
+
+  void unload(const std::string& name) {
+    std::lock_guard<std::mutex> one_at_a_time(load_mu);
+    std::map<int64_t, std::shared_ptr<ModelVersion>> old;  // drains outside the lock
+    {
+      std::lock_guard<std::mutex> lock(registry_mu);
+      auto it = models.find(name);
+      if (it == models.end()) {
+        const auto known = known_models();
+        if (std::find(known.begin(), known.end(), name) == known.end())
+          throw HttpError{404, "no model '" + name + "' in the model repository"};
+        models[name].reason = "unloaded";
+        return;
+      }
+      old.swap(it->second.versions);
+      it->second.reason = "unloaded";
+    }
+  }
+
+  // The version a request names, or the latest; HttpError 404 otherwise.
+  std::shared_ptr<ModelVersion> find(const std::string& name, const std::string& version) {
+    std::lock_guard<std::mutex> lock(registry_mu);
+    auto it = models.find(name);
+    if (it == models.end() || it->second.versions.empty()) {
+      if (it != models.end()) throw HttpError{404, "model '" + name + "' is not loaded (" + it->second.reason + ")"};
+      throw HttpError{404, "unknown model '" + name + "'"};
+    }
+    const auto& versions = it->second.versions;
+    if (version.empty()) return versions.rbegin()->second;
+    auto v = parse_version(version);
+    auto vit = v ? versions.find(*v) : versions.end();
+    if (vit == versions.end()) throw HttpError{404, "model '" + name + "' has no version '" + version + "'"};
+    return vit->second;
+  }
+
+  std::vector<std::shared_ptr<ModelVersion>> all_versions() {
+    std::vector<std::shared_ptr<ModelVersion>> out;
+    std::lock_guard<std::mutex> lock(registry_mu);
+    for (const auto& [name, entry] : models)
+      for (const auto& [v, mv] : entry.versions) out.push_back(mv);
+    return out;
+  }
+
+  // ---- endpoints ----
+
+  json server_metadata() const {
+    return {{"name", options.server_name},
+            {"version", LOOM_VERSION_STRING},
+            {"extensions", {"binary_tensor_data", "classification", "model_configuration", "model_repository",
+                            "statistics"}}};
+  }
+
+  json model_metadata(const std::string& name, const std::string& version) {
+    std::shared_ptr<ModelVersion> mv = find(name, version);
+    json versions = json::array();
+    if (version.empty()) {
+      std::lock_guard<std::mutex> lock(registry_mu);
+      for (const auto& [v, ignored] : models[name].versions) versions.push_back(std::to_string(v));
+    } else {
+      versions.push_back(mv->version);
+    }
+    return {{"name", name},
+            {"versions", versions},
+            {"platform", "loom"},
+            {"inputs", specs_json(mv->inputs)},
+            {"outputs", specs_json(mv->outputs)}};
+  }
+
+  json model_config(const std::string& name, const std::string& version) {
+    std::shared_ptr<ModelVersion> mv = find(name, version);
+    const BatchingOptions& b = mv->batching;
+    auto dims = [](const std::vector<TensorSpec>& specs) {
+      json out = json::array();
+      for (const TensorSpec& s : specs)
+        out.push_back({{"name", s.name},
+                       {"data_type", "TYPE_" + (s.datatype == "BYTES" ? std::string("STRING") : s.datatype)},
+                       {"dims", std::vector<int64_t>(s.shape.begin() + 1, s.shape.end())}});
+      return out;
+    };
+    return {{"name", name},
+            {"platform", "loom"},
+            {"max_batch_size", b.max_batch_size},
+            {"input", dims(mv->inputs)},
+            {"output", dims(mv->outputs)},
+            {"dynamic_batching",
+             {{"max_queue_delay_microseconds", b.max_queue_delay_us},
+              {"default_queue_policy",
+               {{"max_queue_size", b.max_queue_size}, {"default_timeout_microseconds", b.timeout_us}}}}}};
+  }
+
+  json repository_index(bool ready_only) {
+    json out = json::array();
+    const auto names = known_models();
+    std::lock_guard<std::mutex> lock(registry_mu);
+    for (const std::string& name : names) {
+      auto it = models.find(name);
+      if (it != models.end() && !it->second.versions.empty()) {
+        for (const auto& [v, mv] : it->second.versions)
+          out.push_back({{"name", name}, {"version", std::to_string(v)}, {"state", "READY"}});
+      } else if (!ready_only) {
+        const std::string reason = it == models.end() ? "not loaded" : it->second.reason;
+        out.push_back({{"name", name}, {"state", "UNAVAILABLE"}, {"reason", reason}});
+      }
+    }
+    return out;
+  }
+
+  json statistics(const std::string& name, const std::string& version) {
+    json stats = json::array();
+    if (name.empty()) {
+      for (const auto& mv : all_versions()) stats.push_back(mv->stats.to_json(mv->name, mv->version));
+    } else if (version.empty()) {
+      find(name, "");  // 404 for an unknown model
+      for (const auto& mv : all_versions())
+        if (mv->name == name) stats.push_back(mv->stats.to_json(mv->name, mv->version));
+    } else {
+      auto mv = find(name, version);
+      stats.push_back(mv->stats.to_json(mv->name, mv->version));
+    }
+    return {{"model_stats", stats}};
+  }
+
+  std::string metrics() {
+    std::map<std::string, std::string> families;
+    for (const auto& mv : all_versions()) mv->stats.append_metrics(mv->name, mv->version, mv->batcher->queued(), families);
+    return metrics_text(families);
+  }
+
+  // A request's inputs, checked against the model's signature and prepared.
+  std::shared_ptr<Job> make_job(const ModelVersion& mv, const InferRequest& r) {
+    auto job = std::make_shared<Job>();
+    for (const WireTensor& in : r.inputs) {
+      auto spec = std::find_if(mv.inputs.begin(), mv.inputs.end(), [&](const TensorSpec& s) { return s.name == in.name; });
+      if (spec == mv.inputs.end()) {
+        std::string names;
+        for (const TensorSpec& s : mv.inputs) names += (names.empty() ? "'" : ", '") + s.name + "'";
+        LOOM_ERROR(mv.label(), " has no input '", in.name, "' (its inputs: ", names, ")");
+      }
+      LOOM_CHECK(in.shape.size() == spec->shape.size(), "input '", in.name, "': shape ", shape_text(in.shape),
+                 " has ", in.shape.size(), " dimensions, but ", mv.label(), " takes ", shape_text(spec->shape));
+      for (size_t d = 0; d < in.shape.size(); ++d)
+        LOOM_CHECK(spec->shape[d] < 0 || spec->shape[d] == in.shape[d], "input '", in.name, "': shape ",
+                   shape_text(in.shape), " does not match ", shape_text(spec->shape), " (dimension ", d, ")");
+      const int64_t rows = in.shape[0];
+      LOOM_CHECK(rows >= 1, "input '", in.name, "': the batch dimension must be >= 1, got ", rows);
+      LOOM_CHECK(rows <= mv.batching.max_batch_size, "input '", in.name, "': a batch of ", rows,
+                 " rows exceeds the max_batch_size ", mv.batching.max_batch_size, " of ", mv.label());
+      LOOM_CHECK(job->rows == 0 || job->rows == rows, "input '", in.name, "' has ", rows,
+                 " rows, but the other inputs have ", job->rows);
+      job->rows = rows;
+      Tensor prepared;
+      try {
+        prepared = mv.model->prepare(in.name, to_tensor(in));
+      } catch (const Error& e) {
+        // The model speaks of loom dtypes; name what the request sent too.
+        LOOM_ERROR(e.what(), " (the request sent ", datatype_name(in.datatype), " ", shape_text(in.shape), ")");
+      }
+      LOOM_CHECK(prepared.dim() >= 1 && prepared.size(0) == rows, "serve: ", mv.label(), " prepared input '",
+                 in.name, "' into shape ", shape_text(prepared.sizes()), ", which lost the batch of ", rows);
+      job->inputs.emplace(in.name, std::move(prepared));
+    }
+    for (const TensorSpec& s : mv.inputs)
+      LOOM_CHECK(job->inputs.count(s.name), "missing input '", s.name, "' of ", mv.label());
+    for (const RequestedOutput& o : r.outputs) {
+      const TensorSpec* spec = mv.output(o.name);
+      LOOM_CHECK(spec, mv.label(), " has no output '", o.name, "'");
+      LOOM_CHECK(o.classification == 0 || spec->shape.size() == 2, "output '", o.name,
+                 "': classification needs an output of shape [batch, classes], this one is ",
+                 shape_text(spec->shape));
+    }
+    return job;
+  }
+
+  void infer(const httplib::Request& req, httplib::Response& res, const std::string& name,
+             const std::string& version) {
+    const Clock::time_point arrived = Clock::now();
+    std::shared_ptr<ModelVersion> mv = find(name, version);
+    InferRequest r;
+    std::shared_ptr<Job> job;
+    try {
+      std::optional<int64_t> header_length;
+      if (req.has_header(kHeaderLengthHeader))
+        header_length = parse_header_length(req.get_header_value(kHeaderLengthHeader), req.body.size());
+      r = parse_infer_request(req.body, header_length);
+      job = make_job(*mv, r);
+    } catch (const Error& e) {
+      mv->stats.record_failure(ns_since(arrived), FailureReason::Other);
+      throw HttpError{400, e.what()};
+    }
+    if (!mv->batcher->submit(job)) {
+      mv->stats.record_failure(ns_since(arrived), FailureReason::Rejected);
+      throw HttpError{503, mv->label() + ": the queue is full (" + std::to_string(mv->batching.max_queue_size) +
+                               " requests wait); retry later"};
+    }
+    int64_t timeout_us = mv->batching.timeout_us;
+    if (r.timeout_us > 0 && (timeout_us == 0 || r.timeout_us < timeout_us)) timeout_us = r.timeout_us;
+    std::optional<Clock::time_point> deadline;
+    if (timeout_us > 0) deadline = arrived + std::chrono::microseconds(timeout_us);
+    if (mv->batcher->wait(job, deadline) == Batcher::Outcome::TimedOut) {
+      mv->stats.record_failure(ns_since(arrived), FailureReason::Rejected);
+      throw HttpError{503, mv->label() + ": the request timed out after " + std::to_string(timeout_us) +
+                               " us in the queue"};
+    }
+    if (!job->error.empty()) {
+      mv->stats.record_failure(ns_since(arrived), FailureReason::Backend);
+      throw HttpError{500, mv->label() + " failed: " + job->error};
+    }
+
+    std::vector<WireTensor> wire;
+    auto add_output = [&](const std::string& out_name, bool binary, int64_t classification) {
+      const Tensor& t = job->outputs.at(out_name);
+      WireTensor w = classification > 0 ? classify(out_name, t, classification, mv->model->labels(out_name))
+                                        : from_tensor(out_name, t);
+      w.binary = binary || r.binary_output;
+      wire.push_back(std::move(w));
+    };
+    if (r.outputs.empty()) {
+      for (const TensorSpec& s : mv->outputs) add_output(s.name, false, 0);
+    } else {
+      for (const RequestedOutput& o : r.outputs) add_output(o.name, o.binary, o.classification);
+    }
+    EncodedResponse encoded = encode_infer_response(mv->name, mv->version, r.id, wire);
+    res.status = 200;
+    if (encoded.header_length) {
+      res.set_header(kHeaderLengthHeader, std::to_string(*encoded.header_length));
+      res.set_content(std::move(encoded.body), "application/octet-stream");
+    } else {
+      res.set_content(std::move(encoded.body), "application/json");
+    }
+    mv->stats.record_success(ns_since(arrived), job->queue_ns, job->input_ns, job->infer_ns, job->output_ns);
+  }
+
+  // Runs a handler, turning what it throws into the protocol's error answers.
+  template <typename F>
+  static void guarded(httplib::Response& res, F&& f) {
+    try {
+      f();
+    } catch (const HttpError& e) {
+      reply_error(res, e.status, e.message);
+    } catch (const Error& e) {
+      reply_error(res, 400, e.what());
+    } catch (const std::exception& e) {
+      reply_error(res, 500, std::string("internal error: ") + e.what());
+    }
+  }
+
+  static std::string match(const httplib::Request& req, size_t i) {
+    return i < req.matches.size() ? req.matches[i].str() : std::string();
+  }
+
+  void add_routes() {
+    using Req = httplib::Request;
+    using Res = httplib::Response;
+    http.Get("/v2/health/live", [](const Req&, Res& res) { res.status = 200; });
+    http.Get("/v2/health/ready", [this](const Req&, Res& res) { res.status = stopping ? 400 : 200; });
+    http.Get("/v2", [this](const Req&, Res& res) { reply_json(res, 200, server_metadata()); });
+    http.Get("/metrics", [this](const Req&, Res& res) {
+      guarded(res, [&] { res.set_content(metrics(), "text/plain; version=0.0.4; charset=utf-8"); });
+    });
+    // Before the model routes, which would take "stats" for a model name.
+    http.Get("/v2/models/stats", [this](const Req&, Res& res) {
+      guarded(res, [&] { reply_json(res, 200, statistics("", "")); });
+    });
+    const std::string model = R"(/v2/models/([^/]+)(?:/versions/([^/]+))?)";
+    http.Get(model, [this](const Req& req, Res& res) {
+      guarded(res, [&] { reply_json(res, 200, model_metadata(match(req, 1), match(req, 2))); });
+    });
+    http.Get(model + "/ready", [this](const Req& req, Res& res) {
+      guarded(res, [&] {
+        find(match(req, 1), match(req, 2));
+        res.status = 200;
+      });
+    });
+    http.Get(model + "/config", [this](const Req& req, Res& res) {
+      guarded(res, [&] { reply_json(res, 200, model_config(match(req, 1), match(req, 2))); });
+    });
+    http.Get(model + "/stats", [this](const Req& req, Res& res) {
+      guarded(res, [&] { reply_json(res, 200, statistics(match(req, 1), match(req, 2))); });
+    });
+    http.Post(model + "/infer", [this](const Req& req, Res& res) {
+      guarded(res, [&] { infer(req, res, match(req, 1), match(req, 2)); });
+    });
+    http.Post("/v2/repository/index", [this](const Req& req, Res& res) {
+      guarded(res, [&] {
+        bool ready = false;
+        if (!req.body.empty()) {
+          json body;
+          try {
+            body = json::parse(req.body);
+          } catch (const json::exception& e) {
+            LOOM_ERROR("request body is not valid JSON: ", e.what());
+          }
+          check_keys(body, {"ready"}, "repository index request");
+          if (body.contains("ready")) {
+            LOOM_CHECK(body["ready"].is_boolean(), "repository index request: \"ready\" must be a boolean");
+            ready = body["ready"].get<bool>();
+          }
+        }
+        reply_json(res, 200, repository_index(ready));
+      });
+    });
+    http.Post(R"(/v2/repository/models/([^/]+)/load)", [this](const Req& req, Res& res) {
+      guarded(res, [&] {
+        load(match(req, 1));
+        res.status = 200;
+      });
+    });
+    http.Post(R"(/v2/repository/models/([^/]+)/unload)", [this](const Req& req, Res& res) {
+      guarded(res, [&] {
+        unload(match(req, 1));
+        res.status = 200;
+      });
+    });
+
+    // httplib's own answers (no route: 404, a body over the limit: 413, a
+    // request it cannot parse: 400) get the protocol's error body too.
+    http.set_error_handler(httplib::Server::HandlerWithResponse([this](const Req& req, Res& res) {
+      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+      std::string message;
+      if (res.status == 404)
+        message = "no route for " + req.method + " " + req.path;
+      else if (res.status == 413)
+        message = "request body of " + req.get_header_value("Content-Length") + " bytes exceeds the limit of " +
+                  std::to_string(options.max_body_bytes) + " bytes (--max-body-mb)";
+      else if (res.status == 400)
+        message = "malformed HTTP request";
+      else
+        message = "HTTP status " + std::to_string(res.status);
+      const int status = res.status;
+      reply_error(res, status, message);
+      return httplib::Server::HandlerResponse::Handled;
+    }));
+    http.set_exception_handler([](const Req&, Res& res, std::exception_ptr ep) {
+      std::string what = "unknown exception";
+      try {
+        std::rethrow_exception(ep);
+      } catch (const std::exception& e) {
+        what = e.what();
+      } catch (...) {
+      }
+      reply_error(res, 500, "internal error: " + what);
+    });
+  }
+};
+
+Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
+  Impl& s = *impl_;
+  LOOM_CHECK(s.options.http_threads >= 1, "serve: http_threads must be >= 1, got ", s.options.http_threads);
+  LOOM_CHECK(s.options.max_body_bytes >= 1, "serve: the body limit must be >= 1 byte, got ", s.options.max_body_bytes);
+  LOOM_CHECK(!s.options.model_repository.empty() || !s.options.models.empty(),
+             "serve: give a model repository or at least one model");
+  if (!s.options.model_repository.empty())
+    LOOM_CHECK(fs::is_directory(s.options.model_repository), "serve: the model repository '",
+               s.options.model_repository, "' is not a folder");
+  for (const std::string& name : s.known_models()) s.load(name);
+
+  const int threads = s.options.http_threads;
+  s.http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+  s.http.set_keep_alive_max_count(100000);
+  s.http.set_keep_alive_timeout(5);
+  s.http.set_tcp_nodelay(true);
+  s.http.set_payload_max_length(static_cast<size_t>(s.options.max_body_bytes));
+  s.add_routes();
+  if (s.options.port == 0) {
+    s.port = s.http.bind_to_any_port(s.options.host);
+    LOOM_CHECK(s.port > 0, "serve: cannot bind ", s.options.host, " to a free port");
+  } else {
+    LOOM_CHECK(s.http.bind_to_port(s.options.host, s.options.port), "serve: cannot bind ", s.options.host, ":",
+               s.options.port, " (in use, or not an address of this machine)");
+    s.port = s.options.port;
+  }
+}
+
+Server::~Server() {
+  stop();
+}
+
+int Server::port() const { return impl_->port; }
+
+void Server::run() {
+  impl_->http.listen_after_bind();
+  // httplib has joined its threads: every request has its answer. Drain the
+  // batchers (Note [Model registry]).
+  std::map<std::string, ModelEntry> models;
+  {
+    std::lock_guard<std::mutex> lock(impl_->registry_mu);
+    models.swap(impl_->models);
+  }
+}
+
+void Server::stop() {
+  impl_->stopping = true;
+  impl_->http.stop();
+}
+
+}  // namespace loom::serve
