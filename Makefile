@@ -4,6 +4,7 @@
 #   make demo    train an MLP, then the small CNN, on Fashion-MNIST with `loom train` (the main job)
 #   make build   configure and build only
 #   make bench   benchmarks side by side with PyTorch (bench/run.py)
+#   make bench-serve  `loom serve` under wrk: batch-1 against dynamic batching (bench/serve/run.py)
 #   make clean   remove build directories
 
 BUILD_DIR  ?= build
@@ -16,8 +17,9 @@ PYTHON     ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo 
 
 DEPS       := build-essential cmake libgtest-dev libgmock-dev libbenchmark-dev libomp-dev zlib1g-dev \
               nlohmann-json3-dev libcli11-dev libpng-dev dataset-fashion-mnist fortunes \
-              openmpi-bin libopenmpi-dev
+              openmpi-bin libopenmpi-dev pkg-config libcpp-httplib-dev
 BENCH_DEPS := python3 python3-torch libtorch-dev libopenblas0-pthread
+BENCH_SERVE_DEPS := wrk
 
 # $(call ensure_packages,pkgs): installs the Debian packages in `pkgs` that
 # are missing. `apt-get update` runs only when something is missing; without
@@ -41,7 +43,7 @@ define ensure_packages
 	fi
 endef
 
-.PHONY: all test build bench gpt-parity demo clean deps bench-deps configure
+.PHONY: all test build bench bench-serve gpt-parity demo clean deps bench-deps bench-serve-deps configure
 
 all: build
 
@@ -50,6 +52,9 @@ deps:
 
 bench-deps:
 	$(call ensure_packages,$(DEPS) $(BENCH_DEPS))
+
+bench-serve-deps:
+	$(call ensure_packages,$(DEPS) $(BENCH_DEPS) $(BENCH_SERVE_DEPS))
 
 configure: deps
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DLOOM_BUILD_TESTS=ON
@@ -73,6 +78,23 @@ bench: bench-deps
 	cmake -S . -B $(BENCH_DIR) -DCMAKE_BUILD_TYPE=Release -DLOOM_BUILD_BENCH=ON -DLOOM_BUILD_TESTS=OFF
 	cmake --build $(BENCH_DIR) -j$(JOBS) --target loom_bench
 	$(PYTHON) bench/run.py --build-dir $(BENCH_DIR) --python $(PYTHON) --threads $(BENCH_THREADS) $(BENCH_ARGS)
+
+# `loom serve` with the CNN under load from wrk (loopback, the server and wrk
+# on the same cores): batch-1 serving against dynamic batching at 1 to 64
+# connections, binary and JSON request bodies, the health endpoint, resident
+# memory over 100,000 requests, and the same CNN in process (PyTorch, and
+# loom's forward as the server times it) as a ceiling; prints the tables and
+# the issue's targets (PASS/FAIL), raw numbers in
+# $(BENCH_DIR)/bench_serve_results.json. A few minutes. BENCH_SERVE_THREADS:
+# the servers' compute threads (and torch's); BENCH_SERVE_ARGS: more flags,
+# e.g. "--duration 2 --repeats 1 --bodies binary" or "--delay-sweep 0,1000,2000".
+BENCH_SERVE_THREADS ?= 1
+BENCH_SERVE_ARGS    ?=
+
+bench-serve: bench-serve-deps
+	cmake -S . -B $(BENCH_DIR) -DCMAKE_BUILD_TYPE=Release -DLOOM_BUILD_BENCH=ON -DLOOM_BUILD_TESTS=OFF
+	cmake --build $(BENCH_DIR) -j$(JOBS) --target loom_cli
+	$(PYTHON) bench/serve/run.py --build-dir $(BENCH_DIR) --python $(PYTHON) --threads $(BENCH_SERVE_THREADS) $(BENCH_SERVE_ARGS)
 
 # The same GPT (4 layers, d_model 256, 4 heads, context 128, batch 16, AdamW
 # 3e-4) trained in loom and in PyTorch from the same initial weights on the
