@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <ostream>
 #include <unordered_set>
 #include <utility>
 
@@ -118,16 +119,16 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 // dimension is 0).
 std::optional<int64_t> element_count(const std::vector<int64_t>& shape) {
   int64_t nonzero = 1;
-  bool empty = false;
+  bool has_zero = false;
   for (int64_t d : shape) {
     if (d < 0) return std::nullopt;
     if (d == 0) {
-      empty = true;
+      has_zero = true;
       continue;
     }
     if (__builtin_mul_overflow(nonzero, d, &nonzero)) return std::nullopt;
   }
-  return empty ? 0 : nonzero;
+  return has_zero ? 0 : nonzero;
 }
 
 // Elements of a tensor's shape, or an Error naming `subject`.
@@ -150,8 +151,8 @@ uint32_t read_le32(const char* p) {
 }
 
 // Note [Rounding JSON numbers to FP16 and BF16]
-// A JSON number is read as the nearest double (nlohmann, like every JSON
-// reader), then rounded to nearest even in the datatype. Rounding the double
+// A JSON number for FP16 or BF16 is read as the nearest double (nlohmann,
+// like every JSON reader), then rounded to nearest even in the datatype. Rounding the double
 // to float and the float to half would round twice, and a double just above
 // a half-way point between two halves can land exactly on it in float, then
 // tie to even in the wrong direction. Rounding the double to float "to odd"
@@ -160,7 +161,11 @@ uint32_t read_le32(const char* p) {
 // bits than FP16 (11) and BF16 (8), so the float's own round-to-nearest-even
 // conversion then gives the correctly rounded result (Boldo and Melquiond,
 // "When double rounding is odd", 2005). Overflow works out too: a double above
-// FLT_MAX becomes FLT_MAX, which rounds to infinity in both.
+// FLT_MAX becomes FLT_MAX, which rounds to infinity in both. Only reading
+// the decimal into a double rounds once before: a decimal within 2^-54 (relative)
+// of a half-way point of the datatype, but not on it, can still round the
+// wrong way; the shortest decimal of any FP16/BF16 value, as responses carry
+// them, is far from one. (FP32 reads the decimal directly: nearest_float.)
 float round_to_odd_float(double d) {
   float f = static_cast<float>(d);
   if (static_cast<double>(f) == d || std::isnan(d)) return f;
@@ -169,6 +174,21 @@ float round_to_odd_float(double d) {
   std::memcpy(&bits, &f, 4);
   bits |= 1u;
   std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// The float nearest a JSON number's text, read directly: rounding the
+// nearest double to float would round twice, and for some numbers the two
+// roundings differ (7.038531e-26, the shortest decimal of a float, would come
+// back as the next float up). `d` is the number as a double. from_chars
+// reports a result beyond float's range, and also one that underflows to
+// zero; the latter is zero.
+float nearest_float(std::string_view text, double d) {
+  float f = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), f);
+  if (ec == std::errc::result_out_of_range)
+    return std::fabs(d) < 1 ? std::copysign(0.0f, static_cast<float>(d)) : std::copysign(HUGE_VALF, static_cast<float>(d));
+  if (ec != std::errc() || end != text.data() + text.size()) return static_cast<float>(d);  // not expected of JSON text
   return f;
 }
 
@@ -247,7 +267,7 @@ ElementProblem append_element(DataType type, const JsonValue& v, std::string& ou
   switch (type) {
     case DataType::FP64: std::memcpy(&bits, &d, 8); break;
     case DataType::FP32: {
-      const float f = static_cast<float>(d);  // IEEE: beyond float's range is infinity
+      const float f = v.kind == Kind::Float ? nearest_float(v.text, v.d) : static_cast<float>(d);
       finite = finite && std::isfinite(f);
       uint32_t b32;
       std::memcpy(&b32, &f, 4);
@@ -426,14 +446,16 @@ class RequestParser {
     return true;
   }
   bool key(json::string_t& k) {
-    Frame& f = stack_.back();
-    if (f.ctx == Ctx::Skip) return true;
-    f.key = lookup_key(f.ctx, k);
-    if (f.key != Key::Unknown) {
-      const uint32_t bit = 1u << static_cast<unsigned>(f.key);
-      LOOM_CHECK((f.seen & bit) == 0, subject(f.ctx), ": duplicate key \"", k, "\"");
-      f.seen |= bit;
-    }
+    guarded([&] {
+      Frame& f = stack_.back();
+      if (f.ctx == Ctx::Skip) return;
+      f.key = lookup_key(f.ctx, k);
+      if (f.key != Key::Unknown) {
+        const uint32_t bit = 1u << static_cast<unsigned>(f.key);
+        LOOM_CHECK((f.seen & bit) == 0, subject(f.ctx), ": duplicate key \"", k, "\"");
+        f.seen |= bit;
+      }
+    });
     return true;
   }
   bool end_object() {
@@ -477,6 +499,63 @@ class RequestParser {
     uint32_t seen = 0;       // objects: the defined keys met so far, as bits
   };
 
+  // Data met before its input's datatype (Note [Parsing an infer request],
+  // 2), kept compactly since serializers that sort keys always send "data"
+  // before "datatype": per element its kind and 8 bytes (the boolean, the
+  // integer or the double's bits), and for strings and floats the text, each
+  // as a 4-byte length and the bytes, in one buffer that for_each walks.
+  class EarlyData {
+   public:
+    void add(const JsonValue& v) {
+      kinds_.push_back(v.kind);
+      uint64_t bits = 0;
+      switch (v.kind) {
+        case JsonValue::Kind::Bool: bits = v.b; break;
+        case JsonValue::Kind::Int: bits = static_cast<uint64_t>(v.i); break;
+        case JsonValue::Kind::UInt: bits = v.u; break;
+        case JsonValue::Kind::Float: std::memcpy(&bits, &v.d, 8); break;
+        case JsonValue::Kind::Null:
+        case JsonValue::Kind::String: break;
+      }
+      if (v.kind == JsonValue::Kind::String || v.kind == JsonValue::Kind::Float) {
+        LOOM_CHECK(v.text.size() <= std::numeric_limits<uint32_t>::max(), "a string of the request is over 4 GiB");
+        append_le(text_, v.text.size(), 4);
+        text_.append(v.text);
+      }
+      values_.push_back(bits);
+    }
+    size_t size() const { return kinds_.size(); }
+    // Calls f(JsonValue) for each element in order.
+    template <typename F>
+    void for_each(F&& f) const {
+      size_t at = 0;  // the next text in text_
+      for (size_t i = 0; i < kinds_.size(); ++i) {
+        JsonValue v;
+        v.kind = kinds_[i];
+        const uint64_t bits = values_[i];
+        switch (v.kind) {
+          case JsonValue::Kind::Bool: v.b = bits != 0; break;
+          case JsonValue::Kind::Int: v.i = static_cast<int64_t>(bits); break;
+          case JsonValue::Kind::UInt: v.u = bits; break;
+          case JsonValue::Kind::Float: std::memcpy(&v.d, &bits, 8); break;
+          case JsonValue::Kind::Null:
+          case JsonValue::Kind::String: break;
+        }
+        if (v.kind == JsonValue::Kind::String || v.kind == JsonValue::Kind::Float) {
+          const uint32_t len = read_le32(text_.data() + at);
+          v.text = std::string_view(text_).substr(at + 4, len);
+          at += 4 + static_cast<size_t>(len);
+        }
+        f(v);
+      }
+    }
+
+   private:
+    std::vector<JsonValue::Kind> kinds_;
+    std::vector<uint64_t> values_;
+    std::string text_;
+  };
+
   // The input being read.
   struct PendingInput {
     WireTensor tensor;
@@ -484,10 +563,8 @@ class RequestParser {
     bool has_name = false, has_datatype = false, has_shape = false, has_data = false;
     std::optional<int64_t> binary_size;
     int64_t elements = 0;  // data elements met
-    // Data met before the datatype (Note [Parsing an infer request], 2):
-    // the values, and the text their string_views point into.
-    std::vector<JsonValue> early;
-    std::vector<std::string> early_text;
+    EarlyData early;
+    std::optional<std::string> held_error;  // Note [Naming the input in a message]
   };
   struct PendingOutput {
     RequestedOutput output;
@@ -528,6 +605,7 @@ class RequestParser {
     static constexpr const char* kNames[] = {"id", "parameters", "inputs", "outputs", "name", "datatype", "shape", "data",
                                              "binary_data_size", "binary_data", "classification", "binary_data_output",
                                              "timeout", "?"};
+    static_assert(std::size(kNames) == static_cast<size_t>(Key::Unknown) + 1, "one name per Key");
     return kNames[static_cast<size_t>(k)];
   }
 
@@ -572,23 +650,46 @@ class RequestParser {
     return static_cast<int64_t>(v.u);
   }
 
+  // Note [Naming the input in a message]
+  // Keys are unordered, and serializers that sort them put an input's "name"
+  // after its "data" and "datatype". So a problem found inside an input whose
+  // name has not come yet is held, parsing goes on to the end of the input,
+  // and the first problem held is thrown there, naming the input: "input 'x':
+  // ..." rather than "inputs[0]: ...". Every handler checks before it changes
+  // anything (open() then pushes Skip for the container it refused), so the
+  // parser stays consistent after a held problem. Nesting too deep and JSON
+  // syntax errors are thrown at once.
+  template <typename F>
+  void guarded(F&& handle) {
+    if (!input_open_ || (input_.has_name && !input_.held_error)) return handle();
+    try {
+      handle();
+    } catch (const Error& e) {
+      if (!input_.held_error) input_.held_error = e.what();
+    }
+  }
+
   void open(Container c) {
     LOOM_CHECK(stack_.size() < kMaxJsonDepth, "request body nests arrays and objects deeper than ", kMaxJsonDepth,
                " levels");
+    Ctx next = Ctx::Skip;
+    guarded([&] { next = open_ctx(c); });
+    stack_.push_back({next});
+  }
+
+  // The context of a container that opens.
+  Ctx open_ctx(Container c) {
     if (stack_.empty()) {
       LOOM_CHECK(c == Container::Object, "request body must be a JSON object, got an array");
-      stack_.push_back({Ctx::Root});
-      return;
+      return Ctx::Root;
     }
     const Frame& f = stack_.back();
     const char* got = c == Container::Array ? "an array" : "an object";
-    Ctx next = Ctx::Skip;
     switch (f.ctx) {
-      case Ctx::Skip: break;
+      case Ctx::Skip: return Ctx::Skip;
       case Ctx::Data:
         LOOM_CHECK(c == Container::Array, input_subject(), ": data element ", input_.elements, " is an object");
-        next = Ctx::Data;
-        break;
+        return Ctx::Data;
       case Ctx::Shape:
         LOOM_ERROR(input_subject(), ": shape dimension ", input_.tensor.shape.size(), " is ", got,
                    "; dimensions must be non-negative integers");
@@ -596,17 +697,15 @@ class RequestParser {
         LOOM_CHECK(c == Container::Object, subject(f.ctx), " must be an object, got ", got);
         input_ = PendingInput{};
         input_.index = inputs_seen_;
-        next = Ctx::Input;
-        break;
+        input_open_ = true;
+        return Ctx::Input;
       case Ctx::Outputs:
         LOOM_CHECK(c == Container::Object, subject(f.ctx), " must be an object, got ", got);
         output_ = PendingOutput{};
         output_.index = outputs_seen_;
-        next = Ctx::Output;
-        break;
-      default: next = open_field(f, c, got); break;
+        return Ctx::Output;
+      default: return open_field(f, c, got);
     }
-    stack_.push_back({next});
   }
 
   // An array or object as the value of key f.key in the object f.
@@ -652,6 +751,10 @@ class RequestParser {
   }
 
   void scalar(const JsonValue& v) {
+    guarded([&] { on_scalar(v); });
+  }
+
+  void on_scalar(const JsonValue& v) {
     LOOM_CHECK(!stack_.empty(), "request body must be a JSON object, got ", kind_name(v.kind));
     const Frame& f = stack_.back();
     switch (f.ctx) {
@@ -706,8 +809,9 @@ class RequestParser {
       case Key::Timeout: request_.timeout_us = non_negative(f, v); return;
       case Key::Classification: {
         if (v.kind != Kind::Int && v.kind != Kind::UInt) wrong_type(f, "a positive integer", kind_name(v.kind));
+        LOOM_CHECK(v.kind == Kind::UInt && v.u > 0, subject(f.ctx), ": \"parameters.classification\" is ",
+                   value_text(v), "; it must be positive");
         const int64_t k = non_negative(f, v);
-        LOOM_CHECK(k > 0, subject(f.ctx), ": \"parameters.classification\" is 0; it must be positive");
         output_.output.classification = k;
         return;
       }
@@ -734,14 +838,21 @@ class RequestParser {
       if (problem != ElementProblem::None)
         element_error(input_subject(), input_.tensor.datatype, input_.elements, v, problem);
     } else {
-      input_.early.push_back(v);
-      input_.early_text.emplace_back(v.text);
+      input_.early.add(v);
     }
     ++input_.elements;
   }
 
   void finish_input() {
     PendingInput& in = input_;
+    input_open_ = false;
+    if (in.held_error) {
+      // Note [Naming the input in a message]
+      std::string message = std::move(*in.held_error);
+      const std::string unnamed = "inputs[" + std::to_string(in.index) + "]";
+      if (in.has_name && message.rfind(unnamed, 0) == 0) message = input_subject() + message.substr(unnamed.size());
+      LOOM_ERROR(message);
+    }
     LOOM_CHECK(in.has_name, "inputs[", in.index, "]: \"name\" is missing");
     const std::string who = input_subject();
     LOOM_CHECK(in.has_datatype, who, ": \"datatype\" is missing");
@@ -750,14 +861,13 @@ class RequestParser {
     LOOM_CHECK(!(in.has_data && in.binary_size), who, ": has both \"data\" and \"parameters.binary_data_size\"");
     LOOM_CHECK(in.has_data || in.binary_size, who, ": has neither \"data\" nor \"parameters.binary_data_size\"");
     if (in.has_data) {
-      for (size_t i = 0; i < in.early.size(); ++i) {
-        JsonValue v = in.early[i];
-        v.text = in.early_text[i];
+      int64_t i = 0;
+      in.early.for_each([&](const JsonValue& v) {
         const ElementProblem problem = append_element(in.tensor.datatype, v, in.tensor.data);
-        if (problem != ElementProblem::None) element_error(who, in.tensor.datatype, static_cast<int64_t>(i), v, problem);
-      }
+        if (problem != ElementProblem::None) element_error(who, in.tensor.datatype, i, v, problem);
+        ++i;
+      });
       in.early = {};
-      in.early_text = {};
       LOOM_CHECK(in.elements == count, who, ": shape ", shape_text(in.tensor.shape), " has ", count,
                  " elements, but data has ", in.elements);
     }
@@ -780,6 +890,7 @@ class RequestParser {
   InferRequest& request_;
   std::vector<Frame> stack_;
   PendingInput input_;
+  bool input_open_ = false;  // inside an input object
   PendingOutput output_;
   size_t inputs_seen_ = 0, outputs_seen_ = 0;
   std::unordered_set<std::string> input_names_, output_names_;
@@ -927,6 +1038,12 @@ InferRequest parse_infer_request(std::string_view body, std::optional<int64_t> h
   const std::string_view header = body.substr(0, json_size);
   const std::string_view binary = body.substr(json_size);
 
+  // nlohmann's lexer takes a NUL byte for the end of the input, so whatever
+  // followed one would be ignored; JSON text never holds one (in strings it
+  // must be escaped).
+  const size_t nul = header.find('\0');
+  LOOM_CHECK(nul == std::string_view::npos, "request body is not valid JSON: a NUL byte at offset ", nul);
+
   InferRequest request;
   RequestParser parser(request);
   try {
@@ -970,7 +1087,7 @@ Tensor to_tensor(const WireTensor& t) {
   const std::string who = "input '" + excerpt(t.name) + "'";
   LOOM_CHECK(t.datatype != DataType::Bytes, who, ": BYTES has no loom tensor type");
   const int64_t n = check_wire_tensor(who, t);  // BOOL bytes included: they become C++ bools
-  Tensor out = empty(t.shape, loom_dtype(t.datatype));
+  Tensor out = loom::empty(t.shape, loom_dtype(t.datatype));
   void* dst = out.raw_data_ptr();
   switch (t.datatype) {
     case DataType::Bool:

@@ -6,7 +6,9 @@
 //
 // Every malformed body is a loom::Error whose message names what is wrong
 // (the field, the input's name, what was expected and what came), which the
-// server answers with 400 {"error": message}. Nothing is allocated from a
+// server answers with 400 {"error": message}. Messages are valid UTF-8 (bytes
+// of the request that may not be are escaped as \xNN) and short (quoted
+// pieces of the request are cut at 64 bytes), so they fit a JSON body. Nothing is allocated from a
 // shape alone: an element count must be met by the data actually present
 // before any buffer of that size exists.
 #pragma once
@@ -81,9 +83,9 @@ int64_t parse_header_length(std::string_view value, size_t body_size);
 // protocol defines may appear once per object; nesting deeper than 64 levels
 // is an Error. "data" may be nested to any depth, or flat: elements are read
 // in row-major (document) order and only their count must equal the shape's,
-// as Triton does. Numbers for FP16/BF16/FP32 are read as the nearest double,
-// then rounded to nearest even in the datatype; one that rounds to infinity
-// is an Error. Note [Parsing an infer request] in protocol.cpp has the order
+// as Triton does. A number for FP32 becomes the float nearest its decimal
+// value; for FP16/BF16, the nearest double rounded to nearest even in the
+// datatype; a number that rounds to infinity is an Error. Note [Parsing an infer request] in protocol.cpp has the order
 // of the checks.
 InferRequest parse_infer_request(std::string_view body, std::optional<int64_t> header_length);
 

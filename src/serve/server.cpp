@@ -97,8 +97,8 @@ int64_t config_int(const json& obj, const char* key, const std::string& where, i
 
 void check_keys(const json& obj, std::initializer_list<const char*> known, const std::string& where) {
   LOOM_CHECK(obj.is_object(), where, " must be a JSON object, got ", obj.dump());
-  for (const auto& [key, value] : obj.items()) {
-    (void)value;
+  for (auto it = obj.begin(); it != obj.end(); ++it) {
+    const std::string& key = it.key();
     const bool ok = std::any_of(known.begin(), known.end(), [&](const char* k) { return key == k; });
     LOOM_CHECK(ok, where, ": unknown field \"", key, "\"");
   }
