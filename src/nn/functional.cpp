@@ -248,15 +248,19 @@ Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor&
     }
     return y;
   }
-  // Eval: the running statistics; (C) reshaped to (1, C, 1, ...) to broadcast.
+  // Eval: y = x * scale + shift, with the running statistics and the affine
+  // parameters folded per channel first (scale = weight / sqrt(var + eps),
+  // shift = bias - mean * scale), as PyTorch's CPU inference kernel does:
+  // two passes over the activation instead of four. (C) reshaped to
+  // (1, C, 1, ...) to broadcast.
   std::vector<int64_t> bshape(static_cast<size_t>(input.dim()), 1);
   bshape[1] = channels;
   Tensor x = input.to(compute_dtype(input.dtype()));
-  Tensor mean = running_mean.to(x.dtype()).view(bshape);
-  Tensor var = running_var.to(x.dtype()).view(bshape);
-  Tensor y = (x - mean) * (var + eps).rsqrt();
-  if (weight.defined()) y = y * weight.view(bshape);
-  if (bias.defined()) y = y + bias.view(bshape);
+  Tensor scale = (running_var.to(x.dtype()) + eps).rsqrt();  // (C)
+  if (weight.defined()) scale = scale * weight.to(x.dtype());
+  Tensor shift = -(running_mean.to(x.dtype()) * scale);
+  if (bias.defined()) shift = shift + bias.to(x.dtype());
+  Tensor y = x * scale.view(bshape) + shift.view(bshape);
   return y.to(input.dtype());
 }
 

@@ -21,9 +21,11 @@
 //
 // Bounds: submit refuses a job when max_queue_size jobs wait (the server
 // answers 503 at once), and a request that is still queued at its deadline
-// is taken out by its own thread (Batcher::wait) and answered with an error,
-// so a slow model never makes a queue grow without limit. On destruction the
-// thread runs what is queued, without delay, before it ends.
+// is taken out, by its own thread (Batcher::wait) or by the batching thread
+// when it next forms a batch, and answered with an error, so a slow model
+// never makes a queue grow without limit. After flush() (the server is
+// stopping) and on destruction the thread runs what is queued without
+// waiting for fuller batches.
 #include "serve/batcher.h"
 
 #include <algorithm>
@@ -86,17 +88,25 @@ bool Batcher::submit(const std::shared_ptr<Job>& job) {
   return true;
 }
 
-Batcher::Outcome Batcher::wait(const std::shared_ptr<Job>& job, std::optional<Clock::time_point> deadline) {
+Batcher::Outcome Batcher::wait(const std::shared_ptr<Job>& job) {
   std::unique_lock<std::mutex> lock(mu_);
-  if (deadline && !done_cv_.wait_until(lock, *deadline, [&] { return job->done; })) {
+  if (job->deadline && !job->cv.wait_until(lock, *job->deadline, [&] { return job->done; })) {
     auto it = std::find(queue_.begin(), queue_.end(), job);
     if (it != queue_.end()) {
       queue_.erase(it);
       return Outcome::TimedOut;
     }
   }
-  done_cv_.wait(lock, [&] { return job->done; });
-  return Outcome::Done;
+  job->cv.wait(lock, [&] { return job->done; });
+  return job->expired ? Outcome::TimedOut : Outcome::Done;
+}
+
+void Batcher::flush() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    flushing_ = true;
+  }
+  work_cv_.notify_all();
 }
 
 int64_t Batcher::queued() const {
@@ -112,6 +122,21 @@ void Batcher::loop() {
     work_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
     if (queue_.empty()) return;  // stopping, and nothing left to answer
 
+    // Jobs past their deadline leave now, even if their threads have not
+    // woken yet: a late job never runs.
+    const Clock::time_point now = Clock::now();
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      Job& job = **it;
+      if (job.deadline && *job.deadline <= now) {
+        job.expired = job.done = true;
+        job.cv.notify_one();
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (queue_.empty()) continue;
+
     // The batch the oldest job would run in now (Note [Dynamic batching]).
     const Job& oldest = *queue_.front();
     std::vector<size_t> picked;
@@ -124,7 +149,7 @@ void Batcher::loop() {
       }
     }
     const Clock::time_point ready_at = oldest.enqueued + delay;
-    if (rows < options_.max_batch_size && !stopping_ && Clock::now() < ready_at) {
+    if (rows < options_.max_batch_size && !stopping_ && !flushing_ && now < ready_at) {
       work_cv_.wait_until(lock, ready_at);  // the delay ends, or a job arrives: look again
       continue;
     }
@@ -137,8 +162,10 @@ void Batcher::loop() {
     lock.unlock();
     run_batch(batch);
     lock.lock();
-    for (auto& job : batch) job->done = true;
-    done_cv_.notify_all();
+    for (auto& job : batch) {
+      job->done = true;
+      job->cv.notify_one();
+    }
   }
 }
 

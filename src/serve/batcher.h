@@ -28,13 +28,16 @@ struct Job {
   std::map<std::string, Tensor> inputs;  // prepared, (rows, ...)
   int64_t rows = 0;
   Clock::time_point enqueued{};
+  std::optional<Clock::time_point> deadline;  // still queued then: taken out and answered with an error
 
   // Set by the batching thread before `done`.
   std::map<std::string, Tensor> outputs;  // (rows, ...) views of the batch's outputs
   std::string error;                      // the forward failed: every job of its batch gets the message
   int64_t batch_rows = 0;                 // rows of the batch it ran in
   int64_t queue_ns = 0, input_ns = 0, infer_ns = 0, output_ns = 0;
-  bool done = false;
+  bool done = false;           // guarded by the batcher's mutex
+  bool expired = false;        // done without running: its deadline passed in the queue
+  std::condition_variable cv;  // its request's thread waits here, so a batch wakes only its own
 };
 
 // Called after each batch: its rows and the time spent concatenating the
@@ -53,10 +56,15 @@ class Batcher {
   bool submit(const std::shared_ptr<Job>& job);
 
   enum class Outcome { Done, TimedOut };
-  // Waits for the job until `deadline`. TimedOut: it was still queued at the
-  // deadline and has been taken out of the queue (it will never run). A job
-  // already in a running batch is waited for to the end.
-  Outcome wait(const std::shared_ptr<Job>& job, std::optional<Clock::time_point> deadline);
+  // Waits for the job. TimedOut: it was still queued at its deadline and has
+  // been taken out of the queue (it never runs), by this thread or by the
+  // batching thread, whichever saw the deadline pass first. A job already in
+  // a running batch is waited for to the end.
+  Outcome wait(const std::shared_ptr<Job>& job);
+
+  // From now on batches go without waiting out max_queue_delay_us (the
+  // server is stopping: answer what is queued at once).
+  void flush();
 
   int64_t queued() const;  // jobs waiting now
   const BatchingOptions& options() const { return options_; }
@@ -71,9 +79,9 @@ class Batcher {
 
   mutable std::mutex mu_;
   std::condition_variable work_cv_;  // the batching thread: a job came, or stop
-  std::condition_variable done_cv_;  // the waiting requests: a batch finished
   std::deque<std::shared_ptr<Job>> queue_;
   bool stopping_ = false;
+  bool flushing_ = false;
   std::thread thread_;
 };
 

@@ -436,32 +436,30 @@ struct Server::Impl {
     return job;
   }
 
-  void infer(const httplib::Request& req, httplib::Response& res, const std::string& name,
-             const std::string& version) {
-    const Clock::time_point arrived = Clock::now();
+  void infer(const httplib::Request& req, const std::string& body, httplib::Response& res, const std::string& name,
+             const std::string& version, Clock::time_point arrived) {
     std::shared_ptr<ModelVersion> mv = find(name, version);
     InferRequest r;
     std::shared_ptr<Job> job;
     try {
       std::optional<int64_t> header_length;
       if (req.has_header(kHeaderLengthHeader))
-        header_length = parse_header_length(req.get_header_value(kHeaderLengthHeader), req.body.size());
-      r = parse_infer_request(req.body, header_length);
+        header_length = parse_header_length(req.get_header_value(kHeaderLengthHeader), body.size());
+      r = parse_infer_request(body, header_length);
       job = make_job(*mv, r);
     } catch (const Error& e) {
       mv->stats.record_failure(ns_since(arrived), FailureReason::Other);
       throw HttpError{400, e.what()};
     }
+    int64_t timeout_us = mv->batching.timeout_us;
+    if (r.timeout_us > 0 && (timeout_us == 0 || r.timeout_us < timeout_us)) timeout_us = r.timeout_us;
+    if (timeout_us > 0) job->deadline = arrived + std::chrono::microseconds(timeout_us);
     if (!mv->batcher->submit(job)) {
       mv->stats.record_failure(ns_since(arrived), FailureReason::Rejected);
       throw HttpError{503, mv->label() + ": the queue is full (" + std::to_string(mv->batching.max_queue_size) +
                                " requests wait); retry later"};
     }
-    int64_t timeout_us = mv->batching.timeout_us;
-    if (r.timeout_us > 0 && (timeout_us == 0 || r.timeout_us < timeout_us)) timeout_us = r.timeout_us;
-    std::optional<Clock::time_point> deadline;
-    if (timeout_us > 0) deadline = arrived + std::chrono::microseconds(timeout_us);
-    if (mv->batcher->wait(job, deadline) == Batcher::Outcome::TimedOut) {
+    if (mv->batcher->wait(job) == Batcher::Outcome::TimedOut) {
       mv->stats.record_failure(ns_since(arrived), FailureReason::Rejected);
       throw HttpError{503, mv->label() + ": the request timed out after " + std::to_string(timeout_us) +
                                " us in the queue"};
@@ -493,6 +491,51 @@ struct Server::Impl {
       res.set_content(std::move(encoded.body), "application/json");
     }
     mv->stats.record_success(ns_since(arrived), job->queue_ns, job->input_ns, job->infer_ns, job->output_ns);
+  }
+
+  // Note [Request bodies]
+  // httplib 0.11 reads a POST body without Content-Length until the client
+  // closes (a 5 s stall for `curl -X POST .../load`), and a chunked one
+  // without its payload limit. So every POST route takes a ContentReader and
+  // reads here: no Content-Length and no chunked encoding is an empty body
+  // (RFC 9112, 6.3); a declared or received size over --max-body-mb is 413,
+  // and the connection then closes, since the rest of the body is unread.
+  std::string read_body(const httplib::Request& req, const httplib::ContentReader& reader,
+                        httplib::Response& res) const {
+    const bool chunked = req.get_header_value("Transfer-Encoding").find("chunked") != std::string::npos;
+    if (!chunked && !req.has_header("Content-Length")) return {};
+    const auto limit = static_cast<uint64_t>(options.max_body_bytes);
+    auto too_large = [&](const std::string& size) {
+      res.set_header("Connection", "close");
+      return HttpError{413, "request body of " + size + " exceeds the limit of " + std::to_string(limit) +
+                                " bytes (--max-body-mb)"};
+    };
+    if (!chunked) {
+      const std::string declared = req.get_header_value("Content-Length");
+      uint64_t n = 0;
+      auto [end, ec] = std::from_chars(declared.data(), declared.data() + declared.size(), n);
+      if (ec != std::errc() || end != declared.data() + declared.size()) {
+        res.set_header("Connection", "close");
+        throw HttpError{400, "Content-Length '" + declared + "' is not a byte count"};
+      }
+      if (n > limit) throw too_large(declared + " bytes");
+    }
+    std::string body;
+    bool over = false;
+    const bool complete = reader([&](const char* data, size_t size) {
+      if (body.size() + size > limit) {
+        over = true;
+        return false;
+      }
+      body.append(data, size);
+      return true;
+    });
+    if (over) throw too_large("more than " + std::to_string(limit) + " bytes (chunked)");
+    if (!complete) {
+      res.set_header("Connection", "close");
+      throw HttpError{400, "the request body ended before its declared length"};
+    }
+    return body;
   }
 
   // Runs a handler, turning what it throws into the protocol's error answers.
@@ -542,38 +585,50 @@ struct Server::Impl {
     http.Get(model + "/stats", [this](const Req& req, Res& res) {
       guarded(res, [&] { reply_json(res, 200, statistics(match(req, 1), match(req, 2))); });
     });
-    http.Post(model + "/infer", [this](const Req& req, Res& res) {
-      guarded(res, [&] { infer(req, res, match(req, 1), match(req, 2)); });
+    // POST bodies are read by the handlers (Note [Request bodies]).
+    using Reader = httplib::ContentReader;
+    http.Post(model + "/infer", [this](const Req& req, Res& res, const Reader& reader) {
+      const Clock::time_point arrived = Clock::now();
+      guarded(res, [&] { infer(req, read_body(req, reader, res), res, match(req, 1), match(req, 2), arrived); });
     });
-    http.Post("/v2/repository/index", [this](const Req& req, Res& res) {
+    http.Post("/v2/repository/index", [this](const Req& req, Res& res, const Reader& reader) {
       guarded(res, [&] {
+        const std::string body = read_body(req, reader, res);
         bool ready = false;
-        if (!req.body.empty()) {
-          json body;
+        if (!body.empty()) {
+          json request;
           try {
-            body = json::parse(req.body);
+            request = json::parse(body);
           } catch (const json::exception& e) {
             LOOM_ERROR("request body is not valid JSON: ", e.what());
           }
-          check_keys(body, {"ready"}, "repository index request");
-          if (body.contains("ready")) {
-            LOOM_CHECK(body["ready"].is_boolean(), "repository index request: \"ready\" must be a boolean");
-            ready = body["ready"].get<bool>();
+          check_keys(request, {"ready"}, "repository index request");
+          if (request.contains("ready")) {
+            LOOM_CHECK(request["ready"].is_boolean(), "repository index request: \"ready\" must be a boolean");
+            ready = request["ready"].get<bool>();
           }
         }
         reply_json(res, 200, repository_index(ready));
       });
     });
-    http.Post(R"(/v2/repository/models/([^/]+)/load)", [this](const Req& req, Res& res) {
+    http.Post(R"(/v2/repository/models/([^/]+)/load)", [this](const Req& req, Res& res, const Reader& reader) {
       guarded(res, [&] {
+        read_body(req, reader, res);  // Triton's optional parameters: none apply to a loom model
         load(match(req, 1));
         res.status = 200;
       });
     });
-    http.Post(R"(/v2/repository/models/([^/]+)/unload)", [this](const Req& req, Res& res) {
+    http.Post(R"(/v2/repository/models/([^/]+)/unload)", [this](const Req& req, Res& res, const Reader& reader) {
       guarded(res, [&] {
+        read_body(req, reader, res);
         unload(match(req, 1));
         res.status = 200;
+      });
+    });
+    http.Post(".*", [this](const Req& req, Res& res, const Reader& reader) {
+      guarded(res, [&] {
+        read_body(req, reader, res);
+        throw HttpError{404, "no route for POST " + req.path};
       });
     });
 
@@ -622,7 +677,7 @@ Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(o
   const int threads = s.options.http_threads;
   s.http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   s.http.set_keep_alive_max_count(100000);
-  s.http.set_keep_alive_timeout(5);
+  s.http.set_keep_alive_timeout(2);  // also bounds how long stop() waits for an idle keep-alive connection
   s.http.set_tcp_nodelay(true);
   s.http.set_payload_max_length(static_cast<size_t>(s.options.max_body_bytes));
   s.add_routes();
@@ -655,6 +710,7 @@ void Server::run() {
 
 void Server::stop() {
   impl_->stopping = true;
+  for (const auto& mv : impl_->all_versions()) mv->batcher->flush();
   impl_->http.stop();
 }
 
