@@ -111,7 +111,8 @@ class Server {
   int port() const;  // the bound port
 
   // Serves until stop(); returns after the requests in flight are answered
-  // and every model's queue has drained.
+  // and every model's queue has drained. Throws loom::Error (after the same
+  // draining) if the listening socket fails.
   void run();
 
   // Stops accepting connections and makes run() return once the requests in

@@ -26,6 +26,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <sys/socket.h>
+
 #include <httplib.h>
 
 #include <nlohmann/json.hpp>
@@ -680,6 +682,15 @@ Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(o
   s.http.set_keep_alive_timeout(2);  // also bounds how long stop() waits for an idle keep-alive connection
   s.http.set_tcp_nodelay(true);
   s.http.set_payload_max_length(static_cast<size_t>(s.options.max_body_bytes));
+  // httplib 0.11 listens with a backlog of 5, so 32 clients connecting at
+  // once overflow the accept queue and some wait out a SYN retransmit (a
+  // 200 ms to 1 s stall). Linux lets listen() on a listening socket change
+  // its backlog: remember the socket, then listen again with SOMAXCONN.
+  int listening_socket = -1;
+  s.http.set_socket_options([&listening_socket](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listening_socket = sock;
+  });
   s.add_routes();
   if (s.options.port == 0) {
     s.port = s.http.bind_to_any_port(s.options.host);
@@ -689,6 +700,7 @@ Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(o
                s.options.port, " (in use, or not an address of this machine)");
     s.port = s.options.port;
   }
+  if (listening_socket >= 0) ::listen(listening_socket, SOMAXCONN);
 }
 
 Server::~Server() {
@@ -698,7 +710,10 @@ Server::~Server() {
 int Server::port() const { return impl_->port; }
 
 void Server::run() {
-  impl_->http.listen_after_bind();
+  // false: httplib gave up its listening socket (an accept() error). The
+  // server could then never answer again, so that ends it with an error
+  // rather than leaving a process that looks alive.
+  const bool listened = impl_->http.listen_after_bind();
   // httplib has joined its threads: every request has its answer. Drain the
   // batchers (Note [Model registry]).
   std::map<std::string, ModelEntry> models;
@@ -706,6 +721,9 @@ void Server::run() {
     std::lock_guard<std::mutex> lock(impl_->registry_mu);
     models.swap(impl_->models);
   }
+  models.clear();
+  LOOM_CHECK(listened || impl_->stopping, "serve: the listening socket on ", impl_->options.host, ":", impl_->port,
+             " failed (accept error); the server stopped");
 }
 
 void Server::stop() {

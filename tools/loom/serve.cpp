@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <thread>
@@ -168,15 +169,27 @@ void serve(const ServeOptions& o, std::ostream& log) {
   log << "loom serve: listening on http://" << o.host << ":" << server.port() << " (" << get_num_threads()
       << " compute threads, " << o.http_threads << " HTTP threads)" << std::endl;
 
+  std::atomic<bool> finished{false};
   std::thread waiter([&] {
     int sig = 0;
     sigwait(&stop_signals, &sig);
+    if (finished) return;  // run() ended on its own and woke this thread
     log << "loom serve: " << (sig == SIGINT ? "SIGINT" : "SIGTERM")
         << ": answering the requests in flight, then stopping" << std::endl;
     server.stop();
   });
-  server.run();
-  waiter.join();
+  auto end_waiter = [&] {
+    finished = true;
+    pthread_kill(waiter.native_handle(), SIGTERM);  // blocked here, so it waits for that sigwait
+    waiter.join();
+  };
+  try {
+    server.run();
+  } catch (...) {
+    end_waiter();
+    throw;
+  }
+  end_waiter();
   log << "loom serve: stopped" << std::endl;
 }
 
