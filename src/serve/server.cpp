@@ -500,43 +500,28 @@ struct Server::Impl {
   // closes (a 5 s stall for `curl -X POST .../load`), and a chunked one
   // without its payload limit. So every POST route takes a ContentReader and
   // reads here: no Content-Length and no chunked encoding is an empty body
-  // (RFC 9112, 6.3); a declared or received size over --max-body-mb is 413,
-  // and the connection then closes, since the rest of the body is unread.
+  // (RFC 9112, 6.3); a body over --max-body-mb is 413. Its bytes past the
+  // limit are read and dropped, up to four times the limit, so the client
+  // finishes sending and sees the answer (nginx's lingering close) rather
+  // than a reset; a larger one is cut off and the connection closed.
   std::string read_body(const httplib::Request& req, const httplib::ContentReader& reader,
                         httplib::Response& res) const {
     const bool chunked = req.get_header_value("Transfer-Encoding").find("chunked") != std::string::npos;
     if (!chunked && !req.has_header("Content-Length")) return {};
     const auto limit = static_cast<uint64_t>(options.max_body_bytes);
-    auto too_large = [&](const std::string& size) {
-      res.set_header("Connection", "close");
-      return HttpError{413, "request body of " + size + " exceeds the limit of " + std::to_string(limit) +
-                                " bytes (--max-body-mb)"};
-    };
-    if (!chunked) {
-      const std::string declared = req.get_header_value("Content-Length");
-      uint64_t n = 0;
-      auto [end, ec] = std::from_chars(declared.data(), declared.data() + declared.size(), n);
-      if (ec != std::errc() || end != declared.data() + declared.size()) {
-        res.set_header("Connection", "close");
-        throw HttpError{400, "Content-Length '" + declared + "' is not a byte count"};
-      }
-      if (n > limit) throw too_large(declared + " bytes");
-    }
+    const uint64_t drain_limit = 4 * limit;
     std::string body;
-    bool over = false;
+    uint64_t received = 0;
     const bool complete = reader([&](const char* data, size_t size) {
-      if (body.size() + size > limit) {
-        over = true;
-        return false;
-      }
-      body.append(data, size);
-      return true;
+      received += size;
+      if (received <= limit) body.append(data, size);
+      return received <= drain_limit;
     });
-    if (over) throw too_large("more than " + std::to_string(limit) + " bytes (chunked)");
-    if (!complete) {
-      res.set_header("Connection", "close");
-      throw HttpError{400, "the request body ended before its declared length"};
-    }
+    if (!complete) res.set_header("Connection", "close");
+    if (received > limit)
+      throw HttpError{413, "request body of " + (complete ? std::to_string(received) : "more than " + std::to_string(received)) +
+                               " bytes exceeds the limit of " + std::to_string(limit) + " bytes (--max-body-mb)"};
+    if (!complete) throw HttpError{400, "the request body ended before its declared length"};
     return body;
   }
 
@@ -634,16 +619,13 @@ struct Server::Impl {
       });
     });
 
-    // httplib's own answers (no route: 404, a body over the limit: 413, a
-    // request it cannot parse: 400) get the protocol's error body too.
+    // httplib's own answers (no route: 404, a request it cannot parse: 400)
+    // get the protocol's error body too.
     http.set_error_handler(httplib::Server::HandlerWithResponse([this](const Req& req, Res& res) {
       if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
       std::string message;
       if (res.status == 404)
         message = "no route for " + req.method + " " + req.path;
-      else if (res.status == 413)
-        message = "request body of " + req.get_header_value("Content-Length") + " bytes exceeds the limit of " +
-                  std::to_string(options.max_body_bytes) + " bytes (--max-body-mb)";
       else if (res.status == 400)
         message = "malformed HTTP request";
       else
@@ -681,7 +663,6 @@ Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(o
   s.http.set_keep_alive_max_count(100000);
   s.http.set_keep_alive_timeout(2);  // also bounds how long stop() waits for an idle keep-alive connection
   s.http.set_tcp_nodelay(true);
-  s.http.set_payload_max_length(static_cast<size_t>(s.options.max_body_bytes));
   // httplib 0.11 listens with a backlog of 5, so 32 clients connecting at
   // once overflow the accept queue and some wait out a SYN retransmit (a
   // 200 ms to 1 s stall). Linux lets listen() on a listening socket change
