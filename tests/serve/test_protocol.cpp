@@ -455,9 +455,10 @@ TEST(Protocol, MixedBinaryAndJsonInputs) {
 
 // Note [Rounding JSON numbers to FP16 and BF16] in protocol.cpp.
 TEST(Protocol, HalfPrecisionRounding) {
-  auto fp16 = [](const std::string& number) {
-    const std::string data = parse_infer_request(R"({"inputs":[{"name":"h","datatype":"FP16","shape":[1],"data":[)" +
-                                                     number + "]}]}",
+  // The 16 bits a one-element input of `datatype` holds after parsing `number`.
+  auto half_bits = [](const std::string& datatype, const std::string& number) {
+    const std::string data = parse_infer_request(R"({"inputs":[{"name":"h","datatype":")" + datatype +
+                                                     R"(","shape":[1],"data":[)" + number + "]}]}",
                                                  std::nullopt)
                                  .inputs[0]
                                  .data;
@@ -465,16 +466,8 @@ TEST(Protocol, HalfPrecisionRounding) {
     std::memcpy(&bits, data.data(), 2);
     return bits;
   };
-  auto bf16 = [](const std::string& number) {
-    const std::string data = parse_infer_request(R"({"inputs":[{"name":"h","datatype":"BF16","shape":[1],"data":[)" +
-                                                     number + "]}]}",
-                                                 std::nullopt)
-                                 .inputs[0]
-                                 .data;
-    uint16_t bits;
-    std::memcpy(&bits, data.data(), 2);
-    return bits;
-  };
+  auto fp16 = [&](const std::string& number) { return half_bits("FP16", number); };
+  auto bf16 = [&](const std::string& number) { return half_bits("BF16", number); };
   EXPECT_EQ(fp16("1"), 0x3c00);
   EXPECT_EQ(fp16("1.00048828125"), 0x3c00);            // 1 + 2^-11: a tie, to even (down)
   EXPECT_EQ(fp16("1.00146484375"), 0x3c02);            // 1 + 3 * 2^-11: a tie, to even (up)
