@@ -185,8 +185,8 @@ struct Server::Impl {
 
   // ---- the registry ----
 
-  // Names the repository holds (folders with at least a version folder) and
-  // the NAME=FILE models.
+  // The repository's model folders (hidden ones aside) and the NAME=FILE
+  // models.
   std::vector<std::string> known_models() const {
     std::vector<std::string> names;
     for (const auto& [name, file] : options.models) names.push_back(name);
@@ -583,6 +583,9 @@ struct Server::Impl {
         const std::string body = read_body(req, reader, res);
         bool ready = false;
         if (!body.empty()) {
+          // {"ready": true} at most: a bound keeps a hostile nesting out of the DOM parser.
+          LOOM_CHECK(body.size() <= 4096, "repository index request: a body of ", body.size(),
+                     " bytes is too large for {\"ready\": bool}");
           json request;
           try {
             request = json::parse(body);
