@@ -322,7 +322,10 @@ struct Server::Impl {
     json versions = json::array();
     if (version.empty()) {
       std::lock_guard<std::mutex> lock(registry_mu);
-      for (const auto& [v, ignored] : models[name].versions) versions.push_back(std::to_string(v));
+      // find(): an unload since find() above must not re-create the entry.
+      auto it = models.find(name);
+      if (it != models.end())
+        for (const auto& [v, ignored] : it->second.versions) versions.push_back(std::to_string(v));
     } else {
       versions.push_back(mv->version);
     }

@@ -413,7 +413,8 @@ TEST(Serve, AFailingForwardFailsItsBatchOnly) {
 }
 
 // A Triton-layout repository of the test's own: every model.safetensors is a
-// placeholder the loader recognizes by path ("broken" ones fail to load).
+// few bytes of text: the test's loader reads only the path, never the file
+// (paths with "broken" in them fail to load).
 class Repository {
  public:
   Repository() : root_(fs::temp_directory_path() / ("loom_serve_repo_" + std::to_string(::getpid()))) {
@@ -424,7 +425,7 @@ class Repository {
   void add(const std::string& model, int version, const std::string& config = "") {
     const fs::path dir = root_ / model / std::to_string(version);
     fs::create_directories(dir);
-    std::ofstream(dir / "model.safetensors") << "placeholder";
+    std::ofstream(dir / "model.safetensors") << "read by path only";
     if (!config.empty()) std::ofstream(root_ / model / "config.json") << config;
   }
   std::string path() const { return root_.string(); }
