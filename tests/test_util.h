@@ -1,17 +1,31 @@
 // Helpers the test suites share: error text and error checks, module
-// printing, state-dict names and a float64 gradcheck.
+// printing, state-dict names, bitwise tensor equality and a float64 gradcheck.
 #pragma once
 
 #include <gtest/gtest.h>
 #include <loom/loom.h>
 
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 namespace loom::test {
+
+// Bitwise equality of two tensors of one dtype and shape (any layout).
+inline ::testing::AssertionResult same_bits(const Tensor& a, const Tensor& b) {
+  if (a.sizes() != b.sizes() || a.dtype() != b.dtype())
+    return ::testing::AssertionFailure() << "shape/dtype " << shape_str(a.sizes()) << " " << dtype_name(a.dtype())
+                                         << " vs " << shape_str(b.sizes()) << " " << dtype_name(b.dtype());
+  Tensor x = a.contiguous(), y = b.contiguous();
+  if (std::memcmp(x.raw_data_ptr(), y.raw_data_ptr(), x.nbytes()) != 0) {
+    const double d = (x.to(kFloat64) - y.to(kFloat64)).abs().max().item<double>();
+    return ::testing::AssertionFailure() << "values differ (max abs diff " << d << ") for shape " << shape_str(a.sizes());
+  }
+  return ::testing::AssertionSuccess();
+}
 
 // The message of the loom::Error that f throws ("<no error>" when none).
 inline std::string error_of(const std::function<void()>& f) {

@@ -58,6 +58,10 @@ class Compiler;
 // Where the bytes of a planned step live (Note [Static memory planning]).
 struct MemoryPlan {
   size_t arena_bytes = 0;        // one block for every intermediate and kernel workspace
+  // When the parallel scheduler laid the arena out again so that nearby
+  // nodes do not share bytes (Note [Scheduling]): the serial order's arena,
+  // which arena_bytes then exceeds (0: the replay runs on the serial plan).
+  size_t serial_arena_bytes = 0;
   size_t lower_bound_bytes = 0;  // the peak of the summed live intermediate bytes (no plan can use less)
   size_t persistent_bytes = 0;   // parameters, gradients, optimizer state, constants the graph keeps
   size_t input_bytes = 0;        // the arguments
@@ -101,6 +105,14 @@ struct CompileOptions {
   bool plan_memory = true;
   // Run the passes: dead code, no-op copies, constant folding.
   bool optimize = true;
+  // Fuse chains of elementwise ops, with at most one row reduction each, into
+  // single kernels whose intermediates never reach memory (Note [Fusion] in
+  // src/jit/fusion.cpp). LOOM_LOG_COMPILE=1 prints what fused and why groups broke.
+  bool fuse = true;
+  // Run independent kernels at the same time, the pool's threads split
+  // between them (Note [Scheduling] in src/jit/scheduler.cpp); results are
+  // bitwise those of the serial order.
+  bool parallel = true;
   // How many eager recordings a step may take before its structure settles
   // (the first steps create optimizer state and gradients).
   int max_recordings = 4;

@@ -1,6 +1,7 @@
 #include "backend/backend.h"
 
 #include <cstring>
+#include <sstream>
 #include <variant>
 
 #include "core/allocator.h"
@@ -37,6 +38,15 @@ void mix(size_t& h, double v) {
   std::memcpy(&bits, &v, sizeof bits);
   mix(h, static_cast<size_t>(bits));
 }
+const char* phase_tag(FusedInstr::Phase p) {
+  switch (p) {
+    case FusedInstr::Phase::Pre: return "";
+    case FusedInstr::Phase::Row: return " (row)";
+    case FusedInstr::Phase::Post: return " (post)";
+  }
+  return "";
+}
+
 // Typed parameters field by field (their padding bytes are not values).
 void mix_params(size_t&, const std::monostate&) {}
 void mix_params(size_t& h, const Window2d& w) {
@@ -54,6 +64,7 @@ void mix_params(size_t& h, const SgdParams& p) {
   for (double v : {p.lr, p.momentum, p.dampening, p.weight_decay}) mix(h, v);
   mix(h, static_cast<size_t>(p.nesterov) | static_cast<size_t>(p.maximize) << 1 | static_cast<size_t>(p.first_step) << 2);
 }
+void mix_params(size_t& h, const FusedParams& p) { mix(h, p.program ? p.program->hash() : size_t{0}); }
 void mix_tensor(size_t& h, const TensorImpl* t) {
   if (t == nullptr) {
     mix(h, size_t{0});
@@ -67,6 +78,40 @@ void mix_tensor(size_t& h, const TensorImpl* t) {
 }
 
 }  // namespace
+
+std::string FusedProgram::str() const {
+  std::ostringstream os;
+  for (const FusedInstr& x : code) {
+    switch (x.kind) {
+      case FusedInstr::Kind::Load: os << "r" << x.dst << " = in" << x.a; break;
+      case FusedInstr::Kind::Const: os << "r" << x.dst << " = " << x.imm; break;
+      case FusedInstr::Kind::Op:
+        os << "r" << x.dst << " = " << op_name(x.op);
+        for (int16_t r : {x.a, x.b, x.c})
+          if (r >= 0) os << " r" << r;
+        break;
+      case FusedInstr::Kind::Reduce: os << "r" << x.dst << " = " << op_name(x.op) << " over the row of r" << x.a; break;
+      case FusedInstr::Kind::Store: os << "out" << x.dst << " <- r" << x.a; break;
+    }
+    os << phase_tag(x.phase) << "\n";
+  }
+  return os.str();
+}
+
+size_t FusedProgram::hash() const {
+  size_t h = code.size();
+  for (const FusedInstr& x : code) {
+    mix(h, static_cast<size_t>(x.kind) | static_cast<size_t>(x.phase) << 8 | static_cast<size_t>(x.op) << 16);
+    for (int16_t r : {x.dst, x.a, x.b, x.c}) mix(h, static_cast<size_t>(static_cast<uint16_t>(r)));
+    mix(h, x.imm);
+    for (double v : x.f) mix(h, v);
+    for (int64_t v : x.i) mix(h, static_cast<size_t>(v));
+  }
+  mix(h, static_cast<size_t>(registers));
+  for (int64_t d : domain) mix(h, static_cast<size_t>(d));
+  mix(h, static_cast<size_t>(reduce_dims));
+  return h;
+}
 
 size_t hash_kernel_call(const KernelCall& call) {
   size_t h = static_cast<size_t>(call.op);

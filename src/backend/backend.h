@@ -9,6 +9,7 @@
 #include <variant>
 #include <vector>
 
+#include "backend/fused_program.h"
 #include "backend/window2d.h"
 #include "core/tensor_impl.h"
 
@@ -82,7 +83,7 @@ struct SgdParams {  // FusedSgd
   bool operator==(const SgdParams&) const = default;
 };
 // Pooling takes its window as a Window2d (src/backend/window2d.h).
-using KernelParams = std::variant<std::monostate, Window2d, ConvParams, AdamParams, SgdParams>;
+using KernelParams = std::variant<std::monostate, Window2d, ConvParams, AdamParams, SgdParams, FusedParams>;
 
 // Scratch memory for one kernel call (Note [Kernel workspaces]).
 struct Workspace {

@@ -35,6 +35,8 @@
 // execution), and fused optimizer calls read their hyperparameters.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <list>
@@ -53,6 +55,7 @@
 #include "core/allocator.h"
 #include "jit/graph.h"
 #include "jit/recorder.h"
+#include "jit/scheduler.h"
 #include "loom/allocator.h"
 #include "loom/io/file.h"
 #include "loom/jit.h"
@@ -78,7 +81,8 @@ std::shared_ptr<Storage> view_storage(void* data, size_t nbytes, Device device) 
 // arena, and the bindings that change per replay.
 class Executor {
  public:
-  explicit Executor(std::shared_ptr<GraphImpl> g, bool plan) : g_(std::move(g)), plan_(plan) {
+  Executor(std::shared_ptr<GraphImpl> g, const CompileOptions& options)
+      : g_(std::move(g)), plan_(options.plan_memory) {
     GraphImpl& g_ref = *g_;
     if (plan_ && g_ref.plan.arena_bytes > 0) arena_ = allocate_storage(g_ref.plan.arena_bytes, Device::cpu());
     storages_.resize(g_ref.buffers.size());
@@ -122,11 +126,13 @@ class Executor {
       by_buffer_[static_cast<size_t>(x.buffer)].push_back(static_cast<int>(v));
     }
     calls_.resize(g_ref.nodes.size());
+    check_of_.assign(g_ref.nodes.size(), -1);
     for (size_t k = 0; k < g_ref.nodes.size(); ++k) {
       const NodeInfo& n = g_ref.nodes[k];
       if (n.kind == NodeKind::HostCheck) {
         std::vector<Tensor> vs;
         for (int v : n.in) vs.emplace_back(impls_[static_cast<size_t>(v)]);
+        check_of_[k] = static_cast<int>(check_args_.size());
         check_args_.push_back(std::move(vs));
         continue;
       }
@@ -160,6 +166,25 @@ class Executor {
       frozen_versions_.push_back(s ? s->version.load() : 0);
     }
     folded_run_ = false;
+    // Independent nodes side by side (Note [Scheduling]), with a planned
+    // arena; never under AddressSanitizer, whose per-node poisoning assumes
+    // the serial order.
+    bool parallel = options.parallel && plan_ && g_ref.threads > 1;
+#if defined(__SANITIZE_ADDRESS__)
+    parallel = false;
+#endif
+    if (parallel) {
+      ScheduleOptions o;
+      o.threads = g_ref.threads;
+      o.policy = schedule_policy_for_testing();
+      o.relayout = options.memory_budget_bytes == 0;  // a budget holds the plan's arena
+      o.extra_writes = restore_at_;
+      auto s = std::make_unique<Schedule>(build_schedule(g_ref, o));
+      if (const char* log = std::getenv("LOOM_LOG_SCHEDULE"); log != nullptr && *log != '\0' && *log != '0')
+        std::fprintf(stderr, "loom::compile: %s\n",
+                     s->serial() ? "no overlap worth a team: the serial order" : s->summary().c_str());
+      if (!s->serial()) use_schedule(std::move(s));
+    }
   }
 
   // False when a state tensor the graph writes or reads has died.
@@ -240,17 +265,17 @@ class Executor {
       }
       if (n.hyper) refresh(c, n.hyper());
     }
-    size_t check = 0;
-    if (arena_) LOOM_ARENA_POISON(arena_->data, arena_->nbytes);
-    for (size_t k = 0; k < g.nodes.size(); ++k) {
-      const NodeInfo& n = g.nodes[k];
-      for (int b : live_from_[k]) LOOM_ARENA_UNPOISON(storages_[static_cast<size_t>(b)]->data, g.buffers[static_cast<size_t>(b)].nbytes);
-      for (int b : restore_at_[k]) restore(b);
-      if (n.kind == NodeKind::HostCheck) n.check(check_args_[check++]);
-      else if (!n.folded) run_kernel(calls_[k]);
-      for (int b : live_to_[k]) LOOM_ARENA_POISON(storages_[static_cast<size_t>(b)]->data, g.buffers[static_cast<size_t>(b)].nbytes);
+    if (schedule_) {
+      run_scheduled(*schedule_, [this](int k, int slot) { run_node(static_cast<size_t>(k), slot); });
+    } else {
+      if (arena_) LOOM_ARENA_POISON(arena_->data, arena_->nbytes);
+      for (size_t k = 0; k < g.nodes.size(); ++k) {
+        for (int b : live_from_[k]) LOOM_ARENA_UNPOISON(storages_[static_cast<size_t>(b)]->data, g.buffers[static_cast<size_t>(b)].nbytes);
+        run_node(k, 0);
+        for (int b : live_to_[k]) LOOM_ARENA_POISON(storages_[static_cast<size_t>(b)]->data, g.buffers[static_cast<size_t>(b)].nbytes);
+      }
+      if (arena_) LOOM_ARENA_UNPOISON(arena_->data, arena_->nbytes);
     }
-    if (arena_) LOOM_ARENA_UNPOISON(arena_->data, arena_->nbytes);
     // Written state sees its version move, as an in-place op would move it.
     for (int b : dynamic_) {
       const BufferInfo& info = g.buffers[static_cast<size_t>(b)];
@@ -294,6 +319,41 @@ class Executor {
     }
   }
 
+  // Node k of a replay: its restored bytes, then its kernel (with the
+  // running thread's scratch as workspace, under a relaid schedule) or
+  // check; a folded node only restores. Safe on any thread once k's
+  // predecessors ran.
+  void run_node(size_t k, int slot) {
+    const NodeInfo& n = g_->nodes[k];
+    if (n.workspace >= 0 && !scratch_.empty())
+      calls_[k].workspace = {scratch_[static_cast<size_t>(slot)]->data, schedule_->scratch_bytes};
+    for (int b : restore_at_[k]) restore(b);
+    if (n.kind == NodeKind::HostCheck) n.check(check_args_[static_cast<size_t>(check_of_[k])]);
+    else if (!n.folded) run_kernel(calls_[k]);
+  }
+
+  // Runs with `s`: its arena layout replaces the plan's (arena buffers move
+  // to its offsets; workspaces become per-thread scratch) when it made one.
+  void use_schedule(std::unique_ptr<Schedule> s) {
+    GraphImpl& g = *g_;
+    if (s->relaid) {
+      arena_ = s->arena_bytes > 0 ? allocate_storage(s->arena_bytes, Device::cpu()) : nullptr;
+      for (size_t b = 0; b < g.buffers.size(); ++b) {
+        const BufferInfo& info = g.buffers[b];
+        if (info.first < 0 || (info.kind != BufferKind::Intermediate && info.kind != BufferKind::Workspace)) continue;
+        const int64_t at = s->arena_offsets[b];
+        storages_[b] = at < 0 ? nullptr : view_storage(static_cast<char*>(arena_->data) + at, info.nbytes, info.device);
+        for (int v : by_buffer_[b]) impls_[static_cast<size_t>(v)]->storage = storages_[b];
+      }
+      for (KernelCall& c : calls_) c.workspace = {};
+      for (int t = 0; t < s->threads && s->scratch_bytes > 0; ++t)
+        scratch_.push_back(allocate_storage(s->scratch_bytes, Device::cpu()));
+      g.plan.serial_arena_bytes = g.plan.arena_bytes;
+      g.plan.arena_bytes = s->arena_bytes + static_cast<size_t>(s->threads) * s->scratch_bytes;
+    }
+    schedule_ = std::move(s);
+  }
+
   void restore(int b) {
     const BufferInfo& info = g_->buffers[static_cast<size_t>(b)];
     const TensorImpl& impl = *impls_[static_cast<size_t>(by_buffer_[static_cast<size_t>(b)][0])];
@@ -329,10 +389,13 @@ class Executor {
   std::vector<int> restore_;  // buffers whose host-filled bytes are restored before first use
   std::vector<KernelCall> calls_;
   std::vector<std::vector<Tensor>> check_args_;
+  std::vector<int> check_of_;  // per node: its entry in check_args_ (HostCheck nodes)
   std::vector<uint64_t> frozen_versions_;
   std::vector<std::vector<int>> live_from_, live_to_;  // arena buffers by first / last node
   std::vector<std::vector<int>> restore_at_;          // restore_ by first node
   bool folded_run_ = false;
+  std::unique_ptr<Schedule> schedule_;  // null: the serial order
+  std::vector<std::shared_ptr<Storage>> scratch_;  // per team id: its workspace (use_schedule)
 };
 
 namespace {
@@ -368,6 +431,7 @@ std::shared_ptr<GraphImpl> recompute_and_plan(std::shared_ptr<GraphImpl> g, cons
     int64_t copies = 0;
     if (segments != 0) copies += recompute_segments(*c, segments);
     if (o.recompute_cheap) copies += recompute_cheap(*c);
+    if (o.fuse) fuse(*c);
     plan_memory(*c, o.plan_memory);
     c->plan.recomputed_nodes = copies;
     return c;
@@ -510,7 +574,7 @@ std::vector<Tensor> Compiler::call(const std::vector<Tensor>& args) {
   g = recompute_and_plan(g, st.options);
   g->plan.eager_peak_bytes = eager_peak;
   e.graph = g;
-  e.exec = std::make_unique<Executor>(g, st.options.plan_memory);
+  e.exec = std::make_unique<Executor>(g, st.options);
   // The eager recordings freed their intermediates into the CPU cache; the
   // replays use the arena instead, so give those blocks back to the system.
   cpu_empty_cache();

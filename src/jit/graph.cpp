@@ -22,11 +22,6 @@ const char* dtype_short(DType d) {
   }
 }
 
-std::string dims(const Shape& s) {
-  std::string out = "[";
-  for (size_t k = 0; k < s.size(); ++k) out += (k ? "," : "") + std::to_string(s[k]);
-  return out + "]";
-}
 
 template <class T>
 void mix(size_t& h, const T& v) {
@@ -42,7 +37,30 @@ std::string escape_dot(const std::string& s) {
   return out;
 }
 
+// "Mul Add Exp | Sum | Sqrt | Div": the ops a Fused node stands for, by phase.
+std::string fused_summary(const FusedProgram& p) {
+  std::string out;
+  FusedInstr::Phase phase = FusedInstr::Phase::Pre;
+  for (const FusedInstr& x : p.code) {
+    if (x.kind != FusedInstr::Kind::Op && x.kind != FusedInstr::Kind::Reduce) continue;
+    if (!out.empty()) out += x.phase != phase || x.kind == FusedInstr::Kind::Reduce ? " | " : " ";
+    phase = x.phase;
+    out += op_name(x.op);
+    if (x.kind == FusedInstr::Kind::Reduce) out += "(row)";
+  }
+  return out;
+}
+
 }  // namespace
+
+std::string dims(const Shape& s) {
+  std::string out = "[";
+  for (size_t k = 0; k < s.size(); ++k) {
+    if (k) out += ',';
+    out += std::to_string(s[k]);
+  }
+  return out + "]";
+}
 
 const char* buffer_kind_name(BufferKind k) {
   switch (k) {
@@ -106,6 +124,7 @@ std::string GraphImpl::str() const {
     if (n.rng >= 0) notes.push_back("rng draw " + std::to_string(n.rng));
     if (n.hyper) notes.push_back("hyperparameters read at replay");
     if (n.folded) notes.push_back("folded");
+    if (const auto* f = std::get_if<FusedParams>(&n.params)) notes.push_back("fused: " + fused_summary(*f->program));
     if (!notes.empty()) {
       os << "  #";
       for (const std::string& s : notes) os << " " << s;
@@ -130,7 +149,9 @@ std::string GraphImpl::dot() const {
   std::vector<bool> drawn(values.size(), false);
   for (size_t k = 0; k < nodes.size(); ++k) {
     const NodeInfo& n = nodes[k];
-    os << "  n" << k << " [shape=box, label=\"" << escape_dot(n.name()) << "\"";
+    std::string label = escape_dot(n.name());
+    if (const auto* f = std::get_if<FusedParams>(&n.params)) label += "\\n" + escape_dot(fused_summary(*f->program));
+    os << "  n" << k << " [shape=box, label=\"" << label << "\"";
     if (n.folded) os << ", style=dashed";
     os << "];\n";
     for (int v : n.in) {

@@ -38,6 +38,9 @@
 
 namespace loom::jit::detail {
 
+// "[2,3]"
+std::string dims(const Shape& s);
+
 enum class BufferKind : uint8_t { Input, State, NewState, Output, Intermediate, Constant, Workspace };
 const char* buffer_kind_name(BufferKind k);
 
@@ -141,6 +144,10 @@ int recompute_cheap(GraphImpl& g);
 // and recomputes each run's activations in the backward; returns how many
 // nodes it inserted.
 int recompute_segments(GraphImpl& g, int segments);
+// The fusion pass (src/jit/fusion.cpp, Note [Fusion]): groups elementwise
+// chains, with at most one row reduction each, into Fused nodes; returns how
+// many Fused nodes it made.
+int fuse(GraphImpl& g);
 // Recomputes first/last use of every buffer from the nodes.
 void compute_liveness(GraphImpl& g);
 

@@ -31,8 +31,11 @@ namespace {
 constexpr size_t kAlign = 64;
 size_t aligned(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
-bool elementwise(OpKind op) {
-  switch (op) {
+// A fused group without a reduction computes element k from element k too,
+// and loads a block before it stores it (Note [Fused programs]).
+bool elementwise(const NodeInfo& n) {
+  if (const auto* f = std::get_if<FusedParams>(&n.params)) return f->program->reduce_dims == 0;
+  switch (n.op) {
     case OpKind::Neg: case OpKind::Exp: case OpKind::Log: case OpKind::Log1p: case OpKind::Sqrt:
     case OpKind::Rsqrt: case OpKind::Abs: case OpKind::Sign: case OpKind::Sin: case OpKind::Cos:
     case OpKind::Tanh: case OpKind::Erf: case OpKind::Sigmoid: case OpKind::Relu: case OpKind::LeakyRelu:
@@ -58,7 +61,7 @@ int reuse_in_place(GraphImpl& g) {
   int merged = 0;
   for (size_t k = 0; k < g.nodes.size(); ++k) {
     const NodeInfo& n = g.nodes[k];
-    if (n.kind != NodeKind::Kernel || n.folded || !elementwise(n.op) || n.out.size() != 1) continue;
+    if (n.kind != NodeKind::Kernel || n.folded || !elementwise(n) || n.out.size() != 1) continue;
     const int o = n.out[0];
     const ValueInfo& ov = g.values[static_cast<size_t>(o)];
     BufferInfo& ob = g.buffers[static_cast<size_t>(ov.buffer)];

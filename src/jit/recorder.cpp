@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "autograd/node.h"
 #include "core/allocator.h"
 #include "core/tensor_impl.h"
 #include "loom/allocator.h"
@@ -202,6 +203,15 @@ std::shared_ptr<GraphImpl> Recorder::finish(const std::vector<Tensor>& outputs) 
     ++r.count;
     r.handles = outputs[k].impl_ptr().use_count();
   }
+  // The roots the returned views keep: per root, how many returned impls
+  // name it and how many references it has.
+  std::unordered_map<const TensorImpl*, std::pair<long, long>> roots;
+  for (const auto& [impl, r] : returned)
+    if (impl->autograd && impl->autograd->view_base) {
+      auto& [views, refs] = roots[impl->autograd->view_base.get()];
+      ++views;
+      refs = impl->autograd->view_base.use_count();
+    }
   // Storages created in the step that outlive it: returned tensors alone
   // hold them (Output), or host objects keep them (NewState: gradients that
   // backward made, optimizer state). Those no kernel touched are not part
@@ -219,6 +229,10 @@ std::shared_ptr<GraphImpl> Recorder::finish(const std::vector<Tensor>& outputs) 
     }
     if (!b.kernel_touched && impls == 0) continue;
     // `s` is one reference; each returned impl on it is another.
+    // A view keeps its root (autograd's view tracking), which is one more
+    // reference to the storage; a root that only returned views hold is theirs.
+    for (const auto& [root, views] : roots)
+      if (root->storage == s && !returned.count(root) && views.second == views.first) ++impls;
     elsewhere = elsewhere || s.use_count() - 1 > impls;
     b.kind = impls > 0 && !elsewhere ? BufferKind::Output : BufferKind::NewState;
   }

@@ -1406,6 +1406,7 @@ const std::map<std::string, std::string> kTestedElsewhere = {
     {"Bernoulli", "test_tensor.cpp (random factories)"},
     {"FusedAdam", "test_optim.cpp (bitwise against the per-tensor step)"},
     {"FusedSgd", "test_optim.cpp (bitwise against the per-tensor step)"},
+    {"Fused", "test_fused_kernel.cpp (bitwise against the primitives it stands for) and test_jit_fusion.cpp"},
 };
 
 TEST(HarnessCoverage, EveryPrimitiveHasARow) {

@@ -1,5 +1,6 @@
 #include "graph_options.h"
 
+#include <algorithm>
 #include <cstdio>
 
 namespace loom::cli {
@@ -20,6 +21,7 @@ void check_graph_options(const GraphOptions& o) {
 
 jit::CompileOptions compile_options(const GraphOptions& o) {
   jit::CompileOptions c;
+  c.fuse = c.parallel = o.compile_mode != "plan";
   if (o.checkpoint_activations) {
     c.checkpoint_segments = -1;  // sqrt(GEMM-like nodes), raised until the budget fits
     c.memory_budget_bytes = static_cast<size_t>(o.memory_budget_mb * 1e6);
@@ -53,6 +55,9 @@ void TrainStep::report() const {
   log_ << "compiled step: " << stats.recordings << " recorded, " << stats.replays << " replayed; " << graph->num_nodes()
        << " kernels, arena " << mb(p.arena_bytes) << " (lower bound " << mb(p.lower_bound_bytes) << ", eager peak "
        << mb(p.eager_peak_bytes) << ")";
+  const std::vector<std::string> ops = graph->ops();
+  const auto fused = std::count(ops.begin(), ops.end(), std::string("Fused"));
+  if (fused > 0) log_ << ", " << fused << " of them fused";
   if (p.recomputed_nodes > 0) log_ << ", " << p.recomputed_nodes << " kernels recomputed";
   if (p.segments > 0) log_ << " in " << p.segments << " checkpointed segments";
   log_ << "\n" << std::flush;

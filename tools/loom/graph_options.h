@@ -13,6 +13,7 @@ namespace loom::cli {
 
 struct GraphOptions {
   bool compile = false;                 // capture the training step once, replay it (loom::compile)
+  std::string compile_mode;             // --compile=full (fusion and the parallel scheduler) or plan (neither)
   bool checkpoint_activations = false;  // eager: loom::checkpoint regions; compiled: the recompute pass
   double memory_budget_mb = 0;          // compiled checkpointing: the arena's budget (0: sqrt segments)
   std::string dump_graph;               // write the compiled step's graph as Graphviz DOT here

@@ -158,8 +158,13 @@ int main(int argc, char** argv) {
   train->add_option("--grad-clip", lopts.grad_clip, "gpt/lstm: max gradient norm (0: off)")
       ->check(loom::cli::non_negative_number())
       ->capture_default_str();
-  train->add_flag("--compile", topts.graph.compile,
-                  "Capture the training step once and replay it (loom::compile): one planned arena, no per-op dispatch");
+  train
+      ->add_flag("--compile{full}", topts.graph.compile_mode,
+                 "Capture the training step once and replay it (loom::compile): one planned arena, no per-op dispatch; "
+                 "fused elementwise kernels and independent kernels run side by side (--compile=plan: capture and "
+                 "memory plan only)")
+      ->check(CLI::IsMember({"full", "plan"}))
+      ->each([&topts](const std::string&) { topts.graph.compile = true; });
   train->add_flag("--checkpoint-activations", topts.graph.checkpoint_activations,
                   "Recompute activations in the backward instead of keeping them (eager: loom::checkpoint regions; "
                   "with --compile: the recompute pass, sqrt(N) segments)");

@@ -38,5 +38,6 @@ size_t Attention(const KernelCall& c);
 size_t AttentionBackward(const KernelCall& c);
 size_t FusedAdam(const KernelCall& c);
 size_t FusedSgd(const KernelCall& c);
+size_t Fused(const KernelCall& c);
 
 }  // namespace loom::cpu::workspace

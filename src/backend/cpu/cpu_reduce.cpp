@@ -47,10 +47,8 @@ void reduce_trailing(const KernelCall& c, int64_t n_reduced, Acc init, Step step
 
 // ---- float32 fast paths (Note [Vectorized CPU kernels]) ----
 
-// Rows longer than this are summed in blocks of this many elements, the
-// blocks in parallel and their partial sums added in order: the split
-// depends only on the row length, never on the thread count.
-constexpr int64_t kReduceBlock = int64_t{1} << 16;
+// Rows longer than kReduceBlock (cpu_vec.h) are summed in blocks of that
+// many elements, the blocks in parallel and their partial sums added in order.
 
 // The rows path's scratch (Note [Kernel workspaces]): each output row's
 // offsets, and the partial result of each block of each row.
@@ -103,11 +101,7 @@ bool vec_reduce(const KernelCall& c, VecReduce op) {
     for (int64_t r = 0; r < outer.numel; ++r) {
       const double* p = partial + r * blocks;
       double acc = p[0];
-      for (int64_t b = 1; b < blocks; ++b) {
-        if (op == VecReduce::Sum) acc += p[b];
-        else if (std::isnan(acc)) break;
-        else if (std::isnan(p[b]) || (op == VecReduce::Max ? p[b] > acc : p[b] < acc)) acc = p[b];
-      }
+      for (int64_t b = 1; b < blocks; ++b) acc = fold_partials(op, acc, p[b]);
       write(y, rows[r][0], acc);
     }
     return true;

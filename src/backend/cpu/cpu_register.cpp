@@ -109,6 +109,9 @@ Coverage cpu_coverage(OpKind op) {
     case OpKind::FusedAdam:
     case OpKind::FusedSgd:
       return Coverage::Float32;
+    // Fused programs (cpu_fused.cpp) read and write float32 and bool.
+    case OpKind::Fused:
+      return Coverage::All;
   }
   return Coverage::Float;
 }
@@ -149,6 +152,7 @@ void cpu_register_kernels(Backend& b) {
   scratch(OpKind::AttentionBackward, &cpu::workspace::AttentionBackward);
   scratch(OpKind::FusedAdam, &cpu::workspace::FusedAdam);
   scratch(OpKind::FusedSgd, &cpu::workspace::FusedSgd);
+  scratch(OpKind::Fused, &cpu::workspace::Fused);
   b.supports = &cpu_supports;
 }
 

@@ -42,4 +42,11 @@ void testing::set_vec_enabled(bool on) { g_vec_enabled.store(on, std::memory_ord
 
 const VecKernels& vec() { return vec_kernels(gemm_isa()); }
 
+double fold_partials(VecReduce op, double acc, double partial) {
+  if (op == VecReduce::Sum) return acc + partial;
+  if (acc != acc) return acc;
+  if (partial != partial || (op == VecReduce::Max ? partial > acc : partial < acc)) return partial;
+  return acc;
+}
+
 }  // namespace loom::cpu

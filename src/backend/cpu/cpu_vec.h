@@ -45,6 +45,26 @@ enum class VecUnary : int { Neg, Abs, Exp, Log, Sqrt, Rsqrt, Tanh, Sigmoid, Relu
 enum class VecReduce : int { Sum, Max, Min };
 
 // How a binary op's operands are laid out over a run of n outputs.
+// Rows longer than this are folded in blocks of this many elements whose
+// partial results combine in order (fold_partials): the Sum / Amax / Amin
+// rows path and the Fused kernel's reductions split a row the same way, so
+// results depend only on the row length, never on the thread count.
+inline constexpr int64_t kReduceBlock = int64_t{1} << 16;
+
+// A fold of reduce_f32 fed in pieces (fold_start_f32, fold_piece_f32): every
+// piece but a block's last holds a multiple of kVecFoldStep elements (the
+// longest stride of reduce_f32's accumulators on any ISA), so the pieces
+// meet its accumulators exactly where one call over the whole block would,
+// and the result has the same bits.
+inline constexpr int64_t kVecFoldStep = 64;
+struct VecFoldState {
+  alignas(64) unsigned char bytes[256];  // the ISA's accumulator registers
+};
+// acc combined with the next block's partial result, as reduce_f32's callers
+// do: a sum adds; Max / Min keep a NaN once seen, else take a NaN or a larger
+// (smaller) partial.
+double fold_partials(VecReduce op, double acc, double partial);
+
 enum class VecOperands : int {
   Both,     // a[i], b[i]
   ScalarA,  // a[0], b[i]
@@ -66,6 +86,11 @@ struct VecKernels {
   void (*bf16_to_f32)(const uint16_t* x, float* y, int64_t n);
   // Folds x[0..n) (n >= 1): Sum in double lanes; Max/Min with NaN winning.
   double (*reduce_f32)(VecReduce op, const float* x, int64_t n);
+  // reduce_f32 in pieces: fold_start_f32, then fold_piece_f32 on consecutive
+  // pieces, each but the last (last = false) a multiple of kVecFoldStep long;
+  // the last returns reduce_f32's result on the concatenated pieces.
+  void (*fold_start_f32)(VecReduce op, VecFoldState* s);
+  double (*fold_piece_f32)(VecReduce op, VecFoldState* s, const float* x, int64_t n, bool last);
   // y[j] = fold over i < m of x[i * ld + j], for j < n, each in order of i
   // (Sum accumulates in double and rounds once).
   void (*reduce_cols_f32)(VecReduce op, const float* x, int64_t m, int64_t n, int64_t ld, float* y);

@@ -356,20 +356,23 @@ void bf16_to_f32(const uint16_t* x, float* y, int64_t n) {
 
 // ---- reductions ----
 
-// Sum of x[0..n) in double registers (two per float register's worth).
-inline double sum_f32(const float* x, int64_t n) {
-  vd a0 = {}, a1 = {}, a2 = {}, a3 = {};
-  int64_t i = 0;
-  for (; i + 2 * kF <= n; i += 2 * kF) {
-    a0 += load_double(x + i);
-    a1 += load_double(x + i + kD);
-    a2 += load_double(x + i + 2 * kD);
-    a3 += load_double(x + i + 3 * kD);
+// Sum of x[0..n) in double registers (two per float register's worth):
+// sum_f32_steps over the first n - n % (2 kF) elements, sum_f32_finish over
+// the rest. reduce_f32 runs them through fold_piece_f32.
+inline void sum_f32_steps(vd* a, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; i += 2 * kF) {
+    a[0] += load_double(x + i);
+    a[1] += load_double(x + i + kD);
+    a[2] += load_double(x + i + 2 * kD);
+    a[3] += load_double(x + i + 3 * kD);
   }
-  for (; i + kD <= n; i += kD) a0 += load_double(x + i);
+}
+inline double sum_f32_finish(vd* a, const float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + kD <= n; i += kD) a[0] += load_double(x + i);
   double tail = 0;
   for (; i < n; ++i) tail += static_cast<double>(x[i]);
-  return hsum((a0 + a2) + (a1 + a3)) + tail;
+  return hsum((a[0] + a[2]) + (a[1] + a[3])) + tail;
 }
 
 // sum over i of f(a[i], b[i]) in float registers, combined in double at the
@@ -396,23 +399,34 @@ inline double sum_zip_f32(const float* a, const float* b, int64_t n, F f) {
   return hsum(s0 + s1);
 }
 
+// Max / min of x[0..n) in four float registers, NaN winning: steps over the
+// first n - n % (4 kF) elements, finish over the rest (as sum_f32).
 template <bool Max>
-inline float extreme_f32(const float* x, int64_t n) {
-  const float init = Max ? -__builtin_inff() : __builtin_inff();
-  auto step = [](vf acc, vf v) { return Max ? vmax(acc, v) : vmin(acc, v); };
-  vf a0 = splat<vf>(init), a1 = a0, a2 = a0, a3 = a0;
-  int64_t i = 0;
-  for (; i + 4 * kF <= n; i += 4 * kF) {
-    a0 = step(a0, load<vf>(x + i));
-    a1 = step(a1, load<vf>(x + i + kF));
-    a2 = step(a2, load<vf>(x + i + 2 * kF));
-    a3 = step(a3, load<vf>(x + i + 3 * kF));
+inline vf extreme_step(vf acc, vf v) {
+  return Max ? vmax(acc, v) : vmin(acc, v);
+}
+template <bool Max>
+inline float extreme_init() {
+  return Max ? -__builtin_inff() : __builtin_inff();
+}
+template <bool Max>
+inline void extreme_f32_steps(vf* a, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; i += 4 * kF) {
+    a[0] = extreme_step<Max>(a[0], load<vf>(x + i));
+    a[1] = extreme_step<Max>(a[1], load<vf>(x + i + kF));
+    a[2] = extreme_step<Max>(a[2], load<vf>(x + i + 2 * kF));
+    a[3] = extreme_step<Max>(a[3], load<vf>(x + i + 3 * kF));
   }
-  a0 = step(a0, a2);
-  a1 = step(a1, a3);
-  for (; i + kF <= n; i += kF) a0 = step(a0, load<vf>(x + i));
-  if (i < n) a1 = step(a1, load_partial<vf>(x + i, n - i, init));
-  a0 = step(a0, a1);
+}
+template <bool Max>
+inline float extreme_f32_finish(vf* a, const float* x, int64_t n) {
+  const float init = extreme_init<Max>();
+  vf a0 = extreme_step<Max>(a[0], a[2]);
+  vf a1 = extreme_step<Max>(a[1], a[3]);
+  int64_t i = 0;
+  for (; i + kF <= n; i += kF) a0 = extreme_step<Max>(a0, load<vf>(x + i));
+  if (i < n) a1 = extreme_step<Max>(a1, load_partial<vf>(x + i, n - i, init));
+  a0 = extreme_step<Max>(a0, a1);
   float r = init;
   for (int64_t k = 0; k < kF && r == r; ++k) {
     const float v = a0[k];
@@ -420,14 +434,67 @@ inline float extreme_f32(const float* x, int64_t n) {
   }
   return r;
 }
+template <bool Max>
+inline float extreme_f32(const float* x, int64_t n) {
+  vf a[4];
+  for (vf& v : a) v = splat<vf>(extreme_init<Max>());
+  const int64_t m = n - n % (4 * kF);
+  extreme_f32_steps<Max>(a, x, m);
+  return extreme_f32_finish<Max>(a, x + m, n - m);
+}
 
-double reduce_f32(VecReduce op, const float* x, int64_t n) {
+// reduce_f32 in pieces: the accumulator registers wait in a VecFoldState
+// between pieces; each piece runs the steps, the last one the finish too.
+static_assert(2 * kF <= kVecFoldStep && 4 * kF <= kVecFoldStep && kVecFoldStep % (4 * kF) == 0);
+static_assert(sizeof(vd[4]) <= sizeof(VecFoldState) && sizeof(vf[4]) <= sizeof(VecFoldState));
+
+void fold_start_f32(VecReduce op, VecFoldState* s) {
+  if (op == VecReduce::Sum) {
+    const vd a[4] = {};
+    __builtin_memcpy(s->bytes, a, sizeof a);
+    return;
+  }
+  vf a[4];
+  for (vf& v : a) v = splat<vf>(op == VecReduce::Max ? extreme_init<true>() : extreme_init<false>());
+  __builtin_memcpy(s->bytes, a, sizeof a);
+}
+
+template <bool Max>
+double fold_extreme_piece(VecFoldState* s, const float* x, int64_t n, bool last) {
+  vf a[4];
+  __builtin_memcpy(a, s->bytes, sizeof a);
+  const int64_t m = last ? n - n % (4 * kF) : n;
+  extreme_f32_steps<Max>(a, x, m);
+  if (last) return extreme_f32_finish<Max>(a, x + m, n - m);
+  __builtin_memcpy(s->bytes, a, sizeof a);
+  return 0;
+}
+
+// Never inlined or cloned (noipa): reduce_f32 (the Sum / Amax / Amin rows
+// path) and the Fused kernel's folds run this one compiled copy, so even a
+// NaN's sign agrees (which NaN an add returns depends on which operand the
+// compiler puts first, and two inlined copies may choose differently).
+[[gnu::noipa]] double fold_piece_f32(VecReduce op, VecFoldState* s, const float* x, int64_t n, bool last) {
   switch (op) {
-    case VecReduce::Sum: return sum_f32(x, n);
-    case VecReduce::Max: return extreme_f32<true>(x, n);
-    case VecReduce::Min: return extreme_f32<false>(x, n);
+    case VecReduce::Sum: {
+      vd a[4];
+      __builtin_memcpy(a, s->bytes, sizeof a);
+      const int64_t m = last ? n - n % (2 * kF) : n;
+      sum_f32_steps(a, x, m);
+      if (last) return sum_f32_finish(a, x + m, n - m);
+      __builtin_memcpy(s->bytes, a, sizeof a);
+      return 0;
+    }
+    case VecReduce::Max: return fold_extreme_piece<true>(s, x, n, last);
+    case VecReduce::Min: return fold_extreme_piece<false>(s, x, n, last);
   }
   return 0;
+}
+
+double reduce_f32(VecReduce op, const float* x, int64_t n) {
+  VecFoldState s;
+  fold_start_f32(op, &s);
+  return fold_piece_f32(op, &s, x, n, true);
 }
 
 // Column folds: rows outer, columns inner, so memory streams row by row, and
@@ -637,6 +704,8 @@ VecKernels make_vec_kernels(const char* isa) {
   k.f32_to_bf16 = &f32_to_bf16;
   k.bf16_to_f32 = &bf16_to_f32;
   k.reduce_f32 = &reduce_f32;
+  k.fold_start_f32 = &fold_start_f32;
+  k.fold_piece_f32 = &fold_piece_f32;
   k.reduce_cols_f32 = &reduce_cols_f32;
   k.softmax_row_f32 = &softmax_row_f32;
   k.softmax_backward_row_f32 = &softmax_backward_row_f32;
