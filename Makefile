@@ -65,12 +65,13 @@ build: configure
 test: build
 	cd $(BUILD_DIR) && ctest $(CTEST_ARGS)
 
-# Builds loom's benchmarks (bench_ops, bench_graph), the libtorch dispatch
-# reference and the `loom` command (for the MLP and CNN epochs), then
-# bench/run.py runs them against PyTorch on BENCH_THREADS threads and prints
-# the table; raw numbers go to $(BENCH_DIR)/bench_results.json. BENCH_ARGS
-# passes more flags to run.py, e.g. make bench BENCH_ARGS="--only sgemm,dispatch"
-# or BENCH_ARGS="--only graph" (compiled and checkpointed steps).
+# Builds loom's benchmarks (bench_ops, bench_graph, bench_compile), the
+# libtorch dispatch reference and the `loom` command (for the MLP and CNN
+# epochs), then bench/run.py runs them against PyTorch on BENCH_THREADS threads
+# and prints the table; raw numbers go to $(BENCH_DIR)/bench_results.json.
+# BENCH_ARGS passes more flags to run.py, e.g. make bench BENCH_ARGS="--only
+# sgemm,dispatch", BENCH_ARGS="--only graph" (compiled and checkpointed steps)
+# or BENCH_ARGS="--only compile" (fusion and the parallel scheduler).
 BENCH_THREADS ?= $(JOBS)
 BENCH_ARGS    ?=
 

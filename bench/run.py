@@ -18,6 +18,11 @@ against plain MPI_Allreduce in the same program, DDP with and without
 overlap, weak scaling of the CNN step) and prints a section of its own (see
 print_distributed and Note [The distributed group]).
 
+The "compile" group runs bench_compile (loom::compile's fusion and parallel
+scheduler against eager loom and against the serial replay, section by
+section) and MLP and CNN epochs of `loom train` eager and with --compile, and
+prints a section of its own (see print_compile and Note [The compile group]).
+
 PyTorch runs twice (Note [PyTorch as installed and tuned]): "installed" with
 OPENBLAS_CORETYPE taken out of the environment, so OpenBLAS picks its kernels
 from CPUID as on a fresh machine; "tuned" with the OPENBLAS_CORETYPE that
@@ -32,6 +37,7 @@ speedup = torch time / loom time: above 1, loom is faster.
     python3 bench/run.py --only seq             # attention, LSTM, GPT
     python3 bench/run.py --only graph           # compiled and checkpointed steps
     python3 bench/run.py --only distributed     # all_reduce, DDP overlap, scaling (mpirun)
+    python3 bench/run.py --only compile         # fusion and scheduling: loom against loom
 """
 import argparse
 import csv
@@ -60,7 +66,10 @@ class Workload:
     "graph" (bench_graph against torch_graph.py; its own section, see
     print_graph; `part` is bench_graph's --only name for the row),
     "distributed" (bench_distributed under mpirun, loom against MPI and
-    against itself; see print_distributed; `part` is its --only name).
+    against itself; see print_distributed; `part` is its --only name),
+    "compile" (bench_compile, loom::compile against eager or the serial
+    replay, `part` its --only name; or, with `model` instead, `loom train`
+    eager against --compile; see print_compile).
     `flops` / `bytes` / `tokens` per call give the rate columns.
     `ref` names the machine reference the row is measured against (the FMA
     peak, the STREAM loop): it runs in the same bench_ops process, next to
@@ -168,6 +177,29 @@ WORKLOADS = [
              part="allreduce"),
     Workload("dist_ddp", "DDP ResNet9 step, overlap", "distributed", source="distributed", part="ddp"),
     Workload("dist_scaling", "CNN step weak scaling", "distributed", source="distributed", part="scaling"),
+    # loom::compile against eager loom (fusion) and the parallel scheduler
+    # against the serial replay: bench_compile, one process for all the
+    # sections selected, then `loom train` eager and with --compile. Every
+    # target is on eager (or serial) time / compiled (or parallel) time
+    # (Note [The compile group]).
+    Workload("compile_wide", "wide GEMMs 8x256^3", "compile", source="compile", part="wide", min_speedup=1.4),
+    Workload("compile_lstm_sched", "LSTM step scheduled", "compile", source="compile", part="lstm",
+             min_speedup=1.4),
+    # Nothing to overlap: parallel time <= 1.03x serial.
+    Workload("compile_chain", "chain 8 GEMMs 256^3", "compile", source="compile", part="chain",
+             min_speedup=1 / 1.03),
+    Workload("compile_chain4", "4-op chain 64 MiB", "compile", source="compile", part="chain4", min_speedup=2.5),
+    Workload("compile_linear_gelu", "Linear+GELU f+b 128x784x512", "compile", source="compile",
+             part="linear_gelu", min_speedup=1.15),
+    Workload("compile_gpt_step", "GPT step 16x128 (4L d256)", "compile", source="compile", part="gpt",
+             min_speedup=1.25),
+    Workload("compile_lstm_step", "LSTM LM step T64 N32", "compile", source="compile", part="lstm_step",
+             min_speedup=1.3),
+    Workload("compile_mlp_epoch", "MLP epoch (Fashion-MNIST)", "compile", source="compile", model="mlp",
+             min_speedup=1.15),
+    Workload("compile_cnn_epoch", "CNN epoch (Fashion-MNIST)", "compile", source="compile", model="cnn",
+             min_speedup=1.15),
+    Workload("compile_time", "compile time per model", "compile", source="compile", part="compile"),
 ]
 BY_KEY = {w.key: w for w in WORKLOADS}
 GROUPS = list(dict.fromkeys(w.group for w in WORKLOADS))
@@ -265,18 +297,19 @@ def run_loom_memory(args, key):
     return out or None
 
 
-def run_loom_epoch(args, model):
-    """Per-epoch training seconds of `loom train --model <model>` from its
-    metrics CSV (the "seconds" column times the training loop only, not the
-    test pass)."""
-    work = os.path.join(args.work_dir, f"{model}_epoch")
+def run_loom_epoch(args, model, flags=(), tag=""):
+    """Per-epoch training seconds of `loom train --model <model> <flags>`
+    from its metrics CSV (the "seconds" column times the training loop
+    only, not the test pass). `tag` names the run's own work folder, so
+    runs with different flags keep their files apart."""
+    work = os.path.join(args.work_dir, f"{model}_epoch" + (f"_{tag}" if tag else ""))
     os.makedirs(work, exist_ok=True)
     metrics = os.path.join(work, "loom_metrics.csv")
     if os.path.exists(metrics):
         os.remove(metrics)  # loom appends to an existing file
     cmd = [args.loom_bin, "train", "--model", model, "--dataset", "fashion-mnist", "--epochs", str(args.epochs),
            "--batch-size", "128", "--optimizer", "adamw", "--lr", "0.001", "--threads", str(args.threads),
-           "--metrics", metrics, "--out", os.path.join(work, f"loom_{model}.safetensors")]
+           "--metrics", metrics, "--out", os.path.join(work, f"loom_{model}.safetensors"), *flags]
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     except OSError as e:
@@ -661,6 +694,131 @@ def evaluate_distributed(w, r, n):
     return row
 
 
+# ---- loom::compile: fusion and the parallel scheduler ----
+# Note [The compile group]
+# bench_compile is one plain executable (bench_compile.cpp's header says
+# what each section times) that runs the modes of a section in alternating
+# rounds: eager loom, the compiled function and the plan-only compile
+# (--compile=plan: capture and memory plan, no fusion, no scheduling) for
+# the fusion sections; the serial and the parallel replay of one compiled
+# function for the scheduler sections. As in the graph group, a ratio is the
+# median over rounds of that round's ratio (round_ratio), which run.py takes
+# again from the per-round times the JSON keeps. Every target is a bar from
+# below on eager (or serial) time / compiled (or parallel) time; the chain of
+# dependent products has nothing to run side by side, so its bar is that the
+# parallel replay costs at most 3% (time <= 1.03x serial).
+# The scaling section times one 256^3 GEMM on 1 thread and on N: a product
+# that already runs S times faster on N threads leaves at most N / S to gain
+# by running products side by side instead, so on few cores that ceiling,
+# not the scheduler, can put the wide graph's 1.4x out of reach. It is
+# printed as a note, not judged.
+# The MLP and CNN epochs run `loom train` (run_loom_epoch) eagerly, then
+# with --compile, the same flags otherwise, --epochs epochs each, one run per
+# side back to back (an epoch is long enough to average out short bursts, as
+# in the main table's epoch rows); the ratio is eager's median epoch over
+# the compiled one's. The compiled run's first epoch holds the capture and
+# compile: with --epochs 3 or more the median leaves it out, with 1 it
+# counts. The test accuracies of the runs are printed side by side: a
+# compiled step must train as the eager one does.
+
+COMPILE_SECONDS = 5.0  # the first call's capture-and-compile time of every model's step
+SCHEDULER_PARTS = ("wide", "lstm", "chain")  # bench_compile's serial-against-parallel sections
+
+
+def run_compile(args, parts):
+    """bench_compile's JSON for `parts` (its --only names), or None. Its
+    progress lines go to our stderr as they come."""
+    out = os.path.join(args.work_dir, "bench_compile.json")
+    if os.path.exists(out):
+        os.remove(out)  # a stale file must not pass for this run's numbers
+    cmd = [args.compile_bin, "--json", out, "--reps", str(args.compile_reps), "--threads", str(args.threads),
+           "--only", ",".join(parts)]
+    try:
+        proc = subprocess.run(cmd)
+    except OSError as e:
+        log(f"  cannot run {args.compile_bin}: {e}")
+        return None
+    if proc.returncode != 0 or not os.path.exists(out):
+        log(f"  bench_compile failed (exit {proc.returncode})")
+        return None
+    with open(out) as f:
+        return json.load(f)
+
+
+def collect_compile(args, rows_wanted, res, meta):
+    """The "compile" rows: one bench_compile run for all the sections
+    selected (with scaling beside any scheduler row), then the epochs of
+    `loom train`, eager and compiled (Note [The compile group])."""
+    parts = [w.part for w in rows_wanted if w.part]
+    if any(p in SCHEDULER_PARTS for p in parts):
+        parts.insert(0, "scaling")
+    if parts:
+        log(f"[compile] loom: bench_compile --only {','.join(parts)} --reps {args.compile_reps} "
+            f"--threads {args.threads}")
+        data = run_compile(args, parts) or {}
+        meta["compile_threads"] = data.get("threads")
+        meta["compile_scaling"] = data.get("scaling")
+        for w in rows_wanted:
+            if w.part:
+                res[w.key]["loom"] = data.get(w.part)
+    modes = [("eager", []), ("compiled", ["--compile"])] + ([("plan", ["--compile=plan"])] if args.compile_plan_epochs
+                                                            else [])
+    for w in (w for w in rows_wanted if w.model):
+        for mode, flags in modes:
+            log(f"[{w.key}] loom train --model {w.model} {' '.join(flags) or '(eager)'}, {args.epochs} epochs")
+            merge(res, w.key, mode, run_loom_epoch(args, w.model, flags, tag=mode))
+
+
+def compile_check(w, value):
+    """The target of a "compile" row with a ratio, a bar from below."""
+    base, other = ("serial", "parallel") if w.part in SCHEDULER_PARTS else ("eager", "compiled")
+    if w.min_speedup < 1:  # a bar on what the compiled side may cost: parallel time <= 1.03x serial
+        text = f"{base} / {other} >= {w.min_speedup:.3g}x (within {1 / w.min_speedup - 1:.0%})"
+    else:
+        text = f"{base} / {other} >= {w.min_speedup:g}x"
+    return graph_check(text, value, w.min_speedup, at_most=False)
+
+
+def evaluate_compile(w, r):
+    """A "compile" row: bench_compile's section (or the epochs' times), the
+    medians and the ratio run.py derives from them, and "checks", one per
+    target (one per model for the compile time)."""
+    loom = r.get("loom") or {}
+    row = {"loom": loom}
+    checks = []
+    if w.model:
+        for mode in ("eager", "compiled", "plan"):
+            if r.get(mode):
+                row[mode] = r[mode]
+        eager, compiled, plan = (median_of(r.get(m)) for m in ("eager", "compiled", "plan"))
+        row["median_ms"] = {"base": eager and eager * 1e3, "compiled": compiled and compiled * 1e3,
+                            "plan": plan and plan * 1e3}
+        row["ratio"] = ratio(eager, compiled)
+        row["plan_ratio"] = ratio(eager, plan)
+        checks.append(compile_check(w, row["ratio"]))
+    elif w.part == "compile":
+        for model, m in loom.items():
+            checks.append(graph_check(f"{model} compile < {COMPILE_SECONDS:g} s", m.get("compile_s"),
+                                      COMPILE_SECONDS, unit=" s"))
+        if not loom:
+            checks.append(graph_check(f"compile < {COMPILE_SECONDS:g} s", None, COMPILE_SECONDS, unit=" s"))
+    else:
+        base, other = ("serial_ms", "parallel_ms") if w.part in SCHEDULER_PARTS else ("eager_ms", "compiled_ms")
+        row["median_ms"] = {"base": median_or_none(loom.get(base)), "compiled": median_or_none(loom.get(other)),
+                            "plan": median_or_none(loom.get("plan_ms"))}
+        row["ratio"] = round_ratio(loom.get(base), loom.get(other))
+        row["plan_ratio"] = round_ratio(loom.get(base), loom.get("plan_ms"))
+        if w.part == "chain4":
+            row["stream_ms"] = median_or_none(loom.get("stream_ms"))
+            row["compiled_over_stream"] = round_ratio(loom.get("compiled_ms"), loom.get("stream_ms"))
+        checks.append(compile_check(w, row["ratio"]))
+    row["checks"] = checks
+    row["target"] = "; ".join(c["target"] for c in checks)
+    mets = [c["met"] for c in checks]
+    row["met"] = False if False in mets else (None if None in mets else True)
+    return row
+
+
 # ---- the runs ----
 
 def merge(res, key, side, entry):
@@ -769,6 +927,10 @@ def collect(args, selected):
     if dist:
         collect_distributed(args, dist, res, meta)
 
+    compiled = [w for w in selected if w.source == "compile"]
+    if compiled:
+        collect_compile(args, compiled, res, meta)
+
     # An epoch is long enough to average out short bursts: one run of
     # --epochs epochs on each side.
     for w in (w for w in selected if w.source == "epoch"):
@@ -852,6 +1014,9 @@ def evaluate(args, selected, res):
             continue
         if w.source == "distributed":
             rows[w.key] = evaluate_distributed(w, r, args.dist_np)
+            continue
+        if w.source == "compile":
+            rows[w.key] = evaluate_compile(w, r)
             continue
         lt = median_of(r.get("loom"))
         # Note [References under load]
@@ -1035,7 +1200,7 @@ def rate_text(w, row):
 def print_table(args, selected, rows, meta):
     installed = meta.get("openblas_installed") or "?"
     tuned = meta.get("coretype_tuned")
-    table = [w for w in selected if w.source not in ("graph", "distributed")]
+    table = [w for w in selected if w.source not in ("graph", "distributed", "compile")]
     if table:
         print(f"threads: {args.threads}   medians of {args.rounds} rounds x {args.repetitions} repetitions "
               f"(>= {args.min_time} s each), epochs: {args.epochs} per run   torch {meta.get('torch') or 'n/a'}")
@@ -1058,6 +1223,9 @@ def print_table(args, selected, rows, meta):
     dist = [w for w in selected if w.source == "distributed"]
     if dist:
         print_distributed(args, dist, rows, meta)
+    compiled = [w for w in selected if w.source == "compile"]
+    if compiled:
+        print_compile(args, compiled, rows, meta)
     for w in (w for w in selected if w.source == "epoch"):
         r = rows[w.key]
         accs = [f"{side} {r[side]['test_acc']:.2%}" for side in ("loom", "torch_installed", "torch_tuned")
@@ -1311,17 +1479,94 @@ def print_distributed(args, selected, rows, meta):
           "cores and the cost of DDP.")
 
 
+def print_compile(args, selected, rows, meta):
+    """The compile group's section (Note [The compile group]): one table of
+    eager (or serial) against compiled (or parallel) time, with the plan-only
+    compile beside them where it ran, then the scaling ceiling and the
+    epochs' accuracies as notes."""
+    print()
+    threads = meta.get("compile_threads")
+    print(f"compile: bench_compile (loom, {threads if threads is not None else '?'} threads), {args.compile_reps} "
+          f"rounds a section with the modes taking turns, a ratio the median of\nthe rounds' ratios; epochs: "
+          f"`loom train` eager, then --compile{' and --compile=plan' if args.compile_plan_epochs else ''}, "
+          f"{args.epochs} epochs each, {args.threads} threads, median epoch")
+    header = f"{'workload':<30}{'eager|serial':>14}{'compiled|par.':>15}{'plan':>10}{'ratio':>9}  {'target':<42}"
+    print(header)
+    print("-" * (len(header) + 6))
+    for w in selected:
+        row = rows[w.key]
+        if w.part == "compile":
+            print(f"{w.desc:<30}{'eager step':>14}{'compiling':>15}")
+            for (model, m), check in zip((row.get("loom") or {}).items(), row["checks"]):  # one check a model
+                met = {True: "met", False: "MISSED", None: "?"}[check["met"]]
+                print(f"  {model:<28}{fmt_time(m.get('eager_step_s')):>14}{fmt_time(m.get('compile_s')):>15}"
+                      f"{'-':>10}{'-':>9}  {check['target']:<42}{met}")
+            if not row.get("loom"):
+                print(f"  {'n/a':<28}")
+            continue
+        ms = row.get("median_ms") or {}
+        check = (row.get("checks") or [None])[0] or {}
+        met = {True: "met", False: "MISSED", None: "?"}[check.get("met")]
+        times = [fmt_time(ms[k] / 1e3) if ms.get(k) is not None else ("-" if k == "plan" else "n/a")
+                 for k in ("base", "compiled", "plan")]
+        print(f"{w.desc:<30}{times[0]:>14}{times[1]:>15}{times[2]:>10}"
+              f"{ratio_text(row.get('ratio'), at_most=False):>9}  {check.get('target', ''):<42}{met}")
+        if w.part == "chain4":
+            stream = row.get("stream_ms")
+            print(f"  compiled / one STREAM pass (copy_ of the 64 MiB, {fmt_time(stream and stream / 1e3)}): "
+                  f"{ratio_text(row.get('compiled_over_stream'))}")
+    print()
+    scaling = meta.get("compile_scaling") or {}
+    if scaling and threads:
+        def speedup_of(name):
+            s = scaling.get(name) or {}
+            return round_ratio(s.get("one_thread_ms"), s.get("threads_ms"))
+
+        gemm = scaling.get("gemm_256") or {}
+        sp = speedup_of("gemm_256")
+        one, many = median_or_none(gemm.get("one_thread_ms")), median_or_none(gemm.get("threads_ms"))
+        print(f"scaling: one 256^3 GEMM, eager: {fmt_time(one and one / 1e3)} on 1 thread, "
+              f"{fmt_time(many and many / 1e3)} on {threads}, speedup {ratio_text(sp, at_most=False)}; so running\n"
+              f"the wide graph's 8 products side by side instead of one after another can gain at most {threads} / "
+              f"speedup = {ratio_text(sp and threads / sp, at_most=False)}\n(its target: 1.4x)")
+        lstm = [(name, speedup_of(name)) for name in ("lstm_recurrent", "lstm_dgrad", "lstm_wgrad")]
+        if any(sp for _, sp in lstm):
+            print("  the LSTM step's products, speedup and ceiling: " + ", ".join(
+                f"{name[len('lstm_'):]} {ratio_text(sp, at_most=False)} and "
+                f"{ratio_text(sp and threads / sp, at_most=False)}" for name, sp in lstm))
+    for w in (w for w in selected if w.model):
+        row = rows[w.key]
+        accs = [f"{mode} {row[mode]['test_acc']:.2%}" for mode in ("eager", "compiled", "plan")
+                if row.get(mode) and "test_acc" in row[mode]]
+        if accs:
+            print(f"{w.model.upper()} test accuracy after {args.epochs} epochs: " + ", ".join(accs))
+    print("eager|serial: eager loom, or for the scheduler rows (wide, LSTM step scheduled, chain) the compiled\n"
+          "function replayed serially; compiled|par.: the compiled function with every pass (fusion, the parallel\n"
+          "scheduler), or replayed in parallel; plan: compiled without fusion or scheduling (--compile=plan). ratio:\n"
+          "eager|serial time / compiled|par. time. The chain of dependent products has nothing to overlap: its\n"
+          "target is parallel time <= 1.03x serial. Compile time: the first calls of a compiled step (capture,\n"
+          "passes, plan, schedule) minus as many eager steps. Epochs: the compiled run's first epoch holds the\n"
+          "compile, which the median leaves out from 3 epochs on.")
+
+
 def main():
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--build-dir", default=os.path.join(ROOT, "build-bench"),
-                   help="where bench/bench_ops, bench/bench_graph, bench/torch_dispatch and loom were built")
+                   help="where bench/bench_ops, bench/bench_graph, bench/bench_compile, bench/torch_dispatch and "
+                        "loom were built")
     p.add_argument("--bench-bin", help="default: BUILD_DIR/bench/bench_ops")
     p.add_argument("--dispatch-bin", help="default: BUILD_DIR/bench/torch_dispatch")
     p.add_argument("--loom-bin", help="default: BUILD_DIR/loom")
     p.add_argument("--graph-bin", help="default: BUILD_DIR/bench/bench_graph")
     p.add_argument("--graph-reps", type=int, default=11,
                    help="timed steps of each mode in the graph group (bench_graph and torch_graph.py --reps)")
+    p.add_argument("--compile-bin", help="default: BUILD_DIR/bench/bench_compile")
+    p.add_argument("--compile-reps", type=int, default=11,
+                   help="rounds of each section of the compile group (bench_compile --reps)")
+    p.add_argument("--compile-plan-epochs", action="store_true",
+                   help="the compile group's MLP and CNN epochs also with --compile=plan (capture and memory plan "
+                        "only), for context")
     p.add_argument("--dist-bin", help="default: BUILD_DIR/bench/bench_distributed")
     p.add_argument("--mpirun", default="mpirun", help="Open MPI's launcher, for the distributed group")
     p.add_argument("--dist-np", type=int, default=2, help="ranks of the distributed group's mpirun")
@@ -1355,12 +1600,15 @@ def main():
     args.dispatch_bin = args.dispatch_bin or os.path.join(args.build_dir, "bench", "torch_dispatch")
     args.loom_bin = args.loom_bin or os.path.join(args.build_dir, "loom")
     args.graph_bin = args.graph_bin or os.path.join(args.build_dir, "bench", "bench_graph")
+    args.compile_bin = args.compile_bin or os.path.join(args.build_dir, "bench", "bench_compile")
     args.dist_bin = args.dist_bin or os.path.join(args.build_dir, "bench", "bench_distributed")
     args.json = args.json or os.path.join(args.build_dir, "bench_results.json")
     args.work_dir = args.build_dir
     args.coretypes = [c for c in args.coretypes.split(",") if c]
     if args.graph_reps < 1:
         sys.exit(f"run.py: --graph-reps must be at least 1, got {args.graph_reps}")
+    if args.compile_reps < 1:
+        sys.exit(f"run.py: --compile-reps must be at least 1, got {args.compile_reps}")
     if args.dist_reps < 1 or args.dist_np < 2:
         sys.exit(f"run.py: --dist-reps must be at least 1 and --dist-np at least 2, got {args.dist_reps} and "
                  f"{args.dist_np}")
@@ -1372,6 +1620,8 @@ def main():
         sys.exit(f"run.py: {args.bench_bin} not found; build it with `make bench`")
     if any(w.source == "graph" for w in selected) and not shutil.which(args.graph_bin):
         sys.exit(f"run.py: {args.graph_bin} not found; build it with `make bench`")
+    if any(w.source == "compile" and w.part for w in selected) and not shutil.which(args.compile_bin):
+        sys.exit(f"run.py: {args.compile_bin} not found; build it with `make bench`")
     res, meta = collect(args, selected)
     rows = evaluate(args, selected, res)
     wall = time.monotonic() - start
@@ -1380,7 +1630,8 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"threads": args.threads, "rounds": args.rounds, "repetitions": args.repetitions,
-                   "min_time_s": args.min_time, "graph_reps": args.graph_reps, "dist_reps": args.dist_reps,
+                   "min_time_s": args.min_time, "graph_reps": args.graph_reps,
+                   "compile_reps": args.compile_reps, "dist_reps": args.dist_reps,
                    "dist_np": args.dist_np, "dist_bind": args.dist_bind, "dist_yield": args.dist_yield,
                    "epochs": args.epochs, "meta": meta, "wall_s": wall, "workloads": rows}, f, indent=1)
     print(f"raw results: {args.json}")

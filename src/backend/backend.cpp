@@ -92,6 +92,7 @@ std::string FusedProgram::str() const {
         break;
       case FusedInstr::Kind::Reduce: os << "r" << x.dst << " = " << op_name(x.op) << " over the row of r" << x.a; break;
       case FusedInstr::Kind::Store: os << "out" << x.dst << " <- r" << x.a; break;
+      case FusedInstr::Kind::Product: os << "r" << x.dst << " = in0 @ in1"; break;
     }
     os << phase_tag(x.phase) << "\n";
   }
@@ -109,7 +110,7 @@ size_t FusedProgram::hash() const {
   }
   mix(h, static_cast<size_t>(registers));
   for (int64_t d : domain) mix(h, static_cast<size_t>(d));
-  mix(h, static_cast<size_t>(reduce_dims));
+  mix(h, static_cast<size_t>(reduce_dims) | static_cast<size_t>(product) << 8);
   return h;
 }
 

@@ -38,6 +38,18 @@
 // phase (a Post may read Pre and Row registers; a Row reads only Row
 // registers).
 //
+// GEMM epilogues. With `product`, the call's in[0] (batch, M, K) and in[1]
+// (batch, K, N) are the operands of a float32 Bmm (any strides), the domain
+// is (batch, M, N), out[0] is a dense float32 tensor of the domain's shape
+// that overlaps no input, and the program has no reduction. The kernel
+// multiplies into out[0] and runs the program on each block of it as the
+// GEMM finishes the block, while it is in cache (Note [GEMM epilogue] in
+// src/backend/cpu/cpu_gemm.h): a Product instruction reads the product at
+// the current element, Loads read in[2] and up, and a Store to out[0]
+// overwrites the product with the program's result. The product's bits are
+// the Bmm kernel's, so the program gives the bits of the Bmm followed by
+// the elementwise kernels.
+//
 // Order. The fusion pass writes the Pre instructions, then the Row ones,
 // then the Post ones; within a phase, Loads, then the computing
 // instructions in their nodes' order, then Stores.
@@ -81,6 +93,7 @@ struct FusedInstr {
     Reduce,  // r[dst] = op over the row of r[a] (a Pre register): op is Sum, Amax or Amin; phase Row,
              // and the first Row instruction (the interpreter folds r[a] during the Pre pass)
     Store,   // out[dst] at the current element = r[a] (converted to the output's dtype)
+    Product, // r[dst] = the product at the current element (a program with `product`; Pre)
   };
   enum class Phase : uint8_t { Pre, Row, Post };
   Kind kind = Kind::Op;
@@ -99,6 +112,10 @@ struct FusedProgram {
   int registers = 0;
   Shape domain;         // full-size shape
   int reduce_dims = 0;  // trailing dims of the domain that the Reduce folds (0: none)
+  // A GEMM epilogue (Note [Fused programs]): in[0] (batch, M, K) @ in[1]
+  // (batch, K, N) is computed into out[0] and the program runs on each
+  // finished block of it.
+  bool product = false;
   bool operator==(const FusedProgram&) const = default;
   // One instruction per line: "r3 = Mul r1 r2", "out0 <- r3", "r4 = Sum(row) r3".
   std::string str() const;

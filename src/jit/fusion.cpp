@@ -52,7 +52,7 @@ namespace loom::jit::detail {
 
 namespace {
 
-enum class Cls { None, Elementwise, Reduce };
+enum class Cls { None, Elementwise, Reduce, Product };
 
 bool loggable() {
   static const bool on = [] {
@@ -136,6 +136,28 @@ bool same_view(const ValueInfo& a, const ValueInfo& b) {
          a.offset == b.offset;
 }
 
+// The dims of size other than 1 (a reshape that only adds or drops 1s
+// keeps the elements where they are).
+Shape squeezed(const Shape& s) {
+  Shape out;
+  for (int64_t d : s)
+    if (d != 1) out.push_back(d);
+  return out;
+}
+
+// Do a and b view the same elements of one buffer the same way, up to dims
+// of size 1 ([1,16,256] and [16,256] of one contiguous block)?
+bool equivalent_view(const ValueInfo& a, const ValueInfo& b) {
+  if (a.buffer != b.buffer || a.dtype != b.dtype || a.offset != b.offset || squeezed(a.sizes) != squeezed(b.sizes))
+    return false;
+  Shape sa, sb;
+  for (size_t d = 0; d < a.sizes.size(); ++d)
+    if (a.sizes[d] != 1) sa.push_back(a.strides[d]);
+  for (size_t d = 0; d < b.sizes.size(); ++d)
+    if (b.sizes[d] != 1) sb.push_back(b.strides[d]);
+  return sa == sb;
+}
+
 // Does `x` lay its trailing k dims out as one contiguous run (the Sum
 // kernel's row path)?
 bool rows_layout(const ValueInfo& x, int k) {
@@ -161,6 +183,7 @@ struct Group {
   Shape domain;
   int k = 0;  // reduce dims, 0 until a reduction joins
   int reduce = -1;  // the member that reduces
+  int product = -1;  // the Bmm whose epilogue the group is
   std::map<int, Produced> produced;  // buffer -> what a member wrote there
   std::set<int> reads;              // buffers read from outside the group
   Shape rows() const { return Shape(domain.begin(), domain.end() - k); }
@@ -231,6 +254,11 @@ class Fuser {
       if (vector_rounded(n.op) && !unary_vector_path(val(n.in[0]), o)) return Cls::None;
       return Cls::Elementwise;
     }
+    if (n.op == OpKind::Bmm) {  // a GEMM whose epilogue the group becomes
+      for (int v : n.in)
+        if (val(v).dtype != kFloat32) return Cls::None;
+      return o.dtype == kFloat32 && dense(o) && shape_numel(o.sizes) > 0 ? Cls::Product : Cls::None;
+    }
     if (n.op == OpKind::Sum || n.op == OpKind::Amax || n.op == OpKind::Amin) {
       const ValueInfo& x = val(n.in[0]);
       const int k = static_cast<int>(n.i[0]);
@@ -250,9 +278,10 @@ class Fuser {
       if (G.produced.count(val(v).buffer)) connected = true;
     if (!connected) return false;
     const ValueInfo& o = val(nd.out[0]);
+    if (c == Cls::Product) return false;  // a product only starts a group
     if (c == Cls::Reduce) {
-      if (G.k > 0) {
-        why = "a second reduction";
+      if (G.k > 0 || G.product >= 0) {
+        why = G.k > 0 ? "a second reduction" : "a reduction after a product";
         return false;
       }
       const ValueInfo& x = val(nd.in[0]);
@@ -262,7 +291,7 @@ class Fuser {
       }
       phase = Phase::Pre;
     } else if (G.k == 0) {
-      if (o.sizes != G.domain) {
+      if (squeezed(o.sizes) != squeezed(G.domain)) {
         why = "another shape " + dims(o.sizes) + " than the group's " + dims(G.domain);
         return false;
       }
@@ -279,7 +308,7 @@ class Fuser {
       auto it = G.produced.find(val(v).buffer);
       if (it == G.produced.end()) continue;
       const Produced& p = it->second;
-      if (same_view(val(v), val(p.value))) {
+      if (same_view(val(v), val(p.value)) || (G.k == 0 && equivalent_view(val(v), val(p.value)))) {
         // Pre feeds Pre, the reduction and Post; Row feeds Row.
         const bool fits = p.phase == Phase::Row ? phase == Phase::Row : phase != Phase::Row;
         if (fits && (c != Cls::Reduce || p.phase == Phase::Pre)) continue;
@@ -339,6 +368,7 @@ class Fuser {
       G.k = static_cast<int>(nd.i[0]);
       G.reduce = n;
     }
+    if (c == Cls::Product) G.product = n;
     for (int v : nd.in)
       if (!G.produced.count(val(v).buffer)) G.reads.insert(val(v).buffer);
     G.produced[val(nd.out[0]).buffer] = {nd.out[0], c == Cls::Reduce ? Phase::Row : phase};
@@ -359,7 +389,9 @@ class Fuser {
     m = open_[which.back()];
     for (size_t w = 0; w + 1 < which.size(); ++w) {
       const Group& G = open_[which[w]];
-      if (G.domain != m.domain || (G.k > 0 && m.k > 0)) {
+      const bool same_domain = G.k == 0 && m.k == 0 ? squeezed(G.domain) == squeezed(m.domain) : G.domain == m.domain;
+      if (!same_domain || (G.k > 0 && m.k > 0) || (G.product >= 0 && m.product >= 0) ||
+          (G.product >= 0 && m.k > 0) || (m.product >= 0 && G.k > 0)) {
         why = "it reads values of groups that cannot merge (domains " + dims(G.domain) + " and " + dims(m.domain) + ")";
         return false;
       }
@@ -367,10 +399,31 @@ class Fuser {
         m.k = G.k;
         m.reduce = G.reduce;
       }
+      if (G.product >= 0) {
+        m.product = G.product;
+        m.domain = G.domain;  // the product's (batch, M, N)
+      }
       m.members.insert(m.members.end(), G.members.begin(), G.members.end());
       m.phases.insert(m.phases.end(), G.phases.begin(), G.phases.end());
       m.produced.insert(G.produced.begin(), G.produced.end());
       m.reads.insert(G.reads.begin(), G.reads.end());
+    }
+    // A group that runs later than it would alone keeps what it reads
+    // alive until then: refused when that would outlive its last reader
+    // (the running sum of a chain of products keeping each product). Only
+    // the group that runs last moves nowhere.
+    int latest = -1;
+    for (size_t w : which) latest = std::max(latest, open_[w].members.back());
+    for (size_t w : which) {
+      const Group& G = open_[w];
+      if (G.members.back() == latest) continue;
+      for (int b : G.reads) {
+        const BufferInfo& info = g_.buffers[static_cast<size_t>(b)];
+        if (info.kind == BufferKind::Intermediate && last_read_[static_cast<size_t>(b)] <= G.members.back()) {
+          why = "merging would keep %" + std::to_string(b) + " alive past its last reader";
+          return false;
+        }
+      }
     }
     // Members in node order, which is a valid order of their instructions.
     std::vector<size_t> order(m.members.size());
@@ -413,7 +466,7 @@ class Fuser {
     Group G;
     G.id = next_id_++;
     const NodeInfo& nd = node(n);
-    G.domain = c == Cls::Reduce ? val(nd.in[0]).sizes : val(nd.out[0]).sizes;
+    G.domain = c == Cls::Reduce ? val(nd.in[0]).sizes : val(nd.out[0]).sizes;  // a product's: (batch, M, N)
     add(G, n, Phase::Pre, c);
     open_.push_back(std::move(G));
     if (open_.size() > kMaxOpen) close(0, "too many chains open at once");
@@ -456,6 +509,14 @@ class Fuser {
     int16_t next = 0;
     std::vector<FusedInstr> loads[3], ops[3], stores[3];
     auto at = [](Phase p) { return static_cast<size_t>(p); };
+    program->product = G.product >= 0;
+    if (program->product) {  // the GEMM's operands are in0 and in1
+      inputs.push_back(node(G.product).in[0]);
+      inputs.push_back(node(G.product).in[1]);
+    }
+    // Full-size operands are addressed with the domain's shape (a view
+    // that differs only by dims of size 1 is re-viewed).
+    auto full = [&](int v, Phase phase) { return phase == Phase::Row ? v : as_domain(v, G.domain); };
     auto operand = [&](int v, Phase phase) -> int16_t {
       auto it = G.produced.find(val(v).buffer);
       if (it != G.produced.end()) return reg_of_buffer.at(val(v).buffer);
@@ -466,7 +527,7 @@ class Fuser {
       x.phase = phase;
       x.dst = next++;
       x.a = static_cast<int16_t>(inputs.size());
-      inputs.push_back(v);
+      inputs.push_back(full(v, phase));
       loads[at(phase)].push_back(x);
       reg_of_load[v] = x.dst;
       return x.dst;
@@ -476,11 +537,14 @@ class Fuser {
       const NodeInfo& nd = node(G.members[m]);
       const Phase phase = G.phases[m];
       FusedInstr x;
-      x.kind = G.members[m] == G.reduce ? FusedInstr::Kind::Reduce : FusedInstr::Kind::Op;
+      x.kind = G.members[m] == G.reduce    ? FusedInstr::Kind::Reduce
+               : G.members[m] == G.product ? FusedInstr::Kind::Product
+                                           : FusedInstr::Kind::Op;
       x.phase = x.kind == FusedInstr::Kind::Reduce ? Phase::Row : phase;
       x.op = nd.op;
       int16_t* slots[3] = {&x.a, &x.b, &x.c};
-      for (size_t s = 0; s < nd.in.size() && s < 3; ++s) *slots[s] = operand(nd.in[s], phase);
+      if (x.kind != FusedInstr::Kind::Product)
+        for (size_t s = 0; s < nd.in.size() && s < 3; ++s) *slots[s] = operand(nd.in[s], phase);
       x.f[0] = nd.f[0];
       x.f[1] = nd.f[1];
       x.i[0] = nd.i[0];
@@ -499,11 +563,12 @@ class Fuser {
         s.phase = x.phase;
         s.a = x.dst;
         s.dst = static_cast<int16_t>(outputs.size());
-        outputs.push_back(nd.out[0]);
+        outputs.push_back(full(nd.out[0], s.phase));
         stores[at(s.phase)].push_back(s);
       }
     }
     if (outputs.empty()) return false;
+    if (program->product && !place_product(G, inputs, outputs, stores[at(Phase::Pre)], reg_of_buffer)) return false;
     for (size_t p = 0; p < 3; ++p)
       for (auto* list : {&loads[p], &ops[p], &stores[p]})
         program->code.insert(program->code.end(), list->begin(), list->end());
@@ -534,6 +599,73 @@ class Fuser {
       std::cerr << "loom compile: fused " << G.members.size() << " nodes into group " << G.id << " (" << names.str()
                 << "), domain " << dims(G.domain) << (G.k ? ", reducing " + std::to_string(G.k) + " dims" : "")
                 << ", " << inputs.size() << " inputs, " << outputs.size() << " outputs\n";
+    return true;
+  }
+
+  // `v` viewed with the shape `domain` (they differ only by dims of size 1).
+  int as_domain(int v, const Shape& domain) {
+    if (val(v).sizes == domain) return v;
+    auto key = std::make_pair(v, domain);
+    if (auto it = reshaped_.find(key); it != reshaped_.end()) return it->second;
+    ValueInfo x = val(v);
+    const Shape contiguous = contiguous_strides(domain);
+    Shape strides;
+    size_t src = 0;
+    for (size_t d = 0; d < domain.size(); ++d) {
+      while (src < x.sizes.size() && x.sizes[src] == 1) ++src;
+      if (domain[d] == 1) {
+        strides.push_back(contiguous[d]);
+      } else {
+        strides.push_back(x.strides[src]);
+        ++src;
+      }
+    }
+    x.sizes = domain;
+    x.strides = std::move(strides);
+    g_.values.push_back(std::move(x));
+    const int id = static_cast<int>(g_.values.size()) - 1;
+    reshaped_[key] = id;
+    return id;
+  }
+
+  // A GEMM epilogue accumulates the product in out0 (Note [Fused
+  // programs]): the product itself when it leaves the group, else an output
+  // of the group's that is dense float32 of the domain's size and in no
+  // input's buffer (the product is overwritten there by the result); without
+  // one, the product is stored too. Renumbers the Stores so it is out0.
+  bool place_product(const Group& G, const std::vector<int>& inputs, std::vector<int>& outputs,
+                     std::vector<FusedInstr>& pre_stores, const std::map<int, int16_t>& reg_of_buffer) {
+    const int product_out = node(G.product).out[0];
+    const int product_buffer = val(product_out).buffer;
+    auto usable = [&](int v) {
+      const ValueInfo& x = val(v);
+      if (x.dtype != kFloat32 || !dense(x) || x.sizes != G.domain) return false;
+      for (int in : inputs)
+        if (val(in).buffer == x.buffer) return false;
+      return true;
+    };
+    int chosen = -1;
+    for (size_t o = 0; o < outputs.size() && chosen < 0; ++o)
+      if (val(outputs[o]).buffer == product_buffer && usable(outputs[o])) chosen = static_cast<int>(o);
+    for (size_t o = 0; o < outputs.size() && chosen < 0; ++o)
+      if (usable(outputs[o])) chosen = static_cast<int>(o);
+    if (chosen < 0) {
+      const int v = as_domain(product_out, G.domain);
+      if (!usable(v)) return false;
+      FusedInstr s;
+      s.kind = FusedInstr::Kind::Store;
+      s.phase = Phase::Pre;
+      s.a = reg_of_buffer.at(product_buffer);
+      s.dst = static_cast<int16_t>(outputs.size());
+      outputs.push_back(v);
+      pre_stores.push_back(s);
+      chosen = static_cast<int>(outputs.size()) - 1;
+    }
+    std::swap(outputs[0], outputs[static_cast<size_t>(chosen)]);
+    for (FusedInstr& s : pre_stores) {
+      if (s.dst == 0) s.dst = static_cast<int16_t>(chosen);
+      else if (s.dst == chosen) s.dst = 0;
+    }
     return true;
   }
 
@@ -569,6 +701,7 @@ class Fuser {
   std::vector<Group> open_;
   std::set<int> removed_;
   std::map<int, NodeInfo> replacement_;
+  std::map<std::pair<int, Shape>, int> reshaped_;  // (value, shape) -> its view with that shape
   int fused_ = 0;
   int next_id_ = 0;
 };

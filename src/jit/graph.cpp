@@ -37,12 +37,14 @@ std::string escape_dot(const std::string& s) {
   return out;
 }
 
-// "Mul Add Exp | Sum | Sqrt | Div": the ops a Fused node stands for, by phase.
+// "Mul Add Exp | Sum(row) | Sqrt Div": the ops a Fused node stands for, by
+// phase ("Bmm Add ...": a GEMM with its epilogue).
 std::string fused_summary(const FusedProgram& p) {
   std::string out;
   FusedInstr::Phase phase = FusedInstr::Phase::Pre;
   for (const FusedInstr& x : p.code) {
-    if (x.kind != FusedInstr::Kind::Op && x.kind != FusedInstr::Kind::Reduce) continue;
+    if (x.kind != FusedInstr::Kind::Op && x.kind != FusedInstr::Kind::Reduce && x.kind != FusedInstr::Kind::Product)
+      continue;
     if (!out.empty()) out += x.phase != phase || x.kind == FusedInstr::Kind::Reduce ? " | " : " ";
     phase = x.phase;
     out += op_name(x.op);

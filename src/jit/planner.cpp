@@ -32,9 +32,10 @@ constexpr size_t kAlign = 64;
 size_t aligned(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 // A fused group without a reduction computes element k from element k too,
-// and loads a block before it stores it (Note [Fused programs]).
+// and loads a block before it stores it (Note [Fused programs]); not a GEMM
+// epilogue, whose product fills out0 before the program reads the inputs.
 bool elementwise(const NodeInfo& n) {
-  if (const auto* f = std::get_if<FusedParams>(&n.params)) return f->program->reduce_dims == 0;
+  if (const auto* f = std::get_if<FusedParams>(&n.params)) return f->program->reduce_dims == 0 && !f->program->product;
   switch (n.op) {
     case OpKind::Neg: case OpKind::Exp: case OpKind::Log: case OpKind::Log1p: case OpKind::Sqrt:
     case OpKind::Rsqrt: case OpKind::Abs: case OpKind::Sign: case OpKind::Sin: case OpKind::Cos:

@@ -58,6 +58,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -68,6 +69,7 @@
 
 #include "backend/cpu/cpu_dispatch.h"
 #include "backend/cpu/cpu_gelu_grad.h"
+#include "backend/cpu/cpu_gemm.h"
 #include "backend/cpu/cpu_kernels.h"
 #include "backend/cpu/cpu_scratch.h"
 #include "backend/cpu/cpu_vec.h"
@@ -278,6 +280,7 @@ struct Plan {
   std::vector<Step> first, row, second;
   bool reduces = false;
   bool streams = false;  // some output is written with streaming stores (an sfence ends each slot)
+  bool product = false;  // a GEMM epilogue: in[0] @ in[1] into out[0], the program on each finished block
   VecReduce reduce{};
   int reduce_dst = -1;
   int64_t rows = 1, length = 0;  // rows, and elements per row
@@ -304,7 +307,9 @@ Split split_of(const FusedProgram& pg) {
 
 int64_t count_operands(const FusedProgram& pg) {
   return std::count_if(pg.code.begin(), pg.code.end(),
-                       [](const FusedInstr& x) { return x.kind == Kind::Load || x.kind == Kind::Store; });
+                       [](const FusedInstr& x) {
+                         return x.kind == Kind::Load || x.kind == Kind::Store || x.kind == Kind::Product;
+                       });
 }
 
 // The bytes [lo, hi) a tensor's elements span (empty for no elements).
@@ -352,6 +357,8 @@ class Planner {
                " but the program has no Reduce instruction");
     split_ = split_of(pg_);
     p_.vk = &vec();
+    p_.product = pg_.product;
+    if (pg_.product) check_product();
     p_.registers = pg_.registers;
     p_.reduces = split_.reduces;
     p_.rows = split_.rows;
@@ -375,6 +382,7 @@ class Planner {
       const Shape& shape = ph == Phase::Row ? row_shape : pg_.domain;
       switch (x.kind) {
         case Kind::Load:
+          LOOM_CHECK(!pg_.product || x.a >= 2, where(), "in", x.a, " is an operand of the product, not a Load's");
           s.operand = operand(x.a, /*input=*/true, shape, ph == Phase::Row);
           write(x.dst, ph);
           break;
@@ -406,6 +414,11 @@ class Planner {
         case Kind::Store:
           s.operand = operand(x.dst, /*input=*/false, shape, ph == Phase::Row);
           read(x.a, ph);
+          break;
+        case Kind::Product:
+          LOOM_CHECK(pg_.product && ph == Phase::Pre, where(), "Product in a program without a product");
+          s.operand = operand(0, /*input=*/false, shape, false);  // the product is accumulated in out[0]
+          write(x.dst, ph);
           break;
         default: LOOM_CHECK(false, where(), "unknown instruction kind ", static_cast<int>(x.kind));
       }
@@ -475,6 +488,28 @@ class Planner {
     p_.operands.push_back(std::move(o));
     tensors_.push_back({t, input, slot});
     return static_cast<int>(p_.operands.size()) - 1;
+  }
+
+  // A GEMM epilogue's call (Note [Fused programs]): in[0] (B, M, K) and
+  // in[1] (B, K, N) float32, the domain (B, M, N), out[0] dense float32 of
+  // that shape overlapping no input, no reduction.
+  void check_product() const {
+    LOOM_CHECK(c_.in.size() >= 2 && c_.in[0] != nullptr && c_.in[1] != nullptr && !c_.out.empty() &&
+                   c_.out[0] != nullptr,
+               "Fused: a product needs in0, in1 and out0");
+    const TensorImpl *a = c_.in[0], *b = c_.in[1], *y = c_.out[0];
+    LOOM_CHECK(a->dtype == kFloat32 && b->dtype == kFloat32 && y->dtype == kFloat32, "Fused: the product's operands ",
+               dtype_name(a->dtype), " @ ", dtype_name(b->dtype), " -> ", dtype_name(y->dtype), " (float32 only)");
+    LOOM_CHECK(a->dim() == 3 && b->dim() == 3 && a->sizes[0] == b->sizes[0] && a->sizes[2] == b->sizes[1] &&
+                   pg_.domain == Shape({a->sizes[0], a->sizes[1], b->sizes[2]}) && y->sizes == pg_.domain,
+               "Fused: product ", shape_str(a->sizes), " @ ", shape_str(b->sizes), " into ", shape_str(y->sizes),
+               " over the domain ", shape_str(pg_.domain));
+    LOOM_CHECK(y->is_contiguous(), "Fused: the product's out0 must be contiguous, got strides ", shape_str(y->strides));
+    LOOM_CHECK(pg_.reduce_dims == 0, "Fused: a product's program has no reduction");
+    const Span out = span_of(y);
+    for (int k = 0; k < c_.in.size(); ++k)
+      LOOM_CHECK(c_.in[k] == nullptr || !out.overlaps(span_of(c_.in[k])), "Fused: out0, where the product is "
+                 "accumulated, overlaps in", k);
   }
 
   // The Pre instructions the Post ones read, found by liveness backwards
@@ -723,6 +758,13 @@ void run_steps(const Plan& pl, const std::vector<Step>& steps, Frame& f, int64_t
       case Kind::Op: run_op(pl, s, f, len); break;
       case Kind::Reduce: fold(pl, f, f.reg[x.a], p, len); break;
       case Kind::Store: store(pl.operands[s.operand], f.base[s.operand], p, len, f.reg[x.a]); break;
+      case Kind::Product: {
+        // A copy, not a pointer into out0: a Store to out0 may come before another reads the product.
+        float* buf = f.block(x.dst);
+        read_run(pl.operands[s.operand], p, 1, len, buf);
+        f.reg[x.dst] = {buf, false};
+        break;
+      }
     }
   }
 }
@@ -747,6 +789,80 @@ void run_rows(const Plan& pl, Frame& f, int64_t lo, int64_t hi) {
   }
 }
 
+// ---- GEMM epilogues ----
+
+// The threads sgemm may run its blocks on, each needing a frame.
+int64_t product_frames() { return in_parallel_region() ? 1 : get_num_threads(); }
+
+int64_t product_pack_floats(const KernelCall& c) {
+  const TensorImpl *a = c.in[0], *b = c.in[1];
+  return sgemm_workspace_floats(gemm_isa(), a->sizes[0], a->sizes[1], b->sizes[2], a->sizes[2]);
+}
+
+// The workspace of a product program: the GEMM's packing space, then one
+// frame per thread sgemm may call the epilogue on.
+struct ProductLayout {
+  int64_t pack, frames, registers, operands;
+  float* operator()(WorkspaceLayout& ws, std::vector<Frame>* out = nullptr) const {
+    float* p = ws.take<float>(pack);
+    for (int64_t t = 0; t < frames; ++t) {
+      Frame f = take_frame(ws, registers, operands);
+      if (out != nullptr) out->push_back(f);
+    }
+    return p;
+  }
+};
+
+// The epilogue sgemm calls on each finished block of out0: the program over
+// each of the block's rows, on a frame no other thread holds.
+struct ProductPost {
+  const Plan* pl;
+  const float* base;  // out0's first element: a block's flat domain index is its offset from here
+  std::vector<Frame>* frames;
+  std::mutex mu;
+  std::vector<int64_t> free;  // frames not in use
+};
+
+void product_post(void* ctx, float* c, int64_t rs, int64_t cs, int64_t rows, int64_t cols) {
+  auto& post = *static_cast<ProductPost*>(ctx);
+  int64_t id;
+  {
+    std::lock_guard<std::mutex> lock(post.mu);
+    LOOM_ASSERT(!post.free.empty(), "Fused: more GEMM threads than frames");
+    id = post.free.back();
+    post.free.pop_back();
+  }
+  Frame& f = (*post.frames)[static_cast<size_t>(id)];
+  std::fill(f.base, f.base + post.pl->operands.size(), int64_t{0});
+  LOOM_ASSERT(cs == 1, "Fused: a product block with column stride ", cs);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t at = c + r * rs - post.base;
+    run_span(*post.pl, post.pl->first, f, at, at + cols);
+  }
+#if defined(__SSE__)
+  if (post.pl->streams) _mm_sfence();
+#endif
+  std::lock_guard<std::mutex> lock(post.mu);
+  post.free.push_back(id);
+}
+
+void run_product(const KernelCall& c, const Plan& pl) {
+  const TensorImpl *a = c.in[0], *b = c.in[1];
+  TensorImpl* y = c.out[0];
+  const ProductLayout layout{product_pack_floats(c), product_frames(), pl.registers,
+                             static_cast<int64_t>(pl.operands.size())};
+  WorkspaceLayout ws = carve(c);
+  std::vector<Frame> frames;
+  float* pack = layout(ws, &frames);
+  ProductPost post{&pl, data_ptr<float>(y), &frames, {}, {}};
+  for (int64_t t = layout.frames; t-- > 0;) post.free.push_back(t);
+  SgemmEpilogue ep{nullptr, 0, false, &product_post, &post};
+  sgemm(gemm_isa(), a->sizes[0], a->sizes[1], b->sizes[2], a->sizes[2],
+        {data_ptr<float>(a), a->strides[0], a->strides[1], a->strides[2]},
+        {data_ptr<float>(b), b->strides[0], b->strides[1], b->strides[2]},
+        {data_ptr<float>(y), y->strides[0], y->strides[1], y->strides[2]}, &ep, GemmWorkspace{pack, layout.pack});
+}
+
 // The per-slot workspace layout (Note [Kernel workspaces]).
 struct SlotLayout {
   int64_t registers, operands;
@@ -766,6 +882,7 @@ namespace kernel {
 void Fused(const KernelCall& c) {
   const FusedProgram& pg = program_of(c);
   const Plan pl = Planner(c, pg).plan();
+  if (pl.product) return run_product(c, pl);
   const Split split = split_of(pg);
   const SlotLayout layout{pl.registers, static_cast<int64_t>(pl.operands.size())};
   parallel_slots(split.items(), split.grain(), [&](int64_t slot, int64_t lo, int64_t hi) {
@@ -791,6 +908,13 @@ size_t Fused(const KernelCall& c) {
   const auto* params = std::get_if<FusedParams>(&c.params);
   if (params == nullptr || params->program == nullptr) return 0;  // the kernel says what is wrong
   const FusedProgram& pg = *params->program;
+  if (pg.product) {
+    if (c.in.size() < 2 || c.in[0] == nullptr || c.in[1] == nullptr || c.in[0]->dim() != 3 || c.in[1]->dim() != 3)
+      return 0;  // the kernel says what is wrong
+    WorkspaceLayout ws;
+    ProductLayout{product_pack_floats(c), product_frames(), std::max(pg.registers, 0), count_operands(pg)}(ws);
+    return ws.bytes();
+  }
   const Split split = split_of(pg);
   const SlotLayout layout{std::max(pg.registers, 0), count_operands(pg)};
   return slots_workspace_bytes(slot_count(split.items(), split.grain()), layout);
