@@ -109,6 +109,12 @@ struct CompileOptions {
   // single kernels whose intermediates never reach memory (Note [Fusion] in
   // src/jit/fusion.cpp). LOOM_LOG_COMPILE=1 prints what fused and why groups broke.
   bool fuse = true;
+  // Fuse the elementwise ops after a batched matrix product into its
+  // epilogue (they run on each block of the product as the GEMM finishes
+  // it). Off by default: the interpreter's dispatch per block of the
+  // product costs more than the memory pass it saves at the sizes measured
+  // (make bench's compile group); tests turn it on.
+  bool fuse_gemm_epilogues = false;
   // Run independent kernels at the same time, the pool's threads split
   // between them (Note [Scheduling] in src/jit/scheduler.cpp); results are
   // bitwise those of the serial order.

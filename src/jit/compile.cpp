@@ -181,8 +181,21 @@ class Executor {
       o.extra_writes = restore_at_;
       auto s = std::make_unique<Schedule>(build_schedule(g_ref, o));
       if (const char* log = std::getenv("LOOM_LOG_SCHEDULE"); log != nullptr && *log != '\0' && *log != '0')
+      {
         std::fprintf(stderr, "loom::compile: %s\n",
                      s->serial() ? "no overlap worth a team: the serial order" : s->summary().c_str());
+        if (std::string(log) == "2")  // each parallel segment's nodes and estimated one-thread costs
+          for (const Schedule::Segment& seg : s->segments) {
+            if (!seg.parallel) continue;
+            std::fprintf(stderr, "  parallel segment [%d, %d):", seg.begin, seg.end);
+            for (int i = seg.begin; i < seg.end; ++i) {
+              const int k = s->order[static_cast<size_t>(i)];
+              std::fprintf(stderr, " %s %.0fus", g_ref.nodes[static_cast<size_t>(k)].name().c_str(),
+                           s->cost_us[static_cast<size_t>(k)]);
+            }
+            std::fprintf(stderr, "\n");
+          }
+      }
       if (!s->serial()) use_schedule(std::move(s));
     }
   }
@@ -431,7 +444,7 @@ std::shared_ptr<GraphImpl> recompute_and_plan(std::shared_ptr<GraphImpl> g, cons
     int64_t copies = 0;
     if (segments != 0) copies += recompute_segments(*c, segments);
     if (o.recompute_cheap) copies += recompute_cheap(*c);
-    if (o.fuse) fuse(*c);
+    if (o.fuse) fuse(*c, o.fuse_gemm_epilogues);
     plan_memory(*c, o.plan_memory);
     c->plan.recomputed_nodes = copies;
     return c;

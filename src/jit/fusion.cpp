@@ -191,8 +191,8 @@ struct Group {
 
 class Fuser {
  public:
-  explicit Fuser(GraphImpl& g)
-      : g_(g), readers_(g.buffers.size()), writers_(g.buffers.size()), first_write_(g.buffers.size(), -1),
+  Fuser(GraphImpl& g, bool gemm_epilogues)
+      : g_(g), gemm_epilogues_(gemm_epilogues), readers_(g.buffers.size()), writers_(g.buffers.size()), first_write_(g.buffers.size(), -1),
         last_read_(g.buffers.size(), -1) {
     for (size_t n = 0; n < g.nodes.size(); ++n) {
       const int k = static_cast<int>(n);
@@ -254,7 +254,7 @@ class Fuser {
       if (vector_rounded(n.op) && !unary_vector_path(val(n.in[0]), o)) return Cls::None;
       return Cls::Elementwise;
     }
-    if (n.op == OpKind::Bmm) {  // a GEMM whose epilogue the group becomes
+    if (n.op == OpKind::Bmm && gemm_epilogues_) {  // a GEMM whose epilogue the group becomes
       for (int v : n.in)
         if (val(v).dtype != kFloat32) return Cls::None;
       return o.dtype == kFloat32 && dense(o) && shape_numel(o.sizes) > 0 ? Cls::Product : Cls::None;
@@ -695,6 +695,7 @@ class Fuser {
 
   static constexpr size_t kMaxOpen = 8;
   GraphImpl& g_;
+  bool gemm_epilogues_;
   std::vector<std::vector<int>> readers_, writers_;
   std::vector<int> first_write_, last_read_;  // per buffer: its first writer, its last reader
   std::set<int> returned_;
@@ -708,6 +709,6 @@ class Fuser {
 
 }  // namespace
 
-int fuse(GraphImpl& g) { return Fuser(g).run(); }
+int fuse(GraphImpl& g, bool gemm_epilogues) { return Fuser(g, gemm_epilogues).run(); }
 
 }  // namespace loom::jit::detail

@@ -147,7 +147,7 @@ int recompute_segments(GraphImpl& g, int segments);
 // The fusion pass (src/jit/fusion.cpp, Note [Fusion]): groups elementwise
 // chains, with at most one row reduction each, into Fused nodes; returns how
 // many Fused nodes it made.
-int fuse(GraphImpl& g);
+int fuse(GraphImpl& g, bool gemm_epilogues);
 // Recomputes first/last use of every buffer from the nodes.
 void compute_liveness(GraphImpl& g);
 

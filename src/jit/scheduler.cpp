@@ -70,6 +70,9 @@
 // one thread (multiply-adds for Linear, Bmm, convolutions and attention,
 // bytes for the rest, plus the dispatch) and on all of them (the same over
 // the threads it would use, with an efficiency below one, plus a fork).
+// Memory-bound kernels large enough to split over the pool share the
+// memory's bandwidth, so the model gives them no gain from running side by
+// side (their one-thread time is their all-thread time times the threads).
 // The recorded order is cut into windows of kWindow nodes; for each, the
 // serial estimate is the sum of its nodes' all-thread times, the parallel
 // one a list-scheduling simulation of its nodes on `threads` single-thread
@@ -128,7 +131,7 @@ constexpr double kStreamEfficiency = 0.7; // of a memory-bound kernel split over
 constexpr double kGemmForkMacs = 1 << 20; // the GEMM runs on one thread below this (cpu_gemm.cpp)
 constexpr int64_t kGrain = 32768;         // elementwise kernels split above this (cpu_dispatch.h)
 constexpr int kWindow = 48;               // nodes per decision
-constexpr double kMinGain = 0.9;          // parallel when estimated below this share of serial
+constexpr double kMinGain = 0.95;         // parallel when estimated below this share of serial
 
 // The policy Executors use: LOOM_SCHEDULE=parallel|serial|auto (read once)
 // unless a test set one.
@@ -231,6 +234,10 @@ NodeCost cost_of(const GraphImpl& g, const NodeInfo& n, int threads) {
   c.one = kDispatchUs + work;
   const int64_t chunks = std::min<int64_t>(threads, (widest + kGrain - 1) / kGrain);
   c.wide = chunks <= 1 ? c.one : kDispatchUs + kKernelForkUs + work / (static_cast<double>(chunks) * kStreamEfficiency);
+  // A kernel large enough to split streams at the memory's pace: two of
+  // them side by side share that bandwidth, so on one thread each they
+  // take as long as one after another on all threads.
+  if (chunks > 1) c.one = std::max(c.one, c.wide * static_cast<double>(chunks));
   return c;
 }
 

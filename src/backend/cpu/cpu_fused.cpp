@@ -477,7 +477,8 @@ class Planner {
     Operand o;
     o.data = t->data();
     o.is_bool = t->dtype == kBool;
-    o.stream = !input && !o.is_bool && t->numel() * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
+    // (Not in a GEMM epilogue: the block it writes was just computed and is in cache.)
+    o.stream = !input && !o.is_bool && !pg_.product && t->numel() * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
     p_.streams = p_.streams || o.stream;
     const int64_t k = row ? 0 : split_.k;
     const Shape rows_sizes(t->sizes.begin(), t->sizes.end() - k);
@@ -835,9 +836,14 @@ void product_post(void* ctx, float* c, int64_t rs, int64_t cs, int64_t rows, int
   Frame& f = (*post.frames)[static_cast<size_t>(id)];
   std::fill(f.base, f.base + post.pl->operands.size(), int64_t{0});
   LOOM_ASSERT(cs == 1, "Fused: a product block with column stride ", cs);
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t at = c + r * rs - post.base;
-    run_span(*post.pl, post.pl->first, f, at, at + cols);
+  if (rs == cols) {  // whole rows: one run (the interpreter's dispatch is per block, not per row)
+    const int64_t at = c - post.base;
+    run_span(*post.pl, post.pl->first, f, at, at + rows * cols);
+  } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t at = c + r * rs - post.base;
+      run_span(*post.pl, post.pl->first, f, at, at + cols);
+    }
   }
 #if defined(__SSE__)
   if (post.pl->streams) _mm_sfence();
