@@ -11,13 +11,13 @@
 
 namespace loom::test {
 
-void expect_same_state(const nn::Module& a, const nn::Module& b) {
+inline void expect_same_state(const nn::Module& a, const nn::Module& b) {
   StateDict sa = a.state_dict(), sb = b.state_dict();
   ASSERT_EQ(sa.size(), sb.size());
   for (size_t k = 0; k < sa.size(); ++k) EXPECT_TRUE(same_bits(sa[k].second, sb[k].second)) << sa[k].first;
 }
 
-void copy_params(nn::Module& from, nn::Module& to) { to.load_state_dict(from.state_dict()); }
+inline void copy_params(nn::Module& from, nn::Module& to) { to.load_state_dict(from.state_dict()); }
 
 using Step = std::function<Tensor(const Tensor&, const Tensor&)>;
 
@@ -41,7 +41,7 @@ const auto language_model = [](const auto& m, const Tensor& x, const Tensor& y) 
 
 // Batch k: inputs of `shape` (token ids below `vocab` when vocab > 0, else
 // normal noise) and class targets below `classes`, drawn from Generator(seed + k).
-auto batches(Shape shape, int64_t vocab, int64_t classes, Shape target_shape, uint64_t seed) {
+inline auto batches(Shape shape, int64_t vocab, int64_t classes, Shape target_shape, uint64_t seed) {
   return [=](int k) {
     Generator g(seed + static_cast<uint64_t>(k));
     Tensor x = vocab > 0 ? randint(0, vocab, shape, {}, g) : randn(shape, {}, g);
@@ -49,7 +49,17 @@ auto batches(Shape shape, int64_t vocab, int64_t classes, Shape target_shape, ui
   };
 }
 
-models::GPTConfig tiny_gpt(int64_t layers) {
+// A 2-layer LSTM language model small enough for bitwise replay tests.
+inline models::LSTMLMConfig tiny_lstm() {
+  models::LSTMLMConfig cfg;
+  cfg.vocab_size = 30;
+  cfg.hidden = 24;
+  cfg.layers = 2;
+  cfg.dropout = 0.2;
+  return cfg;
+}
+
+inline models::GPTConfig tiny_gpt(int64_t layers) {
   models::GPTConfig cfg;
   cfg.n_layer = layers;
   cfg.n_embd = 32;

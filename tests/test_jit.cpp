@@ -118,11 +118,7 @@ TEST(Compile, GptWithDropoutAndChangingLearningRate) {
 }
 
 TEST(Compile, LstmLanguageModel) {
-  models::LSTMLMConfig cfg;
-  cfg.vocab_size = 30;
-  cfg.hidden = 24;
-  cfg.layers = 2;
-  cfg.dropout = 0.2;
+  const models::LSTMLMConfig cfg = tiny_lstm();
   manual_seed(5);
   models::LSTMLM a(cfg), b(cfg);
   copy_params(*a, *b);

@@ -350,11 +350,7 @@ TEST(Scheduler, MlpTrainingMatchesSerial) {
 TEST(Scheduler, LstmTrainingMatchesSerial) {
   for (SchedulePolicy policy : {SchedulePolicy::Parallel, SchedulePolicy::Auto}) {
     Setting setting(2, policy);
-    models::LSTMLMConfig cfg;
-    cfg.vocab_size = 30;
-    cfg.hidden = 24;
-    cfg.layers = 2;
-    cfg.dropout = 0.2;
+    const models::LSTMLMConfig cfg = tiny_lstm();
     manual_seed(5);
     models::LSTMLM a(cfg), b(cfg);
     optim::Adam oa(a->parameters(), optim::AdamOptions(2e-3));
@@ -366,13 +362,7 @@ TEST(Scheduler, LstmTrainingMatchesSerial) {
 TEST(Scheduler, GptTrainingMatchesSerial) {
   for (int threads : {2, 1}) {
     Setting setting(threads, SchedulePolicy::Parallel);
-    models::GPTConfig cfg;
-    cfg.n_layer = 2;
-    cfg.n_embd = 32;
-    cfg.n_head = 4;
-    cfg.block_size = 16;
-    cfg.vocab_size = 40;
-    cfg.dropout = 0.1;
+    const models::GPTConfig cfg = tiny_gpt(2);
     manual_seed(4);
     models::GPT a(cfg), b(cfg);
     optim::AdamW oa(a->parameters(), optim::AdamWOptions(1e-3));
