@@ -75,20 +75,15 @@ bool vector_rounded(OpKind op) {
   }
 }
 
+// The elementwise kernels, comparisons, logical ops and casts.
 bool elementwise_op(OpKind op) {
   switch (op) {
-    case OpKind::Copy: case OpKind::Neg: case OpKind::Exp: case OpKind::Log: case OpKind::Log1p:
-    case OpKind::Sqrt: case OpKind::Rsqrt: case OpKind::Abs: case OpKind::Sign: case OpKind::Sin:
-    case OpKind::Cos: case OpKind::Tanh: case OpKind::Erf: case OpKind::Sigmoid: case OpKind::Relu:
-    case OpKind::LeakyRelu: case OpKind::Elu: case OpKind::Gelu: case OpKind::GeluTanh: case OpKind::Silu:
-    case OpKind::Softplus: case OpKind::Clamp: case OpKind::LogicalNot: case OpKind::IsNan:
-    case OpKind::Add: case OpKind::Sub: case OpKind::Mul: case OpKind::Div: case OpKind::Pow:
-    case OpKind::Maximum: case OpKind::Minimum: case OpKind::Eq: case OpKind::Ne: case OpKind::Lt:
-    case OpKind::Le: case OpKind::Gt: case OpKind::Ge: case OpKind::LogicalAnd: case OpKind::LogicalOr:
-    case OpKind::Where: case OpKind::ThresholdBackward: case OpKind::GeluBackward:
+    case OpKind::Copy: case OpKind::LogicalNot: case OpKind::IsNan: case OpKind::Eq: case OpKind::Ne:
+    case OpKind::Lt: case OpKind::Le: case OpKind::Gt: case OpKind::Ge: case OpKind::LogicalAnd:
+    case OpKind::LogicalOr:
       return true;
     default:
-      return false;
+      return elementwise_kernel(op);
   }
 }
 

@@ -144,6 +144,10 @@ int recompute_cheap(GraphImpl& g);
 // and recomputes each run's activations in the backward; returns how many
 // nodes it inserted.
 int recompute_segments(GraphImpl& g, int segments);
+// Ops whose kernel computes output element k from element k of each input
+// in one dtype (unary and binary arithmetic, Where, relu's and gelu's
+// backward masks): the planner's in-place reuse and the fusion pass use it.
+bool elementwise_kernel(OpKind op);
 // The fusion pass (src/jit/fusion.cpp, Note [Fusion]): groups elementwise
 // chains, with at most one row reduction each, into Fused nodes; returns how
 // many Fused nodes it made.

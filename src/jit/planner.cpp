@@ -36,18 +36,7 @@ size_t aligned(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 // epilogue, whose product fills out0 before the program reads the inputs.
 bool elementwise(const NodeInfo& n) {
   if (const auto* f = std::get_if<FusedParams>(&n.params)) return f->program->reduce_dims == 0 && !f->program->product;
-  switch (n.op) {
-    case OpKind::Neg: case OpKind::Exp: case OpKind::Log: case OpKind::Log1p: case OpKind::Sqrt:
-    case OpKind::Rsqrt: case OpKind::Abs: case OpKind::Sign: case OpKind::Sin: case OpKind::Cos:
-    case OpKind::Tanh: case OpKind::Erf: case OpKind::Sigmoid: case OpKind::Relu: case OpKind::LeakyRelu:
-    case OpKind::Elu: case OpKind::Gelu: case OpKind::GeluTanh: case OpKind::Silu: case OpKind::Softplus:
-    case OpKind::Clamp: case OpKind::Add: case OpKind::Sub: case OpKind::Mul: case OpKind::Div:
-    case OpKind::Pow: case OpKind::Maximum: case OpKind::Minimum: case OpKind::Where:
-    case OpKind::ThresholdBackward: case OpKind::GeluBackward:
-      return true;
-    default:
-      return false;
-  }
+  return elementwise_kernel(n.op);
 }
 
 bool whole(const GraphImpl& g, int v) {
@@ -96,6 +85,23 @@ int reuse_in_place(GraphImpl& g) {
 }
 
 }  // namespace
+
+// Unary and binary arithmetic, Where and the backward masks: element k of
+// the output from element k of each input, one dtype throughout.
+bool elementwise_kernel(OpKind op) {
+  switch (op) {
+    case OpKind::Neg: case OpKind::Exp: case OpKind::Log: case OpKind::Log1p: case OpKind::Sqrt:
+    case OpKind::Rsqrt: case OpKind::Abs: case OpKind::Sign: case OpKind::Sin: case OpKind::Cos:
+    case OpKind::Tanh: case OpKind::Erf: case OpKind::Sigmoid: case OpKind::Relu: case OpKind::LeakyRelu:
+    case OpKind::Elu: case OpKind::Gelu: case OpKind::GeluTanh: case OpKind::Silu: case OpKind::Softplus:
+    case OpKind::Clamp: case OpKind::Add: case OpKind::Sub: case OpKind::Mul: case OpKind::Div:
+    case OpKind::Pow: case OpKind::Maximum: case OpKind::Minimum: case OpKind::Where:
+    case OpKind::ThresholdBackward: case OpKind::GeluBackward:
+      return true;
+    default:
+      return false;
+  }
+}
 
 size_t assign_offsets(const std::vector<Interval>& intervals, std::vector<int64_t>& offsets) {
   const size_t n = intervals.size();
