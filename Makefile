@@ -3,6 +3,7 @@
 #   make test    install missing OS packages (as root), configure, build, run ctest
 #   make demo    train an MLP, then the small CNN, on Fashion-MNIST with `loom train` (the main job)
 #   make build   configure and build only
+#   make python  build the Python package's extension (python/loom/_C*.so; PYTHONPATH=python)
 #   make bench   benchmarks side by side with PyTorch (bench/run.py)
 #   make bench-serve  `loom serve` under wrk: batch-1 against dynamic batching (bench/serve/run.py)
 #   make clean   remove build directories
@@ -17,7 +18,9 @@ PYTHON     ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo 
 
 DEPS       := build-essential cmake libgtest-dev libgmock-dev libbenchmark-dev libomp-dev zlib1g-dev \
               nlohmann-json3-dev libcli11-dev libpng-dev dataset-fashion-mnist fortunes \
-              openmpi-bin libopenmpi-dev pkg-config libcpp-httplib-dev
+              openmpi-bin libopenmpi-dev pkg-config libcpp-httplib-dev \
+              python3-dev pybind11-dev python3-numpy python3-pytest python3-torch python3-setuptools \
+              python3-venv python3-pip
 BENCH_DEPS := python3 python3-torch libtorch-dev libopenblas0-pthread
 BENCH_SERVE_DEPS := wrk
 
@@ -43,7 +46,7 @@ define ensure_packages
 	fi
 endef
 
-.PHONY: all test build bench bench-serve gpt-parity demo clean deps bench-deps bench-serve-deps configure
+.PHONY: all test build python bench bench-serve gpt-parity demo clean deps bench-deps bench-serve-deps configure
 
 all: build
 
@@ -61,6 +64,9 @@ configure: deps
 
 build: configure
 	cmake --build $(BUILD_DIR) -j$(JOBS)
+
+python: configure
+	cmake --build $(BUILD_DIR) -j$(JOBS) --target loom_python
 
 test: build
 	cd $(BUILD_DIR) && ctest $(CTEST_ARGS)

@@ -639,4 +639,71 @@ TEST(Hooks, QueuedCallbackRunsOnceAfterEveryGradientIsAccumulated) {
   EXPECT_THROW(autograd::queue_callback([] {}), Error);  // no backward running
 }
 
+// custom_function (loom/autograd_function.h): a caller-written backward,
+// what the Python package's loom.autograd.Function runs on.
+TEST(CustomFunction, BackwardGetsSavedTensorsAndGradsPerOutput) {
+  Tensor x = tensor({1.0, 2.0, 3.0}, kFloat64).requires_grad_();
+  Tensor y, aux;
+  {
+    NoGradGuard ng;
+    y = x * x * x;
+    aux = x.gt(1.5);
+  }
+  int calls = 0;
+  auto outs = autograd::custom_function(
+      "CubeBackward", {x}, {y, aux}, {x, y},
+      [&calls](const std::vector<Tensor>& saved, const std::vector<Tensor>& grads) {
+        ++calls;
+        EXPECT_EQ(saved.size(), 2u);
+        EXPECT_EQ(grads.size(), 2u);
+        return std::vector<Tensor>{grads[0] * 3 * saved[1] / saved[0]};  // 3 x^2 from x and x^3
+      },
+      {1});
+  ASSERT_EQ(outs.size(), 2u);
+  EXPECT_EQ(autograd::node_name(*outs[0].grad_fn()), "CubeBackward");
+  EXPECT_FALSE(outs[1].requires_grad());
+  EXPECT_FALSE(y.requires_grad());  // the caller's tensors keep no history
+  outs[0].sum().backward();
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(x.grad().to_vector<double>(), (std::vector<double>{3, 12, 27}));
+  auto next = autograd::next_functions(*outs[0].grad_fn());
+  ASSERT_EQ(next.size(), 1u);
+  EXPECT_EQ(autograd::node_name(*next[0].first), "AccumulateGrad");
+}
+
+TEST(CustomFunction, WrongGradientShapeOrCountIsAnError) {
+  Tensor x = tensor({1.0, 2.0}, kFloat64).requires_grad_();
+  Tensor y;
+  {
+    NoGradGuard ng;
+    y = x * 2;
+  }
+  auto bad_shape = autograd::custom_function("BadBackward", {x}, {y}, {}, [](auto&, auto&) {
+    return std::vector<Tensor>{ones({5}, kFloat64)};
+  });
+  EXPECT_TRUE(test::throws_with([&] { bad_shape[0].sum().backward(); },
+                          {"BadBackward: backward returned an invalid gradient at index 0: got [5] but "
+                           "expected shape [2]"}));
+  auto bad_count = autograd::custom_function("TwoBackward", {x}, {y}, {}, [](auto&, auto&) {
+    return std::vector<Tensor>{};
+  });
+  EXPECT_TRUE(test::throws_with([&] { bad_count[0].sum().backward(); },
+                          {"TwoBackward: backward returned 0 gradients; expected 1"}));
+}
+
+TEST(CustomFunction, SavedInputWrittenInPlaceIsAnError) {
+  Tensor x = tensor({1.0, 2.0}, kFloat64).requires_grad_();
+  Tensor w = tensor({3.0, 4.0}, kFloat64);
+  Tensor y;
+  {
+    NoGradGuard ng;
+    y = x * w;
+  }
+  auto out = autograd::custom_function("MulBackward", {x}, {y}, {w}, [](const std::vector<Tensor>& s, auto& g) {
+    return std::vector<Tensor>{g[0] * s[0]};
+  });
+  w.add_(1);
+  EXPECT_TRUE(test::throws_with([&] { out[0].sum().backward(); }, {"modified by an inplace operation"}));
+}
+
 }  // namespace

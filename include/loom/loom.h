@@ -3,6 +3,7 @@
 
 #include "loom/allocator.h"
 #include "loom/autograd.h"
+#include "loom/autograd_function.h"
 #include "loom/checkpoint.h"
 #include "loom/device.h"
 #include "loom/distributed.h"

@@ -1,0 +1,40 @@
+// Autograd from Python: grad mode, loom.autograd.grad / backward, and the
+// node behind loom.autograd.Function (python/loom/autograd/function.py).
+#include "bind.h"
+
+namespace loom::python {
+
+void bind_autograd(py::module_& m) {
+  auto ag = m.def_submodule("_autograd");
+  ag.def("is_grad_enabled", &is_grad_enabled);
+  ag.def("set_grad_enabled", &set_grad_enabled, py::arg("mode"));
+  ag.def(
+      "grad",
+      [](std::vector<Tensor> outputs, std::vector<Tensor> inputs, std::vector<Tensor> grad_outputs,
+         std::optional<bool> retain_graph, bool create_graph, bool allow_unused) {
+        release_gil g;
+        return autograd::grad(outputs, inputs, grad_outputs, retain_graph, create_graph, allow_unused);
+      },
+      py::arg("outputs"), py::arg("inputs"), py::arg("grad_outputs"), py::arg("retain_graph"),
+      py::arg("create_graph"), py::arg("allow_unused"));
+  ag.def(
+      "backward",
+      [](std::vector<Tensor> outputs, std::vector<Tensor> grad_outputs, bool retain_graph, bool create_graph) {
+        release_gil g;
+        autograd::backward(outputs, grad_outputs, retain_graph, create_graph);
+      },
+      py::arg("tensors"), py::arg("grad_tensors"), py::arg("retain_graph"), py::arg("create_graph"));
+  // The Python Function's node. `backward(saved, grads)` is Python; the
+  // engine calls it with the GIL taken (pybind11's std::function caster
+  // acquires it for the call and for releasing the callable).
+  ag.def(
+      "custom_function",
+      [](const std::string& name, std::vector<Tensor> inputs, std::vector<Tensor> outputs,
+         std::vector<Tensor> to_save, autograd::CustomBackward backward, std::vector<size_t> non_differentiable) {
+        return autograd::custom_function(name, inputs, outputs, to_save, std::move(backward), non_differentiable);
+      },
+      py::arg("name"), py::arg("inputs"), py::arg("outputs"), py::arg("to_save"), py::arg("backward"),
+      py::arg("non_differentiable"));
+}
+
+}  // namespace loom::python
