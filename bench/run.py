@@ -195,6 +195,15 @@ WORKLOADS = [
              min_speedup=1.25),
     Workload("compile_lstm_step", "LSTM LM step T64 N32", "compile", source="compile", part="lstm_step",
              min_speedup=1.3),
+    # Python (issue 20): a 10-element add from Python, loom against torch in
+    # one process (python_bench.py): loom time <= 0.8x torch's. The MLP
+    # example in Python against `loom train --model mlp`: in this row the
+    # torch column is `loom train`'s epoch, and the Python epoch may take at
+    # most 1.1x as long (Note [The python group]).
+    Workload("py_add", "Python add[10]", "python", source="python", min_speedup=1 / 0.8),
+    Workload("py_add_autograd", "Python add[10] autograd", "python", source="python", min_speedup=1 / 0.8),
+    Workload("py_mlp_epoch", "Python MLP epoch / loom train", "python", source="python", model="mlp",
+             min_speedup=1 / 1.1),
     Workload("compile_mlp_epoch", "MLP epoch (Fashion-MNIST)", "compile", source="compile", model="mlp",
              min_speedup=1.15),
     Workload("compile_cnn_epoch", "CNN epoch (Fashion-MNIST)", "compile", source="compile", model="cnn",
@@ -841,6 +850,47 @@ def finish(entry):
             entry["best_flops_per_s"] = max(entry["flops_per_s"])
 
 
+# Note [The python group]
+# The Python package's two numbers (issue 20). The add rows time `a + b` on
+# 10 floats with loom and torch taking turns in one Python process
+# (bench/python_bench.py), so both pay the same interpreter. The epoch row
+# runs python/examples/fashion_mnist.py and `loom train --model mlp` with
+# the same model, optimizer, batch size and threads, one after the other,
+# --epochs each, and compares median epoch times: the Python loop is the
+# only difference. Its "torch" column holds `loom train`'s epoch.
+def collect_python(args, rows_wanted, res, meta):
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    if any(w.key != "py_mlp_epoch" for w in rows_wanted):
+        log(f"[python] bench/python_bench.py: loom and torch from Python, {args.rounds} rounds")
+        cmd = [args.python, os.path.join(HERE, "python_bench.py"), "--threads", str(args.threads),
+               "--rounds", str(args.rounds), "--repetitions", str(args.repetitions)]
+        data = run_json(cmd, what="python_bench", env=env) or {}
+        meta["torch"] = meta["torch"] or data.get("torch")
+        for w in rows_wanted:
+            for side, col in (("loom", "loom"), ("torch", "torch_installed")):
+                merge(res, w.key, col, (data.get(w.key) or {}).get(side))
+    if any(w.key == "py_mlp_epoch" for w in rows_wanted):
+        log(f"[py_mlp_epoch] python/examples/fashion_mnist.py, then loom train --model mlp, {args.epochs} epochs")
+        merge(res, "py_mlp_epoch", "loom", run_python_epoch(args, env))
+        merge(res, "py_mlp_epoch", "torch_installed", run_loom_epoch(args, "mlp"))
+
+
+def run_python_epoch(args, env):
+    """Per-epoch training seconds of the Python MLP example, from its metrics CSV."""
+    work = os.path.join(args.work_dir, "python_mlp_epoch")
+    os.makedirs(work, exist_ok=True)
+    metrics = os.path.join(work, "metrics.csv")
+    cmd = [args.python, os.path.join(ROOT, "python", "examples", "fashion_mnist.py"), "--epochs", str(args.epochs),
+           "--threads", str(args.threads), "--metrics", metrics]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    if proc.returncode != 0:
+        log(f"  the Python example failed (exit {proc.returncode}): " + " | ".join(proc.stdout.strip().splitlines()[-3:]))
+        return None
+    with open(metrics, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {"times_s": [float(r["seconds"]) for r in rows], "test_acc": float(rows[-1]["test_acc"])}
+
+
 def collect_memory(args, w, res, torch_worker):
     """A "mem" row: one bench_ops run for loom's bytes and one torch_ops.py
     reply for torch's (BLAS plays no part in memory, so torch runs as
@@ -918,6 +968,10 @@ def collect(args, selected):
             meta["torch"] = meta["torch"] or data.get("torch")
             for key, entry in data.get("results", {}).items():
                 merge(res, key, "torch_installed", entry)
+
+    python_rows = [w for w in selected if w.source == "python"]
+    if python_rows:
+        collect_python(args, python_rows, res, meta)
 
     graph = [w for w in selected if w.source == "graph"]
     if graph:
@@ -1217,6 +1271,9 @@ def print_table(args, selected, rows, meta):
               f"(torch {PROBE_WORKLOAD}: {probe})")
     if table:
         print_main_rows(table, rows)
+        if any(w.key == "py_mlp_epoch" for w in table):
+            print("py_mlp_epoch: its torch column is `loom train --model mlp`'s epoch; the speedup is loom train's "
+                  "epoch / the Python example's (Note [The python group])")
     graph = [w for w in selected if w.source == "graph"]
     if graph:
         print_graph(args, graph, rows, meta)

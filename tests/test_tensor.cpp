@@ -322,6 +322,31 @@ TEST(Views, IndexPut) {
   EXPECT_EQ(vals(x), (V{1, 2, 3, 4, 0, 5, 0, 0, 0, 5, 0, 0}));
 }
 
+// x[:, idx] = v and x[mask] = v as PyTorch: integer tensors (negative ones
+// too) and masks over leading dims, with the value broadcast to the
+// indexed shape.
+TEST(Views, IndexPutThroughTensorIndices) {
+  Tensor x = zeros({3, 4});
+  x.index_put_({Slice(), tensor({3, -4})}, tensor({7.0f, 8.0f}));
+  EXPECT_EQ(vals(x), (V{8, 0, 0, 7, 8, 0, 0, 7, 8, 0, 0, 7}));
+  Tensor y = zeros({3, 2});
+  y.index_put_({tensor({true, false, true})}, tensor({1.0f, 2.0f}));
+  EXPECT_EQ(vals(y), (V{1, 2, 0, 0, 1, 2}));
+  Tensor z = zeros({2, 3});
+  z.index_put_({tensor({{1, 0}, {1, 1}}), 2}, tensor({{1.0f, 2.0f}, {3.0f, 4.0f}}));
+  EXPECT_EQ(vals(z), (V{0, 0, 2, 0, 0, 4}));  // repeated positions: the last write stays
+  Tensor w = zeros({2, 2, 2});
+  w.index_put_({Ellipsis, tensor({1})}, 9.0);
+  EXPECT_EQ(vals(w), (V{0, 9, 0, 9, 0, 9, 0, 9}));
+  try {
+    x.index_put_({tensor({5})}, 1.0);
+    ADD_FAILURE() << "an out-of-range index did not throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("index 5 is out of bounds for dim 0 with size 3"),
+              std::string::npos) << e.what();
+  }
+}
+
 // ---------------------------------------------------------------- promotion
 
 TEST(TypePromotion, PromoteTypesLattice) {

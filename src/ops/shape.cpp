@@ -584,10 +584,77 @@ Tensor& Tensor::index_put_(const std::vector<indexing::TensorIndex>& idx, const 
       Tensor v = value.reshape({});
       return copy_(loom::where(i.tensor(), v, *this));
     }
-    LOOM_CHECK(!i.is_tensor(), "index_put_: tensor indices are supported only as a full-shape boolean mask; "
-               "use integer and slice indices or index_select/scatter_add");
   }
-  index(idx).copy_(value);
+  size_t p = idx.size();
+  int64_t consumed = 0;
+  for (size_t j = 0; j < idx.size(); ++j) {
+    const auto& i = idx[j];
+    if (i.is_int() || i.is_slice()) ++consumed;
+    if (!i.is_tensor()) continue;
+    LOOM_CHECK(p == idx.size(), "index_put_: only one tensor index per assignment is supported");
+    p = j;
+    consumed += i.tensor().dtype() == kBool ? i.tensor().dim() : 1;
+  }
+  Tensor target = index(idx);
+  if (p == idx.size()) {
+    target.copy_(value);
+    return *this;
+  }
+  // One tensor index (integers, or a mask over some dims): write the value's
+  // slice for each selected position through the view that a plain integer
+  // index in its place gives. d_in: the first dim of *this the tensor index
+  // covers; d_out: where its positions sit in the indexed result.
+  const Tensor& t = idx[p].tensor();
+  int64_t d_in = 0, d_out = 0;
+  for (size_t j = 0; j < p; ++j) {
+    const auto& i = idx[j];
+    if (i.is_ellipsis()) {
+      d_in += dim() - consumed;
+      d_out += dim() - consumed;
+    } else {
+      d_in += i.is_none() ? 0 : 1;
+      d_out += i.is_int() ? 0 : 1;
+    }
+  }
+  std::vector<std::vector<int64_t>> picks;
+  int64_t index_dims = 1;
+  if (t.dtype() == kBool) {
+    index_dims = t.dim();
+    for (int64_t k = 0; k < t.dim(); ++k)
+      LOOM_CHECK(d_in + k < dim() && t.size(k) == size(d_in + k), "index_put_: the boolean mask of shape ",
+                 shape_str(t.sizes()), " does not match the indexed shape ", shape_str(sizes()), " at dim ", d_in + k);
+    std::vector<uint8_t> m = t.to(kUInt8).contiguous().to_vector<uint8_t>();
+    for (int64_t flat = 0; flat < static_cast<int64_t>(m.size()); ++flat) {
+      if (!m[flat]) continue;
+      std::vector<int64_t> pos(t.dim());
+      for (int64_t k = t.dim() - 1, rest = flat; k >= 0; --k) {
+        pos[k] = rest % t.size(k);
+        rest /= t.size(k);
+      }
+      picks.push_back(std::move(pos));
+    }
+  } else {
+    LOOM_CHECK(is_integral(t.dtype(), false), "index_put_: tensors used as indices must be integer or bool, got ",
+               dtype_name(t.dtype()));
+    index_dims = t.dim();
+    const int64_t n = size(d_in);
+    // index(idx) above has checked the bounds.
+    for (int64_t v : t.reshape({-1}).to(kInt64).to_vector<int64_t>()) picks.push_back({v < 0 ? v + n : v});
+  }
+  // The value, broadcast to the indexed shape, with the tensor index's result
+  // dims flattened into one of length picks.size().
+  Tensor v = value.to(dtype()).expand(target.sizes());
+  Shape flat(target.sizes().begin(), target.sizes().begin() + d_out);
+  flat.push_back(static_cast<int64_t>(picks.size()));
+  const int64_t index_result_dims = t.dtype() == kBool ? 1 : index_dims;
+  flat.insert(flat.end(), target.sizes().begin() + d_out + index_result_dims, target.sizes().end());
+  v = v.reshape(flat);
+  for (size_t k = 0; k < picks.size(); ++k) {
+    std::vector<indexing::TensorIndex> at(idx.begin(), idx.begin() + p);
+    for (int64_t c : picks[k]) at.emplace_back(c);
+    at.insert(at.end(), idx.begin() + p + 1, idx.end());
+    index(at).copy_(v.select(d_out, static_cast<int64_t>(k)));
+  }
   return *this;
 }
 
