@@ -3,6 +3,8 @@
     PYTHONPATH=python python3 python/examples/fashion_mnist.py --epochs 5
 
 Reads the Debian package dataset-fashion-mnist; reaches about 89% test accuracy.
+With the same seed it trains the same weights as `loom train --model mlp`
+(AdamW with a cosine schedule stepped every batch).
 """
 import argparse
 import csv
@@ -26,12 +28,14 @@ loom.manual_seed(args.seed)
 loom.set_num_threads(args.threads)
 
 normalize = Normalize((0.2860,), (0.3530,))  # the training set's pixel mean and std
-train_loader = DataLoader(FashionMNIST(train=True, transform=normalize), batch_size=args.batch_size, shuffle=True)
+train_loader = DataLoader(FashionMNIST(train=True, transform=normalize), batch_size=args.batch_size, shuffle=True,
+                          generator=loom.Generator().manual_seed(args.seed))
 test_loader = DataLoader(FashionMNIST(train=False, transform=normalize), batch_size=1000)
 
 model = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
                       nn.Linear(256, 10))
-optimizer = loom.optim.AdamW(model.parameters(), lr=args.lr)
+optimizer = loom.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+scheduler = loom.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * len(train_loader))
 loss_fn = nn.CrossEntropyLoss()
 rows = []
 for epoch in range(1, args.epochs + 1):
@@ -42,6 +46,7 @@ for epoch in range(1, args.epochs + 1):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        scheduler.step()
         total += loss.item()
         batches += 1
     seconds = time.perf_counter() - start

@@ -1,0 +1,2 @@
+"""loom.utils: data loading (loom.utils.data), as torch.utils."""
+from loom.utils import data  # noqa: F401
