@@ -9,17 +9,29 @@ namespace {
 
 using T = const Tensor&;
 
-// An op argument that may be a tensor or a number (a number becomes a 0-dim
-// tensor, which type promotion counts less, as PyTorch's wrapped numbers).
-Tensor operand(py::handle h, const char* op) {
+// An op argument that may be a tensor or a number. A number becomes a 0-dim
+// tensor on `other`'s device with the dtype PyTorch gives `other op number`
+// (a wrapped number: int tensor * 2.5 is float32, not float64).
+Tensor operand(py::handle h, py::handle other, const char* op) {
   if (is_tensor(h)) return unwrap(h);
   Scalar s;
-  if (load_scalar(h, true, s)) return scalar_tensor(s, TensorOptions().dtype(s.dtype()));
+  if (load_scalar(h, true, s)) {
+    if (!is_tensor(other)) return scalar_tensor(s, TensorOptions(s.is_floating_point() ? default_dtype() : s.dtype()));
+    const Tensor& o = unwrap(other);
+    return scalar_tensor(s, TensorOptions(result_type(o, s)).device(o.device()));
+  }
   LOOM_ERROR(op, ": expected a tensor or a number, got ", std::string(py::str(py::type::of(h))));
 }
 
 // A size-like argument in its PyTorch forms: an int or a sequence of ints.
 std::vector<int64_t> int_list(py::handle h) { return h.cast<IntArrayRef>().vec(); }
+
+// A factory's sizes: varargs, one sequence, or the keyword (loom.zeros(size=(2, 3))).
+std::vector<int64_t> factory_sizes(const py::args& args, const py::object& size, const char* what) {
+  if (size.is_none()) return sizes_from_args(args, what);
+  LOOM_CHECK(args.empty(), what, ": sizes given both as arguments and as size=");
+  return int_list(size);
+}
 
 LinearActivation linear_activation(const std::optional<std::string>& a) {
   if (!a || *a == "none") return LinearActivation::None;
@@ -79,6 +91,9 @@ Tensor to_tensor(py::handle data, std::optional<DType> dtype, std::optional<Devi
     t = unwrap(data).detach();
   } else if (is_numpy_array(data)) {
     t = numpy_to_tensor(data, false);
+  } else if (PyObject_HasAttrString(data.ptr(), "dtype") && PyObject_HasAttrString(data.ptr(), "__array__")) {
+    // A NumPy scalar (np.float64(1.5)) keeps its dtype, as in torch.tensor.
+    t = numpy_to_tensor(py::module_::import("numpy").attr("asarray")(data), false);
   } else if (py::hasattr(data, "__dlpack__") && !PyList_Check(data.ptr()) && !PyTuple_Check(data.ptr())) {
     t = py::module_::import("loom").attr("from_dlpack")(data).cast<Tensor>();
   } else {
@@ -90,7 +105,7 @@ Tensor to_tensor(py::handle data, std::optional<DType> dtype, std::optional<Devi
     Nested n;
     n.walk(data, 0);
     if (n.sizes.empty()) n.sizes.push_back(0);
-    const DType natural = n.any_float ? default_dtype() : (n.all_bool && n.any_value) ? kBool : kInt64;
+    const DType natural = n.any_float || !n.any_value ? default_dtype() : n.all_bool ? kBool : kInt64;
     const DType d = dtype.value_or(natural);
     if (!n.any_float && is_integral(d, true) && d != kBool) {
       t = loom::tensor(n.ints, kInt64).to(d);
@@ -122,13 +137,13 @@ void bind_ops(py::module_& m) {
   auto sized = [&](const char* name, Tensor (*fn)(IntArrayRef, const TensorOptions&)) {
     m.def(
         name,
-        [fn, name](const py::args& size, OD dtype, ODev device, bool rg) {
-          auto s = sizes_from_args(size, name);
+        [fn, name](const py::args& args, py::object size, OD dtype, ODev device, bool rg) {
+          auto s = factory_sizes(args, size, name);
           auto o = make_options(dtype, device, rg);
           release_gil g;
           return fn(s, o);
         },
-        py::kw_only(), py::arg("dtype") = py::none(), py::arg("device") = py::none(),
+        py::kw_only(), py::arg("size") = py::none(), py::arg("dtype") = py::none(), py::arg("device") = py::none(),
         py::arg("requires_grad") = false);
   };
   sized("empty", [](IntArrayRef s, const TensorOptions& o) { return empty(s, o); });
@@ -137,16 +152,16 @@ void bind_ops(py::module_& m) {
   auto random_sized = [&](const char* name, Tensor (*fn)(IntArrayRef, const TensorOptions&, OG)) {
     m.def(
         name,
-        [fn, name](const py::args& size, OG gen, OD dtype, ODev device, bool rg) {
-          auto s = sizes_from_args(size, name);
+        [fn, name](const py::args& args, py::object size, OG gen, OD dtype, ODev device, bool rg) {
+          auto s = factory_sizes(args, size, name);
           auto o = make_options(dtype, device, false);
           release_gil g;
           Tensor t = fn(s, o, gen);
           if (rg) t.requires_grad_(true);
           return t;
         },
-        py::kw_only(), py::arg("generator") = py::none(), py::arg("dtype") = py::none(),
-        py::arg("device") = py::none(), py::arg("requires_grad") = false);
+        py::kw_only(), py::arg("size") = py::none(), py::arg("generator") = py::none(),
+        py::arg("dtype") = py::none(), py::arg("device") = py::none(), py::arg("requires_grad") = false);
   };
   random_sized("rand", [](IntArrayRef s, const TensorOptions& o, OG g) { return rand(s, o, g); });
   random_sized("randn", [](IntArrayRef s, const TensorOptions& o, OG g) { return randn(s, o, g); });
@@ -165,13 +180,16 @@ void bind_ops(py::module_& m) {
         py::arg("s"), py::kw_only(), py::arg("dtype") = py::none(), py::arg("device") = py::none(),
         py::arg("requires_grad") = false);
   m.def("arange",
-        [](Scalar start, std::optional<Scalar> end, Scalar step, OD dtype, ODev device, bool rg) {
+        [](std::optional<Scalar> start, std::optional<Scalar> end, Scalar step, OD dtype, ODev device, bool rg) {
+          // arange(end), arange(start, end, step), or keywords: arange(end=4).
+          LOOM_CHECK(start || end, "arange: expected an end (arange(end) or arange(start, end, step))");
           auto o = make_options(dtype, device, rg);
           if (!dtype) o = TensorOptions(o.device()).requires_grad(rg);  // inferred from the bounds
           release_gil g;
-          return end ? arange(start, *end, step, o) : arange(start, o);
+          if (!end) return arange(*start, o);
+          return arange(start.value_or(Scalar(int64_t{0})), *end, step, o);
         },
-        py::arg("start"), py::arg("end") = py::none(), py::arg("step") = 1, py::kw_only(),
+        py::arg("start") = py::none(), py::arg("end") = py::none(), py::arg("step") = 1, py::kw_only(),
         py::arg("dtype") = py::none(), py::arg("device") = py::none(), py::arg("requires_grad") = false);
   m.def("linspace",
         [](double a, double b, int64_t steps, OD dtype, ODev device, bool rg) {
@@ -258,6 +276,7 @@ void bind_ops(py::module_& m) {
   m.def("as_tensor", [](py::handle data, OD dtype, ODev device) { return to_tensor(data, dtype, device, false); },
         py::arg("data"), py::arg("dtype") = py::none(), py::arg("device") = py::none());
   m.def("is_tensor", [](py::handle h) { return is_tensor(h); }, py::arg("obj"));
+  m.def("clone", [](T t) { return t.clone(); }, py::arg("input"), nogil);
   m.def("numel", [](T t) { return t.numel(); }, py::arg("input"));
 
   // ---- elementwise ----
@@ -265,7 +284,7 @@ void bind_ops(py::module_& m) {
     m.def(
         name,
         [fn, name](py::handle a, py::handle b) {
-          Tensor x = operand(a, name), y = operand(b, name);
+          Tensor x = operand(a, b, name), y = operand(b, a, name);
           release_gil g;
           return fn(x, y);
         },
@@ -273,14 +292,14 @@ void bind_ops(py::module_& m) {
   };
   m.def("add",
         [](py::handle a, py::handle b, Scalar alpha) {
-          Tensor x = operand(a, "add"), y = operand(b, "add");
+          Tensor x = operand(a, b, "add"), y = operand(b, a, "add");
           release_gil g;
           return add(x, y, alpha);
         },
         py::arg("input"), py::arg("other"), py::kw_only(), py::arg("alpha") = 1);
   m.def("sub",
         [](py::handle a, py::handle b, Scalar alpha) {
-          Tensor x = operand(a, "sub"), y = operand(b, "sub");
+          Tensor x = operand(a, b, "sub"), y = operand(b, a, "sub");
           release_gil g;
           return sub(x, y, alpha);
         },
@@ -301,16 +320,16 @@ void bind_ops(py::module_& m) {
         [](py::handle a, py::handle b) {
           Scalar s;
           if (!is_tensor(a) && load_scalar(a, true, s)) {
-            Tensor y = operand(b, "pow");
+            Tensor y = operand(b, a, "pow");
             release_gil g;
             return pow(s, y);
           }
-          Tensor x = operand(a, "pow");
+          Tensor x = operand(a, b, "pow");
           if (!is_tensor(b) && load_scalar(b, true, s)) {
             release_gil g;
             return pow(x, s);
           }
-          Tensor y = operand(b, "pow");
+          Tensor y = operand(b, a, "pow");
           release_gil g;
           return pow(x, y);
         },
@@ -346,13 +365,24 @@ void bind_ops(py::module_& m) {
         py::arg("input"), py::arg("min") = py::none(), py::arg("max") = py::none(), nogil);
   m.def("where",
         [](T cond, py::handle a, py::handle b) {
-          Tensor x = operand(a, "where"), y = operand(b, "where");
+          Tensor x = operand(a, b, "where"), y = operand(b, a, "where");
           release_gil g;
           return where(cond, x, y);
         },
         py::arg("condition"), py::arg("input"), py::arg("other"));
-  m.def("masked_fill", [](T x, T mask, Scalar v) { return masked_fill(x, mask, v); }, py::arg("input"),
-        py::arg("mask"), py::arg("value"), nogil);
+  m.def("masked_fill",
+        [](T x, T mask, py::handle v) {
+          if (is_tensor(v)) {  // a 0-dim tensor value (differentiable)
+            const Tensor& vt = unwrap(v);
+            release_gil g;
+            return x.masked_fill(mask, vt);
+          }
+          Scalar s;
+          LOOM_CHECK(load_scalar(v, true, s), "masked_fill: value must be a number or a tensor");
+          release_gil g;
+          return masked_fill(x, mask, s);
+        },
+        py::arg("input"), py::arg("mask"), py::arg("value"));
   m.def("threshold_backward", &threshold_backward, py::arg("grad_output"), py::arg("self"), py::arg("threshold"),
         nogil);
 
@@ -374,10 +404,12 @@ void bind_ops(py::module_& m) {
         py::arg("input"), py::arg("dim") = py::none(), py::arg("keepdim") = false, py::kw_only(),
         py::arg("dtype") = py::none());
   m.def("prod",
-        [](T x, std::optional<int64_t> dim, bool keepdim) {
-          return dim ? prod(x, {*dim}, keepdim) : prod(x);
+        [](T x, std::optional<int64_t> dim, bool keepdim, OD dtype) {
+          Tensor xd = dtype ? x.to(*dtype) : x;
+          return dim ? prod(xd, {*dim}, keepdim) : prod(xd);
         },
-        py::arg("input"), py::arg("dim") = py::none(), py::arg("keepdim") = false, nogil);
+        py::arg("input"), py::arg("dim") = py::none(), py::arg("keepdim") = false, py::kw_only(),
+        py::arg("dtype") = py::none(), nogil);
   m.def("amax", [](T x, py::object dim, bool keepdim) { return amax(x, dims_arg(dim), keepdim); }, py::arg("input"),
         py::arg("dim") = py::tuple(), py::arg("keepdim") = false);
   m.def("amin", [](T x, py::object dim, bool keepdim) { return amin(x, dims_arg(dim), keepdim); }, py::arg("input"),
@@ -402,6 +434,10 @@ void bind_ops(py::module_& m) {
     m.def(
         name,
         [is_var](T x, py::object dim, std::optional<bool> unbiased, bool keepdim, std::optional<int64_t> correction) {
+          if (PyBool_Check(dim.ptr())) {  // var(input, unbiased): PyTorch's second overload
+            unbiased = dim.cast<bool>();
+            dim = py::none();
+          }
           auto d = dims_arg(dim);
           int64_t c = correction ? *correction : (unbiased.value_or(true) ? 1 : 0);
           release_gil g;
@@ -414,11 +450,12 @@ void bind_ops(py::module_& m) {
         py::arg("input"), py::arg("p") = 2.0, py::arg("dim") = py::none(), py::arg("keepdim") = false);
   m.def("logsumexp", [](T x, py::object dim, bool keepdim) { return logsumexp(x, dims_arg(dim), keepdim); },
         py::arg("input"), py::arg("dim"), py::arg("keepdim") = false);
-  m.def("cumsum", &cumsum, py::arg("input"), py::arg("dim"), nogil);
+  m.def("cumsum", [](T x, int64_t dim, OD dtype) { return cumsum(dtype ? x.to(*dtype) : x, dim); }, py::arg("input"),
+        py::arg("dim"), py::kw_only(), py::arg("dtype") = py::none(), nogil);
   m.def("softmax", [](T x, int64_t dim, OD dtype) { return softmax(dtype ? x.to(*dtype) : x, dim); },
-        py::arg("input"), py::arg("dim"), py::kw_only(), py::arg("dtype") = py::none(), nogil);
+        py::arg("input"), py::arg("dim"), py::arg("dtype") = py::none(), nogil);
   m.def("log_softmax", [](T x, int64_t dim, OD dtype) { return log_softmax(dtype ? x.to(*dtype) : x, dim); },
-        py::arg("input"), py::arg("dim"), py::kw_only(), py::arg("dtype") = py::none(), nogil);
+        py::arg("input"), py::arg("dim"), py::arg("dtype") = py::none(), nogil);
   m.def("softmax_backward", &softmax_backward, py::arg("grad_output"), py::arg("output"), py::arg("dim"), nogil);
   m.def("log_softmax_backward", &log_softmax_backward, py::arg("grad_output"), py::arg("output"), py::arg("dim"),
         nogil);
@@ -537,17 +574,18 @@ void bind_ops(py::module_& m) {
         py::arg("dim") = 0, nogil);
   m.def("split",
         [](T x, py::handle s, int64_t dim) -> py::object {
-          if (PyLong_Check(s.ptr())) return wrap(split(x, s.cast<int64_t>(), dim));
-          return wrap(split(x, s.cast<std::vector<int64_t>>(), dim));
+          if (PyLong_Check(s.ptr())) return py::tuple(wrap(split(x, s.cast<int64_t>(), dim)));
+          return py::tuple(wrap(split(x, s.cast<std::vector<int64_t>>(), dim)));
         },
         py::arg("tensor"), py::arg("split_size_or_sections"), py::arg("dim") = 0);
-  m.def("chunk", [](T x, int64_t c, int64_t dim) { return wrap(chunk(x, c, dim)); }, py::arg("input"),
+  m.def("chunk", [](T x, int64_t c, int64_t dim) { return py::tuple(wrap(chunk(x, c, dim))); }, py::arg("input"),
         py::arg("chunks"), py::arg("dim") = 0);
-  m.def("unbind", [](T x, int64_t dim) { return wrap(x.unbind(dim)); }, py::arg("input"), py::arg("dim") = 0);
+  m.def("unbind", [](T x, int64_t dim) { return py::tuple(wrap(x.unbind(dim))); }, py::arg("input"),
+        py::arg("dim") = 0);
   m.def("gather", &gather, py::arg("input"), py::arg("dim"), py::arg("index"), nogil);
   m.def("scatter_add", &scatter_add, py::arg("input"), py::arg("dim"), py::arg("index"), py::arg("src"), nogil);
   m.def("index_select", &index_select, py::arg("input"), py::arg("dim"), py::arg("index"), nogil);
-  m.def("embedding", &embedding, py::arg("weight"), py::arg("input"), nogil);
+  m.def("embedding", &embedding, py::arg("weight"), py::arg("indices"), nogil);
   m.def("one_hot", &one_hot, py::arg("tensor"), py::arg("num_classes") = -1, nogil);
   m.def("tril", &tril, py::arg("input"), py::arg("diagonal") = 0, nogil);
   m.def("triu", &triu, py::arg("input"), py::arg("diagonal") = 0, nogil);
@@ -575,14 +613,14 @@ void bind_ops(py::module_& m) {
   m.def("broadcast_tensors", [](const py::args& ts) {
     std::vector<Tensor> v;
     for (py::handle t : ts) v.push_back(unwrap(t));
-    return wrap(broadcast_tensors(v));
+    return py::tuple(wrap(broadcast_tensors(v)));
   });
   m.def("result_type",
         [](py::handle a, py::handle b) {
           Scalar s;
           if (is_tensor(a) && !is_tensor(b) && load_scalar(b, true, s)) return result_type(unwrap(a), s);
           if (is_tensor(b) && !is_tensor(a) && load_scalar(a, true, s)) return result_type(unwrap(b), s);
-          return result_type(operand(a, "result_type"), operand(b, "result_type"));
+          return result_type(operand(a, b, "result_type"), operand(b, a, "result_type"));
         },
         py::arg("tensor1"), py::arg("tensor2"));
   m.def("allclose", &allclose, py::arg("input"), py::arg("other"), py::arg("rtol") = 1e-5, py::arg("atol") = 1e-8,

@@ -8,6 +8,7 @@
 namespace loom::python {
 
 void set_tensor_type(PyTypeObject* t);
+bool is_numpy_array(py::handle h);  // interop.cpp
 
 namespace {
 
@@ -42,11 +43,12 @@ py::object binary(const Tensor& a, py::handle b, FT&& ft, FS&& fs) {
   return not_implemented();
 }
 
-// A tensor argument that may also be given as a number (the other side's dtype rules apply).
+// A tensor argument that may also be given as a number: a 0-dim tensor with
+// the dtype PyTorch gives `like op number` (int tensor.add(2.5) is float32).
 Tensor as_operand(py::handle h, const Tensor& like) {
   if (is_tensor(h)) return unwrap(h);
   Scalar s;
-  if (load_scalar(h, true, s)) return scalar_tensor(s, TensorOptions(like.device()).dtype(s.dtype()));
+  if (load_scalar(h, true, s)) return scalar_tensor(s, TensorOptions(like.device()).dtype(result_type(like, s)));
   return to_tensor(h, std::nullopt, like.device(), false);
 }
 
@@ -66,7 +68,8 @@ indexing::TensorIndex index_item(py::handle h) {
   if (p == Py_Ellipsis) return indexing::TensorIndex(indexing::Ellipsis);
   if (is_tensor(h)) return indexing::TensorIndex(unwrap(h));
   if (PyBool_Check(p)) LOOM_ERROR("index: a Python bool is not a supported index; use a bool tensor");
-  if (PyIndex_Check(p)) return indexing::TensorIndex(py::cast<int64_t>(h));
+  // (A NumPy array has __index__ too, but indexes as a tensor.)
+  if (PyIndex_Check(p) && !is_numpy_array(h)) return indexing::TensorIndex(py::cast<int64_t>(h));
   // Lists and NumPy arrays of ints or bools: an index tensor.
   Tensor t = to_tensor(h, std::nullopt, std::nullopt, false);
   LOOM_CHECK(t.dtype() == kBool || is_integral(t.dtype(), false),
@@ -178,6 +181,13 @@ Tensor to_args(const Tensor& self, const py::args& args, const py::kwargs& kwarg
   return self.to(o, copy);
 }
 
+// Sizes or dims as varargs, one sequence, or PyTorch's keyword (x.view(size=(2, 3))).
+std::vector<int64_t> sizes_arg(const py::args& args, const py::object& kw, const char* what) {
+  if (kw.is_none()) return sizes_from_args(args, what);
+  LOOM_CHECK(args.empty(), what, ": sizes given both as arguments and by keyword");
+  return kw.cast<IntArrayRef>().vec();
+}
+
 // A reduction's optional dims: None (all), an int or a sequence.
 std::vector<int64_t> opt_dims(const py::object& dim) { return dims_arg(dim); }
 
@@ -188,6 +198,13 @@ py::object values_indices(const py::object& type, std::pair<Tensor, Tensor> r) {
 int64_t correction_of(std::optional<bool> unbiased, std::optional<int64_t> correction) {
   if (correction) return *correction;
   return unbiased.value_or(true) ? 1 : 0;
+}
+
+// var / std's dims, and x.var(False): PyTorch's overload with unbiased first.
+std::vector<int64_t> var_dims(const py::object& dim, std::optional<bool>& unbiased) {
+  if (!PyBool_Check(dim.ptr())) return opt_dims(dim);
+  unbiased = dim.cast<bool>();
+  return {};
 }
 
 struct HookHandle {
@@ -463,6 +480,32 @@ void bind_tensor(py::module_& m) {
       .def("cuda", [](T t) { return t.cuda(); }, nogil)
       .def("contiguous", [](T t) { return t.contiguous(); }, nogil)
       .def("clone", [](T t) { return t.clone(); }, nogil)
+      .def("__deepcopy__",
+           [](py::handle self, py::dict memo) -> py::object {
+             // copy.deepcopy: a leaf's copy with its requires_grad and grad; a
+             // subclass (nn.Parameter) is remade as type(self)(copy, requires_grad).
+             py::int_ key(reinterpret_cast<intptr_t>(self.ptr()));
+             if (memo.contains(key)) return memo[key];
+             const Tensor& t = unwrap(self);
+             LOOM_CHECK(t.is_leaf(), "deepcopy: only tensors created explicitly by the user (graph leaves) support "
+                                     "the deepcopy protocol");
+             Tensor c;
+             {
+               release_gil g;
+               c = t.detach().clone();
+             }
+             py::object out = wrap(c);
+             if (!py::type::of(self).is(py::type::of(out))) out = py::type::of(self)(out, t.requires_grad());
+             unwrap_box(out).t.requires_grad_(t.requires_grad());
+             if (t.grad().defined()) unwrap_box(out).t.set_grad(t.grad().detach().clone());
+             if (py::hasattr(self, "__dict__")) {
+               py::object deepcopy = py::module_::import("copy").attr("deepcopy");
+               out.attr("__dict__").attr("update")(deepcopy(self.attr("__dict__"), memo));
+             }
+             memo[key] = out;
+             return out;
+           },
+           py::arg("memo"))
       .def("type_as", [](T t, T o) { return t.type_as(o); }, nogil)
       .def("float", [](T t) { return t.to(kFloat32); }, nogil)
       .def("double", [](T t) { return t.to(kFloat64); }, nogil)
@@ -506,19 +549,21 @@ void bind_tensor(py::module_& m) {
            py::arg("requires_grad") = false);
 
   // ---- views ----
-  cls.def("view", [](T t, const py::args& a) { return t.view(sizes_from_args(a, "view")); })
-      .def("reshape", [](T t, const py::args& a) {
-        auto s = sizes_from_args(a, "reshape");
+  cls.def("view", [](T t, const py::args& a, py::object k) { return t.view(sizes_arg(a, k, "view")); },
+          py::arg("size") = py::none())
+      .def("reshape", [](T t, const py::args& a, py::object k) {
+        auto s = sizes_arg(a, k, "reshape");
         release_gil g;
         return t.reshape(s);
-      })
+      }, py::arg("shape") = py::none())
       .def("view_as", [](T t, T o) { return t.view_as(o); }, py::arg("other"))
       .def("reshape_as", [](T t, T o) { return t.reshape_as(o); }, py::arg("other"), nogil)
       .def("flatten", [](T t, int64_t s, int64_t e) { return t.flatten(s, e); }, py::arg("start_dim") = 0,
            py::arg("end_dim") = -1, nogil)
       .def("unflatten", [](T t, int64_t d, IntArrayRef s) { return t.unflatten(d, s); }, py::arg("dim"),
            py::arg("sizes"))
-      .def("permute", [](T t, const py::args& a) { return t.permute(sizes_from_args(a, "permute")); })
+      .def("permute", [](T t, const py::args& a, py::object k) { return t.permute(sizes_arg(a, k, "permute")); },
+           py::arg("dims") = py::none())
       .def("transpose", [](T t, int64_t a, int64_t b) { return t.transpose(a, b); }, py::arg("dim0"),
            py::arg("dim1"))
       .def("swapaxes", [](T t, int64_t a, int64_t b) { return t.transpose(a, b); }, py::arg("axis0"),
@@ -534,7 +579,8 @@ void bind_tensor(py::module_& m) {
       .def("squeeze",
            [](T t, std::optional<int64_t> d) { return d ? t.squeeze(*d) : t.squeeze(); },
            py::arg("dim") = py::none())
-      .def("expand", [](T t, const py::args& a) { return t.expand(sizes_from_args(a, "expand")); })
+      .def("expand", [](T t, const py::args& a, py::object k) { return t.expand(sizes_arg(a, k, "expand")); },
+           py::arg("size") = py::none())
       .def("expand_as", [](T t, T o) { return t.expand_as(o); }, py::arg("other"))
       .def("broadcast_to", [](T t, IntArrayRef s) { return t.broadcast_to(s); }, py::arg("size"))
       .def("narrow", [](T t, int64_t d, int64_t s, int64_t l) { return t.narrow(d, s, l); }, py::arg("dim"),
@@ -545,20 +591,20 @@ void bind_tensor(py::module_& m) {
              return t.as_strided(size, stride, off);
            },
            py::arg("size"), py::arg("stride"), py::arg("storage_offset") = py::none())
-      .def("flip", [](T t, const py::args& a) {
-        auto d = sizes_from_args(a, "flip");
+      .def("flip", [](T t, const py::args& a, py::object k) {
+        auto d = sizes_arg(a, k, "flip");
         release_gil g;
         return t.flip(d);
-      })
+      }, py::arg("dims") = py::none())
       .def("split",
            [](T t, py::handle s, int64_t dim) -> py::object {
-             if (PyLong_Check(s.ptr())) return wrap(t.split(s.cast<int64_t>(), dim));
-             return wrap(t.split(s.cast<std::vector<int64_t>>(), dim));
+             if (PyLong_Check(s.ptr())) return py::tuple(wrap(t.split(s.cast<int64_t>(), dim)));
+             return py::tuple(wrap(t.split(s.cast<std::vector<int64_t>>(), dim)));
            },
            py::arg("split_size_or_sections"), py::arg("dim") = 0)
-      .def("chunk", [](T t, int64_t c, int64_t d) { return wrap(t.chunk(c, d)); }, py::arg("chunks"),
+      .def("chunk", [](T t, int64_t c, int64_t d) { return py::tuple(wrap(t.chunk(c, d))); }, py::arg("chunks"),
            py::arg("dim") = 0)
-      .def("unbind", [](T t, int64_t d) { return wrap(t.unbind(d)); }, py::arg("dim") = 0)
+      .def("unbind", [](T t, int64_t d) { return py::tuple(wrap(t.unbind(d))); }, py::arg("dim") = 0)
       .def("__getitem__",
            [](T t, py::handle key) {
              auto idx = index_key(key);
@@ -598,7 +644,7 @@ void bind_tensor(py::module_& m) {
           } else {
             Scalar s;
             LOOM_CHECK(load_scalar(o, true, s), "in-place op: expected a tensor or a number");
-            Tensor ot = scalar_tensor(s, TensorOptions(t.device()).dtype(s.dtype()));
+            Tensor ot = scalar_tensor(s, TensorOptions(t.device()).dtype(result_type(t, s)));
             release_gil g;
             fn(t, ot, alpha);
           }
@@ -620,7 +666,7 @@ void bind_tensor(py::module_& m) {
       } else {
         Scalar s;
         if (!load_scalar(o, true, s)) return not_implemented();
-        Tensor ot = scalar_tensor(s, TensorOptions(t.device()).dtype(s.dtype()));
+        Tensor ot = scalar_tensor(s, TensorOptions(t.device()).dtype(result_type(t, s)));
         release_gil g;
         fn(t, ot);
       }
@@ -661,8 +707,17 @@ void bind_tensor(py::module_& m) {
            },
            py::arg("src"), py::arg("non_blocking") = false)
       .def("masked_fill_",
-           [in_place](py::handle self, T mask, Scalar v) {
-             return in_place(self, [&](Tensor& t) { t.masked_fill_(mask, v); });
+           [in_place](py::handle self, T mask, py::handle v) {
+             Scalar s;
+             if (is_tensor(v)) {
+               const Tensor& vt = unwrap(v);
+               LOOM_CHECK(vt.dim() == 0, "masked_fill_: only supports a 0-dimension value tensor, got shape ",
+                          shape_str(vt.sizes()));
+               s = vt.item();
+             } else {
+               LOOM_CHECK(load_scalar(v, true, s), "masked_fill_: value must be a number or a tensor");
+             }
+             return in_place(self, [&](Tensor& t) { t.masked_fill_(mask, s); });
            },
            py::arg("mask"), py::arg("value"))
       .def("clamp_",
@@ -752,6 +807,14 @@ void bind_tensor(py::module_& m) {
       .def("__or__", [](T a, py::handle b) {
         return binary(a, b, [](T x, T y) { return x.logical_or(y); },
                       [](T x, Scalar s) { return x.logical_or(scalar_tensor(s, TensorOptions(kBool))); });
+      })
+      .def("__rand__", [](T a, py::handle b) {
+        return binary(a, b, [](T x, T y) { return y.logical_and(x); },
+                      [](T x, Scalar s) { return scalar_tensor(s, TensorOptions(kBool)).logical_and(x); });
+      })
+      .def("__ror__", [](T a, py::handle b) {
+        return binary(a, b, [](T x, T y) { return y.logical_or(x); },
+                      [](T x, Scalar s) { return scalar_tensor(s, TensorOptions(kBool)).logical_or(x); });
       });
   auto cmp = [&](const char* name, auto ft, auto fs) {
     cls.def(name, [ft, fs](T a, py::handle b) -> py::object {
@@ -772,13 +835,13 @@ void bind_tensor(py::module_& m) {
   cls.def("__hash__", [](py::handle self) { return reinterpret_cast<intptr_t>(self.ptr()); });
 
   // ---- math methods (the free functions of loom/ops.h) ----
-  auto method_bin = [&](const char* name, auto ft, auto fs) {
-    cls.def(name, [ft, fs](T a, py::handle b) -> py::object {
+  auto method_bin = [&](const char* name, auto ft, auto fs, const char* arg = "other") {
+    cls.def(name, [name, ft, fs](T a, py::handle b) -> py::object {
       py::object r = binary(a, b, ft, fs);
       if (r.ptr() == Py_NotImplemented)
-        throw py::type_error(std::string("Tensor.") + "op: expected a tensor or a number as the argument");
+        throw py::type_error(std::string("Tensor.") + name + ": expected a tensor or a number as the argument");
       return r;
-    }, py::arg("other"));
+    }, py::arg(arg));
   };
   cls.def("add", [](T a, py::handle b, Scalar alpha) {
        Tensor bt = as_operand(b, a);
@@ -792,7 +855,8 @@ void bind_tensor(py::module_& m) {
       }, py::arg("other"), py::kw_only(), py::arg("alpha") = 1);
   method_bin("mul", [](T x, T y) { return x * y; }, [](T x, Scalar s) { return x * s; });
   method_bin("div", [](T x, T y) { return x / y; }, [](T x, Scalar s) { return x / s; });
-  method_bin("pow", [](T x, T y) { return loom::pow(x, y); }, [](T x, Scalar s) { return loom::pow(x, s); });
+  method_bin("pow", [](T x, T y) { return loom::pow(x, y); }, [](T x, Scalar s) { return loom::pow(x, s); },
+             "exponent");
   method_bin("eq", [](T x, T y) { return x.eq(y); }, [](T x, Scalar s) { return x.eq(s); });
   method_bin("ne", [](T x, T y) { return x.ne(y); }, [](T x, Scalar s) { return x.ne(s); });
   method_bin("lt", [](T x, T y) { return x.lt(y); }, [](T x, Scalar s) { return x.lt(s); });
@@ -875,11 +939,12 @@ void bind_tensor(py::module_& m) {
            },
            py::arg("dim") = py::none(), py::arg("keepdim") = false, py::kw_only(), py::arg("dtype") = py::none())
       .def("prod",
-           [](T a, std::optional<int64_t> dim, bool keepdim) {
+           [](T a, std::optional<int64_t> dim, bool keepdim, std::optional<DType> dtype) {
              release_gil g;
-             return dim ? a.prod(*dim, keepdim) : a.prod();
+             Tensor ad = dtype ? a.to(*dtype) : a;
+             return dim ? ad.prod(*dim, keepdim) : ad.prod();
            },
-           py::arg("dim") = py::none(), py::arg("keepdim") = false)
+           py::arg("dim") = py::none(), py::arg("keepdim") = false, py::kw_only(), py::arg("dtype") = py::none())
       .def("amax", [](T a, py::object dim, bool keepdim) { return a.amax(opt_dims(dim), keepdim); },
            py::arg("dim") = py::tuple(), py::arg("keepdim") = false)
       .def("amin", [](T a, py::object dim, bool keepdim) { return a.amin(opt_dims(dim), keepdim); },
@@ -904,13 +969,15 @@ void bind_tensor(py::module_& m) {
            py::arg("dim") = py::none(), py::arg("keepdim") = false, nogil)
       .def("var",
            [](T a, py::object dim, std::optional<bool> unbiased, bool keepdim, std::optional<int64_t> correction) {
-             return a.var(opt_dims(dim), correction_of(unbiased, correction), keepdim);
+             auto d = var_dims(dim, unbiased);
+             return a.var(d, correction_of(unbiased, correction), keepdim);
            },
            py::arg("dim") = py::none(), py::arg("unbiased") = py::none(), py::arg("keepdim") = false, py::kw_only(),
            py::arg("correction") = py::none())
       .def("std",
            [](T a, py::object dim, std::optional<bool> unbiased, bool keepdim, std::optional<int64_t> correction) {
-             return a.std(opt_dims(dim), correction_of(unbiased, correction), keepdim);
+             auto d = var_dims(dim, unbiased);
+             return a.std(d, correction_of(unbiased, correction), keepdim);
            },
            py::arg("dim") = py::none(), py::arg("unbiased") = py::none(), py::arg("keepdim") = false, py::kw_only(),
            py::arg("correction") = py::none())
@@ -918,9 +985,12 @@ void bind_tensor(py::module_& m) {
            py::arg("p") = 2.0, py::arg("dim") = py::none(), py::arg("keepdim") = false)
       .def("logsumexp", [](T a, py::object dim, bool keepdim) { return a.logsumexp(opt_dims(dim), keepdim); },
            py::arg("dim"), py::arg("keepdim") = false)
-      .def("cumsum", [](T a, int64_t d) { return a.cumsum(d); }, py::arg("dim"), nogil)
-      .def("softmax", [](T a, int64_t d) { return a.softmax(d); }, py::arg("dim"), nogil)
-      .def("log_softmax", [](T a, int64_t d) { return a.log_softmax(d); }, py::arg("dim"), nogil);
+      .def("cumsum", [](T a, int64_t d, std::optional<DType> dt) { return (dt ? a.to(*dt) : a).cumsum(d); },
+           py::arg("dim"), py::kw_only(), py::arg("dtype") = py::none(), nogil)
+      .def("softmax", [](T a, int64_t d, std::optional<DType> dt) { return (dt ? a.to(*dt) : a).softmax(d); },
+           py::arg("dim"), py::arg("dtype") = py::none(), nogil)
+      .def("log_softmax", [](T a, int64_t d, std::optional<DType> dt) { return (dt ? a.to(*dt) : a).log_softmax(d); },
+           py::arg("dim"), py::arg("dtype") = py::none(), nogil);
 
   g_error_type = m.attr("Error").ptr();
   auto* type = reinterpret_cast<PyTypeObject*>(cls.ptr());

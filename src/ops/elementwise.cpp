@@ -195,8 +195,11 @@ Tensor pow(const Tensor& a, const Tensor& b) {
     TensorList r(2);
     Tensor x = ctx.saved(0), e = ctx.saved(1);
     if (ctx.needs_input_grad(0)) {
-      // d/dx x^e = e * x^(e-1), and 0 where e == 0 (even at x == 0).
-      Tensor d = mul(e, pow(x, sub(e, ops::wrap_scalar(1, e.device()))));
+      // d/dx x^e = e * x^(e-1), and 0 where e == 0 (even at x == 0). e - 1
+      // stays in e's dtype: with a wrapped 1, two wrapped numbers would
+      // meet in the default dtype and x ** (1/3) would lose its exponent's
+      // float64 precision.
+      Tensor d = mul(e, pow(x, sub(e, ones_like(e))));
       r[0] = sum_to(mul(g[0], where(eq(e, ops::wrap_scalar(0, e.device())), ops::wrap_scalar(0.0, e.device()), d)), sa);
     }
     if (ctx.needs_input_grad(1)) {

@@ -578,12 +578,10 @@ Tensor Tensor::index(const std::vector<indexing::TensorIndex>& idx) const {
 
 Tensor& Tensor::index_put_(const std::vector<indexing::TensorIndex>& idx, const Tensor& value) {
   for (const auto& i : idx) {
-    if (i.is_tensor() && i.tensor().dtype() == kBool && idx.size() == 1 && i.tensor().sizes() == sizes()) {
-      LOOM_CHECK(value.numel() == 1, "index_put_: a boolean mask index takes a single value, got shape ",
-                 shape_str(value.sizes()));
-      Tensor v = value.reshape({});
-      return copy_(loom::where(i.tensor(), v, *this));
-    }
+    // A full-shape mask and one value: one where() pass.
+    if (i.is_tensor() && i.tensor().dtype() == kBool && idx.size() == 1 && i.tensor().sizes() == sizes() &&
+        value.numel() == 1)
+      return copy_(loom::where(i.tensor(), value.reshape({}), *this));
   }
   size_t p = idx.size();
   int64_t consumed = 0;
