@@ -24,6 +24,29 @@ void bind_autograd(py::module_& m) {
         autograd::backward(outputs, grad_outputs, retain_graph, create_graph);
       },
       py::arg("tensors"), py::arg("grad_tensors"), py::arg("retain_graph"), py::arg("create_graph"));
+  // Activation checkpointing (loom/checkpoint.h): `fn` is Python; backward
+  // runs it again (with the GIL) to rebuild what the forward dropped.
+  ag.def(
+      "checkpoint",
+      [](py::function fn, std::vector<Tensor> inputs) {
+        // The node may outlive this call and die without the GIL.
+        std::shared_ptr<py::function> held(new py::function(std::move(fn)), [](py::function* f) {
+          py::gil_scoped_acquire gil;
+          delete f;
+        });
+        CheckpointFn run = [held](const std::vector<Tensor>& xs) {
+          py::gil_scoped_acquire gil;
+          try {
+            return (*held)(wrap(xs)).cast<Tensor>();
+          } catch (py::error_already_set& e) {
+            rethrow_parked(e);  // the recomputation's early stop
+            throw;
+          }
+        };
+        release_gil g;
+        return checkpoint(std::move(run), inputs);
+      },
+      py::arg("function"), py::arg("inputs"));
   // The Python Function's node. `backward(saved, grads)` is Python; the
   // engine calls it with the GIL taken (pybind11's std::function caster
   // acquires it for the call and for releasing the callable).

@@ -49,6 +49,10 @@ struct PyTensor {
 // The Python object for `t` (None for an undefined tensor).
 py::object wrap(Tensor t);
 py::object wrap(std::vector<Tensor> ts);  // a list
+// A new object of `type` (loom.Tensor or a Python subclass, e.g.
+// nn.Parameter) standing for `t`, entered in the table unless another
+// object already stands for t's impl.
+py::object wrap_as(const Tensor& t, py::handle type);
 // Is `h` a loom.Tensor (or a subclass)? unwrap() requires it.
 bool is_tensor(py::handle h);
 const Tensor& unwrap(py::handle h);
@@ -71,6 +75,11 @@ std::vector<int64_t> sizes_from_args(const py::args& args, const char* what);
 // Turns a Python number, nested list, NumPy array or tensor into a tensor
 // (loom.tensor / loom.as_tensor semantics).
 Tensor to_tensor(py::handle data, std::optional<DType> dtype, std::optional<Device> device, bool copy);
+
+// A Python callback failed: when the failure is a C++ signal of the core
+// that crossed Python (Note [C++ signals through Python] in core.cpp),
+// throws it again; otherwise returns, and the caller rethrows e.
+void rethrow_parked(py::error_already_set& e);
 
 // Releases the GIL for its scope (the kernel part of a binding).
 using release_gil = py::gil_scoped_release;

@@ -2,6 +2,7 @@
 // the table that keeps one Python object per tensor (Note [One Python object
 // per tensor] in bind.h).
 #include <random>
+#include <utility>
 #include <unordered_map>
 
 #include "bind.h"
@@ -58,6 +59,21 @@ py::object wrap(Tensor t) {
   py::object obj = py::reinterpret_steal<py::object>(py::detail::type_caster_generic::cast(
       moved, py::return_value_policy::take_ownership, py::handle(), tinfo, nullptr, nullptr));
   r.emplace(key, obj.ptr());
+  return obj;
+}
+
+py::object wrap_as(const Tensor& t, py::handle type) {
+  // Allocate the subclass instance without running its __init__ (which
+  // would make a new leaf), then construct its PyTensor in place, as
+  // pybind11 does for a value it owns.
+  auto* pytype = reinterpret_cast<PyTypeObject*>(type.ptr());
+  py::object obj = py::reinterpret_steal<py::object>(pytype->tp_new(pytype, py::tuple().ptr(), nullptr));
+  if (!obj) throw py::error_already_set();
+  auto* inst = reinterpret_cast<py::detail::instance*>(obj.ptr());
+  py::detail::value_and_holder v_h = inst->get_value_and_holder(py::detail::get_type_info(typeid(PyTensor)));
+  v_h.value_ptr() = new PyTensor(t);
+  v_h.type->init_instance(inst, nullptr);
+  unwrap_box(obj);  // enters the table
   return obj;
 }
 
@@ -164,8 +180,39 @@ std::vector<int64_t> sizes_from_args(const py::args& args, const char* what) {
   return v;
 }
 
+namespace {
+// Note [C++ signals through Python]: the core ends some callbacks early by
+// throwing a type of its own (activation checkpointing stops a
+// recomputation once it has what backward needs). When such a callback is
+// Python code calling loom, the throw crosses Python: pybind11 would turn it
+// into "unknown exception". Instead the exception is parked here and Python
+// sees _ForeignSignal; the C++ caller of the Python callback calls
+// rethrow_parked, which throws the original again.
+thread_local std::exception_ptr t_parked;
+PyObject* g_foreign_signal = nullptr;
+}  // namespace
+
+void rethrow_parked(py::error_already_set& e) {
+  if (t_parked && e.matches(g_foreign_signal)) {
+    std::exception_ptr p = std::exchange(t_parked, nullptr);
+    std::rethrow_exception(p);
+  }
+}
+
 void bind_core(py::module_& m) {
   static py::exception<Error> error(m, "Error", PyExc_RuntimeError);
+  static py::exception<void> foreign(m, "_ForeignSignal", PyExc_BaseException);
+  g_foreign_signal = foreign.ptr();
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const std::exception&) {
+      throw;  // the next translators know these
+    } catch (...) {
+      t_parked = p;
+      PyErr_SetString(g_foreign_signal, "a C++ signal of loom's core passing through Python");
+    }
+  });
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);

@@ -1,2 +1,2 @@
-"""loom.utils: data loading (loom.utils.data), as torch.utils."""
-from loom.utils import data  # noqa: F401
+"""loom.utils: data loading (loom.utils.data) and activation checkpointing (loom.utils.checkpoint), as torch.utils."""
+from loom.utils import checkpoint, data  # noqa: F401
