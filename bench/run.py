@@ -202,7 +202,7 @@ WORKLOADS = [
     # most 1.1x as long (Note [The python group]).
     Workload("py_add", "Python add[10]", "python", source="python", min_speedup=1 / 0.8),
     Workload("py_add_autograd", "Python add[10] autograd", "python", source="python", min_speedup=1 / 0.8),
-    Workload("py_mlp_epoch", "Python MLP epoch / loom train", "python", source="python", model="mlp",
+    Workload("py_mlp_epoch", "Python MLP epoch vs C++", "python", source="python", model="mlp",
              min_speedup=1 / 1.1),
     Workload("compile_mlp_epoch", "MLP epoch (Fashion-MNIST)", "compile", source="compile", model="mlp",
              min_speedup=1.15),
