@@ -16,6 +16,10 @@ for _name in dir(_C):
     if not _name.startswith("_"):
         globals()[_name] = getattr(_C, _name)
 del _name
+# The core's classes print as the package's (loom.Error, not loom._C.Error).
+for _cls in (_C.Tensor, _C.dtype, _C.device, _C.Generator, _C.Error):
+    _cls.__module__ = "loom"
+del _cls
 
 from loom import autograd  # noqa: E402
 from loom.autograd.grad_mode import no_grad, enable_grad, set_grad_enabled, is_grad_enabled, inference_mode  # noqa: E402

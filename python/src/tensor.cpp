@@ -263,6 +263,38 @@ PyObject* nb_div(PyObject* a, PyObject* b) {
   return number_slot(a, b, [](T x, T y) { return x / y; }, [](T x, Scalar s) { return x / s; },
                      [](T x, Scalar s) { return s / x; });
 }
+// x op= y: in place on x, which is returned.
+template <typename FT, typename FS>
+PyObject* inplace_slot(PyObject* a, PyObject* b, FT ft, FS fs) {
+  return guarded([&]() -> py::object {
+    Tensor t = unwrap(a);
+    if (is_tensor(b)) {
+      const Tensor& o = unwrap(b);
+      release_gil g;
+      ft(t, o);
+    } else {
+      Scalar s;
+      if (!load_scalar(b, true, s)) return not_implemented();
+      release_gil g;
+      fs(t, s);
+    }
+    return py::reinterpret_borrow<py::object>(a);
+  });
+}
+
+PyObject* nb_iadd(PyObject* a, PyObject* b) {
+  return inplace_slot(a, b, [](Tensor& t, T o) { t.add_(o); }, [](Tensor& t, Scalar s) { t.add_(s); });
+}
+PyObject* nb_isub(PyObject* a, PyObject* b) {
+  return inplace_slot(a, b, [](Tensor& t, T o) { t.sub_(o); }, [](Tensor& t, Scalar s) { t.sub_(s); });
+}
+PyObject* nb_imul(PyObject* a, PyObject* b) {
+  return inplace_slot(a, b, [](Tensor& t, T o) { t.mul_(o); }, [](Tensor& t, Scalar s) { t.mul_(s); });
+}
+PyObject* nb_idiv(PyObject* a, PyObject* b) {
+  return inplace_slot(a, b, [](Tensor& t, T o) { t.div_(o); }, [](Tensor& t, Scalar s) { t.div_(s); });
+}
+
 PyObject* nb_neg(PyObject* a) {
   return guarded([&]() -> py::object {
     const Tensor& t = unwrap(a);
@@ -656,27 +688,19 @@ void bind_tensor(py::module_& m) {
   inplace("sub_", [](Tensor& t, T o, Scalar a) { t.sub_(o, a); }, py::arg("alpha") = 1);
   inplace("mul_", [](Tensor& t, T o, Scalar) { t.mul_(o); }, py::arg("_alpha") = 1);
   inplace("div_", [](Tensor& t, T o, Scalar) { t.div_(o); }, py::arg("_alpha") = 1);
-  auto iop = [&](const char* name, auto fn) {
-    cls.def(name, [fn](py::handle self, py::handle o) -> py::object {
-      Tensor t = unwrap(self);
-      if (is_tensor(o)) {
-        const Tensor& ot = unwrap(o);
-        release_gil g;
-        fn(t, ot);
-      } else {
-        Scalar s;
-        if (!load_scalar(o, true, s)) return not_implemented();
-        Tensor ot = scalar_tensor(s, TensorOptions(t.device()).dtype(result_type(t, s)));
-        release_gil g;
-        fn(t, ot);
-      }
-      return py::reinterpret_borrow<py::object>(self);
+  // `x += y` runs the C slots (nb_inplace_add, ...); these names are for
+  // explicit calls (x.__iadd__(y)) and do the same.
+  auto slot_method = [&](const char* name, binaryfunc f) {
+    cls.def(name, [f](py::handle self, py::handle o) {
+      PyObject* r = f(self.ptr(), o.ptr());
+      if (!r) throw py::error_already_set();
+      return py::reinterpret_steal<py::object>(r);
     });
   };
-  iop("__iadd__", [](Tensor& t, T o) { t.add_(o); });
-  iop("__isub__", [](Tensor& t, T o) { t.sub_(o); });
-  iop("__imul__", [](Tensor& t, T o) { t.mul_(o); });
-  iop("__itruediv__", [](Tensor& t, T o) { t.div_(o); });
+  slot_method("__iadd__", nb_iadd);
+  slot_method("__isub__", nb_isub);
+  slot_method("__imul__", nb_imul);
+  slot_method("__itruediv__", nb_idiv);
   // Runs fn(t) without the GIL and returns self.
   auto in_place = [](py::handle self, auto&& fn) {
     Tensor t = unwrap(self);
@@ -999,6 +1023,10 @@ void bind_tensor(py::module_& m) {
   type->tp_as_number->nb_multiply = nb_mul;
   type->tp_as_number->nb_true_divide = nb_div;
   type->tp_as_number->nb_negative = nb_neg;
+  type->tp_as_number->nb_inplace_add = nb_iadd;
+  type->tp_as_number->nb_inplace_subtract = nb_isub;
+  type->tp_as_number->nb_inplace_multiply = nb_imul;
+  type->tp_as_number->nb_inplace_true_divide = nb_idiv;
   type->tp_richcompare = tp_richcompare;
   PyType_Modified(type);
 }
