@@ -123,6 +123,28 @@ py::object as_parameter(const Tensor& t) {
   return wrap_as(t, g_parameter_type);
 }
 
+// (prefixed name, object) pairs as PyTorch's named_parameters yields them;
+// a tensor reached twice is given once unless remove_duplicate is off.
+template <typename AsObject>
+py::iterator named_tensors(const nn::StateDict& named, const std::string& prefix, bool remove_duplicate,
+                           AsObject as_object) {
+  py::list out;
+  std::unordered_set<const TensorImpl*> seen;
+  for (const auto& [n, t] : named)
+    if (!remove_duplicate || seen.insert(t.unsafe_impl()).second)
+      out.append(py::make_tuple(prefix.empty() ? n : prefix + "." + n, as_object(t)));
+  return py::iter(out);
+}
+
+template <typename AsObject>
+py::iterator unique_tensors(const std::vector<Tensor>& ts, AsObject as_object) {
+  py::list out;
+  std::unordered_set<const TensorImpl*> seen;
+  for (const Tensor& t : ts)
+    if (seen.insert(t.unsafe_impl()).second) out.append(as_object(t));
+  return py::iter(out);
+}
+
 void generic_setattr(py::handle self, py::handle name, py::handle value) {
   if (PyObject_GenericSetAttr(self.ptr(), name.ptr(), value.ptr()) != 0) throw py::error_already_set();
 }
@@ -469,43 +491,24 @@ void bind_module(py::module_& scope) {
   cls.def(
          "named_parameters",
          [](const Module& m, const std::string& prefix, bool recurse, bool remove_duplicate) {
-           py::list out;
-           std::unordered_set<const TensorImpl*> seen;
-           for (const auto& [n, t] : m.named_parameters(recurse))
-             if (!remove_duplicate || seen.insert(t.unsafe_impl()).second)
-               out.append(py::make_tuple(prefix.empty() ? n : prefix + "." + n, as_parameter(t)));
-           return py::iter(out);
+           return named_tensors(m.named_parameters(recurse), prefix, remove_duplicate, as_parameter);
          },
          "prefix"_a = "", "recurse"_a = true, "remove_duplicate"_a = true)
       .def(
           "parameters",
-          [](const Module& m, bool recurse) {
-            py::list out;
-            std::unordered_set<const TensorImpl*> seen;
-            for (const Tensor& t : m.parameters(recurse))
-              if (seen.insert(t.unsafe_impl()).second) out.append(as_parameter(t));
-            return py::iter(out);
-          },
+          [](const Module& m, bool recurse) { return unique_tensors(m.parameters(recurse), as_parameter); },
           "recurse"_a = true)
       .def(
           "named_buffers",
           [](const Module& m, const std::string& prefix, bool recurse, bool remove_duplicate) {
-            py::list out;
-            std::unordered_set<const TensorImpl*> seen;
-            for (const auto& [n, t] : m.named_buffers(recurse))
-              if (!remove_duplicate || seen.insert(t.unsafe_impl()).second)
-                out.append(py::make_tuple(prefix.empty() ? n : prefix + "." + n, wrap(t)));
-            return py::iter(out);
+            return named_tensors(m.named_buffers(recurse), prefix, remove_duplicate,
+                                 [](const Tensor& t) { return wrap(t); });
           },
           "prefix"_a = "", "recurse"_a = true, "remove_duplicate"_a = true)
       .def(
           "buffers",
           [](const Module& m, bool recurse) {
-            py::list out;
-            std::unordered_set<const TensorImpl*> seen;
-            for (const Tensor& t : m.buffers(recurse))
-              if (seen.insert(t.unsafe_impl()).second) out.append(wrap(t));
-            return py::iter(out);
+            return unique_tensors(m.buffers(recurse), [](const Tensor& t) { return wrap(t); });
           },
           "recurse"_a = true)
       .def("named_children",

@@ -48,14 +48,14 @@ std::vector<Tensor> custom_function(const std::string& name, const std::vector<T
   for (size_t k : non_differentiable) skip[k] = true;
   std::vector<Tensor*> ptrs;
   for (auto& o : outs) ptrs.push_back(&o);
-  // A non-differentiable output keeps no history: a throwaway alias takes its
-  // slot, so the node still knows its metadata (for the zero gradient the
-  // engine makes in its place).
-  std::vector<Tensor> placeholders(outs.size());
+  // A non-differentiable output keeps no history: an alias of it that is
+  // dropped afterwards takes its slot, so the node still records the
+  // output's metadata (for the zero gradient the engine makes in its place).
+  std::vector<Tensor> unrecorded(outs.size());
   for (size_t i = 0; i < outs.size(); ++i)
     if (skip[i]) {
-      placeholders[i] = outs[i].detach();
-      ptrs[i] = &placeholders[i];
+      unrecorded[i] = outs[i].detach();
+      ptrs[i] = &unrecorded[i];
     }
   set_history(ptrs, node);
   for (const Tensor& s : to_save) {
