@@ -77,7 +77,8 @@ test: build
 # and prints the table; raw numbers go to $(BENCH_DIR)/bench_results.json.
 # BENCH_ARGS passes more flags to run.py, e.g. make bench BENCH_ARGS="--only
 # sgemm,dispatch", BENCH_ARGS="--only graph" (compiled and checkpointed steps)
-# or BENCH_ARGS="--only compile" (fusion and the parallel scheduler).
+# or BENCH_ARGS="--only compile" (fusion and the parallel scheduler), or
+# BENCH_ARGS="--only quant" (int8 / int4 generation against float32).
 BENCH_THREADS ?= $(JOBS)
 BENCH_ARGS    ?=
 

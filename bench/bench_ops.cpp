@@ -5,8 +5,10 @@
 // Each benchmark calls its op once before timing, so first-call costs (page
 // faults on fresh memory, the allocator's first fill) stay out of the table.
 //
-// Extra flag (before Google Benchmark's own): --loom_threads=N sets
+// Extra flags (before Google Benchmark's own): --loom_threads=N sets
 // loom::set_num_threads(N); the reference loops here use the same N.
+// --loom_gen_turns=N registers the quantized generation rows (gen_*) N
+// times, their formats taking turns (see register_benchmarks).
 #include <benchmark/benchmark.h>
 #include <loom/loom.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -22,7 +24,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -32,6 +36,7 @@ namespace {
 namespace F = loom::nn::functional;
 
 int g_threads = 1;  // --loom_threads, also the team size of the reference loops
+int g_gen_turns = 1;  // --loom_gen_turns: how many times each gen_* row is registered
 
 // Runs fn(id) for each id in [0, n) on n threads at once and waits for all:
 // the reference loops' team. It is loom's own pool (parallel_team), so a
@@ -426,10 +431,12 @@ void BM_lstm_step(benchmark::State& state) {
 
 // The GPT of the "seq" rows: nanoGPT's layout, 4 layers, d_model 256, 4
 // heads, context 128, vocabulary 96, no dropout, tied head.
+const loom::models::GPTConfig kBenchGpt{
+    .n_layer = 4, .n_embd = 256, .n_head = 4, .block_size = 128, .vocab_size = 96, .dropout = 0.0};
+
 loom::models::GPT bench_gpt() {
   loom::manual_seed(0);
-  return loom::models::GPT(loom::models::GPTConfig{
-      .n_layer = 4, .n_embd = 256, .n_head = 4, .block_size = 128, .vocab_size = 96, .dropout = 0.0});
+  return loom::models::GPT(kBenchGpt);
 }
 
 // One training step: loss on (16, 128) random tokens, backward, AdamW 3e-4.
@@ -453,6 +460,70 @@ void BM_gpt_generate(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(gpt->generate(prompt, 112, greedy).raw_data_ptr());
   state.counters["tokens"] =
       benchmark::Counter(112.0 * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+// ---- quantized generation (run.py's "quant" group) ----
+// Greedy generation at batch 1 with the KV cache, as BM_gpt_generate, for
+// two models and three weight formats: float32, and every nn::Linear
+// quantized by nn::quantize_dynamic to int8 (per-channel weights, per-token
+// dynamic activations) or int4 (groups of 32, as ggml's Q4_0). The tied
+// lm_head stays float32. "small" is bench_gpt(); "large" has GPT-2 small's
+// shape (12 layers, d_model 768, 12 heads; context 256, vocabulary 96:
+// 85M parameters, 340 MB in float32), so a decoding step reads its weights
+// from memory, as LLM decoding does, and quantization pays in bytes read.
+struct GenSpec {
+  const char* size;  // "small", "large": the workload key is gen_<size>_<format>
+  loom::models::GPTConfig config;
+  int64_t prompt, new_tokens;
+};
+
+const GenSpec kGenSmall{"small", kBenchGpt, 16, 112};  // as BM_gpt_generate
+const GenSpec kGenLarge{
+    "large", {.n_layer = 12, .n_embd = 768, .n_head = 12, .block_size = 256, .vocab_size = 96, .dropout = 0.0}, 16, 48};
+
+struct GenModel {
+  loom::models::GPT gpt{nullptr};
+  loom::Tensor prompt;
+  int64_t weight_bytes = 0;  // parameters and buffers: what a step reads, near enough
+};
+
+// The model of (spec, scheme), built, quantized and warmed up (one
+// generation) on first use and kept for the process: Google Benchmark calls
+// a benchmark function several times (and with --loom_gen_turns each row is
+// registered several times), and an 85M-parameter model takes seconds to
+// build. Same seed for every format, so they quantize the same float32
+// weights. The float32 weights a quantization drops go back to the
+// system (cpu_empty_cache), so the process holds one copy of each model.
+GenModel& gen_model(const GenSpec& spec, std::optional<loom::QuantScheme> scheme) {
+  static std::map<std::string, GenModel> models;
+  const std::string key = std::string(spec.size) + "_" + (scheme ? loom::quant_scheme_name(*scheme) : "fp32");
+  auto it = models.find(key);
+  if (it != models.end()) return it->second;
+  loom::manual_seed(0);
+  GenModel m;
+  m.gpt = loom::models::GPT(spec.config);
+  m.gpt->eval();
+  if (scheme) {
+    loom::nn::quantize_dynamic(*m.gpt, *scheme);
+    loom::cpu_empty_cache();
+  }
+  m.prompt = loom::randint(spec.config.vocab_size, {1, spec.prompt});
+  for (const auto& tensors : {m.gpt->parameters(), m.gpt->buffers()})
+    for (const loom::Tensor& t : tensors) m.weight_bytes += static_cast<int64_t>(t.nbytes());
+  const loom::models::GenerateOptions greedy{.temperature = 0.0, .use_cache = true};
+  benchmark::DoNotOptimize(m.gpt->generate(m.prompt, spec.new_tokens, greedy).raw_data_ptr());  // warm-up
+  return models.emplace(key, std::move(m)).first->second;
+}
+
+// gen_<size>_<format>: the prompt in one forward, then new_tokens steps of
+// one position. Counters: tokens (generated per second) and weight_bytes.
+void BM_gen(benchmark::State& state, const GenSpec& spec, std::optional<loom::QuantScheme> scheme) {
+  GenModel& m = gen_model(spec, scheme);
+  const loom::models::GenerateOptions greedy{.temperature = 0.0, .use_cache = true};
+  for (auto _ : state) benchmark::DoNotOptimize(m.gpt->generate(m.prompt, spec.new_tokens, greedy).raw_data_ptr());
+  state.counters["tokens"] = benchmark::Counter(static_cast<double>(spec.new_tokens * state.iterations()),
+                                                benchmark::Counter::kIsRate);
+  state.counters["weight_bytes"] = static_cast<double>(m.weight_bytes);
 }
 
 // Registered in table order. Names are the workload keys shared with
@@ -507,17 +578,41 @@ void register_benchmarks() {
   reg("attn_mem_4096", BM_attn_mem)->Unit(kMillisecond)->Iterations(1);
   reg("dispatch_add", BM_dispatch_add, false)->Unit(kNanosecond);
   reg("dispatch_add_autograd", BM_dispatch_add, true)->Unit(kNanosecond);
+  // Quantized generation. With --loom_gen_turns=N > 1 every gen row is
+  // registered N times, as "gen_large_int8/turn:k", the formats of a size
+  // taking turns (the order reversed every other turn), so run.py can
+  // divide the float32 time by the quantized one turn by turn, each pair
+  // run back to back in one process under the same load (Note [The quant
+  // group] in run.py).
+  struct GenFormat {
+    const char* name;
+    std::optional<loom::QuantScheme> scheme;
+  };
+  const std::vector<GenFormat> formats{
+      {"fp32", std::nullopt}, {"int8", loom::QuantScheme::Int8}, {"int4", loom::QuantScheme::Int4}};
+  for (int turn = 1; turn <= g_gen_turns; ++turn)
+    for (const GenSpec* spec : {&kGenSmall, &kGenLarge})
+      for (size_t i = 0; i < formats.size(); ++i) {
+        const GenFormat& f = formats[turn % 2 == 1 ? i : formats.size() - 1 - i];
+        std::string name = std::string("gen_") + spec->size + "_" + f.name;
+        if (g_gen_turns > 1) name += "/turn:" + std::to_string(turn);
+        reg(name, BM_gen, *spec, f.scheme)->Unit(kMillisecond);
+      }
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Take out --loom_threads=N; Google Benchmark rejects flags it does not know.
+  // Take out --loom_threads=N and --loom_gen_turns=N; Google Benchmark
+  // rejects flags it does not know.
   std::vector<char*> args;
   const char* flag = "--loom_threads=";
+  const char* turns_flag = "--loom_gen_turns=";
   for (int k = 0; k < argc; ++k) {
     if (std::strncmp(argv[k], flag, std::strlen(flag)) == 0)
       loom::set_num_threads(std::atoi(argv[k] + std::strlen(flag)));
+    else if (std::strncmp(argv[k], turns_flag, std::strlen(turns_flag)) == 0)
+      g_gen_turns = std::max(1, std::atoi(argv[k] + std::strlen(turns_flag)));
     else
       args.push_back(argv[k]);
   }

@@ -23,6 +23,14 @@ scheduler against eager loom and against the serial replay, section by
 section) and MLP and CNN epochs of `loom train` eager and with --compile, and
 prints a section of its own (see print_compile and Note [The compile group]).
 
+The "quant" group times greedy generation at batch 1 with the KV cache
+(bench_ops's gen_* rows) in float32 and with nn::quantize_dynamic's int8 and
+int4 weights, beside PyTorch's float32 and dynamic int8
+(torch.ao.quantization.quantize_dynamic), for a small GPT and a GPT-2-small
+shaped one, and prints a section of its own: tokens/s, loom's speedup over
+loom float32 (the targets) and loom against torch (see print_quant and
+Note [The quant group]).
+
 PyTorch runs twice (Note [PyTorch as installed and tuned]): "installed" with
 OPENBLAS_CORETYPE taken out of the environment, so OpenBLAS picks its kernels
 from CPUID as on a fresh machine; "tuned" with the OPENBLAS_CORETYPE that
@@ -38,6 +46,7 @@ speedup = torch time / loom time: above 1, loom is faster.
     python3 bench/run.py --only graph           # compiled and checkpointed steps
     python3 bench/run.py --only distributed     # all_reduce, DDP overlap, scaling (mpirun)
     python3 bench/run.py --only compile         # fusion and scheduling: loom against loom
+    python3 bench/run.py --only quant           # int8 / int4 generation against float32 and torch
 """
 import argparse
 import csv
@@ -49,6 +58,7 @@ import statistics
 import subprocess
 import sys
 import time
+from select import select as wait_readable  # run.py's own select() picks workloads
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -69,7 +79,11 @@ class Workload:
     against itself; see print_distributed; `part` is its --only name),
     "compile" (bench_compile, loom::compile against eager or the serial
     replay, `part` its --only name; or, with `model` instead, `loom train`
-    eager against --compile; see print_compile).
+    eager against --compile; see print_compile), "quant" (bench_ops's
+    gen_<size>_<format> rows, `part` the format, against loom's float32 row
+    of the size (`ref`) and torch_ops.py's row of the same name; see
+    print_quant; its `min_speedup` is on loom float32 time / loom quantized
+    time, its `repetitions` torch's per round: loom's are --quant-turns).
     `flops` / `bytes` / `tokens` per call give the rate columns.
     `ref` names the machine reference the row is measured against (the FMA
     peak, the STREAM loop): it runs in the same bench_ops process, next to
@@ -110,6 +124,24 @@ CONVS = {
     "resnet9_conv128_1x1map": ("resnet9 128->128 1x1", (128, 128, 1, 1, 128, 3, 1)),
 }
 CONV_TARGET = 1 / 0.7  # loom's conv2d forward + backward at most 0.7x torch's time
+
+
+# The quant group's models: size -> (description, tokens generated per call,
+# torch repetitions a round). bench_ops.cpp (GenSpec) and torch_ops.py
+# (GEN_CONFIGS) build the same shapes.
+QUANT_SIZES = {
+    "small": ("GPT 4L d256 h4, ctx 128 (3.2M params), 16+112 tokens", 112, 2),
+    "large": ("GPT 12L d768 h12, ctx 256 (85M params, GPT-2 small), 16+48 tokens", 48, 1),
+}
+QUANT_FORMATS = ("fp32", "int8", "int4")
+QUANT_TORCH_FORMATS = ("fp32", "int8")  # torch_ops.py has no int4 rows
+QUANT_TARGETS = {"int8": 1.8, "int4": 2.5}  # loom tokens/s over loom float32's, the issue's bars
+QUANT_JUDGED = "large"  # the size the targets are judged on; the small model's rows are information
+# Bounds on the torch side (Note [The quant group]): seconds one row's reply
+# may take before its process is stopped, and in all before later rows are skipped.
+QUANT_TORCH_TIMEOUT = 60.0
+QUANT_TORCH_BUDGET = 150.0
+QUANT_READ_REF = "sum_f32"  # the memory's read speed, run in each of the group's bench_ops processes
 
 
 WORKLOADS = [
@@ -209,6 +241,16 @@ WORKLOADS = [
     Workload("compile_cnn_epoch", "CNN epoch (Fashion-MNIST)", "compile", source="compile", model="cnn",
              min_speedup=1.15),
     Workload("compile_time", "compile time per model", "compile", source="compile", part="compile"),
+    # Quantized generation (Note [The quant group]): greedy, batch 1, KV
+    # cache; bench_ops's gen_* rows against torch_ops.py's (float32 and
+    # dynamic int8; PyTorch has no int4 Linear on the CPU). The targets, on
+    # the large model (decoding reads its weights from memory): tokens/s
+    # int8 >= 1.8x float32, int4 >= 2.5x, loom against loom.
+    *[Workload(f"gen_{size}_{fmt}", f"{fmt}", "quant", source="quant", part=fmt, tokens=new_tokens,
+               ref=None if fmt == "fp32" else f"gen_{size}_fp32",
+               min_speedup=QUANT_TARGETS.get(fmt) if size == QUANT_JUDGED else None,
+               repetitions=reps)
+      for size, (_, new_tokens, reps) in QUANT_SIZES.items() for fmt in QUANT_FORMATS],
 ]
 BY_KEY = {w.key: w for w in WORKLOADS}
 GROUPS = list(dict.fromkeys(w.group for w in WORKLOADS))
@@ -362,6 +404,7 @@ class TorchWorker:
                f"--repetitions={args.repetitions}", f"--min-time={args.min_time}"]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      env=torch_env(args, coretype))
+        self.last_error = None  # the reason of the last reply with an error
         self.header = self._reply()
 
     def _reply(self):
@@ -371,14 +414,25 @@ class TorchWorker:
             return None
         return json.loads(line)
 
-    def run(self, key, repetitions=None):
+    def run(self, key, repetitions=None, timeout=None):
+        """The reply for `key`, None on an error. With `timeout` (seconds),
+        a reply that takes longer stops the process (a call in PyTorch
+        cannot be interrupted): this run and every later one return None."""
         if self.proc.poll() is not None:
             return None
         self.proc.stdin.write(key + (f" {repetitions}" if repetitions else "") + "\n")
         self.proc.stdin.flush()
+        # One line a request, read whole: nothing waits in stdout's buffer.
+        if timeout is not None and not wait_readable([self.proc.stdout], [], [], timeout)[0]:
+            self.proc.kill()
+            self.proc.wait()
+            self.last_error = f"no reply within {timeout:g} s, stopped"
+            log(f"  {self.label} {key}: {self.last_error}")
+            return None
         reply = self._reply()
         if reply and "error" in reply:
             log(f"  {self.label} {key}: {reply['error']}")
+            self.last_error = reply["error"]
             return None
         return reply
 
@@ -891,6 +945,136 @@ def run_python_epoch(args, env):
     return {"times_s": [float(r["seconds"]) for r in rows], "test_acc": float(rows[-1]["test_acc"])}
 
 
+# Note [The quant group]
+# Greedy generation at batch 1 with the KV cache, float32 against loom's own
+# int8 and int4 weights (nn::quantize_dynamic), the issue's targets being
+# loom's tokens/s over loom float32's on the large model: decoding one
+# position multiplies a vector by every weight matrix, so it reads all the
+# weights once per token, and fewer bytes per weight is what quantization
+# can make faster. The small model's weights (13 MB in float32) are too few
+# for that; its rows are printed for information only. Each row's "loom
+# GB/s" (weight bytes x steps per second) is set beside sum_f32's read speed,
+# measured at the start of the same process: a row well below it is bound
+# by its kernel, not by memory.
+# The targets are loom against loom, so each pair runs in one bench_ops
+# process, next to each other: --loom_gen_turns=N registers every gen row N
+# times with the formats of a size taking turns (fp32, int8, int4, then
+# int4, int8, fp32, ...), one repetition a turn, and a ratio is the median
+# over all turns of that turn's float32 time / quantized time, as in the
+# graph group (round_ratio): on this shared machine a call swings by 10-30%,
+# and a turn's two calls see the same load. Each model is built, quantized
+# and warmed up once per process (the large one takes seconds), so turns
+# cost only their calls. The rounds (--rounds) take turns with torch: one
+# bench_ops process of --quant-turns turns, then torch_ops.py's rows, the
+# order reversed every other round; loom against torch is then the ratio of
+# the pooled medians, as in the main table. torch runs as installed (no
+# OPENBLAS_CORETYPE probe: no target here is against torch), its int8 the
+# dynamic quantization of PyTorch 1.13 (torch.ao.quantization.quantize_dynamic
+# on the blocks' nn.Linear: per-tensor int8 weights, activations quantized
+# per call) on the engine torch_ops.py found (fbgemm, x86, onednn or
+# qnnpack; none: the torch column says why); it has no int4 Linear on the
+# CPU. PyTorch's thread pools wait by spinning, so while another process
+# holds a core one call can take 10-40x its time (seen here: 2 s and 69 s
+# for the same large int8 call); loom's pool does not (Note [Thread pool] in
+# src/core/threads.cpp). So the torch side is bounded: a reply that takes
+# over QUANT_TORCH_TIMEOUT stops its process (the next row starts a new
+# one), and once torch has spent QUANT_TORCH_BUDGET in all, its later rows
+# are skipped; the section says which. Its warm-up generates 4 tokens, not
+# the whole call.
+
+def run_loom_gen(args, keys):
+    """One bench_ops process over the gen rows `keys`, --quant-turns turns,
+    and sum_f32 before them: {key: {turn: seconds per call}}, {key: weight
+    bytes} and sum_f32's bytes per second (the memory's read speed under
+    the process's load), or None."""
+    cmd = [args.bench_bin, f"--loom_threads={args.threads}", f"--loom_gen_turns={args.quant_turns}",
+           "--benchmark_format=json", f"--benchmark_filter=^({'|'.join([QUANT_READ_REF, *keys])})(/|$)",
+           "--benchmark_repetitions=1", f"--benchmark_min_time={args.min_time}"]
+    data = run_json(cmd, what="bench_ops (gen rows)")
+    times, weight_bytes, read_bps = {}, {}, None
+    for b in (data or {}).get("benchmarks", []):
+        if b["run_type"] != "iteration":
+            continue
+        parts = b["run_name"].split("/")  # "gen_large_int8/turn:3/real_time"
+        if parts[0] == QUANT_READ_REF:
+            read_bps = b.get("bytes_per_second")
+            continue
+        turn = next((int(p[len("turn:"):]) for p in parts if p.startswith("turn:")), 1)
+        times.setdefault(parts[0], {})[turn] = b["real_time"] * UNIT_SECONDS[b["time_unit"]]
+        if "weight_bytes" in b:
+            weight_bytes[parts[0]] = int(b["weight_bytes"])
+    return times, weight_bytes, read_bps
+
+
+def quant_ratios(base, other):
+    """Per turn (or round) present in both: base time / other time."""
+    return [base[t] / other[t] for t in sorted(set(base) & set(other)) if other[t]]
+
+
+def collect_quant(args, rows_wanted, res, meta):
+    """The "quant" rows: --rounds rounds, each one bench_ops process (every
+    selected row, --quant-turns turns) and torch_ops.py's float32 and int8
+    rows, taking turns (Note [The quant group])."""
+    keys = [w.key for w in rows_wanted]
+    torch_rows = [w for w in rows_wanted if w.part in QUANT_TORCH_FORMATS]
+    meta["quant_torch_errors"] = {}
+    meta["quant_read_gbs"] = []
+    torch_state = {"worker": None, "spent_s": 0.0}  # the worker, replaced when one is stopped
+
+    def torch_worker():
+        worker = torch_state["worker"]
+        if worker is None or worker.proc.poll() is not None:
+            log("[quant] torch_ops.py --serve (PyTorch as installed)")
+            worker = torch_state["worker"] = TorchWorker(args, None)
+            if worker.header:
+                meta["torch"] = meta["torch"] or worker.header.get("torch")
+        return worker
+
+    def loom_turns(rnd):
+        log(f"[quant {rnd + 1}/{args.rounds}] loom: bench_ops --loom_gen_turns={args.quant_turns} "
+            f"({', '.join(keys)})")
+        times, weight_bytes, read_bps = run_loom_gen(args, keys)
+        if read_bps:
+            meta["quant_read_gbs"].append(read_bps / 1e9)
+        for w in rows_wanted:
+            t = times.get(w.key) or {}
+            entry = {"times_s": [t[k] for k in sorted(t)]}
+            if w.ref and times.get(w.ref):
+                entry["fp32_ratios"] = quant_ratios(times[w.ref], t)
+            if w.key in weight_bytes:
+                entry["weight_bytes"] = weight_bytes[w.key]
+            merge(res, w.key, "loom", entry)
+
+    def torch_turn(rnd):
+        medians = {}
+        for w in torch_rows:
+            if torch_state["spent_s"] > QUANT_TORCH_BUDGET:
+                meta["quant_torch_errors"][w.key] = (f"rounds from {rnd + 1} skipped: torch's rows took over "
+                                                     f"{QUANT_TORCH_BUDGET:g} s (a busy machine?)")
+                continue
+            worker = torch_worker()
+            log(f"[quant {rnd + 1}/{args.rounds}] {worker.label}: {w.key}")
+            start = time.monotonic()
+            reply = worker.run(w.key, w.repetitions, timeout=QUANT_TORCH_TIMEOUT)
+            torch_state["spent_s"] += time.monotonic() - start
+            if reply is None:
+                meta["quant_torch_errors"][w.key] = worker.last_error or "torch_ops.py gave no reply"
+                continue
+            medians[w.key] = reply["median_s"]
+            entry = {k: v for k, v in reply.items() if k != "median_s"}
+            if w.ref in medians:
+                entry["fp32_ratios"] = [medians[w.ref] / reply["median_s"]]
+            merge(res, w.key, "torch_installed", entry)
+
+    for rnd in range(args.rounds):
+        sides = [loom_turns] + ([torch_turn] if torch_rows else [])
+        for side in sides if rnd % 2 == 0 else reversed(sides):
+            time.sleep(args.settle)
+            side(rnd)
+    if torch_state["worker"]:
+        torch_state["worker"].close()
+
+
 def collect_memory(args, w, res, torch_worker):
     """A "mem" row: one bench_ops run for loom's bytes and one torch_ops.py
     reply for torch's (BLAS plays no part in memory, so torch runs as
@@ -972,6 +1156,10 @@ def collect(args, selected):
     python_rows = [w for w in selected if w.source == "python"]
     if python_rows:
         collect_python(args, python_rows, res, meta)
+
+    quant = [w for w in selected if w.source == "quant"]
+    if quant:
+        collect_quant(args, quant, res, meta)
 
     graph = [w for w in selected if w.source == "graph"]
     if graph:
@@ -1071,6 +1259,9 @@ def evaluate(args, selected, res):
             continue
         if w.source == "compile":
             rows[w.key] = evaluate_compile(w, r)
+            continue
+        if w.source == "quant":
+            rows[w.key] = evaluate_quant(w, r)
             continue
         lt = median_of(r.get("loom"))
         # Note [References under load]
@@ -1216,6 +1407,34 @@ def evaluate_graph(w, r):
     return row
 
 
+def evaluate_quant(w, r):
+    """A "quant" row (Note [The quant group]): both sides' times, tokens/s,
+    the medians of the turns' float32 / quantized ratios (loom) and of the
+    rounds' (torch), loom against torch, and "checks": the target on the
+    judged size's quantized rows."""
+    loom, torch_side = r.get("loom") or {}, r.get("torch_installed") or {}
+    lt, tt = median_of(loom), median_of(torch_side)
+    row = {"loom": loom, "torch_installed": torch_side, "loom_s": lt, "torch_s": tt,
+           "loom_tokens_per_s": w.tokens / lt if lt else None, "torch_tokens_per_s": w.tokens / tt if tt else None,
+           "loom_vs_fp32": median_or_none(loom.get("fp32_ratios")),
+           "torch_vs_fp32": median_or_none(torch_side.get("fp32_ratios")),
+           "speedup": ratio(tt, lt)}
+    # Weight bytes read per step times steps per second (the prompt's
+    # forward counted as one step): how close a row runs to memory's speed.
+    wb = loom.get("weight_bytes")
+    row["loom_weight_gbs"] = wb * (w.tokens + 1) / lt / 1e9 if wb and lt else None
+    checks = []
+    if w.min_speedup:
+        checks.append(graph_check(f"{w.part} tokens/s >= {w.min_speedup:g}x fp32", row["loom_vs_fp32"],
+                                  w.min_speedup, at_most=False))
+    row["checks"] = checks
+    if checks:
+        row["target"] = "; ".join(c["target"] for c in checks)
+        mets = [c["met"] for c in checks]
+        row["met"] = False if False in mets else (None if None in mets else True)
+    return row
+
+
 def speedup_target_text(min_speedup):
     """">=2.5x"; a bar set as a time ratio (1 / 0.7) reads as one: "time<=0.7x"."""
     text = f"{min_speedup:g}"
@@ -1254,7 +1473,7 @@ def rate_text(w, row):
 def print_table(args, selected, rows, meta):
     installed = meta.get("openblas_installed") or "?"
     tuned = meta.get("coretype_tuned")
-    table = [w for w in selected if w.source not in ("graph", "distributed", "compile")]
+    table = [w for w in selected if w.source not in ("graph", "distributed", "compile", "quant")]
     if table:
         print(f"threads: {args.threads}   medians of {args.rounds} rounds x {args.repetitions} repetitions "
               f"(>= {args.min_time} s each), epochs: {args.epochs} per run   torch {meta.get('torch') or 'n/a'}")
@@ -1283,6 +1502,9 @@ def print_table(args, selected, rows, meta):
     compiled = [w for w in selected if w.source == "compile"]
     if compiled:
         print_compile(args, compiled, rows, meta)
+    quant = [w for w in selected if w.source == "quant"]
+    if quant:
+        print_quant(args, quant, rows, meta)
     for w in (w for w in selected if w.source == "epoch"):
         r = rows[w.key]
         accs = [f"{side} {r[side]['test_acc']:.2%}" for side in ("loom", "torch_installed", "torch_tuned")
@@ -1606,6 +1828,59 @@ def print_compile(args, selected, rows, meta):
           "compile, which the median leaves out from 3 epochs on.")
 
 
+def print_quant(args, selected, rows, meta):
+    """The quant group's section (Note [The quant group]): per model, one
+    row per weight format with tokens/s of both sides, the speedups over
+    float32 and loom against torch, and the target where one is judged."""
+    print()
+    engines = sorted({(rows[w.key].get("torch_installed") or {}).get("quantized_engine") for w in selected} - {None})
+    print(f"quant: greedy generation, batch 1, KV cache, {args.threads} threads. loom: bench_ops, {args.rounds} "
+          f"round(s) of one process with {args.quant_turns} turns of the formats;\nvs fp32: the median of the turns' "
+          f"fp32 time / quantized time. torch {meta.get('torch') or 'n/a'} as installed, {args.rounds} round(s) "
+          f"taking turns with loom;\nits int8 is quantize_dynamic (engine: {', '.join(engines) or 'n/a'}); it has "
+          "no int4 Linear on the CPU")
+    header = (f"{'format':<10}{'weights':>10}{'loom tok/s':>12}{'torch tok/s':>13}{'loom vs fp32':>14}"
+              f"{'torch vs fp32':>15}{'loom/torch':>12}{'loom GB/s':>11}  {'target':<28}")
+    print(header)
+    print("-" * (len(header.rstrip()) + 6))
+
+    def tps(x):
+        return "n/a" if x is None else f"{x:.0f}" if x >= 100 else f"{x:.1f}"
+    for size, (desc, _, _) in QUANT_SIZES.items():
+        ws = [w for w in selected if w.key.startswith(f"gen_{size}_")]
+        if not ws:
+            continue
+        print(f"{size}: {desc}" + ("" if size == QUANT_JUDGED else " (information, not judged)"))
+        for w in ws:
+            row = rows[w.key]
+            loom = row.get("loom") or {}
+            torch_side = w.part in QUANT_TORCH_FORMATS
+            loom_tps = tps(row.get("loom_tokens_per_s")) + ("*" if time_text(loom).endswith("*") else "")
+            torch_tps = tps(row.get("torch_tokens_per_s")) if torch_side else "-"
+            if w.part == "fp32":
+                vs = "1.00x" if row.get("loom_s") else "n/a"
+                tvs = ("1.00x" if row.get("torch_s") else "n/a") if torch_side else "-"
+            else:
+                vs = ratio_text(row.get("loom_vs_fp32"), at_most=False)
+                tvs = ratio_text(row.get("torch_vs_fp32"), at_most=False) if torch_side else "-"
+            lt = ratio_text(row.get("speedup"), at_most=False) if torch_side else "-"
+            gbs = row.get("loom_weight_gbs")
+            check = (row.get("checks") or [None])[0]
+            met = "" if not check else {True: "met", False: "MISSED", None: "?"}[check["met"]]
+            print(f"  {w.part:<8}{fmt_bytes(loom.get('weight_bytes')):>10}{loom_tps:>12}{torch_tps:>13}{vs:>14}"
+                  f"{tvs:>15}{lt:>12}{'n/a' if gbs is None else f'{gbs:.1f}':>11}  "
+                  f"{check['target'] if check else '':<28}{met}")
+    for key, why in (meta.get("quant_torch_errors") or {}).items():
+        print(f"torch {key}: n/a: {why}")
+    read = median_or_none(meta.get("quant_read_gbs"))
+    print("weights: the model's parameters and buffers (int8: codes and per-channel scales; int4: packed codes and\n"
+          "a scale per 32; the tied lm_head and the embeddings stay float32); loom GB/s: weights x decoding steps per\n"
+          "second, the bytes a step must read at least, against the memory's read speed in the same processes\n"
+          f"({QUANT_READ_REF}: {'n/a' if read is None else f'{read:.1f} GB/s'}). loom/torch: torch time / loom time "
+          "for the same format (above 1: loom is\nfaster), medians over all rounds. * the middle half of loom's calls "
+          f"spans more than {NOISY_SPREAD:.0%} of the median.")
+
+
 def main():
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1624,6 +1899,9 @@ def main():
     p.add_argument("--compile-plan-epochs", action="store_true",
                    help="the compile group's MLP and CNN epochs also with --compile=plan (capture and memory plan "
                         "only), for context")
+    p.add_argument("--quant-turns", type=int, default=5,
+                   help="turns of the formats in each bench_ops process of the quant group (one per --rounds); "
+                        "its ratios are medians over all turns (Note [The quant group])")
     p.add_argument("--dist-bin", help="default: BUILD_DIR/bench/bench_distributed")
     p.add_argument("--mpirun", default="mpirun", help="Open MPI's launcher, for the distributed group")
     p.add_argument("--dist-np", type=int, default=2, help="ranks of the distributed group's mpirun")
@@ -1648,7 +1926,8 @@ def main():
                         "and OpenMP spin a while after a call) are idle when the next side starts timing")
     p.add_argument("--epochs", type=int, default=3,
                    help="epochs of each training run (MLP, CNN) on each side (median reported)")
-    p.add_argument("--only", default="", help=f"comma-separated groups ({', '.join(GROUPS)}) or workload names")
+    p.add_argument("--only", default="", help=f"comma-separated groups ({', '.join(GROUPS)}; quant: int8 / int4 "
+                                              "generation) or workload names")
     p.add_argument("--coretypes", default=",".join(CORETYPES),
                    help="OPENBLAS_CORETYPE values to probe for the tuned torch run ('' for none)")
     p.add_argument("--json", help="write the raw results here (default: BUILD_DIR/bench_results.json)")
@@ -1666,6 +1945,8 @@ def main():
         sys.exit(f"run.py: --graph-reps must be at least 1, got {args.graph_reps}")
     if args.compile_reps < 1:
         sys.exit(f"run.py: --compile-reps must be at least 1, got {args.compile_reps}")
+    if args.quant_turns < 1:
+        sys.exit(f"run.py: --quant-turns must be at least 1, got {args.quant_turns}")
     if args.dist_reps < 1 or args.dist_np < 2:
         sys.exit(f"run.py: --dist-reps must be at least 1 and --dist-np at least 2, got {args.dist_reps} and "
                  f"{args.dist_np}")
@@ -1673,7 +1954,8 @@ def main():
     start = time.monotonic()
     selected = select(args.only)
     # Only the programs the selected rows run must exist.
-    if any(w.source in ("ops", "ref", "mem", "dispatch") for w in selected) and not shutil.which(args.bench_bin):
+    if any(w.source in ("ops", "ref", "mem", "dispatch", "quant") for w in selected) and \
+            not shutil.which(args.bench_bin):
         sys.exit(f"run.py: {args.bench_bin} not found; build it with `make bench`")
     if any(w.source == "graph" for w in selected) and not shutil.which(args.graph_bin):
         sys.exit(f"run.py: {args.graph_bin} not found; build it with `make bench`")
@@ -1688,7 +1970,7 @@ def main():
     with open(args.json, "w") as f:
         json.dump({"threads": args.threads, "rounds": args.rounds, "repetitions": args.repetitions,
                    "min_time_s": args.min_time, "graph_reps": args.graph_reps,
-                   "compile_reps": args.compile_reps, "dist_reps": args.dist_reps,
+                   "compile_reps": args.compile_reps, "quant_turns": args.quant_turns, "dist_reps": args.dist_reps,
                    "dist_np": args.dist_np, "dist_bind": args.dist_bind, "dist_yield": args.dist_yield,
                    "epochs": args.epochs, "meta": meta, "wall_s": wall, "workloads": rows}, f, indent=1)
     print(f"raw results: {args.json}")

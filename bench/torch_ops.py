@@ -5,8 +5,9 @@ bench/run.py.
 Prints one JSON object: {"torch": version, "threads": n, "openblas_core":
 name or null, "results": {workload: {"median_s": t, "times_s": [...]}}},
 where each time is the mean seconds per call of one repetition, as Google
-Benchmark reports them. With --serve it times workloads named on stdin
-instead, one JSON line each (see serve()).
+Benchmark reports them; a workload this PyTorch cannot run (an int8 row
+without a quantized engine) gives {"error": why} instead. With --serve it
+times workloads named on stdin instead, one JSON line each (see serve()).
 
     /usr/bin/python3 bench/torch_ops.py --threads 2 --only sgemm_1024,softmax
 """
@@ -126,12 +127,14 @@ def lstm_step():
     return training_step(loss, optimizer)
 
 
-def bench_gpt():
-    """nanoGPT (torch_gpt.py): 4 layers, d_model 256, 4 heads, context 128,
-    vocabulary 96, no dropout, tied head."""
+def bench_gpt(**config):
+    """nanoGPT (torch_gpt.py): by default 4 layers, d_model 256, 4 heads,
+    context 128, vocabulary 96, no dropout, tied head; `config` overrides
+    GPTConfig's fields (GEN_CONFIGS)."""
     from torch_gpt import GPT, GPTConfig
     torch.manual_seed(0)
-    return GPT(GPTConfig(n_layer=4, n_embd=256, n_head=4, block_size=128, vocab_size=96, dropout=0.0))
+    fields = dict(n_layer=4, n_embd=256, n_head=4, block_size=128, vocab_size=96, dropout=0.0)
+    return GPT(GPTConfig(**dict(fields, **config)))
 
 
 def gpt_step():
@@ -148,6 +151,67 @@ def gpt_generate():
     model = bench_gpt().eval()
     prompt = torch.randint(96, (1, 16))
     return lambda: model.generate_greedy(prompt, 112)
+
+
+# The "quant" rows (bench_ops.cpp's gen_*): greedy generation at batch 1 with
+# past keys and values, as gpt_generate, for two models: size -> (GPTConfig
+# fields, prompt tokens, new tokens). "large" is GPT-2 small's shape (85M
+# parameters, 340 MB in float32), so each step reads its weights from memory.
+GEN_CONFIGS = {
+    "small": (dict(), 16, 112),
+    "large": (dict(n_layer=12, n_embd=768, n_head=12, block_size=256), 16, 48),
+}
+# PyTorch's quantized engines for dynamic int8 Linear on the CPU, in order of
+# preference (fbgemm is x86's; 1.13 builds without it have onednn or qnnpack).
+QUANT_ENGINES = ("fbgemm", "x86", "onednn", "qnnpack")
+
+
+class Unavailable(Exception):
+    """A workload this PyTorch cannot run (its reply carries the reason)."""
+
+
+def quantized_engine():
+    """Sets and returns a quantized engine that runs dynamic int8 Linear:
+    the current one when it does, else the first of QUANT_ENGINES that this
+    build supports. Raises Unavailable when there is none."""
+    supported = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    current = torch.backends.quantized.engine
+    for engine in ([current] if current in supported else []) + [e for e in QUANT_ENGINES if e in supported]:
+        try:
+            torch.backends.quantized.engine = engine
+            probe = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(64, 32)),
+                                                           {torch.nn.Linear}, dtype=torch.qint8)
+            probe(torch.randn(1, 64))
+            return engine
+        except (RuntimeError, AssertionError):
+            continue
+    raise Unavailable(f"no quantized engine for dynamic int8 Linear in torch {torch.__version__} "
+                      f"(supported: {torch.backends.quantized.supported_engines})")
+
+
+def gen(size, quantized=False):
+    """Greedy generation of GEN_CONFIGS[size], float32 or with every
+    nn.Linear of the blocks dynamically quantized to int8
+    (torch.ao.quantization.quantize_dynamic: per-tensor int8 weights,
+    activations quantized per call). The tied lm_head stays float32, as
+    loom's (quantized in place on model.transformer, so the tie holds)."""
+    config, prompt_len, new_tokens = GEN_CONFIGS[size]
+    model = bench_gpt(**config).eval()
+    engine = None
+    if quantized:
+        engine = quantized_engine()
+        torch.ao.quantization.quantize_dynamic(model.transformer, {torch.nn.Linear}, dtype=torch.qint8,
+                                               inplace=True)
+    prompt = torch.randint(96, (1, prompt_len))
+
+    def run():
+        return model.generate_greedy(prompt, new_tokens)
+    # The warm-up (time_workload) runs every op a call does, on a few tokens:
+    # a full call of the large model takes seconds.
+    run.warm_up = lambda: model.generate_greedy(prompt, 4)
+    if engine:
+        run.info = {"quantized_engine": engine}
+    return run
 
 
 def resident_bytes():
@@ -258,6 +322,9 @@ def make_workloads():
         "gpt_step": gpt_step,
         "gpt_generate": gpt_generate,
     })
+    for size in GEN_CONFIGS:  # no int4 rows: PyTorch has no int4 Linear on the CPU
+        w[f"gen_{size}_fp32"] = lambda size=size: gen(size)
+        w[f"gen_{size}_int8"] = lambda size=size: gen(size, quantized=True)
     return w
 
 
@@ -290,10 +357,16 @@ def openblas(threads):
 
 
 def time_workload(factory, args, repetitions=None):
-    fn = factory()  # inputs made here, freed when fn goes
-    fn()  # warm-up: first-call allocations and thread start-up
+    """{"median_s": t, "times_s": [...]} and the callable's `info` fields
+    (the quantized engine of an int8 row), or {"error": why} for a workload
+    this PyTorch cannot run."""
+    try:
+        fn = factory()  # inputs made here, freed when fn goes
+    except Unavailable as e:
+        return {"error": str(e)}
+    getattr(fn, "warm_up", fn)()  # first-call allocations and thread start-up
     times = [time_repetition(fn, args.min_time) for _ in range(repetitions or args.repetitions)]
-    return {"median_s": statistics.median(times), "times_s": times}
+    return {"median_s": statistics.median(times), "times_s": times, **getattr(fn, "info", {})}
 
 
 def serve(args, factories, header):

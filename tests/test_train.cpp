@@ -50,25 +50,7 @@ bool have_dataset() {
                    << " (install the OS package dataset-fashion-mnist: `make deps` as root)";                  \
   } while (0)
 
-// A fresh folder per test (ctest runs tests in parallel), removed afterwards.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() /
-            ("loom_test_train_" + std::to_string(::getpid()) + "_" + info->test_suite_name() + "_" + info->name());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
+using TempDir = loom::test::TempDir;
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path);

@@ -5,14 +5,40 @@
 #include <gtest/gtest.h>
 #include <loom/loom.h>
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 namespace loom::test {
+
+// A fresh folder per test, named after the suite, the test and the process
+// (ctest runs tests in parallel), removed afterwards.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix = "loom_test") {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = std::filesystem::temp_directory_path() /
+            (prefix + "_" + std::to_string(::getpid()) + "_" + info->test_suite_name() + "_" + info->name());
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
 
 // Bitwise equality of two tensors of one dtype and shape (any layout).
 inline ::testing::AssertionResult same_bits(const Tensor& a, const Tensor& b) {

@@ -9,8 +9,8 @@
 
 namespace loom {
 
-enum class DType : uint8_t { Float32, Float64, Float16, BFloat16, Int32, Int64, UInt8, Bool };
-inline constexpr int kNumDTypes = 8;
+enum class DType : uint8_t { Float32, Float64, Float16, BFloat16, Int32, Int64, UInt8, Bool, Int8 };
+inline constexpr int kNumDTypes = 9;
 
 inline constexpr DType kFloat32 = DType::Float32;
 inline constexpr DType kFloat64 = DType::Float64;
@@ -20,12 +20,14 @@ inline constexpr DType kInt32 = DType::Int32;
 inline constexpr DType kInt64 = DType::Int64;
 inline constexpr DType kUInt8 = DType::UInt8;
 inline constexpr DType kBool = DType::Bool;
+inline constexpr DType kInt8 = DType::Int8;  // quantized weights (loom::quantize_weight)
 // PyTorch spellings people reach for.
 inline constexpr DType kFloat = kFloat32;
 inline constexpr DType kDouble = kFloat64;
 inline constexpr DType kHalf = kFloat16;
 inline constexpr DType kLong = kInt64;
 inline constexpr DType kInt = kInt32;
+inline constexpr DType kChar = kInt8;
 
 size_t element_size(DType t);
 const char* dtype_name(DType t);  // "float32", ...
@@ -34,14 +36,14 @@ inline bool is_floating_point(DType t) {
   return t == kFloat32 || t == kFloat64 || t == kFloat16 || t == kBFloat16;
 }
 inline bool is_integral(DType t, bool include_bool) {
-  return t == kInt32 || t == kInt64 || t == kUInt8 || (include_bool && t == kBool);
+  return t == kInt32 || t == kInt64 || t == kUInt8 || t == kInt8 || (include_bool && t == kBool);
 }
 // The dtype arithmetic on t runs in: float16 and bfloat16 are storage types
 // that compute in float32; every other dtype computes in itself.
 inline DType compute_dtype(DType t) { return t == kFloat16 || t == kBFloat16 ? kFloat32 : t; }
 // The dtype both operands are converted to, following PyTorch's promotion
-// lattice (bool < uint8 < int32 < int64 < float16/bfloat16 < float32 < float64;
-// float16 with bfloat16 gives float32).
+// lattice (bool < uint8/int8 < int32 < int64 < float16/bfloat16 < float32 < float64;
+// uint8 with int8 gives int32, as loom has no int16; float16 with bfloat16 gives float32).
 DType promote_types(DType a, DType b);
 // The float dtype used when integer inputs meet a float-only op (float32).
 DType default_dtype();

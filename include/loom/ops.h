@@ -194,6 +194,29 @@ enum class LinearActivation { None, Relu, Gelu, GeluTanh };
 Tensor linear(const Tensor& input, const Tensor& weight, const Tensor& bias = {},
               LinearActivation activation = LinearActivation::None);
 
+// ---- quantized inference (Note [Quantized Linear] in src/backend/cpu/cpu_quant.cpp) ----
+// int8: per-channel (one scale per output row) int8 weights; each input row
+//   is rounded to int8 with its own scale (dynamic, per token), as PyTorch's
+//   quantize_dynamic, and multiplied in integers.
+// int4: weights in groups of 32 along in_features, each group 4-bit with its
+//   own scale (ggml's Q4_0); the input is rounded to int8 per group of 32
+//   (ggml's Q8_0) for the integer products.
+enum class QuantScheme : uint8_t { Int8 = 1, Int4 = 2 };
+const char* quant_scheme_name(QuantScheme scheme);  // "int8", "int4"
+// "int8" or "int4"; anything else is an Error naming `what` and the value.
+QuantScheme parse_quant_scheme(const std::string& name, const std::string& what = "quantization scheme");
+// A weight (out_features, in_features) float32 -> (codes, scales):
+//   int8: codes int8 (N, K), scales float32 (N);
+//   int4: codes uint8 (N, ceil(K / 32) * 16), scales float32 (N, ceil(K / 32)).
+std::pair<Tensor, Tensor> quantize_weight(const Tensor& weight, QuantScheme scheme);
+// The float32 weight (N, in_features) the codes and scales stand for.
+Tensor dequantize_weight(const Tensor& codes, const Tensor& scales, QuantScheme scheme, int64_t in_features);
+// input (*, in_features) float32 -> (*, out_features): input @ weight^T + bias
+// with the weight as quantize_weight wrote it. Inference only: an input that
+// requires grad while grad mode is on is an Error.
+Tensor quantized_linear(const Tensor& input, const Tensor& codes, const Tensor& scales, const Tensor& bias,
+                        QuantScheme scheme);
+
 // ---- convolution (NCHW; torch.nn.functional's argument order) ----
 // A one-element stride / padding / dilation list applies to every spatial dim.
 // input (N, C, H, W) or unbatched (C, H, W); weight (O, C / groups, KH, KW);

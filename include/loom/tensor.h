@@ -367,6 +367,7 @@ constexpr DType Tensor::dtype_of() {
   else if constexpr (std::is_same_v<T, int32_t>) return kInt32;
   else if constexpr (std::is_same_v<T, int64_t>) return kInt64;
   else if constexpr (std::is_same_v<T, uint8_t>) return kUInt8;
+  else if constexpr (std::is_same_v<T, int8_t>) return kInt8;
   else if constexpr (std::is_same_v<T, bool>) return kBool;
   else static_assert(sizeof(T) == 0, "no loom dtype for this C++ type");
 }

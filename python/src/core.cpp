@@ -224,7 +224,8 @@ void bind_core(py::module_& m) {
   py::enum_<DType> dtype(m, "dtype");
   const std::pair<const char*, DType> names[] = {
       {"float32", kFloat32}, {"float64", kFloat64}, {"float16", kFloat16}, {"bfloat16", kBFloat16},
-      {"int32", kInt32},     {"int64", kInt64},     {"uint8", kUInt8},     {"bool", kBool}};
+      {"int32", kInt32},     {"int64", kInt64},     {"uint8", kUInt8},     {"int8", kInt8},
+      {"bool", kBool}};
   for (auto& [name, d] : names) dtype.value(name, d);
   dtype.export_values();
   // PyTorch's repr is torch.float32; loom's is loom.float32.

@@ -53,6 +53,7 @@ DLDataType to_dl(DType d) {
     case kInt32: return {kDLInt, 32, 1};
     case kInt64: return {kDLInt, 64, 1};
     case kUInt8: return {kDLUInt, 8, 1};
+    case kInt8: return {kDLInt, 8, 1};
     case kBool: return {kDLBool, 8, 1};
   }
   LOOM_ERROR("__dlpack__: unknown dtype");
@@ -67,6 +68,7 @@ DType from_dl(DLDataType t) {
   if (t.code == kDLInt && t.bits == 32) return kInt32;
   if (t.code == kDLInt && t.bits == 64) return kInt64;
   if (t.code == kDLUInt && t.bits == 8) return kUInt8;
+  if (t.code == kDLInt && t.bits == 8) return kInt8;
   if (t.code == kDLBool && t.bits == 8) return kBool;
   LOOM_ERROR("from_dlpack: loom has no dtype for DLPack type code ", int(t.code), " with ", int(t.bits), " bits");
 }
@@ -135,6 +137,7 @@ std::optional<DType> numpy_dtype(const py::dtype& d) {
   if (d.kind() == 'i' && d.itemsize() == 4) return kInt32;
   if (d.kind() == 'i' && d.itemsize() == 8) return kInt64;
   if (d.kind() == 'u' && d.itemsize() == 1) return kUInt8;
+  if (d.kind() == 'i' && d.itemsize() == 1) return kInt8;
   if (d.kind() == 'b') return kBool;
   return std::nullopt;
 }
@@ -147,6 +150,7 @@ py::dtype to_numpy_dtype(DType d) {
     case kInt32: return py::dtype("int32");
     case kInt64: return py::dtype("int64");
     case kUInt8: return py::dtype("uint8");
+    case kInt8: return py::dtype("int8");
     case kBool: return py::dtype("bool");
     case kBFloat16: break;
   }

@@ -881,7 +881,16 @@ void bind_layers(py::module_& scope) {
       .def("forward", &nn::LinearImpl::forward, "input"_a, nogil)
       .def("reset_parameters", &nn::LinearImpl::reset_parameters, nogil)
       .def_readonly("in_features", &nn::LinearImpl::in_features)
-      .def_readonly("out_features", &nn::LinearImpl::out_features);
+      .def_readonly("out_features", &nn::LinearImpl::out_features)
+      // Quantized inference: "int8" or "int4" (loom::nn::LinearImpl::quantize).
+      .def("quantize", [](nn::LinearImpl& l, const std::string& scheme) { l.quantize(parse_quant_scheme(scheme)); },
+           "scheme"_a, nogil)
+      .def_property_readonly("quantization",
+                             [](const nn::LinearImpl& l) -> std::optional<std::string> {
+                               if (!l.quantization()) return std::nullopt;
+                               return std::string(quant_scheme_name(*l.quantization()));
+                             })
+      .def_readonly("weight_scale", &nn::LinearImpl::weight_scale);
   def_parameter(linear, "weight", &nn::LinearImpl::weight);
   def_parameter(linear, "bias", &nn::LinearImpl::bias);
 
@@ -1789,6 +1798,12 @@ void bind_nn(py::module_& m) {
   bind_layers(scope);
   bind_losses(scope);
   bind_recurrent(scope);
+  scope.def(
+      "quantize_dynamic",
+      [](const std::shared_ptr<nn::Module>& model, const std::string& scheme) {
+        return nn::quantize_dynamic(*model, parse_quant_scheme(scheme));
+      },
+      "model"_a, "scheme"_a = "int8", nogil);
   scope.def(
       "checkpoint_sequential",
       [](const std::shared_ptr<nn::SequentialImpl>& functions, int64_t segments, const Tensor& input) {

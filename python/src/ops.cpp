@@ -479,6 +479,24 @@ void bind_ops(py::module_& m) {
         py::arg("input"), py::arg("weight"), py::arg("bias") = py::none(), py::kw_only(),
         py::arg("activation") = py::none());
 
+  // ---- quantized inference: scheme "int8" or "int4" ----
+  m.def("quantize_weight", [](T w, const std::string& scheme) {
+        auto s = parse_quant_scheme(scheme);
+        release_gil g;
+        return quantize_weight(w, s);
+      }, py::arg("weight"), py::arg("scheme") = "int8");
+  m.def("dequantize_weight", [](T codes, T scales, const std::string& scheme, int64_t in_features) {
+        auto s = parse_quant_scheme(scheme);
+        release_gil g;
+        return dequantize_weight(codes, scales, s, in_features);
+      }, py::arg("codes"), py::arg("scales"), py::arg("scheme"), py::arg("in_features"));
+  m.def("quantized_linear", [](T x, T codes, T scales, T bias, const std::string& scheme) {
+        auto s = parse_quant_scheme(scheme);
+        release_gil g;
+        return quantized_linear(x, codes, scales, bias, s);
+      }, py::arg("input"), py::arg("codes"), py::arg("scales"), py::arg("bias") = py::none(), py::kw_only(),
+      py::arg("scheme") = "int8");
+
   // ---- convolution and pooling ----
   auto conv = [&](const char* name, auto fn_list, auto fn_str) {
     m.def(

@@ -17,6 +17,7 @@ size_t element_size(DType t) {
     case DType::Int64: return 8;
     case DType::UInt8: return 1;
     case DType::Bool: return 1;
+    case DType::Int8: return 1;
   }
   LOOM_ASSERT(false, "unknown dtype ", static_cast<int>(t));
 }
@@ -31,6 +32,7 @@ const char* dtype_name(DType t) {
     case DType::Int64: return "int64";
     case DType::UInt8: return "uint8";
     case DType::Bool: return "bool";
+    case DType::Int8: return "int8";
   }
   return "unknown";
 }
@@ -42,6 +44,7 @@ int promotion_rank(DType t) {
   switch (t) {
     case DType::Bool: return 0;
     case DType::UInt8: return 1;
+    case DType::Int8: return 1;
     case DType::Int32: return 2;
     case DType::Int64: return 3;
     case DType::Float16: return 4;
@@ -56,6 +59,7 @@ int promotion_rank(DType t) {
 DType promote_types(DType a, DType b) {
   if (a == b) return a;
   if ((a == kFloat16 && b == kBFloat16) || (a == kBFloat16 && b == kFloat16)) return kFloat32;
+  if ((a == kUInt8 && b == kInt8) || (a == kInt8 && b == kUInt8)) return kInt32;  // PyTorch: int16
   return promotion_rank(a) >= promotion_rank(b) ? a : b;
 }
 

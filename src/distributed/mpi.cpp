@@ -115,6 +115,7 @@ MPI_Datatype mpi_type(DType t) {
     case DType::Int32: return MPI_INT32_T;
     case DType::Int64: return MPI_INT64_T;
     case DType::UInt8: return MPI_UINT8_T;
+    case DType::Int8: return MPI_INT8_T;
     case DType::Bool: return MPI_C_BOOL;
   }
   return MPI_DATATYPE_NULL;

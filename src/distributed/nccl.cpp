@@ -79,6 +79,7 @@ ncclDataType_t nccl_type(DType t) {
     case DType::BFloat16: return ncclBfloat16;
     case DType::Int32: return ncclInt32;
     case DType::Int64: return ncclInt64;
+    case DType::Int8: return ncclInt8;
     case DType::UInt8:
     case DType::Bool: return ncclUint8;
   }

@@ -30,7 +30,7 @@ struct DTypeCode {
 };
 constexpr DTypeCode kDTypeCodes[] = {
     {"F32", kFloat32}, {"F64", kFloat64}, {"F16", kFloat16}, {"BF16", kBFloat16},
-    {"I32", kInt32},   {"I64", kInt64},   {"U8", kUInt8},    {"BOOL", kBool},
+    {"I32", kInt32},   {"I64", kInt64},   {"U8", kUInt8},    {"BOOL", kBool},   {"I8", kInt8},
 };
 static_assert(std::size(kDTypeCodes) == kNumDTypes, "one safetensors code per loom dtype");
 

@@ -18,6 +18,7 @@ const char* dtype_short(DType d) {
     case kInt64: return "i64";
     case kInt32: return "i32";
     case kBool: return "b8";
+    case kInt8: return "i8";
     default: return dtype_name(d);
   }
 }

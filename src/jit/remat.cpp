@@ -60,7 +60,7 @@ bool cheap(OpKind op) {
 bool heavy(OpKind op) {
   switch (op) {
     case OpKind::Linear: case OpKind::Bmm: case OpKind::Conv2d: case OpKind::ConvTranspose2d:
-    case OpKind::Attention:
+    case OpKind::Attention: case OpKind::QuantizedLinear:
       return true;
     default:
       return false;

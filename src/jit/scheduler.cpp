@@ -163,6 +163,7 @@ double macs_of(const GraphImpl& g, const NodeInfo& n) {
   auto out = [&](size_t k) { return k < n.out.size() ? n.out[k] : -1; };
   switch (n.op) {
     case OpKind::Linear:  // (M, K) @ (N, K)^T
+    case OpKind::QuantizedLinear:
       if (in(0) < 0 || in(1) < 0) return 0;
       return static_cast<double>(numel_of(g, in(0))) * static_cast<double>(dim_of(g, in(1), 0));
     case OpKind::Bmm:  // (B, M, K) @ (B, K, N)

@@ -34,12 +34,44 @@ Tensor LinearImpl::forward_fused(const Tensor& input, LinearActivation activatio
   LOOM_CHECK(input.defined() && input.dim() >= 1 && input.sizes().back() == in_features,
              "Linear: expected input of shape (*, ", in_features, ") (in_features=", in_features, "), got ",
              input.defined() ? shape_str(input.sizes()) : std::string("an undefined tensor"));
-  return loom::linear(input, weight, bias, activation);
+  if (!quantization_) return loom::linear(input, weight, bias, activation);
+  // The activation module's own op after the product: what the two modules
+  // give one after the other.
+  const Tensor y = loom::quantized_linear(input, weight, weight_scale, bias, *quantization_);
+  switch (activation) {
+    case LinearActivation::None: return y;
+    case LinearActivation::Relu: return loom::relu(y);
+    case LinearActivation::Gelu: return loom::gelu(y);
+    case LinearActivation::GeluTanh: return loom::gelu(y, "tanh");
+  }
+  return y;
+}
+
+void LinearImpl::quantize(QuantScheme scheme) {
+  LOOM_CHECK(!quantization_, "Linear: already quantized (", quant_scheme_name(*quantization_), ")");
+  auto [codes, scales] = loom::quantize_weight(weight.detach(), scheme);
+  remove_parameter("weight");
+  weight = register_buffer("weight", codes);
+  weight_scale = register_buffer("weight_scale", scales);
+  if (bias.defined()) bias.requires_grad_(false);
+  quantization_ = scheme;
 }
 
 std::string LinearImpl::extra_repr() const {
-  return "in_features=" + std::to_string(in_features) + ", out_features=" + std::to_string(out_features) +
-         ", bias=" + detail::py_bool(bias.defined());
+  std::string s = "in_features=" + std::to_string(in_features) + ", out_features=" + std::to_string(out_features) +
+                  ", bias=" + detail::py_bool(bias.defined());
+  if (quantization_) s += std::string(", quantization=") + quant_scheme_name(*quantization_);
+  return s;
+}
+
+int64_t quantize_dynamic(Module& model, QuantScheme scheme) {
+  int64_t count = 0;
+  for (const auto& m : model.modules())
+    if (auto* linear = dynamic_cast<LinearImpl*>(m.get()); linear != nullptr && !linear->quantization()) {
+      linear->quantize(scheme);
+      ++count;
+    }
+  return count;
 }
 
 FlattenImpl::FlattenImpl(int64_t start, int64_t end) : Module("Flatten"), start_dim(start), end_dim(end) {}

@@ -53,6 +53,16 @@ void Module::replace_module(const std::string& name, std::shared_ptr<Module> m) 
   LOOM_ERROR(type_name_, ": no submodule named \"", name, "\" to replace");
 }
 
+Tensor Module::remove_parameter(const std::string& name) {
+  for (auto it = params_.begin(); it != params_.end(); ++it)
+    if (it->first == name) {
+      Tensor t = it->second;
+      params_.erase(it);
+      return t;
+    }
+  LOOM_ERROR(type_name_, ": no parameter named \"", name, "\" to remove");
+}
+
 StateDict Module::named_parameters(bool recurse) const {
   StateDict out;
   for (const auto& p : params_) out.push_back(p);

@@ -360,6 +360,7 @@ template Tensor tensor<BFloat16>(const std::vector<BFloat16>&, const TensorOptio
 template Tensor tensor<int32_t>(const std::vector<int32_t>&, const TensorOptions&);
 template Tensor tensor<int64_t>(const std::vector<int64_t>&, const TensorOptions&);
 template Tensor tensor<uint8_t>(const std::vector<uint8_t>&, const TensorOptions&);
+template Tensor tensor<int8_t>(const std::vector<int8_t>&, const TensorOptions&);
 template Tensor tensor<bool>(const std::vector<bool>&, const TensorOptions&);
 
 // ---- from caller-owned memory ----

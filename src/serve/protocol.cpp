@@ -1124,6 +1124,7 @@ WireTensor from_tensor(const std::string& name, const Tensor& t) {
   switch (t.dtype()) {
     case kBool: out.datatype = DataType::Bool; break;
     case kUInt8: out.datatype = DataType::UInt8; break;
+    case kInt8: out.datatype = DataType::Int8; break;
     case kInt32: out.datatype = DataType::Int32; break;
     case kInt64: out.datatype = DataType::Int64; break;
     case kFloat16: out.datatype = DataType::FP16; break;

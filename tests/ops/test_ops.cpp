@@ -1407,6 +1407,9 @@ const std::map<std::string, std::string> kTestedElsewhere = {
     {"FusedAdam", "test_optim.cpp (bitwise against the per-tensor step)"},
     {"FusedSgd", "test_optim.cpp (bitwise against the per-tensor step)"},
     {"Fused", "test_fused_kernel.cpp (bitwise against the primitives it stands for) and test_jit_fusion.cpp"},
+    {"QuantizeWeight", "test_quant_kernels.cpp (integer codes, no gradient: against the definition, every ISA)"},
+    {"DequantizeWeight", "test_quant_kernels.cpp (round trips within the format's bound)"},
+    {"QuantizedLinear", "test_quant_kernels.cpp (inference only: float64 references, every ISA bitwise)"},
 };
 
 TEST(HarnessCoverage, EveryPrimitiveHasARow) {

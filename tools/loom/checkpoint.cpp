@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "quantize.h"
+
 namespace loom::cli {
 namespace {
 
@@ -262,6 +264,7 @@ LoadedModel load_model(const std::string& path) {
   loaded.dataset = ds == file.metadata.end() ? "fashion-mnist" : ds->second;
   loaded.normalization = read_normalization(file.metadata, path);
   loaded.model = make_model(loaded.config);
+  quantize_as_saved(*loaded.model, file.metadata, path);
   nn::StateDict weights;
   for (auto& [name, t] : file.tensors)
     if (!starts_with(name, kOptimizerPrefix) && !starts_with(name, kSchedulerPrefix))

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <map>
 
+#include "quantize.h"
 #include "train.h"
 
 namespace loom::cli {
@@ -193,6 +194,7 @@ LoadedLm load_lm(const std::string& path) {
     LOOM_CHECK(l.kind == "lstm", "generate: '", path, "' holds an unknown model \"", l.kind, "\" (known: gpt, lstm)");
     l.model = models::LSTMLM(models::lstm_lm_config_from_json(config)).ptr();
   }
+  quantize_as_saved(*l.model, f.metadata, path);
   try {
     l.model->load_state_dict(f.tensors, /*strict=*/true);
   } catch (const Error& e) {
@@ -201,6 +203,22 @@ LoadedLm load_lm(const std::string& path) {
   auto it = f.metadata.find("loom.lm.step");
   if (it != f.metadata.end()) l.step = std::stoll(it->second);
   return l;
+}
+
+LmEvalResult evaluate_lm_checkpoint(const std::string& path, const std::string& text, int64_t batch_size,
+                                    int64_t windows) {
+  LOOM_CHECK(batch_size > 0 && windows > 0, "eval: --batch-size and --windows must be positive");
+  LoadedLm l = load_lm(path);
+  LmEvalResult r;
+  r.kind = l.kind;
+  r.context = l.kind == "gpt" ? static_cast<models::GPTImpl&>(*l.model).config.block_size : 128;
+  const data::TextCorpus corpus = data::load_text_corpus(text, r.context, l.tokenizer->name());
+  LOOM_CHECK(corpus.tokenizer->to_json() == l.tokenizer->to_json(), "eval: the text '", text,
+             "' gives another vocabulary than the one '", path, "' was trained with");
+  const data::TextDataset val(corpus.val_ids, r.context);
+  r.windows = windows;
+  r.loss = evaluate_lm(*l.model, l.kind, val, batch_size, windows);
+  return r;
 }
 
 GenerateResult generate_text(const GenerateRequest& r) {

@@ -98,4 +98,16 @@ struct LoadedLm {
 };
 LoadedLm load_lm(const std::string& path);
 
+// `loom eval` of a language-model checkpoint: the mean loss per token (nats)
+// over `windows` windows of the model's context spread evenly over the
+// validation split of `text` (the last 10%, as train_lm splits it), which
+// must give the checkpoint's own tokenizer.
+struct LmEvalResult {
+  std::string kind;
+  double loss = 0;  // nats per token
+  int64_t windows = 0, context = 0;
+};
+LmEvalResult evaluate_lm_checkpoint(const std::string& path, const std::string& text, int64_t batch_size,
+                                    int64_t windows);
+
 }  // namespace loom::cli

@@ -17,6 +17,7 @@
 #include "flags.h"
 #include "lm.h"
 #include "progress.h"
+#include "quantize.h"
 #include "serve.h"
 #include "train.h"
 
@@ -197,6 +198,13 @@ int main(int argc, char** argv) {
       ->check(loom::cli::positive_integer())
       ->capture_default_str();
   add_threads(*eval, eval_threads);
+  std::string eval_text = loom::data::kFortunesDir;
+  int64_t eval_windows = 200;
+  eval->add_option("--text", eval_text, "Language models: the text they were trained on (its validation split is scored)")
+      ->capture_default_str();
+  eval->add_option("--windows", eval_windows, "Language models: context windows of the validation split to score")
+      ->check(loom::cli::positive_integer())
+      ->capture_default_str();
 
   // ---- loom predict ----
   std::string pred_file, pred_dir = loom::cli::kFashionMnistDir;
@@ -233,6 +241,18 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   generate->add_flag("--no-cache", gen_no_cache, "Recompute the whole context for every token (no KV cache)");
   add_threads(*generate, gen_threads);
+
+  // ---- loom quantize ----
+  std::string quant_in, quant_out, quant_scheme = "int8";
+  CLI::App* quantize = app.add_subcommand(
+      "quantize", "Quantize the Linear layers of a checkpoint for inference (int8 per channel, or int4 in groups of 32)");
+  quantize->add_option("--model-file", quant_in, "Checkpoint written by `loom train`")
+      ->required()
+      ->check(CLI::ExistingFile);
+  quantize->add_option("--scheme", quant_scheme, "int8 (per-channel weights, per-token activations) or int4")
+      ->check(CLI::IsMember({"int8", "int4"}))
+      ->capture_default_str();
+  quantize->add_option("--out", quant_out, "Where to write the quantized checkpoint")->required();
 
   // ---- loom serve ----
   loom::cli::ServeOptions sopts;
@@ -331,9 +351,15 @@ int main(int argc, char** argv) {
       loom::cli::stop_distributed();
     } else if (eval->parsed()) {
       set_threads(eval_threads);
-      auto r = loom::cli::evaluate_checkpoint(eval_file, eval_dir, eval_batch, std::cout);
-      std::printf("test accuracy %.2f%% (%lld images), test loss %.4f\n", 100 * r.accuracy,
-                  static_cast<long long>(r.count), r.loss);
+      if (loom::io::load_safetensors(eval_file).metadata.count("loom.lm")) {
+        auto r = loom::cli::evaluate_lm_checkpoint(eval_file, eval_text, eval_batch, eval_windows);
+        std::printf("validation loss %.4f nats per token (%s, %lld windows of %lld tokens)\n", r.loss, r.kind.c_str(),
+                    static_cast<long long>(r.windows), static_cast<long long>(r.context));
+      } else {
+        auto r = loom::cli::evaluate_checkpoint(eval_file, eval_dir, eval_batch, std::cout);
+        std::printf("test accuracy %.2f%% (%lld images), test loss %.4f\n", 100 * r.accuracy,
+                    static_cast<long long>(r.count), r.loss);
+      }
     } else if (generate->parsed()) {
       set_threads(gen_threads);
       greq.use_cache = !gen_no_cache;
@@ -342,6 +368,11 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%lld tokens in %.2f s (%.1f tokens/s%s)\n", static_cast<long long>(g.new_tokens),
                    g.seconds, g.seconds > 0 ? static_cast<double>(g.new_tokens) / g.seconds : 0.0,
                    g.kind == "lstm" ? ", recurrent state" : greq.use_cache ? ", KV cache" : ", no cache");
+    } else if (quantize->parsed()) {
+      auto q = loom::cli::quantize_checkpoint(quant_in, loom::parse_quant_scheme(quant_scheme), quant_out);
+      std::printf("quantized %lld Linear layers of the %s model to %s: %.2f MB -> %.2f MB of tensors, wrote %s\n",
+                  static_cast<long long>(q.layers), q.kind.c_str(), quant_scheme.c_str(), q.bytes_before / 1e6,
+                  q.bytes_after / 1e6, quant_out.c_str());
     } else if (serve->parsed()) {
       loom::cli::serve(sopts, std::cout);
     } else if (predict->parsed()) {

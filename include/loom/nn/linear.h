@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,12 +30,30 @@ class LinearImpl : public Module {
   void reset_parameters();
   std::string extra_repr() const override;
 
+  // Quantized inference (loom::quantize_weight): `weight` becomes a buffer
+  // of codes (int8 (out, in); int4 packed in uint8) and `weight_scale` a
+  // buffer of float32 scales; forward runs loom::quantized_linear, without
+  // autograd. Not reversible. The state dict then holds "weight" (the codes)
+  // and "weight_scale" beside "bias".
+  void quantize(QuantScheme scheme);
+  std::optional<QuantScheme> quantization() const { return quantization_; }
+
   int64_t in_features;
   int64_t out_features;
-  Tensor weight;  // (out_features, in_features)
-  Tensor bias;    // (out_features); undefined when built with bias = false
+  Tensor weight;        // (out_features, in_features); the codes once quantized
+  Tensor bias;          // (out_features); undefined when built with bias = false
+  Tensor weight_scale;  // the scales once quantized, else undefined
+
+ private:
+  std::optional<QuantScheme> quantization_;
 };
 LOOM_MODULE(Linear);
+
+// Quantizes every Linear in `model` (and its descendants) that is not
+// quantized yet, as torch.ao.quantization.quantize_dynamic swaps nn.Linear
+// for its dynamic quantized form; returns how many it quantized. Other
+// layers (convolutions, embeddings, norms) keep their float32 weights.
+int64_t quantize_dynamic(Module& model, QuantScheme scheme);
 
 // Returns its input unchanged (a placeholder, e.g. for a removed head).
 class IdentityImpl : public Module {

@@ -57,6 +57,9 @@ class Module : public std::enable_shared_from_this<Module> {
   }
   // Replaces an already registered child (e.g. to swap a head).
   void replace_module(const std::string& name, std::shared_ptr<Module> m);
+  // Unregisters a parameter and returns it; the name is free again (a
+  // quantized Linear registers its weight again as a buffer of codes).
+  Tensor remove_parameter(const std::string& name);
 
   // Access, recursing into children in registration order.
   std::vector<Tensor> parameters(bool recurse = true) const;

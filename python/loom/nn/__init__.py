@@ -66,3 +66,12 @@ GRUCell = _nn.GRUCell
 MultiheadAttention = _nn.MultiheadAttention
 TransformerEncoderLayer = _nn.TransformerEncoderLayer
 TransformerEncoder = _nn.TransformerEncoder
+
+
+def quantize_dynamic(model, scheme="int8"):
+    """Quantizes every Linear of `model` in place for inference ("int8":
+    per-channel weights and per-token activations, as
+    torch.ao.quantization.quantize_dynamic; "int4": groups of 32, as ggml's
+    Q4_0) and returns the model."""
+    _nn.quantize_dynamic(model, scheme)
+    return model

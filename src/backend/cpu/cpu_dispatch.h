@@ -48,6 +48,7 @@ void dispatch_all(DType dt, F&& f) {
     case DType::Int64: f(TypeTag<int64_t>{}); return;
     case DType::UInt8: f(TypeTag<uint8_t>{}); return;
     case DType::Bool: f(TypeTag<bool>{}); return;
+    case DType::Int8: f(TypeTag<int8_t>{}); return;
   }
   LOOM_ASSERT(false, "unknown dtype ", static_cast<int>(dt));
 }

@@ -119,6 +119,8 @@ void rows_axpy(const GemmRows& t, int64_t j, int tail) {
 // (8 depths each) and transposes them, so each vector holds one depth of 8
 // columns; the depths then go into the chains in order. Lines past the
 // strip read as 0 (their lanes are never stored), depths past k are masked.
+constexpr int64_t kRowsPrefetch = 128;  // floats ahead along a line of B (8 cache lines)
+
 template <int R, int G>
 void rows_dot(const GemmRows& t, int64_t j, int tail) {
   __m256 acc[R][G];
@@ -134,6 +136,9 @@ void rows_dot(const GemmRows& t, int64_t j, int tail) {
       __m256 x[8];
       for (int i = 0; i < 8; ++i) {
         const float* line = b + (8 * g + i) * t.b_cs + p0;
+        // Each line is a stream of its own (a row of W): with 8 or 16 of them
+        // the hardware prefetcher falls behind memory, so ask ahead.
+        if (i < lines[g]) _mm_prefetch(reinterpret_cast<const char*>(line + kRowsPrefetch), _MM_HINT_T0);
         x[i] = i >= lines[g] ? _mm256_setzero_ps() : depth == 8 ? _mm256_loadu_ps(line) : _mm256_maskload_ps(line, load);
       }
       transpose8(x);

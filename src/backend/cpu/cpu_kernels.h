@@ -20,6 +20,7 @@ namespace loom::cpu::workspace {
 
 size_t Bmm(const KernelCall& c);
 size_t Linear(const KernelCall& c);
+size_t QuantizedLinear(const KernelCall& c);
 size_t Sum(const KernelCall& c);
 size_t Amax(const KernelCall& c);
 size_t Amin(const KernelCall& c);

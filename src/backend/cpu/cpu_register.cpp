@@ -62,6 +62,13 @@ Coverage cpu_coverage(OpKind op) {
     case OpKind::Bmm:
     case OpKind::Linear:  // GELU forms: the ops layer allows floating dtypes only
       return Coverage::Numeric;
+    // Quantization (cpu_quant.cpp): keyed by the float32 weight or input;
+    // DequantizeWeight by its int8 / uint8 codes, which the ops layer checks.
+    case OpKind::QuantizeWeight:
+    case OpKind::QuantizedLinear:
+      return Coverage::Float32;
+    case OpKind::DequantizeWeight:
+      return Coverage::All;
     // Float math; Div included: the ops layer promotes integers to float.
     case OpKind::Exp:
     case OpKind::Log:
@@ -134,6 +141,7 @@ void cpu_register_kernels(Backend& b) {
   const auto scratch = [&b](OpKind op, WorkspaceFn fn) { b.workspace[static_cast<int>(op)] = fn; };
   scratch(OpKind::Bmm, &cpu::workspace::Bmm);
   scratch(OpKind::Linear, &cpu::workspace::Linear);
+  scratch(OpKind::QuantizedLinear, &cpu::workspace::QuantizedLinear);
   scratch(OpKind::Sum, &cpu::workspace::Sum);
   scratch(OpKind::Amax, &cpu::workspace::Amax);
   scratch(OpKind::Amin, &cpu::workspace::Amin);
