@@ -2,6 +2,7 @@
 #pragma once
 
 #include "loom/allocator.h"
+#include "loom/amp.h"
 #include "loom/autograd.h"
 #include "loom/autograd_function.h"
 #include "loom/checkpoint.h"
