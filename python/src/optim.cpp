@@ -335,6 +335,42 @@ void bind_optim(py::module_& root) {
            py::arg("cycle_momentum") = true, py::arg("base_momentum") = 0.85, py::arg("max_momentum") = 0.95,
            py::arg("div_factor") = 25.0, py::arg("final_div_factor") = 1e4, py::arg("three_phase") = false,
            py::keep_alive<1, 2>());
+  // loom.amp.GradScaler (include/loom/amp.h): PyTorch's GradScaler; step()
+  // returns whether the optimizer stepped.
+  py::class_<amp::GradScaler>(m, "GradScaler")
+      .def(py::init([](double init_scale, double growth_factor, double backoff_factor, int64_t growth_interval,
+                       bool enabled) {
+             return amp::GradScaler(
+                 {.init_scale = init_scale, .growth_factor = growth_factor, .backoff_factor = backoff_factor,
+                  .growth_interval = growth_interval, .enabled = enabled});
+           }),
+           py::arg("init_scale") = 65536.0, py::arg("growth_factor") = 2.0, py::arg("backoff_factor") = 0.5,
+           py::arg("growth_interval") = 2000, py::arg("enabled") = true)
+      .def("scale", &amp::GradScaler::scale, py::arg("outputs"))
+      .def("unscale_", &amp::GradScaler::unscale_, py::arg("optimizer"))
+      .def("step", &amp::GradScaler::step, py::arg("optimizer"))
+      .def("update",
+           [](amp::GradScaler& s, std::optional<double> new_scale) {
+             if (new_scale) s.update(*new_scale);
+             else s.update();
+           },
+           py::arg("new_scale") = py::none())
+      .def("get_scale", &amp::GradScaler::get_scale)
+      .def("is_enabled", &amp::GradScaler::is_enabled)
+      .def("state_dict",
+           [](const amp::GradScaler& s) {
+             py::dict d;
+             for (const auto& [key, t] : s.state_dict()) {
+               if (key == "_growth_tracker" || key == "growth_interval") d[key.c_str()] = static_cast<int64_t>(t.item<double>());
+               else d[key.c_str()] = t.item<double>();
+             }
+             return d;
+           })
+      .def("load_state_dict", [](amp::GradScaler& s, const py::dict& d) {
+        StateDict state;
+        for (auto [key, value] : d) state.emplace_back(py::cast<std::string>(key), full({}, py::cast<double>(value), kFloat64));
+        s.load_state_dict(state);
+      }, py::arg("state_dict"));
   py::class_<optim::SequentialLR, LRScheduler, std::shared_ptr<optim::SequentialLR>>(m, "SequentialLR")
       .def(py::init<Optimizer&, std::vector<std::shared_ptr<LRScheduler>>, std::vector<int64_t>>(),
            py::arg("optimizer"), py::arg("schedulers"), py::arg("milestones"), py::keep_alive<1, 2>(),

@@ -280,3 +280,39 @@ def test_custom_scheduler_subclass():
         sched.step()
     assert lrs == [1.0, 1.0, 0.5, 0.5, 0.25]
     assert sched.optimizer is opt
+
+
+# ---- loom.amp.GradScaler ----
+
+def test_grad_scaler_scales_skips_and_updates():
+    loom.manual_seed(0)
+    model = loom.nn.Linear(4, 2)
+    opt = loom.optim.SGD(model.parameters(), lr=0.1)
+    scaler = loom.amp.GradScaler(init_scale=8.0, growth_interval=2)
+    x = loom.randn(3, 4)
+    plain = (model(x) ** 2).mean()
+    plain.backward()
+    want = model.weight.grad.clone()
+    opt.zero_grad()
+    scaler.scale((model(x) ** 2).mean()).backward()
+    scaler.unscale_(opt)
+    assert model.weight.grad.equal(want)  # a power-of-two scale divides exactly
+    assert scaler.step(opt) is True
+    scaler.update()
+    opt.zero_grad()
+    scaler.scale((model(x) ** 2).mean()).backward()
+    with loom.no_grad():
+        model.bias.grad[0] = float("inf")
+    before = model.weight.detach().clone()
+    assert scaler.step(opt) is False
+    assert model.weight.equal(before)
+    scaler.update()
+    assert scaler.get_scale() == 4.0
+    state = scaler.state_dict()
+    assert state == {"scale": 4.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2,
+                     "_growth_tracker": 0}
+    other = loom.amp.GradScaler()
+    other.load_state_dict(state)
+    assert other.get_scale() == 4.0
+    with pytest.raises(loom.Error, match="no inf checks"):
+        other.update()
