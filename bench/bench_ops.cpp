@@ -8,7 +8,9 @@
 // Extra flags (before Google Benchmark's own): --loom_threads=N sets
 // loom::set_num_threads(N); the reference loops here use the same N.
 // --loom_gen_turns=N registers the quantized generation rows (gen_*) N
-// times, their formats taking turns (see register_benchmarks).
+// times, their formats taking turns (see register_benchmarks);
+// --loom_amp_turns=N the bfloat16 rows N times beside their float32 ones
+// (see "bfloat16 mixed precision").
 #include <benchmark/benchmark.h>
 #include <loom/loom.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -37,6 +39,7 @@ namespace F = loom::nn::functional;
 
 int g_threads = 1;  // --loom_threads, also the team size of the reference loops
 int g_gen_turns = 1;  // --loom_gen_turns: how many times each gen_* row is registered
+int g_amp_turns = 0;  // --loom_amp_turns: turns of each bfloat16 row beside its float32 one (0: alone, once)
 
 // Runs fn(id) for each id in [0, n) on n threads at once and waits for all:
 // the reference loops' team. It is loom's own pool (parallel_team), so a
@@ -526,6 +529,77 @@ void BM_gen(benchmark::State& state, const GenSpec& spec, std::optional<loom::Qu
   state.counters["weight_bytes"] = static_cast<double>(m.weight_bytes);
 }
 
+// ---- bfloat16 mixed precision (run.py's "amp" group) ----
+// Each bfloat16 row has a float32 counterpart of the same work, and the
+// targets are loom against loom: bf16_gemm_2048 multiplies two bfloat16
+// (2048, 2048) matrices (as torch's bf16 matmul: bfloat16 in and out)
+// against sgemm_2048 on the same values in float32; gpt_step_bf16 is
+// BM_gpt_step's training step with the forward under AutocastGuard(cpu,
+// bfloat16) (matmuls, linears and attention in bfloat16 on the float32
+// parameters; backward outside the guard, as in PyTorch) against the same
+// step without it. --loom_amp_turns=N registers each pair N times as
+// "<name>/turn:k", the two taking turns (the order reversed every other
+// turn), so run.py can divide the times turn by turn (Note [The amp group]
+// in run.py). The operands, the model and its optimizer are made and warmed
+// up once per process (a slow bfloat16 call is not paid twice a turn), and
+// the float32 and bfloat16 steps train the same model.
+
+// a @ b with a, b: (n, n) in `dtype`, the same values in either dtype.
+struct AmpGemm {
+  loom::Tensor a, b;
+};
+
+AmpGemm& amp_gemm(int64_t n, loom::DType dtype) {
+  static std::map<std::pair<int64_t, loom::DType>, AmpGemm> cache;
+  auto it = cache.find({n, dtype});
+  if (it != cache.end()) return it->second;
+  loom::manual_seed(0);
+  AmpGemm g{loom::rand({n, n}).to(dtype), loom::rand({n, n}).to(dtype)};
+  benchmark::DoNotOptimize(loom::matmul(g.a, g.b).raw_data_ptr());  // warm-up
+  return cache.emplace(std::make_pair(n, dtype), std::move(g)).first->second;
+}
+
+void BM_amp_gemm(benchmark::State& state, int64_t n, loom::DType dtype) {
+  AmpGemm& g = amp_gemm(n, dtype);
+  for (auto _ : state) {
+    loom::Tensor c = loom::matmul(g.a, g.b);
+    benchmark::DoNotOptimize(c.raw_data_ptr());
+  }
+  state.counters["flops"] = benchmark::Counter(2.0 * n * n * n * static_cast<double>(state.iterations()),
+                                               benchmark::Counter::kIsRate);
+}
+
+// BM_gpt_step's model, optimizer and batch, shared by the float32 and the
+// autocast rows; warmed[autocast] once that mode has run a step.
+struct AmpGpt {
+  loom::models::GPT gpt = bench_gpt();
+  loom::optim::AdamW optimizer{gpt->parameters(), loom::optim::AdamWOptions(3e-4)};
+  loom::Tensor x = loom::randint(96, {16, 128}), y = loom::randint(96, {16, 128});
+  bool warmed[2] = {false, false};
+};
+
+void BM_amp_gpt_step(benchmark::State& state, bool autocast) {
+  static AmpGpt m;
+  auto step = [&] {
+    loom::Tensor loss;
+    {
+      loom::AutocastGuard guard(loom::Device::cpu(), loom::kBFloat16, autocast);
+      loss = m.gpt->loss(m.x, m.y);
+    }
+    m.optimizer.zero_grad();
+    loss.backward();
+    m.optimizer.step();
+    return loss;
+  };
+  if (!m.warmed[autocast]) {
+    step();
+    m.warmed[autocast] = true;
+  }
+  for (auto _ : state) benchmark::DoNotOptimize(step().raw_data_ptr());
+  state.counters["tokens"] = benchmark::Counter(16.0 * 128 * static_cast<double>(state.iterations()),
+                                                benchmark::Counter::kIsRate);
+}
+
 // Registered in table order. Names are the workload keys shared with
 // torch_ops.py and run.py.
 void register_benchmarks() {
@@ -598,21 +672,44 @@ void register_benchmarks() {
         if (g_gen_turns > 1) name += "/turn:" + std::to_string(turn);
         reg(name, BM_gen, *spec, f.scheme)->Unit(kMillisecond);
       }
+  // bfloat16 rows. Without --loom_amp_turns, each once under its own name;
+  // with it, each beside its float32 counterpart, N turns of
+  // "<name>/turn:k" (see "bfloat16 mixed precision" above).
+  struct AmpPair {
+    const char* fp32;
+    const char* bf16;
+    void (*run)(benchmark::State&, bool bf16);
+  };
+  const std::vector<AmpPair> amp_pairs{
+      {"sgemm_2048", "bf16_gemm_2048",
+       [](benchmark::State& s, bool bf16) { BM_amp_gemm(s, 2048, bf16 ? loom::kBFloat16 : loom::kFloat32); }},
+      {"gpt_step", "gpt_step_bf16", [](benchmark::State& s, bool bf16) { BM_amp_gpt_step(s, bf16); }}};
+  if (g_amp_turns == 0)
+    for (const AmpPair& p : amp_pairs) reg(p.bf16, p.run, true)->Unit(kMillisecond);
+  for (int turn = 1; turn <= g_amp_turns; ++turn)
+    for (const AmpPair& p : amp_pairs)
+      for (int i = 0; i < 2; ++i) {
+        const bool bf16 = (i == 1) == (turn % 2 == 1);  // odd turns: float32 first
+        reg(std::string(bf16 ? p.bf16 : p.fp32) + "/turn:" + std::to_string(turn), p.run, bf16)->Unit(kMillisecond);
+      }
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Take out --loom_threads=N and --loom_gen_turns=N; Google Benchmark
-  // rejects flags it does not know.
+  // Take out --loom_threads=N, --loom_gen_turns=N and --loom_amp_turns=N;
+  // Google Benchmark rejects flags it does not know.
   std::vector<char*> args;
   const char* flag = "--loom_threads=";
   const char* turns_flag = "--loom_gen_turns=";
+  const char* amp_turns_flag = "--loom_amp_turns=";
   for (int k = 0; k < argc; ++k) {
     if (std::strncmp(argv[k], flag, std::strlen(flag)) == 0)
       loom::set_num_threads(std::atoi(argv[k] + std::strlen(flag)));
     else if (std::strncmp(argv[k], turns_flag, std::strlen(turns_flag)) == 0)
       g_gen_turns = std::max(1, std::atoi(argv[k] + std::strlen(turns_flag)));
+    else if (std::strncmp(argv[k], amp_turns_flag, std::strlen(amp_turns_flag)) == 0)
+      g_amp_turns = std::max(0, std::atoi(argv[k] + std::strlen(amp_turns_flag)));
     else
       args.push_back(argv[k]);
   }

@@ -31,6 +31,15 @@ shaped one, and prints a section of its own: tokens/s, loom's speedup over
 loom float32 (the targets) and loom against torch (see print_quant and
 Note [The quant group]).
 
+The "amp" group times bfloat16 mixed precision against float32, loom against
+loom in the same process or back to back: a bfloat16 GEMM at 2048 against
+loom's sgemm, the GPT step under AutocastGuard against the same step in
+float32, and CNN epochs of `loom train --amp bf16` against float32; beside
+them PyTorch's bfloat16 matmul and torch.autocast("cpu") on the same
+threads. It prints a section of its own: times, the speedups over float32
+(the targets, and the bfloat16 GEMM against torch's) and loom against torch
+(see print_amp and Note [The amp group]).
+
 PyTorch runs twice (Note [PyTorch as installed and tuned]): "installed" with
 OPENBLAS_CORETYPE taken out of the environment, so OpenBLAS picks its kernels
 from CPUID as on a fresh machine; "tuned" with the OPENBLAS_CORETYPE that
@@ -47,6 +56,7 @@ speedup = torch time / loom time: above 1, loom is faster.
     python3 bench/run.py --only distributed     # all_reduce, DDP overlap, scaling (mpirun)
     python3 bench/run.py --only compile         # fusion and scheduling: loom against loom
     python3 bench/run.py --only quant           # int8 / int4 generation against float32 and torch
+    python3 bench/run.py --only amp             # bfloat16 GEMM, GPT step, CNN epoch against float32 and torch
 """
 import argparse
 import csv
@@ -83,7 +93,13 @@ class Workload:
     gen_<size>_<format> rows, `part` the format, against loom's float32 row
     of the size (`ref`) and torch_ops.py's row of the same name; see
     print_quant; its `min_speedup` is on loom float32 time / loom quantized
-    time, its `repetitions` torch's per round: loom's are --quant-turns).
+    time, its `repetitions` torch's per round: loom's are --quant-turns),
+    "amp" (bfloat16 against float32: bench_ops's row against its float32
+    counterpart named by `part`, in the same process, and torch_ops.py's
+    rows of both names; or, with `model`, `loom train --amp bf16` against
+    float32 and torch_train.py --amp bf16; see print_amp; its `min_speedup`
+    is on loom float32 time / loom bfloat16 time, its `repetitions` torch's
+    per round of the bfloat16 row: loom's are --amp-turns).
     `flops` / `bytes` / `tokens` per call give the rate columns.
     `ref` names the machine reference the row is measured against (the FMA
     peak, the STREAM loop): it runs in the same bench_ops process, next to
@@ -142,6 +158,16 @@ QUANT_JUDGED = "large"  # the size the targets are judged on; the small model's 
 QUANT_TORCH_TIMEOUT = 60.0
 QUANT_TORCH_BUDGET = 150.0
 QUANT_READ_REF = "sum_f32"  # the memory's read speed, run in each of the group's bench_ops processes
+
+# The amp group (Note [The amp group]). Its targets on loom float32 time /
+# loom bfloat16 time are the rows' min_speedup; this one is on torch's
+# bfloat16 time / loom's: key -> bar.
+AMP_TORCH_TARGETS = {"bf16_gemm_2048": 2.0}
+# Bounds on the torch side, as the quant group's: seconds one reply may
+# take, and in all before later rows are skipped; and one torch_train.py run.
+AMP_TORCH_TIMEOUT = 120.0
+AMP_TORCH_BUDGET = 240.0
+AMP_TORCH_EPOCH_TIMEOUT = 300.0
 
 
 WORKLOADS = [
@@ -251,6 +277,18 @@ WORKLOADS = [
                min_speedup=QUANT_TARGETS.get(fmt) if size == QUANT_JUDGED else None,
                repetitions=reps)
       for size, (_, new_tokens, reps) in QUANT_SIZES.items() for fmt in QUANT_FORMATS],
+    # bfloat16 mixed precision (issue 21; Note [The amp group]): each row
+    # against loom's float32 counterpart, `part` (bench_ops's and
+    # torch_ops.py's name for it) or the float32 `loom train` epoch, and
+    # beside torch's bfloat16. The targets, loom against loom: the bf16 GEMM
+    # >= 4x loom's sgemm (and >= 2x torch's bf16 matmul, AMP_TORCH_TARGETS),
+    # the autocast GPT step >= 1.8x float32, the --amp bf16 CNN epoch >= 1.5x.
+    # torch's bf16 calls take seconds on 2 cores: one or two repetitions a round.
+    Workload("bf16_gemm_2048", "bf16 GEMM 2048^3", "amp", source="amp", part="sgemm_2048",
+             flops=gemm_flops(2048, 2048, 2048), min_speedup=4.0, repetitions=2),
+    Workload("gpt_step_bf16", "GPT step 16x128 (4L d256)", "amp", source="amp", part="gpt_step", tokens=16 * 128,
+             min_speedup=1.8, repetitions=1),
+    Workload("cnn_epoch_bf16", "CNN epoch (Fashion-MNIST)", "amp", source="amp", model="cnn", min_speedup=1.5),
 ]
 BY_KEY = {w.key: w for w in WORKLOADS}
 GROUPS = list(dict.fromkeys(w.group for w in WORKLOADS))
@@ -291,12 +329,17 @@ def select(only):
     return [w for w in WORKLOADS if w.key in keys]
 
 
-def run_json(cmd, env=None, what=""):
-    """stdout of `cmd` as JSON, or None (with the reason logged) when it fails."""
+def run_json(cmd, env=None, what="", timeout=None):
+    """stdout of `cmd` as JSON, or None (with the reason logged) when it
+    fails or runs past `timeout` seconds (then it is stopped)."""
     try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                              timeout=timeout)
     except OSError as e:
         log(f"  {what}: cannot run {cmd[0]}: {e}")
+        return None
+    except subprocess.TimeoutExpired:
+        log(f"  {what}: no result within {timeout:g} s, stopped")
         return None
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-3:] or ["no output"]
@@ -348,19 +391,21 @@ def run_loom_memory(args, key):
     return out or None
 
 
-def run_loom_epoch(args, model, flags=(), tag=""):
+def run_loom_epoch(args, model, flags=(), tag="", epochs=None):
     """Per-epoch training seconds of `loom train --model <model> <flags>`
     from its metrics CSV (the "seconds" column times the training loop
-    only, not the test pass). `tag` names the run's own work folder, so
-    runs with different flags keep their files apart."""
+    only, not the test pass), with samples/s and the last test accuracy.
+    `tag` names the run's own work folder, so runs with different flags
+    keep their files apart; `epochs` overrides --epochs."""
     work = os.path.join(args.work_dir, f"{model}_epoch" + (f"_{tag}" if tag else ""))
     os.makedirs(work, exist_ok=True)
     metrics = os.path.join(work, "loom_metrics.csv")
     if os.path.exists(metrics):
         os.remove(metrics)  # loom appends to an existing file
-    cmd = [args.loom_bin, "train", "--model", model, "--dataset", "fashion-mnist", "--epochs", str(args.epochs),
-           "--batch-size", "128", "--optimizer", "adamw", "--lr", "0.001", "--threads", str(args.threads),
-           "--metrics", metrics, "--out", os.path.join(work, f"loom_{model}.safetensors"), *flags]
+    cmd = [args.loom_bin, "train", "--model", model, "--dataset", "fashion-mnist", "--epochs",
+           str(epochs or args.epochs), "--batch-size", "128", "--optimizer", "adamw", "--lr", "0.001",
+           "--threads", str(args.threads), "--metrics", metrics,
+           "--out", os.path.join(work, f"loom_{model}.safetensors"), *flags]
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     except OSError as e:
@@ -371,7 +416,8 @@ def run_loom_epoch(args, model, flags=(), tag=""):
         return None
     with open(metrics, newline="") as f:
         rows = list(csv.DictReader(f))
-    return {"times_s": [float(r["seconds"]) for r in rows], "test_acc": float(rows[-1]["test_acc"])}
+    return {"times_s": [float(r["seconds"]) for r in rows], "samples_per_s": [float(r["samples_per_s"]) for r in rows],
+            "test_acc": float(rows[-1]["test_acc"])}
 
 
 # ---- PyTorch ----
@@ -442,6 +488,42 @@ class TorchWorker:
             self.proc.wait()
 
 
+class BoundedTorch:
+    """torch_ops.py --serve as installed, for the rows of a group (`group`
+    names it in the log), with bounds on its time (Note [The quant group]):
+    a reply that takes over `timeout` seconds stops the process (the next
+    row starts a new one), and once `budget` seconds are spent in all, later
+    rows are skipped. `errors` says, per row, why it got no reply."""
+
+    def __init__(self, args, meta, group, timeout, budget):
+        self.args, self.meta, self.group = args, meta, group
+        self.timeout, self.budget = timeout, budget
+        self.worker, self.spent_s, self.errors = None, 0.0, {}
+
+    def run(self, key, repetitions, rnd):
+        """torch_ops.py's reply for `key` in round `rnd`, or None."""
+        if self.spent_s > self.budget:
+            self.errors[key] = (f"rounds from {rnd + 1} skipped: torch's rows took over {self.budget:g} s "
+                                "(a busy machine?)")
+            return None
+        if self.worker is None or self.worker.proc.poll() is not None:
+            log(f"[{self.group}] torch_ops.py --serve (PyTorch as installed)")
+            self.worker = TorchWorker(self.args, None)
+            if self.worker.header:
+                self.meta["torch"] = self.meta["torch"] or self.worker.header.get("torch")
+        log(f"[{self.group} {rnd + 1}/{self.args.rounds}] {self.worker.label}: {key}")
+        start = time.monotonic()
+        reply = self.worker.run(key, repetitions, timeout=self.timeout)
+        self.spent_s += time.monotonic() - start
+        if reply is None:
+            self.errors[key] = self.worker.last_error or "torch_ops.py gave no reply"
+        return reply
+
+    def close(self):
+        if self.worker:
+            self.worker.close()
+
+
 def probe_coretype(args):
     """Times torch sgemm 1024 under each of --coretypes, taking turns for
     --rounds rounds. Returns {coretype: median seconds}, the fastest
@@ -465,12 +547,14 @@ def probe_coretype(args):
     return probe, best, workers.get(best)
 
 
-def run_torch_epoch(args, model, coretype):
-    """torch_train.py's JSON: per-epoch training seconds as "times_s"."""
+def run_torch_epoch(args, model, coretype, flags=(), epochs=None, timeout=None):
+    """torch_train.py's JSON: per-epoch training seconds as "times_s".
+    `flags` go to torch_train.py as they are; `epochs` overrides --epochs;
+    `timeout`: seconds before the run is stopped (then None)."""
     cmd = [args.python, os.path.join(HERE, "torch_train.py"), "--model", model, "--threads", str(args.threads),
-           "--epochs", str(args.epochs), "--batch-size", "128", "--lr", "0.001", "--json"]
-    data = run_json(cmd, env=torch_env(args, coretype),
-                    what=f"torch_train.py --model {model} ({coretype or 'installed'})")
+           "--epochs", str(epochs or args.epochs), "--batch-size", "128", "--lr", "0.001", "--json", *flags]
+    data = run_json(cmd, env=torch_env(args, coretype), timeout=timeout,
+                    what=" ".join(["torch_train.py --model", model, *flags, f"({coretype or 'installed'})"]))
     if data:
         data["times_s"] = data.pop("epoch_seconds")
     return data
@@ -1006,7 +1090,7 @@ def run_loom_gen(args, keys):
     return times, weight_bytes, read_bps
 
 
-def quant_ratios(base, other):
+def turn_ratios(base, other):
     """Per turn (or round) present in both: base time / other time."""
     return [base[t] / other[t] for t in sorted(set(base) & set(other)) if other[t]]
 
@@ -1017,18 +1101,9 @@ def collect_quant(args, rows_wanted, res, meta):
     rows, taking turns (Note [The quant group])."""
     keys = [w.key for w in rows_wanted]
     torch_rows = [w for w in rows_wanted if w.part in QUANT_TORCH_FORMATS]
-    meta["quant_torch_errors"] = {}
     meta["quant_read_gbs"] = []
-    torch_state = {"worker": None, "spent_s": 0.0}  # the worker, replaced when one is stopped
-
-    def torch_worker():
-        worker = torch_state["worker"]
-        if worker is None or worker.proc.poll() is not None:
-            log("[quant] torch_ops.py --serve (PyTorch as installed)")
-            worker = torch_state["worker"] = TorchWorker(args, None)
-            if worker.header:
-                meta["torch"] = meta["torch"] or worker.header.get("torch")
-        return worker
+    torch_worker = BoundedTorch(args, meta, "quant", QUANT_TORCH_TIMEOUT, QUANT_TORCH_BUDGET)
+    meta["quant_torch_errors"] = torch_worker.errors
 
     def loom_turns(rnd):
         log(f"[quant {rnd + 1}/{args.rounds}] loom: bench_ops --loom_gen_turns={args.quant_turns} "
@@ -1040,7 +1115,7 @@ def collect_quant(args, rows_wanted, res, meta):
             t = times.get(w.key) or {}
             entry = {"times_s": [t[k] for k in sorted(t)]}
             if w.ref and times.get(w.ref):
-                entry["fp32_ratios"] = quant_ratios(times[w.ref], t)
+                entry["fp32_ratios"] = turn_ratios(times[w.ref], t)
             if w.key in weight_bytes:
                 entry["weight_bytes"] = weight_bytes[w.key]
             merge(res, w.key, "loom", entry)
@@ -1048,17 +1123,8 @@ def collect_quant(args, rows_wanted, res, meta):
     def torch_turn(rnd):
         medians = {}
         for w in torch_rows:
-            if torch_state["spent_s"] > QUANT_TORCH_BUDGET:
-                meta["quant_torch_errors"][w.key] = (f"rounds from {rnd + 1} skipped: torch's rows took over "
-                                                     f"{QUANT_TORCH_BUDGET:g} s (a busy machine?)")
-                continue
-            worker = torch_worker()
-            log(f"[quant {rnd + 1}/{args.rounds}] {worker.label}: {w.key}")
-            start = time.monotonic()
-            reply = worker.run(w.key, w.repetitions, timeout=QUANT_TORCH_TIMEOUT)
-            torch_state["spent_s"] += time.monotonic() - start
+            reply = torch_worker.run(w.key, w.repetitions, rnd)
             if reply is None:
-                meta["quant_torch_errors"][w.key] = worker.last_error or "torch_ops.py gave no reply"
                 continue
             medians[w.key] = reply["median_s"]
             entry = {k: v for k, v in reply.items() if k != "median_s"}
@@ -1071,8 +1137,126 @@ def collect_quant(args, rows_wanted, res, meta):
         for side in sides if rnd % 2 == 0 else reversed(sides):
             time.sleep(args.settle)
             side(rnd)
-    if torch_state["worker"]:
-        torch_state["worker"].close()
+    torch_worker.close()
+
+
+# Note [The amp group]
+# bfloat16 mixed precision (issue 21): the targets are loom's bfloat16
+# against loom's own float32, so each pair runs next to each other in one
+# bench_ops process, as in the quant group: --loom_amp_turns=N registers
+# every bfloat16 row and its float32 counterpart (Workload.part) N times,
+# taking turns (float32 first on odd turns), one repetition a turn, and a
+# ratio is the median over all turns of that turn's float32 time / bfloat16
+# time (turn_ratios): a turn's two calls see the same load. Operands, model
+# and optimizer are made and warmed up once per process, the float32 and
+# the autocast GPT steps training the same model. The rows:
+# - bf16_gemm_2048: bfloat16 (2048, 2048) @ (2048, 2048), bfloat16 out (as
+#   torch's bf16 matmul), against loom's sgemm on the same values in
+#   float32. Bars: >= 4x loom's sgemm and >= 2x torch's bf16 matmul (torch
+#   time / loom time, AMP_TORCH_TARGETS). The 4x needs bfloat16 arithmetic
+#   in hardware (AVX512-BF16's vdpbf16ps does twice an FMA's multiply-adds
+#   per instruction, AMX many more); on a CPU without it a bfloat16 GEMM
+#   widens its operands to float32 and multiplies at float32's rate at
+#   best, so the bar cannot be met there. The section says which of them
+#   this CPU has (/proc/cpuinfo).
+# - gpt_step_bf16: the main table's GPT step (bench_gpt, AdamW) with the
+#   forward and the loss under AutocastGuard(cpu, bfloat16), backward and the
+#   optimizer step outside it, against the same step without the guard.
+#   Bar: >= 1.8x.
+# - cnn_epoch_bf16: `loom train --model cnn` (run_loom_epoch) in float32,
+#   then with --amp bf16, the same flags otherwise, --amp-epochs epochs each
+#   (1 by default: a whole epoch, long enough to average out short bursts,
+#   and the group stays within a few minutes on 2 cores), one run per side
+#   back to back as the compile group's epochs; the ratio is float32's
+#   median epoch over bfloat16's. Bar: >= 1.5x. The test accuracies are
+#   printed side by side: bfloat16 must train as float32 does.
+# The rounds (--rounds) take turns with torch as the quant group's: one
+# bench_ops process of --amp-turns turns, then torch_ops.py's float32 and
+# bfloat16 rows (bf16_gemm_2048 is torch.bfloat16 tensors' @; gpt_step_bf16
+# the step under torch.autocast("cpu", dtype=torch.bfloat16)); loom against
+# torch is the ratio of the pooled bfloat16 medians, torch's own bfloat16
+# against float32 the median of the rounds' ratios. torch runs as installed:
+# its bfloat16 matmul calls no OpenBLAS kernel (libtorch 1.13 here imports
+# only sgemm_ from it), so OPENBLAS_CORETYPE cannot change the one target
+# against torch. PyTorch 1.13 on a CPU without AVX512-BF16 runs bfloat16
+# GEMMs in its own loops, seconds for one 2048 product, and its threads spin
+# under load, so its side is bounded as the quant group's (BoundedTorch:
+# AMP_TORCH_TIMEOUT a reply, AMP_TORCH_BUDGET in all). torch's CNN runs
+# torch_train.py --amp bf16 and float32 on the first --amp-torch-images
+# training images, one epoch each (a whole bfloat16 epoch takes minutes
+# there); its numbers are samples per second, and loom against torch on
+# the CNN compares loom's whole epochs' samples/s with them. No target is
+# on torch's CNN or GPT step.
+
+def run_loom_amp(args, keys):
+    """One bench_ops process over the amp rows and their float32
+    counterparts `keys`, --amp-turns turns: {key: {turn: seconds per
+    call}}, or {} when it fails."""
+    cmd = [args.bench_bin, f"--loom_threads={args.threads}", f"--loom_amp_turns={args.amp_turns}",
+           "--benchmark_format=json", f"--benchmark_filter=^({'|'.join(keys)})/turn:",
+           "--benchmark_repetitions=1", f"--benchmark_min_time={args.min_time}"]
+    data = run_json(cmd, what="bench_ops (amp rows)")
+    times = {}
+    for b in (data or {}).get("benchmarks", []):
+        if b["run_type"] != "iteration":
+            continue
+        name, turn = b["run_name"].split("/")[:2]  # "bf16_gemm_2048/turn:3/real_time"
+        times.setdefault(name, {})[int(turn[len("turn:"):])] = b["real_time"] * UNIT_SECONDS[b["time_unit"]]
+    return times
+
+
+def collect_amp(args, rows_wanted, res, meta):
+    """The "amp" rows: --rounds rounds of one bench_ops process (every
+    bench_ops row and its float32 counterpart, --amp-turns turns) and
+    torch_ops.py's rows of both, taking turns; then the CNN epochs, loom
+    float32 and bfloat16, then torch's (Note [The amp group])."""
+    ops_rows = [w for w in rows_wanted if w.part]
+    torch_worker = BoundedTorch(args, meta, "amp", AMP_TORCH_TIMEOUT, AMP_TORCH_BUDGET)
+    meta["amp_torch_errors"] = torch_worker.errors
+
+    def loom_turns(rnd):
+        keys = [k for w in ops_rows for k in (w.part, w.key)]
+        log(f"[amp {rnd + 1}/{args.rounds}] loom: bench_ops --loom_amp_turns={args.amp_turns} ({', '.join(keys)})")
+        times = run_loom_amp(args, keys)
+        for w in ops_rows:
+            bf16, fp32 = times.get(w.key) or {}, times.get(w.part) or {}
+            merge(res, w.key, "loom", {"times_s": [bf16[t] for t in sorted(bf16)],
+                                       "fp32_ratios": turn_ratios(fp32, bf16)})
+            merge(res, w.key, "loom_fp32", {"times_s": [fp32[t] for t in sorted(fp32)]})
+
+    def torch_turn(rnd):
+        for w in ops_rows:
+            fp32 = torch_worker.run(w.part, BY_KEY[w.part].repetitions, rnd)
+            bf16 = torch_worker.run(w.key, w.repetitions, rnd)
+            merge(res, w.key, "torch_fp32", fp32)
+            if bf16:
+                entry = {k: v for k, v in bf16.items() if k != "median_s"}
+                if fp32:
+                    entry["fp32_ratios"] = [fp32["median_s"] / bf16["median_s"]]
+                merge(res, w.key, "torch_installed", entry)
+
+    for rnd in range(args.rounds if ops_rows else 0):
+        for side in (loom_turns, torch_turn) if rnd % 2 == 0 else (torch_turn, loom_turns):
+            time.sleep(args.settle)
+            side(rnd)
+    torch_worker.close()
+
+    for w in (w for w in rows_wanted if w.model):
+        for side, flags in (("loom_fp32", []), ("loom", ["--amp", "bf16"])):
+            log(f"[{w.key}] loom train --model {w.model} {' '.join(flags) or '(float32)'}, {args.amp_epochs} epoch(s)")
+            merge(res, w.key, side, run_loom_epoch(args, w.model, flags, tag=side, epochs=args.amp_epochs))
+        limit = ["--train-limit", str(args.amp_torch_images)] if args.amp_torch_images else []
+        for side, flags in (("torch_fp32", limit), ("torch_installed", limit + ["--amp", "bf16"])):
+            log(f"[{w.key}] torch (installed): torch_train.py --model {w.model} {' '.join(flags)}, 1 epoch")
+            data = run_torch_epoch(args, w.model, None, flags, epochs=1, timeout=AMP_TORCH_EPOCH_TIMEOUT)
+            if data is None:
+                what = f"{w.key} ({'bf16' if side == 'torch_installed' else 'float32'})"
+                meta["amp_torch_errors"][what] = f"failed or stopped after {AMP_TORCH_EPOCH_TIMEOUT:g} s (see the log)"
+                continue
+            meta["torch"] = meta["torch"] or data.get("torch")
+            images = data.get("train_images")
+            data["samples_per_s"] = [images / t for t in data["times_s"]] if images else []
+            merge(res, w.key, side, data)
 
 
 def collect_memory(args, w, res, torch_worker):
@@ -1160,6 +1344,10 @@ def collect(args, selected):
     quant = [w for w in selected if w.source == "quant"]
     if quant:
         collect_quant(args, quant, res, meta)
+
+    amp = [w for w in selected if w.source == "amp"]
+    if amp:
+        collect_amp(args, amp, res, meta)
 
     graph = [w for w in selected if w.source == "graph"]
     if graph:
@@ -1262,6 +1450,9 @@ def evaluate(args, selected, res):
             continue
         if w.source == "quant":
             rows[w.key] = evaluate_quant(w, r)
+            continue
+        if w.source == "amp":
+            rows[w.key] = evaluate_amp(w, r)
             continue
         lt = median_of(r.get("loom"))
         # Note [References under load]
@@ -1435,6 +1626,41 @@ def evaluate_quant(w, r):
     return row
 
 
+AMP_SIDES = ("loom_fp32", "loom", "torch_fp32", "torch_installed")  # torch_installed: torch's bfloat16
+
+
+def evaluate_amp(w, r):
+    """An "amp" row (Note [The amp group]): each side's times and median
+    (float32 and bfloat16 of loom and torch), rates, bfloat16 over float32
+    for loom (the target) and for torch, loom against torch in bfloat16,
+    and "checks", one per target."""
+    row = {side: r.get(side) or {} for side in AMP_SIDES}
+    med = {side: median_of(row[side]) for side in AMP_SIDES}
+    if w.model:
+        # Whole epochs for loom, torch's on its slice of the training set:
+        # one run a side, so ratios of medians; loom against torch in samples/s.
+        rate = {side: median_or_none(row[side].get("samples_per_s")) for side in AMP_SIDES}
+        row["loom_vs_fp32"] = ratio(med["loom_fp32"], med["loom"])
+        row["torch_vs_fp32"] = ratio(rate["torch_installed"], rate["torch_fp32"])
+        row["speedup"] = ratio(rate["loom"], rate["torch_installed"])
+    else:
+        work = w.flops / 1e9 if w.flops else w.tokens  # GFLOP or tokens a call
+        rate = {side: work / t if t else None for side, t in med.items()}
+        row["loom_vs_fp32"] = median_or_none(row["loom"].get("fp32_ratios"))
+        row["torch_vs_fp32"] = median_or_none(row["torch_installed"].get("fp32_ratios"))
+        row["speedup"] = ratio(med["torch_installed"], med["loom"])
+    row["median_s"], row["rate"] = med, rate
+    checks = [graph_check(f"bf16 >= {w.min_speedup:g}x loom fp32", row["loom_vs_fp32"], w.min_speedup, at_most=False)]
+    if w.key in AMP_TORCH_TARGETS:
+        bar = AMP_TORCH_TARGETS[w.key]
+        checks.append(graph_check(f"bf16 >= {bar:g}x torch bf16", row["speedup"], bar, at_most=False))
+    row["checks"] = checks
+    row["target"] = "; ".join(c["target"] for c in checks)
+    mets = [c["met"] for c in checks]
+    row["met"] = False if False in mets else (None if None in mets else True)
+    return row
+
+
 def speedup_target_text(min_speedup):
     """">=2.5x"; a bar set as a time ratio (1 / 0.7) reads as one: "time<=0.7x"."""
     text = f"{min_speedup:g}"
@@ -1473,7 +1699,7 @@ def rate_text(w, row):
 def print_table(args, selected, rows, meta):
     installed = meta.get("openblas_installed") or "?"
     tuned = meta.get("coretype_tuned")
-    table = [w for w in selected if w.source not in ("graph", "distributed", "compile", "quant")]
+    table = [w for w in selected if w.source not in ("graph", "distributed", "compile", "quant", "amp")]
     if table:
         print(f"threads: {args.threads}   medians of {args.rounds} rounds x {args.repetitions} repetitions "
               f"(>= {args.min_time} s each), epochs: {args.epochs} per run   torch {meta.get('torch') or 'n/a'}")
@@ -1505,6 +1731,9 @@ def print_table(args, selected, rows, meta):
     quant = [w for w in selected if w.source == "quant"]
     if quant:
         print_quant(args, quant, rows, meta)
+    amp = [w for w in selected if w.source == "amp"]
+    if amp:
+        print_amp(args, amp, rows, meta)
     for w in (w for w in selected if w.source == "epoch"):
         r = rows[w.key]
         accs = [f"{side} {r[side]['test_acc']:.2%}" for side in ("loom", "torch_installed", "torch_tuned")
@@ -1881,6 +2110,75 @@ def print_quant(args, selected, rows, meta):
           f"spans more than {NOISY_SPREAD:.0%} of the median.")
 
 
+def cpu_bf16_instructions():
+    """The CPU's bfloat16 arithmetic in /proc/cpuinfo's flags (AVX512-BF16,
+    AMX-BF16): [] when it has none or the file cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
+
+
+def print_amp(args, selected, rows, meta):
+    """The amp group's section (Note [The amp group]): per row, float32 and
+    bfloat16 times of loom and torch, the speedups over float32 and loom
+    against torch in bfloat16, each target with its measured ratio, and a
+    line of rates."""
+    print()
+    isa = cpu_bf16_instructions()
+    images = f"the first {args.amp_torch_images}" if args.amp_torch_images else "all"
+    print(f"amp: bfloat16 mixed precision, {args.threads} threads; this CPU's bfloat16 arithmetic: "
+          f"{', '.join(isa) if isa else 'none (no AVX512-BF16, no AMX)'}.\nloom: bench_ops, {args.rounds} round(s) "
+          f"of one process with {args.amp_turns} turns of float32 and bfloat16; vs fp32: the median of\nthe turns' "
+          f"float32 time / bfloat16 time. torch {meta.get('torch') or 'n/a'} as installed (bf16 matmul, "
+          f"torch.autocast('cpu')),\n{args.rounds} round(s) taking turns with loom. CNN: `loom train` float32, then "
+          f"--amp bf16, {args.amp_epochs} epoch(s) each, median epoch;\ntorch_train.py float32 and --amp bf16, one "
+          f"epoch of {images} training images each")
+    columns = f"{'workload':<27}{'loom fp32':>10}{'loom bf16':>10}{'vs fp32':>9}{'torch fp32':>11}{'torch bf16':>11}" \
+              f"{'vs fp32':>9}{'loom/torch':>11}  "
+    print(f"{columns}target")
+    print("-" * (len(columns) + 32))
+    met_text = {True: "met", False: "MISSED", None: "?"}
+    for w in selected:
+        row = rows[w.key]
+        med, rate = row.get("median_s") or {}, row.get("rate") or {}
+        torch_time = not w.model  # torch's CNN ran a slice of the epoch: its line of rates gives the times
+        cells = (f"{w.desc:<27}{time_text(row.get('loom_fp32')):>10}{time_text(row.get('loom')):>10}"
+                 f"{ratio_text(row.get('loom_vs_fp32'), at_most=False):>9}"
+                 f"{time_text(row.get('torch_fp32'), torch_time):>11}"
+                 f"{time_text(row.get('torch_installed'), torch_time):>11}"
+                 f"{ratio_text(row.get('torch_vs_fp32'), at_most=False):>9}"
+                 f"{ratio_text(row.get('speedup'), at_most=False):>11}  ")
+        # One target a line, the first beside the row's cells.
+        print("\n".join(f"{cells if i == 0 else ' ' * len(columns)}{c['target']:<26}{met_text[c['met']]}"
+                        for i, c in enumerate(row.get("checks") or [])) or cells.rstrip())
+
+        def num(side):
+            x = rate.get(side)
+            return "n/a" if x is None else f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+        unit = "GFLOP/s" if w.flops else "tokens/s" if w.tokens else "samples/s"
+        slice_text = ""
+        if w.model:  # torch's times, not in the row: they are of its slice of the training set
+            slice_text = (f" (the first {args.amp_torch_images} images" if args.amp_torch_images else " (an epoch") + \
+                f": {fmt_time(med.get('torch_fp32'))} and {fmt_time(med.get('torch_installed'))})"
+        print(f"  {unit}: loom {num('loom_fp32')} fp32, {num('loom')} bf16; torch {num('torch_fp32')} fp32, "
+              f"{num('torch_installed')} bf16{slice_text}")
+    for w in (w for w in selected if w.model):
+        row = rows[w.key]
+        accs = [f"{name} {row[side]['test_acc']:.2%}" for name, side in (("float32", "loom_fp32"), ("bf16", "loom"))
+                if "test_acc" in row.get(side, {})]
+        if accs:
+            print(f"{w.model.upper()} test accuracy after {args.amp_epochs} epoch(s), loom: " + ", ".join(accs))
+    for key, why in (meta.get("amp_torch_errors") or {}).items():
+        print(f"torch {key}: n/a: {why}")
+    print("vs fp32: float32 time / bfloat16 time of the same side (above 1: bfloat16 is faster); loom/torch: torch's\n"
+          "bfloat16 time / loom's (the CNN: loom's samples/s / torch's). The targets are loom against loom, and the\n"
+          "bfloat16 GEMM against torch's. * the middle half of the repetitions spans more than "
+          f"{NOISY_SPREAD:.0%} of the median.")
+
+
 def main():
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1902,6 +2200,14 @@ def main():
     p.add_argument("--quant-turns", type=int, default=5,
                    help="turns of the formats in each bench_ops process of the quant group (one per --rounds); "
                         "its ratios are medians over all turns (Note [The quant group])")
+    p.add_argument("--amp-turns", type=int, default=5,
+                   help="turns of float32 and bfloat16 in each bench_ops process of the amp group (one per --rounds); "
+                        "its ratios are medians over all turns (Note [The amp group])")
+    p.add_argument("--amp-epochs", type=int, default=1,
+                   help="epochs of each `loom train` CNN run of the amp group, float32 and --amp bf16 (median "
+                        "reported)")
+    p.add_argument("--amp-torch-images", type=int, default=6400,
+                   help="training images of torch's CNN epochs in the amp group, float32 and --amp bf16 (0: all)")
     p.add_argument("--dist-bin", help="default: BUILD_DIR/bench/bench_distributed")
     p.add_argument("--mpirun", default="mpirun", help="Open MPI's launcher, for the distributed group")
     p.add_argument("--dist-np", type=int, default=2, help="ranks of the distributed group's mpirun")
@@ -1927,7 +2233,7 @@ def main():
     p.add_argument("--epochs", type=int, default=3,
                    help="epochs of each training run (MLP, CNN) on each side (median reported)")
     p.add_argument("--only", default="", help=f"comma-separated groups ({', '.join(GROUPS)}; quant: int8 / int4 "
-                                              "generation) or workload names")
+                                              "generation; amp: bfloat16 mixed precision) or workload names")
     p.add_argument("--coretypes", default=",".join(CORETYPES),
                    help="OPENBLAS_CORETYPE values to probe for the tuned torch run ('' for none)")
     p.add_argument("--json", help="write the raw results here (default: BUILD_DIR/bench_results.json)")
@@ -1947,6 +2253,9 @@ def main():
         sys.exit(f"run.py: --compile-reps must be at least 1, got {args.compile_reps}")
     if args.quant_turns < 1:
         sys.exit(f"run.py: --quant-turns must be at least 1, got {args.quant_turns}")
+    if args.amp_turns < 1 or args.amp_epochs < 1 or args.amp_torch_images < 0:
+        sys.exit(f"run.py: --amp-turns and --amp-epochs must be at least 1 and --amp-torch-images at least 0, got "
+                 f"{args.amp_turns}, {args.amp_epochs} and {args.amp_torch_images}")
     if args.dist_reps < 1 or args.dist_np < 2:
         sys.exit(f"run.py: --dist-reps must be at least 1 and --dist-np at least 2, got {args.dist_reps} and "
                  f"{args.dist_np}")
@@ -1954,7 +2263,8 @@ def main():
     start = time.monotonic()
     selected = select(args.only)
     # Only the programs the selected rows run must exist.
-    if any(w.source in ("ops", "ref", "mem", "dispatch", "quant") for w in selected) and \
+    if any(w.source in ("ops", "ref", "mem", "dispatch", "quant") or (w.source == "amp" and w.part)
+           for w in selected) and \
             not shutil.which(args.bench_bin):
         sys.exit(f"run.py: {args.bench_bin} not found; build it with `make bench`")
     if any(w.source == "graph" for w in selected) and not shutil.which(args.graph_bin):
@@ -1970,7 +2280,9 @@ def main():
     with open(args.json, "w") as f:
         json.dump({"threads": args.threads, "rounds": args.rounds, "repetitions": args.repetitions,
                    "min_time_s": args.min_time, "graph_reps": args.graph_reps,
-                   "compile_reps": args.compile_reps, "quant_turns": args.quant_turns, "dist_reps": args.dist_reps,
+                   "compile_reps": args.compile_reps, "quant_turns": args.quant_turns, "amp_turns": args.amp_turns,
+                   "amp_epochs": args.amp_epochs, "amp_torch_images": args.amp_torch_images,
+                   "dist_reps": args.dist_reps,
                    "dist_np": args.dist_np, "dist_bind": args.dist_bind, "dist_yield": args.dist_yield,
                    "epochs": args.epochs, "meta": meta, "wall_s": wall, "workloads": rows}, f, indent=1)
     print(f"raw results: {args.json}")

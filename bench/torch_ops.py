@@ -12,6 +12,7 @@ times workloads named on stdin instead, one JSON line each (see serve()).
     /usr/bin/python3 bench/torch_ops.py --threads 2 --only sgemm_1024,softmax
 """
 import argparse
+import contextlib
 import ctypes
 import json
 import math
@@ -137,12 +138,26 @@ def bench_gpt(**config):
     return GPT(GPTConfig(**dict(fields, **config)))
 
 
-def gpt_step():
-    """One AdamW step (lr 3e-4) on (16, 128) random tokens."""
+def gpt_step(autocast=False):
+    """One AdamW step (lr 3e-4) on (16, 128) random tokens. With `autocast`
+    (the amp group's gpt_step_bf16), the forward and the loss run under
+    torch.autocast("cpu", dtype=torch.bfloat16): linear and matmul in
+    bfloat16 on the float32 parameters; backward and the step outside it,
+    as PyTorch's AMP recipe."""
     model = bench_gpt()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
     x, y = torch.randint(96, (16, 128)), torch.randint(96, (16, 128))
-    return training_step(lambda: model(x, y)[1], optimizer)
+
+    def loss():
+        with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+            return model(x, y)[1]
+    return training_step(loss, optimizer)
+
+
+def bf16_gemm(n):
+    """a @ b with a, b: (n, n) bfloat16 (the amp group's bf16_gemm_2048)."""
+    a, b = torch.rand(n, n).bfloat16(), torch.rand(n, n).bfloat16()
+    return lambda: a @ b
 
 
 def gpt_generate():
@@ -321,6 +336,8 @@ def make_workloads():
         "lstm_step": lstm_step,
         "gpt_step": gpt_step,
         "gpt_generate": gpt_generate,
+        "bf16_gemm_2048": lambda: bf16_gemm(2048),
+        "gpt_step_bf16": lambda: gpt_step(autocast=True),
     })
     for size in GEN_CONFIGS:  # no int4 rows: PyTorch has no int4 Linear on the CPU
         w[f"gen_{size}_fp32"] = lambda size=size: gen(size)

@@ -11,17 +11,21 @@ same data (Fashion-MNIST pixels / 255, normalized with mean 0.2860 and std
 0.3530), same batch (128, reshuffled each epoch, last partial batch kept),
 same optimizer (AdamW lr 1e-3, weight_decay 0.01) and schedule (cosine decay
 to 0, stepped every batch; --schedule constant turns it off), same epochs
-and thread count as `loom train`.
+and thread count as `loom train`. --amp bf16 runs each training batch's
+forward and loss under torch.autocast("cpu", dtype=torch.bfloat16) (conv
+and linear in bfloat16 on the float32 parameters), as `loom train --amp
+bf16`; the test pass stays float32.
 Prints one line per epoch (train loss, test loss and accuracy, seconds,
 samples/s) and a summary line. With --json those go to stderr, and stdout
 gets one JSON object for bench/run.py: {"torch": version, "threads": n,
 "openblas_core": name or null, "epoch_seconds": [...], "test_acc": last
-accuracy}. Epoch seconds count the training loop only, not the test pass,
+accuracy, "train_images": images an epoch}. Epoch seconds count the training loop only, not the test pass,
 as `loom train` does. OpenBLAS runs on --threads threads too.
 
     /usr/bin/python3 bench/torch_train.py --model cnn --threads 2 --epochs 5
 """
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -96,6 +100,7 @@ def main():
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-limit", type=int, default=0, help="train on the first N images only (0: all)")
+    p.add_argument("--amp", choices=["bf16"], help="train under torch.autocast(\"cpu\", dtype=torch.bfloat16)")
     p.add_argument("--json", action="store_true", help="log to stderr, print a JSON summary on stdout")
     args = p.parse_args()
     log = sys.stderr if args.json else sys.stdout
@@ -117,7 +122,7 @@ def main():
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs * batches_per_epoch)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"torch {torch.__version__}, {args.model} ({n_params} parameters), {torch.get_num_threads()} threads, "
-          f"{n} train images", file=log)
+          f"{n} train images" + (f", autocast {args.amp}" if args.amp else ""), file=log)
     epoch_seconds = []
     for epoch in range(1, args.epochs + 1):
         g = torch.Generator().manual_seed(args.seed * 1000003 + epoch)
@@ -126,7 +131,8 @@ def main():
         loss_sum, batches = 0.0, 0
         for i in range(0, n, args.batch_size):
             idx = perm[i : i + args.batch_size]
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+            with torch.autocast("cpu", dtype=torch.bfloat16) if args.amp else contextlib.nullcontext():
+                loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -146,7 +152,8 @@ def main():
           f"({args.threads} threads, batch {args.batch_size})", file=log)
     if args.json:
         print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                          "openblas_core": core, "epoch_seconds": epoch_seconds, "test_acc": test_acc}))
+                          "openblas_core": core, "epoch_seconds": epoch_seconds, "test_acc": test_acc,
+                          "train_images": n}))
 
 
 if __name__ == "__main__":

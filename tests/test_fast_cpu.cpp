@@ -24,6 +24,7 @@
 // Internal headers (plain declarations): the ISA choice and the fast-path
 // switch.
 #include "ops/fast_paths.h"
+#include "test_util.h"
 
 namespace {
 
@@ -132,19 +133,8 @@ std::vector<Shape> shapes() {
   return s;
 }
 
-using BinaryFn = Tensor (*)(const Tensor&, const Tensor&);
-struct NamedBinary {
-  const char* name;
-  BinaryFn fn;
-};
-const NamedBinary kBinary[] = {
-    {"add", [](const Tensor& a, const Tensor& b) { return loom::add(a, b); }},
-    {"sub", [](const Tensor& a, const Tensor& b) { return loom::sub(a, b); }},
-    {"mul", [](const Tensor& a, const Tensor& b) { return loom::mul(a, b); }},
-    {"div", [](const Tensor& a, const Tensor& b) { return loom::div(a, b); }},
-    {"maximum", [](const Tensor& a, const Tensor& b) { return loom::maximum(a, b); }},
-    {"minimum", [](const Tensor& a, const Tensor& b) { return loom::minimum(a, b); }},
-};
+using loom::test::NamedBinary;
+using loom::test::kBinary;
 
 // ---- binary ----
 

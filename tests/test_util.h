@@ -17,6 +17,21 @@
 
 namespace loom::test {
 
+// The binary ops that have vectorized float paths, by name (the fast-path
+// tests run each against its reference loop).
+struct NamedBinary {
+  const char* name;
+  Tensor (*fn)(const Tensor&, const Tensor&);
+};
+inline const NamedBinary kBinary[] = {
+    {"add", [](const Tensor& a, const Tensor& b) { return loom::add(a, b); }},
+    {"sub", [](const Tensor& a, const Tensor& b) { return loom::sub(a, b); }},
+    {"mul", [](const Tensor& a, const Tensor& b) { return loom::mul(a, b); }},
+    {"div", [](const Tensor& a, const Tensor& b) { return loom::div(a, b); }},
+    {"maximum", [](const Tensor& a, const Tensor& b) { return loom::maximum(a, b); }},
+    {"minimum", [](const Tensor& a, const Tensor& b) { return loom::minimum(a, b); }},
+};
+
 // A fresh folder per test, named after the suite, the test and the process
 // (ctest runs tests in parallel), removed afterwards.
 class TempDir {

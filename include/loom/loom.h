@@ -3,6 +3,7 @@
 
 #include "loom/allocator.h"
 #include "loom/amp.h"
+#include "loom/autocast.h"
 #include "loom/autograd.h"
 #include "loom/autograd_function.h"
 #include "loom/checkpoint.h"

@@ -24,6 +24,7 @@ del _cls
 from loom import autograd  # noqa: E402
 from loom.autograd.grad_mode import no_grad, enable_grad, set_grad_enabled, is_grad_enabled, inference_mode  # noqa: E402
 from loom import nn, optim, utils, distributed, amp  # noqa: E402
+from loom.amp import autocast  # noqa: E402
 from loom.serialization import save, load  # noqa: E402
 from loom.jit import compile  # noqa: E402
 from loom import cuda  # noqa: E402

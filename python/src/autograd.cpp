@@ -8,6 +8,24 @@ void bind_autograd(py::module_& m) {
   auto ag = m.def_submodule("_autograd");
   ag.def("is_grad_enabled", &is_grad_enabled);
   ag.def("set_grad_enabled", &set_grad_enabled, py::arg("mode"));
+  // loom.autocast (python/loom/amp.py) saves and restores this thread's
+  // autocast state around its block (include/loom/autocast.h).
+  auto device_type = [](const std::string& name) {
+    LOOM_CHECK(name == "cpu" || name == "cuda", "autocast: device_type must be 'cpu' or 'cuda', got '", name, "'");
+    return name == "cpu" ? DeviceType::CPU : DeviceType::CUDA;
+  };
+  ag.def("autocast_state", [device_type](const std::string& name) {
+    const DeviceType t = device_type(name);
+    return py::make_tuple(is_autocast_enabled(t), autocast_dtype(t));
+  });
+  ag.def(
+      "set_autocast_state",
+      [device_type](const std::string& name, bool enabled, DType dtype) {
+        const DeviceType t = device_type(name);
+        set_autocast_dtype(t, dtype);
+        set_autocast_enabled(t, enabled);
+      },
+      py::arg("device_type"), py::arg("enabled"), py::arg("dtype"));
   ag.def(
       "grad",
       [](std::vector<Tensor> outputs, std::vector<Tensor> inputs, std::vector<Tensor> grad_outputs,

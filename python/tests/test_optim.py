@@ -316,3 +316,46 @@ def test_grad_scaler_scales_skips_and_updates():
     assert other.get_scale() == 4.0
     with pytest.raises(loom.Error, match="no inf checks"):
         other.update()
+
+
+# ---- loom.autocast ----
+
+def test_autocast_follows_torch_autocast_dtypes_and_keeps_float32_master_weights():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    w = rng.standard_normal((3, 6)).astype(np.float32)
+    lx, lw = loom.tensor(x), loom.tensor(w, requires_grad=True)
+    tx, tw = torch.tensor(x), torch.tensor(w, requires_grad=True)
+    with loom.autocast("cpu", dtype=loom.bfloat16) as ac, torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ac.fast_dtype == loom.bfloat16
+        ly = loom.nn.functional.linear(lx, lw)
+        ty = torch.nn.functional.linear(tx, tw)
+        assert ly.dtype == loom.bfloat16 and ty.dtype == torch.bfloat16
+        # The same product of the same bfloat16 inputs: equal to bfloat16's last bit or one rounding apart.
+        np.testing.assert_allclose(ly.float().detach().numpy(), ty.float().detach().numpy(), rtol=2 ** -7, atol=1e-6)
+        lp = loom.softmax(ly, 1)
+        assert lp.dtype == loom.float32
+        loss = loom.nn.functional.cross_entropy(ly, loom.tensor([0, 1, 2, 0]))
+        assert loss.dtype == loom.float32
+        with loom.autocast("cpu", enabled=False):
+            assert (lx @ lw.t()).dtype == loom.float32
+        assert (lx @ lw.t()).dtype == loom.bfloat16
+    assert (lx @ lw.t()).dtype == loom.float32
+    loss.backward()
+    assert lw.dtype == loom.float32 and lw.grad.dtype == loom.float32
+
+
+def test_autocast_as_a_decorator_and_its_errors():
+    @loom.autocast("cpu", dtype=loom.float16)
+    def product(a, b):
+        return a @ b
+
+    a = loom.ones(2, 2)
+    assert product(a, a).dtype == loom.float16
+    assert (a @ a).dtype == loom.float32
+    with pytest.raises(loom.Error, match="device_type must be 'cpu' or 'cuda'"):
+        loom.autocast("tpu")
+    with pytest.raises(loom.Error, match="must be bfloat16 or float16"):
+        with loom.autocast("cpu", dtype=loom.float64):
+            pass
+    assert (a @ a).dtype == loom.float32  # a failed enter leaves the state alone

@@ -50,6 +50,7 @@
 #include <memory>
 
 #include "autograd/node.h"
+#include "core/autocast.h"
 #include "core/generator.h"
 #include "loom/autograd.h"
 #include "loom/ops.h"
@@ -70,7 +71,7 @@ using autograd::SavedTensor;
 class CheckpointFrame : public autograd::Recomputer {
  public:
   CheckpointFrame(CheckpointFn fn, const std::vector<Tensor>& inputs)
-      : fn_(std::move(fn)), inputs_(inputs), rng_(get_rng_state()) {
+      : fn_(std::move(fn)), inputs_(inputs), rng_(get_rng_state()), autocast_(autocast::state()) {
     input_versions_.reserve(inputs_.size());
     for (const Tensor& t : inputs_) input_versions_.push_back(t.defined() ? t._version() : 0);
   }
@@ -236,6 +237,7 @@ class CheckpointFrame : public autograd::Recomputer {
     std::vector<SavedTensor> saves;
     if (stop > 0) {
       RngReplay replay(*this);
+      autocast::Restore autocast(autocast_);  // the forward's autocast, though backward runs with it off
       Recomputing recomputing;
       Collector collector(saves, forward_saves_, stop);
       autograd::SavedTensorSinkGuard sink(&collector);
@@ -260,6 +262,7 @@ class CheckpointFrame : public autograd::Recomputer {
   std::vector<Tensor> inputs_;
   std::vector<uint64_t> input_versions_;
   RngState rng_;  // the global generator when the forward pass began
+  autocast::State autocast_;  // the autocast state the forward pass ran under
   std::vector<std::pair<Generator, RngState>> generators_;  // explicit ones: state at their first draw
   std::vector<ForwardSave> forward_saves_;  // what the forward pass saved, in order
   std::vector<SavedTensor> held_;  // by index: the saves hold_output kept

@@ -16,6 +16,7 @@
 #include <unordered_set>
 
 #include "autograd/node.h"
+#include "core/autocast.h"
 #include "core/capture.h"
 #include "loom/autograd.h"
 #include "loom/ops.h"
@@ -218,6 +219,9 @@ void queue_callback(std::function<void()> fn) {
 
 TensorList run_backward(const TensorList& roots, const TensorList& root_grads, bool keep_graph,
                         bool create_graph, const TensorList& inputs, bool allow_unused) {
+  // Backward formulas run in the dtypes their forward ops ran in (Note
+  // [Autocast op policy]).
+  autocast::Off no_autocast;
   ++t_depth;
   TensorList results;
   try {

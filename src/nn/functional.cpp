@@ -1,5 +1,6 @@
 // nn::functional layers and activations, written with loom ops (they have no
 // backward of their own: autograd differentiates through the ops they call).
+#include "core/autocast.h"
 #include "loom/nn/functional.h"
 
 #include <algorithm>
@@ -205,6 +206,8 @@ Tensor layer_norm(const Tensor& input, IntArrayRef normalized_shape, const Tenso
 }
 
 Tensor rms_norm(const Tensor& input, IntArrayRef normalized_shape, const Tensor& weight, std::optional<double> eps) {
+  if (autocast::Region r{input, autocast::Policy::Float32})
+    return rms_norm(r.cast(input), normalized_shape, r.cast(weight), eps);
   check_floating("rms_norm", "input", input);
   const std::vector<int64_t>& shape = normalized_shape.vec();
   std::vector<int64_t> dims = normalized_dims("rms_norm", input, shape);
@@ -218,6 +221,8 @@ Tensor rms_norm(const Tensor& input, IntArrayRef normalized_shape, const Tensor&
 
 Tensor batch_norm(const Tensor& input, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
                   const Tensor& bias, bool training, double momentum, double eps) {
+  if (autocast::Region r{input, autocast::Policy::Float32})
+    return batch_norm(r.cast(input), running_mean, running_var, r.cast(weight), r.cast(bias), training, momentum, eps);
   check_floating("batch_norm", "input", input);
   LOOM_CHECK(input.dim() >= 2, "batch_norm: expected input of shape (N, C) or (N, C, *), got shape ",
              shape_str(input.sizes()));

@@ -4,6 +4,7 @@
 // (Note [Cross entropy with label smoothing]).
 #include <cmath>
 
+#include "core/autocast.h"
 #include "core/capture.h"
 #include "loom/autograd.h"
 #include "loom/nn/functional.h"
@@ -168,6 +169,7 @@ void check_class_input(const char* op, const Tensor& input) {
 // distribution is used directly, and "mean" divides by the number of
 // positions (N * d1 * ...), not by any weight.
 Tensor cross_entropy(const Tensor& input, const Tensor& target, const CrossEntropyOptions& o) {
+  if (autocast::Region r{input, autocast::Policy::Float32}) return cross_entropy(r.cast(input), r.cast(target), o);
   const char* op = "cross_entropy";
   const Reduction red = parse_reduction(op, o.reduction);
   check_class_input(op, input);
@@ -226,6 +228,7 @@ Tensor cross_entropy(const Tensor& input, const Tensor& target, const CrossEntro
 }
 
 Tensor nll_loss(const Tensor& input, const Tensor& target, const NLLLossOptions& o) {
+  if (autocast::Region r{input, autocast::Policy::Float32}) return nll_loss(r.cast(input), r.cast(target), o);
   const char* op = "nll_loss";
   const Reduction red = parse_reduction(op, o.reduction);
   check_class_input(op, input);
@@ -236,6 +239,7 @@ Tensor nll_loss(const Tensor& input, const Tensor& target, const NLLLossOptions&
 }
 
 Tensor mse_loss(const Tensor& input, const Tensor& target, const MSELossOptions& o) {
+  if (autocast::Region r{input, autocast::Policy::Float32}) return mse_loss(r.cast(input), r.cast(target), o);
   const Reduction red = parse_reduction("mse_loss", o.reduction);
   check_same_shape("mse_loss", input, target);
   Tensor d = input - target;
@@ -243,12 +247,14 @@ Tensor mse_loss(const Tensor& input, const Tensor& target, const MSELossOptions&
 }
 
 Tensor l1_loss(const Tensor& input, const Tensor& target, const L1LossOptions& o) {
+  if (autocast::Region r{input, autocast::Policy::Float32}) return l1_loss(r.cast(input), r.cast(target), o);
   const Reduction red = parse_reduction("l1_loss", o.reduction);
   check_same_shape("l1_loss", input, target);
   return reduce((input - target).abs(), red);
 }
 
 Tensor smooth_l1_loss(const Tensor& input, const Tensor& target, const SmoothL1LossOptions& o) {
+  if (autocast::Region r{input, autocast::Policy::Float32}) return smooth_l1_loss(r.cast(input), r.cast(target), o);
   const Reduction red = parse_reduction("smooth_l1_loss", o.reduction);
   check_same_shape("smooth_l1_loss", input, target);
   LOOM_CHECK(o.beta >= 0, "smooth_l1_loss: beta must be non-negative, got ", o.beta);
@@ -260,6 +266,8 @@ Tensor smooth_l1_loss(const Tensor& input, const Tensor& target, const SmoothL1L
 }
 
 Tensor binary_cross_entropy(const Tensor& input, const Tensor& target, const BCELossOptions& o) {
+  if (autocast::Region r{input, autocast::Policy::Float32})
+    return binary_cross_entropy(r.cast(input), r.cast(target), o);
   const char* op = "binary_cross_entropy";
   const Reduction red = parse_reduction(op, o.reduction);
   check_same_shape(op, input, target);
@@ -281,6 +289,8 @@ Tensor binary_cross_entropy(const Tensor& input, const Tensor& target, const BCE
 
 Tensor binary_cross_entropy_with_logits(const Tensor& input, const Tensor& target,
                                         const BCEWithLogitsLossOptions& o) {
+  if (autocast::Region r{input, autocast::Policy::Float32})
+    return binary_cross_entropy_with_logits(r.cast(input), r.cast(target), o);
   const char* op = "binary_cross_entropy_with_logits";
   const Reduction red = parse_reduction(op, o.reduction);
   check_same_shape(op, input, target);
@@ -303,6 +313,7 @@ Tensor binary_cross_entropy_with_logits(const Tensor& input, const Tensor& targe
 }
 
 Tensor kl_div(const Tensor& input, const Tensor& target, const KLDivLossOptions& o) {
+  if (autocast::Region r{input, autocast::Policy::Float32}) return kl_div(r.cast(input), r.cast(target), o);
   const char* op = "kl_div";
   const Reduction red = parse_reduction(op, o.reduction, true);
   check_same_shape(op, input, target);

@@ -12,6 +12,7 @@
 #include <limits>
 #include <optional>
 
+#include "core/autocast.h"
 #include "core/generator.h"
 #include "ops/op_utils.h"
 
@@ -125,6 +126,9 @@ Tensor additive_mask(const Geometry& g, const Tensor& mask, DType dtype) {
 Tensor scaled_dot_product_attention(const Tensor& query, const Tensor& key, const Tensor& value,
                                     const Tensor& attn_mask, double dropout_p, bool is_causal,
                                     std::optional<double> scale, std::optional<Generator> generator) {
+  if (autocast::Region r{query, autocast::Policy::Low})
+    return scaled_dot_product_attention(r.cast(query), r.cast(key), r.cast(value), r.cast(attn_mask), dropout_p,
+                                        is_causal, scale, generator);
   check_input("query", query);
   check_input("key", key);
   check_input("value", value);

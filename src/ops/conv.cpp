@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <array>
 
+#include "core/autocast.h"
 #include "backend/window2d.h"
 #include "ops/op_utils.h"
 
@@ -184,6 +185,8 @@ void check_conv_args(const char* op, const Tensor& input, const Tensor& weight, 
 
 Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias, IntArrayRef stride, IntArrayRef padding,
               IntArrayRef dilation, int64_t groups) {
+  if (autocast::Region r{input, autocast::Policy::Low})
+    return conv2d(r.cast(input), r.cast(weight), r.cast(bias), stride, padding, dilation, groups);
   const char* op = "conv2d";
   check_conv_args(op, input, weight, bias, weight.defined() && weight.dim() == 4 ? weight.sizes()[0] : 0);
   const Geometry geo = make_geometry(op, {weight.sizes()[2], weight.sizes()[3]}, stride, padding, dilation, groups);
@@ -203,6 +206,8 @@ Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias, Int
 
 Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias, IntArrayRef stride, ConvPadding padding,
               IntArrayRef dilation, int64_t groups) {
+  if (autocast::Region r{input, autocast::Policy::Low})
+    return conv2d(r.cast(input), r.cast(weight), r.cast(bias), stride, padding, dilation, groups);
   if (padding == ConvPadding::Valid) return conv2d(input, weight, bias, stride, {0}, dilation, groups);
   const char* op = "conv2d";
   check_conv_args(op, input, weight, bias, weight.defined() && weight.dim() == 4 ? weight.sizes()[0] : 0);
@@ -218,6 +223,8 @@ Tensor conv2d(const Tensor& input, const Tensor& weight, const Tensor& bias, Int
 
 Tensor conv1d(const Tensor& input, const Tensor& weight, const Tensor& bias, IntArrayRef stride, IntArrayRef padding,
               IntArrayRef dilation, int64_t groups) {
+  if (autocast::Region r{input, autocast::Policy::Low})
+    return conv1d(r.cast(input), r.cast(weight), r.cast(bias), stride, padding, dilation, groups);
   const char* op = "conv1d";
   check_float_tensor(op, "input", input);
   check_float_tensor(op, "weight", weight);
@@ -235,6 +242,8 @@ Tensor conv1d(const Tensor& input, const Tensor& weight, const Tensor& bias, Int
 
 Tensor conv1d(const Tensor& input, const Tensor& weight, const Tensor& bias, IntArrayRef stride, ConvPadding padding,
               IntArrayRef dilation, int64_t groups) {
+  if (autocast::Region r{input, autocast::Policy::Low})
+    return conv1d(r.cast(input), r.cast(weight), r.cast(bias), stride, padding, dilation, groups);
   if (padding == ConvPadding::Valid) return conv1d(input, weight, bias, stride, {0}, dilation, groups);
   const char* op = "conv1d";
   check_float_tensor(op, "input", input);
@@ -251,6 +260,9 @@ Tensor conv1d(const Tensor& input, const Tensor& weight, const Tensor& bias, Int
 
 Tensor conv_transpose2d(const Tensor& input, const Tensor& weight, const Tensor& bias, IntArrayRef stride,
                         IntArrayRef padding, IntArrayRef output_padding, int64_t groups, IntArrayRef dilation) {
+  if (autocast::Region r{input, autocast::Policy::Low})
+    return conv_transpose2d(r.cast(input), r.cast(weight), r.cast(bias), stride, padding, output_padding, groups,
+        dilation);
   const char* op = "conv_transpose2d";
   // weight (C_in, C_out / groups, KH, KW): as a convolution's weight, C_in is its out channels.
   check_conv_args(op, input, weight, bias,

@@ -1,6 +1,7 @@
 // Elementwise ops: type promotion, broadcasting, and backward formulas.
 #include <cmath>
 
+#include "core/autocast.h"
 #include "ops/op_utils.h"
 
 namespace loom {
@@ -188,6 +189,7 @@ Tensor div(const Tensor& a, const Tensor& b) {
 }
 
 Tensor pow(const Tensor& a, const Tensor& b) {
+  if (autocast::Region r{a, autocast::Policy::Float32}) return pow(r.cast(a), r.cast(b));
   DType t = promote({&a, &b}, "pow");
   Tensor out = binary_kernel(OpKind::Pow, "pow", a, b, t, t);
   Shape sa = a.sizes(), sb = b.sizes();
@@ -283,12 +285,15 @@ Tensor neg(const Tensor& x) {
 }
 
 Tensor exp(const Tensor& x) {
+  if (autocast::Region r{x, autocast::Policy::Float32}) return exp(r.cast(x));
   return float_unary(OpKind::Exp, "ExpBackward", x, [](const Tensor& g, const Tensor&, const Tensor& y) { return mul(g, y); });
 }
 Tensor log(const Tensor& x) {
+  if (autocast::Region r{x, autocast::Policy::Float32}) return log(r.cast(x));
   return float_unary(OpKind::Log, "LogBackward", x, [](const Tensor& g, const Tensor& xs, const Tensor&) { return div(g, xs); });
 }
 Tensor log1p(const Tensor& x) {
+  if (autocast::Region r{x, autocast::Policy::Float32}) return log1p(r.cast(x));
   return float_unary(OpKind::Log1p, "Log1pBackward", x,
                      [](const Tensor& g, const Tensor& xs, const Tensor&) { return div(g, add(xs, ops::wrap_scalar(1, xs.device()))); });
 }
@@ -297,6 +302,7 @@ Tensor sqrt(const Tensor& x) {
                      [](const Tensor& g, const Tensor&, const Tensor& y) { return div(g, mul(y, ops::wrap_scalar(2, y.device()))); });
 }
 Tensor rsqrt(const Tensor& x) {
+  if (autocast::Region r{x, autocast::Policy::Float32}) return rsqrt(r.cast(x));
   return float_unary(OpKind::Rsqrt, "RsqrtBackward", x, [](const Tensor& g, const Tensor&, const Tensor& y) {
     return mul(mul(g, ops::wrap_scalar(-0.5, y.device())), mul(y, mul(y, y)));
   });
@@ -454,6 +460,7 @@ Tensor silu(const Tensor& x) {
 }
 
 Tensor softplus(const Tensor& x, double beta, double threshold) {
+  if (autocast::Region r{x, autocast::Policy::Float32}) return softplus(r.cast(x), beta, threshold);
   return float_unary(
       OpKind::Softplus, "SoftplusBackward", x,
       [beta, threshold](const Tensor& g, const Tensor& xs, const Tensor&) {
@@ -464,7 +471,10 @@ Tensor softplus(const Tensor& x, double beta, double threshold) {
 }
 
 Tensor square(const Tensor& x) { return mul(x, x); }
-Tensor reciprocal(const Tensor& x) { return div(ops::wrap_scalar(1, x.device()), x); }
+Tensor reciprocal(const Tensor& x) {
+  if (autocast::Region r{x, autocast::Policy::Float32}) return reciprocal(r.cast(x));
+  return div(ops::wrap_scalar(1, x.device()), x);
+}
 
 Tensor clamp(const Tensor& x, std::optional<Scalar> lo, std::optional<Scalar> hi) {
   LOOM_CHECK(lo || hi, "clamp: at least one of min and max must be given");

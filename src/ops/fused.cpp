@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/autocast.h"
 #include "ops/op_utils.h"
 
 namespace loom {
@@ -95,6 +96,8 @@ Tensor log_softmax_backward(const Tensor& grad, const Tensor& output, int64_t di
 
 Tensor layer_norm(const Tensor& input, IntArrayRef normalized_shape, const Tensor& weight, const Tensor& bias,
                   double eps) {
+  if (autocast::Region r{input, autocast::Policy::Float32})
+    return layer_norm(r.cast(input), normalized_shape, r.cast(weight), r.cast(bias), eps);
   const char* op = "layer_norm";
   check_float(op, "input", input);
   const std::vector<int64_t> shape = normalized_shape.vec();
@@ -180,6 +183,8 @@ Tensor layer_norm(const Tensor& input, IntArrayRef normalized_shape, const Tenso
 
 Tensor cross_entropy_per_row(const Tensor& logits, const Tensor& target, double label_smoothing,
                              int64_t ignore_index) {
+  if (autocast::Region r{logits, autocast::Policy::Float32})
+    return cross_entropy_per_row(r.cast(logits), r.cast(target), label_smoothing, ignore_index);
   const char* op = "cross_entropy";
   check_float(op, "input", logits);
   LOOM_CHECK(logits.dim() == 2, op, ": expected logits of shape (N, C), got ", shape_str(logits.sizes()));

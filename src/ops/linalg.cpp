@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/autocast.h"
 #include "ops/op_utils.h"
 
 namespace loom {
@@ -63,6 +64,7 @@ Tensor batched_product(const Tensor& a, const Tensor& b) {
 
 // a: (B, M, K), b: (B, K, N) -> (B, M, N)
 Tensor bmm(const Tensor& a, const Tensor& b) {
+  if (autocast::Region r{a, autocast::Policy::Low}) return bmm(r.cast(a), r.cast(b));
   LOOM_CHECK(a.dim() == 3 && b.dim() == 3, "bmm: expected 3-D tensors, got shapes ", shape_str(a.sizes()), " and ",
              shape_str(b.sizes()));
   ops::check_same_device("bmm", {a, b});
@@ -96,6 +98,7 @@ Tensor bmm(const Tensor& a, const Tensor& b) {
 
 // a: (M, K), b: (K, N) -> (M, N)
 Tensor mm(const Tensor& a, const Tensor& b) {
+  if (autocast::Region r{a, autocast::Policy::Low}) return mm(r.cast(a), r.cast(b));
   LOOM_CHECK(a.dim() == 2 && b.dim() == 2, "mm: expected 2-D tensors, got shapes ", shape_str(a.sizes()), " and ",
              shape_str(b.sizes()));
   check_same_dtype("mm", a, b);
@@ -107,6 +110,7 @@ Tensor mm(const Tensor& a, const Tensor& b) {
 // one, a column for the right one) and the added dim is removed afterwards;
 // leading (batch) dims broadcast.
 Tensor matmul(const Tensor& a, const Tensor& b) {
+  if (autocast::Region r{a, autocast::Policy::Low}) return matmul(r.cast(a), r.cast(b));
   ops::check_same_device("matmul", {a, b});
   LOOM_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: both arguments need to be at least 1-D, got shapes ",
              shape_str(a.sizes()), " and ", shape_str(b.sizes()));
@@ -177,6 +181,8 @@ namespace loom {
 // that is itself recorded (create_graph) recomputes z with loom ops instead,
 // so the second derivative flows through z into input, weight and bias.
 Tensor linear(const Tensor& input, const Tensor& weight, const Tensor& bias, LinearActivation activation) {
+  if (autocast::Region r{input, autocast::Policy::Low})
+    return linear(r.cast(input), r.cast(weight), r.cast(bias), activation);
   LOOM_CHECK(input.defined(), "linear: input is an undefined tensor");
   LOOM_CHECK(weight.defined(), "linear: weight is an undefined tensor");
   LOOM_CHECK(weight.dim() == 2, "linear: expected a 2-D weight (out_features, in_features), got shape ",

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/autocast.h"
 #include "ops/op_utils.h"
 
 namespace loom {
@@ -236,6 +237,7 @@ Tensor rowwise_kernel(OpKind op, const Tensor& x, int64_t d) {
 // ---- public reductions ----
 
 Tensor sum(const Tensor& x, IntArrayRef dims, bool keepdim) {
+  if (autocast::Region r{x, autocast::Policy::Float32}) return sum(r.cast(x), dims, keepdim);
   // Integer and bool sums widen to int64 (PyTorch), floats keep their dtype.
   DType out = is_floating_point(x.dtype()) ? x.dtype() : kInt64;
   return sum_impl(x, dims, keepdim, out);
@@ -251,6 +253,7 @@ Tensor sum(const Tensor& x, IntArrayRef dims, bool keepdim, DType dtype) {
 }
 
 Tensor mean(const Tensor& x, IntArrayRef dims_in, bool keepdim) {
+  if (autocast::Region r{x, autocast::Policy::Float32}) return mean(r.cast(x), dims_in, keepdim);
   check_floating("mean", x);
   std::vector<int64_t> dims = ops::normalize_dims(dims_in, x.dim(), "mean");
   const int64_t n = reduced_numel(x.sizes(), dims);
@@ -261,6 +264,7 @@ Tensor mean(const Tensor& x, IntArrayRef dims_in, bool keepdim) {
 }
 
 Tensor prod(const Tensor& x, IntArrayRef dims_in, bool keepdim) {
+  if (autocast::Region r{x, autocast::Policy::Float32}) return prod(r.cast(x), dims_in, keepdim);
   std::vector<int64_t> dims = ops::normalize_dims(dims_in, x.dim(), "prod");
   DType out_dtype = is_floating_point(x.dtype()) ? x.dtype() : kInt64;
   Identity one{1.0, 1};
@@ -317,6 +321,7 @@ Tensor argmin(const Tensor& x, std::optional<int64_t> dim, bool keepdim) {
 }
 
 Tensor var(const Tensor& x, IntArrayRef dims_in, int64_t correction, bool keepdim) {
+  if (autocast::Region r{x, autocast::Policy::Float32}) return var(r.cast(x), dims_in, correction, keepdim);
   check_floating("var", x);
   std::vector<int64_t> dims = ops::normalize_dims(dims_in, x.dim(), "var");
   const int64_t n = reduced_numel(x.sizes(), dims);
@@ -330,11 +335,13 @@ Tensor var(const Tensor& x, IntArrayRef dims_in, int64_t correction, bool keepdi
 }
 
 Tensor std(const Tensor& x, IntArrayRef dims, int64_t correction, bool keepdim) {
+  if (autocast::Region r{x, autocast::Policy::Float32}) return std(r.cast(x), dims, correction, keepdim);
   check_floating("std", x);
   return sqrt_zero_safe(var(x, dims, correction, keepdim));
 }
 
 Tensor norm(const Tensor& x, double p, IntArrayRef dims_in, bool keepdim) {
+  if (autocast::Region r{x, autocast::Policy::Float32}) return norm(r.cast(x), p, dims_in, keepdim);
   check_floating("norm", x);
   std::vector<int64_t> dims = ops::normalize_dims(dims_in, x.dim(), "norm");
   DType acc = is_reduced_float(x.dtype()) ? kFloat32 : x.dtype();
@@ -361,6 +368,7 @@ Tensor norm(const Tensor& x, double p, IntArrayRef dims_in, bool keepdim) {
 }
 
 Tensor logsumexp(const Tensor& x, IntArrayRef dims_in, bool keepdim) {
+  if (autocast::Region r{x, autocast::Policy::Float32}) return logsumexp(r.cast(x), dims_in, keepdim);
   std::vector<int64_t> dims = ops::normalize_dims(dims_in, x.dim(), "logsumexp");
   // Integers are promoted to the default float dtype; float16 / bfloat16 compute in float32.
   DType out_dtype = is_floating_point(x.dtype()) ? x.dtype() : default_dtype();
@@ -384,6 +392,7 @@ Tensor logsumexp(const Tensor& x, IntArrayRef dims_in, bool keepdim) {
 }
 
 Tensor cumsum(const Tensor& x, int64_t dim) {
+  if (autocast::Region r{x, autocast::Policy::Float32}) return cumsum(r.cast(x), dim);
   int64_t d = wrap_dim(dim, x.dim(), "cumsum");
   // Integer and bool inputs accumulate in int64 (PyTorch).
   Tensor in = is_floating_point(x.dtype()) ? x : ops::cast_raw(x, kInt64);
@@ -397,6 +406,7 @@ Tensor cumsum(const Tensor& x, int64_t dim) {
 }
 
 Tensor softmax(const Tensor& x, int64_t dim) {
+  if (autocast::Region r{x, autocast::Policy::Float32}) return softmax(r.cast(x), dim);
   check_floating("softmax", x);
   int64_t d = wrap_dim(dim, x.dim(), "softmax");
   Tensor out = rowwise_kernel(OpKind::Softmax, x, d);
@@ -412,6 +422,7 @@ Tensor softmax(const Tensor& x, int64_t dim) {
 }
 
 Tensor log_softmax(const Tensor& x, int64_t dim) {
+  if (autocast::Region r{x, autocast::Policy::Float32}) return log_softmax(r.cast(x), dim);
   check_floating("log_softmax", x);
   int64_t d = wrap_dim(dim, x.dim(), "log_softmax");
   Tensor out = rowwise_kernel(OpKind::LogSoftmax, x, d);

@@ -86,6 +86,7 @@ const TrainFlag kTrainFlags[] = {
     {"--zero", kAll, nullptr},
     {"--timeout", kAll, nullptr},
     {"--metrics", kAll, nullptr},
+    {"--amp", kAll, nullptr},
     {"--compile", kAll, nullptr},
     {"--checkpoint-activations", kAll, nullptr},
     {"--memory-budget-mb", kAll, nullptr},

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <map>
 
+#include "mixed_precision.h"
 #include "quantize.h"
 #include "train.h"
 
@@ -74,6 +75,7 @@ LmResult train_lm(const LmOptions& o, std::ostream& rank0_log) {
   std::ostream& log = rep.writer() ? rank0_log : null_stream();
   LOOM_CHECK(!(o.dist.enabled && o.graph.compile), "train: --compile cannot be combined with --distributed: "
              "the gradient all-reduce is a collective, which a captured step cannot replay");
+  MixedPrecision precision(o.amp, o.graph.compile, o.dist.enabled && o.dist.zero);
   rep.local_batch(o.batch_size, "--batch-size");
   data::TextCorpus corpus = data::load_text_corpus(o.text, o.context, o.tokenizer, o.val_fraction);
   const int64_t vocab = corpus.tokenizer->vocab_size();
@@ -122,7 +124,8 @@ LmResult train_lm(const LmOptions& o, std::ostream& rank0_log) {
       << (rep.world > 1 ? " (" + std::to_string(o.batch_size / rep.world) + " on each of " +
                               std::to_string(rep.world) + " ranks" + (zero ? ", ZeRO-1" : "") + ")"
                         : "")
-      << ", adamw lr " << o.lr << (sched ? " (cosine decay)" : "") << ", " << get_num_threads()
+      << ", adamw lr " << o.lr << (sched ? " (cosine decay)" : "") << ", " << precision.describe() << ", "
+      << get_num_threads()
       << " threads\n"
       << std::flush;
 
@@ -139,11 +142,11 @@ LmResult train_lm(const LmOptions& o, std::ostream& rank0_log) {
   TrainStep train_step(
       [&](const Tensor& x, const Tensor& y) {
         parallel.before_forward();
-        Tensor loss = lm_loss(model, o.model, x, y);
+        Tensor loss = precision.forward([&] { return lm_loss(model, o.model, x, y); });
         opt->zero_grad();
-        loss.backward();
-        if (o.grad_clip > 0 && zero == nullptr) nn::utils::clip_grad_norm_tensor_(params, o.grad_clip);
-        opt->step();
+        precision.backward_and_step(loss, *opt, [&] {
+          if (o.grad_clip > 0 && zero == nullptr) nn::utils::clip_grad_norm_tensor_(params, o.grad_clip);
+        });
         return loss;
       },
       o.graph, log);

@@ -50,6 +50,7 @@ struct LmOptions {
   int threads = 0;
   std::string out = "runs/gpt.safetensors";  // "" for none; main.cpp's default is runs/<model>.safetensors
   std::string metrics;                 // .csv: step,train_loss,val_loss,seconds
+  std::string amp;                     // --amp bf16|fp16 ("" or "off": float32)
   GraphOptions graph;                  // --compile, --checkpoint-activations, ...
   DistributedOptions dist;             // --distributed, --zero, --timeout
 };

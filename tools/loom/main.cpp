@@ -166,6 +166,10 @@ int main(int argc, char** argv) {
                  "memory plan only)")
       ->check(CLI::IsMember({"full", "plan"}))
       ->each([&topts](const std::string&) { topts.graph.compile = true; });
+  train->add_option("--amp", topts.amp,
+                    "Mixed precision: bf16 (bfloat16 autocast) or fp16 (float16 autocast with a dynamic loss scale); "
+                    "float32 parameters and optimizer state")
+      ->check(CLI::IsMember({"bf16", "fp16", "off"}));
   train->add_flag("--checkpoint-activations", topts.graph.checkpoint_activations,
                   "Recompute activations in the backward instead of keeping them (eager: loom::checkpoint regions; "
                   "with --compile: the recompute pass, sqrt(N) segments)");
@@ -340,6 +344,7 @@ int main(int argc, char** argv) {
       lopts.threads = topts.threads;
       lopts.out = topts.out;
       lopts.metrics = topts.metrics;
+      lopts.amp = topts.amp;
       lopts.graph = topts.graph;
       lopts.dist = topts.dist;
       loom::cli::start_distributed(topts.dist);

@@ -10,6 +10,7 @@
 #include <numeric>
 #include <filesystem>
 
+#include "mixed_precision.h"
 #include "progress.h"
 
 namespace loom::cli {
@@ -124,6 +125,7 @@ TrainResult train(const TrainOptions& opts, std::ostream& rank0_log, bool intera
   interactive = interactive && rep.world == 1;
   LOOM_CHECK(!(opts.dist.enabled && opts.graph.compile), "train: --compile cannot be combined with --distributed: "
              "the gradient all-reduce is a collective, which a captured step cannot replay");
+  MixedPrecision precision(opts.amp, opts.graph.compile, opts.dist.enabled && opts.dist.zero);
   const int64_t local_batch = rep.local_batch(opts.batch_size, "--batch-size");
   const TrainSettings settings = settings_of(opts);
 
@@ -213,7 +215,8 @@ TrainResult train(const TrainOptions& opts, std::ostream& rank0_log, bool intera
                               (opts.dist.zero ? ", ZeRO-1" : "") + ")"
                         : "")
       << ", " << opts.optimizer << " lr "
-      << opts.lr << (scheduler ? " (cosine decay)" : "") << ", " << get_num_threads() << " threads\n";
+      << opts.lr << (scheduler ? " (cosine decay)" : "") << ", " << precision.describe() << ", " << get_num_threads()
+      << " threads\n";
   if (!opts.resume.empty())
     log << "resuming from '" << opts.resume << "' after epoch " << resumed.epoch << "\n";
   const int64_t last_epoch = opts.stop_after > 0 ? std::min(opts.stop_after, opts.epochs) : opts.epochs;
@@ -237,17 +240,18 @@ TrainResult train(const TrainOptions& opts, std::ostream& rank0_log, bool intera
       eager_checkpoint ? std::max<int64_t>(1, std::llround(std::sqrt(static_cast<double>(chain->size())))) : 0;
   TrainStep step(
       [&](const Tensor& x, const Tensor& y) {
-        Tensor logits;  // (B, 10)
-        if (eager_checkpoint) {
-          parallel.before_forward();
-          logits = nn::checkpoint_sequential(chain, segments, x);
-        } else {
-          logits = parallel.forward(x);
-        }
-        Tensor loss = F::cross_entropy(logits, y);
+        Tensor loss = precision.forward([&] {
+          Tensor logits;  // (B, 10)
+          if (eager_checkpoint) {
+            parallel.before_forward();
+            logits = nn::checkpoint_sequential(chain, segments, x);
+          } else {
+            logits = parallel.forward(x);
+          }
+          return F::cross_entropy(logits, y);
+        });
         optimizer->zero_grad();
-        loss.backward();
-        optimizer->step();
+        precision.backward_and_step(loss, *optimizer);
         return loss;
       },
       opts.graph, log);

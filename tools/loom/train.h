@@ -41,6 +41,7 @@ struct TrainOptions : TrainSettings {
   std::string resume;                    // checkpoint to continue from
   std::string metrics;                   // .csv or .jsonl file; "" for none
   int64_t test_limit = 0;  // evaluate on the first N test images (0: all)
+  std::string amp;         // --amp bf16|fp16: mixed precision (nor is this; "" or "off": float32)
   GraphOptions graph;      // --compile, --checkpoint-activations, ... (not part of a checkpoint's settings)
   DistributedOptions dist; // --distributed, --zero, --timeout (nor is this)
 };

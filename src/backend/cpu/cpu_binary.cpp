@@ -73,7 +73,8 @@ T int_pow(T base, T exp) {
 // run), a scalar operand (stride 0 everywhere), a row broadcast like a bias
 // (N) and a column broadcast (M, 1) over a contiguous (M, N) output. Short
 // runs stay on the reference loop, where a call per run would cost more
-// than it saves. Returns false when the layout does not fit.
+// than it saves. bfloat16 and float16 runs take the float32 function in
+// strips (binary_lowp). Returns false when the layout or dtype does not fit.
 constexpr int64_t kMinVecRun = 16;
 
 bool vec_binary(const KernelCall& c, VecBinary op) {
@@ -81,7 +82,8 @@ bool vec_binary(const KernelCall& c, VecBinary op) {
   TensorImpl* out = c.out[0];
   const DType dt = out->dtype;
   if (!vec_enabled()) return false;
-  if ((dt != kFloat32 && dt != kFloat64) || a->dtype != dt || b->dtype != dt) return false;
+  if (dt != kFloat32 && dt != kFloat64 && dt != kBFloat16 && dt != kFloat16) return false;
+  if (a->dtype != dt || b->dtype != dt) return false;
   if (a->sizes != out->sizes || b->sizes != out->sizes) return false;
   const LoopShape<3> l = make_loop<3>(out->sizes, {&out->strides, &a->strides, &b->strides});
   if (l.numel == 0) return true;
@@ -95,27 +97,30 @@ bool vec_binary(const KernelCall& c, VecBinary op) {
   }
   const VecOperands mode = sa == 0 ? VecOperands::ScalarA : sb == 0 ? VecOperands::ScalarB : VecOperands::Both;
   const VecKernels& k = vec();
-  const bool f32 = dt == kFloat32;
   char *pa = a->data(), *pb = b->data(), *py = out->data();
   const int64_t size = static_cast<int64_t>(element_size(dt));
   struct Ctx {
     const VecKernels* k;
     VecBinary op;
     VecOperands mode;
-    bool f32;
+    DType dt;
     char *pa, *pb, *py;
     int64_t size;
-  } ctx{&k, op, mode, f32, pa, pb, py, size};
+  } ctx{&k, op, mode, dt, pa, pb, py, size};
   auto run = [](void* p, const int64_t* o, int64_t len) {
     const Ctx& x = *static_cast<const Ctx*>(p);
-    if (x.f32)
-      x.k->binary_f32(x.op, x.mode, reinterpret_cast<const float*>(x.pa + o[1] * x.size),
-                      reinterpret_cast<const float*>(x.pb + o[2] * x.size), reinterpret_cast<float*>(x.py + o[0] * x.size),
-                      len);
+    const char *sa = x.pa + o[1] * x.size, *sb = x.pb + o[2] * x.size;
+    char* sy = x.py + o[0] * x.size;
+    if (x.dt == kFloat32)
+      x.k->binary_f32(x.op, x.mode, reinterpret_cast<const float*>(sa), reinterpret_cast<const float*>(sb),
+                      reinterpret_cast<float*>(sy), len);
+    else if (x.dt == kFloat64)
+      x.k->binary_f64(x.op, x.mode, reinterpret_cast<const double*>(sa), reinterpret_cast<const double*>(sb),
+                      reinterpret_cast<double*>(sy), len);
     else
-      x.k->binary_f64(x.op, x.mode, reinterpret_cast<const double*>(x.pa + o[1] * x.size),
-                      reinterpret_cast<const double*>(x.pb + o[2] * x.size),
-                      reinterpret_cast<double*>(x.py + o[0] * x.size), len);
+      binary_lowp(*x.k, x.dt == kBFloat16 ? VecLowp::BFloat16 : VecLowp::Float16, x.op, x.mode,
+                  reinterpret_cast<const uint16_t*>(sa), reinterpret_cast<const uint16_t*>(sb),
+                  reinterpret_cast<uint16_t*>(sy), len);
   };
   parallel_for(0, l.numel, kGrain, [&](int64_t lo, int64_t hi) {
     for_each_run(l.sizes, l.strides.data(), 3, lo, hi, {&ctx, run});

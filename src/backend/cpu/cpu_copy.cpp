@@ -13,8 +13,8 @@ namespace {
 
 // Fast paths of Copy (Note [Vectorized CPU kernels]): runs that are
 // contiguous on both sides, as memcpy for one dtype and vectorized for
-// float32 <-> float64 and float32 <-> bfloat16. Returns false when the layout
-// or dtypes do not fit.
+// float32 <-> float64, float32 <-> bfloat16 and float32 <-> float16. Returns
+// false when the layout or dtypes do not fit.
 bool vec_copy(const TensorImpl* in, TensorImpl* out) {
   if (!vec_enabled() || in->sizes != out->sizes) return false;
   const bool same = in->dtype == out->dtype;
@@ -22,7 +22,9 @@ bool vec_copy(const TensorImpl* in, TensorImpl* out) {
   const bool narrow = in->dtype == kFloat64 && out->dtype == kFloat32;
   const bool to_bf16 = in->dtype == kFloat32 && out->dtype == kBFloat16;
   const bool from_bf16 = in->dtype == kBFloat16 && out->dtype == kFloat32;
-  if (!same && !widen && !narrow && !to_bf16 && !from_bf16) return false;
+  const bool to_f16 = in->dtype == kFloat32 && out->dtype == kFloat16;
+  const bool from_f16 = in->dtype == kFloat16 && out->dtype == kFloat32;
+  if (!same && !widen && !narrow && !to_bf16 && !from_bf16 && !to_f16 && !from_f16) return false;
   const LoopShape<2> l = make_loop<2>(out->sizes, {&out->strides, &in->strides});
   if (l.numel == 0) return true;
   if (!l.sizes.empty()) {
@@ -34,9 +36,9 @@ bool vec_copy(const TensorImpl* in, TensorImpl* out) {
     const char* x;
     char* y;
     int64_t in_size, out_size;
-    bool same, widen, to_bf16, from_bf16;
+    bool same, widen, to_bf16, from_bf16, to_f16, from_f16;
   } ctx{&vec(), in->data(), out->data(), static_cast<int64_t>(element_size(in->dtype)),
-        static_cast<int64_t>(element_size(out->dtype)), same, widen, to_bf16, from_bf16};
+        static_cast<int64_t>(element_size(out->dtype)), same, widen, to_bf16, from_bf16, to_f16, from_f16};
   auto run = [](void* p, const int64_t* o, int64_t len) {
     const Ctx& t = *static_cast<const Ctx*>(p);
     const char* src = t.x + o[1] * t.in_size;
@@ -45,6 +47,8 @@ bool vec_copy(const TensorImpl* in, TensorImpl* out) {
     else if (t.widen) t.k->f32_to_f64(reinterpret_cast<const float*>(src), reinterpret_cast<double*>(dst), len);
     else if (t.to_bf16) t.k->f32_to_bf16(reinterpret_cast<const float*>(src), reinterpret_cast<uint16_t*>(dst), len);
     else if (t.from_bf16) t.k->bf16_to_f32(reinterpret_cast<const uint16_t*>(src), reinterpret_cast<float*>(dst), len);
+    else if (t.to_f16) t.k->f32_to_f16(reinterpret_cast<const float*>(src), reinterpret_cast<uint16_t*>(dst), len);
+    else if (t.from_f16) t.k->f16_to_f32(reinterpret_cast<const uint16_t*>(src), reinterpret_cast<float*>(dst), len);
     else t.k->f64_to_f32(reinterpret_cast<const double*>(src), reinterpret_cast<float*>(dst), len);
   };
   parallel_for(0, l.numel, kGrain, [&](int64_t lo, int64_t hi) {

@@ -33,7 +33,9 @@ GemmIsa gemm_best_isa() {
   static const GemmIsa best = [] {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f")) return GemmIsa::Avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return GemmIsa::Avx2;
+    // F16C: the AVX2 level's float16 conversions (cpu_vec_avx2.cpp).
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+      return GemmIsa::Avx2;
     return GemmIsa::Portable;
   }();
   return best;

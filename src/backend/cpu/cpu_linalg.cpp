@@ -1,6 +1,8 @@
 // Bmm: out[0] (B, M, N) = in[0] (B, M, K) @ in[1] (B, K, N), any strides.
-// float32 runs loom's GEMM (cpu_gemm.h); every other dtype, and the float32
-// oracle the GEMM is tested against, is the reference below.
+// float32 runs loom's GEMM (cpu_gemm.h); bfloat16 and float16 run it on
+// operands widened to float32 (Note [Low-precision GEMM]); every other
+// dtype, and the float32 oracle the GEMM is tested against, is the
+// reference below.
 //
 // The reference GEMM: a plain triple loop, accumulating in double for float
 // dtypes and in (wrapping) int64 for integers. Threads split the (b, m) rows
@@ -146,6 +148,102 @@ void linear_post(void* ctx, float* c, int64_t rs, int64_t cs, int64_t rows, int6
   run_elementwise(p.act.op, p.act.kernel, block, block);
 }
 
+// Note [Low-precision GEMM]
+// Bmm on bfloat16 and float16 widens its operands to float32 in the call's
+// workspace (vectorized by the Copy kernel), runs the float32 GEMM on them
+// and rounds each result once into the output. Every element is therefore
+// the float32 chain of Note [GEMM summation order] over exactly widened
+// inputs, rounded once: float32 accumulation, as the matrix units' bf16
+// instructions do, and the error bound of one rounding to the format on top
+// of float32's. Linear on these dtypes runs this Bmm and then the Add and
+// activation kernels, so the fused op keeps its contract of giving the bits
+// of the unfused ops (a rounding after each). The widening
+// costs O(MK + KN + MN) against the product's O(MNK). An operand broadcast
+// along a dim (stride 0, as matmul's weight over a batch) is widened once
+// and keeps its stride 0. This is the fallback of issue 21's bf16 GEMM; the
+// AVX512-BF16 and AMX kernels that would multiply bf16 directly need a CPU
+// this project's machines do not have.
+
+bool is_low_precision(DType t) { return t == kFloat16 || t == kBFloat16; }
+
+// Sizes of `t` with its stride-0 dims counted once.
+Shape stored_sizes(const TensorImpl* t) {
+  Shape s = t->sizes;
+  for (size_t d = 0; d < s.size(); ++d)
+    if (t->strides[d] == 0) s[d] = 1;
+  return s;
+}
+
+// Storage over memory someone else owns (a kernel's workspace).
+std::shared_ptr<Storage> borrowed_storage(void* data, size_t nbytes) {
+  auto st = std::make_shared<Storage>();
+  st->data = data;
+  st->nbytes = nbytes;
+  return st;
+}
+
+// A contiguous float32 TensorImpl over `data` shaped like `t` (stride-0 dims
+// kept at stride 0); `data` holds shape_numel(stored_sizes(t)) floats.
+TensorImpl f32_like(const TensorImpl* t, float* data) {
+  TensorImpl f;
+  const Shape stored = stored_sizes(t);
+  f.storage = borrowed_storage(data, static_cast<size_t>(shape_numel(stored)) * sizeof(float));
+  f.sizes = t->sizes;
+  f.strides = contiguous_strides(stored);
+  for (size_t d = 0; d < f.sizes.size(); ++d)
+    if (t->strides[d] == 0) f.strides[d] = 0;
+  f.dtype = kFloat32;
+  return f;
+}
+
+// Converts src into dst (same sizes; stride-0 dims of either are copied once).
+void convert_into(const TensorImpl& src, TensorImpl& dst) {
+  const Shape stored = stored_sizes(&dst);
+  TensorImpl s = alias_impl(&src, stored, src.strides, src.offset);
+  TensorImpl d = alias_impl(&dst, stored, dst.strides, dst.offset);
+  run_elementwise(OpKind::Copy, &kernel::Copy, s, d);
+}
+
+// A float32 operand in the workspace: taken from `ws`, and (when carving)
+// filled from `t`.
+TensorImpl widened(WorkspaceLayout& ws, const TensorImpl* t) {
+  float* data = ws.take<float>(shape_numel(stored_sizes(t)));
+  if (!ws.carving()) return {};
+  TensorImpl f = f32_like(t, data);
+  convert_into(*t, f);
+  return f;
+}
+// A float32 result in the workspace, shaped like `t` (contiguous).
+TensorImpl result_buffer(WorkspaceLayout& ws, const TensorImpl* t) {
+  float* data = ws.take<float>(t->numel());
+  if (!ws.carving()) return {};
+  TensorImpl f = f32_like(t, data);
+  f.strides = contiguous_strides(t->sizes);
+  return f;
+}
+
+// A low-precision Bmm's workspace (Note [Low-precision GEMM]): the widened
+// operands, the float32 result and the float32 GEMM's packing space. The
+// size function and the kernel walk the same layout; carving widens the
+// operands as it goes.
+struct LowpBmm {
+  TensorImpl a, b, out;
+  GemmWorkspace pack;
+};
+LowpBmm lowp_bmm(WorkspaceLayout& ws, const KernelCall& c) {
+  const TensorImpl *a = c.in[0], *b = c.in[1];
+  LowpBmm l;
+  l.a = widened(ws, a);
+  l.b = widened(ws, b);
+  l.out = result_buffer(ws, c.out[0]);
+  const int64_t floats = sgemm_workspace_floats(gemm_isa(), a->sizes[0], a->sizes[1], b->sizes[2], a->sizes[2]);
+  l.pack = {ws.take<float>(floats), floats};
+  return l;
+}
+bool lowp_bmm_call(const KernelCall& c) {
+  return is_low_precision(c.in[0]->dtype) && c.in[0]->dim() == 3 && c.in[1]->dim() == 3;
+}
+
 // The GEMM's packing space (Note [GEMM packing space]) of a float32 Bmm or
 // Linear call, and the call's workspace as that space.
 int64_t bmm_pack_floats(const KernelCall& c) {
@@ -171,15 +269,38 @@ size_t pack_bytes(int64_t floats) {
   return ws.bytes();
 }
 
-}  // namespace
+// Linear's product as a Bmm call: x (1, M, K) @ w^T (1, K, N) -> out (1, M,
+// N), views of the Linear call's operands, with its workspace (a
+// low-precision Bmm's, sized by workspace::Linear).
+struct LinearAsBmm {
+  TensorImpl x3, wt3, out3;
+  KernelCall call;
+  explicit LinearAsBmm(const KernelCall& c) {
+    const TensorImpl *x = c.in[0], *w = c.in[1], *out = c.out[0];
+    const int64_t m = x->sizes[0], k = x->sizes[1], n = w->sizes[0];
+    x3 = alias_impl(x, {1, m, k}, {0, x->strides[0], x->strides[1]}, x->offset);
+    wt3 = alias_impl(w, {1, k, n}, {0, w->strides[1], w->strides[0]}, w->offset);
+    out3 = alias_impl(out, {1, m, n}, {0, out->strides[0], out->strides[1]}, out->offset);
+    call.op = OpKind::Bmm;
+    call.in.push_back(&x3);
+    call.in.push_back(&wt3);
+    call.out.push_back(&out3);
+    call.workspace = c.workspace;
+  }
+  LinearAsBmm(const LinearAsBmm&) = delete;  // call points at the views
+  LinearAsBmm& operator=(const LinearAsBmm&) = delete;
+};
 
+}  // namespace
 
 namespace kernel {
 
 // Linear: out[0] (M, N) = act(in[0] (M, K) @ in[1]^T + in[2]) (ops.def);
 // out[1], when given, gets the pre-activation. float32 runs the GEMM with the
 // bias (and ReLU) in its register epilogue and GELU on each block in cache;
-// other dtypes run the reference Bmm, then the Add and activation kernels.
+// other dtypes run the Bmm kernel (the widened GEMM for bfloat16 and
+// float16, Note [Low-precision GEMM]; the reference for the rest), then the
+// Add and activation kernels.
 void Linear(const KernelCall& c) {
   const TensorImpl *x = c.in[0], *w = c.in[1], *bias = c.in.size() > 2 ? c.in[2] : nullptr;
   TensorImpl* out = c.out[0];
@@ -207,16 +328,9 @@ void Linear(const KernelCall& c) {
     return;
   }
   // The reference path: the unfused kernels, one after another, on views.
-  TensorImpl x3 = alias_impl(x, {1, m, k}, {0, x->strides[0], x->strides[1]}, x->offset);
-  TensorImpl wt3 = alias_impl(w, {1, k, n}, {0, w->strides[1], w->strides[0]}, w->offset);
-  TensorImpl out3 = alias_impl(out, {1, m, n}, {0, out->strides[0], out->strides[1]}, out->offset);
-  KernelCall mm;
-  mm.op = OpKind::Bmm;
-  mm.in.push_back(&x3);
-  mm.in.push_back(&wt3);
-  mm.out.push_back(&out3);
+  LinearAsBmm mm(c);
   if (k > 0) {
-    bmm_reference(mm);
+    Bmm(mm.call);
   } else {
     KernelCall fill;
     fill.op = OpKind::Fill;
@@ -240,11 +354,21 @@ void Linear(const KernelCall& c) {
 void Bmm(const KernelCall& c) {
   const TensorImpl *a = c.in[0], *b = c.in[1];
   TensorImpl* out = c.out[0];
+  check_bmm_call(c);
+  if (is_low_precision(a->dtype)) {
+    WorkspaceLayout ws = carve(c);
+    LowpBmm l = lowp_bmm(ws, c);
+    sgemm(gemm_isa(), a->sizes[0], a->sizes[1], b->sizes[2], a->sizes[2],
+          {data_ptr<float>(&l.a), l.a.strides[0], l.a.strides[1], l.a.strides[2]},
+          {data_ptr<float>(&l.b), l.b.strides[0], l.b.strides[1], l.b.strides[2]},
+          {data_ptr<float>(&l.out), l.out.strides[0], l.out.strides[1], l.out.strides[2]}, nullptr, l.pack);
+    convert_into(l.out, *out);
+    return;
+  }
   if (a->dtype != kFloat32) {
     bmm_reference(c);
     return;
   }
-  check_bmm_call(c);
   // a: (B, M, K), b: (B, K, N), out: (B, M, N)
   sgemm(gemm_isa(), a->sizes[0], a->sizes[1], b->sizes[2], a->sizes[2],
         {data_ptr<float>(a), a->strides[0], a->strides[1], a->strides[2]},
@@ -257,8 +381,17 @@ void Bmm(const KernelCall& c) {
 
 namespace workspace {
 
-size_t Bmm(const KernelCall& c) { return pack_bytes(bmm_pack_floats(c)); }
-size_t Linear(const KernelCall& c) { return pack_bytes(linear_pack_floats(c)); }
+size_t Bmm(const KernelCall& c) {
+  if (!lowp_bmm_call(c)) return pack_bytes(bmm_pack_floats(c));
+  WorkspaceLayout ws;
+  lowp_bmm(ws, c);
+  return ws.bytes();
+}
+size_t Linear(const KernelCall& c) {
+  if (!is_low_precision(c.in[0]->dtype) || c.in[0]->dim() != 2 || c.in[1]->dim() != 2)
+    return pack_bytes(linear_pack_floats(c));
+  return Bmm(LinearAsBmm(c).call);
+}
 
 }  // namespace workspace
 

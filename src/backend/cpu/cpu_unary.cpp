@@ -54,11 +54,14 @@ C sigmoid_stable(C x) {
 // The vectorized path of a float32 op (Note [Vectorized CPU kernels]): taken
 // when the merged loop's innermost runs are contiguous in input and output
 // (a contiguous tensor is one run) and not too short to be worth a call.
-// Returns false when the layout does not fit.
+// bfloat16 and float16 runs take the same float32 function in strips
+// (unary_lowp). Returns false when the layout or dtype does not fit.
 bool vec_unary(const KernelCall& c, VecUnary op) {
   const TensorImpl* in = c.in[0];
   TensorImpl* out = c.out[0];
-  if (!vec_enabled() || in->dtype != kFloat32 || out->dtype != kFloat32 || in->sizes != out->sizes) return false;
+  const DType dt = out->dtype;
+  if (!vec_enabled() || in->dtype != dt || in->sizes != out->sizes) return false;
+  if (dt != kFloat32 && dt != kBFloat16 && dt != kFloat16) return false;
   const LoopShape<2> l = make_loop<2>(out->sizes, {&out->strides, &in->strides});
   if (l.numel == 0) return true;
   if (!l.sizes.empty()) {
@@ -68,12 +71,19 @@ bool vec_unary(const KernelCall& c, VecUnary op) {
   struct Ctx {
     const VecKernels* k;
     VecUnary op;
-    const float* x;
-    float* y;
-  } ctx{&vec(), op, data_ptr<float>(in), data_ptr<float>(out)};
+    const char* x;
+    char* y;
+    DType dt;
+  } ctx{&vec(), op, in->data(), out->data(), dt};
   auto run = [](void* p, const int64_t* o, int64_t len) {
     const Ctx& t = *static_cast<const Ctx*>(p);
-    t.k->unary_f32(t.op, t.x + o[1], t.y + o[0], len);
+    if (t.dt == kFloat32) {
+      t.k->unary_f32(t.op, reinterpret_cast<const float*>(t.x) + o[1], reinterpret_cast<float*>(t.y) + o[0], len);
+      return;
+    }
+    const VecLowp fmt = t.dt == kBFloat16 ? VecLowp::BFloat16 : VecLowp::Float16;
+    unary_lowp(*t.k, fmt, t.op, reinterpret_cast<const uint16_t*>(t.x) + o[1], reinterpret_cast<uint16_t*>(t.y) + o[0],
+               len);
   };
   parallel_for(0, l.numel, kGrain, [&](int64_t lo, int64_t hi) {
     for_each_run(l.sizes, l.strides.data(), 2, lo, hi, {&ctx, run});

@@ -10,8 +10,8 @@
 // strided loop.
 //
 // One body (cpu_vec_body.h) is compiled three times: for AVX-512
-// (cpu_vec_avx512.cpp, -mavx512f -mfma), for AVX2 + FMA (cpu_vec_avx2.cpp)
-// and for the baseline ISA (cpu_vec_portable.cpp), each with GCC vector
+// (cpu_vec_avx512.cpp, -mavx512f -mfma), for AVX2 + FMA + F16C (cpu_vec_avx2.cpp)
+// and for the baseline ISA (cpu_vec.cpp), each with GCC vector
 // types as wide as its registers. The table is chosen at run time with the
 // GEMM's selection (gemm_isa(): CPUID, lowered by LOOM_CPU_ISA). As with the
 // GEMM micro-kernels, the ISA files hold no inline or template entity with
@@ -32,6 +32,18 @@
 // (over leading dims) add in the reference's order and match it exactly.
 // The sign of a zero max/min and the payload of a NaN result may differ from
 // the reference's (values compare equal).
+//
+// bfloat16 and float16 tensors compute in float32 (ComputeType in
+// cpu_dispatch.h), and their contiguous runs take the float32 functions in
+// strips (unary_lowp, binary_lowp below): a strip of kLowpStrip elements of
+// each operand is widened into a float buffer on the stack, the float32
+// function runs on it, and the result is rounded once into the output.
+// Widening is exact and rounding is bit for bit the scalar types' own, so an
+// element equals the reference's (compute in float, round once) wherever the
+// float32 function equals the reference's float math for that op (+ - * /,
+// max, min, neg, abs, relu, sqrt, rsqrt); where it is only close (exp, tanh,
+// gelu, ...), the 16-bit results differ by at most the float32 difference
+// plus one unit in their last place (tests/test_lowp_elementwise.cpp).
 #pragma once
 
 #include <cstdint>
@@ -84,6 +96,12 @@ struct VecKernels {
   // bfloat16 (as its bits) <-> float32, rounding as loom's BFloat16 type does.
   void (*f32_to_bf16)(const float* x, uint16_t* y, int64_t n);
   void (*bf16_to_f32)(const uint16_t* x, float* y, int64_t n);
+  // float16 (as its bits) <-> float32, bit for bit as loom's Half type
+  // converts (Note [Half conversion] in src/core/dtype.cpp): F16C's
+  // vcvtps2ph / vcvtph2ps on the AVX2 and AVX-512 tables, Half itself on the
+  // portable one.
+  void (*f32_to_f16)(const float* x, uint16_t* y, int64_t n);
+  void (*f16_to_f32)(const uint16_t* x, float* y, int64_t n);
   // Folds x[0..n) (n >= 1): Sum in double lanes; Max/Min with NaN winning.
   double (*reduce_f32)(VecReduce op, const float* x, int64_t n);
   // reduce_f32 in pieces: fold_start_f32, then fold_piece_f32 on consecutive
@@ -120,6 +138,19 @@ struct VecKernels {
                                          int64_t n);
 };
 
+// The 16-bit float formats of unary_lowp / binary_lowp.
+enum class VecLowp : int { BFloat16, Float16 };
+// Elements per strip: the float buffers (two at most, 2 KiB) stay in L1.
+inline constexpr int64_t kLowpStrip = 256;
+
+// y[i] = f(x[i]) over n 16-bit floats of format `fmt` (as bits), in strips
+// through k.unary_f32 (Note [Vectorized CPU kernels]); y may alias x.
+void unary_lowp(const VecKernels& k, VecLowp fmt, VecUnary op, const uint16_t* x, uint16_t* y, int64_t n);
+// y[i] = a op b over n 16-bit floats (see VecOperands), in strips through
+// k.binary_f32; y may alias a or b.
+void binary_lowp(const VecKernels& k, VecLowp fmt, VecBinary op, VecOperands mode, const uint16_t* a,
+                 const uint16_t* b, uint16_t* y, int64_t n);
+
 // The table for `isa` (capped at gemm_best_isa()).
 const VecKernels& vec_kernels(GemmIsa isa);
 // The table the kernels use now: vec_kernels(gemm_isa()).
@@ -132,7 +163,7 @@ bool vec_enabled();
 
 VecKernels vec_kernels_portable();
 #if defined(__x86_64__) || defined(__i386__)
-VecKernels vec_kernels_avx2();    // cpu_vec_avx2.cpp, built with -mavx2 -mfma
+VecKernels vec_kernels_avx2();    // cpu_vec_avx2.cpp, built with -mavx2 -mfma -mf16c
 VecKernels vec_kernels_avx512();  // cpu_vec_avx512.cpp, built with -mavx512f -mfma
 #endif
 

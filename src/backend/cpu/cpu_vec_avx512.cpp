@@ -19,6 +19,11 @@ namespace loom::cpu {
 namespace {
 #define LOOM_VEC_BYTES 64
 #define LOOM_VEC_LOAD_DOUBLE(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
+// AVX-512F's own vcvtph2ps / vcvtps2ph on 16 lanes.
+#define LOOM_VEC_LOAD_HALF(p) _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))
+#define LOOM_VEC_STORE_HALF(p, v)                   \
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), \
+                      _mm512_cvtps_ph((v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
 #include "backend/cpu/cpu_vec_body.h"
 }  // namespace
 

@@ -354,6 +354,51 @@ void bf16_to_f32(const uint16_t* x, float* y, int64_t n) {
   }
 }
 
+// float16 <-> float32 exactly as the Half type converts (Note [Half
+// conversion] in src/core/dtype.cpp): round to nearest even, overflow to inf,
+// subnormals kept, NaN made quiet with its top payload bits kept (and the
+// other way, NaN payload kept and made quiet). That is what F16C's vcvtps2ph
+// (rounding mode given, not MXCSR's) and vcvtph2ps do; an ISA file that has
+// them defines LOOM_VEC_LOAD_HALF(p) (kF halves at p as a vf) and
+// LOOM_VEC_STORE_HALF(p, v) (kF floats rounded to halves at p). Without them
+// (the portable table) each element goes through Half itself, whose
+// conversions are out of line in dtype.cpp.
+#if defined(LOOM_VEC_LOAD_HALF) && defined(LOOM_VEC_STORE_HALF)
+void f32_to_f16(const float* x, uint16_t* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + kF <= n; i += kF) LOOM_VEC_STORE_HALF(y + i, load<vf>(x + i));
+  if (i < n) {
+    uint16_t h[kF];
+    LOOM_VEC_STORE_HALF(h, load_partial<vf>(x + i, n - i, 0.0f));
+    for (int64_t k = 0; k < n - i; ++k) y[i + k] = h[k];
+  }
+}
+void f16_to_f32(const uint16_t* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + kF <= n; i += kF) {
+    const vf v = LOOM_VEC_LOAD_HALF(x + i);
+    store(y + i, v);
+  }
+  if (i < n) {
+    uint16_t h[kF] = {};
+    for (int64_t k = 0; k < n - i; ++k) h[k] = x[i + k];
+    const vf v = LOOM_VEC_LOAD_HALF(h);
+    store_partial(y + i, v, n - i);
+  }
+}
+#else
+void f32_to_f16(const float* x, uint16_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = Half(x[i]).bits;
+}
+void f16_to_f32(const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    Half h;
+    h.bits = x[i];
+    y[i] = static_cast<float>(h);
+  }
+}
+#endif
+
 // ---- reductions ----
 
 // Sum of x[0..n) in double registers (two per float register's worth):
@@ -703,6 +748,8 @@ VecKernels make_vec_kernels(const char* isa) {
   k.f64_to_f32 = &f64_to_f32;
   k.f32_to_bf16 = &f32_to_bf16;
   k.bf16_to_f32 = &bf16_to_f32;
+  k.f32_to_f16 = &f32_to_f16;
+  k.f16_to_f32 = &f16_to_f32;
   k.reduce_f32 = &reduce_f32;
   k.fold_start_f32 = &fold_start_f32;
   k.fold_piece_f32 = &fold_piece_f32;
