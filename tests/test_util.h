@@ -17,6 +17,18 @@
 
 namespace loom::test {
 
+// The small GPT the paged-cache and serving tests run: 2 layers, width 32,
+// 4 heads, a 64-token context, 23 tokens.
+inline models::GPTConfig tiny_gpt_config() {
+  models::GPTConfig cfg;
+  cfg.n_layer = 2;
+  cfg.n_embd = 32;
+  cfg.n_head = 4;
+  cfg.block_size = 64;
+  cfg.vocab_size = 23;
+  return cfg;
+}
+
 // The binary ops that have vectorized float paths, by name (the fast-path
 // tests run each against its reference loop).
 struct NamedBinary {

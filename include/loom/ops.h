@@ -286,6 +286,25 @@ Tensor scaled_dot_product_attention(const Tensor& query, const Tensor& key, cons
                                     const Tensor& attn_mask = {}, double dropout_p = 0.0, bool is_causal = false,
                                     std::optional<double> scale = std::nullopt,
                                     std::optional<Generator> generator = std::nullopt);
+// Attention over a paged KV cache (vLLM's layout), for serving: the T query
+// tokens of a flattened batch of sequences, token t belonging to sequence
+// seq_index[t] at position positions[t], attending that sequence's keys at
+// positions 0..positions[t] (causal). Key/value position p of sequence s is
+// in block block_tables[s][p / B] at row p % B of the cache.
+//   query        (T, H, D)        float32 (or any float dtype)
+//   key_cache    (NB, B, H, D)    same dtype; value_cache (NB, B, H, Dv)
+//   block_tables (S, MB)          int32 or int64 block ids
+//   seq_index    (T)              int64, in [0, S)
+//   positions    (T)              int64, >= 0, positions[t] / B < MB
+// Returns (T, H, Dv). scale defaults to 1/sqrt(D). A token's result depends
+// only on its query and its sequence's keys and values, bit for bit: never on
+// the other tokens of the batch or the thread count (Note [Paged attention]).
+// Only the blocks a token reads are checked: an id outside [0, NB) is an
+// Error. No autograd: an input requiring grad while grad mode is on is an
+// Error.
+Tensor paged_attention(const Tensor& query, const Tensor& key_cache, const Tensor& value_cache,
+                       const Tensor& block_tables, const Tensor& seq_index, const Tensor& positions,
+                       std::optional<double> scale = std::nullopt);
 
 // ---- joining, splitting, indexing ----
 Tensor cat(const std::vector<Tensor>& ts, int64_t dim = 0);

@@ -582,6 +582,12 @@ void bind_ops(py::module_& m) {
         py::arg("query"), py::arg("key"), py::arg("value"), py::arg("attn_mask") = py::none(),
         py::arg("dropout_p") = 0.0, py::arg("is_causal") = false, py::kw_only(), py::arg("scale") = py::none(),
         py::arg("generator") = py::none(), nogil);
+  m.def("paged_attention",
+        [](T q, T kc, T vc, T tables, T seqs, T pos, std::optional<double> scale) {
+          return paged_attention(q, kc, vc, tables, seqs, pos, scale);
+        },
+        py::arg("query"), py::arg("key_cache"), py::arg("value_cache"), py::arg("block_tables"),
+        py::arg("seq_index"), py::arg("positions"), py::kw_only(), py::arg("scale") = py::none(), nogil);
 
   // ---- joining, splitting, indexing ----
   m.def("cat", [](std::vector<Tensor> ts, int64_t dim) { return cat(ts, dim); }, py::arg("tensors"),

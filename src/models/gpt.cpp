@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -36,6 +37,120 @@ Tensor heads(const Tensor& x, int64_t n_head) {
 }
 
 }  // namespace
+
+// ---- the paged KV cache ----
+
+// Note [Paged KV cache]
+// Serving decodes many sequences of different lengths together (continuous
+// batching), each growing a token a step; contiguous caches sized for the
+// longest context would waste most of their memory. As vLLM (Kwon et al.,
+// 2023): every layer's keys and values live in one pool of fixed blocks,
+// (num_blocks, block_size, n_head, head_dim), and a sequence holds a block
+// table; it takes a new block only when its last one is full, so at most
+// block_size - 1 rows per sequence are unused. The allocator hands out the
+// lowest free id first and counts references, so sequences sampled from one
+// prompt (n > 1) share its blocks and copy one (copy_block) before writing
+// into it.
+//
+// forward(tokens, PagedBatch, cache) runs a flattened batch: prefill chunks
+// and decode tokens of many sequences are rows of one (T, C) activation, so
+// every Linear is one GEMM over all of them. Each row is computed as it
+// would be alone: the GEMM's element is one fixed chain over k whatever the
+// rows around it (Note [GEMM summation order]), LayerNorm and GELU work per
+// row, and paged_attention computes each (token, head) in a fixed order over
+// its own sequence's keys. Serving a sequence in any batch therefore gives
+// the bits of serving it alone.
+
+BlockAllocator::BlockAllocator(int64_t num_blocks) {
+  LOOM_CHECK(num_blocks >= 0, "BlockAllocator: num_blocks must be >= 0, got ", num_blocks);
+  refs_.assign(static_cast<size_t>(num_blocks), 0);
+  for (int64_t b = num_blocks - 1; b >= 0; --b) free_.push_back(b);
+}
+
+void BlockAllocator::check(const char* what, int64_t block) const {
+  LOOM_CHECK(block >= 0 && block < num_blocks(), "BlockAllocator::", what, ": block ", block,
+             " is out of range for ", num_blocks(), " blocks");
+  LOOM_CHECK(refs_[static_cast<size_t>(block)] > 0, "BlockAllocator::", what, ": block ", block, " is free");
+}
+
+std::optional<int64_t> BlockAllocator::allocate() {
+  if (free_.empty()) return std::nullopt;
+  const int64_t b = free_.back();
+  free_.pop_back();
+  refs_[static_cast<size_t>(b)] = 1;
+  return b;
+}
+
+void BlockAllocator::retain(int64_t block) {
+  check("retain", block);
+  ++refs_[static_cast<size_t>(block)];
+}
+
+void BlockAllocator::release(int64_t block) {
+  check("release", block);
+  if (--refs_[static_cast<size_t>(block)] > 0) return;
+  // Keep the free list sorted from the back, so the lowest id goes first.
+  free_.insert(std::upper_bound(free_.begin(), free_.end(), block, std::greater<int64_t>()), block);
+}
+
+int64_t BlockAllocator::ref_count(int64_t block) const {
+  LOOM_CHECK(block >= 0 && block < num_blocks(), "BlockAllocator::ref_count: block ", block,
+             " is out of range for ", num_blocks(), " blocks");
+  return refs_[static_cast<size_t>(block)];
+}
+
+void PagedKVCache::copy_block(int64_t from, int64_t to) {
+  const int64_t n = blocks.num_blocks();
+  LOOM_CHECK(from >= 0 && from < n && to >= 0 && to < n, "PagedKVCache::copy_block: blocks ", from, " -> ", to,
+             " out of range for ", n, " blocks");
+  NoGradGuard guard;
+  for (size_t l = 0; l < k.size(); ++l) {
+    k[l][to].copy_(k[l][from]);
+    v[l][to].copy_(v[l][from]);
+  }
+}
+
+bool PagedKVCache::reserve(std::vector<int64_t>& table, int64_t length) {
+  const int64_t needed = (length + block_size - 1) / block_size - static_cast<int64_t>(table.size());
+  if (needed <= 0) return true;
+  if (needed > blocks.num_free()) return false;
+  for (int64_t i = 0; i < needed; ++i) table.push_back(*blocks.allocate());
+  return true;
+}
+
+void PagedKVCache::release(std::vector<int64_t>& table) {
+  for (int64_t b : table) blocks.release(b);
+  table.clear();
+}
+
+int64_t PagedBatchBuilder::add(const std::vector<int64_t>& table, int64_t start, const std::vector<int64_t>& tokens) {
+  const int64_t end = start + static_cast<int64_t>(tokens.size());
+  LOOM_CHECK(!tokens.empty() && start >= 0 && end <= static_cast<int64_t>(table.size()) * block_size_,
+             "PagedBatchBuilder::add: positions [", start, ", ", end, ") need ", (end + block_size_ - 1) / block_size_,
+             " blocks; the table has ", table.size());
+  const auto s = static_cast<int64_t>(tables_.size());
+  tables_.push_back(table);
+  for (int64_t p = start; p < end; ++p) {
+    tokens_.push_back(tokens[static_cast<size_t>(p - start)]);
+    positions_.push_back(p);
+    seq_index_.push_back(s);
+    slots_.push_back(table[static_cast<size_t>(p / block_size_)] * block_size_ + p % block_size_);
+  }
+  return num_tokens() - 1;
+}
+
+std::pair<Tensor, PagedBatch> PagedBatchBuilder::build() const {
+  size_t width = 1;
+  for (const auto& t : tables_) width = std::max(width, t.size());
+  std::vector<int64_t> flat(tables_.size() * width, 0);
+  for (size_t s = 0; s < tables_.size(); ++s) std::copy(tables_[s].begin(), tables_[s].end(), flat.begin() + s * width);
+  PagedBatch b;
+  b.positions = tensor(positions_, kInt64);
+  b.seq_index = tensor(seq_index_, kInt64);
+  b.slots = tensor(slots_, kInt64);
+  b.block_tables = tensor(flat, kInt64).reshape({static_cast<int64_t>(tables_.size()), static_cast<int64_t>(width)});
+  return {tensor(tokens_, kInt64), b};
+}
 
 // ---- attention ----
 
@@ -79,6 +194,20 @@ Tensor CausalSelfAttentionImpl::forward(const Tensor& x, KVCache& cache, size_t 
   return resid_dropout(c_proj(y.transpose(1, 2).reshape({b, t, n_embd})));
 }
 
+Tensor CausalSelfAttentionImpl::forward(const Tensor& x, const PagedBatch& batch, PagedKVCache& cache,
+                                        size_t layer) {
+  const int64_t t = x.size(0), hd = n_embd / n_head;
+  const Tensor qkv = c_attn(x);  // (T, 3C)
+  const Tensor q = qkv.narrow(1, 0, n_embd).reshape({t, n_head, hd});
+  Tensor& kc = cache.k[layer];
+  Tensor& vc = cache.v[layer];
+  const int64_t rows = kc.size(0) * kc.size(1);
+  kc.view({rows, n_head, hd}).index_put_({batch.slots}, qkv.narrow(1, n_embd, n_embd).reshape({t, n_head, hd}));
+  vc.view({rows, n_head, hd}).index_put_({batch.slots}, qkv.narrow(1, 2 * n_embd, n_embd).reshape({t, n_head, hd}));
+  const Tensor y = paged_attention(q, kc, vc, batch.block_tables, batch.seq_index, batch.positions);
+  return resid_dropout(c_proj(y.reshape({t, n_embd})));
+}
+
 // ---- MLP and block ----
 
 MLPImpl::MLPImpl(const GPTConfig& cfg) : Module("MLP") {
@@ -111,6 +240,11 @@ Tensor BlockImpl::forward_checkpointed(const Tensor& x) {
 
 Tensor BlockImpl::forward(const Tensor& x, KVCache& cache, size_t layer) {
   const Tensor h = x + attn->forward(ln_1(x), cache, layer);
+  return h + mlp(ln_2(h));
+}
+
+Tensor BlockImpl::forward(const Tensor& x, const PagedBatch& batch, PagedKVCache& cache, size_t layer) {
+  const Tensor h = x + attn->forward(ln_1(x), batch, cache, layer);
   return h + mlp(ln_2(h));
 }
 
@@ -202,6 +336,52 @@ Tensor GPTImpl::forward(const Tensor& idx_in, KVCache& cache) {
   Tensor x = drop(wte(idx) + wpe(arange(past, past + t, 1, kInt64)));
   for (size_t i = 0; i < h->size(); ++i) x = h->at<BlockImpl>(static_cast<int64_t>(i)).forward(x, cache, i);
   cache.length = past + t;
+  x = ln_f(x);
+  return config.tie_weights ? F::linear(x, wte->weight) : lm_head(x);
+}
+
+PagedKVCache GPTImpl::make_paged_cache(int64_t num_blocks, int64_t block_size) const {
+  LOOM_CHECK(num_blocks > 0 && block_size > 0, "GPT::make_paged_cache: num_blocks and block_size must be positive, got ",
+             num_blocks, " and ", block_size);
+  PagedKVCache c;
+  c.block_size = block_size;
+  c.blocks = BlockAllocator(num_blocks);
+  const DType dt = wte->weight.dtype();
+  const int64_t hd = config.n_embd / config.n_head;
+  for (int64_t i = 0; i < config.n_layer; ++i) {
+    c.k.push_back(zeros({num_blocks, block_size, config.n_head, hd}, dt));
+    c.v.push_back(zeros({num_blocks, block_size, config.n_head, hd}, dt));
+  }
+  return c;
+}
+
+int64_t GPTImpl::paged_block_bytes(int64_t block_size) const {
+  return 2 * config.n_layer * block_size * config.n_embd * static_cast<int64_t>(element_size(wte->weight.dtype()));
+}
+
+Tensor GPTImpl::forward(const Tensor& tokens, const PagedBatch& batch, PagedKVCache& cache) {
+  LOOM_CHECK(tokens.dim() == 1 && tokens.dtype() == kInt64, "GPT: a paged batch takes int64 token ids of shape (T), got ",
+             dtype_name(tokens.dtype()), " ", shape_str(tokens.sizes()));
+  const int64_t t = tokens.size(0);
+  for (const auto& [name, v] : {std::pair<const char*, const Tensor&>{"positions", batch.positions},
+                                {"seq_index", batch.seq_index}, {"slots", batch.slots}})
+    LOOM_CHECK(v.defined() && v.dim() == 1 && v.size(0) == t && v.dtype() == kInt64, "GPT: the paged batch's ", name,
+               " must be int64 of shape [", t, "] (one per token), got ",
+               v.defined() ? dtype_name(v.dtype()) + std::string(" ") + shape_str(v.sizes()) : std::string("none"));
+  LOOM_CHECK(static_cast<int64_t>(cache.k.size()) == config.n_layer && cache.blocks.num_blocks() > 0,
+             "GPT: the paged cache has ", cache.k.size(), " layers; the model has ", config.n_layer);
+  const int64_t rows = cache.blocks.num_blocks() * cache.block_size;
+  if (t > 0) {
+    const int64_t max_pos = batch.positions.max().item<int64_t>(), min_pos = batch.positions.min().item<int64_t>();
+    LOOM_CHECK(min_pos >= 0 && max_pos < config.block_size, "GPT: positions must be in [0, block_size ",
+               config.block_size, "), got ", min_pos, "..", max_pos);
+    const int64_t max_slot = batch.slots.max().item<int64_t>(), min_slot = batch.slots.min().item<int64_t>();
+    LOOM_CHECK(min_slot >= 0 && max_slot < rows, "GPT: slots must be in [0, ", rows, ") (num_blocks x block_size), got ",
+               min_slot, "..", max_slot);
+  }
+  NoGradGuard guard;
+  Tensor x = drop(wte(tokens) + wpe(batch.positions));
+  for (size_t i = 0; i < h->size(); ++i) x = h->at<BlockImpl>(static_cast<int64_t>(i)).forward(x, batch, cache, i);
   x = ln_f(x);
   return config.tie_weights ? F::linear(x, wte->weight) : lm_head(x);
 }

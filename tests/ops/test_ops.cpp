@@ -1410,6 +1410,8 @@ const std::map<std::string, std::string> kTestedElsewhere = {
     {"QuantizeWeight", "test_quant_kernels.cpp (integer codes, no gradient: against the definition, every ISA)"},
     {"DequantizeWeight", "test_quant_kernels.cpp (round trips within the format's bound)"},
     {"QuantizedLinear", "test_quant_kernels.cpp (inference only: float64 references, every ISA bitwise)"},
+    {"PagedAttention", "test_paged_attention.cpp (inference only: against scaled_dot_product_attention, batch "
+                       "invariance, index errors)"},
 };
 
 TEST(HarnessCoverage, EveryPrimitiveHasARow) {

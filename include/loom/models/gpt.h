@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "loom/nn.h"
@@ -51,6 +52,71 @@ struct KVCache {
   void reset() { length = 0; }
 };
 
+// Note [Paged KV cache] (src/models/gpt.cpp): the cache of a server that
+// decodes many sequences together (continuous batching, as vLLM). Every
+// layer's keys and values live in one pool of blocks, (num_blocks,
+// block_size, n_head, head_dim); a sequence holds a block table, the ids of
+// its blocks in position order, so position p is row p % block_size of
+// block table[p / block_size]. Blocks are reference-counted so sequences can
+// share a prefix and copy a block only when they write to it.
+class BlockAllocator {
+ public:
+  explicit BlockAllocator(int64_t num_blocks = 0);
+  // A free block with one reference; none when every block is in use.
+  std::optional<int64_t> allocate();
+  void retain(int64_t block);   // one more reference (a shared prefix)
+  void release(int64_t block);  // one fewer; the block is free at zero
+  int64_t ref_count(int64_t block) const;
+  int64_t num_free() const { return static_cast<int64_t>(free_.size()); }
+  int64_t num_blocks() const { return static_cast<int64_t>(refs_.size()); }
+
+ private:
+  void check(const char* what, int64_t block) const;
+  std::vector<int32_t> refs_;
+  std::vector<int64_t> free_;  // handed out from the back: the lowest ids first
+};
+
+struct PagedKVCache {
+  int64_t block_size = 16;
+  std::vector<Tensor> k, v;  // per layer: (num_blocks, block_size, n_head, head_dim)
+  BlockAllocator blocks;
+  // Copies block `from` into block `to` in every layer (copy-on-write).
+  void copy_block(int64_t from, int64_t to);
+  // Appends blocks to a sequence's table until positions [0, length) have
+  // rows. False, with the table unchanged, when too few blocks are free.
+  bool reserve(std::vector<int64_t>& table, int64_t length);
+  // Releases every block of a table (and clears it).
+  void release(std::vector<int64_t>& table);
+};
+
+// One step of a paged batch: T tokens of S sequences, flattened. Token t
+// belongs to sequence seq_index[t] at position positions[t]; its keys and
+// values go to cache row slots[t] (block * block_size + offset) of every
+// layer; sequence s reads its positions through block_tables[s].
+struct PagedBatch {
+  Tensor positions;     // (T) int64
+  Tensor seq_index;     // (T) int64, in [0, S)
+  Tensor block_tables;  // (S, MB) int64 block ids
+  Tensor slots;         // (T) int64 cache rows
+};
+
+// Gathers the tokens of many sequences into one paged batch.
+class PagedBatchBuilder {
+ public:
+  explicit PagedBatchBuilder(int64_t block_size) : block_size_(block_size) {}
+  // The tokens of one sequence at positions [start, start + size), which its
+  // block table covers. Returns the row of its last token in the batch.
+  int64_t add(const std::vector<int64_t>& table, int64_t start, const std::vector<int64_t>& tokens);
+  int64_t num_tokens() const { return static_cast<int64_t>(tokens_.size()); }
+  // The token ids (T) and the batch; tables are padded to the longest.
+  std::pair<Tensor, PagedBatch> build() const;
+
+ private:
+  int64_t block_size_;
+  std::vector<int64_t> tokens_, positions_, seq_index_, slots_;
+  std::vector<std::vector<int64_t>> tables_;
+};
+
 struct GenerateOptions {
   double temperature = 1.0;  // 0: greedy (argmax)
   int64_t top_k = 0;         // 0: the whole vocabulary
@@ -70,6 +136,9 @@ class CausalSelfAttentionImpl : public nn::Module {
   // x (B, T, C) at positions [cache.length, cache.length + T); appends its keys
   // and values to layer `layer`'s cache (no grad).
   Tensor forward(const Tensor& x, KVCache& cache, size_t layer);
+  // x (T, C) of a paged batch: writes its keys and values to the cache,
+  // attends through the block tables (paged_attention).
+  Tensor forward(const Tensor& x, const PagedBatch& batch, PagedKVCache& cache, size_t layer);
 
   int64_t n_head, n_embd;
   double dropout;
@@ -93,6 +162,7 @@ class BlockImpl : public nn::Module {
   explicit BlockImpl(const GPTConfig& cfg);
   Tensor forward(const Tensor& x) override;
   Tensor forward(const Tensor& x, KVCache& cache, size_t layer);
+  Tensor forward(const Tensor& x, const PagedBatch& batch, PagedKVCache& cache, size_t layer);
   // forward with the attention and the MLP half each in a loom::checkpoint.
   Tensor forward_checkpointed(const Tensor& x);
 
@@ -115,6 +185,16 @@ class GPTImpl : public nn::Module {
   Tensor loss(const Tensor& idx, const Tensor& targets);
   // An empty cache for `batch` sequences (buffers sized block_size).
   KVCache make_cache(int64_t batch) const;
+  // A paged cache of num_blocks free blocks of block_size positions, and
+  // the bytes one block takes over every layer's keys and values.
+  PagedKVCache make_paged_cache(int64_t num_blocks, int64_t block_size = 16) const;
+  int64_t paged_block_bytes(int64_t block_size = 16) const;
+  // The logits (T, vocab) of a paged batch's tokens (T) int64: each token's
+  // keys and values are written to its slot, then it attends its sequence's
+  // positions 0..positions[t]. Row t depends on its own sequence alone, bit
+  // for bit, whatever else the batch holds (Note [Paged KV cache]). Runs
+  // without autograd.
+  Tensor forward(const Tensor& tokens, const PagedBatch& batch, PagedKVCache& cache);
   // Appends max_new_tokens sampled tokens to idx (B, T) (or (T)); beyond
   // block_size the model sees the last block_size tokens, as nanoGPT.
   Tensor generate(const Tensor& idx, int64_t max_new_tokens, const GenerateOptions& options = {});

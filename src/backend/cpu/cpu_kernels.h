@@ -37,6 +37,7 @@ size_t AvgPool2d(const KernelCall& c);
 size_t AvgPool2dBackward(const KernelCall& c);
 size_t Attention(const KernelCall& c);
 size_t AttentionBackward(const KernelCall& c);
+size_t PagedAttention(const KernelCall& c);
 size_t FusedAdam(const KernelCall& c);
 size_t FusedSgd(const KernelCall& c);
 size_t Fused(const KernelCall& c);

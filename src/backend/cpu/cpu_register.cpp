@@ -111,6 +111,7 @@ Coverage cpu_coverage(OpKind op) {
     case OpKind::Conv2dWeight:
     case OpKind::Attention:
     case OpKind::AttentionBackward:
+    case OpKind::PagedAttention:  // keyed by the query's dtype
       return Coverage::Float;
     // The fused optimizer steps (cpu_optim.cpp) update float32 parameters.
     case OpKind::FusedAdam:
@@ -158,6 +159,7 @@ void cpu_register_kernels(Backend& b) {
   scratch(OpKind::AvgPool2dBackward, &cpu::workspace::AvgPool2dBackward);
   scratch(OpKind::Attention, &cpu::workspace::Attention);
   scratch(OpKind::AttentionBackward, &cpu::workspace::AttentionBackward);
+  scratch(OpKind::PagedAttention, &cpu::workspace::PagedAttention);
   scratch(OpKind::FusedAdam, &cpu::workspace::FusedAdam);
   scratch(OpKind::FusedSgd, &cpu::workspace::FusedSgd);
   scratch(OpKind::Fused, &cpu::workspace::Fused);
