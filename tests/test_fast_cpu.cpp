@@ -195,30 +195,8 @@ TEST(FastBinary, MaximumMinimumSpecialValues) {
 // ---- unary ----
 
 TEST(FastUnary, MatchesReference) {
-  struct Named {
-    const char* name;
-    Tensor (*fn)(const Tensor&);
-    double rtol, atol;  // 0, 0: bitwise
-  };
-  const Named ops[] = {
-      {"neg", [](const Tensor& x) { return loom::neg(x); }, 0, 0},
-      {"abs", [](const Tensor& x) { return loom::abs(x); }, 0, 0},
-      {"relu", [](const Tensor& x) { return loom::relu(x); }, 0, 0},
-      {"sqrt", [](const Tensor& x) { return loom::sqrt(x); }, 0, 0},
-      {"rsqrt", [](const Tensor& x) { return loom::rsqrt(x); }, 0, 0},
-      {"exp", [](const Tensor& x) { return loom::exp(x); }, 3e-7, 1e-37},
-      {"log", [](const Tensor& x) { return loom::log(x); }, 3e-7, 1e-37},
-      {"tanh", [](const Tensor& x) { return loom::tanh(x); }, 3e-7, 1e-37},
-      {"sigmoid", [](const Tensor& x) { return loom::sigmoid(x); }, 3e-7, 1e-37},
-      {"silu", [](const Tensor& x) { return loom::silu(x); }, 1e-6, 1e-37},
-      // The reference's 0.5 x (1 + tanh(u)) cancels for negative x (absolute
-      // error up to ~|x| 2^-24); the fast path computes x sigmoid(2u).
-      {"gelu_tanh", [](const Tensor& x) { return loom::gelu(x, "tanh"); }, 1e-5, 1e-6},
-      // Same cancellation in the reference's 0.5 x (1 + erf(x / sqrt 2)).
-      {"gelu", [](const Tensor& x) { return loom::gelu(x); }, 1e-5, 1e-6},
-  };
   uint32_t seed = 100;
-  for (const Named& op : ops) {
+  for (const loom_test::NamedUnary& op : loom_test::kUnary) {
     for (const Shape& s : shapes()) {
       const Tensor x = values(s, seed++, true);
       const std::string what = std::string(op.name) + " " + loom::shape_str(s);

@@ -32,23 +32,19 @@
 // tests call the GEMM per ISA and the reference kernel directly.
 #include "backend/cpu/cpu_gemm.h"
 #include "backend/cpu/testing.h"
+#include "ops/fast_paths.h"
 
 namespace {
 
 using loom::cpu::GemmIsa;
+using loom_test::IsaEnvGuard;
+using loom_test::runnable_isas;
 using loom::cpu::SgemmInput;
 using loom::cpu::SgemmOutput;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// Every ISA path this CPU can run, lowest first.
-std::vector<GemmIsa> runnable_isas() {
-  std::vector<GemmIsa> isas;
-  for (GemmIsa isa : {GemmIsa::Portable, GemmIsa::Avx2, GemmIsa::Avx512})
-    if (isa <= loom::cpu::gemm_best_isa()) isas.push_back(isa);
-  return isas;
-}
 
 // ---- strided operands ----
 
@@ -187,24 +183,6 @@ std::string trace(GemmIsa isa, int64_t batch, int64_t m, int64_t n, int64_t k) {
          "x" + std::to_string(k) + " @ " + std::to_string(k) + "x" + std::to_string(n);
 }
 
-// Restores LOOM_CPU_ISA and the cached ISA choice after a test changes them.
-class IsaEnvGuard {
- public:
-  IsaEnvGuard() {
-    const char* v = std::getenv("LOOM_CPU_ISA");
-    had_ = v != nullptr;
-    if (had_) saved_ = v;
-  }
-  ~IsaEnvGuard() {
-    if (had_) setenv("LOOM_CPU_ISA", saved_.c_str(), 1);
-    else unsetenv("LOOM_CPU_ISA");
-    loom::cpu::testing::gemm_reload_isa();
-  }
-
- private:
-  bool had_ = false;
-  std::string saved_;
-};
 
 struct ThreadCountGuard {
   int saved = loom::get_num_threads();

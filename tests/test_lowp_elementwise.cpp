@@ -273,28 +273,9 @@ TEST(LowpBinary, SlicedExpandedAndInPlace) {
 }
 
 TEST(LowpUnary, StripsMatchReference) {
-  struct Named {
-    const char* name;
-    Tensor (*fn)(const Tensor&);
-    double rtol, atol;  // 0, 0: bit for bit; else test_fast_cpu.cpp's float32 tolerance
-  };
-  const Named ops[] = {
-      {"neg", [](const Tensor& x) { return loom::neg(x); }, 0, 0},
-      {"abs", [](const Tensor& x) { return loom::abs(x); }, 0, 0},
-      {"relu", [](const Tensor& x) { return loom::relu(x); }, 0, 0},
-      {"sqrt", [](const Tensor& x) { return loom::sqrt(x); }, 0, 0},
-      {"rsqrt", [](const Tensor& x) { return loom::rsqrt(x); }, 0, 0},
-      {"exp", [](const Tensor& x) { return loom::exp(x); }, 3e-7, 1e-37},
-      {"log", [](const Tensor& x) { return loom::log(x); }, 3e-7, 1e-37},
-      {"tanh", [](const Tensor& x) { return loom::tanh(x); }, 3e-7, 1e-37},
-      {"sigmoid", [](const Tensor& x) { return loom::sigmoid(x); }, 3e-7, 1e-37},
-      {"silu", [](const Tensor& x) { return loom::silu(x); }, 1e-6, 1e-37},
-      {"gelu_tanh", [](const Tensor& x) { return loom::gelu(x, "tanh"); }, 1e-5, 1e-6},
-      {"gelu", [](const Tensor& x) { return loom::gelu(x); }, 1e-5, 1e-6},
-  };
   uint32_t seed = 100;
   for (loom::DType dt : kLowp) {
-    for (const Named& op : ops) {
+    for (const loom_test::NamedUnary& op : loom_test::kUnary) {
       for (const Shape& s : shapes()) {
         const Tensor x = values(s, seed++, dt);
         const std::string what = std::string(op.name) + " " + loom::shape_str(s) + " " + loom::dtype_name(dt);

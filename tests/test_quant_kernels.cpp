@@ -26,12 +26,15 @@
 // Internal headers (plain declarations): the ISA choice and its reload.
 #include "backend/cpu/cpu_features.h"
 #include "backend/cpu/testing.h"
+#include "ops/fast_paths.h"
 
 namespace {
 
 using loom::QuantScheme;
 using loom::Tensor;
 using loom::cpu::GemmIsa;
+using loom_test::IsaEnvGuard;
+using loom_test::runnable_isas;
 
 constexpr int64_t kGroup = 32;
 constexpr double kU = 1.0 / (1 << 24);  // float32 unit roundoff
@@ -230,34 +233,7 @@ Expected expected_product(const std::vector<float>& x, const std::vector<float>&
 
 // ---- ISA and threads ----
 
-std::vector<GemmIsa> runnable_isas() {
-  std::vector<GemmIsa> isas{GemmIsa::Portable};
-  if (loom::cpu::gemm_best_isa() >= GemmIsa::Avx2) isas.push_back(GemmIsa::Avx2);
-  return isas;
-}
 
-// Restores LOOM_CPU_ISA and the cached ISA choice after a test changes them.
-class IsaEnvGuard {
- public:
-  IsaEnvGuard() {
-    const char* v = std::getenv("LOOM_CPU_ISA");
-    had_ = v != nullptr;
-    if (had_) saved_ = v;
-  }
-  ~IsaEnvGuard() {
-    if (had_) setenv("LOOM_CPU_ISA", saved_.c_str(), 1);
-    else unsetenv("LOOM_CPU_ISA");
-    loom::cpu::testing::gemm_reload_isa();
-  }
-  void use(GemmIsa isa) {
-    setenv("LOOM_CPU_ISA", loom::cpu::gemm_isa_name(isa), 1);
-    loom::cpu::testing::gemm_reload_isa();
-  }
-
- private:
-  bool had_ = false;
-  std::string saved_;
-};
 
 struct ThreadCountGuard {
   int saved = loom::get_num_threads();
