@@ -329,7 +329,16 @@ TEST(LanguageModelCommand, TrainsSavesAndGenerates) {
     EXPECT_EQ(a.text, b.text);
     EXPECT_EQ(a.new_tokens, 40);
     EXPECT_EQ(a.text.rfind("the cat ", 0), 0u) << a.text;
+    // Within the context a GPT runs through the serving engine (paged
+    // cache), with the same sampler: the same text as recomputing.
+    g.max_new_tokens = 8;
+    g.use_cache = true;
+    const auto paged = loom::cli::generate_text(g);
+    g.use_cache = false;
+    EXPECT_EQ(paged.text, loom::cli::generate_text(g).text);
+    EXPECT_EQ(paged.new_tokens, 8);
     // Greedy continues the sentence.
+    g.max_new_tokens = 40;
     g.temperature = 0;
     EXPECT_EQ(loom::cli::generate_text(g).text.substr(0, 20), "the cat sat on the m");
     // A character the tokenizer has never seen.

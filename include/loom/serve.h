@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "loom/serve/engine.h"
 #include "loom/tensor.h"
 
 namespace loom::serve {
@@ -30,6 +31,21 @@ struct TensorSpec {
   std::string name;
   std::string datatype;
   std::vector<int64_t> shape;
+};
+
+// A language model that the server also serves at /v1, OpenAI's API
+// (completions, chat completions, models): its tokenizer, and the engine
+// that generates with continuous batching (include/loom/serve/engine.h).
+class TextGenerator {
+ public:
+  virtual ~TextGenerator() = default;
+  // Throws loom::Error naming what cannot be encoded (a character outside
+  // the vocabulary).
+  virtual std::vector<int64_t> encode(const std::string& text) const = 0;
+  virtual std::string decode(const std::vector<int64_t>& tokens) const = 0;
+  // Started: stepping on its own thread (LlmEngine::start) for as long as
+  // the Model lives, since a /v1 handler waits for its requests to end.
+  virtual LlmEngine& engine() = 0;
 };
 
 // One loaded version of a model. The server calls prepare() on each
@@ -57,6 +73,9 @@ class Model {
   // row i of the inputs only, bitwise: results split back per request equal
   // unbatched inference.
   virtual std::map<std::string, Tensor> forward(const std::map<std::string, Tensor>& batch) = 0;
+
+  // Non-null for a language model served at /v1 too; owned by the Model.
+  virtual TextGenerator* text_generator() { return nullptr; }
 
   // Class names for the classification extension on `output` (empty: the
   // class index alone).
@@ -95,6 +114,9 @@ struct ServerOptions {
   int http_threads = 64;    // connections served at once (each keep-alive connection holds one)
   int64_t max_body_bytes = 64ll << 20;
   std::string server_name = "loom";
+  // A /v1 generation still running after this many seconds ends: 504, or an
+  // error event in its stream. 0: no limit.
+  double generation_timeout_s = 600;
 };
 
 // The server: loads every model (all numeric versions of each repository

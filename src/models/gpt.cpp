@@ -6,6 +6,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <numeric>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -391,30 +392,46 @@ Tensor GPTImpl::loss(const Tensor& idx, const Tensor& targets) {
   return F::cross_entropy(logits.reshape({-1, config.vocab_size}), targets.reshape({-1}));
 }
 
-int64_t sample_token(const float* logits, int64_t v, const GenerateOptions& o, uint64_t& state) {
-  if (o.temperature <= 0) return static_cast<int64_t>(std::max_element(logits, logits + v) - logits);
-  std::vector<double> z(logits, logits + v);
-  for (double& x : z) x /= o.temperature;
-  if (o.top_k > 0 && o.top_k < v) {
-    std::vector<double> sorted = z;
-    std::nth_element(sorted.begin(), sorted.begin() + (o.top_k - 1), sorted.end(), std::greater<double>());
-    const double kth = sorted[static_cast<size_t>(o.top_k - 1)];
-    for (double& x : z)
-      if (x < kth) x = -std::numeric_limits<double>::infinity();
+SamplingDistribution sampling_distribution(const float* logits, int64_t v, const GenerateOptions& o) {
+  SamplingDistribution d;
+  d.order.resize(static_cast<size_t>(v));
+  std::iota(d.order.begin(), d.order.end(), 0);
+  std::stable_sort(d.order.begin(), d.order.end(), [&](int64_t a, int64_t b) { return logits[a] > logits[b]; });
+  size_t keep = o.top_k > 0 && o.top_k < v ? static_cast<size_t>(o.top_k) : d.order.size();
+  const double mx = logits[d.order[0]] / o.temperature;
+  d.weight.resize(keep);
+  for (size_t i = 0; i < keep; ++i) d.sum += (d.weight[i] = std::exp(logits[d.order[i]] / o.temperature - mx));
+  if (o.top_p < 1) {
+    double acc = 0;
+    size_t n = 0;
+    while (n < keep && acc < o.top_p * d.sum) acc += d.weight[n++];
+    keep = std::max<size_t>(n, 1);
+    d.sum = std::accumulate(d.weight.begin(), d.weight.begin() + static_cast<std::ptrdiff_t>(keep), 0.0);
   }
-  const double mx = *std::max_element(z.begin(), z.end());
-  double sum = 0;
-  for (double& x : z) sum += (x = std::exp(x - mx));
+  d.order.resize(keep);
+  d.weight.resize(keep);
+  return d;
+}
+
+int64_t SamplingDistribution::draw(uint64_t& state) const {
   const double u = static_cast<double>(splitmix64_next(state) >> 11) * 0x1.0p-53 * sum;
   double acc = 0;
-  int64_t last = 0;
-  for (int64_t i = 0; i < v; ++i) {
-    if (z[static_cast<size_t>(i)] == 0) continue;
-    last = i;
-    acc += z[static_cast<size_t>(i)];
-    if (u < acc) return i;
+  for (size_t i = 0; i < order.size(); ++i) {
+    acc += weight[i];
+    if (u < acc) return order[i];
   }
-  return last;
+  return order.back();
+}
+
+std::vector<double> SamplingDistribution::probabilities(int64_t vocab) const {
+  std::vector<double> p(static_cast<size_t>(vocab), 0.0);
+  for (size_t i = 0; i < order.size(); ++i) p[static_cast<size_t>(order[i])] = weight[i] / sum;
+  return p;
+}
+
+int64_t sample_token(const float* logits, int64_t v, const GenerateOptions& o, uint64_t& state) {
+  if (o.temperature <= 0) return static_cast<int64_t>(std::max_element(logits, logits + v) - logits);
+  return sampling_distribution(logits, v, o).draw(state);
 }
 
 Tensor GPTImpl::generate(const Tensor& idx_in, int64_t max_new_tokens, const GenerateOptions& options) {
@@ -425,6 +442,7 @@ Tensor GPTImpl::generate(const Tensor& idx_in, int64_t max_new_tokens, const Gen
              dtype_name(idx_in.dtype()), " ", shape_str(idx_in.sizes()));
   LOOM_CHECK(max_new_tokens >= 0, "GPT::generate: max_new_tokens must be >= 0, got ", max_new_tokens);
   LOOM_CHECK(options.top_k >= 0, "GPT::generate: top_k must be >= 0, got ", options.top_k);
+  LOOM_CHECK(options.top_p > 0 && options.top_p <= 1, "GPT::generate: top_p must be in (0, 1], got ", options.top_p);
   NoGradGuard guard;
   const bool was_training = is_training();
   eval();

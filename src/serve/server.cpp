@@ -1,6 +1,9 @@
 // The Open Inference Protocol over HTTP (cpp-httplib): routes, the model
 // registry (load, unload, versions), and the infer path from request body to
-// batcher to response.
+// batcher to response. Language models are also served with OpenAI's API
+// (/v1/models, /v1/completions, /v1/chat/completions; src/serve/openai.h):
+// a handler submits its prompts to the model's engine and answers from the
+// token events, as one JSON object or as Server-Sent Events.
 //
 // Note [Serving threads]
 // httplib serves each connection on one thread of its pool (http_threads) for
@@ -22,8 +25,11 @@
 #include <atomic>
 #include <cerrno>
 #include <charconv>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <random>
 #include <sstream>
 
 #include <sys/socket.h>
@@ -35,6 +41,9 @@
 #include "loom/error.h"
 #include "loom/serve.h"
 #include "serve/batcher.h"
+#include "serve/connection.h"
+#include "serve/generation.h"
+#include "serve/openai.h"
 #include "serve/protocol.h"
 #include "serve/stats.h"
 
@@ -47,6 +56,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+using ojson = nlohmann::ordered_json;  // /v1 answers keep OpenAI's key order
 
 constexpr const char* kHeaderLengthHeader = "Inference-Header-Content-Length";
 constexpr const char* kModelFile = "model.safetensors";
@@ -80,6 +90,15 @@ void reply_json(httplib::Response& res, int status, const json& body) {
 void reply_error(httplib::Response& res, int status, const std::string& message) {
   reply_json(res, status, json{{"error", message}});
 }
+
+// /v1 answers: OpenAI's error shape, and text that may hold a byte
+// tokenizer's invalid UTF-8 (replaced).
+void reply_v1_error(httplib::Response& res, const openai::ApiError& e) {
+  res.status = e.status;
+  res.set_content(openai::json_text(openai::error_body(e)), "application/json");
+}
+
+bool is_v1_path(const std::string& path) { return path.rfind("/v1/", 0) == 0 || path == "/v1"; }
 
 // A model version folder name: digits only, > 0 (Triton's rule).
 std::optional<int64_t> parse_version(const std::string& s) {
@@ -152,6 +171,7 @@ json specs_json(const std::vector<TensorSpec>& specs) {
 // One loaded version of a model (Note [Model registry]).
 struct ModelVersion {
   std::string name, version, file;
+  int64_t created = 0;  // when it was loaded (seconds since the epoch; /v1/models)
   std::shared_ptr<Model> model;
   std::vector<TensorSpec> inputs, outputs;
   BatchingOptions batching;
@@ -208,6 +228,7 @@ struct Server::Impl {
     mv->name = name;
     mv->version = std::to_string(version);
     mv->file = file;
+    mv->created = static_cast<int64_t>(std::time(nullptr));
     LOOM_CHECK(options.loader, "serve: the server has no model loader");
     mv->model = options.loader(file);
     LOOM_CHECK(mv->model, "serve: the loader returned no model for ", file);
@@ -392,7 +413,11 @@ struct Server::Impl {
 
   std::string metrics() {
     std::map<std::string, std::string> families;
-    for (const auto& mv : all_versions()) mv->stats.append_metrics(mv->name, mv->version, mv->batcher->queued(), families);
+    for (const auto& mv : all_versions()) {
+      mv->stats.append_metrics(mv->name, mv->version, mv->batcher->queued(), families);
+      if (TextGenerator* g = mv->model->text_generator())
+        append_engine_metrics(mv->name, mv->version, g->engine(), families);
+    }
     return metrics_text(families);
   }
 
@@ -498,6 +523,189 @@ struct Server::Impl {
     mv->stats.record_success(ns_since(arrived), job->queue_ns, job->input_ns, job->infer_ns, job->output_ns);
   }
 
+  // ---- OpenAI's API (/v1) ----
+
+  // The version /v1 serves of `name` (its latest), which must be a language model.
+  std::shared_ptr<ModelVersion> find_generator(const std::string& name) {
+    std::shared_ptr<ModelVersion> mv;
+    try {
+      mv = find(name, "");
+    } catch (const HttpError& e) {
+      throw openai::ApiError{404,
+                             "the model '" + name + "' does not exist (" + e.message +
+                                 "; GET /v1/models lists the served ones)",
+                             "model", "invalid_request_error", "model_not_found"};
+    }
+    if (!mv->model->text_generator())
+      throw openai::ApiError{404,
+                             "the model '" + name +
+                                 "' is not served at /v1 (GPT checkpoints are): it is served at /v2/models/" + name +
+                                 "/infer only",
+                             "model", "invalid_request_error", "model_not_found"};
+    return mv;
+  }
+
+  static ojson v1_model(const ModelVersion& mv) {
+    return {{"id", mv.name}, {"object", "model"}, {"created", mv.created}, {"owned_by", "loom"}};
+  }
+
+  ojson v1_models() {
+    ojson data = ojson::array();
+    std::lock_guard<std::mutex> lock(registry_mu);
+    for (const auto& [name, entry] : models)
+      if (!entry.versions.empty() && entry.versions.rbegin()->second->model->text_generator())
+        data.push_back(v1_model(*entry.versions.rbegin()->second));
+    return {{"object", "list"}, {"data", data}};
+  }
+
+  // Note [Stopping with generations in flight]
+  // httplib 0.11 ends a chunked response as soon as stop() is called, mid
+  // stream and without its last chunk, while it lets a handler that is
+  // still running finish. So that a stream in flight is answered as fully as
+  // any other request, stop() first closes /v1 to new generations (503),
+  // waits until every generation in flight has ended (each is bounded by
+  // --request-timeout-s) and its answer has been written, and only then stops
+  // httplib. A generation counts from its registration, under the same lock
+  // as the closing, to its GenerationCall's destruction, which for a stream
+  // comes after the stream's last chunk.
+  std::mutex generations_mu;
+  std::condition_variable generation_ended_cv;
+  int64_t generations_in_flight = 0;
+  bool generations_closed = false;
+
+  void register_generation() {
+    std::lock_guard<std::mutex> lock(generations_mu);
+    if (generations_closed)
+      throw openai::ApiError{503, "the server is stopping: it takes no new generations", "", "server_error"};
+    ++generations_in_flight;
+  }
+  void generation_ended() {
+    std::lock_guard<std::mutex> lock(generations_mu);
+    --generations_in_flight;
+    generation_ended_cv.notify_all();
+  }
+  void close_generations_and_wait() {
+    std::unique_lock<std::mutex> lock(generations_mu);
+    generations_closed = true;
+    generation_ended_cv.wait(lock, [&] { return generations_in_flight == 0; });
+  }
+
+  // One /v1 generation in flight, shared by its handler and (streaming) the
+  // content provider that outlives the handler. The destructor ends the
+  // generation first (Generation's destructor cancels what still runs and
+  // waits until the engine has let go of the request), then forgets the
+  // connection (Note [Client disconnects]); the model goes last.
+  struct GenerationCall {
+    Impl* server = nullptr;  // set once registered (Note [Stopping with generations in flight])
+    std::shared_ptr<ModelVersion> mv;
+    std::shared_ptr<ConnectionWatch> watch;
+    std::unique_ptr<Generation> generation;
+    std::unique_ptr<openai::Response> response;
+    double timeout_s = 0;
+    ~GenerationCall() {
+      generation.reset();
+      if (watch) watch->release();
+      if (server) server->generation_ended();
+    }
+    // Takes the engine's events into the response; false when none is left.
+    bool take(std::vector<ojson>* chunks) {
+      std::vector<Generation::Event> events = generation->take();
+      for (const Generation::Event& e : events) {
+        response->add(e.prompt, e.event, chunks);
+        // One choice ended early (its deadline, its client gone): so do the others.
+        if (e.event.finish == FinishReason::Timeout || e.event.finish == FinishReason::Cancelled) generation->cancel();
+      }
+      return !events.empty();
+    }
+    openai::ApiError failure_error() const {
+      if (response->failure() == FinishReason::Timeout) {
+        std::ostringstream seconds;
+        seconds << timeout_s;
+        return {504, "the request did not finish within " + seconds.str() + " s (loom serve --request-timeout-s)", "",
+                "timeout_error", "timeout"};
+      }
+      // Status 499 (nginx's "client closed request"): nobody is left to read it.
+      return {499, "the request was cancelled: the client hung up", "", "invalid_request_error", "cancelled"};
+    }
+  };
+
+  // POST /v1/completions and /v1/chat/completions.
+  void generate(const httplib::Request& req, const std::string& body, httplib::Response& res,
+                openai::Endpoint endpoint, Clock::time_point arrived) {
+    const openai::Request r = endpoint == openai::Endpoint::Chat ? openai::parse_chat_request(body)
+                                                                  : openai::parse_completion_request(body);
+    auto call = std::make_shared<GenerationCall>();
+    call->mv = find_generator(r.model);
+    call->timeout_s = options.generation_timeout_s;
+    TextGenerator& g = *call->mv->model->text_generator();
+    LlmEngine& engine = g.engine();
+    thread_local std::mt19937_64 seeds{std::random_device{}()};
+    const std::vector<openai::EngineRequest> prompts =
+        openai::engine_requests(r, g, engine.config().block_size, engine.config().vocab_size, seeds());
+    call->response = std::make_unique<openai::Response>(r, g, call->mv->name, prompts);
+
+    RequestControl control;
+    if (options.generation_timeout_s > 0)
+      control.deadline = arrived + std::chrono::duration_cast<Clock::duration>(
+                                       std::chrono::duration<double>(options.generation_timeout_s));
+    call->watch = std::make_shared<ConnectionWatch>(req.local_port, req.remote_addr, req.remote_port);
+    control.disconnected = [watch = call->watch] { return watch->hung_up(); };
+    register_generation();
+    call->server = this;
+    call->generation = std::make_unique<Generation>(engine);
+    try {
+      call->generation->submit(prompts, control);
+    } catch (const Error& e) {
+      throw openai::ApiError{400, e.what()};
+    }
+
+    if (!r.stream) {
+      while (call->take(nullptr)) {
+      }
+      if (call->response->failure() != FinishReason::None) throw call->failure_error();
+      LOOM_ASSERT(call->response->finished(), "the engine ended a request before every choice had finished");
+      res.status = 200;
+      res.set_content(openai::json_text(call->response->body()), "application/json");
+      return;
+    }
+
+    // Server-Sent Events: each chunk as it is ready, then (with
+    // stream_options.include_usage) the usage, then [DONE]. A timeout or a
+    // cancellation is an error event before [DONE]. A failed write (the
+    // client is gone) ends the stream, and the releaser cancels what runs.
+    res.set_header("Cache-Control", "no-cache");
+    const bool include_usage = r.include_usage;
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [call, include_usage, started = false](size_t, httplib::DataSink& sink) mutable {
+          try {
+            std::vector<ojson> chunks;
+            std::string out;
+            if (!started) {
+              started = true;
+              chunks = call->response->start_chunks();
+            } else if (!call->take(&chunks)) {
+              if (call->response->failure() != FinishReason::None)
+                out += openai::sse_event(openai::error_body(call->failure_error()));
+              else if (include_usage)
+                out += openai::sse_event(call->response->usage_chunk());
+              out += openai::kSseDone;
+              if (!sink.write(out.data(), out.size())) return false;
+              sink.done();
+              return true;
+            }
+            if (call->response->failure() != FinishReason::None) chunks.clear();  // the error event says it
+            for (const ojson& c : chunks) out += openai::sse_event(c);
+            return out.empty() || sink.write(out.data(), out.size());
+          } catch (const std::exception&) {
+            return false;  // httplib ends the response; the releaser cancels
+          }
+        },
+        [call](bool success) {
+          if (!success) call->generation->cancel();
+        });
+  }
+
   // Note [Request bodies]
   // httplib 0.11 reads a POST body without Content-Length until the client
   // closes (a 5 s stall for `curl -X POST .../load`), and a chunked one
@@ -539,6 +747,22 @@ struct Server::Impl {
       reply_error(res, 400, e.what());
     } catch (const std::exception& e) {
       reply_error(res, 500, std::string("internal error: ") + e.what());
+    }
+  }
+
+  // guarded() for /v1: OpenAI's error shape.
+  template <typename F>
+  static void guarded_v1(httplib::Response& res, F&& f) {
+    try {
+      f();
+    } catch (const openai::ApiError& e) {
+      reply_v1_error(res, e);
+    } catch (const HttpError& e) {
+      reply_v1_error(res, {e.status, e.message, "", e.status >= 500 ? "server_error" : "invalid_request_error"});
+    } catch (const Error& e) {
+      reply_v1_error(res, {400, e.what()});
+    } catch (const std::exception& e) {
+      reply_v1_error(res, {500, std::string("internal error: ") + e.what(), "", "server_error"});
     }
   }
 
@@ -618,11 +842,45 @@ struct Server::Impl {
         res.status = 200;
       });
     });
+
+    // OpenAI's API for the language models.
+    http.Get("/v1/models", [this](const Req&, Res& res) {
+      guarded_v1(res, [&] { res.set_content(openai::json_text(v1_models()), "application/json"); });
+    });
+    http.Get(R"(/v1/models/([^/]+))", [this](const Req& req, Res& res) {
+      guarded_v1(res, [&] {
+        res.set_content(openai::json_text(v1_model(*find_generator(match(req, 1)))), "application/json");
+      });
+    });
+    const std::pair<const char*, openai::Endpoint> generation_routes[] = {
+        {"/v1/completions", openai::Endpoint::Completions}, {"/v1/chat/completions", openai::Endpoint::Chat}};
+    for (const auto& [path, endpoint] : generation_routes) {
+      http.Post(path, [this, endpoint = endpoint](const Req& req, Res& res, const Reader& reader) {
+        const Clock::time_point arrived = Clock::now();
+        guarded_v1(res, [&] { generate(req, read_body(req, reader, res), res, endpoint, arrived); });
+      });
+      http.Get(path, [](const Req& req, Res& res) {
+        res.set_header("Allow", "POST");
+        reply_v1_error(res, {405, "method not allowed: " + req.path + " takes POST"});
+      });
+    }
+    http.Post(R"(/v1/models(/[^/]*)?)", [this](const Req& req, Res& res, const Reader& reader) {
+      guarded_v1(res, [&] {
+        read_body(req, reader, res);
+        res.set_header("Allow", "GET");
+        throw openai::ApiError{405, "method not allowed: " + req.path + " takes GET"};
+      });
+    });
+
     http.Post(".*", [this](const Req& req, Res& res, const Reader& reader) {
-      guarded(res, [&] {
+      auto no_route = [&] {
         read_body(req, reader, res);
         throw HttpError{404, "no route for POST " + req.path};
-      });
+      };
+      if (is_v1_path(req.path))
+        guarded_v1(res, no_route);
+      else
+        guarded(res, no_route);
     });
 
     // httplib's own answers (no route: 404, a request it cannot parse: 400)
@@ -637,7 +895,10 @@ struct Server::Impl {
       else
         message = "HTTP status " + std::to_string(res.status);
       const int status = res.status;
-      reply_error(res, status, message);
+      if (is_v1_path(req.path))
+        reply_v1_error(res, {status, message, "", status >= 500 ? "server_error" : "invalid_request_error"});
+      else
+        reply_error(res, status, message);
       return httplib::Server::HandlerResponse::Handled;
     }));
     http.set_exception_handler([](const Req&, Res& res, std::exception_ptr ep) {
@@ -657,6 +918,9 @@ Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(o
   Impl& s = *impl_;
   LOOM_CHECK(s.options.http_threads >= 1, "serve: http_threads must be >= 1, got ", s.options.http_threads);
   LOOM_CHECK(s.options.max_body_bytes >= 1, "serve: the body limit must be >= 1 byte, got ", s.options.max_body_bytes);
+  LOOM_CHECK(s.options.generation_timeout_s >= 0 && s.options.generation_timeout_s <= 1e9,
+             "serve: the generation timeout must be in [0, 1e9] seconds (0: none), got ",
+             s.options.generation_timeout_s);
   LOOM_CHECK(!s.options.model_repository.empty() || !s.options.models.empty(),
              "serve: give a model repository or at least one model");
   if (!s.options.model_repository.empty())
@@ -716,6 +980,7 @@ void Server::run() {
 void Server::stop() {
   impl_->stopping = true;
   for (const auto& mv : impl_->all_versions()) mv->batcher->flush();
+  impl_->close_generations_and_wait();  // Note [Stopping with generations in flight]
   impl_->http.stop();
 }
 

@@ -1,5 +1,6 @@
 #include "serve/stats.h"
 
+#include <charconv>
 #include <chrono>
 #include <iterator>
 
@@ -26,6 +27,27 @@ constexpr Family kFamilies[] = {
     {"nv_inference_compute_output_duration_us", "counter", "Cumulative inference compute output duration in microseconds"},
     {"nv_inference_pending_request_count", "gauge", "Instantaneous number of pending requests awaiting execution"},
     {"nv_inference_batch_size", "histogram", "Rows per model execution (dynamic batching)"},
+    // Language models at /v1 (serve::EngineStats).
+    {"loom_llm_prompt_tokens_total", "counter", "Prompt tokens of the generation requests submitted"},
+    {"loom_llm_generation_tokens_total", "counter", "Tokens generated"},
+    {"loom_llm_requests_total", "counter",
+     "Generation requests ended, by outcome: finished (stop or length), cancelled (the client hung up), timeout"},
+    {"loom_llm_steps_total", "counter", "Engine steps (batched forward passes)"},
+    {"loom_llm_running", "gauge", "Sequences in the running batch"},
+    {"loom_llm_waiting", "gauge", "Sequences waiting for a slot or for KV-cache blocks"},
+    {"loom_llm_kv_blocks_used", "gauge", "Blocks of the paged KV cache in use"},
+    {"loom_llm_kv_blocks_total", "gauge", "Blocks of the paged KV cache (--kv-cache-mb)"},
+    {"loom_llm_kv_block_size", "gauge", "Positions per KV-cache block"},
+    {"loom_llm_kv_positions", "gauge", "Positions the running sequences hold in the KV cache (live tokens)"},
+    {"loom_llm_kv_cache_usage", "gauge", "Fraction of the KV-cache blocks in use"},
+    {"loom_llm_preemptions_total", "counter",
+     "Sequences preempted (blocks freed, recomputed later) when the KV cache was full"},
+    {"loom_llm_spec_draft_tokens_total", "counter", "Speculative decoding: tokens the draft model proposed"},
+    {"loom_llm_spec_accepted_tokens_total", "counter", "Speculative decoding: proposed tokens the model accepted"},
+    {"loom_llm_spec_acceptance_rate", "gauge", "Speculative decoding: accepted / proposed draft tokens (0 before any)"},
+    {"loom_llm_time_to_first_token_seconds", "histogram",
+     "Seconds from a request's submission to the engine to its first token (per choice)"},
+    {"loom_llm_inter_token_latency_seconds", "histogram", "Seconds between consecutive tokens of a choice"},
 };
 
 constexpr const char* kReasonNames[] = {"REJECTED", "BACKEND", "OTHER"};
@@ -35,6 +57,31 @@ nlohmann::json duration_json(const Duration& d) { return {{"count", d.count}, {"
 void add_sample(std::map<std::string, std::string>& families, const std::string& family, const std::string& sample,
                 const std::string& labels, uint64_t value) {
   families[family] += sample + "{" + labels + "} " + std::to_string(value) + "\n";
+}
+
+void add_sample(std::map<std::string, std::string>& families, const std::string& family, const std::string& sample,
+                const std::string& labels, const std::string& value) {
+  families[family] += sample + "{" + labels + "} " + value + "\n";
+}
+
+// Prometheus's float text: the shortest that reads back the same double.
+std::string number_text(double v) {
+  char buf[64];
+  const auto end = std::to_chars(buf, buf + sizeof(buf), v).ptr;
+  return std::string(buf, end);
+}
+
+void add_histogram(std::map<std::string, std::string>& families, const std::string& family, const std::string& labels,
+                   const Histogram& h) {
+  int64_t below = 0;
+  for (size_t b = 0; b < h.bounds.size(); ++b) {
+    below += b < h.counts.size() ? h.counts[b] : 0;
+    add_sample(families, family, family + "_bucket", labels + ",le=\"" + number_text(h.bounds[b]) + "\"",
+               std::to_string(below));
+  }
+  add_sample(families, family, family + "_bucket", labels + ",le=\"+Inf\"", std::to_string(h.count));
+  add_sample(families, family, family + "_sum", labels, number_text(h.sum));
+  add_sample(families, family, family + "_count", labels, std::to_string(h.count));
 }
 
 }  // namespace
@@ -117,6 +164,42 @@ void ModelStats::append_metrics(const std::string& name, const std::string& vers
   add_sample(families, h, h + "_bucket", labels + ",le=\"+Inf\"", execution_count_);
   add_sample(families, h, h + "_sum", labels, inference_count_);
   add_sample(families, h, h + "_count", labels, execution_count_);
+}
+
+void append_engine_metrics(const std::string& name, const std::string& version, const LlmEngine& engine,
+                           std::map<std::string, std::string>& families) {
+  const EngineStats s = engine.stats();
+  const std::string labels = "model=\"" + name + "\",version=\"" + version + "\"";
+  auto add = [&](const std::string& family, int64_t value) {
+    add_sample(families, family, family, labels, std::to_string(value));
+  };
+  add("loom_llm_prompt_tokens_total", s.prompt_tokens);
+  add("loom_llm_generation_tokens_total", s.generated_tokens);
+  const std::pair<const char*, int64_t> outcomes[] = {
+      {"finished", s.finished}, {"cancelled", s.cancelled}, {"timeout", s.timed_out}};
+  for (const auto& [outcome, count] : outcomes)
+    add_sample(families, "loom_llm_requests_total", "loom_llm_requests_total",
+               labels + ",outcome=\"" + outcome + "\"", std::to_string(count));
+  add("loom_llm_steps_total", s.steps);
+  add("loom_llm_running", s.running);
+  add("loom_llm_waiting", s.waiting);
+  add("loom_llm_kv_blocks_used", s.kv_blocks_used);
+  add("loom_llm_kv_blocks_total", s.kv_blocks_total);
+  add("loom_llm_kv_block_size", engine.options().block_size);
+  add("loom_llm_kv_positions", s.kv_positions);
+  add_sample(families, "loom_llm_kv_cache_usage", "loom_llm_kv_cache_usage", labels,
+             number_text(s.kv_blocks_total > 0 ? static_cast<double>(s.kv_blocks_used) /
+                                                     static_cast<double>(s.kv_blocks_total)
+                                               : 0.0));
+  add("loom_llm_preemptions_total", s.preemptions);
+  add("loom_llm_spec_draft_tokens_total", s.draft_proposed);
+  add("loom_llm_spec_accepted_tokens_total", s.draft_accepted);
+  add_sample(families, "loom_llm_spec_acceptance_rate", "loom_llm_spec_acceptance_rate", labels,
+             number_text(s.draft_proposed > 0 ? static_cast<double>(s.draft_accepted) /
+                                                    static_cast<double>(s.draft_proposed)
+                                              : 0.0));
+  add_histogram(families, "loom_llm_time_to_first_token_seconds", labels, s.time_to_first_token);
+  add_histogram(families, "loom_llm_inter_token_latency_seconds", labels, s.inter_token_latency);
 }
 
 std::string metrics_text(const std::map<std::string, std::string>& families) {

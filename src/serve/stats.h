@@ -1,6 +1,7 @@
 // What the server counts per model version, reported two ways: the
 // statistics extension (GET /v2/models/{m}/stats, Triton's JSON) and
-// Prometheus text at GET /metrics with Triton's nv_inference_* names.
+// Prometheus text at GET /metrics with Triton's nv_inference_* names; and
+// the language models' engine counters (loom_llm_*) at /metrics too.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +10,8 @@
 #include <string>
 
 #include <nlohmann/json.hpp>
+
+#include "loom/serve/engine.h"
 
 namespace loom::serve {
 
@@ -58,6 +61,11 @@ class ModelStats {
   uint64_t last_inference_ms_ = 0; // ms since the epoch of the last batch
   std::map<int64_t, BatchStats> batches_;  // by batch size
 };
+
+// The engine's counters of a language model version (served at /v1) as
+// loom_llm_* samples with {model="name",version="v"} labels.
+void append_engine_metrics(const std::string& name, const std::string& version, const LlmEngine& engine,
+                           std::map<std::string, std::string>& families);
 
 // The HELP and TYPE lines of each metric family, in output order.
 std::string metrics_text(const std::map<std::string, std::string>& families);

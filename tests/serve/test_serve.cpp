@@ -1,7 +1,10 @@
 // loom::serve::Server in process, with a model of the test's own whose
 // forward can be held at a gate: the batcher's merging, its bounds (a full
 // queue, timeouts), load and unload under traffic, stop() draining, and the
-// statistics and metrics. tests/serve/test_serve_cli.cpp runs `loom serve`
+// statistics and metrics; and OpenAI's /v1 routes over a tiny GPT's engine
+// (streams, clients that hang up, stop() with streams in flight), which
+// serve_under_asan runs under AddressSanitizer too.
+// tests/serve/test_serve_cli.cpp and test_openai_cli.cpp run `loom serve`
 // itself on real checkpoints.
 #include <atomic>
 #include <chrono>
@@ -22,6 +25,7 @@
 
 #include "loom/loom.h"
 #include "loom/serve.h"
+#include "raw_connection.h"
 
 namespace {
 
@@ -559,6 +563,158 @@ TEST(Serve, ABadModelConfigNamesTheFileAndField) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("config.json"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("max_batch_size"), std::string::npos) << e.what();
+  }
+}
+
+// ---- OpenAI's API (/v1) ----
+
+// A language model served at /v1 only: a GPT with random weights over the
+// characters of kAlphabet, its engine stepping on its own thread.
+class Writer : public serve::Model, public serve::TextGenerator {
+ public:
+  static constexpr const char* kAlphabet = "\n !,.:?ABSUabcdefghijklmnopqrstuvwxyz";
+  explicit Writer(int64_t context, int64_t slots = 4)
+      : tokenizer_(data::CharTokenizer::from_corpus(kAlphabet)) {
+    manual_seed(3);
+    models::GPTConfig cfg;
+    cfg.n_layer = 1;
+    cfg.n_embd = 32;
+    cfg.n_head = 2;
+    cfg.block_size = context;
+    cfg.vocab_size = tokenizer_.vocab_size();
+    engine_ = std::make_unique<serve::LlmEngine>(models::GPT(cfg),
+                                                 serve::EngineOptions{.slots = slots, .kv_cache_mb = 4});
+    engine_->start();
+  }
+  std::vector<serve::TensorSpec> inputs() const override { return {}; }
+  std::vector<serve::TensorSpec> outputs() const override { return {}; }
+  Tensor prepare(const std::string&, const Tensor&) const override { LOOM_ERROR("Writer: /v1 only"); }
+  std::map<std::string, Tensor> forward(const std::map<std::string, Tensor>&) override {
+    LOOM_ERROR("Writer: /v1 only");
+  }
+
+  serve::TextGenerator* text_generator() override { return this; }
+  std::vector<int64_t> encode(const std::string& text) const override { return tokenizer_.encode(text); }
+  std::string decode(const std::vector<int64_t>& tokens) const override { return tokenizer_.decode(tokens); }
+  serve::LlmEngine& engine() override { return *engine_; }
+
+ private:
+  data::CharTokenizer tokenizer_;
+  std::unique_ptr<serve::LlmEngine> engine_;
+};
+
+serve::ServerOptions writer_options(std::shared_ptr<Writer> model) {
+  serve::ServerOptions o;
+  o.models = {{"writer", "writer.safetensors"}};
+  o.loader = [model](const std::string&) { return model; };
+  o.http_threads = 32;
+  return o;
+}
+
+std::string completion_body(const std::string& prompt, int64_t max_tokens, bool stream) {
+  return json{{"model", "writer"}, {"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0},
+              {"stream", stream}}
+      .dump();
+}
+
+// The text of a stream's chunks (choice 0), and whether [DONE] ended it.
+std::pair<std::string, bool> stream_text(const std::string& body) {
+  std::string text;
+  bool done = false;
+  for (size_t at = 0; at < body.size();) {
+    size_t end = body.find("\n\n", at);
+    if (end == std::string::npos) end = body.size();
+    const std::string event = body.substr(at, end - at);
+    at = end + 2;
+    if (event == "data: [DONE]") {
+      done = true;
+    } else if (event.rfind("data: ", 0) == 0) {
+      const json chunk = json::parse(event.substr(6));
+      for (const json& c : chunk["choices"]) text += c["text"].get<std::string>();
+    }
+  }
+  return {text, done};
+}
+
+// Polls the engine until no request runs or waits (or 20 s pass).
+bool engine_idle(serve::LlmEngine& engine) {
+  for (int i = 0; i < 2000; ++i) {
+    const serve::EngineStats s = engine.stats();
+    if (s.running == 0 && s.waiting == 0) return true;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  return false;
+}
+
+TEST(ServeV1, CompletionsAndTheirStreamsAgree) {
+  auto writer = std::make_shared<Writer>(64);
+  Running server(writer_options(writer));
+  const Answer models = get(server, "/v1/models");
+  ASSERT_EQ(models.status, 200) << models.raw;
+  EXPECT_EQ(models.body["data"][0]["id"], "writer");
+  EXPECT_EQ(get(server, "/v2/models/writer").status, 200);  // the KServe side knows it too
+  const Answer whole = post(server, "/v1/completions", completion_body("the ", 20, false));
+  ASSERT_EQ(whole.status, 200) << whole.raw;
+  const std::string text = whole.body["choices"][0]["text"];
+  EXPECT_EQ(text.size(), 20u);
+  const Answer streamed = post(server, "/v1/completions", completion_body("the ", 20, true));
+  ASSERT_EQ(streamed.status, 200) << streamed.raw;
+  EXPECT_EQ(stream_text(streamed.raw), std::make_pair(text, true));
+  const Answer bad = post(server, "/v1/completions", R"({"model": "writer", "prompt": "#"})");
+  EXPECT_EQ(bad.status, 400) << bad.raw;
+  EXPECT_EQ(bad.body["error"]["param"], "prompt") << bad.raw;
+  ASSERT_TRUE(engine_idle(writer->engine()));  // its counters follow the answers by a moment
+  for (int i = 0; i < 2000 && writer->engine().stats().finished < 2; ++i) std::this_thread::sleep_for(milliseconds(10));
+  EXPECT_EQ(writer->engine().stats().finished, 2);
+}
+
+TEST(ServeV1, ClientsThatHangUpAreCancelledWhileOthersFinish) {
+  auto writer = std::make_shared<Writer>(1024, 8);
+  Running server(writer_options(writer));
+  constexpr int kClients = 12;
+  std::vector<std::thread> clients;
+  std::atomic<int> finished{0};
+  for (int i = 0; i < kClients; ++i)
+    clients.emplace_back([&, i] {
+      const bool stream = i % 2 == 0;
+      if (i % 3 == 0) {
+        // Gone at once, or after the first chunk of its stream.
+        serve_test::RawConnection conn(server.port());
+        conn.send_post("/v1/completions", completion_body("a", 1000, stream));
+        if (stream) conn.read_until("data: {", std::chrono::seconds(30));
+        return;
+      }
+      const Answer a = post(server, "/v1/completions", completion_body("b", 30, stream));
+      if (a.status == 200 && (!stream || stream_text(a.raw).second)) ++finished;
+    });
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(finished, kClients - 4);
+  ASSERT_TRUE(engine_idle(writer->engine()));
+  for (int i = 0; i < 2000 && writer->engine().stats().finished + writer->engine().stats().cancelled < kClients; ++i)
+    std::this_thread::sleep_for(milliseconds(10));
+  const serve::EngineStats s = writer->engine().stats();
+  EXPECT_EQ(s.cancelled, 4);
+  EXPECT_EQ(s.finished, kClients - 4);
+  EXPECT_EQ(s.kv_blocks_used, 0);
+}
+
+TEST(ServeV1, StopLetsTheStreamsInFlightFinish) {
+  auto writer = std::make_shared<Writer>(512);
+  auto server = std::make_unique<Running>(writer_options(writer));
+  std::vector<std::future<Answer>> answers;
+  for (int i = 0; i < 3; ++i)
+    answers.push_back(std::async(std::launch::async, [&] {
+      return post(*server, "/v1/completions", completion_body("c", 400, true));
+    }));
+  for (int i = 0; i < 1000 && writer->engine().stats().running + writer->engine().stats().finished < 3; ++i)
+    std::this_thread::sleep_for(milliseconds(1));
+  server->stop();
+  for (auto& a : answers) {
+    const Answer answer = a.get();
+    EXPECT_EQ(answer.status, 200);
+    const auto [text, done] = stream_text(answer.raw);
+    EXPECT_TRUE(done) << answer.raw.substr(0, 500);
+    EXPECT_EQ(text.size(), 400u);
   }
 }
 

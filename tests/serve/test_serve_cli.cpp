@@ -53,164 +53,21 @@
 
 #include <loom/loom.h>
 
+#include "cli_harness.h"
 #include "lm.h"
 #include "train.h"
 
-#ifndef LOOM_CLI_PATH
-#error "LOOM_CLI_PATH must name the loom program (tests/serve/CMakeLists.txt sets it)"
-#endif
-
 namespace {
 
-namespace fs = std::filesystem;
+using namespace loom::serve_test;  // ChildProcess, ServerProcess, scratch_dir, ... (cli_harness.h)
 using json = nlohmann::json;
-using Clock = std::chrono::steady_clock;
-using std::chrono::milliseconds;
-using std::chrono::seconds;
 
-constexpr const char* kLoom = LOOM_CLI_PATH;
 constexpr const char* kDataDir = loom::cli::kFashionMnistDir;
 constexpr const char* kHeaderLength = "Inference-Header-Content-Length";
 
 // The main server's batching flags (Note [Main server] below).
 constexpr int64_t kMaxBatch = 16;
 constexpr int64_t kQueueDelayUs = 20000;
-
-std::string read_text(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-void write_text(const fs::path& file, const std::string& text) {
-  std::ofstream out(file, std::ios::binary);
-  out << text;
-  if (!out) throw std::runtime_error("cannot write " + file.string());
-}
-
-double ms_since(Clock::time_point t) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
-}
-
-// Polls `done` every few milliseconds until it holds or `timeout` passes.
-bool wait_for(const std::function<bool()>& done, milliseconds timeout) {
-  const auto end = Clock::now() + timeout;
-  while (!done()) {
-    if (Clock::now() > end) return false;
-    std::this_thread::sleep_for(milliseconds(5));
-  }
-  return true;
-}
-
-// ---- child processes ----
-
-// A program run as a child, its stdout and stderr going to `log_file`.
-// Start children from the main thread only: PR_SET_PDEATHSIG kills a child
-// when the thread that forked it ends, so none outlives this process (a
-// crash, ctest's timeout), and the destructor kills one still running.
-class ChildProcess {
- public:
-  ChildProcess(const std::vector<std::string>& args, fs::path log_file) : log_file_(std::move(log_file)) {
-    std::vector<char*> argv;
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    const int log_fd = ::open(log_file_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (log_fd < 0) throw std::runtime_error("cannot create " + log_file_.string() + ": " + std::strerror(errno));
-    const pid_t parent = ::getpid();
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      // Only async-signal-safe calls until exec: this process has threads.
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(127);
-      ::signal(SIGPIPE, SIG_DFL);
-      ::dup2(log_fd, STDOUT_FILENO);
-      ::dup2(log_fd, STDERR_FILENO);
-      // No inherited sockets: a client connection held open by a child
-      // would keep another server's connection thread (and its shutdown)
-      // waiting for the keep-alive timeout.
-      ::close_range(3, ~0U, 0);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(log_fd);
-    if (pid_ < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
-  }
-  ~ChildProcess() { kill_now(); }
-  ChildProcess(const ChildProcess&) = delete;
-  ChildProcess& operator=(const ChildProcess&) = delete;
-
-  bool running() { return !poll_exit().has_value(); }
-
-  // The exit code (128 + N when killed by signal N), or nullopt when the
-  // child is still running after `timeout`.
-  std::optional<int> wait_exit(milliseconds timeout) {
-    wait_for([&] { return poll_exit().has_value(); }, timeout);
-    return poll_exit();
-  }
-
-  void send(int sig) {
-    if (running()) ::kill(pid_, sig);
-  }
-
-  void kill_now() {
-    if (pid_ > 0 && running()) {
-      ::kill(pid_, SIGKILL);
-      int st = 0;
-      ::waitpid(pid_, &st, 0);
-      status_ = 128 + SIGKILL;
-    }
-  }
-
-  std::string log() const { return read_text(log_file_); }
-
- private:
-  std::optional<int> poll_exit() {
-    if (!status_ && pid_ > 0) {
-      int st = 0;
-      if (::waitpid(pid_, &st, WNOHANG) == pid_)
-        status_ = WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(st) ? 128 + WTERMSIG(st) : -1;
-    }
-    return status_;
-  }
-
-  fs::path log_file_;
-  pid_t pid_ = -1;
-  std::optional<int> status_;
-};
-
-// A folder of this process's own, removed at exit.
-const fs::path& scratch_dir() {
-  struct Dir {
-    fs::path path;
-    Dir() {
-      std::string tmpl = (fs::temp_directory_path() / "loom_serve_cli.XXXXXX").string();
-      if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-      path = tmpl;
-    }
-    ~Dir() {
-      std::error_code ec;
-      if (!std::getenv("LOOM_KEEP_TEST_DIR")) fs::remove_all(path, ec);
-    }
-  };
-  static Dir dir;
-  return dir.path;
-}
-
-fs::path next_log_file(const std::string& what) {
-  static std::atomic<int> n{0};
-  return scratch_dir() / (what + "." + std::to_string(n++) + ".log");
-}
-
-// Runs `loom ARGS` to its end (at most `timeout`); its exit code and output.
-std::pair<int, std::string> run_loom(const std::vector<std::string>& args, milliseconds timeout) {
-  std::vector<std::string> argv = {kLoom};
-  argv.insert(argv.end(), args.begin(), args.end());
-  ChildProcess child(argv, next_log_file(args.empty() ? "loom" : args[0]));
-  const std::optional<int> code = child.wait_exit(timeout);
-  child.kill_now();
-  return {code.value_or(-1), child.log()};
-}
 
 // ---- HTTP ----
 
@@ -501,55 +358,6 @@ const Checkpoints& checkpoints() {
   return *made;
 }
 
-// ---- the server ----
-
-// `loom serve ARGS --port 0 --threads 1`, running once its "listening on"
-// line names the port. stop() sends a signal and returns the exit code; the
-// destructor kills a server still running.
-class ServerProcess {
- public:
-  explicit ServerProcess(const std::vector<std::string>& args) {
-    std::vector<std::string> argv = {kLoom, "serve", "--port", "0", "--threads", "1"};
-    argv.insert(argv.end(), args.begin(), args.end());
-    child_ = std::make_unique<ChildProcess>(argv, next_log_file("serve"));
-    static const std::regex listening(R"(loom serve: listening on http://127\.0\.0\.1:(\d+))");
-    std::smatch m;
-    std::string log;
-    const bool up = wait_for(
-        [&] {
-          log = child_->log();
-          return std::regex_search(log, m, listening) || !child_->running();
-        },
-        seconds(60));
-    if (!up || m.empty()) {
-      child_->kill_now();
-      throw std::runtime_error("loom serve did not start listening:\n" + child_->log());
-    }
-    port_ = std::stoi(m[1].str());
-  }
-
-  int port() const { return port_; }
-  std::string log() const { return child_->log(); }
-  bool running() { return child_->running(); }
-  void send(int sig) { child_->send(sig); }
-
-  // The exit code once it has exited, waiting at most `timeout` (-1: it was
-  // still running, and has been killed).
-  int wait_exit(milliseconds timeout = seconds(20)) {
-    const std::optional<int> code = child_->wait_exit(timeout);
-    child_->kill_now();
-    return code.value_or(-1);
-  }
-  int stop(int sig = SIGTERM) {
-    send(sig);
-    return wait_exit();
-  }
-
- private:
-  std::unique_ptr<ChildProcess> child_;
-  int port_ = 0;
-};
-
 // The fixture of every test: the checkpoints, and (Note [Main server]) one
 // server for the tests that only send requests.
 //
@@ -622,28 +430,6 @@ std::vector<float> served_probabilities(int server_port, const std::string& mode
 }
 
 // ---- metrics ----
-
-// Prometheus text as sample -> value ("name{labels}" -> 3); HELP and TYPE
-// lines under "#HELP name" and "#TYPE name".
-std::map<std::string, double> parse_metrics(const std::string& text) {
-  std::map<std::string, double> samples;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty()) continue;
-    if (line.rfind("# ", 0) == 0) {
-      std::istringstream words(line.substr(2));
-      std::string kind, name;
-      words >> kind >> name;
-      samples["#" + kind + " " + name] = 1;
-      continue;
-    }
-    const size_t space = line.rfind(' ');
-    if (space == std::string::npos) throw std::runtime_error("bad metrics line: " + line);
-    samples[line.substr(0, space)] = std::stod(line.substr(space + 1));
-  }
-  return samples;
-}
 
 std::map<std::string, double> scrape(int server_port) {
   const Reply r = get(server_port, "/metrics");

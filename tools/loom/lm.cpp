@@ -7,6 +7,8 @@
 #include <fstream>
 #include <map>
 
+#include <loom/serve/engine.h>
+
 #include "mixed_precision.h"
 #include "quantize.h"
 #include "train.h"
@@ -224,6 +226,37 @@ LmEvalResult evaluate_lm_checkpoint(const std::string& path, const std::string& 
   return r;
 }
 
+namespace {
+
+// A GPT continuation that fits the model's context runs through the
+// serving engine (one slot, a paged cache of one context), so `loom
+// generate` gives exactly the tokens `loom serve` gives for the same
+// prompt, temperature, top_k and seed. Longer ones slide the context
+// window over the sequence (GPT::generate), which a paged cache cannot.
+std::vector<int64_t> generate_paged(models::GPT gpt, const std::vector<int64_t>& prompt, const GenerateRequest& r) {
+  const int64_t block = 16;
+  const int64_t blocks = (gpt->config.block_size + block - 1) / block;
+  const double mb = (static_cast<double>(blocks) + 0.5) * static_cast<double>(gpt->paged_block_bytes(block)) / (1 << 20);
+  serve::LlmEngine engine(gpt, {.slots = 1, .kv_cache_mb = mb, .block_size = block});
+  std::vector<int64_t> out = prompt;
+  bool done = false;
+  serve::SamplingParams params;
+  params.max_tokens = r.max_new_tokens;
+  params.temperature = r.temperature;
+  params.top_k = r.top_k;
+  params.seed = r.seed;
+  engine.submit(prompt, params, [&](const serve::TokenEvent& e) {
+    out.insert(out.end(), e.tokens.begin(), e.tokens.end());
+    done = done || e.finish != serve::FinishReason::None;
+  });
+  while (!done && engine.step()) {
+  }
+  LOOM_CHECK(done, "generate: the engine stopped before the continuation ended");
+  return out;
+}
+
+}  // namespace
+
 GenerateResult generate_text(const GenerateRequest& r) {
   LOOM_CHECK(r.max_new_tokens >= 0, "generate: --max-new-tokens must be >= 0, got ", r.max_new_tokens);
   LOOM_CHECK(r.temperature >= 0, "generate: --temperature must be >= 0, got ", r.temperature);
@@ -248,12 +281,20 @@ GenerateResult generate_text(const GenerateRequest& r) {
                                    .use_cache = r.use_cache};
   const Tensor prompt = tensor(ids, kInt64);
   const auto t0 = Clock::now();
-  const Tensor out = l.kind == "gpt" ? static_cast<models::GPTImpl&>(*l.model).generate(prompt, r.max_new_tokens, go)
-                                     : static_cast<models::LSTMLMImpl&>(*l.model).generate(prompt, r.max_new_tokens, go);
+  std::vector<int64_t> all;
+  const bool gpt = l.kind == "gpt";
+  const int64_t context = gpt ? static_cast<models::GPTImpl&>(*l.model).config.block_size : 0;
+  if (gpt && r.use_cache && r.max_new_tokens > 0 &&
+      static_cast<int64_t>(ids.size()) + r.max_new_tokens <= context) {
+    all = generate_paged(models::GPT(std::static_pointer_cast<models::GPTImpl>(l.model)), ids, r);
+  } else {
+    const Tensor out = gpt ? static_cast<models::GPTImpl&>(*l.model).generate(prompt, r.max_new_tokens, go)
+                           : static_cast<models::LSTMLMImpl&>(*l.model).generate(prompt, r.max_new_tokens, go);
+    all = out.to_vector<int64_t>();
+  }
   GenerateResult g;
   g.kind = l.kind;
   g.seconds = seconds_since(t0);
-  const std::vector<int64_t> all = out.to_vector<int64_t>();
   g.new_tokens = static_cast<int64_t>(all.size() - ids.size());
   std::vector<int64_t> shown = all;
   if (r.prompt.empty()) shown.erase(shown.begin(), shown.begin() + static_cast<std::ptrdiff_t>(ids.size()));

@@ -261,7 +261,9 @@ int main(int argc, char** argv) {
   // ---- loom serve ----
   loom::cli::ServeOptions sopts;
   CLI::App* serve = app.add_subcommand(
-      "serve", "Serve checkpoints over the Open Inference Protocol (KServe v2 REST) with dynamic batching");
+      "serve",
+      "Serve checkpoints over the Open Inference Protocol (KServe v2 REST) with dynamic batching, and GPTs also over "
+      "OpenAI's API (/v1/completions, /v1/chat/completions) with continuous batching");
   serve->add_option("--model-repository", sopts.model_repository,
                     "Folder laid out as Triton's: <repo>/<model>/<version>/model.safetensors, optional "
                     "<repo>/<model>/config.json with batching options")
@@ -294,6 +296,34 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   serve->add_option("--max-body-mb", sopts.max_body_mb, "Largest request body, in MiB (larger: 413)")
       ->check(loom::cli::positive_number())
+      ->capture_default_str();
+  // GPTs at /v1: each has an engine of its own (serve::EngineOptions).
+  serve->add_option("--slots", sopts.llm.slots,
+                    "GPTs at /v1: sequences that decode together, in one forward pass a step")
+      ->check(loom::cli::positive_integer(1 << 16))
+      ->capture_default_str();
+  serve->add_option("--kv-cache-mb", sopts.llm.kv_cache_mb,
+                    "GPTs at /v1: MiB of each model's paged KV cache (blocks of 16 positions); at least one full "
+                    "context")
+      ->check(loom::cli::positive_number())
+      ->capture_default_str();
+  serve->add_option("--prefill-chunk", sopts.llm.prefill_chunk,
+                    "GPTs at /v1: prompt tokens prefilled per step, over all sequences (a long prompt waits its turn "
+                    "in chunks rather than stalling the running streams)")
+      ->check(loom::cli::positive_integer(1 << 20))
+      ->capture_default_str();
+  serve->add_option("--draft-model", sopts.llm.draft_model,
+                    "GPTs at /v1: speculative decoding with this smaller GPT checkpoint (the same tokenizer) as the "
+                    "draft")
+      ->check(CLI::ExistingFile);
+  serve->add_option("--draft-tokens", sopts.llm.draft_tokens,
+                    "With --draft-model: tokens the draft proposes per sequence and step")
+      ->check(loom::cli::positive_integer(64))
+      ->capture_default_str();
+  serve->add_option("--request-timeout-s", sopts.request_timeout_s,
+                    "GPTs at /v1: a generation still running after this many seconds ends (504, or an error event "
+                    "in its stream; 0: no limit)")
+      ->check(loom::cli::non_negative_number())
       ->capture_default_str();
 
   // Note [Flags per model]: every flag of `loom train` must have a row.

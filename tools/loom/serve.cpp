@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <thread>
 
 #include <loom/loom.h>
@@ -67,13 +68,27 @@ class ImageClassifier : public serve::Model {
   std::vector<std::string> labels_;
 };
 
-// gpt, lstm: (n, T) token ids -> (n, T, vocab) next-token logits.
-class LanguageModel : public serve::Model {
+// gpt, lstm: (n, T) token ids -> (n, T, vocab) next-token logits. A GPT is
+// also a TextGenerator: /v1 generates through its engine, which shares the
+// weights with the KServe path (both only read them).
+class LanguageModel : public serve::Model, public serve::TextGenerator {
  public:
   LanguageModel(LoadedLm lm, int64_t vocab, int64_t max_tokens)
       : lm_(std::move(lm)), vocab_(vocab), max_tokens_(max_tokens) {
     lm_.model->eval();
   }
+
+  // A GPT's engine, stepping on its own thread from now on.
+  void start_engine(serve::EngineOptions options) {
+    engine_ = std::make_unique<serve::LlmEngine>(models::GPT(std::static_pointer_cast<models::GPTImpl>(lm_.model)),
+                                                 std::move(options));
+    engine_->start();
+  }
+
+  serve::TextGenerator* text_generator() override { return engine_ ? this : nullptr; }
+  std::vector<int64_t> encode(const std::string& text) const override { return lm_.tokenizer->encode(text); }
+  std::string decode(const std::vector<int64_t>& tokens) const override { return lm_.tokenizer->decode(tokens); }
+  serve::LlmEngine& engine() override { return *engine_; }
 
   std::vector<serve::TensorSpec> inputs() const override { return {{"input_ids", "INT64", {-1, -1}}}; }
   std::vector<serve::TensorSpec> outputs() const override { return {{"logits", "FP32", {-1, -1, vocab_}}}; }
@@ -99,23 +114,46 @@ class LanguageModel : public serve::Model {
  private:
   LoadedLm lm_;
   int64_t vocab_, max_tokens_;  // max_tokens_ 0: no limit (recurrent)
+  std::unique_ptr<serve::LlmEngine> engine_;  // gpt only; stops (joins its thread) first
 };
+
+// The engine options of a served GPT, its draft model loaded and checked.
+serve::EngineOptions engine_options(const LlmServeOptions& o, const std::string& file, const LoadedLm& target) {
+  serve::EngineOptions e;
+  e.slots = o.slots;
+  e.kv_cache_mb = o.kv_cache_mb;
+  e.prefill_chunk = o.prefill_chunk;
+  e.draft_tokens = o.draft_tokens;
+  if (!o.draft_model.empty()) {
+    LoadedLm draft = load_lm(o.draft_model);
+    LOOM_CHECK(draft.kind == "gpt", "serve: --draft-model '", o.draft_model, "' is a ", draft.kind,
+               " checkpoint; the draft must be a GPT");
+    LOOM_CHECK(draft.tokenizer->to_json() == target.tokenizer->to_json(), "serve: --draft-model '", o.draft_model,
+               "' has another tokenizer than '", file, "' (", draft.tokenizer->name(), " of ",
+               draft.tokenizer->vocab_size(), " tokens against ", target.tokenizer->name(), " of ",
+               target.tokenizer->vocab_size(),
+               "): train the draft on the same text with the same --tokenizer");
+    draft.model->eval();
+    e.draft = models::GPT(std::static_pointer_cast<models::GPTImpl>(draft.model));
+  }
+  return e;
+}
 
 }  // namespace
 
-std::shared_ptr<serve::Model> load_served_model(const std::string& file) {
+std::shared_ptr<serve::Model> load_served_model(const std::string& file, const LlmServeOptions& llm) {
   const SafetensorsFile f = load_safetensors(file);
   if (f.metadata.count("loom.lm")) {
     LoadedLm lm = load_lm(file);
-    int64_t vocab = 0, max_tokens = 0;
     if (lm.kind == "gpt") {
-      const auto& cfg = static_cast<models::GPTImpl&>(*lm.model).config;
-      vocab = cfg.vocab_size;
-      max_tokens = cfg.block_size;
-    } else {
-      vocab = static_cast<models::LSTMLMImpl&>(*lm.model).config.vocab_size;
+      const models::GPTConfig cfg = static_cast<models::GPTImpl&>(*lm.model).config;
+      serve::EngineOptions options = engine_options(llm, file, lm);
+      auto served = std::make_shared<LanguageModel>(std::move(lm), cfg.vocab_size, cfg.block_size);
+      served->start_engine(std::move(options));
+      return served;
     }
-    return std::make_shared<LanguageModel>(std::move(lm), vocab, max_tokens);
+    const int64_t vocab = static_cast<models::LSTMLMImpl&>(*lm.model).config.vocab_size;
+    return std::make_shared<LanguageModel>(std::move(lm), vocab, 0);  // KServe only: no paged cache for an LSTM
   }
   LOOM_CHECK(f.metadata.count("loom.model"), "serve: '", file,
              "' is not a checkpoint of `loom train` (no \"loom.model\" or \"loom.lm\" metadata)");
@@ -139,7 +177,11 @@ serve::ServerOptions server_options(const ServeOptions& o) {
   }
   LOOM_CHECK(!s.model_repository.empty() || !s.models.empty(),
              "serve: give --model-repository DIR or --model NAME=FILE");
-  s.loader = load_served_model;
+  LOOM_CHECK(o.llm.draft_model.empty() || std::filesystem::is_regular_file(o.llm.draft_model),
+             "serve: --draft-model '", o.llm.draft_model, "' is not a file");
+  s.loader = [llm = o.llm](const std::string& file) { return load_served_model(file, llm); };
+  LOOM_CHECK(o.request_timeout_s >= 0, "serve: --request-timeout-s must be >= 0, got ", o.request_timeout_s);
+  s.generation_timeout_s = o.request_timeout_s;
   s.batching.max_batch_size = o.max_batch_size;
   s.batching.max_queue_delay_us = o.max_queue_delay_us;
   s.batching.max_queue_size = o.max_queue_size;

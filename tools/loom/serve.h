@@ -8,7 +8,10 @@
 // FP32 [-1, classes]; the classification extension names the dataset's
 // classes. Language models (gpt, lstm) take "input_ids", INT64 [-1, -1] (any
 // integer datatype; ids below the vocabulary size, and no longer than a GPT's
-// context) and give "logits", FP32 [-1, -1, vocab].
+// context) and give "logits", FP32 [-1, -1, vocab]. A GPT is also served
+// with OpenAI's API (/v1/completions, /v1/chat/completions, /v1/models):
+// its tokenizer turns text into tokens and back, and a serve::LlmEngine of
+// its own generates with continuous batching over a paged KV cache.
 #pragma once
 
 #include <memory>
@@ -20,6 +23,15 @@
 #include <loom/serve.h>
 
 namespace loom::cli {
+
+// The engine of each GPT served at /v1 (serve::EngineOptions).
+struct LlmServeOptions {
+  int64_t slots = 8;             // sequences decoding together
+  double kv_cache_mb = 64;       // the paged KV pool of each model
+  int64_t prefill_chunk = 64;    // prompt tokens prefilled per step
+  std::string draft_model;       // a smaller GPT with the same tokenizer ("" none)
+  int64_t draft_tokens = 4;      // proposed per sequence and step
+};
 
 struct ServeOptions {
   std::string model_repository;
@@ -33,10 +45,14 @@ struct ServeOptions {
   int64_t max_queue_size = 1024;
   int64_t timeout_ms = 0;  // 0: none
   double max_body_mb = 64;
+  LlmServeOptions llm;
+  double request_timeout_s = 600;  // a /v1 generation ends after this (504); 0: none
 };
 
-// The serve::Model of a `loom train` checkpoint (the ModelLoader of `loom serve`).
-std::shared_ptr<serve::Model> load_served_model(const std::string& file);
+// The serve::Model of a `loom train` checkpoint (the ModelLoader of `loom
+// serve`); a GPT's engine is built with `llm` and started. A draft model
+// must be a GPT with the checkpoint's tokenizer.
+std::shared_ptr<serve::Model> load_served_model(const std::string& file, const LlmServeOptions& llm = {});
 
 // The library's options from the command line's ("NAME=FILE" split and checked).
 serve::ServerOptions server_options(const ServeOptions& o);

@@ -120,13 +120,30 @@ class PagedBatchBuilder {
 struct GenerateOptions {
   double temperature = 1.0;  // 0: greedy (argmax)
   int64_t top_k = 0;         // 0: the whole vocabulary
+  double top_p = 1.0;        // nucleus: the smallest set of likeliest tokens whose probability reaches top_p
   uint64_t seed = 0;
   bool use_cache = true;  // false: recompute the whole (cropped) sequence every step
 };
 
-// One token from a row of `vocab` logits: the argmax at temperature 0, else a
-// draw from softmax(logits / temperature) over the top_k largest (all when
-// top_k is 0), from the splitmix64 stream `state` (advanced by one draw).
+// The distribution a row of `vocab` logits is sampled from at temperature
+// > 0: softmax(logits / temperature) restricted to the top_k largest (all
+// when top_k is 0), then to the smallest set, by decreasing probability
+// with ties by index, whose probability reaches top_p. Weights are
+// unnormalized, most likely first.
+struct SamplingDistribution {
+  std::vector<int64_t> order;
+  std::vector<double> weight;
+  double sum = 0;
+  // One token, from one draw of the splitmix64 stream `state`.
+  int64_t draw(uint64_t& state) const;
+  // Every token's probability (zero outside the kept set).
+  std::vector<double> probabilities(int64_t vocab) const;
+};
+SamplingDistribution sampling_distribution(const float* logits, int64_t vocab, const GenerateOptions& options);
+
+// One token from a row of logits: the first largest at temperature 0, else
+// sampling_distribution(...).draw(state). `loom generate`, GPT::generate
+// and the serving engine all sample with it.
 int64_t sample_token(const float* logits, int64_t vocab, const GenerateOptions& options, uint64_t& state);
 
 class CausalSelfAttentionImpl : public nn::Module {
