@@ -5,7 +5,9 @@
 #   make build   configure and build only
 #   make python  build the Python package's extension (python/loom/_C*.so; PYTHONPATH=python)
 #   make bench   benchmarks side by side with PyTorch (bench/run.py)
-#   make bench-serve  `loom serve` under wrk: batch-1 against dynamic batching (bench/serve/run.py)
+#   make bench-serve  `loom serve` under wrk: batch-1 against dynamic batching (bench/serve/run.py);
+#                     then its OpenAI completions: streams, TTFT, KV cache, speculative decoding (llm.py)
+#   make llm-models   train the character GPT and its draft model that `loom serve` and bench-serve use
 #   make clean   remove build directories
 
 BUILD_DIR  ?= build
@@ -46,7 +48,7 @@ define ensure_packages
 	fi
 endef
 
-.PHONY: all test build python bench bench-serve gpt-parity demo clean deps bench-deps bench-serve-deps configure
+.PHONY: all test openai-client build python bench bench-serve gpt-parity demo clean deps bench-deps bench-serve-deps configure
 
 all: build
 
@@ -68,8 +70,18 @@ build: configure
 python: configure
 	cmake --build $(BUILD_DIR) -j$(JOBS) --target loom_python
 
-test: build
+test: build openai-client
 	cd $(BUILD_DIR) && ctest $(CTEST_ARGS)
+
+# The official `openai` npm client, pinned by tests/serve/openai_client's
+# lock file, for test_openai_cli. Without npm, or without the registry, the
+# test reads the streams with its own HTTP client only, and says so.
+openai-client:
+	@if ! command -v npm >/dev/null 2>&1; then \
+	  echo "note: no npm here; test_openai_cli skips the openai npm client"; \
+	elif ! (cd tests/serve/openai_client && npm ci --no-audit --no-fund --loglevel=error); then \
+	  echo "note: npm ci in tests/serve/openai_client failed (is the npm registry reachable?); test_openai_cli skips the openai npm client"; \
+	fi
 
 # Builds loom's benchmarks (bench_ops, bench_graph, bench_compile), the
 # libtorch dispatch reference and the `loom` command (for the MLP and CNN
@@ -93,16 +105,26 @@ bench: bench-deps
 # memory over 100,000 requests, and the same CNN in process (PyTorch, and
 # loom's forward as the server times it) as a ceiling; prints the tables and
 # the issue's targets (PASS/FAIL), raw numbers in
-# $(BENCH_DIR)/bench_serve_results.json. A few minutes. BENCH_SERVE_THREADS:
-# the servers' compute threads (and torch's); BENCH_SERVE_ARGS: more flags,
-# e.g. "--duration 2 --repeats 1 --bodies binary" or "--delay-sweep 0,1000,2000".
+# $(BENCH_DIR)/bench_serve_results.json. A few minutes. Then the LLM group
+# (bench/serve/llm.py, skipped with a message until `make llm-models` has
+# written $(LLM_DIR)): the OpenAI completions API, streamed, as a client sees
+# it: tokens/s of 8 concurrent streams against one at a time, time to first
+# token, live KV-cache positions against allocated ones under mixed lengths,
+# and greedy decoding with the draft model (K = 2, 3, 4, 6) against without.
+# BENCH_SERVE_THREADS: the CNN servers' compute threads (and torch's);
+# BENCH_LLM_THREADS: every LLM server's (default: all cores; the client only
+# reads streams); BENCH_SERVE_ARGS: more flags, e.g. "--only llm", "--only
+# cnn", "--duration 2 --repeats 1 --bodies binary", "--delay-sweep
+# 0,1000,2000" or "--llm-repeats 1 --llm-spec-k 4".
 BENCH_SERVE_THREADS ?= 1
+BENCH_LLM_THREADS   ?= $(JOBS)
 BENCH_SERVE_ARGS    ?=
 
 bench-serve: bench-serve-deps
 	cmake -S . -B $(BENCH_DIR) -DCMAKE_BUILD_TYPE=Release -DLOOM_BUILD_BENCH=ON -DLOOM_BUILD_TESTS=OFF
 	cmake --build $(BENCH_DIR) -j$(JOBS) --target loom_cli
-	$(PYTHON) bench/serve/run.py --build-dir $(BENCH_DIR) --python $(PYTHON) --threads $(BENCH_SERVE_THREADS) $(BENCH_SERVE_ARGS)
+	$(PYTHON) bench/serve/run.py --build-dir $(BENCH_DIR) --python $(PYTHON) --threads $(BENCH_SERVE_THREADS) \
+	  --llm-dir $(LLM_DIR) --llm-threads $(BENCH_LLM_THREADS) $(BENCH_SERVE_ARGS)
 
 # The same GPT (4 layers, d_model 256, 4 heads, context 128, batch 16, AdamW
 # 3e-4) trained in loom and in PyTorch from the same initial weights on the
@@ -113,6 +135,56 @@ gpt-parity: bench-deps
 	cmake -S . -B $(BENCH_DIR) -DCMAKE_BUILD_TYPE=Release -DLOOM_BUILD_BENCH=ON -DLOOM_BUILD_TESTS=OFF
 	cmake --build $(BENCH_DIR) -j$(JOBS) --target gpt_parity
 	$(PYTHON) bench/gpt_parity.py --bin $(BENCH_DIR)/bench/gpt_parity --out $(BENCH_DIR)/gpt_parity --threads $(BENCH_THREADS) $(PARITY_ARGS)
+
+# Models worth serving (issue 22): a character GPT of 6 layers (d_model 384,
+# 6 heads, context 256; 10.8M parameters) and a 2-layer draft for speculative
+# decoding (d_model 256, 4 heads; 1.7M parameters, a greedy decode step about
+# 1/10 of the GPT's), each trained by `loom train` on the fortune cookies of
+# the Debian package `fortunes` (LLM_TEXT; DEPS installs it) with the same
+# seed, so both see the same batches and get the same character tokenizer
+# (checked: their "loom.tokenizer" metadata must be equal). 540 steps of 8
+# windows of 256 characters (1.1M characters, half the corpus), cosine decay
+# from lr 5e-4 for the GPT (1e-3 and 2e-3 learned slower: there is no warm-up)
+# and 1e-3 for the draft. About 20 minutes on 2 idle cores (the GPT ~1.85 s a
+# step, the draft ~0.31 s), 25 with a compiler beside it. Prints the corpus,
+# each model's validation loss (nats per character, from the metrics CSV),
+# the wall times and both models' greedy decode speed. Serve them with
+# `loom serve --model gpt=$(LLM_DIR)/gpt.safetensors --draft-model
+# $(LLM_DIR)/draft.safetensors`; `make bench-serve` measures them.
+LLM_DIR        ?= $(BUILD_DIR)/llm
+LLM_TEXT       ?= /usr/share/games/fortunes
+LLM_GPT        ?= $(LLM_DIR)/gpt.safetensors
+LLM_DRAFT      ?= $(LLM_DIR)/draft.safetensors
+LLM_THREADS    ?= $(JOBS)
+LLM_TRAIN      ?= --context 256 --batch-size 8 --max-steps 540 --eval-every 90 --eval-batches 10 \
+                  --schedule cosine --seed 0
+LLM_GPT_ARGS   ?= --layers 6 --d-model 384 --heads 6 --lr 0.0005
+LLM_DRAFT_ARGS ?= --layers 2 --d-model 256 --heads 4 --lr 0.001
+
+# $(call llm_train,name,checkpoint,model flags): one `loom train` with its
+# output shown and kept in $(LLM_DIR)/name.log, its metrics CSV started
+# afresh, and its wall time in $(LLM_DIR)/name.seconds.
+define llm_train
+	@rm -f $(LLM_DIR)/$(1).csv $(LLM_DIR)/$(1).rc $(LLM_DIR)/$(1).seconds
+	@t0=$$(date +%s); \
+	{ $(BUILD_DIR)/loom train --model gpt --dataset text:$(LLM_TEXT) $(3) $(LLM_TRAIN) --threads $(LLM_THREADS) \
+	    --out $(2) --metrics $(LLM_DIR)/$(1).csv; echo $$? > $(LLM_DIR)/$(1).rc; } 2>&1 | tee $(LLM_DIR)/$(1).log; \
+	test "$$(cat $(LLM_DIR)/$(1).rc)" = 0 || { echo "llm-models: training $(1) failed"; exit 1; }; \
+	echo $$(( $$(date +%s) - t0 )) > $(LLM_DIR)/$(1).seconds
+endef
+
+.PHONY: llm-models
+llm-models: configure
+	cmake --build $(BUILD_DIR) -j$(JOBS) --target loom_cli
+	@mkdir -p $(LLM_DIR)
+	@echo "corpus: the Debian package fortunes $$(dpkg-query -W -f='$${Version}' fortunes 2>/dev/null), $(LLM_TEXT)"
+	@date +%s > $(LLM_DIR)/start.seconds
+	$(call llm_train,gpt,$(LLM_GPT),$(LLM_GPT_ARGS))
+	$(call llm_train,draft,$(LLM_DRAFT),$(LLM_DRAFT_ARGS))
+	@echo
+	@$(PYTHON) bench/serve/llm.py --check-models --loom $(BUILD_DIR)/loom --llm-dir $(LLM_DIR) --llm-gpt $(LLM_GPT) \
+	  --llm-draft $(LLM_DRAFT)
+	@echo "llm-models: $$(( ($$(date +%s) - $$(cat $(LLM_DIR)/start.seconds)) / 60 )) min $$(( ($$(date +%s) - $$(cat $(LLM_DIR)/start.seconds)) % 60 )) s in all"
 
 # The main job: train the Fashion-MNIST MLP (784-512-256-10, AdamW lr 1e-3,
 # batch 128, 5 epochs) with the `loom` command, then classify one test image

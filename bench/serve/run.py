@@ -39,10 +39,17 @@ end, or on any error or ^C):
      batch-size 64) times it: requests of N rows one at a time, and the
      forward's time from the server's batch_stats.
 
+Then the LLM group (bench/serve/llm.py): the OpenAI completions of a
+character GPT and its draft model from `make llm-models`, streamed (8
+concurrent streams against one, time to first token, the paged KV cache's
+use, speculative decoding); skipped, saying so, when the models are missing.
+--only cnn or --only llm runs one group.
+
 Prints the tables and the targets (PASS/FAIL), and writes everything as
-JSON (default BUILD_DIR/bench_serve_results.json).
+JSON (default BUILD_DIR/bench_serve_results.json; the LLM group's under "llm").
 
     python3 bench/serve/run.py --build-dir build-bench
+    python3 bench/serve/run.py --only llm --llm-dir build/llm             # the LLM group alone
     python3 bench/serve/run.py --duration 2 --repeats 1 --bodies binary   # quick
     python3 bench/serve/run.py --delay-sweep 0,500,1000,2000,4000          # choose D
 """
@@ -62,6 +69,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+
+import llm  # bench/serve/llm.py: the LLM group
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -736,6 +745,89 @@ def parse_list(text, name):
     return xs
 
 
+def cnn_group(args, servers, bodies_wanted, start, loadavg_before):
+    """Phases 1-7 (the module's docstring) on the CNN; returns the results with their "checks",
+    or None after --delay-sweep (which writes its own JSON). Started servers go into `servers`
+    (the caller stops what is left there on an error)."""
+    how = ensure_checkpoint(args)
+    log(f"checkpoint: {args.checkpoint} ({how})")
+    pixels, label = test_image()
+    bodies = {}
+    for name in bodies_wanted:
+        data, hl = binary_body(pixels) if name == "binary" else json_body(pixels)
+        path = os.path.join(args.work_dir, f"body_{name}.bin")
+        with open(path, "wb") as f:
+            f.write(data)
+        bodies[name] = (path, hl)
+    json_bytes = len(json_body(pixels)[0])
+
+    if args.delay_sweep:
+        args.delay_sweep = parse_list(args.delay_sweep, "delay-sweep")
+        rows = delay_sweep(args, bodies)
+        with open(args.json.replace(".json", "_delay_sweep.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+        return None
+
+    batch1 = Server(args, "batch1", 1, 0, args.cpu_set)
+    servers.append(batch1)
+    batched = Server(args, "batched", args.max_batch_size, args.queue_delay_us, args.cpu_set)
+    servers.append(batched)
+    log(f"batch-1: {batch1.banner}\nbatched: {batched.banner}")
+    answer = check_bodies(batched, bodies, label)
+    check_bodies(batch1, bodies, label)
+    log(f"request check: every body answers class {answer['class']} ({answer['name']}, p={answer['p']:.3f}); "
+        f"label {label}")
+
+    log("warm-up")
+    warm_up(args, servers, bodies)
+    rss_warm = {s.label: s.rss_kib() for s in servers}
+    log("sweep")
+    runs = sweep(args, servers, bodies)
+    rss_swept = {s.label: s.rss_kib() for s in servers}
+    swept = batched.stats()["inference_stats"]["success"]["count"]
+    log(f"RSS: {args.rss_requests:,} requests on the batched server at {TARGET_CONC} connections")
+    rss = rss_phase(args, batched, bodies[args.main_body])
+    rss.update({"warmup_requests": swept, "batched_after_short_warmup_kib": rss_warm["batched"],
+                "batch1_after_short_warmup_kib": rss_warm["batch1"], "batch1_after_sweep_kib": rss_swept["batch1"]})
+    log(f"  {rss['rss_after_warmup_kib']} -> {rss['rss_after_requests_kib']} KiB after {rss['requests']} requests")
+    log("health")
+    health = health_phase(args, batched)
+    rss["rss_end_kib"] = batched.rss_kib()
+    stats_end = {s.label: s.stats() for s in servers}
+    exit_codes = {}
+    for s in servers:
+        exit_codes[s.label] = s.stop()
+    servers.clear()
+
+    inprocess = None
+    if not args.no_inprocess:
+        log("in process: loom's forward (server batch_stats), then torch")
+        inprocess = {"loom": loom_inprocess(args), "torch": torch_inprocess(args)}
+
+    checkpoint = (os.path.relpath(args.checkpoint, ROOT) if args.checkpoint.startswith(ROOT + os.sep)
+                  else args.checkpoint)
+    res = {"meta": {"source": git_state(), "loom_bin": args.loom_bin, "checkpoint": checkpoint,
+                    "checkpoint_source": how,
+                    "cpus": sorted(args.cpu_set or os.sched_getaffinity(0)),
+                    "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg(),
+                    "json_body_bytes": json_bytes, "binary_body_bytes": len(binary_body(pixels)[0]),
+                    "answer": answer,
+                    "delay_note": ("With none, the requests that arrive while a batch runs form the next "
+                                   "one, so batches grow with the load (rows column) and a lone request "
+                                   "never waits; a delay costs every batch below 32 connections its full "
+                                   "length and bought nothing measurable at 16-64 (Note [Queue delay] in "
+                                   "bench/serve/run.py; --delay-sweep measures it)." if args.queue_delay_us == 0
+                                   else "Chosen with --queue-delay-us; see Note [Queue delay] in "
+                                   "bench/serve/run.py and --delay-sweep.")},
+           "args": {k: v for k, v in vars(args).items() if k != "cpu_set"},
+           "bodies": list(bodies), "raw": runs, "stats_end": stats_end,
+           "points": {b: {s: {str(c): summarize(r) for c, r in by_c.items()} for s, by_c in by_s.items()}
+                      for b, by_s in runs.items()},
+           "health": health, "rss": rss, "exit_codes": exit_codes, "inprocess": inprocess}
+    res["checks"] = checks(args, res)
+    return res
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--build-dir", default=os.path.join(ROOT, "build-bench"), help="where `loom` was built")
@@ -766,7 +858,13 @@ def main():
     p.add_argument("--delay-sweep", help="only sweep these queue delays (us) on the batched server and print them")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--json", help="write the results here (default: BUILD_DIR/bench_serve_results.json)")
+    p.add_argument("--only", default="cnn,llm", help="groups to run: cnn (wrk against the CNN), llm (OpenAI "
+                                                    "completions, bench/serve/llm.py)")
+    llm.add_arguments(p)
     args = p.parse_args()
+    groups = [g.strip() for g in args.only.split(",") if g.strip()]
+    if not groups or any(g not in ("cnn", "llm") for g in groups):
+        sys.exit(f"run.py: --only takes cnn and/or llm, got '{args.only}'")
     args.loom_bin = args.loom_bin or os.path.join(args.build_dir, "loom")
     args.json = args.json or os.path.join(args.build_dir, "bench_serve_results.json")
     args.work_dir = os.path.join(args.build_dir, "bench_serve")
@@ -782,6 +880,8 @@ def main():
         sys.exit(f"run.py: --http-threads {args.http_threads} must exceed the largest concurrency "
                  f"{max(args.concurrency)} (a keep-alive connection holds an HTTP thread; the stats requests need one)")
     for tool, hint in ((args.loom_bin, "build it with `make bench-serve`"), ("wrk", "apt-get install wrk")):
+        if tool == "wrk" and "cnn" not in groups:
+            continue
         if not shutil.which(tool):
             sys.exit(f"run.py: {tool} not found; {hint}")
     os.makedirs(args.work_dir, exist_ok=True)
@@ -795,91 +895,43 @@ def main():
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        how = ensure_checkpoint(args)
-        log(f"checkpoint: {args.checkpoint} ({how})")
-        pixels, label = test_image()
-        bodies = {}
-        for name in bodies_wanted:
-            data, hl = binary_body(pixels) if name == "binary" else json_body(pixels)
-            path = os.path.join(args.work_dir, f"body_{name}.bin")
-            with open(path, "wb") as f:
-                f.write(data)
-            bodies[name] = (path, hl)
-        json_bytes = len(json_body(pixels)[0])
-
-        if args.delay_sweep:
-            args.delay_sweep = parse_list(args.delay_sweep, "delay-sweep")
-            rows = delay_sweep(args, bodies)
-            with open(args.json.replace(".json", "_delay_sweep.json"), "w") as f:
-                json.dump(rows, f, indent=1)
-            return 0
-
-        batch1 = Server(args, "batch1", 1, 0, args.cpu_set)
-        servers.append(batch1)
-        batched = Server(args, "batched", args.max_batch_size, args.queue_delay_us, args.cpu_set)
-        servers.append(batched)
-        log(f"batch-1: {batch1.banner}\nbatched: {batched.banner}")
-        answer = check_bodies(batched, bodies, label)
-        check_bodies(batch1, bodies, label)
-        log(f"request check: every body answers class {answer['class']} ({answer['name']}, p={answer['p']:.3f}); "
-            f"label {label}")
-
-        log("warm-up")
-        warm_up(args, servers, bodies)
-        rss_warm = {s.label: s.rss_kib() for s in servers}
-        log("sweep")
-        runs = sweep(args, servers, bodies)
-        rss_swept = {s.label: s.rss_kib() for s in servers}
-        swept = batched.stats()["inference_stats"]["success"]["count"]
-        log(f"RSS: {args.rss_requests:,} requests on the batched server at {TARGET_CONC} connections")
-        rss = rss_phase(args, batched, bodies[args.main_body])
-        rss.update({"warmup_requests": swept, "batched_after_short_warmup_kib": rss_warm["batched"],
-                    "batch1_after_short_warmup_kib": rss_warm["batch1"], "batch1_after_sweep_kib": rss_swept["batch1"]})
-        log(f"  {rss['rss_after_warmup_kib']} -> {rss['rss_after_requests_kib']} KiB after {rss['requests']} requests")
-        log("health")
-        health = health_phase(args, batched)
-        rss["rss_end_kib"] = batched.rss_kib()
-        stats_end = {s.label: s.stats() for s in servers}
-        exit_codes = {}
-        for s in servers:
-            exit_codes[s.label] = s.stop()
-        servers.clear()
-
-        inprocess = None
-        if not args.no_inprocess:
-            log("in process: loom's forward (server batch_stats), then torch")
-            inprocess = {"loom": loom_inprocess(args), "torch": torch_inprocess(args)}
-
-        checkpoint = (os.path.relpath(args.checkpoint, ROOT) if args.checkpoint.startswith(ROOT + os.sep)
-                      else args.checkpoint)
-        res = {"meta": {"source": git_state(), "loom_bin": args.loom_bin, "checkpoint": checkpoint,
-                        "checkpoint_source": how,
-                        "cpus": sorted(args.cpu_set or os.sched_getaffinity(0)),
-                        "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg(),
-                        "json_body_bytes": json_bytes, "binary_body_bytes": len(binary_body(pixels)[0]),
-                        "answer": answer,
-                        "delay_note": ("With none, the requests that arrive while a batch runs form the next "
-                                       "one, so batches grow with the load (rows column) and a lone request "
-                                       "never waits; a delay costs every batch below 32 connections its full "
-                                       "length and bought nothing measurable at 16-64 (Note [Queue delay] in "
-                                       "bench/serve/run.py; --delay-sweep measures it)." if args.queue_delay_us == 0
-                                       else "Chosen with --queue-delay-us; see Note [Queue delay] in "
-                                       "bench/serve/run.py and --delay-sweep.")},
-               "args": {k: v for k, v in vars(args).items() if k != "cpu_set"},
-               "bodies": list(bodies), "raw": runs, "stats_end": stats_end,
-               "points": {b: {s: {str(c): summarize(r) for c, r in by_c.items()} for s, by_c in by_s.items()}
-                          for b, by_s in runs.items()},
-               "health": health, "rss": rss, "exit_codes": exit_codes, "inprocess": inprocess}
-        res["checks"] = checks(args, res)
+        if "cnn" in groups:
+            res = cnn_group(args, servers, bodies_wanted, start, loadavg_before)
+            if res is None:
+                return 0
+        else:
+            res = {"meta": {"source": git_state(), "loom_bin": args.loom_bin, "loadavg_before": loadavg_before},
+                   "args": {k: v for k, v in vars(args).items() if k != "cpu_set"}, "checks": []}
+        if "llm" in groups:
+            log("LLM group: OpenAI completions (bench/serve/llm.py)")
+            try:
+                res["llm"] = llm.run_group(args)
+            except llm.BenchError as e:  # the CNN group's results still count
+                log(f"run.py: the LLM group failed: {e}")
+                res["llm"] = {"error": str(e)}
         res["wall_s"] = time.monotonic() - start
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
-        print_report(args, res)
+        if "cnn" in groups:
+            print_report(args, res)
+        every = list(res["checks"])
+        if "llm" in groups:
+            if "skipped" in res["llm"]:
+                print(f"\nLLM group skipped: {res['llm']['skipped']}")
+            elif "error" in res["llm"]:
+                print(f"\nLLM group failed: {res['llm']['error']}")
+            else:
+                llm.print_report(res["llm"])
+                every += res["llm"]["checks"]
+        if len(groups) > 1 and every:
+            print(f"all targets: {sum(1 for c in every if c['met'])}/{len(every)} met")
         print(f"wall time: {res['wall_s']:.0f} s")
         print(f"raw results: {args.json}")
-        return 1 if args.strict and not all(c["met"] for c in res["checks"]) else 0
-    except BenchError as e:
+        if "error" in res.get("llm", {}):
+            return 2
+        return 1 if args.strict and not all(c["met"] for c in every) else 0
+    except (BenchError, llm.BenchError) as e:
         log(f"run.py: {e}")
         return 2
     except KeyboardInterrupt:
