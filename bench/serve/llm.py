@@ -185,19 +185,19 @@ def median(xs):
 
 # ---- the server ----
 
-class Server:
-    """A `loom serve` process on a free port of 127.0.0.1; its output is
-    drained by a thread; stop() sends SIGTERM and waits (then SIGKILL)."""
+class ServerProcess:
+    """A `loom serve` process (`cmd`, which asks for --port 0 on 127.0.0.1)
+    whose output is drained by a thread (kept for the report); the port is
+    read from its banner. stop() sends SIGTERM and waits (then SIGKILL).
+    bench/serve/run.py's servers are these too."""
 
     LISTEN = re.compile(r"listening on http://([\d.]+):(\d+)")
 
-    def __init__(self, args, label, extra=()):
-        self.label = label
-        self.cmd = [args.loom_bin, "serve", "--model", f"{MODEL}={args.llm_gpt}", "--host", "127.0.0.1",
-                    "--port", "0", "--threads", str(args.llm_threads), "--slots", str(args.llm_slots),
-                    *args.llm_serve_args, *extra]
+    def __init__(self, label, cmd, start_timeout, preexec_fn=None):
+        self.label, self.cmd = label, cmd
         self.lines, self.banner, self.exit_code, self.port = [], None, None, None
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     preexec_fn=preexec_fn)
         self.pid = self.proc.pid
         got_port = threading.Event()
 
@@ -212,17 +212,41 @@ class Server:
 
         self.reader = threading.Thread(target=drain, daemon=True)
         self.reader.start()
-        if not got_port.wait(args.start_timeout) or self.port is None:
+        if not got_port.wait(start_timeout) or self.port is None:
             code = self.proc.poll()
             self.stop()
             raise BenchError(f"{label} server " + (f"exited ({code}) before printing its port" if code is not None
-                                                   else f"did not print its port within {args.start_timeout} s")
+                                                   else f"did not print its port within {start_timeout} s")
                              + f" ({' '.join(self.cmd)}): " + " | ".join(self.lines[-5:]))
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def where(self):
         alive = self.proc.poll() is None
         return (f"{self.label} server (pid {self.pid}, {'running' if alive else 'exited'})"
                 + ("" if alive or not self.lines else ": " + " | ".join(self.lines[-3:])))
+
+    def stop(self, timeout=20):
+        """SIGTERM, then wait; SIGKILL after `timeout` s. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log(f"  {self.label} server: no exit {timeout} s after SIGTERM; SIGKILL")
+                self.proc.kill()
+                self.proc.wait(10)
+        self.reader.join(5)
+        self.exit_code = self.proc.returncode
+        return self.exit_code
+
+
+class Server(ServerProcess):
+    """The served GPT (and draft), with the LLM flags."""
+
+    def __init__(self, args, label, extra=()):
+        super().__init__(label, [args.loom_bin, "serve", "--model", f"{MODEL}={args.llm_gpt}", "--host", "127.0.0.1",
+                                 "--port", "0", "--threads", str(args.llm_threads), "--slots", str(args.llm_slots),
+                                 *args.llm_serve_args, *extra], args.start_timeout)
 
     def get(self, path, timeout=10):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -240,19 +264,6 @@ class Server:
 
     def metrics(self):
         return parse_prometheus(self.get("/metrics"))
-
-    def stop(self, timeout=20):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log(f"  {self.label} server: no exit {timeout} s after SIGTERM; SIGKILL")
-                self.proc.kill()
-                self.proc.wait(10)
-        self.reader.join(5)
-        self.exit_code = self.proc.returncode
-        return self.exit_code
 
 
 # ---- the client ----

@@ -118,47 +118,20 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-class BenchError(Exception):
-    pass
+BenchError = llm.BenchError
 
 
 # ---- the servers ----
 
-class Server:
-    """A `loom serve` process on a free port of 127.0.0.1. Its output is
-    drained by a thread (kept for the report); stop() sends SIGTERM and waits
-    (then SIGKILL)."""
-
-    LISTEN = re.compile(r"listening on http://([\d.]+):(\d+)")
+class Server(llm.ServerProcess):
+    """The served CNN, with the batching flags (optionally pinned to `cpus`)."""
 
     def __init__(self, args, label, max_batch, delay_us, cpus=None):
-        self.label, self.max_batch, self.delay_us = label, max_batch, delay_us
-        self.cmd = [args.loom_bin, "serve", "--model", f"{MODEL}={args.checkpoint}", "--host", "127.0.0.1",
-                    "--port", "0", "--threads", str(args.threads), "--http-threads", str(args.http_threads),
-                    "--max-batch-size", str(max_batch), "--max-queue-delay-us", str(delay_us)]
-        self.lines, self.banner, self.exit_code = [], None, None
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
-        self.pid = self.proc.pid
-        got_port = threading.Event()
-        self.port = None
-
-        def drain():
-            for line in self.proc.stdout:
-                self.lines.append(line.rstrip("\n"))
-                m = self.LISTEN.search(line)
-                if m and self.port is None:
-                    self.port, self.banner = int(m.group(2)), line.strip()
-                    got_port.set()
-            got_port.set()  # exited
-
-        self.reader = threading.Thread(target=drain, daemon=True)
-        self.reader.start()
-        if not got_port.wait(args.start_timeout) or self.port is None:
-            self.stop()
-            raise BenchError(f"{label} server did not print its port within {args.start_timeout} s: "
-                             + " | ".join(self.lines[-5:]))
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.max_batch, self.delay_us = max_batch, delay_us
+        super().__init__(label, [args.loom_bin, "serve", "--model", f"{MODEL}={args.checkpoint}", "--host", "127.0.0.1",
+                                 "--port", "0", "--threads", str(args.threads), "--http-threads", str(args.http_threads),
+                                 "--max-batch-size", str(max_batch), "--max-queue-delay-us", str(delay_us)],
+                         args.start_timeout, (lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 
     def get_json(self, path, timeout=10):
         try:
@@ -199,20 +172,6 @@ class Server:
             except OSError:  # a thread that just ended
                 pass
         return total
-
-    def stop(self, timeout=20):
-        """SIGTERM, then wait; SIGKILL after `timeout` s. Returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log(f"  {self.label} server: no exit {timeout} s after SIGTERM; SIGKILL")
-                self.proc.kill()
-                self.proc.wait(10)
-        self.reader.join(5)
-        self.exit_code = self.proc.returncode
-        return self.exit_code
 
 
 # ---- request bodies ----
