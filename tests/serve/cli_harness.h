@@ -29,6 +29,8 @@
 #include <utility>
 #include <vector>
 
+#include <gtest/gtest.h>
+
 #ifndef LOOM_CLI_PATH
 #error "LOOM_CLI_PATH must name the loom program (tests/serve/CMakeLists.txt sets it)"
 #endif
@@ -223,6 +225,37 @@ class ServerProcess {
  private:
   std::unique_ptr<ChildProcess> child_;
   int port_ = 0;
+};
+
+// A fixture whose tests share one `loom serve` (Derived::main_flags()),
+// started by the first test that asks and stopped, exit status 0 asserted,
+// when the suite ends. Derived::prepare() builds what the servers read (the
+// checkpoints); a failure there fails each test with its message.
+template <typename Derived>
+class SharedServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    try {
+      Derived::prepare();
+    } catch (const std::exception&) {
+      // SetUp fails each test with the message.
+    }
+  }
+  void SetUp() override { ASSERT_NO_THROW(Derived::prepare()); }
+  static void TearDownTestSuite() {
+    if (main_) {
+      const int code = main_->stop(SIGTERM);
+      EXPECT_EQ(code, 0) << "the main server did not stop cleanly:\n" << main_->log();
+      main_.reset();
+    }
+  }
+  static ServerProcess& main_server() {
+    if (!main_) main_ = std::make_unique<ServerProcess>(Derived::main_flags());
+    return *main_;
+  }
+  static int port() { return main_server().port(); }
+
+  static inline std::unique_ptr<ServerProcess> main_;
 };
 
 // Prometheus text as sample -> value ("name{labels}" -> 3); HELP and TYPE

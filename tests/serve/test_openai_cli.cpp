@@ -292,32 +292,13 @@ double metric(int port, const std::string& sample) {
 // found it, started by the first test that asks and stopped (exit status 0
 // asserted) when the suite ends; tests that need other flags (slots, a
 // timeout, a draft) start servers of their own.
-class OpenAICli : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    try {
-      checkpoints();
-    } catch (const std::exception&) {
-    }
+class OpenAICli : public SharedServerTest<OpenAICli> {
+ public:
+  static void prepare() { checkpoints(); }
+  static std::vector<std::string> main_flags() {
+    return {"--model", "gpt=" + file("gpt"), "--model", "long=" + file("long"),
+            "--model", "lstm=" + file("lstm"), "--max-body-mb", "1"};
   }
-  void SetUp() override { ASSERT_NO_THROW(checkpoints()); }
-  static void TearDownTestSuite() {
-    if (main_) {
-      const int code = main_->stop(SIGTERM);
-      EXPECT_EQ(code, 0) << "the server did not stop cleanly:\n" << main_->log();
-      main_.reset();
-    }
-  }
-  static ServerProcess& main_server() {
-    if (!main_)
-      main_ = std::make_unique<ServerProcess>(std::vector<std::string>{"--model", "gpt=" + file("gpt"), "--model",
-                                                                       "long=" + file("long"), "--model",
-                                                                       "lstm=" + file("lstm"), "--max-body-mb", "1"});
-    return *main_;
-  }
-  static int port() { return main_server().port(); }
-
-  static inline std::unique_ptr<ServerProcess> main_;
 };
 
 using OpenAIModels = OpenAICli;

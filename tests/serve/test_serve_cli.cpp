@@ -368,43 +368,22 @@ const Checkpoints& checkpoints() {
 // queue delay of 20 ms so that concurrent requests batch, except mlp, whose
 // config.json asks for batches of 8 and no delay. The tests that load and
 // unload, fill queues or signal start servers of their own.
-class ServeCli : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    try {
-      checkpoints();
-    } catch (const std::exception&) {
-      // SetUp fails each test with the message.
-    }
-  }
-  void SetUp() override { ASSERT_NO_THROW(checkpoints()); }
-  static void TearDownTestSuite() {
-    if (main_) {
-      const int code = main_->stop(SIGTERM);
-      EXPECT_EQ(code, 0) << "the main server did not stop cleanly:\n" << main_->log();
-      main_.reset();
-    }
+class ServeCli : public SharedServerTest<ServeCli> {
+ public:
+  static void prepare() { checkpoints(); }
+  static std::vector<std::string> main_flags() {
+    return {"--model-repository", ckpt().repo.string(), "--max-batch-size", std::to_string(kMaxBatch),
+            "--max-queue-delay-us", std::to_string(kQueueDelayUs)};
   }
 
   static const Checkpoints& ckpt() { return checkpoints(); }
   static const fs::path& file(const std::string& model) { return checkpoints().file.at(model); }
-
-  static ServerProcess& main_server() {
-    if (!main_)
-      main_ = std::make_unique<ServerProcess>(std::vector<std::string>{
-          "--model-repository", ckpt().repo.string(), "--max-batch-size", std::to_string(kMaxBatch),
-          "--max-queue-delay-us", std::to_string(kQueueDelayUs)});
-    return *main_;
-  }
-  static int port() { return main_server().port(); }
 
   // The vocabulary size of a served language model (its logits' last dimension).
   static int64_t vocab_of(int server_port, const std::string& model) {
     const Reply r = get(server_port, "/v2/models/" + model);
     return r.body_json().at("outputs").at(0).at("shape").at(2).get<int64_t>();
   }
-
-  static inline std::unique_ptr<ServerProcess> main_;
 };
 
 // One fixture, a suite per area, so that a failure's name says what broke.
