@@ -339,16 +339,16 @@ def run_load(port, requests, streams, timeout=120):
     "tokens_per_s", and time to first token: "ttft_p50_s", "ttft_p99_s" over every request,
     "ttft_steady_p50_s", "ttft_steady_p99_s" without each stream's first request (Note [Steady
     state])}."""
-    todo = queue.Queue()
+    pending = queue.Queue()
     for i, body in enumerate(requests):
-        todo.put((i, body))
+        pending.put((i, body))
     results, errors = [None] * len(requests), []
 
     def worker(stream):
         first = True
         while not errors:
             try:
-                i, body = todo.get_nowait()
+                i, body = pending.get_nowait()
             except queue.Empty:
                 return
             try:

@@ -227,6 +227,35 @@ class ServerProcess {
   int port_ = 0;
 };
 
+// A suite's checkpoints (C has a `file` map of model name -> path): those
+// in the folder $env names, which ctest's fixture entry (`binary
+// --make-checkpoints DIR`) filled, so each test's process need not train;
+// without $env, made by the first call with make(fallback). A failure is
+// thrown by every call, without trying again.
+template <typename C>
+const C& suite_checkpoints(const char* env, const char* binary, C (*in)(const fs::path&),
+                           C (*make)(const fs::path&), const fs::path& fallback) {
+  static std::string error;
+  static const std::unique_ptr<C> made = [&]() -> std::unique_ptr<C> {
+    try {
+      if (const char* dir = std::getenv(env)) {
+        auto c = std::make_unique<C>(in(dir));
+        for (const auto& [name, f] : c->file)
+          if (!fs::exists(f))
+            throw std::runtime_error(fs::path(f).string() + " is missing: " + env + " names a folder that `" + binary +
+                                     " --make-checkpoints DIR` has not filled");
+        return c;
+      }
+      return std::make_unique<C>(make(fallback));
+    } catch (const std::exception& e) {
+      error = e.what();
+      return nullptr;
+    }
+  }();
+  if (!made) throw std::runtime_error("making the checkpoints failed: " + error);
+  return *made;
+}
+
 // A fixture whose tests share one `loom serve` (Derived::main_flags()),
 // started by the first test that asks and stopped, exit status 0 asserted,
 // when the suite ends. Derived::prepare() builds what the servers read (the

@@ -94,29 +94,9 @@ Checkpoints make_checkpoints(const fs::path& dir) {
   return c;
 }
 
-constexpr const char* kCheckpointsEnv = "LOOM_OPENAI_CLI_CHECKPOINTS";
-
 const Checkpoints& checkpoints() {
-  static std::string error;
-  static const std::unique_ptr<Checkpoints> made = []() -> std::unique_ptr<Checkpoints> {
-    try {
-      if (const char* dir = std::getenv(kCheckpointsEnv)) {
-        auto c = std::make_unique<Checkpoints>(checkpoints_in(dir));
-        for (const auto& [name, f] : c->file)
-          if (!fs::exists(f))
-            throw std::runtime_error(
-                f.string() + " is missing: " + kCheckpointsEnv + " names a folder that `" +
-                "test_openai_cli --make-checkpoints DIR` (ctest: openai_cli_checkpoints) has not filled");
-        return c;
-      }
-      return std::make_unique<Checkpoints>(make_checkpoints(scratch_dir() / "checkpoints"));
-    } catch (const std::exception& e) {
-      error = e.what();
-      return nullptr;
-    }
-  }();
-  if (!made) throw std::runtime_error("making the checkpoints failed: " + error);
-  return *made;
+  return suite_checkpoints<Checkpoints>("LOOM_OPENAI_CLI_CHECKPOINTS", "test_openai_cli", checkpoints_in,
+                                        make_checkpoints, scratch_dir() / "checkpoints");
 }
 
 std::string file(const std::string& model) { return checkpoints().file.at(model).string(); }

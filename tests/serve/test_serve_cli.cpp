@@ -329,33 +329,12 @@ Checkpoints make_checkpoints(const fs::path& dir) {
   return c;
 }
 
-// Where ctest's fixture entry serve_cli_checkpoints (`test_serve_cli
-// --make-checkpoints DIR`) made them, so each test's process need not train.
-constexpr const char* kCheckpointsEnv = "LOOM_SERVE_CLI_CHECKPOINTS";
-
-// The checkpoints: those of $LOOM_SERVE_CLI_CHECKPOINTS, or made by the first
-// call in a folder of this process. A failure is thrown by every call,
-// without trying again.
+// The checkpoints (suite_checkpoints): $LOOM_SERVE_CLI_CHECKPOINTS, filled
+// by ctest's fixture entry serve_cli_checkpoints, or made in a folder of
+// this process.
 const Checkpoints& checkpoints() {
-  static std::string error;
-  static const std::unique_ptr<Checkpoints> made = []() -> std::unique_ptr<Checkpoints> {
-    try {
-      if (const char* dir = std::getenv(kCheckpointsEnv)) {
-        auto c = std::make_unique<Checkpoints>(checkpoints_in(dir));
-        for (const auto& [name, f] : c->file)
-          if (!fs::exists(f))
-            throw std::runtime_error(f.string() + " is missing: " + kCheckpointsEnv + " names a folder that `" +
-                                     "test_serve_cli --make-checkpoints DIR` (ctest: serve_cli_checkpoints) has not filled");
-        return c;
-      }
-      return std::make_unique<Checkpoints>(make_checkpoints(scratch_dir()));
-    } catch (const std::exception& e) {
-      error = e.what();
-      return nullptr;
-    }
-  }();
-  if (!made) throw std::runtime_error("making the checkpoints failed: " + error);
-  return *made;
+  return suite_checkpoints<Checkpoints>("LOOM_SERVE_CLI_CHECKPOINTS", "test_serve_cli", checkpoints_in,
+                                        make_checkpoints, scratch_dir());
 }
 
 // The fixture of every test: the checkpoints, and (Note [Main server]) one
