@@ -30,16 +30,21 @@
 // (or a liveness interval that ends too early) is a report, not a silent
 // overwrite (Note [Static memory planning]).
 //
+// LOOM_PROFILE_REPLAY=1 times each node of the serial replays and prints
+// the time per op when the graph is destroyed.
+//
 // Per replay, before the kernels: each random draw reserves fresh counters
 // from its generator (the same generator, the same count as eager
 // execution), and fused optimizer calls read their hyperparameters.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <list>
+#include <map>
 #include <mutex>
 #include <sstream>
 
@@ -166,6 +171,8 @@ class Executor {
       frozen_versions_.push_back(s ? s->version.load() : 0);
     }
     folded_run_ = false;
+    if (const char* p = std::getenv("LOOM_PROFILE_REPLAY"); p != nullptr && *p != '\0' && *p != '0')
+      profile_.assign(g_ref.nodes.size(), 0.0);
     // Independent nodes side by side (Note [Scheduling]), with a planned
     // arena; never under AddressSanitizer, whose per-node poisoning assumes
     // the serial order.
@@ -198,6 +205,27 @@ class Executor {
       }
       if (!s->serial()) use_schedule(std::move(s));
     }
+  }
+
+  // LOOM_PROFILE_REPLAY=1: the serial replays' time per op, printed when
+  // the graph goes (Note [Capture and replay]).
+  ~Executor() {
+    if (profiled_ == 0) return;
+    std::map<std::string, std::pair<double, int>> by_op;
+    double total = 0;
+    for (size_t k = 0; k < profile_.size(); ++k) {
+      auto& [us, n] = by_op[g_->nodes[k].name()];
+      us += profile_[k] / static_cast<double>(profiled_);
+      ++n;
+      total += profile_[k] / static_cast<double>(profiled_);
+    }
+    std::vector<std::pair<double, std::string>> rows;
+    for (const auto& [op, t] : by_op) rows.emplace_back(t.first, op);
+    std::sort(rows.rbegin(), rows.rend());
+    std::fprintf(stderr, "loom::compile replay profile: %d replays, %.0f us per replay, %zu nodes\n", profiled_, total,
+                 profile_.size());
+    for (const auto& [us, op] : rows)
+      std::fprintf(stderr, "  %-22s %5d nodes %10.0f us %5.1f%%\n", op.c_str(), by_op[op].second, us, 100 * us / total);
   }
 
   // False when a state tensor the graph writes or reads has died.
@@ -284,9 +312,16 @@ class Executor {
       if (arena_) LOOM_ARENA_POISON(arena_->data, arena_->nbytes);
       for (size_t k = 0; k < g.nodes.size(); ++k) {
         for (int b : live_from_[k]) LOOM_ARENA_UNPOISON(storages_[static_cast<size_t>(b)]->data, g.buffers[static_cast<size_t>(b)].nbytes);
-        run_node(k, 0);
+        if (profile_.empty()) {
+          run_node(k, 0);
+        } else {
+          const auto t0 = std::chrono::steady_clock::now();
+          run_node(k, 0);
+          profile_[k] += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+        }
         for (int b : live_to_[k]) LOOM_ARENA_POISON(storages_[static_cast<size_t>(b)]->data, g.buffers[static_cast<size_t>(b)].nbytes);
       }
+      if (!profile_.empty()) ++profiled_;
       if (arena_) LOOM_ARENA_UNPOISON(arena_->data, arena_->nbytes);
     }
     // Written state sees its version move, as an in-place op would move it.
@@ -408,6 +443,8 @@ class Executor {
   std::vector<std::vector<int>> restore_at_;          // restore_ by first node
   bool folded_run_ = false;
   std::unique_ptr<Schedule> schedule_;  // null: the serial order
+  std::vector<double> profile_;         // LOOM_PROFILE_REPLAY: microseconds per node, summed
+  int profiled_ = 0;                    // replays summed into profile_
   std::vector<std::shared_ptr<Storage>> scratch_;  // per team id: its workspace (use_schedule)
 };
 

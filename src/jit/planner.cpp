@@ -20,6 +20,8 @@
 //    bound no plan can beat is the largest sum of live bytes at one node;
 //    the plan reports both, and make bench the ratio.
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <numeric>
 
 #include "jit/graph.h"
@@ -82,6 +84,38 @@ int reuse_in_place(GraphImpl& g) {
   }
   compute_liveness(g);
   return merged;
+}
+
+// LOOM_LOG_PLAN=1: the node where the live bytes peak, and the buffers
+// live there by size, each with the node that first touches it and the
+// node that last does.
+void log_peak(const GraphImpl& g, const std::vector<Interval>& intervals, const std::vector<int>& ids) {
+  int peak_node = 0;
+  size_t peak = 0;
+  for (int k = 0; k < static_cast<int>(g.nodes.size()); ++k) {
+    size_t live = 0;
+    for (const Interval& it : intervals)
+      if (it.first <= k && k <= it.last) live += aligned(std::max<size_t>(it.bytes, 1));
+    if (live > peak) {
+      peak = live;
+      peak_node = k;
+    }
+  }
+  std::fprintf(stderr, "loom::compile plan: arena %zu bytes, lower bound %zu, %zu nodes; peak %zu bytes at node %d (%s)\n",
+               g.plan.arena_bytes, g.plan.lower_bound_bytes, g.nodes.size(), peak, peak_node,
+               g.nodes[static_cast<size_t>(peak_node)].name().c_str());
+  std::vector<size_t> live;
+  for (size_t q = 0; q < intervals.size(); ++q)
+    if (intervals[q].first <= peak_node && peak_node <= intervals[q].last) live.push_back(q);
+  std::sort(live.begin(), live.end(), [&](size_t a, size_t b) { return intervals[a].bytes > intervals[b].bytes; });
+  for (size_t q : live) {
+    const Interval& it = intervals[q];
+    const BufferInfo& b = g.buffers[static_cast<size_t>(ids[q])];
+    std::fprintf(stderr, "  buffer %d %s %zu bytes: nodes %d (%s) .. %d (%s)\n", ids[q],
+                 b.kind == BufferKind::Workspace ? "workspace" : "intermediate", it.bytes, it.first,
+                 g.nodes[static_cast<size_t>(it.first)].name().c_str(), it.last,
+                 g.nodes[static_cast<size_t>(it.last)].name().c_str());
+  }
 }
 
 }  // namespace
@@ -189,6 +223,8 @@ void plan_memory(GraphImpl& g, bool in_place) {
   g.plan.persistent_bytes = persistent;
   g.plan.input_bytes = inputs;
   g.plan.output_bytes = outputs;
+  if (const char* log = std::getenv("LOOM_LOG_PLAN"); log != nullptr && *log != '\0' && *log != '0')
+    log_peak(g, intervals, ids);
 }
 
 }  // namespace loom::jit::detail

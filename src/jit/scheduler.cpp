@@ -61,6 +61,10 @@
 // parallel segment the plan's layout stays (relaid false), and with
 // CompileOptions::memory_budget_bytes set the executor keeps it in any
 // case (relayout off: one pass, its segments chosen on the plan's edges).
+// A relaid arena more than kMaxRelayoutGrowth times the plan's is refused
+// the same way (under the automatic policy; a forced one is for tests): the checkpointed GPT step's recomputations sit between
+// the nodes of one long segment, and widening them kept 4.5 times the
+// plan's bytes live for an estimated 4% of overlap.
 //
 // Which nodes run side by side. loom's kernels already split their work
 // over the pool, so a parallel segment wins only where one kernel uses the
@@ -132,6 +136,7 @@ constexpr double kGemmForkMacs = 1 << 20; // the GEMM runs on one thread below t
 constexpr int64_t kGrain = 32768;         // elementwise kernels split above this (cpu_dispatch.h)
 constexpr int kWindow = 48;               // nodes per decision
 constexpr double kMinGain = 0.95;         // parallel when estimated below this share of serial
+constexpr double kMaxRelayoutGrowth = 1.1; // a relaid arena (and scratch) may exceed the plan's by this much
 
 // The policy Executors use: LOOM_SCHEDULE=parallel|serial|auto (read once)
 // unless a test set one.
@@ -539,6 +544,16 @@ Schedule build_schedule(const GraphImpl& g, const ScheduleOptions& o) {
   // segment waits on a later one).
   if (o.relayout) {
     lay_out_arena(g, s);
+    // Memory is what the plan is for: a layout that keeps much more live
+    // than the plan's arena is not worth a few percent of overlap. Then
+    // the segments are chosen again on the plan's own layout.
+    const double relaid = static_cast<double>(s.arena_bytes + static_cast<size_t>(s.threads) * s.scratch_bytes);
+    if (o.policy == SchedulePolicy::Auto && s.relaid &&
+        relaid > kMaxRelayoutGrowth * static_cast<double>(g.plan.arena_bytes)) {
+      ScheduleOptions kept = o;
+      kept.relayout = false;
+      return build_schedule(g, kept);
+    }
     build_edges(g, o, s.arena_offsets, s.relaid, s);
     link();
   }
