@@ -7,7 +7,8 @@
 // hook), on odd sizes (1, 3, 7, 17, 33, 257, 1000 and row x column combos),
 // on layouts that must fall back to the reference loop (transposed, sliced,
 // broadcast) and on NaN, +-inf, -0 and denormal values. exp, log and tanh are
-// also bounded in ULP against std:: in double over millions of values.
+// also bounded in ULP against std:: in double over millions of values, gelu
+// and its gradient against their exact values in double.
 #include <gtest/gtest.h>
 #include <loom/loom.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@
 // Internal headers (plain declarations): the ISA choice and the fast-path
 // switch.
 #include "ops/fast_paths.h"
+#include "ops/op_utils.h"  // ops::gelu_backward: the GeluBackward kernel on any layout
 #include "test_util.h"
 
 namespace {
@@ -577,6 +579,153 @@ TEST(FastFused, CrossEntropySpecialLogits) {
     EXPECT_TRUE(std::isfinite(l.data_ptr<float>()[0]));
   }
   EXPECT_THROW(F::cross_entropy(x, loom::tensor(std::vector<int64_t>{0, 17, 3})), loom::Error);
+}
+
+// ---- GELU's gradient ----
+
+// gelu'(x) in double, the sum of its two terms' magnitudes (they cancel where
+// gelu' crosses 0, x ~ -0.75, so that is the scale its error is bounded
+// against) and exp's argument (x^2 / 2, or 2|u| in the tanh form), whose
+// size float error grows with in the tail.
+struct GeluGradExact {
+  double value, terms, exp_arg;
+};
+GeluGradExact gelu_grad_exact(double x, bool tanh_form) {
+  if (!tanh_form) {
+    const double cdf = 0.5 * std::erfc(-x / std::sqrt(2.0)), xpdf = x * std::exp(-0.5 * x * x) / std::sqrt(2 * M_PI);
+    return {cdf + xpdf, std::abs(cdf) + std::abs(xpdf), 0.5 * x * x};
+  }
+  // s = sigmoid(2u) = (1 + tanh u) / 2; 0.5 x (1 - tanh(u)^2) u' = 2 x u' s (1 - s).
+  const double k = std::sqrt(2 / M_PI), c = 0.044715;
+  const double u = k * (x + c * x * x * x), du = k * (1 + 3 * c * x * x);
+  const double s = 1 / (1 + std::exp(-2 * u)), s1 = 1 / (1 + std::exp(2 * u));  // s and 1 - s
+  const double term = 2 * x * du * s * s1;
+  return {s + term, s + std::abs(term), 2 * std::abs(u)};
+}
+
+// gelu_backward_f32 (g = 1) against the exact value over ulp_inputs(). The
+// largest error seen, portable and AVX2 alike, is 2.8e-7 (erf form) and
+// 1.7e-7 (tanh form) of terms * max(1, exp_arg). Results below FLT_MIN carry
+// exp's rounding to a denormal times the factor beside it (|x| / sqrt(2 pi),
+// or 2 |x| u', ~300 near x = -10.5): up to 1.9e-43 more.
+TEST(FastGeluBackward, CloseToExact) {
+  const std::vector<float> x = ulp_inputs();
+  const std::vector<float> ones(x.size(), 1.0f);
+  std::vector<float> y(x.size());
+  for (GemmIsa isa : runnable_isas()) {
+    const loom::cpu::VecKernels& k = loom::cpu::vec_kernels(isa);
+    for (bool tanh_form : {false, true}) {
+      k.gelu_backward_f32(ones.data(), x.data(), y.data(), static_cast<int64_t>(x.size()), tanh_form);
+      const std::string what = std::string(tanh_form ? "gelu_tanh'" : "gelu'") + " [" + k.isa + "] at x = ";
+      for (size_t i = 0; i < x.size(); ++i) {
+        if (std::isnan(x[i])) {
+          ASSERT_TRUE(std::isnan(y[i])) << what << x[i] << ": got " << y[i];
+          continue;
+        }
+        if (std::isinf(x[i])) {
+          ASSERT_EQ(y[i], x[i] > 0 ? 1.0f : 0.0f) << what << x[i];
+          continue;
+        }
+        const GeluGradExact want = gelu_grad_exact(x[i], tanh_form);
+        ASSERT_LE(std::abs(y[i] - want.value), 4e-7 * want.terms * std::max(1.0, want.exp_arg) + 3e-43)
+            << what << x[i] << ": got " << y[i] << ", want " << want.value;
+      }
+    }
+  }
+}
+
+// y = g * gelu'(x) is the product of g and the g = 1 result, special values
+// of either included (gelu'(+inf) = 1, gelu'(-inf) = 0).
+TEST(FastGeluBackward, SpecialValues) {
+  const float gs[] = {1, -2.5f, 0, -0.0f, kInf, -kInf, kNaN, 1e-40f, 3e38f};
+  const float xs[] = {0, -0.0f, 1, -1, -0.75f, 5, -5, 30, -30, kInf, -kInf, kNaN, 1e-40f, -1e-41f, 3e38f, -3e38f};
+  std::vector<float> g, x;
+  for (float a : gs)
+    for (float v : xs) {
+      g.push_back(a);
+      x.push_back(v);
+    }
+  const int64_t n = static_cast<int64_t>(g.size());
+  const std::vector<float> ones(g.size(), 1.0f);
+  std::vector<float> y(g.size()), d(g.size());
+  for (GemmIsa isa : runnable_isas()) {
+    const loom::cpu::VecKernels& k = loom::cpu::vec_kernels(isa);
+    for (bool tanh_form : {false, true}) {
+      k.gelu_backward_f32(g.data(), x.data(), y.data(), n, tanh_form);
+      k.gelu_backward_f32(ones.data(), x.data(), d.data(), n, tanh_form);
+      for (int64_t i = 0; i < n; ++i) {
+        const std::string what = std::string(k.isa) + (tanh_form ? " tanh" : " erf") + ": g = " +
+                                 std::to_string(g[i]) + ", x = " + std::to_string(x[i]);
+        if (x[i] == kInf) {
+          EXPECT_EQ(d[i], 1.0f) << what;
+        } else if (x[i] == -kInf) {
+          EXPECT_EQ(d[i], 0.0f) << what;
+        } else if (x[i] == 0) {
+          EXPECT_EQ(d[i], 0.5f) << what;
+        } else if (std::isnan(x[i])) {
+          EXPECT_TRUE(std::isnan(d[i])) << what;
+        }
+        const float want = g[i] * d[i];
+        if (std::isnan(want)) EXPECT_TRUE(std::isnan(y[i])) << what << ": got " << y[i];
+        else EXPECT_EQ(y[i], want) << what;
+      }
+    }
+  }
+}
+
+// Through the public API: the fast path against the reference kernel, on
+// contiguous and transposed inputs with special values, in float32, bfloat16
+// and float16 (16-bit results within one unit in their last place). The
+// reference's float math is the less accurate one here: its 1 + erf and
+// 1 - tanh^2 cancel in the negative tail, for an absolute error up to ~2^-24
+// |g| (erf form) and ~2^-23 |x| k (1 + 3 c x^2) / 2 |g| (tanh form, ~1e-6 |g|
+// near x = -5), with |g| up to ~13 here.
+TEST(FastGeluBackward, MatchesReference) {
+  uint32_t seed = 1300;
+  for (const char* approximate : {"none", "tanh"}) {
+    const double atol = approximate[0] == 't' ? 2e-5 : 2e-6;
+    for (const Shape& s : shapes()) {
+      const std::string what = std::string("gelu(") + approximate + ") backward " + loom::shape_str(s);
+      const Tensor x = values(s, seed++, true).requires_grad_(true);
+      close_to_reference([&] { return grads_of([&] { return loom::gelu(x, approximate); }, {x}, seed); }, 1e-5, atol,
+                         what);
+      if (s.size() == 2)
+        close_to_reference([&] { return grads_of([&] { return loom::gelu(x.t(), approximate); }, {x}, seed); }, 1e-5,
+                           atol, what + " transposed");
+      for (loom::DType dt : {loom::kBFloat16, loom::kFloat16}) {
+        const Tensor h = values(s, seed++, true, dt).requires_grad_(true);
+        const double ulp = dt == loom::kBFloat16 ? 1.0 / 128 : 1.0 / 1024;
+        close_to_reference([&] { return grads_of([&] { return loom::gelu(h, approximate); }, {h}, seed); }, ulp, atol,
+                           what + " " + loom::dtype_name(dt));
+      }
+    }
+  }
+}
+
+// An element's bits do not depend on the operands' layout (a broadcast
+// gradient, transposed storage): the Fused kernel, which computes the op on
+// its registers whatever the layout, gives the same bits.
+TEST(FastGeluBackward, SameBitsOnEveryLayout) {
+  loom::NoGradGuard no_grad;
+  for (GemmIsa isa : runnable_isas()) {
+    IsaGuard guard(isa);
+    for (loom::DType dt : {loom::kFloat32, loom::kBFloat16, loom::kFloat16}) {
+      const Tensor x = values({33, 257}, 1400, true, dt), row = values({257}, 1401, true, dt);
+      const Tensor scalar = values({}, 1402, false, dt), g = values({33, 257}, 1403, true, dt);
+      for (bool tanh_form : {false, true}) {
+        const std::string what = std::string(loom::cpu::gemm_isa_name(isa)) + " " + loom::dtype_name(dt) +
+                                 (tanh_form ? " tanh" : " erf");
+        auto run = [tanh_form](const Tensor& a, const Tensor& v) { return loom::ops::gelu_backward(a, v, tanh_form); };
+        EXPECT_TRUE(loom::test::same_bits(run(row, x), run(row.expand({33, 257}).contiguous(), x)))
+            << what << " row gradient";
+        EXPECT_TRUE(loom::test::same_bits(run(scalar, x), run(scalar.expand({33, 257}).contiguous(), x)))
+            << what << " scalar gradient";
+        EXPECT_TRUE(loom::test::same_bits(run(g.t().contiguous().t(), x.t().contiguous().t()), run(g, x)))
+            << what << " transposed storage";
+        EXPECT_TRUE(loom::test::same_bits(run(g.t(), x.t()), run(g, x).t())) << what << " transposed views";
+      }
+    }
+  }
 }
 
 }  // namespace

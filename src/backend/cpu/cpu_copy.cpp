@@ -1,7 +1,9 @@
 // Copy (with dtype conversion), Fill, Where, and the activation gradients
 // ThresholdBackward and GeluBackward: one pass each over their operands.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "backend/cpu/cpu_dispatch.h"
 #include "backend/cpu/cpu_gelu_grad.h"
@@ -53,6 +55,79 @@ bool vec_copy(const TensorImpl* in, TensorImpl* out) {
   };
   parallel_for(0, l.numel, kGrain, [&](int64_t lo, int64_t hi) {
     for_each_run(l.sizes, l.strides.data(), 2, lo, hi, {&ctx, run});
+  });
+  return true;
+}
+
+// The vectorized path of GeluBackward (Note [Vectorized CPU kernels]) on
+// float32, bfloat16 and float16, for every layout: the Fused kernel runs the
+// same gelu_backward_f32 on its registers whatever its operands' layout (a
+// broadcast gradient, a transposed input), so an element's bits must not
+// depend on the layout here either. Runs contiguous in all three operands go
+// to it in place (16-bit ones in strips, gelu_backward_lowp); any other run
+// is gathered into float strips and the results scattered back (the scalar
+// 16-bit conversions give the bits of the vector ones gelu_backward_lowp
+// uses).
+template <typename T>
+void gelu_backward_runs(const LoopShape<3>& l, const T* g, const T* x, T* y, bool tanh_form) {
+  struct Ctx {
+    const VecKernels* k;
+    const T* g;
+    const T* x;
+    T* y;
+    int64_t sy, sg, sx;  // the innermost dim's strides
+    bool tanh_form;
+  } ctx{&vec(), g, x, y, 1, 1, 1, tanh_form};
+  if (!l.sizes.empty()) {
+    ctx.sy = l.strides[0].back();
+    ctx.sg = l.strides[1].back();
+    ctx.sx = l.strides[2].back();
+  }
+  auto run = [](void* p, const int64_t* o, int64_t len) {
+    const Ctx& t = *static_cast<const Ctx*>(p);
+    const T* gs = t.g + o[1];
+    const T* xs = t.x + o[2];
+    T* ys = t.y + o[0];
+    if (t.sy == 1 && t.sg == 1 && t.sx == 1) {
+      if constexpr (std::is_same_v<T, float>) {
+        t.k->gelu_backward_f32(gs, xs, ys, len, t.tanh_form);
+      } else {
+        const VecLowp fmt = std::is_same_v<T, BFloat16> ? VecLowp::BFloat16 : VecLowp::Float16;
+        gelu_backward_lowp(*t.k, fmt, reinterpret_cast<const uint16_t*>(gs), reinterpret_cast<const uint16_t*>(xs),
+                           reinterpret_cast<uint16_t*>(ys), len, t.tanh_form);
+      }
+      return;
+    }
+    alignas(64) float fg[kLowpStrip], fx[kLowpStrip];
+    for (int64_t i = 0; i < len; i += kLowpStrip) {
+      const int64_t m = std::min(len - i, kLowpStrip);
+      for (int64_t j = 0; j < m; ++j) {
+        fg[j] = to_compute(gs[(i + j) * t.sg]);
+        fx[j] = to_compute(xs[(i + j) * t.sx]);
+      }
+      t.k->gelu_backward_f32(fg, fx, fg, m, t.tanh_form);
+      for (int64_t j = 0; j < m; ++j) ys[(i + j) * t.sy] = convert<T>(fg[j]);
+    }
+  };
+  parallel_for(0, l.numel, kGrain, [&](int64_t lo, int64_t hi) {
+    for_each_run(l.sizes, l.strides.data(), 3, lo, hi, {&ctx, run});
+  });
+}
+
+// Returns false when the vector path is off or the dtype is float64 (which
+// stays on the reference loop: gradcheck's exact values).
+bool vec_gelu_backward(const KernelCall& c, bool tanh_form) {
+  const TensorImpl *g = c.in[0], *x = c.in[1];
+  TensorImpl* out = c.out[0];
+  const DType dt = out->dtype;
+  if (!vec_enabled() || (dt != kFloat32 && dt != kBFloat16 && dt != kFloat16)) return false;
+  if (g->sizes != out->sizes || x->sizes != out->sizes) return false;
+  const LoopShape<3> l = make_loop<3>(out->sizes, {&out->strides, &g->strides, &x->strides});
+  if (l.numel == 0) return true;
+  dispatch_float(dt, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (!std::is_same_v<T, double>)
+      gelu_backward_runs<T>(l, data_ptr<T>(g), data_ptr<T>(x), data_ptr<T>(out), tanh_form);
   });
   return true;
 }
@@ -147,12 +222,15 @@ void ThresholdBackward(const KernelCall& c) {
   });
 }
 
-// out[0] = in[0] * gelu'(in[1]) in one pass (gelu_grad, cpu_gelu_grad.h).
+// out[0] = in[0] * gelu'(in[1]) in one pass, i[0] = 1 for the tanh form:
+// vectorized (vec_gelu_backward), else the reference (gelu_grad,
+// cpu_gelu_grad.h).
 void GeluBackward(const KernelCall& c) {
   const TensorImpl *g = c.in[0], *x = c.in[1];
   TensorImpl* out = c.out[0];
   LOOM_ASSERT(g->dtype == out->dtype && x->dtype == out->dtype, "GeluBackward: mixed dtypes");
   const bool tanh_form = c.i[0] != 0;
+  if (vec_gelu_backward(c, tanh_form)) return;
   dispatch_float(out->dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = compute_t<T>;

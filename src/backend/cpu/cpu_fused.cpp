@@ -11,15 +11,15 @@
 // registers stay in L1.
 //
 // Bits. An Op instruction calls the code its primitive's own kernel runs on
-// contiguous float32: the VecKernels table's unary_f32 / binary_f32 (the
-// same functions, compiled once per ISA and chosen by gemm_isa(), so FMA
-// contraction inside vexp or vgelu is the same too) for the ops with a
-// vector path; for the others one loop per op below, built with the default
-// flags as the reference kernels are, with the reference's formula (same
-// std:: function, float intermediates, NaN rules). A Reduce feeds each
-// block to fold_piece_f32, which resumes reduce_f32's accumulators where the
-// previous block left them (blocks are multiples of kVecFoldStep), and
-// combines the partials of every kReduceBlock elements in order with
+// contiguous float32: the VecKernels table's unary_f32 / binary_f32 /
+// gelu_backward_f32 (the same functions, compiled once per ISA and chosen by
+// gemm_isa(), so FMA contraction inside vexp or vgelu is the same too) for
+// the ops with a vector path; for the others one loop per op below, built
+// with the default flags as the reference kernels are, with the reference's
+// formula (same std:: function, float intermediates, NaN rules). A Reduce
+// feeds each block to fold_piece_f32, which resumes reduce_f32's accumulators
+// where the previous block left them (blocks are multiples of kVecFoldStep),
+// and combines the partials of every kReduceBlock elements in order with
 // fold_partials: the bits of the Sum / Amax / Amin rows path on the
 // materialized float32 row, which never exists here.
 //
@@ -27,9 +27,10 @@
 // stride-0 broadcast), a Row value seen from the Post phase, and any op on
 // scalars only, hold one float; binary ops pass them in the vector kernels'
 // ScalarA / ScalarB modes, as the unfused kernels do with a broadcast
-// operand. A Load whose block is one contiguous float32 run points its
-// register at the tensor itself (no copy) unless some output overlaps that
-// input; otherwise it copies (converting bool to 0 / 1).
+// operand; the other ops spread a scalar beside a block over its lanes. A
+// Load whose block is one contiguous float32 run points its register at the
+// tensor itself (no copy) unless some output overlaps that input; otherwise
+// it copies (converting bool to 0 / 1).
 //
 // Geometry. Each Load / Store tensor merges its own dims (make_loop): the
 // row dims domain[:-k] give a row's offset, the dims along a row a block's
@@ -68,7 +69,6 @@
 #endif
 
 #include "backend/cpu/cpu_dispatch.h"
-#include "backend/cpu/cpu_gelu_grad.h"
 #include "backend/cpu/cpu_gemm.h"
 #include "backend/cpu/cpu_kernels.h"
 #include "backend/cpu/cpu_scratch.h"
@@ -98,7 +98,7 @@ static_assert(kBlock % kVecFoldStep == 0 && kReduceBlock % kBlock == 0);
 
 // How an Op instruction computes: a vector kernel of the VecKernels table, or
 // a loop over lanes (lane_op).
-enum class Exec : uint8_t { VecUnary, VecBinary, Lanes };
+enum class Exec : uint8_t { VecUnary, VecBinary, VecGeluBackward, Lanes };
 
 struct OpInfo {
   Exec exec;
@@ -129,6 +129,7 @@ std::optional<OpInfo> op_info(OpKind op) {
     case OpKind::Div: return vec_binary(VecBinary::Div);
     case OpKind::Maximum: return vec_binary(VecBinary::Max);
     case OpKind::Minimum: return vec_binary(VecBinary::Min);
+    case OpKind::GeluBackward: return OpInfo{Exec::VecGeluBackward, 2};
     case OpKind::Copy:
     case OpKind::Log1p:
     case OpKind::Sign:
@@ -152,7 +153,6 @@ std::optional<OpInfo> op_info(OpKind op) {
     case OpKind::LogicalAnd:
     case OpKind::LogicalOr:
     case OpKind::ThresholdBackward:
-    case OpKind::GeluBackward:
       return OpInfo{Exec::Lanes, 2};
     case OpKind::Where:
       return OpInfo{Exec::Lanes, 3};
@@ -239,10 +239,6 @@ void lane_op(const FusedInstr& x, const float* a, const float* b, const float* c
     case OpKind::ThresholdBackward: {  // a: the gradient, b: the forward's value
       const float t = static_cast<float>(x.f[0]);
       return lanes(a, b, y, n, [t](float g, float v) { return v > t ? g : 0.0f; });
-    }
-    case OpKind::GeluBackward: {
-      const bool tanh_form = x.i[0] != 0;
-      return lanes(a, b, y, n, [tanh_form](float g, float v) { return g * gelu_grad<float>(v, tanh_form); });
     }
     case OpKind::Where:
       for (int64_t i = 0; i < n; ++i) y[i] = a[i] != 0 ? b[i] : c[i];
@@ -718,6 +714,15 @@ void run_op(const Plan& pl, const Step& s, Frame& f, int64_t len) {
                                : b.scalar ? VecOperands::ScalarB
                                           : VecOperands::Both;
       pl.vk->binary_f32(s.info.binary, mode, a.p, b.p, y, scalar ? 1 : len);
+      f.reg[x.dst] = {y, scalar};
+      return;
+    }
+    case Exec::VecGeluBackward: {  // a: the gradient, b: the forward's input
+      const Reg b = f.reg[x.b];
+      const bool scalar = a.scalar && b.scalar;
+      const float* g = a.scalar && !scalar ? spread(a.p[0], f.spill, len) : a.p;
+      const float* v = b.scalar && !scalar ? spread(b.p[0], f.spill + kBlock, len) : b.p;
+      pl.vk->gelu_backward_f32(g, v, y, scalar ? 1 : len, x.i[0] != 0);
       f.reg[x.dst] = {y, scalar};
       return;
     }

@@ -78,6 +78,21 @@ void binary_lowp(const VecKernels& k, VecLowp fmt, VecBinary op, VecOperands mod
   }
 }
 
+void gelu_backward_lowp(const VecKernels& k, VecLowp fmt, const uint16_t* g, const uint16_t* x, uint16_t* y,
+                        int64_t n, bool tanh_form) {
+  const bool bf16 = fmt == VecLowp::BFloat16;
+  const auto widen = bf16 ? k.bf16_to_f32 : k.f16_to_f32;
+  const auto narrow = bf16 ? k.f32_to_bf16 : k.f32_to_f16;
+  alignas(64) float fg[kLowpStrip], fx[kLowpStrip];
+  for (int64_t i = 0; i < n; i += kLowpStrip) {
+    const int64_t len = n - i < kLowpStrip ? n - i : kLowpStrip;
+    widen(g + i, fg, len);
+    widen(x + i, fx, len);
+    k.gelu_backward_f32(fg, fx, fg, len, tanh_form);
+    narrow(fg, y + i, len);
+  }
+}
+
 double fold_partials(VecReduce op, double acc, double partial) {
   if (op == VecReduce::Sum) return acc + partial;
   if (acc != acc) return acc;

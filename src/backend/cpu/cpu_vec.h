@@ -23,7 +23,11 @@
 // with IEEE special values (NaN, +-inf, -0, denormals) handled as std:: does;
 // tests/test_fast_cpu.cpp bounds their error against std:: in ULP. gelu
 // (erf) uses a series and a fitted tail (cpu_vec_body.h), within ~1e-6
-// relative of the exact value.
+// relative of the exact value. GELU's gradient (gelu_backward_f32, both
+// forms) is built from the same pieces; its two terms cancel where gelu'
+// crosses 0 (x ~ -0.75), so its error is bounded relative to the sum of their
+// magnitudes (4e-7 of it), and, like gelu's, grows in the negative tail with
+// the size of exp's argument (x^2 / 2, or 2|u| in the tanh form).
 //
 // Every output element is computed by one thread in a fixed order that does
 // not depend on the thread count. Sums of float32 accumulate in double lanes
@@ -90,6 +94,10 @@ struct VecKernels {
   void (*binary_f64)(VecBinary op, VecOperands mode, const double* a, const double* b, double* y, int64_t n);
   // y[i] = f(x[i]); y may alias x.
   void (*unary_f32)(VecUnary op, const float* x, float* y, int64_t n);
+  // y[i] = g[i] * gelu'(x[i]), gelu' the tanh form's when tanh_form (Note
+  // [GELU's derivative] in src/ops/elementwise.cpp); y may alias g or x.
+  // gelu'(+inf) = 1, gelu'(-inf) = 0, NaN stays NaN.
+  void (*gelu_backward_f32)(const float* g, const float* x, float* y, int64_t n, bool tanh_form);
   // y[i] = (double)x[i] and back (round to nearest).
   void (*f32_to_f64)(const float* x, double* y, int64_t n);
   void (*f64_to_f32)(const double* x, float* y, int64_t n);
@@ -150,6 +158,10 @@ void unary_lowp(const VecKernels& k, VecLowp fmt, VecUnary op, const uint16_t* x
 // k.binary_f32; y may alias a or b.
 void binary_lowp(const VecKernels& k, VecLowp fmt, VecBinary op, VecOperands mode, const uint16_t* a,
                  const uint16_t* b, uint16_t* y, int64_t n);
+// y[i] = g[i] * gelu'(x[i]) over n 16-bit floats, in strips through
+// k.gelu_backward_f32; y may alias g or x.
+void gelu_backward_lowp(const VecKernels& k, VecLowp fmt, const uint16_t* g, const uint16_t* x, uint16_t* y,
+                        int64_t n, bool tanh_form);
 
 // The table for `isa` (capped at gemm_best_isa()).
 const VecKernels& vec_kernels(GemmIsa isa);

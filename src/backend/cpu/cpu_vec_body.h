@@ -192,13 +192,15 @@ inline vf vsigmoid(vf x) {
   return x >= 0.0f ? d : e * d;
 }
 
-// gelu(x) = x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2. With z = |x| / sqrt 2:
-// erf(z) for z < 1 by its Taylor series to z^23; erfc(z) for z >= 1 as
-// exp(-z^2) t g(t), t = 1 / (1 + z / 2), g a degree-9 least-squares fit of
-// erfc(z) exp(z^2) / t over z in [0.95, 12] (relative error 2e-9, 2e-7 once
-// evaluated in float). Phi(x) is 1 - erfc(z) / 2 for x >= 0 and erfc(z) / 2
-// below, so the negative tail keeps its relative accuracy.
-inline vf vgelu(vf x) {
+// Phi(x) = erfc(-x / sqrt 2) / 2, the standard normal CDF, and exp(-x^2 / 2)
+// into *gauss. With z = |x| / sqrt 2: erf(z) for z < 1 by its Taylor series
+// to z^23; erfc(z) for z >= 1 as exp(-z^2) t g(t), t = 1 / (1 + z / 2), g a
+// degree-9 least-squares fit of erfc(z) exp(z^2) / t over z in [0.95, 12]
+// (relative error 2e-9, 2e-7 once evaluated in float). Phi(x) is
+// 1 - erfc(z) / 2 for x >= 0 and erfc(z) / 2 below, so the negative tail
+// keeps its relative accuracy. *gauss is the tail's exp(-z^2), so its
+// relative error grows as z^2 times the few ULP of z^2 itself.
+inline vf vnormal_cdf(vf x, vf* gauss) {
   const vf z = vabs(x) * 0.70710678118654752f;
   const vf z2 = z * z;
   constexpr float kTaylor[] = {1.000000000e+00f, -3.333333333e-01f, 1.000000000e-01f, -2.380952381e-02f,
@@ -213,9 +215,49 @@ inline vf vgelu(vf x) {
   const vf t = 1.0f / (1.0f + 0.5f * z);
   vf g = splat<vf>(kTail[9]);
   for (int k = 8; k >= 0; --k) g = g * t + kTail[k];
-  const vf erfc_big = vexp(-z2) * (t * g);
+  *gauss = vexp(-z2);
+  const vf erfc_big = *gauss * (t * g);
   const vf half_erfc = 0.5f * (z < 1.0f ? 1.0f - erf_small : erfc_big);
-  return x * (x >= 0.0f ? 1.0f - half_erfc : half_erfc);
+  return x >= 0.0f ? 1.0f - half_erfc : half_erfc;
+}
+
+// gelu(x) = x Phi(x).
+inline vf vgelu(vf x) {
+  vf gauss;
+  return x * vnormal_cdf(x, &gauss);
+}
+
+// GELU's derivative, both forms (Note [GELU's derivative] in
+// src/ops/elementwise.cpp). x is clamped to [-20, 20] first: beyond, gelu'
+// is 1 or 0 in float anyway (exp's argument is past -104), and the clamp keeps
+// the x phi(x) term from being inf * 0 at x = +-inf. NaN stays NaN.
+inline vf clamp_gelu_grad_arg(vf x) {
+  const vf xc = x > 20.0f ? splat<vf>(20.0f) : x;
+  return xc < -20.0f ? splat<vf>(-20.0f) : xc;
+}
+
+// erf form: Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
+inline vf vgelu_grad(vf x) {
+  const vf xc = clamp_gelu_grad_arg(x);
+  vf gauss;
+  const vf cdf = vnormal_cdf(xc, &gauss);
+  return cdf + xc * (gauss * 0.398942280401432678f);  // 1 / sqrt(2 pi)
+}
+
+// tanh form: with u = sqrt(2/pi) (x + 0.044715 x^3), u' its derivative and
+// s = sigmoid(2u) = (1 + tanh u) / 2, gelu'(x) = s + 0.5 x (1 - tanh(u)^2) u'
+// = s + 2 x u' s (1 - s). With e = exp(-2|u|) and d = 1 / (1 + e), s and
+// 1 - s are d and e d (which one by the sign of u), so s (1 - s) = e d^2:
+// no 1 - tanh^2 cancelling to 0 long before the term is negligible.
+inline vf vgelu_tanh_grad(vf x) {
+  const vf xc = clamp_gelu_grad_arg(x);
+  const vf x2 = xc * xc;
+  const vf u = 0.7978845608028654f * (xc + 0.044715f * x2 * xc);
+  const vf du = 0.7978845608028654f * (1.0f + 0.134145f * x2);
+  const vf e = vexp(-2.0f * vabs(u));
+  const vf d = 1.0f / (1.0f + e);
+  const vf s = u >= 0.0f ? d : e * d;  // NaN takes e * d: NaN
+  return s + 2.0f * xc * du * (e * d * d);
 }
 
 // ---- elementwise loops ----
@@ -311,6 +353,11 @@ void binary_f32(VecBinary op, VecOperands mode, const float* a, const float* b, 
 }
 void binary_f64(VecBinary op, VecOperands mode, const double* a, const double* b, double* y, int64_t n) {
   binary<vd>(op, mode, a, b, y, n);
+}
+
+void gelu_backward_f32(const float* g, const float* x, float* y, int64_t n, bool tanh_form) {
+  if (tanh_form) return zip_loop<vf>(VecOperands::Both, g, x, y, n, [](vf a, vf v) { return a * vgelu_tanh_grad(v); });
+  zip_loop<vf>(VecOperands::Both, g, x, y, n, [](vf a, vf v) { return a * vgelu_grad(v); });
 }
 
 void f32_to_f64(const float* x, double* y, int64_t n) {
@@ -744,6 +791,7 @@ VecKernels make_vec_kernels(const char* isa) {
   k.binary_f32 = &binary_f32;
   k.binary_f64 = &binary_f64;
   k.unary_f32 = &unary_f32;
+  k.gelu_backward_f32 = &gelu_backward_f32;
   k.f32_to_f64 = &f32_to_f64;
   k.f64_to_f32 = &f64_to_f32;
   k.f32_to_bf16 = &f32_to_bf16;
