@@ -8,6 +8,7 @@
 #   make bench-serve  `loom serve` under wrk: batch-1 against dynamic batching (bench/serve/run.py);
 #                     then its OpenAI completions: streams, TTFT, KV cache, speculative decoding (llm.py)
 #   make llm-models   train the character GPT and its draft model that `loom serve` and bench-serve use
+#   make gpu-check    build with CUDA and run every CUDA test on this machine's GPU (fails without one)
 #   make clean   remove build directories
 
 BUILD_DIR  ?= build
@@ -48,7 +49,7 @@ define ensure_packages
 	fi
 endef
 
-.PHONY: all test openai-client build python bench bench-serve gpt-parity demo clean deps bench-deps bench-serve-deps configure
+.PHONY: all test gpu-check openai-client build python bench bench-serve gpt-parity demo clean deps bench-deps bench-serve-deps configure
 
 all: build
 
@@ -72,6 +73,15 @@ python: configure
 
 test: build openai-client
 	cd $(BUILD_DIR) && ctest $(CTEST_ARGS)
+
+# The CUDA suites (label cuda) on this machine's GPU: they skip in `make
+# test` where there is none, so here a skip is a failure (tests/cuda/gpu_check.sh).
+GPU_BUILD_DIR ?= build-gpu
+gpu-check: deps
+	cmake -S . -B $(GPU_BUILD_DIR) -DCMAKE_BUILD_TYPE=Release -DLOOM_BUILD_TESTS=ON -DLOOM_CUDA=ON -DLOOM_ASAN_TESTS=OFF
+	cmake --build $(GPU_BUILD_DIR) -j$(JOBS) --target test_cuda_runtime test_cuda_elementwise test_cuda_reduce test_cuda_blas \
+	  test_cuda_conv test_cuda_attention test_nccl
+	tests/cuda/gpu_check.sh $(GPU_BUILD_DIR)
 
 # The official `openai` npm client, pinned by tests/serve/openai_client's
 # lock file, for test_openai_cli. Without npm, or without the registry, the
@@ -204,4 +214,4 @@ demo: configure
 	$(BUILD_DIR)/loom predict --model-file $(DEMO_CNN_CKPT) --index 0
 
 clean:
-	rm -rf $(BUILD_DIR) $(BENCH_DIR)
+	rm -rf $(BUILD_DIR) $(BENCH_DIR) $(GPU_BUILD_DIR)

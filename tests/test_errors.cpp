@@ -1,6 +1,7 @@
 // User mistakes throw loom::Error (never abort), and the message names the op
 // and the shapes / dtypes / devices involved.
 #include <gtest/gtest.h>
+#include <loom/cuda.h>
 #include <loom/loom.h>
 
 #include <functional>
@@ -83,7 +84,8 @@ TEST(Errors, DtypeMismatch) {
 
 TEST(Errors, DevicesWithoutCuda) {
   if (cuda_is_available()) GTEST_SKIP() << "this build has a GPU";
-  const std::string msg = "loom was built without CUDA support";
+  // A CPU-only build says so; a CUDA build on a machine without a GPU says that.
+  const std::string msg = cuda::is_built() ? "no CUDA device is available" : "loom was built without CUDA support";
   EXPECT_TRUE(throws_with([] { zeros({2}, Device::cuda()); }, {msg}));
   EXPECT_TRUE(throws_with([] { zeros({2}).to(Device::cuda()); }, {msg, "cuda:0"}));
   EXPECT_TRUE(throws_with([] { zeros({2}).cuda(); }, {msg}));

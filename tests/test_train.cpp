@@ -7,6 +7,7 @@
 // function the CLI runs. Tests that need the
 // dataset skip when the OS package dataset-fashion-mnist is not installed.
 #include <gtest/gtest.h>
+#include <loom/cuda.h>
 #include <loom/loom.h>
 #include <unistd.h>
 
@@ -593,6 +594,27 @@ TEST(TrainFlags, NumericValidatorsSayWhatIsExpected) {
   EXPECT_EQ(validation_error(cli::unsigned_integer(), "-1"),
             "--flag: expected an integer from 0 to 18446744073709551615, got -1");
   EXPECT_EQ(validation_error(cli::unsigned_integer(), "18446744073709551615"), "");
+}
+
+TEST(TrainFlags, DeviceIsCpuCudaOrCudaN) {
+  EXPECT_EQ(cli::parse_device("--device", "cpu"), Device::cpu());
+  for (const char* bad : {"gpu", "cuda:", "cuda:-1", "cuda:1x", "CUDA"})
+    EXPECT_TRUE(throws_with([&] { cli::parse_device("--device", bad); },
+                            {"--device: expected cpu, cuda or cuda:N, got '", bad}))
+        << bad;
+  if (cuda::is_available()) {
+    EXPECT_EQ(cli::parse_device("--device", "cuda"), Device::cuda(0));
+    EXPECT_TRUE(throws_with([&] { cli::parse_device("--device", "cuda:99"); }, {"cuda:99 does not exist"}));
+  } else {
+    EXPECT_TRUE(throws_with([&] { cli::parse_device("--device", "cuda:0"); },
+                            {"--device cuda:0", cuda::is_built() ? "no CUDA device" : "built without CUDA"}));
+  }
+  // Where the CUDA path does not exist yet, a clear refusal before anything runs.
+  if (cuda::is_available()) {
+    cli::GraphOptions compiled;
+    compiled.compile = true;
+    EXPECT_TRUE(throws_with([&] { cli::training_device("cuda", compiled, {}); }, {"--compile runs on the CPU only"}));
+  }
 }
 
 TEST(LibraryAtomicWrite, WritesWholeFilesAndNamesTheMissingFolder) {

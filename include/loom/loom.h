@@ -7,6 +7,7 @@
 #include "loom/autograd.h"
 #include "loom/autograd_function.h"
 #include "loom/checkpoint.h"
+#include "loom/cuda.h"
 #include "loom/device.h"
 #include "loom/distributed.h"
 #include "loom/dtype.h"

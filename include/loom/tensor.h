@@ -199,6 +199,13 @@ class Tensor {
   // --- conversion ---
   Tensor to(DType t, bool copy = false) const;
   Tensor to(Device d, bool copy = false) const;
+  // .to(Device::cuda(), {.non_blocking = true}): from pinned memory the copy
+  // is asynchronous on the current stream (loom/cuda.h).
+  struct ToOptions {
+    bool copy = false;
+    bool non_blocking = false;
+  };
+  Tensor to(Device d, ToOptions o) const;
   Tensor to(const TensorOptions& o, bool copy = false) const;
   Tensor cpu() const { return to(Device::cpu()); }
   Tensor cuda() const { return to(Device::cuda()); }
@@ -382,7 +389,7 @@ T Tensor::item() const {
 
 template <typename T>
 std::vector<T> Tensor::to_vector() const {
-  Tensor c = to(dtype_of<T>()).contiguous();
+  Tensor c = to(Device::cpu()).to(dtype_of<T>()).contiguous();
   const T* p = c.data_ptr<T>();
   return std::vector<T>(p, p + c.numel());
 }

@@ -208,9 +208,15 @@ void run_kernel(KernelCall& call) {
   const TensorImpl* first = first_tensor(call);
   LOOM_ASSERT(first != nullptr, "kernel call without tensors");
   Device dev = first->device();
+  // FusedAdam's step counts (its second half of inputs) are 0-dim CPU
+  // tensors on any device, as PyTorch keeps `step` on the host: the kernel
+  // reads them there to compute its constants, without a synchronization.
+  const int host_from = call.op == OpKind::FusedAdam ? call.in.size() / 2 : call.in.size();
   for (int k = 0; k < call.in.size(); ++k)
-    LOOM_CHECK(call.in[k] == nullptr || call.in[k]->device() == dev, op_name(call.op), ": expected all tensors on ",
-               dev.str(), " but input ", k, " is on ", call.in[k]->device().str());
+    LOOM_CHECK(call.in[k] == nullptr || call.in[k]->device() == dev ||
+                   (k >= host_from && call.in[k]->device().is_cpu() && call.in[k]->dim() == 0),
+               op_name(call.op), ": expected all tensors on ", dev.str(), " but input ", k, " is on ",
+               call.in[k]->device().str());
   for (int k = 0; k < call.out.size(); ++k)
     LOOM_CHECK(call.out[k]->device() == dev, op_name(call.op), ": expected all tensors on ", dev.str(), " but output ",
                k, " is on ", call.out[k]->device().str());
@@ -232,7 +238,7 @@ void run_kernel(KernelCall& call) {
   // Nobody planned this call's scratch (Note [Kernel workspaces]): borrow it
   // from the device's allocator (cached) for the duration of the kernel.
   Allocator& a = allocator_for(dev);
-  const MemoryBlock block = a.allocate(need);
+  const MemoryBlock block = a.allocate_on(dev, need);
   struct Release {
     KernelCall& call;
     Allocator& a;

@@ -225,9 +225,21 @@ class CpuAllocator final : public Allocator {
 
 constexpr size_t kDeviceTypes = 2;  // DeviceType::CPU, DeviceType::CUDA
 
+#ifdef LOOM_WITH_CUDA
+}  // namespace
+namespace cuda_detail {
+Allocator& cuda_allocator();  // src/backend/cuda/cuda_api.cpp
+}
+namespace {
+#endif
+
 std::array<std::atomic<Allocator*>, kDeviceTypes>& registry() {
   static CpuAllocator cpu;
+#ifdef LOOM_WITH_CUDA
+  static std::array<std::atomic<Allocator*>, kDeviceTypes> r{&cpu, &cuda_detail::cuda_allocator()};
+#else
   static std::array<std::atomic<Allocator*>, kDeviceTypes> r{&cpu, nullptr};
+#endif
   return r;
 }
 

@@ -49,6 +49,12 @@ class Allocator {
   virtual ~Allocator() = default;
   // At least `nbytes` (64-byte aligned); throws loom::Error when out of memory.
   virtual MemoryBlock allocate(size_t nbytes) = 0;
+  // The same on one device of the allocator's type (a CUDA device by index;
+  // the CPU has one).
+  virtual MemoryBlock allocate_on(Device device, size_t nbytes) {
+    (void)device;
+    return allocate(nbytes);
+  }
   // Returns a block this allocator gave.
   virtual void free(MemoryBlock block) = 0;
 };

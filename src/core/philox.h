@@ -25,12 +25,22 @@
 #include <cmath>
 #include <cstdint>
 
+// The functions below run on the host and, compiled by nvcc, on the device
+// too (the CUDA random kernels draw the same numbers as the CPU's).
+#ifndef LOOM_HOST_DEVICE
+#ifdef __CUDACC__
+#define LOOM_HOST_DEVICE __host__ __device__
+#else
+#define LOOM_HOST_DEVICE
+#endif
+#endif
+
 namespace loom::philox {
 
 using Block = std::array<uint32_t, 4>;
 
 // The general form: a 64-bit key and a 128-bit counter.
-inline Block philox4x32_10(std::array<uint32_t, 2> key, Block c) {
+LOOM_HOST_DEVICE inline Block philox4x32_10(std::array<uint32_t, 2> key, Block c) {
   constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
   constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
   uint32_t k0 = key[0], k1 = key[1];
@@ -46,42 +56,42 @@ inline Block philox4x32_10(std::array<uint32_t, 2> key, Block c) {
 }
 
 // The form the kernels use (Note [Philox element mapping]).
-inline Block philox4x32_10(uint64_t seed, uint64_t counter) {
+LOOM_HOST_DEVICE inline Block philox4x32_10(uint64_t seed, uint64_t counter) {
   return philox4x32_10({static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)},
                        {static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), 0u, 0u});
 }
 
 // [0, 1) from the top `digits` (1..24) bits of a word: a multiple of
 // 2^-digits, exact in any float type with that many significand bits.
-inline float to_unit_float(uint32_t w, int digits = 24) {
+LOOM_HOST_DEVICE inline float to_unit_float(uint32_t w, int digits = 24) {
   return std::ldexp(static_cast<float>(w >> (32 - digits)), -digits);
 }
 // [0, 1) from the top 53 bits of two words: every value is exact in double.
-inline double to_unit_double(uint32_t hi, uint32_t lo) {
+LOOM_HOST_DEVICE inline double to_unit_double(uint32_t hi, uint32_t lo) {
   const uint64_t bits = (static_cast<uint64_t>(hi) << 32) | lo;
   return static_cast<double>(bits >> 11) * 0x1p-53;
 }
 
-inline float uniform_float(uint64_t seed, uint64_t counter, int digits = 24) {
+LOOM_HOST_DEVICE inline float uniform_float(uint64_t seed, uint64_t counter, int digits = 24) {
   return to_unit_float(philox4x32_10(seed, counter)[0], digits);
 }
-inline double uniform_double(uint64_t seed, uint64_t counter) {
+LOOM_HOST_DEVICE inline double uniform_double(uint64_t seed, uint64_t counter) {
   const Block b = philox4x32_10(seed, counter);
   return to_unit_double(b[0], b[1]);
 }
-inline uint64_t bits64(uint64_t seed, uint64_t counter) {
+LOOM_HOST_DEVICE inline uint64_t bits64(uint64_t seed, uint64_t counter) {
   const Block b = philox4x32_10(seed, counter);
   return (static_cast<uint64_t>(b[0]) << 32) | b[1];
 }
 
 // Standard normal by Box-Muller: u1 is taken in (0, 1] so log(u1) is finite.
-inline float normal_float(uint64_t seed, uint64_t counter) {
+LOOM_HOST_DEVICE inline float normal_float(uint64_t seed, uint64_t counter) {
   const Block b = philox4x32_10(seed, counter);
   const float u1 = static_cast<float>((b[0] >> 8) + 1u) * 0x1p-24f;
   const float u2 = to_unit_float(b[1]);
   return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.283185307179586f * u2);
 }
-inline double normal_double(uint64_t seed, uint64_t counter) {
+LOOM_HOST_DEVICE inline double normal_double(uint64_t seed, uint64_t counter) {
   const Block b = philox4x32_10(seed, counter);
   const uint64_t bits = (static_cast<uint64_t>(b[0]) << 32) | b[1];
   const double u1 = static_cast<double>((bits >> 11) + 1u) * 0x1p-53;

@@ -14,7 +14,7 @@ std::shared_ptr<Storage> allocate_storage(size_t nbytes, Device device) {
   auto s = std::make_shared<Storage>();
   s->device = device;
   s->nbytes = nbytes;
-  const MemoryBlock b = a.allocate(nbytes);
+  const MemoryBlock b = a.allocate_on(device, nbytes);
   s->data = b.ptr;
   // Two words of capture: std::function keeps them inline, no allocation.
   s->deleter = [a = &a, size = b.size](void* q) { a->free({q, size}); };

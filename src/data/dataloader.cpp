@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "loom/autograd.h"
+#include "loom/cuda.h"
 #include "loom/error.h"
 #include "loom/ops.h"
 
@@ -140,7 +141,12 @@ struct DataLoader::Run {
       }
       examples.push_back(std::move(e));
     }
-    return collate(examples);
+    Batch batch = collate(examples);
+    if (options.pin_memory && cuda::is_available()) {
+      batch.data = cuda::pin_memory(batch.data);
+      if (batch.target.defined()) batch.target = cuda::pin_memory(batch.target);
+    }
+    return batch;
   }
 
   void worker_loop() {

@@ -131,12 +131,13 @@ Tensor& Tensor::fill_(Scalar v) {
 }
 Tensor& Tensor::copy_(const Tensor& src) {
   LOOM_CHECK(src.defined(), "copy_: the source is an undefined tensor");
-  ops::check_same_device("copy_", {*this, src});
-  return apply_inplace(*this, "copy_", {src}, [&](const Tensor& t) {
-    Shape s = ops::broadcast_shape(t.sizes(), src.sizes(), "copy_");
-    LOOM_CHECK(s == t.sizes(), "copy_: source of shape ", shape_str(src.sizes()),
+  // From another device, as PyTorch's copy_: the source comes here first.
+  const Tensor here = src.device() == device() ? src : src.to(device());
+  return apply_inplace(*this, "copy_", {here}, [&](const Tensor& t) {
+    Shape s = ops::broadcast_shape(t.sizes(), here.sizes(), "copy_");
+    LOOM_CHECK(s == t.sizes(), "copy_: source of shape ", shape_str(here.sizes()),
                " cannot be broadcast to the destination shape ", shape_str(t.sizes()));
-    return src.to(t.dtype());
+    return here.to(t.dtype());
   });
 }
 Tensor& Tensor::masked_fill_(const Tensor& mask, Scalar v) {

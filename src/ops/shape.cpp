@@ -371,10 +371,31 @@ Tensor Tensor::to(DType t, bool copy) const {
   return out;
 }
 
-Tensor Tensor::to(Device d, bool copy) const {
-  if (d == device()) return copy ? clone() : *this;
+#ifdef LOOM_WITH_CUDA
+namespace cuda_detail {
+// Note [Copies between devices] (src/backend/cuda/cuda_api.cpp).
+Tensor copy_across_devices(const Tensor& src, Device dst, bool non_blocking);
+}  // namespace cuda_detail
+#endif
+
+Tensor Tensor::to(Device d, bool copy) const { return to(d, ToOptions{.copy = copy}); }
+
+Tensor Tensor::to(Device d, ToOptions o) const {
+  if (d == device()) return o.copy ? clone() : *this;
   backend_for(d);  // a CUDA request in a CPU-only build says so here
+#ifdef LOOM_WITH_CUDA
+  Tensor out = cuda_detail::copy_across_devices(*this, d, o.non_blocking);
+  if (loom::is_floating_point(dtype())) {
+    const Device from = device();
+    auto node = autograd::make_node("ToDeviceBackward", {*this}, [from](FunctionNode&, const TensorList& g) {
+      return TensorList{g[0].to(from)};
+    });
+    autograd::set_history(out, node);
+  }
+  return out;
+#else
   LOOM_ERROR("to: copying between ", device().str(), " and ", d.str(), " is not available in this build");
+#endif
 }
 
 Tensor Tensor::to(const TensorOptions& o, bool copy) const {
@@ -552,7 +573,7 @@ Tensor Tensor::index(const std::vector<indexing::TensorIndex>& idx) const {
         for (size_t k = 0; k < m.size(); ++k)
           if (m[k]) picks.push_back(static_cast<int64_t>(k));
         Tensor flat = r.flatten(d, d + t.dim() - 1);
-        r = flat.index_select(d, loom::tensor(picks, kInt64));
+        r = flat.index_select(d, loom::tensor(picks, kInt64).to(r.device()));
         ++d;
       } else {
         LOOM_CHECK(is_integral(t.dtype(), false), "index: tensors used as indices must be integer or bool, got ",
@@ -564,7 +585,7 @@ Tensor Tensor::index(const std::vector<indexing::TensorIndex>& idx) const {
           LOOM_CHECK(v >= -n && v < n, "index: index ", v, " is out of bounds for dim ", d, " with size ", n);
           if (v < 0) v += n;
         }
-        Tensor sel = r.index_select(d, loom::tensor(ix, kInt64));
+        Tensor sel = r.index_select(d, loom::tensor(ix, kInt64).to(r.device()));
         Shape out(sel.sizes().begin(), sel.sizes().begin() + d);
         out.insert(out.end(), t.sizes().begin(), t.sizes().end());
         out.insert(out.end(), sel.sizes().begin() + d + 1, sel.sizes().end());

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include <loom/cuda.h>
 #include <loom/error.h>
 
 namespace loom::cli {
@@ -81,6 +82,7 @@ const TrainFlag kTrainFlags[] = {
     {"--weight-decay", kAll, nullptr},
     {"--seed", kAll, nullptr},
     {"--threads", kAll, nullptr},
+    {"--device", kAll, nullptr},
     {"--out", kAll, nullptr},
     {"--distributed", kAll, nullptr},
     {"--zero", kAll, nullptr},
@@ -154,6 +156,29 @@ CLI::Validator non_negative_number() {
 CLI::Validator number_between(double lo, double hi) {
   std::string range = "[" + CLI::detail::to_string(lo) + ", " + CLI::detail::to_string(hi) + "]";
   return number_validator(lo, hi, /*lo_open=*/false, "a number in " + range, range);
+}
+
+Device parse_device(const std::string& flag, const std::string& value) {
+  Device d = Device::cpu();
+  if (value == "cuda") {
+    d = Device::cuda(0);
+  } else if (value.rfind("cuda:", 0) == 0) {
+    const std::string n = value.substr(5);
+    int index = -1;
+    const auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), index);
+    LOOM_CHECK(!n.empty() && ec == std::errc() && end == n.data() + n.size() && index >= 0, flag,
+               ": expected cpu, cuda or cuda:N, got '", value, "'");
+    d = Device::cuda(index);
+  } else {
+    LOOM_CHECK(value == "cpu", flag, ": expected cpu, cuda or cuda:N, got '", value, "'");
+  }
+  if (d.is_cuda()) {
+    LOOM_CHECK(cuda::is_built(), flag, " ", value, ": loom was built without CUDA support");
+    LOOM_CHECK(cuda::is_available(), flag, " ", value, ": no CUDA device is available on this machine");
+    LOOM_CHECK(d.index < cuda::device_count(), flag, " ", value, ": device cuda:", d.index, " does not exist (",
+               cuda::device_count(), " present)");
+  }
+  return d;
 }
 
 bool is_known_train_flag(const std::string& flag) { return find_flag(flag) != nullptr; }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <loom/device.h>
 
 namespace loom::cli {
 
@@ -24,6 +25,11 @@ CLI::Validator unsigned_integer();  // 0 .. 2^64 - 1 (seeds)
 CLI::Validator positive_number();
 CLI::Validator non_negative_number();
 CLI::Validator number_between(double lo, double hi);  // lo <= x <= hi
+
+// --device: "cpu", "cuda" (cuda:0) or "cuda:N". Throws a loom::Error naming
+// the flag for any other spelling, and, for a CUDA device, when this build
+// has no CUDA or the machine no such GPU.
+Device parse_device(const std::string& flag, const std::string& value);
 
 // Note [Flags per model]
 // Every flag of `loom train` is one row of kTrainFlags: the models it applies

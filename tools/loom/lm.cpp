@@ -9,6 +9,7 @@
 
 #include <loom/serve/engine.h>
 
+#include "flags.h"
 #include "mixed_precision.h"
 #include "quantize.h"
 #include "train.h"
@@ -38,10 +39,13 @@ double evaluate_lm(nn::Module& model, const std::string& kind, const data::TextD
   for (int64_t i = 0; i < count; ++i)
     all[static_cast<size_t>(i)] = count == 1 ? 0 : static_cast<int64_t>(static_cast<double>(i) * last / (count - 1));
   double sum = 0;
+  const std::vector<Tensor> params = model.parameters();
+  const Device device = params.empty() ? Device::cpu() : params.front().device();
   for (int64_t i = 0; i < count; i += batch) {
     const std::vector<int64_t> part(all.begin() + i, all.begin() + std::min(count, i + batch));
     const data::Batch b = val.windows(part);
-    sum += lm_loss(model, kind, b.data, b.target).item<double>() * static_cast<double>(part.size());
+    sum += lm_loss(model, kind, b.data.to(device), b.target.to(device)).item<double>() *
+           static_cast<double>(part.size());
   }
   model.train(was_training);
   return sum / static_cast<double>(count);
@@ -78,6 +82,7 @@ LmResult train_lm(const LmOptions& o, std::ostream& rank0_log) {
   LOOM_CHECK(!(o.dist.enabled && o.graph.compile), "train: --compile cannot be combined with --distributed: "
              "the gradient all-reduce is a collective, which a captured step cannot replay");
   MixedPrecision precision(o.amp, o.graph.compile, o.dist.enabled && o.dist.zero);
+  const Device device = training_device(o.device, o.graph, o.dist);
   rep.local_batch(o.batch_size, "--batch-size");
   data::TextCorpus corpus = data::load_text_corpus(o.text, o.context, o.tokenizer, o.val_fraction);
   const int64_t vocab = corpus.tokenizer->vocab_size();
@@ -101,6 +106,7 @@ LmResult train_lm(const LmOptions& o, std::ostream& rank0_log) {
     metadata["loom.lm.config"] = models::lstm_lm_config_to_json(c);
   }
   nn::Module& model = *result.model;
+  model.to(device);  // before the optimizer makes state like the parameters
   DataParallelModel parallel(result.model, o.dist);
   auto opt = distributed_optimizer(o.dist, model.parameters(), [&](std::vector<optim::ParamGroup> groups) {
     return std::make_unique<optim::AdamW>(std::move(groups), optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
@@ -155,7 +161,7 @@ LmResult train_lm(const LmOptions& o, std::ostream& rank0_log) {
   for (int64_t step = 1; step <= o.max_steps; ++step) {
     const auto t0 = Clock::now();
     const data::Batch batch = train_windows.random_batch(o.batch_size, o.seed, step);  // (B, T) each
-    Tensor loss = train_step(rep.slice(batch.data), rep.slice(batch.target));  // this rank's rows
+    Tensor loss = train_step(rep.slice(batch.data).to(device), rep.slice(batch.target).to(device));  // this rank's rows
     if (sched) sched->step();
     loss_sum += loss.item<double>();
     ++loss_count;
@@ -279,12 +285,16 @@ GenerateResult generate_text(const GenerateRequest& r) {
   }
   const models::GenerateOptions go{.temperature = r.temperature, .top_k = r.top_k, .seed = r.seed,
                                    .use_cache = r.use_cache};
-  const Tensor prompt = tensor(ids, kInt64);
+  const Device device = parse_device("--device", r.device);
+  l.model->to(device);
+  const Tensor prompt = tensor(ids, kInt64).to(device);
   const auto t0 = Clock::now();
   std::vector<int64_t> all;
   const bool gpt = l.kind == "gpt";
   const int64_t context = gpt ? static_cast<models::GPTImpl&>(*l.model).config.block_size : 0;
-  if (gpt && r.use_cache && r.max_new_tokens > 0 &&
+  // The paged engine (LlmEngine) keeps its KV cache in CPU blocks; on a GPU
+  // the model's own cache serves.
+  if (gpt && device.is_cpu() && r.use_cache && r.max_new_tokens > 0 &&
       static_cast<int64_t>(ids.size()) + r.max_new_tokens <= context) {
     all = generate_paged(models::GPT(std::static_pointer_cast<models::GPTImpl>(l.model)), ids, r);
   } else {

@@ -48,6 +48,7 @@ struct LmOptions {
   double val_fraction = 0.1;
   uint64_t seed = 0;
   int threads = 0;
+  std::string device = "cpu";  // --device: cpu, cuda or cuda:N
   std::string out = "runs/gpt.safetensors";  // "" for none; main.cpp's default is runs/<model>.safetensors
   std::string metrics;                 // .csv: step,train_loss,val_loss,seconds
   std::string amp;                     // --amp bf16|fp16 ("" or "off": float32)
@@ -77,6 +78,7 @@ struct GenerateRequest {
   int64_t top_k = 0;
   uint64_t seed = 0;
   bool use_cache = true;
+  std::string device = "cpu";  // --device: cpu, cuda or cuda:N
 };
 
 struct GenerateResult {

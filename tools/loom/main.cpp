@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
   // ---- loom train ----
   TrainOptions topts;
   CLI::App* train = app.add_subcommand("train", "Train a model and write a checkpoint after every epoch");
+  train->add_option("--device", topts.device, "Where to train: cpu, cuda or cuda:N")->capture_default_str();
   train->add_option("--model", topts.model.name, "Model to train")
       ->check(CLI::IsMember(loom::cli::train_models()))
       ->capture_default_str();
@@ -244,6 +245,7 @@ int main(int argc, char** argv) {
       ->check(loom::cli::unsigned_integer())
       ->capture_default_str();
   generate->add_flag("--no-cache", gen_no_cache, "Recompute the whole context for every token (no KV cache)");
+  generate->add_option("--device", greq.device, "Where to run the model: cpu, cuda or cuda:N")->capture_default_str();
   add_threads(*generate, gen_threads);
 
   // ---- loom quantize ----
@@ -372,6 +374,7 @@ int main(int argc, char** argv) {
       lopts.tie_weights = !no_tie;
       lopts.seed = topts.seed;
       lopts.threads = topts.threads;
+      lopts.device = topts.device;
       lopts.out = topts.out;
       lopts.metrics = topts.metrics;
       lopts.amp = topts.amp;

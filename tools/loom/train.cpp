@@ -10,6 +10,7 @@
 #include <numeric>
 #include <filesystem>
 
+#include "flags.h"
 #include "mixed_precision.h"
 #include "progress.h"
 
@@ -99,15 +100,27 @@ EvalResult evaluate(nn::Module& model, std::shared_ptr<data::Dataset> test, cons
   F::CrossEntropyOptions sum_reduction;
   sum_reduction.reduction = "sum";
   data::DataLoader loader(test, loader_options(batch_size, normalization));
+  const std::vector<Tensor> params = model.parameters();
+  const Device device = params.empty() ? Device::cpu() : params.front().device();
   for (data::Batch& b : loader) {
-    Tensor logits = model.forward(b.data);  // (B, classes)
-    loss_sum += F::cross_entropy(logits, b.target, sum_reduction).item<double>();
-    correct += logits.argmax(1).eq(b.target).sum().item<int64_t>();
-    count += b.target.size(0);
+    const Tensor target = b.target.to(device);
+    Tensor logits = model.forward(b.data.to(device));  // (B, classes)
+    loss_sum += F::cross_entropy(logits, target, sum_reduction).item<double>();
+    correct += logits.argmax(1).eq(target).sum().item<int64_t>();
+    count += target.size(0);
   }
   model.train(was_training);
   LOOM_CHECK(count > 0, "evaluate: the test set '", test->name(), "' is empty");
   return {loss_sum / static_cast<double>(count), static_cast<double>(correct) / static_cast<double>(count), count};
+}
+
+Device training_device(const std::string& flag_value, const GraphOptions& graph, const DistributedOptions& dist) {
+  const Device d = parse_device("--device", flag_value);
+  LOOM_CHECK(!(d.is_cuda() && graph.compile), "train: --compile runs on the CPU only so far: a captured step "
+             "replays into a CPU arena");
+  LOOM_CHECK(!(d.is_cuda() && dist.enabled), "train: --distributed runs on the CPU only so far: DDP over NCCL "
+             "with CUDA tensors is not built yet");
+  return d;
 }
 
 TrainResult train(const TrainOptions& opts, std::ostream& rank0_log, bool interactive) {
@@ -126,6 +139,7 @@ TrainResult train(const TrainOptions& opts, std::ostream& rank0_log, bool intera
   LOOM_CHECK(!(opts.dist.enabled && opts.graph.compile), "train: --compile cannot be combined with --distributed: "
              "the gradient all-reduce is a collective, which a captured step cannot replay");
   MixedPrecision precision(opts.amp, opts.graph.compile, opts.dist.enabled && opts.dist.zero);
+  const Device device = training_device(opts.device, opts.graph, opts.dist);
   const int64_t local_batch = rep.local_batch(opts.batch_size, "--batch-size");
   const TrainSettings settings = settings_of(opts);
 
@@ -177,6 +191,7 @@ TrainResult train(const TrainOptions& opts, std::ostream& rank0_log, bool intera
   TrainResult result;
   result.model = make_model(opts.model);
   nn::Module& model = *result.model;
+  model.to(device);  // before the optimizer makes state like the parameters
   DataParallelModel parallel(result.model, opts.dist);
   auto optimizer = distributed_optimizer(opts.dist, model.parameters(), [&](std::vector<optim::ParamGroup> groups) {
     return make_optimizer(settings, std::move(groups));
@@ -265,7 +280,7 @@ TrainResult train(const TrainOptions& opts, std::ostream& rank0_log, bool intera
     double loss_sum = 0;
     int64_t batches = 0, samples = 0;
     for (data::Batch& b : loader) {
-      Tensor loss = step(b.data, b.target);
+      Tensor loss = step(b.data.to(device), b.target.to(device));
       if (scheduler) scheduler->step();
       loss_sum += loss.item<double>();
       samples += b.target.size(0) * rep.world;  // every rank's batch is the same size

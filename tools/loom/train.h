@@ -36,6 +36,7 @@ struct TrainOptions : TrainSettings {
   std::string data_dir = kFashionMnistDir;
   int64_t stop_after = 0;  // stop after this epoch, as if interrupted (0: run all --epochs)
   int threads = 0;         // 0: loom's default (the hardware count)
+  std::string device = "cpu";  // --device: cpu, cuda or cuda:N (not part of a checkpoint's settings)
   int64_t workers = 0;     // DataLoader worker threads (0: load on the training thread)
   std::string out = default_out("mlp");  // checkpoint written after every epoch; "" for none
   std::string resume;                    // checkpoint to continue from
@@ -66,6 +67,10 @@ struct TrainResult {
 // (DataLoader::set_epoch), and the settings must equal the checkpoint's
 // (check_resume_settings).
 TrainResult train(const TrainOptions& opts, std::ostream& log, bool interactive);
+
+// --device for training: parse_device (flags.h), refused where the CUDA
+// path does not exist yet (--compile, --distributed).
+Device training_device(const std::string& flag_value, const GraphOptions& graph, const DistributedOptions& dist);
 
 struct EvalResult {
   double loss = 0;      // mean cross-entropy

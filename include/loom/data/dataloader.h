@@ -68,6 +68,11 @@ struct DataLoaderOptions {
   int64_t prefetch_factor = 2;
   // Applied to each example before collation (see transforms.h); empty = none.
   Transform transform = {};
+  // Collate into page-locked host memory (loom/cuda.h), from which
+  // .to(Device::cuda(), {.non_blocking = true}) copies asynchronously. Where
+  // no GPU is available it is ignored, as PyTorch does (batches stay in
+  // ordinary memory, with the same values).
+  bool pin_memory = false;
 };
 
 class DataLoader {
