@@ -7,6 +7,7 @@
 #include <loom/loom.h>
 
 #include <cmath>
+#include <functional>
 #include <string>
 
 namespace loom::test {
@@ -19,6 +20,16 @@ namespace loom::test {
       GTEST_SKIP() << (::loom::cuda::is_built() ? "no CUDA device on this machine (loom was built with CUDA)" \
                                                 : "loom was built without CUDA support");         \
   } while (0)
+
+// The loom::Error message `f` throws, or "" when it throws none.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 // `gpu` (a CUDA tensor) equals `cpu` (the CPU reference) in shape and dtype,
 // and elementwise within rtol/atol (NaN where the reference has NaN, the same

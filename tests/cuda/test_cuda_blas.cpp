@@ -20,6 +20,7 @@ namespace loom {
 namespace {
 
 using test::close_to_cpu;
+using test::error_of;
 namespace F = nn::functional;
 
 Tensor gpu(const Tensor& t) { return t.to(Device::cuda()); }
@@ -49,16 +50,6 @@ Tol gemm_tol(DType dt, int64_t k) {
     case DType::BFloat16: return {1.6e-2, 1e-3 * scale};
     default: return {1e-5, 1e-5 * scale};
   }
-}
-
-// The loom::Error message `f` throws, or "" when it throws none.
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 // ---------------------------------------------------------------- matmul / bmm

@@ -12,15 +12,7 @@ namespace loom {
 namespace {
 
 using test::close_to_cpu;
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 // Runs where no GPU is: every entry point answers with an error naming the
 // cause, never a crash.

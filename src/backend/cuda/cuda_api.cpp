@@ -27,6 +27,25 @@ int resolve(int device) {
   return device < 0 ? current_device() : device;
 }
 
+// A new event recorded on `stream` (on the current device).
+void* record_new_event(void* stream) {
+  cudaEvent_t e = nullptr;
+  LOOM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  LOOM_CUDA_CHECK(cudaEventRecord(e, static_cast<cudaStream_t>(stream)));
+  return e;
+}
+
+// Has the work before `e` completed? (Not ready is no error.)
+bool event_completed(void* e) {
+  const cudaError_t err = cudaEventQuery(static_cast<cudaEvent_t>(e));
+  if (err == cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  LOOM_CUDA_CHECK(err);
+  return true;
+}
+
 // The driver's memory and events for one device.
 class DeviceOps final : public DeviceMemoryOps {
  public:
@@ -48,20 +67,9 @@ class DeviceOps final : public DeviceMemoryOps {
   }
   void* record_event(void* stream) override {
     DeviceGuard g(device_);
-    cudaEvent_t e = nullptr;
-    LOOM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-    LOOM_CUDA_CHECK(cudaEventRecord(e, static_cast<cudaStream_t>(stream)));
-    return e;
+    return record_new_event(stream);
   }
-  bool event_done(void* e) override {
-    const cudaError_t err = cudaEventQuery(static_cast<cudaEvent_t>(e));
-    if (err == cudaErrorNotReady) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    LOOM_CUDA_CHECK(err);
-    return true;
-  }
+  bool event_done(void* e) override { return event_completed(e); }
   void destroy_event(void* e) override { (void)cudaEventDestroy(static_cast<cudaEvent_t>(e)); }
   void synchronize() override {
     DeviceGuard g(device_);
@@ -87,21 +95,8 @@ class PinnedOps final : public DeviceMemoryOps {
     return p;
   }
   void raw_free(void* p) override { LOOM_CUDA_CHECK(cudaFreeHost(p)); }
-  void* record_event(void* stream) override {
-    cudaEvent_t e = nullptr;
-    LOOM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-    LOOM_CUDA_CHECK(cudaEventRecord(e, static_cast<cudaStream_t>(stream)));
-    return e;
-  }
-  bool event_done(void* e) override {
-    const cudaError_t err = cudaEventQuery(static_cast<cudaEvent_t>(e));
-    if (err == cudaErrorNotReady) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    LOOM_CUDA_CHECK(err);
-    return true;
-  }
+  void* record_event(void* stream) override { return record_new_event(stream); }
+  bool event_done(void* e) override { return event_completed(e); }
   void destroy_event(void* e) override { (void)cudaEventDestroy(static_cast<cudaEvent_t>(e)); }
   void synchronize() override {
     for (int d = 0; d < device_count(); ++d) {
@@ -374,15 +369,7 @@ void Event::record(const Stream& s) {
 
 void Event::synchronize() const { LOOM_CUDA_CHECK(cudaEventSynchronize(state_->event)); }
 
-bool Event::query() const {
-  const cudaError_t err = cudaEventQuery(state_->event);
-  if (err == cudaErrorNotReady) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  LOOM_CUDA_CHECK(err);
-  return true;
-}
+bool Event::query() const { return cuda_detail::event_completed(state_->event); }
 
 float Event::elapsed_ms(const Event& end) const {
   LOOM_CHECK(state_->recorded && end.state_->recorded, "Event::elapsed_ms: both events must have been recorded");

@@ -47,6 +47,7 @@
 #include <utility>
 #include <vector>
 
+#include "backend/cuda/cuda_cublas.h"
 #include "backend/cuda/cuda_tensor.cuh"
 #include "backend/workspace.h"
 
@@ -57,21 +58,9 @@ void register_optim(Backend& b);
 void register_random(Backend& b);
 void register_index(Backend& b);
 
+// ---------------------------------------------------------------- cuBLAS handles (cuda_cublas.h)
+
 namespace {
-
-// ---------------------------------------------------------------- cuBLAS handles
-
-[[noreturn]] void throw_cublas_error(cublasStatus_t status, const char* expr, const char* file, int line) {
-  LOOM_ERROR("cuBLAS error: ", cublasGetStatusName(status), " (", cublasGetStatusString(status), ") in ", expr, " at ",
-             file, ":", line);
-}
-
-#define LOOM_CUBLAS_CHECK(expr)                                                  \
-  do {                                                                           \
-    const cublasStatus_t loom_cublas_status_ = (expr);                           \
-    if (loom_cublas_status_ != CUBLAS_STATUS_SUCCESS)                            \
-      throw_cublas_error(loom_cublas_status_, #expr, __FILE__, __LINE__);        \
-  } while (0)
 
 constexpr int kMaxHandleDevices = 64;
 
@@ -99,6 +88,13 @@ struct ThreadHandles {
   }
 };
 thread_local ThreadHandles t_handles;
+
+}  // namespace
+
+void throw_cublas_error(cublasStatus_t status, const char* expr, const char* file, int line) {
+  LOOM_ERROR("cuBLAS error: ", cublasGetStatusName(status), " (", cublasGetStatusString(status), ") in ", expr, " at ",
+             file, ":", line);
+}
 
 // The calling thread's cuBLAS handle of `device` (current, by the caller's
 // DeviceGuard), set to run on `stream` with `workspace` (256-byte aligned).
@@ -141,7 +137,8 @@ size_t cublas_workspace_bytes(int device) {
   return (m >= 9 ? size_t{32} : size_t{4}) << 20;
 }
 
-constexpr size_t kCublasAlign = 256;  // cublasSetWorkspace's alignment
+
+namespace {
 
 // ---------------------------------------------------------------- operands
 
@@ -229,20 +226,6 @@ size_t product_workspace_bytes(const Product& p) {
 }
 
 // ---------------------------------------------------------------- small kernels
-
-// Calls f(TypeTag<U>{}) with U the unsigned integer of `bytes` bytes: kernels
-// that only move elements need one instantiation per element size.
-template <typename F>
-void dispatch_bytes(size_t bytes, F&& f) {
-  switch (bytes) {
-    case 1: f(TypeTag<uint8_t>{}); return;
-    case 2: f(TypeTag<uint16_t>{}); return;
-    case 4: f(TypeTag<uint32_t>{}); return;
-    case 8: f(TypeTag<uint64_t>{}); return;
-    default: break;
-  }
-  LOOM_ASSERT(false, "CUDA: no element type of ", bytes, " bytes");
-}
 
 // The geometry of a (batch, rows, cols) operand for Strided kernels.
 Strided strided_mat(const Mat& m, int64_t batch) {

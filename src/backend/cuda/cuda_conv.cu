@@ -23,8 +23,8 @@
 // of the shapes alone. col2im gathers (each input pixel sums its taps in
 // (kh, kw) order), so no atomics: results do not change from run to run.
 //
-// Precision. cuBLAS runs as Note [CUDA GEMM] says (its own handle here, set
-// the same way: no TF32): float32 sums in float32 as the CPU's float32 GEMM
+// Precision. cuBLAS runs as Note [CUDA GEMM] says (cuda_cublas.h's handles:
+// no TF32): float32 sums in float32 as the CPU's float32 GEMM
 // path (in another order; the CPU may also take Winograd), float64 in double
 // as the CPU's reference. float16 / bfloat16 multiply and sum in float32
 // with one rounding to T; the CPU's reference sums those in double, so the
@@ -34,11 +34,8 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
-#include <array>
-#include <atomic>
-#include <mutex>
-#include <vector>
 
+#include "backend/cuda/cuda_cublas.h"
 #include "backend/cuda/cuda_tensor.cuh"
 #include "backend/workspace.h"
 
@@ -53,83 +50,6 @@ namespace {
 #define LOOM_CONV_LOOP(k, n)                                                             \
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < (n); \
        k += static_cast<int64_t>(gridDim.x) * blockDim.x)
-
-// ---------------------------------------------------------------- cuBLAS handles
-
-[[noreturn]] void throw_cublas_error(cublasStatus_t status, const char* expr, const char* file, int line) {
-  LOOM_ERROR("cuBLAS error: ", cublasGetStatusName(status), " (", cublasGetStatusString(status), ") in ", expr, " at ",
-             file, ":", line);
-}
-
-#define LOOM_CUBLAS_CHECK(expr)                                           \
-  do {                                                                    \
-    const cublasStatus_t loom_cublas_status_ = (expr);                    \
-    if (loom_cublas_status_ != CUBLAS_STATUS_SUCCESS)                     \
-      throw_cublas_error(loom_cublas_status_, #expr, __FILE__, __LINE__); \
-  } while (0)
-
-constexpr int kMaxHandleDevices = 64;
-
-// The handles of threads that ended, per device, for the next thread (as
-// cuda_blas.cu keeps its own; never destroyed, for the same reason).
-struct HandlePool {
-  std::mutex mu;
-  std::array<std::vector<cublasHandle_t>, kMaxHandleDevices> free;
-};
-HandlePool& handle_pool() {
-  static auto* pool = new HandlePool();
-  return *pool;
-}
-
-struct ThreadHandles {
-  std::array<cublasHandle_t, kMaxHandleDevices> handles{};
-  ~ThreadHandles() {
-    HandlePool& pool = handle_pool();
-    std::lock_guard<std::mutex> lock(pool.mu);
-    for (size_t d = 0; d < handles.size(); ++d)
-      if (handles[d] != nullptr) pool.free[d].push_back(handles[d]);
-  }
-};
-thread_local ThreadHandles t_handles;
-
-// The calling thread's handle of `device`, on `stream`, with `workspace`.
-cublasHandle_t conv_cublas_handle(int device, cudaStream_t stream, void* workspace, size_t workspace_bytes) {
-  LOOM_CHECK(device >= 0 && device < kMaxHandleDevices, "CUDA: device index ", device, " out of range");
-  cublasHandle_t& h = t_handles.handles[static_cast<size_t>(device)];
-  if (h == nullptr) {
-    HandlePool& pool = handle_pool();
-    {
-      std::lock_guard<std::mutex> lock(pool.mu);
-      auto& free = pool.free[static_cast<size_t>(device)];
-      if (!free.empty()) {
-        h = free.back();
-        free.pop_back();
-      }
-    }
-    if (h == nullptr) {
-      LOOM_CUBLAS_CHECK(cublasCreate(&h));
-      LOOM_CUBLAS_CHECK(cublasSetMathMode(
-          h, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
-    }
-  }
-  LOOM_CUBLAS_CHECK(cublasSetStream(h, stream));  // resets the workspace: set it after
-  LOOM_CUBLAS_CHECK(cublasSetWorkspace(h, workspace, workspace_bytes));
-  return h;
-}
-
-// NVIDIA's recommended cuBLAS workspace: 32 MiB on Hopper and later, 4 MiB before.
-size_t conv_cublas_workspace_bytes(int device) {
-  static std::array<std::atomic<int>, kMaxHandleDevices> major{};
-  LOOM_CHECK(device >= 0 && device < kMaxHandleDevices, "CUDA: device index ", device, " out of range");
-  int m = major[static_cast<size_t>(device)].load(std::memory_order_relaxed);
-  if (m == 0) {
-    LOOM_CUDA_CHECK(cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device));
-    major[static_cast<size_t>(device)].store(m, std::memory_order_relaxed);
-  }
-  return (m >= 9 ? size_t{32} : size_t{4}) << 20;
-}
-
-constexpr size_t kCublasAlign = 256;
 
 // Row-major C (m, n) = op(A) (m, k) @ op(B) (k, n), batched with element
 // strides sa, sb, sc. A is stored (m, k) row-major with row stride lda, or
@@ -243,7 +163,7 @@ ConvScratch conv_scratch(WorkspaceLayout& ws, const KernelCall& c, const ConvDim
   }
   s.per = std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(per_sample, 1), 1, std::max<int64_t>(d.n, 1));
   const int64_t cols = s.per * l;
-  s.cublas_bytes = conv_cublas_workspace_bytes(device);
+  s.cublas_bytes = cublas_workspace_bytes(device);
   char* raw = ws.take<char>(static_cast<int64_t>(s.cublas_bytes + kCublasAlign));
   if (raw != nullptr) {
     const auto addr = reinterpret_cast<uintptr_t>(raw);
@@ -350,7 +270,7 @@ __global__ void unpack_kernel(const compute_t<T>* src, T* dst, Strided s, int64_
 
 // The cuBLAS handle for `s`, on the call's stream.
 cublasHandle_t handle_for(const Launch& l, const ConvScratch& s) {
-  return conv_cublas_handle(l.device, l.stream, s.cublas, s.cublas_bytes);
+  return cublas_handle(l.device, l.stream, s.cublas, s.cublas_bytes);
 }
 
 template <typename T>

@@ -542,19 +542,6 @@ void run(const KernelCall& c, const std::array<const TensorImpl*, N>& operands, 
   launch_elementwise<N>(l.stream, operands, fn);
 }
 
-// Calls f(TypeTag<U>{}) with U the unsigned type of `size` bytes.
-template <typename F>
-void dispatch_bits(size_t size, F&& f) {
-  switch (size) {
-    case 1: f(TypeTag<uint8_t>{}); return;
-    case 2: f(TypeTag<uint16_t>{}); return;
-    case 4: f(TypeTag<uint32_t>{}); return;
-    case 8: f(TypeTag<uint64_t>{}); return;
-    default: break;
-  }
-  LOOM_ASSERT(false, "CUDA: element size ", size);
-}
-
 // ---- kernel entry points ----
 
 // out[0] <- in[0] converted to out's dtype (in[0] has out's shape).
@@ -574,7 +561,7 @@ void copy_kernel(const KernelCall& c) {
                                       cudaMemcpyDeviceToDevice, l.stream));
       return;
     }
-    dispatch_bits(size, [&](auto tag) {
+    dispatch_bytes(size, [&](auto tag) {
       using U = typename decltype(tag)::type;
       run<2>(c, {out, in}, CopyBitsFn<U>{data_of<U>(out), data_of<U>(in)});
     });
@@ -613,7 +600,7 @@ void fill_kernel(const KernelCall& c) {
       return;
     }
   }
-  dispatch_bits(size, [&](auto tag) {
+  dispatch_bytes(size, [&](auto tag) {
     using U = typename decltype(tag)::type;
     run<1>(c, {out}, FillBitsFn<U>{data_of<U>(out), static_cast<U>(bits)});
   });
@@ -749,7 +736,7 @@ void where_kernel(const KernelCall& c) {
   TensorImpl* out = c.out[0];
   LOOM_ASSERT(cond->dtype == kBool, "Where: condition of dtype ", dtype_name(cond->dtype));
   LOOM_ASSERT(a->dtype == out->dtype && b->dtype == out->dtype, "Where: mixed dtypes");
-  dispatch_bits(element_size(out->dtype), [&](auto tag) {
+  dispatch_bytes(element_size(out->dtype), [&](auto tag) {
     using U = typename decltype(tag)::type;
     run<4>(c, {out, cond, a, b}, WhereBitsFn<U>{data_of<U>(out), data_of<bool>(cond), data_of<U>(a), data_of<U>(b)});
   });

@@ -157,20 +157,6 @@ size_t index_workspace(const KernelCall&) {
 
 // ---------------------------------------------------------------- kernels
 
-// Calls f(TypeTag<U>{}) with U the unsigned integer of `bytes` bytes: the
-// selecting kernels only move elements.
-template <typename F>
-void dispatch_bytes(size_t bytes, F&& f) {
-  switch (bytes) {
-    case 1: f(TypeTag<uint8_t>{}); return;
-    case 2: f(TypeTag<uint16_t>{}); return;
-    case 4: f(TypeTag<uint32_t>{}); return;
-    case 8: f(TypeTag<uint64_t>{}); return;
-    default: break;
-  }
-  LOOM_ASSERT(false, "CUDA: no element type of ", bytes, " bytes");
-}
-
 // Gather and IndexSelect: y[o0] = x[o1 + index[o2] * dim_stride], the
 // tensors (out, in with its dim's stride 0, index) walked over out's shape.
 template <typename U>

@@ -64,6 +64,20 @@ void dispatch_float(DType dt, F&& f) {
   LOOM_ASSERT(false, "CUDA float kernel called with dtype ", dtype_name(dt));
 }
 
+// Calls f(TypeTag<U>{}) with U the unsigned integer of `bytes` bytes: kernels
+// that only move elements need one instantiation per element size.
+template <typename F>
+void dispatch_bytes(size_t bytes, F&& f) {
+  switch (bytes) {
+    case 1: f(TypeTag<uint8_t>{}); return;
+    case 2: f(TypeTag<uint16_t>{}); return;
+    case 4: f(TypeTag<uint32_t>{}); return;
+    case 8: f(TypeTag<uint64_t>{}); return;
+    default: break;
+  }
+  LOOM_ASSERT(false, "CUDA: no element type of ", bytes, " bytes");
+}
+
 // The type arithmetic runs in: float for the 16-bit floats, else T.
 template <typename T>
 struct ComputeType {
