@@ -9,6 +9,7 @@
 #                     then its OpenAI completions: streams, TTFT, KV cache, speculative decoding (llm.py)
 #   make llm-models   train the character GPT and its draft model that `loom serve` and bench-serve use
 #   make gpu-check    build with CUDA and run every CUDA test on this machine's GPU (fails without one)
+#   make bench-gpu    loom on the GPU against cuBLAS, cudaMemcpy, the H100's peaks and llm.c (bench/bench_gpu.cpp)
 #   make clean   remove build directories
 
 BUILD_DIR  ?= build
@@ -49,7 +50,7 @@ define ensure_packages
 	fi
 endef
 
-.PHONY: all test gpu-check openai-client build python bench bench-serve gpt-parity demo clean deps bench-deps bench-serve-deps configure
+.PHONY: all test gpu-check openai-client build python bench bench-gpu bench-serve gpt-parity demo clean deps bench-deps bench-serve-deps configure
 
 all: build
 
@@ -80,7 +81,7 @@ GPU_BUILD_DIR ?= build-gpu
 gpu-check: deps
 	cmake -S . -B $(GPU_BUILD_DIR) -DCMAKE_BUILD_TYPE=Release -DLOOM_BUILD_TESTS=ON -DLOOM_CUDA=ON -DLOOM_ASAN_TESTS=OFF
 	cmake --build $(GPU_BUILD_DIR) -j$(JOBS) --target test_cuda_runtime test_cuda_elementwise test_cuda_reduce test_cuda_blas \
-	  test_cuda_conv test_cuda_attention test_nccl
+	  test_cuda_conv test_cuda_attention test_cuda_paged_quant test_nccl
 	tests/cuda/gpu_check.sh $(GPU_BUILD_DIR)
 
 # The official `openai` npm client, pinned by tests/serve/openai_client's
@@ -108,6 +109,19 @@ bench: bench-deps
 	cmake -S . -B $(BENCH_DIR) -DCMAKE_BUILD_TYPE=Release -DLOOM_BUILD_BENCH=ON -DLOOM_BUILD_TESTS=OFF
 	cmake --build $(BENCH_DIR) -j$(JOBS) --target loom_bench
 	$(PYTHON) bench/run.py --build-dir $(BENCH_DIR) --python $(PYTHON) --threads $(BENCH_THREADS) $(BENCH_ARGS)
+
+# loom's CUDA backend against its references (issue 23; bench/bench_gpu.cpp):
+# SGEMM/HGEMM against cuBLAS, add/mul/copy against cudaMemcpy's bandwidth,
+# causal attention against the H100's peaks, and GPT-2 124M training
+# tokens/s; prints the table, raw numbers in $(BENCH_DIR)/bench_gpu_results.json.
+# Exits with status 2, saying why, where there is no GPU or no CUDA build.
+# BENCH_GPU_ARGS: e.g. "--only gemm,attention", "--reps 20",
+# "--llmc-tokens-per-s N" (llm.c's figure, to print loom / llm.c).
+BENCH_GPU_ARGS ?=
+bench-gpu: bench-deps
+	cmake -S . -B $(BENCH_DIR) -DCMAKE_BUILD_TYPE=Release -DLOOM_BUILD_BENCH=ON -DLOOM_BUILD_TESTS=OFF
+	cmake --build $(BENCH_DIR) -j$(JOBS) --target bench_gpu
+	$(BENCH_DIR)/bench/bench_gpu --json $(BENCH_DIR)/bench_gpu_results.json $(BENCH_GPU_ARGS)
 
 # `loom serve` with the CNN under load from wrk (loopback, the server and wrk
 # on the same cores): batch-1 serving against dynamic batching at 1 to 64

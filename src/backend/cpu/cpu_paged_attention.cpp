@@ -47,41 +47,10 @@
 #include "backend/cpu/cpu_kernels.h"
 #include "backend/cpu/cpu_scratch.h"
 #include "backend/cpu/cpu_vec.h"
+#include "backend/paged_attention.h"
 
 namespace loom::cpu {
 namespace {
-
-constexpr const char* kOp = "paged_attention";
-
-// One call's geometry (ops.def): tokens, heads, head sizes, the pool's
-// blocks and block size, the table's sequences and width, and the element
-// strides of each cache's (block, row, head) dims.
-struct PagedShape {
-  int64_t t, h, d, dv, nb, bs, s, mb;
-  int64_t ks0, ks1, ks2, vs0, vs1, vs2;
-};
-
-PagedShape shape_of(const KernelCall& c) {
-  const TensorImpl *q = c.in[0], *k = c.in[1], *v = c.in[2], *tables = c.in[3];
-  LOOM_ASSERT(q->dim() == 3 && k->dim() == 4 && v->dim() == 4 && tables->dim() == 2,
-              "PagedAttention: expected q (T, H, D), caches (NB, B, H, D) and tables (S, MB)");
-  PagedShape g{};
-  g.t = q->sizes[0], g.h = q->sizes[1], g.d = q->sizes[2], g.dv = v->sizes[3];
-  g.nb = k->sizes[0], g.bs = k->sizes[1], g.s = tables->sizes[0], g.mb = tables->sizes[1];
-  g.ks0 = k->strides[0], g.ks1 = k->strides[1], g.ks2 = k->strides[2];
-  g.vs0 = v->strides[0], g.vs1 = v->strides[1], g.vs2 = v->strides[2];
-  LOOM_ASSERT(k->sizes[2] == g.h && k->sizes[3] == g.d && v->sizes[0] == g.nb && v->sizes[1] == g.bs &&
-                  v->sizes[2] == g.h && g.bs >= 1,
-              "PagedAttention: mismatched cache shapes ", shape_str(k->sizes), " and ", shape_str(v->sizes));
-  LOOM_ASSERT((g.d <= 1 || k->strides[3] == 1) && (g.dv <= 1 || v->strides[3] == 1),
-              "PagedAttention: the caches' last dim must have a unit stride");
-  LOOM_ASSERT(c.out[0]->is_contiguous() && q->is_contiguous() && tables->is_contiguous() &&
-                  c.in[4]->is_contiguous() && c.in[5]->is_contiguous(),
-              "PagedAttention: q, the index tensors and the output must be contiguous");
-  LOOM_ASSERT(c.in[4]->numel() == g.t && c.in[5]->numel() == g.t && c.out[0]->numel() == g.t * g.h * g.dv,
-              "PagedAttention: seq_index, positions and the output must have T = ", g.t, " rows");
-  return g;
-}
 
 // The block ids, int32 or int64 (contiguous).
 struct BlockTable {
@@ -104,20 +73,8 @@ BlockTable table_of(const KernelCall& c, const PagedShape& g) {
 
 // Note [Paged attention]: every index any task will read, before any runs.
 void check_indices(const PagedShape& g, const BlockTable& table, const int64_t* seq, const int64_t* pos) {
-  for (int64_t t = 0; t < g.t; ++t) {
-    const int64_t s = seq[t], p = pos[t];
-    LOOM_CHECK(s >= 0 && s < g.s, kOp, ": token ", t, ": seq_index ", s, " is out of range for block_tables of ", g.s,
-               " sequences");
-    LOOM_CHECK(p >= 0, kOp, ": token ", t, " (sequence ", s, "): position ", p, " is negative");
-    LOOM_CHECK(p / g.bs < g.mb, kOp, ": token ", t, " (sequence ", s, "): position ", p,
-               " is beyond the block table: it is in block ", p / g.bs, " (block size ", g.bs,
-               ") but block_tables has ", g.mb, " blocks per sequence");
-    for (int64_t b = 0; b <= p / g.bs; ++b) {
-      const int64_t id = table.at(s, b);
-      LOOM_CHECK(id >= 0 && id < g.nb, kOp, ": token ", t, " (sequence ", s, ", position ", p, "): block id ", id,
-                 " at block_tables[", s, "][", b, "] is out of range for a cache of ", g.nb, " blocks");
-    }
-  }
+  for (int64_t t = 0; t < g.t; ++t)
+    check_paged_token(g, t, seq[t], pos[t], [&](int64_t b) { return table.at(seq[t], b); });
 }
 
 // Tasks (token, head) per thread slot: the most a task can cost is its
@@ -288,7 +245,7 @@ bool paged_fast(const KernelCall& c) { return c.in[0]->dtype == kFloat32 && vec_
 namespace kernel {
 
 void PagedAttention(const KernelCall& c) {
-  const PagedShape g = shape_of(c);
+  const PagedShape g = paged_shape_of(c);
   const BlockTable table = table_of(c, g);
   const int64_t* seq = data_ptr<int64_t>(c.in[4]);
   const int64_t* pos = data_ptr<int64_t>(c.in[5]);
@@ -309,7 +266,7 @@ void PagedAttention(const KernelCall& c) {
 namespace workspace {
 
 size_t PagedAttention(const KernelCall& c) {
-  const PagedShape g = shape_of(c);
+  const PagedShape g = paged_shape_of(c);
   if (c.out[0]->numel() == 0) return 0;
   const int64_t slots = slot_count(g.t * g.h, task_grain(g));
   if (paged_fast(c)) return slots_workspace_bytes(slots, [&](WorkspaceLayout& ws) { F32Scratch::take(ws, g); });

@@ -75,6 +75,7 @@
 
 #include "backend/cpu/cpu_dispatch.h"
 #include "backend/cpu/cpu_kernels.h"
+#include "backend/quant_call.h"
 #include "backend/workspace.h"
 #include "loom/threads.h"
 
@@ -183,12 +184,8 @@ const QuantKernels& quant_kernels(GemmIsa isa) {
 
 namespace {
 
-enum class Scheme : int64_t { Int8 = 1, Int4 = 2 };  // i[0] of every call (QuantScheme)
-
-Scheme scheme_of(const KernelCall& c) {
-  LOOM_ASSERT(c.i[0] == 1 || c.i[0] == 2, op_name(c.op), ": unknown quantization scheme ", c.i[0]);
-  return static_cast<Scheme>(c.i[0]);
-}
+using Scheme = QuantCallScheme;
+Scheme scheme_of(const KernelCall& c) { return quant_scheme_of(c); }
 
 // Rows [r0, r1) of a float32 weight w (N, K) to int4 codes (N, G * 16) and
 // scales (N, G), both contiguous (Note [Quantized Linear]).
@@ -351,21 +348,7 @@ void QuantizedLinear(const KernelCall& c) {
   const TensorImpl* bias = c.in.size() > 3 ? c.in[3] : nullptr;
   TensorImpl* out = c.out[0];
   const Scheme scheme = scheme_of(c);
-  LOOM_ASSERT(x->dim() == 2 && codes->dim() == 2 && out->dim() == 2 && x->dtype == kFloat32 &&
-                  out->dtype == kFloat32 && out->is_contiguous() && codes->is_contiguous() &&
-                  scales->is_contiguous() && out->sizes == Shape({x->sizes[0], codes->sizes[0]}),
-              "QuantizedLinear: x ", shape_str(x->sizes), ", codes ", shape_str(codes->sizes), " -> ",
-              shape_str(out->sizes));
-  LOOM_ASSERT(bias == nullptr || (bias->dim() == 1 && bias->sizes[0] == codes->sizes[0] && bias->dtype == kFloat32),
-              "QuantizedLinear: bias ", shape_str(bias->sizes));
-  const int64_t m = x->sizes[0], k = x->sizes[1], n = codes->sizes[0];
-  const int64_t groups = ceil_div(k, kQuantGroup);
-  LOOM_ASSERT(k > 0, "QuantizedLinear: K = 0 (the ops layer writes the bias itself)");
-  LOOM_ASSERT(scheme != Scheme::Int8 || k <= kQuantInt8MaxK, "QuantizedLinear: int8 K = ", k,
-              " would overflow the int32 sums (at most ", kQuantInt8MaxK, ")");
-  LOOM_ASSERT(scheme == Scheme::Int8 ? codes->dtype == kInt8 && codes->sizes[1] == k
-                                     : codes->dtype == kUInt8 && codes->sizes[1] == groups * kQuantGroup / 2,
-              "QuantizedLinear: codes ", shape_str(codes->sizes), " for K = ", k);
+  const auto [m, k, n, groups] = check_quantized_linear(c);
   if (m == 0 || n == 0) return;
 
   const QuantKernels& kern = quant_kernels(gemm_isa());

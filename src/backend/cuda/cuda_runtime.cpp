@@ -116,6 +116,8 @@ void cuda_register_kernels(Backend& b) {
   cuda_detail::register_blas(b);
   cuda_detail::register_conv(b);
   cuda_detail::register_attention(b);
+  cuda_detail::register_paged(b);
+  cuda_detail::register_quant(b);
 }
 
 }  // namespace loom

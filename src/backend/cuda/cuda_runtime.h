@@ -85,6 +85,8 @@ void register_reduce(Backend& b);
 void register_blas(Backend& b);
 void register_conv(Backend& b);
 void register_attention(Backend& b);
+void register_paged(Backend& b);
+void register_quant(Backend& b);
 void set_supported(OpKind op, std::initializer_list<DType> dtypes);
 
 }  // namespace loom::cuda_detail
